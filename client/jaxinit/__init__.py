@@ -1,0 +1,57 @@
+"""jaxinit: JAX initializers, bit-identical to local JAX, without JAX.
+
+>>> import jaxinit
+>>> sorted(jaxinit.CATALOG)[:3]
+['constant', 'delta_orthogonal', 'glorot_normal']
+"""
+
+from __future__ import annotations
+
+from jaxinit._catalog import CATALOG
+from jaxinit._client import AsyncClient, AsyncInitializer, Client, Initializer
+from jaxinit._codec import DTYPE_NAMES
+from jaxinit._errors import (
+    IntegrityError,
+    InternalError,
+    InvalidArgument,
+    JaxError,
+    JaxinitError,
+    NotAcceptable,
+    ProtocolError,
+    ServerUnavailable,
+    TooLarge,
+    UnknownDtype,
+    UnknownInitializer,
+)
+from jaxinit._keys import KEY_IMPLS, Key, key, wrap_key_data
+from jaxinit._types import Provenance, Request, Tensor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CATALOG",
+    "DTYPE_NAMES",
+    "KEY_IMPLS",
+    "AsyncClient",
+    "AsyncInitializer",
+    "Client",
+    "Initializer",
+    "IntegrityError",
+    "InternalError",
+    "InvalidArgument",
+    "JaxError",
+    "JaxinitError",
+    "Key",
+    "NotAcceptable",
+    "ProtocolError",
+    "Provenance",
+    "Request",
+    "ServerUnavailable",
+    "Tensor",
+    "TooLarge",
+    "UnknownDtype",
+    "UnknownInitializer",
+    "__version__",
+    "key",
+    "wrap_key_data",
+]

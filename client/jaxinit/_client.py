@@ -1,0 +1,292 @@
+"""The thin client: JAX's initializer protocol, served remotely.
+
+``client.lecun_normal()`` has the signature and defaults of
+``jax.nn.initializers.lecun_normal``; the callable it returns is
+``init(key, shape, dtype=None) -> numpy.ndarray``, bit-identical to the
+server's JAX.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import numbers
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from jaxinit._catalog import CATALOG, InitializerSpec, bind_arguments
+from jaxinit._errors import InvalidArgument, JaxinitError
+from jaxinit._types import Request, Tensor
+
+__all__ = ["AsyncClient", "AsyncInitializer", "Client", "Initializer"]
+
+DEFAULT_TIMEOUT = 300.0
+
+
+class _BaseInitializer:
+    """A bound initializer: a registry name and its factory arguments."""
+
+    def __init__(self, client: Any, spec: InitializerSpec, args: Mapping[str, Any]) -> None:
+        self._client = client
+        self.name = spec.name
+        self.args = dict(args)
+
+    def request(self, key: Any, shape: Any, dtype: Any = None, *, request_id: str = "") -> Request:
+        """The :class:`Request` that ``self(key, shape, dtype)`` sends."""
+        return self._client._request(self.name, key, shape, dtype, self.args, request_id)
+
+    def __array__(self, *args: Any, **kwargs: Any) -> Any:
+        raise InvalidArgument(
+            f"{self!r} is an initializer, not an array: call it with (key, shape[, dtype]) to get one"
+        )
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.args.items())
+        return f"<jaxinit initializer {self.name}({args}) via {self._client.url}>"
+
+
+class Initializer(_BaseInitializer):
+    """``init(key, shape, dtype=None) -> numpy.ndarray``, as in JAX."""
+
+    def __call__(self, key: Any, shape: Any, dtype: Any = None) -> np.ndarray:
+        return self.generate(key, shape, dtype).array
+
+    def generate(self, key: Any, shape: Any, dtype: Any = None) -> Tensor:
+        """Like calling it, but returns the :class:`Tensor` with its provenance."""
+        return self._client._transport.generate(self.request(key, shape, dtype))  # type: ignore[no-any-return]
+
+
+class AsyncInitializer(_BaseInitializer):
+    """``await init(key, shape, dtype=None) -> numpy.ndarray``."""
+
+    async def __call__(self, key: Any, shape: Any, dtype: Any = None) -> np.ndarray:
+        return (await self.generate(key, shape, dtype)).array
+
+    async def generate(self, key: Any, shape: Any, dtype: Any = None) -> Tensor:
+        return await self._client._transport.generate(self.request(key, shape, dtype))  # type: ignore[no-any-return]
+
+
+def _open_transport(url: str, *, asynchronous: bool, timeout: float | None, channel: Any, transport: Any) -> Any:
+    parts = urlsplit(url)
+    if parts.scheme == "grpc":
+        if transport is not None:
+            raise InvalidArgument("transport= is for http:// URLs; give a gRPC channel as channel=")
+        from jaxinit import _grpc  # imported only when used: gRPC stays optional at import
+
+        cls = _grpc.AsyncGrpcTransport if asynchronous else _grpc.GrpcTransport
+        return cls(parts.netloc, timeout=timeout, channel=channel)
+    if parts.scheme in ("http", "https"):
+        if channel is not None:
+            raise InvalidArgument("channel= is for grpc:// URLs; give an httpx transport as transport=")
+        from jaxinit import _http
+
+        cls = _http.AsyncHttpTransport if asynchronous else _http.HttpTransport
+        return cls(url.rstrip("/"), timeout=timeout, transport=transport)
+    raise InvalidArgument(f"unsupported URL {url!r}: use grpc://HOST:PORT or http(s)://HOST:PORT")
+
+
+class _BaseClient:
+    _initializer_class: type[_BaseInitializer]
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        threefry_partitionable: bool | None = None,
+        enable_x64: bool | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        channel: Any = None,
+        transport: Any = None,
+    ) -> None:
+        self.url = url
+        self.threefry_partitionable = threefry_partitionable
+        self.enable_x64 = enable_x64
+        self._transport = _open_transport(
+            url, asynchronous=self._initializer_class is AsyncInitializer, timeout=timeout,
+            channel=channel, transport=transport,
+        )
+
+    def _request(
+        self, name: str, key: Any, shape: Any, dtype: Any, args: Mapping[str, Any], request_id: str = ""
+    ) -> Request:
+        return Request(
+            name, key, shape, dtype, args,
+            threefry_partitionable=self.threefry_partitionable, enable_x64=self.enable_x64,
+            request_id=request_id,
+        )
+
+    def initializer(self, name: str, **args: Any) -> Any:
+        """The initializer ``name`` built with ``args``: ``client.initializer("normal", stddev=0.02)``."""
+        spec = CATALOG.get(name)
+        if spec is None:
+            raise AttributeError(_unknown(name))
+        if spec.kind == "initializer":
+            bind_arguments(spec, args)
+            return self._initializer_class(self, spec, {})
+        return getattr(self, name)(**args)
+
+    def request(
+        self, initializer: str, key: Any, shape: Any, dtype: Any = None, *, request_id: str = "", **args: Any
+    ) -> Request:
+        """A :class:`Request` carrying this client's PRNG settings, for :meth:`generate_many`."""
+        return self._request(initializer, key, shape, dtype, args, request_id)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise AttributeError(_unknown(name))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url}>"
+
+
+def _unknown(name: str) -> str:
+    close = difflib.get_close_matches(name, CATALOG, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return f"no initializer named {name!r}.{hint} Available: {', '.join(sorted(CATALOG))}"
+
+
+class Client(_BaseClient):
+    """A blocking client. ``url``: ``grpc://host:port`` or ``http://host:port``.
+
+    Args:
+        threefry_partitionable: the JAX flag for every request; None: the server's default.
+        enable_x64: likewise; None: on for 64-bit dtypes, else the server's default.
+        timeout: seconds per call (None: no limit).
+        channel: a ready ``grpc.Channel`` to use instead of opening one.
+        transport: an ``httpx`` transport to use (e.g. to reach an in-process app).
+
+    Example (a server on loopback)::
+
+        client = jaxinit.Client("grpc://127.0.0.1:50051")
+        w = client.lecun_normal()(42, (784, 256))
+    """
+
+    _initializer_class = Initializer
+
+    def generate(
+        self, initializer: str, key: Any, shape: Any, dtype: Any = None, **args: Any
+    ) -> Tensor:
+        """One tensor, with its provenance."""
+        return self._transport.generate(self.request(initializer, key, shape, dtype, **args))  # type: ignore[no-any-return]
+
+    def generate_many(self, requests: Iterable[Request]) -> Iterator[Tensor | JaxinitError]:
+        """Many tensors over one stream, in request order. A request that fails yields its
+        error (an exception instance) in its place; the others still arrive."""
+        return self._transport.generate_many(requests)  # type: ignore[no-any-return]
+
+    def list_initializers(self) -> dict[str, Any]:
+        """The server's registry: initializers, arguments, dtypes, key impls, server identity."""
+        return self._transport.list_initializers()  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient(_BaseClient):
+    """The asyncio twin of :class:`Client`: every call is awaited."""
+
+    _initializer_class = AsyncInitializer
+
+    async def generate(
+        self, initializer: str, key: Any, shape: Any, dtype: Any = None, **args: Any
+    ) -> Tensor:
+        return await self._transport.generate(self.request(initializer, key, shape, dtype, **args))  # type: ignore[no-any-return]
+
+    def generate_many(
+        self, requests: Iterable[Request] | AsyncIterable[Request]
+    ) -> AsyncIterator[Tensor | JaxinitError]:
+        return self._transport.generate_many(requests)  # type: ignore[no-any-return]
+
+    async def list_initializers(self) -> dict[str, Any]:
+        return await self._transport.list_initializers()  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        await self._transport.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+# ---- one method per catalog entry, with JAX's own signature and defaults ----
+
+def _signature(spec: InitializerSpec) -> inspect.Signature:
+    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    for arg in spec.arguments:
+        default = inspect.Parameter.empty if arg.required else arg.default
+        params.append(inspect.Parameter(arg.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default))
+    return inspect.Signature(params)
+
+
+def _looks_like_key_and_shape(args: tuple[Any, ...]) -> bool:
+    if len(args) < 2:
+        return False
+    key, shape = args[0], args[1]
+    keyish = isinstance(key, numbers.Integral) or hasattr(key, "dtype") or type(key).__name__ == "Key"
+    shapeish = isinstance(shape, (tuple, list)) and all(isinstance(d, numbers.Integral) for d in shape)
+    return keyish and shapeish
+
+
+def _factory_method(spec: InitializerSpec) -> Any:
+    signature = _signature(spec)
+    axes_first = bool(spec.arguments) and spec.arguments[0].type == "axes"
+
+    def method(self: _BaseClient, *args: Any, **kwargs: Any) -> Any:
+        hint = (
+            f"{spec.name}() builds an initializer; it does not take (key, shape). "
+            f"Call it first: client.{spec.name}()(key, shape)"
+        )
+        if axes_first and _looks_like_key_and_shape(args):
+            # lecun_normal(0, (3, 4)) would type-check as in_axis=0, out_axis=(3, 4):
+            # that is far more often this mistake than a real call.
+            raise InvalidArgument(hint + f"; to set axes, pass them by keyword: {spec.name}(in_axis=..., ...)")
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError as exc:
+            if _looks_like_key_and_shape(args):
+                raise InvalidArgument(hint) from None
+            raise InvalidArgument(f"{spec.name}(): {exc}") from None
+        given = {k: v for k, v in bound.arguments.items() if k != "self"}
+        try:
+            bind_arguments(spec, given)
+        except InvalidArgument as exc:
+            if _looks_like_key_and_shape(args):
+                raise InvalidArgument(hint) from None
+            raise exc from None
+        return self._initializer_class(self, spec, given)
+
+    method.__name__ = method.__qualname__ = spec.name
+    method.__signature__ = signature  # type: ignore[attr-defined]
+    method.__doc__ = f"{spec.name}: {spec.summary}. Same signature and defaults as {spec.source}.{spec.name}."
+    return method
+
+
+class _BoundInitializerAttribute:
+    """``client.zeros`` is an initializer already, as ``jax.nn.initializers.zeros`` is."""
+
+    def __init__(self, spec: InitializerSpec) -> None:
+        self._spec = spec
+        self.__doc__ = f"{spec.name}: {spec.summary}. An initializer itself: client.{spec.name}(key, shape, dtype)."
+
+    def __get__(self, client: _BaseClient | None, owner: type) -> Any:
+        if client is None:
+            return self
+        return client._initializer_class(client, self._spec, {})
+
+
+for _spec in CATALOG.values():
+    _member = _factory_method(_spec) if _spec.kind == "factory" else _BoundInitializerAttribute(_spec)
+    setattr(_BaseClient, _spec.name, _member)
+del _spec, _member

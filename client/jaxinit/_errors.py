@@ -1,0 +1,135 @@
+"""The one error hierarchy of jaxinit, and the one table that maps it to HTTP and gRPC.
+
+The server's core raises these; the REST and gRPC adapters translate them with
+:data:`ERROR_TABLE`; the client turns what comes back over either transport into
+the same classes again. gRPC codes are named as strings so that this module
+imports no transport.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "ERROR_TABLE",
+    "ErrorMapping",
+    "IntegrityError",
+    "InternalError",
+    "InvalidArgument",
+    "JaxError",
+    "JaxinitError",
+    "NotAcceptable",
+    "ProtocolError",
+    "ServerUnavailable",
+    "TooLarge",
+    "UnknownDtype",
+    "UnknownInitializer",
+    "error_from_wire",
+    "mapping_for",
+]
+
+
+class JaxinitError(Exception):
+    """Base of every error jaxinit raises, on the server and in the client."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(JaxinitError):
+    """The request is malformed: a bad shape, argument, key or setting."""
+
+
+class UnknownInitializer(JaxinitError):
+    """No initializer of that name is in the registry."""
+
+
+class UnknownDtype(InvalidArgument):
+    """The dtype is not one jaxinit knows."""
+
+
+class JaxError(InvalidArgument):
+    """JAX itself refused the request; the message is JAX's, verbatim."""
+
+
+class TooLarge(JaxinitError):
+    """The request or its response is over a configured limit."""
+
+
+class NotAcceptable(JaxinitError):
+    """No representation the caller accepts can be produced."""
+
+
+class ServerUnavailable(JaxinitError):
+    """The server cannot be reached, is not ready, or is shutting down."""
+
+
+class InternalError(JaxinitError):
+    """A bug on the server; the message says no more than that."""
+
+
+class ProtocolError(JaxinitError):
+    """The client received something that does not follow the protocol."""
+
+
+class IntegrityError(ProtocolError):
+    """The bytes received do not match what the header announced."""
+
+
+@dataclass(frozen=True)
+class ErrorMapping:
+    http_status: int
+    grpc_code: str  # a grpc.StatusCode member name
+
+
+ERROR_TABLE: dict[type[JaxinitError], ErrorMapping] = {
+    InvalidArgument: ErrorMapping(400, "INVALID_ARGUMENT"),
+    UnknownDtype: ErrorMapping(400, "INVALID_ARGUMENT"),
+    JaxError: ErrorMapping(400, "INVALID_ARGUMENT"),
+    UnknownInitializer: ErrorMapping(404, "NOT_FOUND"),
+    NotAcceptable: ErrorMapping(406, "INVALID_ARGUMENT"),
+    TooLarge: ErrorMapping(413, "RESOURCE_EXHAUSTED"),
+    ServerUnavailable: ErrorMapping(503, "UNAVAILABLE"),
+    InternalError: ErrorMapping(500, "INTERNAL"),
+    ProtocolError: ErrorMapping(502, "INTERNAL"),
+    IntegrityError: ErrorMapping(502, "DATA_LOSS"),
+}
+
+_BY_NAME: dict[str, type[JaxinitError]] = {cls.__name__: cls for cls in ERROR_TABLE}
+# When only a status is known (a proxy answered, or an older server), the most
+# general class for that status.
+_BY_HTTP: dict[int, type[JaxinitError]] = {
+    400: InvalidArgument, 404: UnknownInitializer, 406: NotAcceptable, 413: TooLarge,
+    422: InvalidArgument, 429: TooLarge, 502: ServerUnavailable, 503: ServerUnavailable,
+    504: ServerUnavailable,
+}
+_BY_GRPC: dict[str, type[JaxinitError]] = {
+    "INVALID_ARGUMENT": InvalidArgument, "NOT_FOUND": UnknownInitializer,
+    "RESOURCE_EXHAUSTED": TooLarge, "UNAVAILABLE": ServerUnavailable,
+    "DEADLINE_EXCEEDED": ServerUnavailable, "DATA_LOSS": IntegrityError,
+}
+
+
+def mapping_for(error: JaxinitError) -> ErrorMapping:
+    """The HTTP status and gRPC code for ``error`` (its nearest class in the table)."""
+    for cls in type(error).__mro__:
+        if cls in ERROR_TABLE:
+            return ERROR_TABLE[cls]  # type: ignore[index]
+    return ERROR_TABLE[InternalError]
+
+
+def error_from_wire(
+    message: str,
+    *,
+    type_name: str | None = None,
+    http_status: int | None = None,
+    grpc_code: str | None = None,
+) -> JaxinitError:
+    """Rebuild the domain error a server sent, from its type name or else its status."""
+    cls = _BY_NAME.get(type_name or "")
+    if cls is None and http_status is not None:
+        cls = _BY_HTTP.get(http_status, InternalError if http_status >= 500 else InvalidArgument)
+    if cls is None and grpc_code is not None:
+        cls = _BY_GRPC.get(grpc_code, InternalError)
+    return (cls or InternalError)(message)

@@ -1,0 +1,232 @@
+"""gRPC transport of the client (sync and async). Imported only when a grpc:// URL is used."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from typing import Any
+
+import grpc
+import grpc.aio
+from google.protobuf.json_format import MessageToDict
+
+from jaxinit._errors import JaxinitError, ProtocolError, ServerUnavailable, error_from_wire
+from jaxinit._types import Assembler, Provenance, Request, Tensor
+from jaxinit.v1 import jaxinit_pb2 as pb
+from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
+
+__all__ = ["AsyncGrpcTransport", "GrpcTransport"]
+
+ERROR_TYPE_KEY = "jaxinit-error-type"
+# Room for a chunk of the largest size a server may choose (3 MiB) plus framing.
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 8 * 2**20)]
+
+
+def request_to_proto(request: Request, index: int = 0) -> pb.GenerateRequest:
+    message = pb.GenerateRequest(
+        request_id=request.request_id or str(index),
+        initializer=request.initializer,
+        shape=request.shape,
+        dtype=request.dtype or "",
+        args={name: value_to_proto(v) for name, v in request.args.items()},
+    )
+    key = request.key
+    if key is not None:
+        if key.seed is not None:
+            message.key.seed = key.seed
+        else:
+            message.key.data.words.extend(key.data)
+        message.key.impl = key.impl
+    if request.threefry_partitionable is not None:
+        message.prng.threefry_partitionable = request.threefry_partitionable
+    if request.enable_x64 is not None:
+        message.prng.enable_x64 = request.enable_x64
+    return message
+
+
+def value_to_proto(value: Any) -> pb.Value:
+    if value is None:
+        return pb.Value(null_value=True)
+    if isinstance(value, bool):
+        return pb.Value(bool_value=value)
+    if isinstance(value, int):
+        return pb.Value(int_value=value)
+    if isinstance(value, float):
+        return pb.Value(float_value=value)
+    if isinstance(value, str):
+        return pb.Value(string_value=value)
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return pb.Value(int_list=pb.IntList(values=value))
+    return pb.Value(list_value=pb.NestedList(items=[value_to_proto(v) for v in value]))
+
+
+def provenance_from_proto(message: pb.Provenance) -> Provenance:
+    return Provenance(
+        jaxinit_version=message.jaxinit_version,
+        jax_version=message.jax_version,
+        jaxlib_version=message.jaxlib_version,
+        backend=message.backend,
+        device_kind=message.device_kind,
+        key_impl=message.key_impl,
+        key_data=tuple(message.key_data),
+        threefry_partitionable=message.threefry_partitionable,
+        enable_x64=message.enable_x64,
+        canonical_request=message.canonical_request,
+        request_digest=message.request_digest,
+    )
+
+
+class _Collector:
+    """Turns a stream of TensorChunks into Tensors (or errors), one request at a time."""
+
+    def __init__(self) -> None:
+        self._current: Assembler | None = None
+
+    def feed(self, chunk: pb.TensorChunk) -> Tensor | JaxinitError | None:
+        kind = chunk.WhichOneof("payload")
+        if kind == "error":
+            if self._current is not None:
+                raise ProtocolError("error chunk in the middle of a tensor")
+            return error_from_wire(chunk.error.message, type_name=chunk.error.type, grpc_code=chunk.error.code)
+        if kind == "header":
+            if self._current is not None:
+                raise ProtocolError("a new header before the last tensor was complete")
+            header = chunk.header
+            self._current = Assembler(
+                header.shape, header.dtype, header.total_bytes,
+                provenance_from_proto(header.provenance), chunk.request_id,
+            )
+        elif kind == "data":
+            if self._current is None:
+                raise ProtocolError("data chunk before any header")
+            self._current.add(chunk.data.offset, chunk.data.data)
+        else:
+            raise ProtocolError(f"unexpected chunk {kind!r}")
+        if self._current.done:
+            tensor, self._current = self._current.finish(), None
+            return tensor
+        return None
+
+    def close(self) -> None:
+        if self._current is not None:
+            raise ProtocolError(
+                f"stream ended after {self._current.received} of {self._current.total} bytes"
+            )
+
+
+def translate(exc: grpc.RpcError, target: str) -> JaxinitError:
+    """A gRPC failure as a jaxinit error."""
+    code = exc.code()  # type: ignore[attr-defined]
+    details = exc.details() or ""  # type: ignore[attr-defined]
+    metadata = dict(exc.trailing_metadata() or ())  # type: ignore[attr-defined]
+    type_name = metadata.get(ERROR_TYPE_KEY)
+    if type_name is None and code == grpc.StatusCode.UNAVAILABLE:
+        return ServerUnavailable(f"cannot reach the jaxinit server at {target}: {details}")
+    return error_from_wire(details, type_name=type_name, grpc_code=code.name)
+
+
+def _as_dict(message: pb.ListInitializersResponse) -> dict[str, Any]:
+    """The same plain data the REST endpoint returns."""
+    return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+class GrpcTransport:
+    """Blocking gRPC transport."""
+
+    def __init__(self, target: str, *, timeout: float | None, channel: grpc.Channel | None = None) -> None:
+        self.target = target
+        self._timeout = timeout
+        self._channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._stub = pb_grpc.InitializersStub(self._channel)
+
+    def generate(self, request: Request) -> Tensor:
+        collector = _Collector()
+        try:
+            for chunk in self._stub.Generate(request_to_proto(request), timeout=self._timeout):
+                result = collector.feed(chunk)
+                if isinstance(result, JaxinitError):
+                    raise result
+                if result is not None:
+                    return result
+        except grpc.RpcError as exc:
+            raise translate(exc, self.target) from exc
+        collector.close()
+        raise ProtocolError("stream ended without a tensor")
+
+    def generate_many(self, requests: Iterable[Request]) -> Iterator[Tensor | JaxinitError]:
+        messages = (request_to_proto(r, i) for i, r in zip(itertools.count(), requests))
+        collector = _Collector()
+        try:
+            for chunk in self._stub.GenerateMany(messages, timeout=self._timeout):
+                result = collector.feed(chunk)
+                if result is not None:
+                    yield result
+        except grpc.RpcError as exc:
+            raise translate(exc, self.target) from exc
+        collector.close()
+
+    def list_initializers(self) -> dict[str, Any]:
+        try:
+            return _as_dict(self._stub.ListInitializers(pb.ListInitializersRequest(), timeout=self._timeout))
+        except grpc.RpcError as exc:
+            raise translate(exc, self.target) from exc
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class AsyncGrpcTransport:
+    """asyncio gRPC transport."""
+
+    def __init__(self, target: str, *, timeout: float | None, channel: grpc.aio.Channel | None = None) -> None:
+        self.target = target
+        self._timeout = timeout
+        self._channel = channel or grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._stub = pb_grpc.InitializersStub(self._channel)
+
+    async def generate(self, request: Request) -> Tensor:
+        collector = _Collector()
+        try:
+            async for chunk in self._stub.Generate(request_to_proto(request), timeout=self._timeout):
+                result = collector.feed(chunk)
+                if isinstance(result, JaxinitError):
+                    raise result
+                if result is not None:
+                    return result
+        except grpc.RpcError as exc:
+            raise translate(exc, self.target) from exc
+        collector.close()
+        raise ProtocolError("stream ended without a tensor")
+
+    async def generate_many(
+        self, requests: Iterable[Request] | AsyncIterable[Request]
+    ) -> AsyncIterator[Tensor | JaxinitError]:
+        async def messages() -> AsyncIterator[pb.GenerateRequest]:
+            index = 0
+            if isinstance(requests, AsyncIterable):
+                async for r in requests:
+                    yield request_to_proto(r, index)
+                    index += 1
+            else:
+                for r in requests:
+                    yield request_to_proto(r, index)
+                    index += 1
+
+        collector = _Collector()
+        try:
+            async for chunk in self._stub.GenerateMany(messages(), timeout=self._timeout):
+                result = collector.feed(chunk)
+                if result is not None:
+                    yield result
+        except grpc.RpcError as exc:
+            raise translate(exc, self.target) from exc
+        collector.close()
+
+    async def list_initializers(self) -> dict[str, Any]:
+        try:
+            return _as_dict(await self._stub.ListInitializers(pb.ListInitializersRequest(), timeout=self._timeout))
+        except grpc.RpcError as exc:
+            raise translate(exc, self.target) from exc
+
+    async def close(self) -> None:
+        await self._channel.close()

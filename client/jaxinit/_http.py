@@ -1,0 +1,170 @@
+"""HTTP transport of the client (sync and async), over the REST gateway."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from typing import Any
+
+import httpx
+
+from jaxinit._codec import num_bytes
+from jaxinit._errors import JaxinitError, ProtocolError, ServerUnavailable, error_from_wire
+from jaxinit._types import Assembler, Provenance, Request, Tensor
+
+__all__ = ["AsyncHttpTransport", "HttpTransport"]
+
+OCTET = "application/octet-stream"
+
+
+def request_to_json(request: Request) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "initializer": request.initializer,
+        "shape": list(request.shape),
+        "args": dict(request.args),
+        "request_id": request.request_id,
+    }
+    if request.dtype is not None:
+        body["dtype"] = request.dtype
+    key = request.key
+    if key is not None:
+        body["key"] = {"seed": key.seed, "impl": key.impl} if key.seed is not None else {
+            "data": list(key.data), "impl": key.impl
+        }
+    prng = {
+        name: value
+        for name, value in (
+            ("threefry_partitionable", request.threefry_partitionable),
+            ("enable_x64", request.enable_x64),
+        )
+        if value is not None
+    }
+    if prng:
+        body["prng"] = prng
+    return body
+
+
+def error_from_response(response: httpx.Response, body: bytes) -> JaxinitError:
+    try:
+        error = json.loads(body)["error"]
+        return error_from_wire(error["message"], type_name=error.get("type"), http_status=response.status_code)
+    except (ValueError, KeyError, TypeError):
+        text = body[:200].decode("utf-8", "replace")
+        return error_from_wire(f"HTTP {response.status_code}: {text}", http_status=response.status_code)
+
+
+def assembler_for(response: httpx.Response, request_id: str) -> Assembler:
+    headers = response.headers
+    try:
+        shape_text = headers["x-jaxinit-shape"]
+        shape = [int(d) for d in shape_text.split(",")] if shape_text else []
+        provenance = Provenance.from_mapping(json.loads(headers["x-jaxinit-provenance"]))
+        dtype = headers["x-jaxinit-dtype"]
+        # Sized from shape and dtype, not Content-Length, which a proxy may change.
+        return Assembler(shape, dtype, num_bytes(shape, dtype), provenance, request_id)
+    except (KeyError, ValueError) as exc:
+        raise ProtocolError(f"response lacks valid jaxinit headers: {exc}") from exc
+
+
+def _unavailable(exc: httpx.TransportError, url: str) -> ServerUnavailable:
+    return ServerUnavailable(f"cannot reach the jaxinit server at {url}: {exc}")
+
+
+class HttpTransport:
+    """Blocking HTTP transport (httpx)."""
+
+    def __init__(
+        self, base_url: str, *, timeout: float | None, transport: httpx.BaseTransport | None = None
+    ) -> None:
+        self.target = base_url
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
+
+    def generate(self, request: Request) -> Tensor:
+        try:
+            with self._http.stream(
+                "POST", "/v1/generate", json=request_to_json(request), headers={"Accept": OCTET}
+            ) as response:
+                if response.status_code != 200:
+                    raise error_from_response(response, response.read())
+                assembler = assembler_for(response, request.request_id)
+                for data in response.iter_bytes():
+                    assembler.add(assembler.received, data)
+        except httpx.TransportError as exc:
+            raise _unavailable(exc, self.target) from exc
+        return assembler.finish()
+
+    def generate_many(self, requests: Iterable[Request]) -> Iterator[Tensor | JaxinitError]:
+        for request in requests:
+            try:
+                yield self.generate(request)
+            except ServerUnavailable:
+                raise
+            except JaxinitError as exc:
+                yield exc
+
+    def list_initializers(self) -> dict[str, Any]:
+        try:
+            response = self._http.get("/v1/initializers")
+        except httpx.TransportError as exc:
+            raise _unavailable(exc, self.target) from exc
+        if response.status_code != 200:
+            raise error_from_response(response, response.content)
+        return response.json()  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self._http.close()
+
+
+class AsyncHttpTransport:
+    """asyncio HTTP transport (httpx)."""
+
+    def __init__(
+        self, base_url: str, *, timeout: float | None, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self.target = base_url
+        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport)
+
+    async def generate(self, request: Request) -> Tensor:
+        try:
+            async with self._http.stream(
+                "POST", "/v1/generate", json=request_to_json(request), headers={"Accept": OCTET}
+            ) as response:
+                if response.status_code != 200:
+                    raise error_from_response(response, await response.aread())
+                assembler = assembler_for(response, request.request_id)
+                async for data in response.aiter_bytes():
+                    assembler.add(assembler.received, data)
+        except httpx.TransportError as exc:
+            raise _unavailable(exc, self.target) from exc
+        return assembler.finish()
+
+    async def generate_many(
+        self, requests: Iterable[Request] | AsyncIterable[Request]
+    ) -> AsyncIterator[Tensor | JaxinitError]:
+        async def each() -> AsyncIterator[Request]:
+            if isinstance(requests, AsyncIterable):
+                async for r in requests:
+                    yield r
+            else:
+                for r in requests:
+                    yield r
+
+        async for request in each():
+            try:
+                yield await self.generate(request)
+            except ServerUnavailable:
+                raise
+            except JaxinitError as exc:
+                yield exc
+
+    async def list_initializers(self) -> dict[str, Any]:
+        try:
+            response = await self._http.get("/v1/initializers")
+        except httpx.TransportError as exc:
+            raise _unavailable(exc, self.target) from exc
+        if response.status_code != 200:
+            raise error_from_response(response, response.content)
+        return response.json()  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        await self._http.aclose()

@@ -1,0 +1,142 @@
+"""Transport-neutral client types: a request, a received tensor, its provenance, and the
+assembler that writes streamed bytes into one preallocated buffer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+from jaxinit._catalog import bind_arguments, lookup
+from jaxinit._codec import DTYPES, array_from_buffer, dtype_name, num_bytes
+from jaxinit._errors import IntegrityError, InvalidArgument, ProtocolError
+from jaxinit._keys import as_key
+
+__all__ = ["Assembler", "Provenance", "Request", "Tensor"]
+
+
+@dataclass(frozen=True)
+class Request:
+    """One tensor to generate: what ``init(key, shape, dtype)`` of a factory with ``args`` means.
+
+    Validated on construction (names, arguments, key, shape, dtype), so mistakes
+    are raised before anything is sent.
+    """
+
+    initializer: str
+    key: Any
+    shape: Sequence[int]
+    dtype: Any = None
+    args: Mapping[str, Any] = field(default_factory=dict)
+    threefry_partitionable: bool | None = None
+    enable_x64: bool | None = None
+    request_id: str = ""
+
+    def __post_init__(self) -> None:
+        spec = lookup(self.initializer)
+        bound = bind_arguments(spec, self.args)
+        # Send what the caller gave, normalized; the server fills its own defaults.
+        object.__setattr__(self, "args", {k: bound[k] for k in self.args})
+        key = self.key
+        if key is None and spec.uses_key:
+            raise InvalidArgument(f"{spec.name} needs a key: an int seed or a key")
+        object.__setattr__(self, "key", None if key is None else as_key(key))
+        object.__setattr__(self, "shape", _shape(self.shape))
+        if self.dtype is not None:
+            object.__setattr__(self, "dtype", dtype_name(self.dtype))
+
+
+def _shape(shape: Any) -> tuple[int, ...]:
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence | np.ndarray):
+        raise InvalidArgument(
+            f"shape must be a sequence of ints such as (784, 256), got {shape!r}"
+        )
+    try:
+        dims = tuple(int(d) for d in shape)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"shape must be a sequence of ints, got {shape!r}") from None
+    if any(d < 0 for d in dims) or any(isinstance(d, bool) for d in shape):
+        raise InvalidArgument(f"shape must be a sequence of non-negative ints, got {shape!r}")
+    return dims
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Which server, JAX and settings produced a tensor."""
+
+    jaxinit_version: str = ""
+    jax_version: str = ""
+    jaxlib_version: str = ""
+    backend: str = ""
+    device_kind: str = ""
+    key_impl: str = ""
+    key_data: tuple[int, ...] = ()
+    threefry_partitionable: bool = False
+    enable_x64: bool = False
+    canonical_request: str = ""
+    request_digest: str = ""
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Provenance:
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        values["key_data"] = tuple(int(w) for w in values.get("key_data", ()))
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A received tensor: the array, and the provenance the server sent with it."""
+
+    array: np.ndarray
+    provenance: Provenance
+    request_id: str = ""
+
+
+class Assembler:
+    """Collects one tensor's streamed bytes into a buffer allocated once, checking every step."""
+
+    def __init__(
+        self,
+        shape: Sequence[int],
+        dtype: str,
+        total_bytes: int,
+        provenance: Provenance,
+        request_id: str = "",
+    ) -> None:
+        if dtype not in DTYPES:
+            raise ProtocolError(f"server sent unknown dtype {dtype!r}")
+        self.shape = tuple(int(d) for d in shape)
+        self.dtype = dtype
+        if num_bytes(self.shape, dtype) != total_bytes:
+            raise ProtocolError(
+                f"header says {total_bytes} bytes for {dtype}{list(self.shape)}, which needs "
+                f"{num_bytes(self.shape, dtype)}"
+            )
+        self.total = total_bytes
+        self.provenance = provenance
+        self.request_id = request_id
+        self._buffer = np.empty(total_bytes, dtype=np.uint8)
+        self.received = 0
+
+    @property
+    def done(self) -> bool:
+        return self.received == self.total
+
+    def add(self, offset: int, data: bytes | memoryview) -> None:
+        """Write one chunk; chunks must arrive in order, without gaps or overlap."""
+        size = len(data)
+        if offset != self.received or offset + size > self.total:
+            raise IntegrityError(
+                f"chunk at byte {offset} (+{size}) does not follow byte {self.received} of {self.total}"
+            )
+        self._buffer[offset : offset + size] = np.frombuffer(data, dtype=np.uint8)
+        self.received += size
+
+    def finish(self) -> Tensor:
+        if not self.done:
+            raise IntegrityError(f"stream ended after {self.received} of {self.total} bytes")
+        array = array_from_buffer(self._buffer, self.shape, self.dtype)
+        return Tensor(array, self.provenance, self.request_id)

@@ -1,0 +1,12 @@
+"""The transport-free core: registry, keys, request resolution, engine, provenance.
+
+Nothing under this package imports grpc, fastapi, starlette, uvicorn, httpx or
+settings code; a test holds it to that.
+"""
+
+from __future__ import annotations
+
+from jaxinit_server.core.request import GenerateParams, Limits, Resolved
+from jaxinit_server.core.service import Service, Tensor
+
+__all__ = ["GenerateParams", "Limits", "Resolved", "Service", "Tensor"]

@@ -1,0 +1,52 @@
+"""Provenance: which JAX, backend and settings produced a tensor."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import jax
+import jaxlib
+
+import jaxinit_server
+from jaxinit_server.core.request import PrngDefaults
+
+__all__ = ["ServerIdentity", "server_identity"]
+
+
+@dataclass(frozen=True)
+class ServerIdentity:
+    """What every response of this process shares."""
+
+    jaxinit_version: str
+    jax_version: str
+    jaxlib_version: str
+    backend: str
+    device_kind: str
+    defaults: PrngDefaults
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        del out["defaults"]
+        return out
+
+    @property
+    def fingerprint(self) -> str:
+        """Everything besides the request that the bytes can depend on."""
+        return f"{self.jax_version}/{self.jaxlib_version}/{self.backend}/{self.device_kind}"
+
+
+def server_identity() -> ServerIdentity:
+    """Read the installed JAX's versions, default backend and default PRNG settings."""
+    device = jax.devices()[0]
+    return ServerIdentity(
+        jaxinit_version=jaxinit_server.__version__,
+        jax_version=jax.__version__,
+        jaxlib_version=jaxlib.__version__,
+        backend=jax.default_backend(),
+        device_kind=device.device_kind,
+        defaults=PrngDefaults(
+            threefry_partitionable=bool(jax.config.jax_threefry_partitionable),
+            enable_x64=bool(jax.config.jax_enable_x64),
+        ),
+    )

@@ -1,0 +1,167 @@
+"""Requests: the transport-neutral form adapters build, and its validated, resolved form."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from jaxinit._catalog import InitializerSpec, bind_arguments, lookup
+from jaxinit._codec import DTYPES, SIXTY_FOUR_BIT, dtype_name
+from jaxinit._errors import InvalidArgument, TooLarge
+from jaxinit._keys import Key
+
+__all__ = ["GenerateParams", "Limits", "PrngDefaults", "Resolved", "args_from_text", "resolve"]
+
+MAX_RANK = 64
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps a request is checked against before any JAX work."""
+
+    max_tensor_bytes: int = 4 * 2**30
+    max_json_elements: int = 2**20
+    chunk_bytes: int = 2**20
+
+
+@dataclass(frozen=True)
+class PrngDefaults:
+    """What an unset PRNG setting means: the installed JAX's configuration."""
+
+    threefry_partitionable: bool
+    enable_x64: bool
+
+
+@dataclass(frozen=True)
+class GenerateParams:
+    """One request as an adapter hands it over: plain values, not yet checked."""
+
+    initializer: Any
+    shape: Any
+    args: Mapping[str, Any] = field(default_factory=dict)
+    dtype: Any = None
+    key: Key | None = None
+    threefry_partitionable: bool | None = None
+    enable_x64: bool | None = None
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A validated request, every default decided: what the engine runs."""
+
+    spec: InitializerSpec
+    args: dict[str, Any]
+    shape: tuple[int, ...]
+    dtype: str | None  # the call's dtype as asked; None: the factory's, else JAX's default
+    out_dtype: str  # the dtype JAX will return
+    key: Key | None
+    threefry_partitionable: bool
+    enable_x64: bool
+    nbytes: int
+    canonical: str  # canonical JSON of the request; identifies the tensor on one server
+    digest: str  # sha256 of canonical
+    request_id: str = ""
+
+
+def resolve(params: GenerateParams, limits: Limits, defaults: PrngDefaults) -> Resolved:
+    """Validate ``params`` and decide every default.
+
+    Raises:
+        UnknownInitializer, UnknownDtype, InvalidArgument, TooLarge.
+    """
+    spec = lookup(params.initializer)
+    args = bind_arguments(spec, params.args)
+    shape = _shape(params.shape)
+    dtype = None if params.dtype in (None, "") else dtype_name(params.dtype)
+    asked = dtype or args.get("dtype")
+
+    x64 = params.enable_x64
+    if x64 is None:
+        x64 = True if asked in SIXTY_FOUR_BIT else defaults.enable_x64
+    elif asked in SIXTY_FOUR_BIT and not x64:
+        raise InvalidArgument(
+            f"dtype {asked} needs enable_x64=true: with x64 disabled JAX silently truncates it "
+            "to a 32-bit type. Leave enable_x64 unset or set it to true."
+        )
+    partitionable = params.threefry_partitionable
+    if partitionable is None:
+        partitionable = defaults.threefry_partitionable
+    out_dtype = asked or ("float64" if x64 else "float32")
+
+    if params.key is None and spec.uses_key:
+        raise InvalidArgument(f"{spec.name} needs a key: give a seed or key data")
+    nbytes = math.prod(shape) * DTYPES[out_dtype].itemsize
+    if nbytes > limits.max_tensor_bytes:
+        raise TooLarge(
+            f"a {out_dtype} tensor of shape {list(shape)} is {nbytes} bytes; this server's limit "
+            f"is {limits.max_tensor_bytes} bytes per tensor"
+        )
+    key = params.key if spec.uses_key else None
+    canonical = json.dumps(
+        {
+            "initializer": spec.name,
+            "args": args,
+            "shape": list(shape),
+            "dtype": dtype,
+            "key": None if key is None else _key_json(key),
+            "threefry_partitionable": partitionable,
+            "enable_x64": x64,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return Resolved(
+        spec=spec,
+        args=args,
+        shape=shape,
+        dtype=dtype,
+        out_dtype=out_dtype,
+        key=key,
+        threefry_partitionable=partitionable,
+        enable_x64=x64,
+        nbytes=nbytes,
+        canonical=canonical,
+        digest=hashlib.sha256(canonical.encode()).hexdigest(),
+        request_id=params.request_id,
+    )
+
+
+def _key_json(key: Key) -> dict[str, Any]:
+    if key.seed is not None:
+        return {"seed": key.seed, "impl": key.impl}
+    return {"data": list(key.data or ()), "impl": key.impl}
+
+
+def _shape(shape: Any) -> tuple[int, ...]:
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
+        raise InvalidArgument(f"shape must be a sequence of non-negative ints, got {shape!r}")
+    if len(shape) > MAX_RANK:
+        raise InvalidArgument(f"shape has rank {len(shape)}; at most {MAX_RANK} dimensions")
+    dims = []
+    for dim in shape:
+        if not isinstance(dim, numbers.Integral) or isinstance(dim, bool) or dim < 0:
+            raise InvalidArgument(f"shape must be a sequence of non-negative ints, got {list(shape)!r}")
+        dims.append(int(dim))
+    return tuple(dims)
+
+
+def args_from_text(text_args: Mapping[str, str]) -> dict[str, Any]:
+    """Arguments given as text (query parameters): JSON literals, else plain strings.
+
+    >>> args_from_text({"scale": "2", "mode": "fan_in", "batch_axis": "[0]"})
+    {'scale': 2, 'mode': 'fan_in', 'batch_axis': [0]}
+    """
+    # Types are checked later, by bind_arguments, as for any other request.
+    out: dict[str, Any] = {}
+    for name, text in text_args.items():
+        try:
+            out[name] = json.loads(text)
+        except ValueError:
+            out[name] = text
+    return out

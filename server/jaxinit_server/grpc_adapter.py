@@ -1,0 +1,196 @@
+"""The gRPC adapter: translates jaxinit.v1 messages to core calls and back. No rules here."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from jaxinit._errors import InternalError, JaxinitError, mapping_for
+from jaxinit._keys import Key
+from jaxinit.v1 import jaxinit_pb2 as pb
+from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
+from jaxinit_server.core import GenerateParams, Service, Tensor
+
+__all__ = ["SERVICE_NAME", "create_grpc_server"]
+
+log = logging.getLogger("jaxinit_server.grpc")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Initializers"].full_name
+ERROR_TYPE_KEY = "jaxinit-error-type"
+# How many requests of one GenerateMany stream are produced ahead of the one being sent.
+MANY_WINDOW = 4
+
+
+def params_from_proto(request: pb.GenerateRequest) -> GenerateParams:
+    """The core's view of a wire request."""
+    key = None
+    if request.HasField("key"):
+        form = request.key.WhichOneof("form")
+        impl = request.key.impl or "threefry2x32"
+        if form == "seed":
+            key = Key(seed=request.key.seed, impl=impl)
+        elif form == "data":
+            key = Key(data=tuple(request.key.data.words), impl=impl)
+    prng = request.prng
+    return GenerateParams(
+        initializer=request.initializer,
+        shape=list(request.shape),
+        args={name: value_from_proto(v) for name, v in request.args.items()},
+        dtype=request.dtype or None,
+        key=key,
+        threefry_partitionable=(
+            prng.threefry_partitionable if prng.HasField("threefry_partitionable") else None
+        ),
+        enable_x64=prng.enable_x64 if prng.HasField("enable_x64") else None,
+        request_id=request.request_id,
+    )
+
+
+def value_from_proto(value: pb.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind is None or kind == "null_value":
+        return None
+    if kind == "int_list":
+        return list(value.int_list.values)
+    if kind == "list_value":
+        return [value_from_proto(v) for v in value.list_value.items]
+    return getattr(value, kind)  # kind is one of the oneof's own field names
+
+
+def header_to_proto(tensor: Tensor, chunk_bytes: int) -> pb.TensorHeader:
+    return pb.TensorHeader(
+        shape=tensor.shape,
+        dtype=tensor.dtype,
+        byte_order="little",
+        total_bytes=tensor.nbytes,
+        chunk_bytes=chunk_bytes,
+        provenance=pb.Provenance(**tensor.provenance),
+    )
+
+
+def frames(tensor: Tensor, request_id: str, chunk_bytes: int) -> Iterator[pb.TensorChunk]:
+    """The messages that carry one tensor: its header, then its bytes."""
+    yield pb.TensorChunk(request_id=request_id, header=header_to_proto(tensor, chunk_bytes))
+    for offset, data in tensor.chunks(chunk_bytes):
+        yield pb.TensorChunk(request_id=request_id, data=pb.DataChunk(offset=offset, data=bytes(data)))
+
+
+def error_to_proto(error: JaxinitError, request_id: str) -> pb.TensorChunk:
+    return pb.TensorChunk(
+        request_id=request_id,
+        error=pb.Error(code=mapping_for(error).grpc_code, type=type(error).__name__, message=error.message),
+    )
+
+
+class InitializersServicer(pb_grpc.InitializersServicer):
+    def __init__(self, service: Service) -> None:
+        self._service = service
+        self._chunk = service.limits.chunk_bytes
+
+    async def Generate(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.TensorChunk]:
+        try:
+            tensor = await self._service.generate(self._service.prepare(params_from_proto(request)))
+            for message in frames(tensor, request.request_id, self._chunk):
+                yield message
+        except Exception as exc:
+            await _abort(context, _domain(exc))
+
+    async def GenerateMany(
+        self, request_iterator: AsyncIterator[pb.GenerateRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.TensorChunk]:
+        # A reader starts each request's generation as it arrives (at most MANY_WINDOW
+        # ahead); the answers go out in request order, one tensor at a time.
+        pending: asyncio.Queue[tuple[str, asyncio.Future[Tensor]] | None] = asyncio.Queue(MANY_WINDOW)
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    future = asyncio.ensure_future(self._generate_one(request))
+                    await pending.put((request.request_id, future))
+            finally:
+                await pending.put(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (item := await pending.get()) is not None:
+                request_id, future = item
+                try:
+                    tensor = await future
+                except Exception as exc:
+                    yield error_to_proto(_domain(exc), request_id)
+                    continue
+                for message in frames(tensor, request_id, self._chunk):
+                    yield message
+            await reader  # surfaces a broken request stream
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+    async def _generate_one(self, request: pb.GenerateRequest) -> Tensor:
+        return await self._service.generate(self._service.prepare(params_from_proto(request)))
+
+    async def ListInitializers(
+        self, request: pb.ListInitializersRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListInitializersResponse:
+        described = self._service.describe()
+        return pb.ListInitializersResponse(
+            initializers=[
+                pb.InitializerSpec(
+                    name=i["name"], kind=i["kind"], source=i["source"], summary=i["summary"],
+                    uses_key=i["uses_key"], arguments=[pb.ArgumentSpec(**a) for a in i["arguments"]],
+                )
+                for i in described["initializers"]
+            ],
+            dtypes=described["dtypes"],
+            key_impls=described["key_impls"],
+            server=pb.Provenance(**described["server"]),
+        )
+
+
+def _domain(exc: BaseException) -> JaxinitError:
+    if isinstance(exc, JaxinitError):
+        return exc
+    log.error("internal error", exc_info=exc)
+    return InternalError("internal server error")
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: JaxinitError) -> None:
+    context.set_trailing_metadata(((ERROR_TYPE_KEY, type(error).__name__),))
+    await context.abort(grpc.StatusCode[mapping_for(error).grpc_code], error.message)
+
+
+def create_grpc_server(service: Service, host: str, port: int) -> tuple[grpc.aio.Server, int, Any]:
+    """A gRPC server with the jaxinit service, health and reflection, bound to ``host:port``.
+
+    Returns:
+        (server, bound port, health servicer). Port 0 binds a free port. Not started.
+    """
+    server = grpc.aio.server()
+    pb_grpc.add_InitializersServicer_to_server(InitializersServicer(service), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC to {host}:{port}")
+    return server, bound, health_servicer
+
+
+async def set_serving(health_servicer: Any, serving: bool) -> None:
+    status = (
+        health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, status)

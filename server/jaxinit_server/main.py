@@ -1,0 +1,111 @@
+"""``jaxinit-server``: gRPC and HTTP in one process.
+
+    jaxinit-server --host 127.0.0.1 --grpc-port 50051 --http-port 8000
+
+Port 0 picks a free port; the bound ports are printed on one line
+(``jaxinit-server ready grpc=HOST:PORT http=http://HOST:PORT``) once the server
+is warmed up and serving. Settings also come from ``JAXINIT_*`` variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+
+from jaxinit_server.core import Service
+from jaxinit_server.grpc_adapter import create_grpc_server, set_serving
+from jaxinit_server.rest_adapter import create_app
+from jaxinit_server.settings import Settings
+
+__all__ = ["main", "serve"]
+
+log = logging.getLogger("jaxinit_server")
+
+
+def parse_settings(argv: Sequence[str] | None = None) -> Settings:
+    """Settings from the environment, overridden by the flags given."""
+    parser = argparse.ArgumentParser(prog="jaxinit-server", description=__doc__.split("\n")[0])
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if field.annotation is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=field.description)
+        else:
+            parser.add_argument(flag, type=field.annotation, default=None, help=field.description)  # type: ignore[arg-type]
+    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    return Settings(**given)
+
+
+def _bind_http(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """Run both servers until ``stop`` is set (or SIGTERM/SIGINT), then drain and return."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread
+            pass
+
+    service = Service(settings.limits(), workers=settings.workers)
+    grpc_server, grpc_port, health = create_grpc_server(service, settings.host, settings.grpc_port)
+    sock = _bind_http(settings.host, settings.http_port)
+    http_port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(service),
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.grace_seconds) or None,
+        lifespan="off",
+    )
+    http_server = uvicorn.Server(config)
+    http_server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+
+    await grpc_server.start()
+    http_task = asyncio.ensure_future(http_server.serve(sockets=[sock]))
+    await set_serving(health, False)
+    if settings.warm_up:
+        await asyncio.to_thread(service.warm_up)
+    service.ready = True
+    await set_serving(health, True)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    print(f"jaxinit-server ready grpc={host}:{grpc_port} http=http://{host}:{http_port}", flush=True)
+
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({stopper, http_task}, return_when=asyncio.FIRST_COMPLETED)
+    # Graceful stop: report not ready, stop taking calls, let in-flight ones finish.
+    service.ready = False
+    await set_serving(health, False)
+    http_server.should_exit = True
+    await asyncio.gather(grpc_server.stop(settings.grace_seconds), http_task, return_exceptions=True)
+    stopper.cancel()
+    service.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = parse_settings(argv)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        asyncio.run(serve(settings))
+    except OSError as exc:
+        print(f"jaxinit-server: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

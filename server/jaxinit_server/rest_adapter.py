@@ -1,0 +1,301 @@
+"""The REST adapter (FastAPI): translates HTTP to core calls and back. No rules here."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+from jaxinit._errors import InternalError, InvalidArgument, JaxinitError, NotAcceptable, TooLarge, mapping_for
+from jaxinit._keys import Key
+from jaxinit_server.core import GenerateParams, Resolved, Service, Tensor
+from jaxinit_server.core.request import args_from_text
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("jaxinit_server.rest")
+OCTET, NPY, JSON = "application/octet-stream", "application/x-npy", "application/json"
+MEDIA_TYPES = (OCTET, NPY, JSON)
+IMMUTABLE = "public, max-age=31536000, immutable"
+# Query parameters of the GET form that are not initializer arguments.
+RESERVED = {"shape", "dtype", "seed", "key_data", "key_impl", "threefry_partitionable", "enable_x64"}
+
+
+class KeyBody(BaseModel):
+    """Exactly one of seed or data; impl defaults to threefry2x32."""
+
+    model_config = ConfigDict(extra="forbid")
+    seed: StrictInt | None = Field(None, description="jax.random.key(seed, impl=impl) on the server")
+    data: list[StrictInt] | None = Field(None, description="raw key data: uint32 words")
+    impl: str | None = Field(None, description="threefry2x32 (default), rbg, unsafe_rbg")
+
+
+class PrngBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    threefry_partitionable: StrictBool | None = None
+    enable_x64: StrictBool | None = Field(None, description="unset: true for 64-bit dtypes")
+
+
+class GenerateBody(BaseModel):
+    """The same fields as the gRPC GenerateRequest."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"initializer": "lecun_normal", "shape": [784, 256], "key": {"seed": 42}}]
+        },
+    )
+    initializer: str
+    shape: list[StrictInt]
+    args: dict[str, Any] = Field(default_factory=dict, description="factory arguments by name")
+    dtype: str | None = None
+    key: KeyBody | None = None
+    prng: PrngBody | None = None
+    request_id: str = ""
+
+
+class ErrorBody(BaseModel):
+    code: str
+    type: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+def _key(body: KeyBody | None) -> Key | None:
+    if body is None:
+        return None
+    impl = body.impl or "threefry2x32"
+    if body.data is not None and body.seed is None:
+        return Key(data=tuple(body.data), impl=impl)
+    return Key(seed=body.seed, impl=impl)  # Key says what is wrong when both or neither are given
+
+
+def error_response(error: JaxinitError, headers: dict[str, str] | None = None) -> JSONResponse:
+    mapping = mapping_for(error)
+    body = {"error": {"code": mapping.grpc_code, "type": type(error).__name__, "message": error.message}}
+    return JSONResponse(body, status_code=mapping.http_status, headers=headers)
+
+
+def negotiate(accept: str | None) -> str:
+    """The media type to answer with, from an Accept header (q-values honoured)."""
+    if not accept:
+        return OCTET
+    best, best_q = None, 0.0
+    for part in accept.split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        q = 1.0
+        for param in params:
+            if param.startswith("q="):
+                try:
+                    q = float(param[2:])
+                except ValueError:
+                    q = 0.0
+        candidates = MEDIA_TYPES if media in ("*/*", "application/*") else (media,)
+        for candidate in candidates:
+            if candidate in MEDIA_TYPES and (q > best_q or (q == best_q and best is None)):
+                best, best_q = candidate, q
+    if best is None:
+        raise NotAcceptable(f"cannot answer with {accept!r}; this endpoint produces {', '.join(MEDIA_TYPES)}")
+    return best
+
+
+def create_app(service: Service, *, title: str = "jaxinit") -> FastAPI:
+    """The REST gateway over ``service``."""
+    app = FastAPI(
+        title=title,
+        version=service.identity.jaxinit_version,
+        description="JAX initializers, bit-identical to the server's JAX. Tensors are raw "
+        "little-endian bytes (application/octet-stream), .npy files or JSON.",
+        responses={code: {"model": ErrorResponse} for code in (400, 404, 406, 413, 503)},
+    )
+    app.state.service = service
+
+    @app.exception_handler(JaxinitError)
+    async def _domain_error(request: Request, exc: JaxinitError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}" for e in exc.errors()
+        )
+        return error_response(InvalidArgument(f"invalid request: {problems}"))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("internal error on %s", request.url.path, exc_info=exc)
+        return error_response(InternalError("internal server error"))
+
+    @app.get("/healthz", summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: 503 until warmed up, and while stopping")
+    async def readyz() -> JSONResponse:
+        ready = service.ready
+        return JSONResponse({"status": "ready" if ready else "not ready"}, status_code=200 if ready else 503)
+
+    @app.get("/v1/initializers", summary="The registry: initializers, arguments, dtypes, server")
+    async def list_initializers() -> dict[str, Any]:
+        return service.describe()
+
+    @app.post(
+        "/v1/generate",
+        summary="Generate a tensor",
+        response_class=Response,
+        responses={200: {"content": {OCTET: {}, NPY: {}, JSON: {}}}},
+    )
+    async def generate(body: GenerateBody, accept: Annotated[str | None, Header()] = None) -> Response:
+        media = negotiate(accept)
+        prng = body.prng or PrngBody()
+        params = GenerateParams(
+            initializer=body.initializer,
+            shape=body.shape,
+            args=body.args,
+            dtype=body.dtype,
+            key=_key(body.key),
+            threefry_partitionable=prng.threefry_partitionable,
+            enable_x64=prng.enable_x64,
+            request_id=body.request_id,
+        )
+        resolved = service.prepare(params)
+        return await _respond(service, resolved, media, {})
+
+    @app.get(
+        "/v1/generate/{initializer}",
+        summary="Generate a tensor (GET form: cacheable, ETag, 304)",
+        response_class=Response,
+        responses={200: {"content": {OCTET: {}, NPY: {}, JSON: {}}}, 304: {"description": "not modified"}},
+    )
+    async def generate_get(
+        request: Request,
+        initializer: str,
+        shape: Annotated[str, Query(description="comma-separated dims, e.g. 784,256; empty for a scalar")],
+        dtype: str | None = None,
+        seed: int | None = None,
+        key_data: Annotated[str | None, Query(description="comma-separated uint32 words")] = None,
+        key_impl: str | None = None,
+        threefry_partitionable: bool | None = None,
+        enable_x64: bool | None = None,
+        accept: Annotated[str | None, Header()] = None,
+        if_none_match: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        media = negotiate(accept)
+        key = None
+        if seed is not None or key_data is not None:
+            words = _int_list("key_data", key_data) if key_data is not None else None
+            key = Key(seed=seed, data=None if words is None else tuple(words), impl=key_impl or "threefry2x32")
+        text_args = {k: v for k, v in request.query_params.items() if k not in RESERVED}
+        resolved = service.prepare(
+            GenerateParams(
+                initializer=initializer,
+                shape=_int_list("shape", shape),
+                args=args_from_text(text_args),
+                dtype=dtype,
+                key=key,
+                threefry_partitionable=threefry_partitionable,
+                enable_x64=enable_x64,
+            )
+        )
+        etag = service.etag(resolved)
+        headers = {"ETag": etag, "Cache-Control": IMMUTABLE, "Vary": "Accept"}
+        if if_none_match and (if_none_match.strip() == "*" or etag in _etags(if_none_match)):
+            return Response(status_code=304, headers=headers)
+        return await _respond(service, resolved, media, headers)
+
+    return app
+
+
+def _int_list(name: str, text: str) -> list[int]:
+    if not text.strip():
+        return []
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise InvalidArgument(f"{name} must be comma-separated integers, got {text!r}") from None
+
+
+def _etags(header: str) -> list[str]:
+    return [tag.strip().removeprefix("W/") for tag in header.split(",")]
+
+
+async def _respond(service: Service, resolved: Resolved, media: str, headers: dict[str, str]) -> Response:
+    if media == JSON and resolved.nbytes and _elements(resolved) > service.limits.max_json_elements:
+        raise TooLarge(
+            f"JSON answers are capped at {service.limits.max_json_elements} elements; this tensor has "
+            f"{_elements(resolved)}. Ask for application/octet-stream or application/x-npy."
+        )
+    tensor = await service.generate(resolved)
+    headers = {**headers, **_tensor_headers(tensor)}
+    if media == JSON:
+        return JSONResponse(_json_body(tensor), headers=headers)
+    chunk = service.limits.chunk_bytes
+    if media == NPY:
+        prefix = _npy_header(tensor)
+        headers["Content-Length"] = str(len(prefix) + tensor.nbytes)
+        return StreamingResponse(_with_prefix(prefix, tensor, chunk), media_type=NPY, headers=headers)
+    headers["Content-Length"] = str(tensor.nbytes)
+    return StreamingResponse(_with_prefix(b"", tensor, chunk), media_type=OCTET, headers=headers)
+
+
+def _elements(resolved: Resolved) -> int:
+    count = 1
+    for dim in resolved.shape:
+        count *= dim
+    return count
+
+
+def _tensor_headers(tensor: Tensor) -> dict[str, str]:
+    return {
+        "X-Jaxinit-Shape": ",".join(str(d) for d in tensor.shape),
+        "X-Jaxinit-Dtype": tensor.dtype,
+        "X-Jaxinit-Byte-Order": "little",
+        "X-Jaxinit-Request-Digest": tensor.provenance["request_digest"],
+        "X-Jaxinit-Provenance": json.dumps(tensor.provenance, separators=(",", ":")),
+    }
+
+
+def _with_prefix(prefix: bytes, tensor: Tensor, chunk_bytes: int) -> Iterator[bytes | memoryview]:
+    if prefix:
+        yield prefix
+    for _, data in tensor.chunks(chunk_bytes):
+        yield data
+
+
+def _npy_header(tensor: Tensor) -> bytes:
+    buffer = io.BytesIO()
+    descr = np.lib.format.dtype_to_descr(tensor.array.dtype.newbyteorder("<"))
+    header = {"descr": descr, "fortran_order": False, "shape": tensor.shape}
+    np.lib.format.write_array_header_1_0(buffer, header)  # type: ignore[no-untyped-call]
+    return buffer.getvalue()
+
+
+def _json_body(tensor: Tensor) -> dict[str, Any]:
+    """Nested lists; complex numbers as [real, imag]; non-finite floats as "nan"/"inf"/"-inf"."""
+    array = tensor.array
+    if array.dtype.kind == "V":  # bfloat16 and float8 types (ml_dtypes): exact in float32
+        array = array.astype(np.float32)
+    if array.dtype.kind == "c":
+        array = np.stack([array.real, array.imag], axis=-1)
+    data: Any = array.tolist()
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        data = _map_nested(data, lambda x: x if np.isfinite(x) else repr(x))
+    return {"shape": list(tensor.shape), "dtype": tensor.dtype, "data": data, "provenance": tensor.provenance}
+
+
+def _map_nested(data: Any, fn: Any) -> Any:
+    if isinstance(data, list):
+        return [_map_nested(d, fn) for d in data]
+    return fn(data)
+

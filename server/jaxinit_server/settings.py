@@ -1,0 +1,37 @@
+"""Server settings: from JAXINIT_* environment variables, overridden by command-line flags.
+
+Built once, in ``main()``, and passed into the factories; nothing reads them at import.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from jaxinit_server.core.request import Limits
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Every knob of the server. Env: ``JAXINIT_<NAME>`` (e.g. ``JAXINIT_GRPC_PORT``)."""
+
+    model_config = SettingsConfigDict(env_prefix="JAXINIT_", extra="forbid")
+
+    host: str = Field("127.0.0.1", description="address both servers bind; 0.0.0.0 for all")
+    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one")
+    http_port: int = Field(8000, ge=0, le=65535, description="HTTP port; 0 picks a free one")
+    workers: int = Field(4, ge=1, description="threads that run JAX")
+    max_tensor_bytes: int = Field(4 * 2**30, ge=0, description="largest tensor served, in bytes")
+    max_json_elements: int = Field(2**20, ge=0, description="largest tensor served as JSON")
+    chunk_bytes: int = Field(2**20, ge=1024, le=3 * 2**20, description="bytes per streamed chunk")
+    grace_seconds: float = Field(10.0, ge=0, description="drain time for in-flight calls on stop")
+    warm_up: bool = Field(True, description="run a few requests before reporting ready")
+    log_level: str = Field("info", description="uvicorn and server log level")
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_tensor_bytes=self.max_tensor_bytes,
+            max_json_elements=self.max_json_elements,
+            chunk_bytes=self.chunk_bytes,
+        )
