@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-import sys
 import pathlib
+import sys
 import warnings
 from collections.abc import Iterator
 

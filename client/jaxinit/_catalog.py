@@ -222,9 +222,8 @@ def _check(initializer: str, arg: ArgSpec, value: Any) -> Any:
     if arg.type == "axes":
         if _is_int(value):
             return _axis(where, int(value))
-        if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-            if all(_is_int(v) for v in value):
-                return [_axis(where, int(v)) for v in value]
+        if isinstance(value, Sequence) and not isinstance(value, (str, bytes)) and all(map(_is_int, value)):
+            return [_axis(where, int(v)) for v in value]
         raise InvalidArgument(f"{where} must be an int or a sequence of ints, got {value!r}")
     if arg.type == "choice":
         if isinstance(value, str) and value in arg.choices:

@@ -76,15 +76,17 @@ def _open_transport(url: str, *, asynchronous: bool, timeout: float | None, chan
             raise InvalidArgument("transport= is for http:// URLs; give a gRPC channel as channel=")
         from jaxinit import _grpc  # imported only when used: gRPC stays optional at import
 
-        cls = _grpc.AsyncGrpcTransport if asynchronous else _grpc.GrpcTransport
-        return cls(parts.netloc, timeout=timeout, channel=channel)
+        if asynchronous:
+            return _grpc.AsyncGrpcTransport(parts.netloc, timeout=timeout, channel=channel)
+        return _grpc.GrpcTransport(parts.netloc, timeout=timeout, channel=channel)
     if parts.scheme in ("http", "https"):
         if channel is not None:
             raise InvalidArgument("channel= is for grpc:// URLs; give an httpx transport as transport=")
         from jaxinit import _http
 
-        cls = _http.AsyncHttpTransport if asynchronous else _http.HttpTransport
-        return cls(url.rstrip("/"), timeout=timeout, transport=transport)
+        if asynchronous:
+            return _http.AsyncHttpTransport(url.rstrip("/"), timeout=timeout, transport=transport)
+        return _http.HttpTransport(url.rstrip("/"), timeout=timeout, transport=transport)
     raise InvalidArgument(f"unsupported URL {url!r}: use grpc://HOST:PORT or http(s)://HOST:PORT")
 
 
@@ -129,10 +131,20 @@ class _BaseClient:
         return getattr(self, name)(**args)
 
     def request(
-        self, initializer: str, key: Any, shape: Any, dtype: Any = None, *, request_id: str = "", **args: Any
+        self,
+        initializer: str,
+        key: Any,
+        shape: Any,
+        dtype: Any = None,
+        *,
+        args: Mapping[str, Any] | None = None,
+        request_id: str = "",
     ) -> Request:
-        """A :class:`Request` carrying this client's PRNG settings, for :meth:`generate_many`."""
-        return self._request(initializer, key, shape, dtype, args, request_id)
+        """A :class:`Request` carrying this client's PRNG settings, for :meth:`generate_many`.
+
+        ``args`` are the factory's arguments (``{"stddev": 0.02}``); ``dtype`` is the call's.
+        """
+        return self._request(initializer, key, shape, dtype, args or {}, request_id)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -168,10 +180,10 @@ class Client(_BaseClient):
     _initializer_class = Initializer
 
     def generate(
-        self, initializer: str, key: Any, shape: Any, dtype: Any = None, **args: Any
+        self, initializer: str, key: Any, shape: Any, dtype: Any = None, *, args: Mapping[str, Any] | None = None
     ) -> Tensor:
-        """One tensor, with its provenance."""
-        return self._transport.generate(self.request(initializer, key, shape, dtype, **args))  # type: ignore[no-any-return]
+        """One tensor, with its provenance: ``init(key, shape, dtype)`` of ``initializer(**args)``."""
+        return self._transport.generate(self.request(initializer, key, shape, dtype, args=args))  # type: ignore[no-any-return]
 
     def generate_many(self, requests: Iterable[Request]) -> Iterator[Tensor | JaxinitError]:
         """Many tensors over one stream, in request order. A request that fails yields its
@@ -198,9 +210,9 @@ class AsyncClient(_BaseClient):
     _initializer_class = AsyncInitializer
 
     async def generate(
-        self, initializer: str, key: Any, shape: Any, dtype: Any = None, **args: Any
+        self, initializer: str, key: Any, shape: Any, dtype: Any = None, *, args: Mapping[str, Any] | None = None
     ) -> Tensor:
-        return await self._transport.generate(self.request(initializer, key, shape, dtype, **args))  # type: ignore[no-any-return]
+        return await self._transport.generate(self.request(initializer, key, shape, dtype, args=args))  # type: ignore[no-any-return]
 
     def generate_many(
         self, requests: Iterable[Request] | AsyncIterable[Request]

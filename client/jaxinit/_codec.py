@@ -103,10 +103,12 @@ def to_wire_bytes(array: np.ndarray) -> memoryview:
     if array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and sys.byteorder == "big"):
         array = array.astype(array.dtype.newbyteorder("<"))
     # Viewed as bytes first: ml_dtypes types (bfloat16, float8) cannot back a memoryview.
-    return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
 
 
-def array_from_buffer(buffer: bytes | bytearray | memoryview, shape: Sequence[int], dtype: str) -> np.ndarray:
+def array_from_buffer(
+    buffer: bytes | bytearray | memoryview | np.ndarray, shape: Sequence[int], dtype: str
+) -> np.ndarray:
     """An array over wire bytes (no copy), in the machine's native byte order."""
     np_dtype = DTYPES[dtype_name(dtype)]
     if sys.byteorder == "little":

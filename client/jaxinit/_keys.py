@@ -69,7 +69,7 @@ def key(seed: int, *, impl: str | None = None) -> Key:
 def wrap_key_data(data: Any, *, impl: str | None = None) -> Key:
     """Like ``jax.random.wrap_key_data(data, impl=impl)``: a key from raw uint32 words."""
     words = np.asarray(data)
-    if words.ndim != 1 or not (words.dtype.kind in "ui"):
+    if words.ndim != 1 or words.dtype.kind not in "ui":
         raise InvalidArgument(
             f"key data must be a 1-D sequence of uint32 words, got {data!r}"
         )

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import uvicorn
+from pydantic import ValidationError
 
 from jaxinit_server.core import Service
 from jaxinit_server.grpc_adapter import create_grpc_server, set_serving
@@ -42,6 +44,14 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     return Settings(**given)
 
 
+class _HttpServer(uvicorn.Server):
+    """uvicorn without its own signal handling: this process has one shutdown path."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 def _bind_http(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -57,10 +67,8 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
             loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):  # not the main thread
-            pass
 
     service = Service(settings.limits(), workers=settings.workers)
     grpc_server, grpc_port, health = create_grpc_server(service, settings.host, settings.grpc_port)
@@ -72,8 +80,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         timeout_graceful_shutdown=int(settings.grace_seconds) or None,
         lifespan="off",
     )
-    http_server = uvicorn.Server(config)
-    http_server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    http_server = _HttpServer(config)
 
     await grpc_server.start()
     http_task = asyncio.ensure_future(http_server.serve(sockets=[sock]))
@@ -97,7 +104,12 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    settings = parse_settings(argv)
+    try:
+        settings = parse_settings(argv)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        print(f"jaxinit-server: invalid settings: {problems}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         asyncio.run(serve(settings))

@@ -75,10 +75,8 @@ class ErrorResponse(BaseModel):
 def _key(body: KeyBody | None) -> Key | None:
     if body is None:
         return None
-    impl = body.impl or "threefry2x32"
-    if body.data is not None and body.seed is None:
-        return Key(data=tuple(body.data), impl=impl)
-    return Key(seed=body.seed, impl=impl)  # Key says what is wrong when both or neither are given
+    data = None if body.data is None else tuple(body.data)
+    return Key(seed=body.seed, data=data, impl=body.impl or "threefry2x32")  # Key checks the combination
 
 
 def error_response(error: JaxinitError, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -128,7 +126,7 @@ def create_app(service: Service, *, title: str = "jaxinit") -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}" for e in exc.errors()
+            f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in exc.errors()
         )
         return error_response(InvalidArgument(f"invalid request: {problems}"))
 

@@ -13,14 +13,14 @@ from typing import Any
 import jax
 import numpy as np
 import pytest
-from helpers import local_jax
 
 import jaxinit
+from helpers import local_jax
 from jaxinit._catalog import CATALOG
 from jaxinit._codec import DTYPE_NAMES
 
 ALL_SHAPES = [(), (0,), (7,), (0, 3), (6, 6), (3, 4, 5), (2, 3, 4, 5), (3, 0, 2)]
-DTYPE_SHAPES = [(4, 5), (2, 3, 4, 5)]
+VARIANT_SHAPES = [(4, 5), (3, 4, 5)]
 MODES = [True, False]
 
 # Non-default factory arguments worth covering for each entry (defaults are covered too).
@@ -43,17 +43,22 @@ ARGS: dict[str, list[dict[str, Any]]] = {
 }
 
 
-def _cases(names: list[str], shapes: list[tuple[int, ...]], dtypes: list[str | None]) -> list[tuple[Any, ...]]:
+def _cases(names: list[str], shapes: list[tuple[int, ...]], dtypes: list[str | None],
+           variants: bool = False) -> list[tuple[Any, ...]]:
     cases = []
     for name in names:
-        for args in ARGS.get(name, [{}]):
-            if name == "variance_scaling" and not args:
-                continue
+        arg_sets = ARGS.get(name, [{}]) if variants else [_DEFAULT_ARGS.get(name, {})]
+        for args in arg_sets:
             for shape, dtype, mode in itertools.product(shapes, dtypes, MODES):
                 cases.append((name, args, shape, dtype, mode))
     return cases
 
 
+# Arguments for entries that have required ones.
+_DEFAULT_ARGS: dict[str, dict[str, Any]] = {
+    "constant": {"value": 0.3},
+    "variance_scaling": {"scale": 1.5, "mode": "fan_avg", "distribution": "truncated_normal"},
+}
 ALL_NAMES = sorted(CATALOG)
 _REFERENCE: dict[str, Any] = {}
 
@@ -83,7 +88,7 @@ def _run_matrix(url: str, cases: list[tuple[Any, ...]], key: Any = 42) -> int:
     for partitionable in MODES:
         chosen = [c for c in cases if c[4] == partitionable]
         with jaxinit.Client(url, threefry_partitionable=partitionable) as client:
-            requests = [client.request(n, key, s, d, **a) for n, a, s, d, _ in chosen]
+            requests = [client.request(n, key, s, d, args=a) for n, a, s, d, _ in chosen]
             results = list(client.generate_many(requests))
         assert len(results) == len(chosen)
         for (name, args, shape, dtype, _), result in zip(chosen, results, strict=True):
@@ -95,12 +100,18 @@ def _run_matrix(url: str, cases: list[tuple[Any, ...]], key: Any = 42) -> int:
 
 @pytest.mark.parametrize("name", ALL_NAMES)
 def test_every_dtype(url: str, name: str) -> None:
-    assert _run_matrix(url, _cases([name], DTYPE_SHAPES, [None, *DTYPE_NAMES]))
+    assert _run_matrix(url, _cases([name], [(3, 4, 5)], [None, *DTYPE_NAMES]))
 
 
 @pytest.mark.parametrize("name", ALL_NAMES)
 def test_every_shape(url: str, name: str) -> None:
-    assert _run_matrix(url, _cases([name], ALL_SHAPES, ["float32", "bfloat16"]), key=-3)
+    """Ranks 0..4, 0-size shapes included."""
+    assert _run_matrix(url, _cases([name], ALL_SHAPES, ["float32"]), key=-3)
+
+
+@pytest.mark.parametrize("name", sorted(ARGS))
+def test_every_argument(url: str, name: str) -> None:
+    assert _run_matrix(url, _cases([name], VARIANT_SHAPES, ["float32", "bfloat16"], variants=True), key=7)
 
 
 SEEDS = [0, 42, -3, 2**31, 2**32 + 7, 2**40 + 5, -(2**63), 2**63 - 1]

@@ -46,7 +46,7 @@ def server_identity() -> ServerIdentity:
         backend=jax.default_backend(),
         device_kind=device.device_kind,
         defaults=PrngDefaults(
-            threefry_partitionable=bool(jax.config.jax_threefry_partitionable),
-            enable_x64=bool(jax.config.jax_enable_x64),
+            threefry_partitionable=bool(jax.config.jax_threefry_partitionable),  # type: ignore[attr-defined]
+            enable_x64=bool(jax.config.jax_enable_x64),  # type: ignore[attr-defined]
         ),
     )

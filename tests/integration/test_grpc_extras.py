@@ -1,0 +1,37 @@
+"""gRPC extras: standard health checking, reflection, the registry RPC."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import jax
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+import jaxinit
+
+
+def test_health_reports_serving(server: Any) -> None:
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "jaxinit.v1.Initializers"):
+            response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_the_services(server: Any) -> None:
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        response = next(iter(stub.ServerReflectionInfo(iter([request]), timeout=10)))
+    names = {s.name for s in response.list_services_response.service}
+    assert {"jaxinit.v1.Initializers", "grpc.health.v1.Health"} <= names
+
+
+def test_list_initializers_matches_over_both_transports(server: Any) -> None:
+    with jaxinit.Client(server.grpc_url) as g, jaxinit.Client(server.http_url) as h:
+        over_grpc, over_http = g.list_initializers(), h.list_initializers()
+    assert over_grpc["initializers"] == over_http["initializers"]
+    assert over_grpc["dtypes"] == over_http["dtypes"]
+    assert over_grpc["server"]["jax_version"] == over_http["server"]["jax_version"] == jax.__version__

@@ -1,0 +1,58 @@
+"""The jaxinit-server process: ports, environment settings, graceful stop, huge tensors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+import jaxinit
+from helpers import running_server
+
+
+def test_env_settings_and_sigterm_exits_cleanly() -> None:
+    env = {"JAXINIT_MAX_TENSOR_BYTES": "1000", "JAXINIT_WARM_UP": "false"}
+    with running_server(env=env) as srv:
+        with jaxinit.Client(srv.http_url) as client:
+            assert client.zeros(0, (250,)).shape == (250,)
+            with pytest.raises(jaxinit.TooLarge, match="limit is 1000 bytes"):
+                client.zeros(0, (251,))
+        assert srv.stop() == 0
+
+
+def test_bad_settings_fail_fast() -> None:
+    with pytest.raises(RuntimeError, match="grpc_port"), running_server("--grpc-port", "70000", timeout=60):
+        pass
+
+
+def test_in_flight_stream_drains_on_sigterm() -> None:
+    """SIGTERM while a large tensor streams: the call completes, then the process exits 0."""
+    with running_server() as srv:
+        with httpx.stream("POST", f"{srv.http_url}/v1/generate",
+                          json={"initializer": "ones", "shape": [64, 2**20], "dtype": "int8"}) as response:
+            assert response.status_code == 200
+            chunks = response.iter_bytes()
+            received = len(next(chunks))
+            srv.process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)  # the server is stopping while the body is still streaming
+            received += sum(len(c) for c in chunks)
+        assert received == 64 * 2**20
+        assert srv.process.wait(60) == 0
+
+
+@pytest.mark.skipif(os.environ.get("JAXINIT_SKIP_HUGE") == "1", reason="JAXINIT_SKIP_HUGE=1")
+@pytest.mark.parametrize("scheme", ["grpc", "http"])
+def test_beyond_two_gib(scheme: str) -> None:
+    """A tensor over 2 GiB arrives whole, into one buffer, over either transport."""
+    size = 2**31 + 4096
+    with running_server("--no-warm-up") as srv:
+        url = srv.grpc_url if scheme == "grpc" else srv.http_url
+        with jaxinit.Client(url, timeout=600) as client:
+            array = client.ones(0, (size,), "int8")
+            assert array.shape == (size,) and array.dtype == np.int8
+            assert int(array.sum(dtype=np.int64)) == size
+            del array
