@@ -19,8 +19,16 @@ from jaxinit._errors import InvalidArgument
 
 __all__ = ["DEFAULT_IMPL", "KEY_IMPLS", "Key", "as_key", "key", "wrap_key_data"]
 
-# Key implementation -> number of uint32 words of its key data.
-KEY_IMPLS: dict[str, int] = {"threefry2x32": 2, "rbg": 4, "unsafe_rbg": 4}
+# Key implementation -> number of uint32 words of its key data (every one JAX 0.10 has;
+# a test compares this table with the installed JAX's registry).
+KEY_IMPLS: dict[str, int] = {
+    "threefry2x32": 2,
+    "rbg": 4,
+    "unsafe_rbg": 4,
+    "threefry4x32": 4,
+    "philox2x32": 1,
+    "philox4x32": 2,
+}
 DEFAULT_IMPL = "threefry2x32"
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 

@@ -35,7 +35,9 @@ class KeyBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     seed: StrictInt | None = Field(None, description="jax.random.key(seed, impl=impl) on the server")
     data: list[StrictInt] | None = Field(None, description="raw key data: uint32 words")
-    impl: str | None = Field(None, description="threefry2x32 (default), rbg, unsafe_rbg")
+    impl: str | None = Field(
+        None, description="threefry2x32 (default), rbg, unsafe_rbg, threefry4x32, philox2x32, philox4x32"
+    )
 
 
 class PrngBody(BaseModel):

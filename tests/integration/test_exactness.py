@@ -124,6 +124,10 @@ KEY_FORMS: list[tuple[Any, Any]] = [
     (jaxinit.key(-9, impl="unsafe_rbg"), ("seed", -9, "unsafe_rbg")),
     (jaxinit.wrap_key_data([1, 2, 3, 4], impl="rbg"), ("data", [1, 2, 3, 4], "rbg")),
     (jaxinit.wrap_key_data([4, 3, 2, 1], impl="unsafe_rbg"), ("data", [4, 3, 2, 1], "unsafe_rbg")),
+    (jaxinit.key(-3, impl="threefry4x32"), ("seed", -3, "threefry4x32")),
+    (jaxinit.key(2**40 + 5, impl="philox2x32"), ("seed", 2**40 + 5, "philox2x32")),
+    (jaxinit.wrap_key_data([8], impl="philox2x32"), ("data", [8], "philox2x32")),
+    (jaxinit.wrap_key_data([8, 9], impl="philox4x32"), ("data", [8, 9], "philox4x32")),
 ]
 
 

@@ -34,7 +34,12 @@ def test_dtype_names_from_every_spelling() -> None:
         dtype_name("int4")
 
 
-def test_key_impls_match_jax() -> None:
+def test_key_impls_are_every_one_jax_offers() -> None:
+    from jax._src.random import prng  # the only place that lists them all
+
+    assert {name: (words,) for name, words in KEY_IMPLS.items()} == {
+        name: impl.key_shape for name, impl in prng.prngs.items()
+    }
     for impl, words in KEY_IMPLS.items():
         assert jax.random.key_data(jax.random.key(0, impl=impl)).shape == (words,)
 
