@@ -131,9 +131,13 @@ class InitializersServicer(pb_grpc.InitializersServicer):
                     yield message
             await reader  # surfaces a broken request stream
         finally:
+            # The caller may have gone: stop reading, and drop what was produced ahead.
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
+            while not pending.empty():
+                if (left := pending.get_nowait()) is not None:
+                    left[1].cancel()
 
     async def _generate_one(self, request: pb.GenerateRequest) -> Tensor:
         return await self._service.generate(self._service.prepare(params_from_proto(request)))

@@ -35,3 +35,19 @@ def test_list_initializers_matches_over_both_transports(server: Any) -> None:
     assert over_grpc["initializers"] == over_http["initializers"]
     assert over_grpc["dtypes"] == over_http["dtypes"]
     assert over_grpc["server"]["jax_version"] == over_http["server"]["jax_version"] == jax.__version__
+
+
+def test_abandoned_generate_many_leaves_the_server_healthy(server: Any) -> None:
+    """A caller that walks away mid-stream: the server drops its work and serves the next call."""
+    from jaxinit.v1 import jaxinit_pb2 as pb
+    from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
+
+    requests = [pb.GenerateRequest(request_id=str(i), initializer="normal", shape=[1024, 1024], key=pb.Key(seed=i))
+                for i in range(32)]
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        call = pb_grpc.InitializersStub(channel).GenerateMany(iter(requests), timeout=60)
+        first = next(call)
+        assert first.WhichOneof("payload") == "header"
+        call.cancel()
+    with jaxinit.Client(server.grpc_url) as client:
+        assert client.normal()(0, (3,)).shape == (3,)
