@@ -130,6 +130,8 @@ def create_app(service: Service, *, title: str = "jaxinit") -> FastAPI:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in exc.errors()
         )
+        if request.method == "POST" and "json" not in request.headers.get("content-type", ""):
+            problems += "; send the body as JSON, with the header Content-Type: application/json"
         return error_response(InvalidArgument(f"invalid request: {problems}"))
 
     @app.exception_handler(Exception)

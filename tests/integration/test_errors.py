@@ -165,6 +165,14 @@ def test_rest_bad_json_and_bad_types(server: Any) -> None:
         assert response.json()["error"]["code"] == "INVALID_ARGUMENT"
 
 
+def test_body_without_json_content_type_says_so(server: Any) -> None:
+    body = b'{"initializer": "zeros", "shape": [2]}'
+    response = httpx.post(f"{server.http_url}/v1/generate", content=body,
+                          headers={"content-type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 400
+    assert "Content-Type: application/json" in response.json()["error"]["message"]
+
+
 def test_not_acceptable_and_json_cap(server: Any) -> None:
     body = {"initializer": "normal", "shape": [4], "key": {"seed": 0}}
     response = httpx.post(f"{server.http_url}/v1/generate", json=body, headers={"Accept": "text/html"})
