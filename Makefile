@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 GRPC_PORT ?= 50051
 HTTP_PORT ?= 8000
 
-.PHONY: setup serve test lint typecheck proto clean
+.PHONY: setup serve test bench lint typecheck proto clean
 
 setup: $(VENV)/.installed
 
@@ -24,8 +24,11 @@ serve: setup
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+bench: setup
+	$(PY) bench/run.py --json bench/results.json
+
 lint: setup
-	$(VENV)/bin/ruff check client server tests scripts
+	$(VENV)/bin/ruff check client server tests scripts bench
 
 typecheck: setup
 	$(VENV)/bin/mypy client/jaxinit server/jaxinit_server

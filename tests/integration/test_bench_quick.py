@@ -1,0 +1,26 @@
+"""The benchmark suite in quick mode, so that it cannot rot. Its timings are not judged here."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def test_bench_quick_mode_runs(tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert results["mode"] == "quick"
+    assert {"1_new_shape_latency", "2_warm_small_256x256", "3_large", "4_memory", "5_concurrency_64x64"} <= set(results)
+    assert results["4_memory"]["tensor_gib"] == 1024 * 1024 * 4 / 2**30
+    for transport in ("grpc", "rest"):
+        assert results["5_concurrency_64x64"][transport]["errors"] == 0
+        assert results["5_concurrency_64x64"][transport]["requests"] > 0
