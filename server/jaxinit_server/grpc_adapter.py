@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -74,10 +74,10 @@ def header_to_proto(tensor: Tensor, chunk_bytes: int) -> pb.TensorHeader:
     )
 
 
-def frames(tensor: Tensor, request_id: str, chunk_bytes: int) -> Iterator[pb.TensorChunk]:
+async def frames(tensor: Tensor, request_id: str, chunk_bytes: int) -> AsyncIterator[pb.TensorChunk]:
     """The messages that carry one tensor: its header, then its bytes."""
     yield pb.TensorChunk(request_id=request_id, header=header_to_proto(tensor, chunk_bytes))
-    for offset, data in tensor.chunks(chunk_bytes):
+    async for offset, data in tensor.chunks(chunk_bytes):
         yield pb.TensorChunk(request_id=request_id, data=pb.DataChunk(offset=offset, data=bytes(data)))
 
 
@@ -98,7 +98,7 @@ class InitializersServicer(pb_grpc.InitializersServicer):
     ) -> AsyncIterator[pb.TensorChunk]:
         try:
             tensor = await self._service.generate(self._service.prepare(params_from_proto(request)))
-            for message in frames(tensor, request.request_id, self._chunk):
+            async for message in frames(tensor, request.request_id, self._chunk):
                 yield message
         except Exception as exc:
             await _abort(context, _domain(exc))
@@ -127,7 +127,7 @@ class InitializersServicer(pb_grpc.InitializersServicer):
                 except Exception as exc:
                     yield error_to_proto(_domain(exc), request_id)
                     continue
-                for message in frames(tensor, request_id, self._chunk):
+                async for message in frames(tensor, request_id, self._chunk):
                     yield message
             await reader  # surfaces a broken request stream
         finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import numpy as np
@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
+from jaxinit._codec import DTYPES
 from jaxinit._errors import InternalError, InvalidArgument, JaxinitError, NotAcceptable, TooLarge, mapping_for
 from jaxinit._keys import Key
 from jaxinit_server.core import GenerateParams, Resolved, Service, Tensor
@@ -241,7 +242,7 @@ async def _respond(service: Service, resolved: Resolved, media: str, headers: di
     tensor = await service.generate(resolved)
     headers = {**headers, **_tensor_headers(tensor)}
     if media == JSON:
-        return JSONResponse(_json_body(tensor), headers=headers)
+        return JSONResponse(_json_body(tensor, await tensor.array()), headers=headers)
     chunk = service.limits.chunk_bytes
     if media == NPY:
         prefix = _npy_header(tensor)
@@ -268,24 +269,23 @@ def _tensor_headers(tensor: Tensor) -> dict[str, str]:
     }
 
 
-def _with_prefix(prefix: bytes, tensor: Tensor, chunk_bytes: int) -> Iterator[bytes | memoryview]:
+async def _with_prefix(prefix: bytes, tensor: Tensor, chunk_bytes: int) -> AsyncIterator[bytes | memoryview]:
     if prefix:
         yield prefix
-    for _, data in tensor.chunks(chunk_bytes):
+    async for _, data in tensor.chunks(chunk_bytes):
         yield data
 
 
 def _npy_header(tensor: Tensor) -> bytes:
     buffer = io.BytesIO()
-    descr = np.lib.format.dtype_to_descr(tensor.array.dtype.newbyteorder("<"))
+    descr = np.lib.format.dtype_to_descr(DTYPES[tensor.dtype].newbyteorder("<"))
     header = {"descr": descr, "fortran_order": False, "shape": tensor.shape}
     np.lib.format.write_array_header_1_0(buffer, header)  # type: ignore[no-untyped-call]
     return buffer.getvalue()
 
 
-def _json_body(tensor: Tensor) -> dict[str, Any]:
+def _json_body(tensor: Tensor, array: np.ndarray) -> dict[str, Any]:
     """Nested lists; complex numbers as [real, imag]; non-finite floats as "nan"/"inf"/"-inf"."""
-    array = tensor.array
     if array.dtype.kind == "V":  # bfloat16 and float8 types (ml_dtypes): exact in float32
         array = array.astype(np.float32)
     if array.dtype.kind == "c":

@@ -5,11 +5,15 @@ Bit-exactness note: the initializer runs *eagerly*, op by op, as
 whole call in one ``jax.jit`` is not equivalent: XLA then fuses e.g. the
 ``* stddev`` of ``normal`` into the sampler and the bits change (seen with JAX
 0.10.2 on CPU for ``normal`` in every dtype and for complex ``lecun_normal``).
-Eager JAX compiles and caches each op's program itself.
+Eager JAX compiles and caches each op's program itself. Elementwise families are
+produced in chunks that replay the same eager sequence (see :mod:`chunked`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -18,32 +22,79 @@ import numpy as np
 from jaxinit._codec import DTYPES, dtype_name
 from jaxinit._errors import InternalError, JaxError, TooLarge
 from jaxinit._keys import Key
+from jaxinit_server.core import chunked
 from jaxinit_server.core.registry import build
 from jaxinit_server.core.request import Resolved
 
-__all__ = ["Generated", "run"]
+__all__ = ["Generation", "prepare", "run"]
 
-class Generated:
-    """An array JAX produced and the key data it was produced with."""
+class Generation:
+    """A request ready to produce its bytes: either the whole array already made,
+    or a chunk plan that makes any range of it (see :mod:`chunked`)."""
 
-    __slots__ = ("array", "key_data")
+    __slots__ = ("array", "key_data", "plan", "resolved")
 
-    def __init__(self, array: np.ndarray, key_data: tuple[int, ...]) -> None:
-        self.array = array
+    def __init__(
+        self,
+        resolved: Resolved,
+        key_data: tuple[int, ...],
+        *,
+        array: np.ndarray | None = None,
+        plan: chunked.Plan | None = None,
+    ) -> None:
+        self.resolved = resolved
         self.key_data = key_data
+        self.array = array
+        self.plan = plan
+
+    def produce(self) -> Iterator[np.ndarray]:
+        """The tensor's elements in C order, as one or more flat arrays (blocking)."""
+        if self.array is not None:
+            yield self.array
+            return
+        assert self.plan is not None
+        with _config(self.resolved):
+            yield from chunked.chunks(self.plan, self.key_data, 0, math.prod(self.resolved.shape))
 
 
-def run(resolved: Resolved) -> Generated:
-    """Produce the tensor for ``resolved`` (blocking; call from a worker thread).
+def _config(resolved: Resolved) -> contextlib.ExitStack:
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.threefry_partitionable(resolved.threefry_partitionable))
+    stack.enter_context(jax.enable_x64(resolved.enable_x64))
+    return stack
+
+
+def prepare(resolved: Resolved, *, chunking: bool = True) -> Generation:
+    """Make ``resolved`` ready to stream (blocking; call from a worker thread).
+
+    Elementwise requests get a chunk plan (nothing generated yet); the rest run
+    whole, here.
+
+    Raises:
+        JaxError: JAX refused the request; its message, verbatim.
+        TooLarge: XLA ran out of memory.
+    """
+    if chunking:
+        with _config(resolved):
+            try:
+                the_plan = chunked.plan(resolved)
+            except Exception:  # the whole path below raises JAX's own error, verbatim
+                the_plan = None
+            if the_plan is not None:
+                return Generation(resolved, _make_key(resolved.key)[1], plan=the_plan)
+    array, key_data = run(resolved)
+    return Generation(resolved, key_data, array=array)
+
+
+def run(resolved: Resolved) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The whole tensor for ``resolved``, exactly as eager JAX makes it, and the key data used.
 
     Raises:
         JaxError: JAX refused the request; its message, verbatim.
         TooLarge: XLA ran out of memory.
     """
     try:
-        with jax.threefry_partitionable(resolved.threefry_partitionable), jax.enable_x64(
-            resolved.enable_x64
-        ):
+        with _config(resolved):
             key, key_data = _make_key(resolved.key)
             init = build(resolved.spec, resolved.args)
             if resolved.dtype is None:  # the factory's dtype default applies, as in JAX
@@ -66,7 +117,7 @@ def run(resolved: Resolved) -> Generated:
             f"JAX returned {array.dtype}{list(array.shape)}, expected "
             f"{resolved.out_dtype}{list(resolved.shape)}"
         )
-    return Generated(array, key_data)
+    return array, key_data
 
 
 def _make_key(key: Key | None) -> tuple[Any, tuple[int, ...]]:

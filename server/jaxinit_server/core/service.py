@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-from collections.abc import Iterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -12,22 +14,26 @@ from typing import Any
 import numpy as np
 
 from jaxinit._catalog import CATALOG
-from jaxinit._codec import DTYPE_NAMES, to_wire_bytes
+from jaxinit._codec import DTYPE_NAMES, DTYPES, to_wire_bytes
 from jaxinit._keys import KEY_IMPLS, Key
-from jaxinit_server.core import engine
+from jaxinit_server.core import chunked, engine
 from jaxinit_server.core.provenance import ServerIdentity, server_identity
 from jaxinit_server.core.request import GenerateParams, Limits, Resolved, resolve
 
 __all__ = ["Service", "Tensor"]
 
 
+_END = object()
+
+
 @dataclass(frozen=True)
 class Tensor:
-    """A produced tensor, its header fields and provenance, ready to be framed."""
+    """A tensor ready to stream: header fields and provenance now, bytes as they are made."""
 
     resolved: Resolved
-    array: np.ndarray
+    generation: engine.Generation
     provenance: dict[str, Any]
+    pipeline_depth: int = 2
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -41,11 +47,72 @@ class Tensor:
     def nbytes(self) -> int:
         return self.resolved.nbytes
 
-    def chunks(self, chunk_bytes: int) -> Iterator[tuple[int, memoryview]]:
-        """(byte offset, bytes) pieces of at most ``chunk_bytes``, little-endian, in order."""
-        data = to_wire_bytes(self.array)
-        for offset in range(0, len(data), chunk_bytes):
-            yield offset, data[offset : offset + chunk_bytes]
+    async def chunks(self, chunk_bytes: int) -> AsyncIterator[tuple[int, memoryview]]:
+        """(byte offset, bytes) pieces of at most ``chunk_bytes``, little-endian, in order.
+
+        Chunked generations are made on a producer thread at most ``pipeline_depth``
+        pieces ahead of the sender, so memory stays bounded whatever the tensor's size.
+        """
+        offset = 0
+        async for piece in _pipelined(self.generation.produce(), self.pipeline_depth):
+            data = to_wire_bytes(piece)
+            for start in range(0, len(data), chunk_bytes):
+                yield offset + start, data[start : start + chunk_bytes]
+            offset += len(data)
+
+    async def array(self) -> np.ndarray:
+        """The whole tensor in memory (for answers that need it whole, such as JSON)."""
+        if self.generation.array is not None:
+            return self.generation.array
+        pieces = [piece async for piece in _pipelined(self.generation.produce(), self.pipeline_depth)]
+        flat = np.concatenate(pieces) if pieces else np.empty(0, DTYPES[self.dtype])
+        return flat.reshape(self.shape)
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+async def _pipelined(produce: Iterator[np.ndarray], depth: int) -> AsyncIterator[np.ndarray]:
+    """Run a blocking producer on its own thread, at most ``depth`` items ahead of the consumer.
+
+    When the consumer stops early (a client went away), the producer stops too.
+    """
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Queue[Any] = asyncio.Queue()
+    slots = threading.Semaphore(depth)
+    stop = threading.Event()
+
+    def hand_over(item: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
+            loop.call_soon_threadsafe(ready.put_nowait, item)
+
+    def run() -> None:
+        try:
+            for item in produce:
+                while not slots.acquire(timeout=0.1):
+                    if stop.is_set():
+                        return
+                if stop.is_set():
+                    return
+                hand_over(item)
+        except BaseException as exc:  # delivered to the consumer, raised there
+            hand_over(_Failure(exc))
+            return
+        finally:
+            produce.close()  # type: ignore[attr-defined]
+        hand_over(_END)
+
+    threading.Thread(target=run, name="jaxinit-producer", daemon=True).start()
+    try:
+        while (item := await ready.get()) is not _END:
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item
+            slots.release()
+    finally:
+        stop.set()
 
 
 class Service:
@@ -105,15 +172,27 @@ class Service:
         return '"' + hashlib.sha256(text.encode()).hexdigest()[:40] + '"'
 
     async def generate(self, resolved: Resolved) -> Tensor:
-        """Produce the tensor on a worker thread. Raises domain errors."""
+        """Get the tensor ready to stream (on a worker thread). Raises domain errors.
+
+        Requests that cannot be chunked are produced whole here, so JAX's errors for
+        them arrive before any byte is sent.
+        """
         loop = asyncio.get_running_loop()
-        generated = await loop.run_in_executor(self._executor, engine.run, resolved)
-        return Tensor(resolved, generated.array, self._provenance(resolved, generated.key_data))
+        generation = await loop.run_in_executor(self._executor, engine.prepare, resolved)
+        return Tensor(resolved, generation, self._provenance(resolved, generation.key_data))
 
     def warm_up(self) -> None:
         """Run one small request of each common kind, so the first real one is not slow."""
-        for name in ("lecun_normal", "normal", "zeros"):
-            engine.run(self.prepare(GenerateParams(name, (2, 2), key=Key(seed=0))))
+        # Chunk programs for the common families and dtypes, in every chunk size.
+        for dtype in ("float32", "bfloat16"):
+            for name in ("lecun_normal", "he_normal", "glorot_uniform", "normal"):
+                size = chunked.MIN_CHUNK
+                while size <= chunked.MAX_CHUNK:
+                    params = GenerateParams(name, (size // 64, 64), dtype=dtype, key=Key(seed=0))
+                    for _ in engine.prepare(self.prepare(params)).produce():
+                        pass
+                    size *= 2
+        engine.run(self.prepare(GenerateParams("zeros", (2, 2))))
         self.ready = True
 
     def close(self) -> None:

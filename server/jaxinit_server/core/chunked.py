@@ -1,0 +1,164 @@
+"""Chunked generation: any flat range of an elementwise initializer, bit-exact.
+
+With ``jax_threefry_partitionable`` on, the random bits at flat index i depend only
+on the key and i. A key implementation whose ``random_bits`` starts its counter at
+an offset (key data: the threefry key's two words, then the offset's high and low
+words) lets JAX's own samplers produce elements [offset, offset + n) of the full
+tensor. Each chunk then replays the eager call exactly: the jitted sampler on a
+chunk, then the separate eager multiply by a scale computed by the same eager
+scalar ops JAX's initializer runs (a whole-call jit would fuse them and change the
+bits). Chunk sizes come from a few powers of two, so a new shape compiles nothing.
+
+Only what is checked against eager JAX chunks here: threefry2x32 keys, partitionable
+mode, real float dtypes, and the normal, uniform, truncated_normal and
+variance-scaling families. Everything else returns no plan and runs whole.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.extend.random import define_prng_impl, threefry2x32_p
+
+from jaxinit._codec import DTYPES
+from jaxinit_server.core.request import Resolved
+
+__all__ = ["MAX_CHUNK", "Plan", "bucket", "chunks", "plan"]
+
+MIN_CHUNK = 2**12
+MAX_CHUNK = 2**20
+FLOATS = frozenset({"float16", "bfloat16", "float32", "float64"})
+# name -> (scale, mode, distribution), as jax.nn.initializers defines them.
+VARIANCE_FAMILY: dict[str, tuple[float, str, str]] = {
+    "glorot_uniform": (1.0, "fan_avg", "uniform"),
+    "xavier_uniform": (1.0, "fan_avg", "uniform"),
+    "glorot_normal": (1.0, "fan_avg", "truncated_normal"),
+    "xavier_normal": (1.0, "fan_avg", "truncated_normal"),
+    "lecun_uniform": (1.0, "fan_in", "uniform"),
+    "lecun_normal": (1.0, "fan_in", "truncated_normal"),
+    "he_uniform": (2.0, "fan_in", "uniform"),
+    "kaiming_uniform": (2.0, "fan_in", "uniform"),
+    "he_normal": (2.0, "fan_in", "truncated_normal"),
+    "kaiming_normal": (2.0, "fan_in", "truncated_normal"),
+}
+
+
+def _offset_bits(key: Any, bit_width: int, shape: tuple[int, ...]) -> Any:
+    # jax._src.random.threefry2x32._threefry_random_bits_partitionable, with the
+    # 64-bit counter shifted by the offset carried in the key.
+    from jax._src.random import prng
+
+    k1, k2, hi, lo = key[0], key[1], key[2], key[3]
+    counts_hi, counts_lo = prng.iota_2x32_shape(shape)
+    counts_lo_sum = counts_lo + lo
+    counts_hi_sum = counts_hi + hi + (counts_lo_sum < counts_lo).astype(np.uint32)
+    bits1, bits2 = threefry2x32_p.bind(k1, k2, counts_hi_sum, counts_lo_sum)
+    dtype = prng.UINT_DTYPES[bit_width]
+    if bit_width == 64:
+        bits_hi = lax.convert_element_type(bits1, dtype)
+        bits_lo = lax.convert_element_type(bits2, dtype)
+        return lax.shift_left(bits_hi, jnp.asarray(32, dtype=dtype)) | bits_lo
+    if bit_width == 32:
+        return bits1 ^ bits2
+    return lax.convert_element_type(bits1 ^ bits2, dtype)
+
+
+def _only_bits(*args: Any, **kwargs: Any) -> Any:
+    raise NotImplementedError("jaxinit offset keys only draw bits")
+
+
+OFFSET_IMPL = define_prng_impl(
+    key_shape=(4,), seed=_only_bits, split=_only_bits, random_bits=_offset_bits, fold_in=_only_bits,
+    name="jaxinit_threefry2x32_offset",
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How to make any chunk: ``sample(key, n) * scale``, as the eager initializer does."""
+
+    sample: Callable[[Any, int], Any]
+    scale: Any
+
+
+def plan(resolved: Resolved) -> Plan | None:
+    """A chunk plan for ``resolved``, or None when it must run whole.
+
+    Call under the request's JAX config. Raises what JAX's own scale computation
+    raises (e.g. fans of a 1-D shape); callers fall back to the whole path then.
+    """
+    key = resolved.key
+    if not resolved.threefry_partitionable or key is None or key.impl != "threefry2x32":
+        return None
+    if resolved.out_dtype not in FLOATS or math.prod(resolved.shape) == 0:
+        return None
+    dtype = DTYPES[resolved.out_dtype]
+    name, args = resolved.spec.name, resolved.args
+    if name == "normal":
+        return Plan(lambda k, n: jax.random.normal(k, (n,), dtype), jnp.array(args["stddev"], dtype))
+    if name == "uniform":
+        return Plan(lambda k, n: jax.random.uniform(k, (n,), dtype), jnp.array(args["scale"], dtype))
+    if name == "truncated_normal":
+        lower, upper = args["lower"], args["upper"]
+        return Plan(
+            lambda k, n: jax.random.truncated_normal(k, lower, upper, (n,), dtype), jnp.array(args["stddev"], dtype)
+        )
+    if name == "variance_scaling":
+        scale, mode, distribution = args["scale"], args["mode"], args["distribution"]
+    elif name in VARIANCE_FAMILY:
+        scale, mode, distribution = VARIANCE_FAMILY[name]
+    else:
+        return None
+    return _variance_plan(resolved, scale, mode, distribution, dtype)
+
+
+def _variance_plan(resolved: Resolved, scale: float, mode: str, distribution: str, dtype: Any) -> Plan:
+    # jax._src.nn.initializers.variance_scaling's init, floating branches, op for op.
+    from jax._src.nn.initializers import _compute_fans
+
+    args = resolved.args
+    axes = [tuple(a) if isinstance(a, list) else a for a in (args["in_axis"], args["out_axis"], args["batch_axis"])]
+    fan_in, fan_out = _compute_fans(resolved.shape, *axes)
+    if mode == "fan_in":
+        denominator: float = fan_in
+    elif mode == "fan_out":
+        denominator = fan_out
+    elif mode == "fan_avg":
+        denominator = (fan_in + fan_out) / 2
+    else:
+        denominator = (fan_in * fan_out) ** 0.5
+    variance = jnp.array(scale / denominator, dtype=dtype)
+    if distribution == "truncated_normal":
+        stddev = jnp.sqrt(variance) / jnp.array(0.87962566103423978, dtype)
+        return Plan(lambda k, n: jax.random.truncated_normal(k, -2, 2, (n,), dtype), stddev)
+    if distribution == "normal":
+        return Plan(lambda k, n: jax.random.normal(k, (n,), dtype), jnp.sqrt(variance))
+    return Plan(lambda k, n: jax.random.uniform(k, (n,), dtype, -1), jnp.sqrt(3 * variance))
+
+
+def bucket(count: int) -> int:
+    """The chunk size for a tensor of ``count`` elements: a power of two, so few programs exist."""
+    size = MIN_CHUNK
+    while size < count and size < MAX_CHUNK:
+        size *= 2
+    return size
+
+
+def chunks(the_plan: Plan, key_data: tuple[int, ...], start: int, stop: int) -> Iterator[np.ndarray]:
+    """Elements [start, stop) of the flat tensor, chunk by chunk, as numpy arrays.
+
+    Call under the request's JAX config, in the thread that consumes the iterator.
+    """
+    size = bucket(stop - start)
+    for offset in range(start, stop, size):
+        words = np.array([key_data[0], key_data[1], offset >> 32, offset & 0xFFFFFFFF], dtype=np.uint32)
+        key = jax.random.wrap_key_data(words, impl=OFFSET_IMPL)  # type: ignore[arg-type]
+        chunk = the_plan.sample(key, size) * the_plan.scale
+        yield np.asarray(chunk)[: min(size, stop - offset)]
