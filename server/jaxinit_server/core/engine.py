@@ -81,7 +81,12 @@ def prepare(resolved: Resolved, *, chunking: bool = True) -> Generation:
             except Exception:  # the whole path below raises JAX's own error, verbatim
                 the_plan = None
             if the_plan is not None:
-                return Generation(resolved, _make_key(resolved.key)[1], plan=the_plan)
+                key_data = _make_key(resolved.key)[1]
+                count = math.prod(resolved.shape)
+                if count <= chunked.MAX_CHUNK:  # one chunk: make it now, no producer thread
+                    (flat,) = chunked.chunks(the_plan, key_data, 0, count)
+                    return Generation(resolved, key_data, array=flat)
+                return Generation(resolved, key_data, plan=the_plan)
     array, key_data = run(resolved)
     return Generation(resolved, key_data, array=array)
 
