@@ -8,18 +8,24 @@ server's JAX.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import difflib
+import hashlib
 import inspect
+import json
+import math
 import numbers
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
 
 from jaxinit._catalog import CATALOG, InitializerSpec, bind_arguments
-from jaxinit._errors import InvalidArgument, JaxinitError
-from jaxinit._types import Request, Tensor
+from jaxinit._errors import InvalidArgument, JaxinitError, ProtocolError
+from jaxinit._types import Provenance, Request, Tensor
 
 __all__ = ["AsyncClient", "AsyncInitializer", "Client", "Initializer"]
 
@@ -56,7 +62,7 @@ class Initializer(_BaseInitializer):
 
     def generate(self, key: Any, shape: Any, dtype: Any = None) -> Tensor:
         """Like calling it, but returns the :class:`Tensor` with its provenance."""
-        return self._client._transport.generate(self.request(key, shape, dtype))  # type: ignore[no-any-return]
+        return self._client._fetch(self.request(key, shape, dtype))  # type: ignore[no-any-return]
 
 
 class AsyncInitializer(_BaseInitializer):
@@ -66,7 +72,60 @@ class AsyncInitializer(_BaseInitializer):
         return (await self.generate(key, shape, dtype)).array
 
     async def generate(self, key: Any, shape: Any, dtype: Any = None) -> Tensor:
-        return await self._client._transport.generate(self.request(key, shape, dtype))  # type: ignore[no-any-return]
+        return await self._client._fetch(self.request(key, shape, dtype))  # type: ignore[no-any-return]
+
+
+# Below this many elements a tensor is fetched over one stream even when parallel > 1.
+PARALLEL_MIN_ELEMENTS = 2**22
+
+
+def split(total: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` contiguous (offset, count) ranges covering ``total`` elements.
+
+    >>> split(10, 3)
+    [(0, 4), (4, 3), (7, 3)]
+    """
+    parts = max(1, min(parts, total))
+    base, extra = divmod(total, parts)
+    ranges, offset = [], 0
+    for i in range(parts):
+        count = base + (1 if i < extra else 0)
+        ranges.append((offset, count))
+        offset += count
+    return ranges
+
+
+def _without_range(provenance: Provenance) -> Provenance:
+    """The provenance of the whole tensor a range was cut from: the server's canonical
+    request without its range, and that request's digest, made as the server makes them."""
+    fields = json.loads(provenance.canonical_request)
+    fields.pop("range", None)
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    return dataclasses.replace(provenance, canonical_request=canonical, request_digest=digest)
+
+
+def join(request: Request, pieces: list[Tensor]) -> Tensor:
+    """The whole tensor from its ranges: one buffer, each range copied in once.
+
+    Raises:
+        ProtocolError: the ranges do not come from one tensor on one JAX and backend
+            (replicas with different versions, say), or do not cover it.
+    """
+    whole = _without_range(pieces[0].provenance)
+    array = np.empty(math.prod(request.shape), dtype=pieces[0].array.dtype)
+    covered = 0
+    for piece in pieces:
+        if _without_range(piece.provenance) != whole or piece.array.dtype != array.dtype:
+            raise ProtocolError(
+                "ranges of one tensor came back from different requests or servers: "
+                f"{piece.provenance} vs {whole}"
+            )
+        array[piece.offset : piece.offset + piece.array.size] = piece.array
+        covered += piece.array.size
+    if covered != array.size:
+        raise ProtocolError(f"ranges cover {covered} of {array.size} elements")
+    return Tensor(array.reshape(request.shape), whole, request.request_id, 0, tuple(request.shape))
 
 
 def _open_transport(url: str, *, asynchronous: bool, timeout: float | None, channel: Any, transport: Any) -> Any:
@@ -100,10 +159,14 @@ class _BaseClient:
         threefry_partitionable: bool | None = None,
         enable_x64: bool | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
+        parallel: int = 1,
         channel: Any = None,
         transport: Any = None,
     ) -> None:
+        if not isinstance(parallel, int) or parallel < 1:
+            raise InvalidArgument(f"parallel must be an int >= 1, got {parallel!r}")
         self.url = url
+        self.parallel = parallel
         self.threefry_partitionable = threefry_partitionable
         self.enable_x64 = enable_x64
         self._transport = _open_transport(
@@ -112,13 +175,25 @@ class _BaseClient:
         )
 
     def _request(
-        self, name: str, key: Any, shape: Any, dtype: Any, args: Mapping[str, Any], request_id: str = ""
+        self, name: str, key: Any, shape: Any, dtype: Any, args: Mapping[str, Any], request_id: str = "",
+        offset: int | None = None, count: int | None = None,
     ) -> Request:
         return Request(
             name, key, shape, dtype, args,
             threefry_partitionable=self.threefry_partitionable, enable_x64=self.enable_x64,
-            request_id=request_id,
+            request_id=request_id, offset=offset, count=count,
         )
+
+    def _ranges(self, request: Request, parallel: int | None) -> list[tuple[int, int]] | None:
+        """The ranges to fetch ``request`` in, or None to fetch it over one stream."""
+        parts = self.parallel if parallel is None else parallel
+        total = math.prod(request.shape)
+        if request.offset is not None or request.count is not None or parts <= 1:
+            return None
+        if parallel is None and total < PARALLEL_MIN_ELEMENTS:
+            return None
+        ranges = split(total, parts)
+        return ranges if len(ranges) > 1 else None
 
     def initializer(self, name: str, **args: Any) -> Any:
         """The initializer ``name`` built with ``args``: ``client.initializer("normal", stddev=0.02)``."""
@@ -139,12 +214,15 @@ class _BaseClient:
         *,
         args: Mapping[str, Any] | None = None,
         request_id: str = "",
+        offset: int | None = None,
+        count: int | None = None,
     ) -> Request:
         """A :class:`Request` carrying this client's PRNG settings, for :meth:`generate_many`.
 
-        ``args`` are the factory's arguments (``{"stddev": 0.02}``); ``dtype`` is the call's.
+        ``args`` are the factory's arguments (``{"stddev": 0.02}``); ``dtype`` is the call's;
+        ``offset``/``count`` ask for a range of flat elements.
         """
-        return self._request(initializer, key, shape, dtype, args or {}, request_id)
+        return self._request(initializer, key, shape, dtype, args or {}, request_id, offset, count)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -180,10 +258,26 @@ class Client(_BaseClient):
     _initializer_class = Initializer
 
     def generate(
-        self, initializer: str, key: Any, shape: Any, dtype: Any = None, *, args: Mapping[str, Any] | None = None
+        self, initializer: str, key: Any, shape: Any, dtype: Any = None, *, args: Mapping[str, Any] | None = None,
+        offset: int | None = None, count: int | None = None, parallel: int | None = None,
     ) -> Tensor:
-        """One tensor, with its provenance: ``init(key, shape, dtype)`` of ``initializer(**args)``."""
-        return self._transport.generate(self.request(initializer, key, shape, dtype, args=args))  # type: ignore[no-any-return]
+        """One tensor, with its provenance: ``init(key, shape, dtype)`` of ``initializer(**args)``.
+
+        ``offset``/``count``: only that range of flat elements (a flat array).
+        ``parallel``: fetch it as that many ranges at once (default: the client's
+        ``parallel``, used for tensors of at least 2**22 elements).
+        """
+        request = self.request(initializer, key, shape, dtype, args=args, offset=offset, count=count)
+        return self._fetch(request, parallel)
+
+    def _fetch(self, request: Request, parallel: int | None = None) -> Tensor:
+        ranges = self._ranges(request, parallel)
+        if ranges is None:
+            return self._transport.generate(request)  # type: ignore[no-any-return]
+        parts = [dataclasses.replace(request, offset=o, count=c) for o, c in ranges]
+        with ThreadPoolExecutor(len(parts), thread_name_prefix="jaxinit-range") as pool:
+            pieces = list(pool.map(self._transport.generate, parts))
+        return join(request, pieces)
 
     def generate_many(self, requests: Iterable[Request]) -> Iterator[Tensor | JaxinitError]:
         """Many tensors over one stream, in request order. A request that fails yields its
@@ -210,9 +304,19 @@ class AsyncClient(_BaseClient):
     _initializer_class = AsyncInitializer
 
     async def generate(
-        self, initializer: str, key: Any, shape: Any, dtype: Any = None, *, args: Mapping[str, Any] | None = None
+        self, initializer: str, key: Any, shape: Any, dtype: Any = None, *, args: Mapping[str, Any] | None = None,
+        offset: int | None = None, count: int | None = None, parallel: int | None = None,
     ) -> Tensor:
-        return await self._transport.generate(self.request(initializer, key, shape, dtype, args=args))  # type: ignore[no-any-return]
+        request = self.request(initializer, key, shape, dtype, args=args, offset=offset, count=count)
+        return await self._fetch(request, parallel)
+
+    async def _fetch(self, request: Request, parallel: int | None = None) -> Tensor:
+        ranges = self._ranges(request, parallel)
+        if ranges is None:
+            return await self._transport.generate(request)  # type: ignore[no-any-return]
+        parts = [dataclasses.replace(request, offset=o, count=c) for o, c in ranges]
+        pieces = await asyncio.gather(*(self._transport.generate(p) for p in parts))
+        return join(request, list(pieces))
 
     def generate_many(
         self, requests: Iterable[Request] | AsyncIterable[Request]

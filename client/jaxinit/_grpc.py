@@ -41,6 +41,10 @@ def request_to_proto(request: Request, index: int = 0) -> pb.GenerateRequest:
         message.prng.threefry_partitionable = request.threefry_partitionable
     if request.enable_x64 is not None:
         message.prng.enable_x64 = request.enable_x64
+    if request.offset is not None:
+        message.offset = request.offset
+    if request.count is not None:
+        message.count = request.count
     return message
 
 
@@ -94,7 +98,8 @@ class _Collector:
             header = chunk.header
             self._current = Assembler(
                 header.shape, header.dtype, header.total_bytes,
-                provenance_from_proto(header.provenance), chunk.request_id,
+                provenance_from_proto(header.provenance), chunk.request_id, header.offset,
+                header.count if header.HasField("count") else None,
             )
         elif kind == "data":
             if self._current is None:

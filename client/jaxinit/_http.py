@@ -41,6 +41,10 @@ def request_to_json(request: Request) -> dict[str, Any]:
     }
     if prng:
         body["prng"] = prng
+    if request.offset is not None:
+        body["offset"] = request.offset
+    if request.count is not None:
+        body["count"] = request.count
     return body
 
 
@@ -60,8 +64,12 @@ def assembler_for(response: httpx.Response, request_id: str) -> Assembler:
         shape = [int(d) for d in shape_text.split(",")] if shape_text else []
         provenance = Provenance.from_mapping(json.loads(headers["x-jaxinit-provenance"]))
         dtype = headers["x-jaxinit-dtype"]
-        # Sized from shape and dtype, not Content-Length, which a proxy may change.
-        return Assembler(shape, dtype, num_bytes(shape, dtype), provenance, request_id)
+        # No range headers: the whole tensor. Sized from them, not Content-Length,
+        # which a proxy may change.
+        offset = int(headers.get("x-jaxinit-offset", 0))
+        count = int(headers["x-jaxinit-count"]) if "x-jaxinit-count" in headers else None
+        total = num_bytes(shape, dtype) if count is None else num_bytes((count,), dtype)
+        return Assembler(shape, dtype, total, provenance, request_id, offset, count)
     except (KeyError, ValueError) as exc:
         raise ProtocolError(f"response lacks valid jaxinit headers: {exc}") from exc
 

@@ -3,6 +3,8 @@ assembler that writes streamed bytes into one preallocated buffer."""
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -33,8 +35,14 @@ class Request:
     threefry_partitionable: bool | None = None
     enable_x64: bool | None = None
     request_id: str = ""
+    offset: int | None = None  # a range in flat elements: [offset, offset + count)
+    count: int | None = None
 
     def __post_init__(self) -> None:
+        for name in ("offset", "count"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0):
+                raise InvalidArgument(f"{name} must be a non-negative int (flat elements), got {value!r}")
         spec = lookup(self.initializer)
         bound = bind_arguments(spec, self.args)
         # Send what the caller gave, normalized; the server fills its own defaults.
@@ -88,11 +96,17 @@ class Provenance:
 
 @dataclass(frozen=True)
 class Tensor:
-    """A received tensor: the array, and the provenance the server sent with it."""
+    """A received tensor: the array, and the provenance the server sent with it.
+
+    For a range, ``array`` is flat (its ``count`` elements), ``offset`` its first
+    flat element and ``tensor_shape`` the whole tensor's shape.
+    """
 
     array: np.ndarray
     provenance: Provenance
     request_id: str = ""
+    offset: int = 0
+    tensor_shape: tuple[int, ...] = ()
 
 
 class Assembler:
@@ -105,10 +119,18 @@ class Assembler:
         total_bytes: int,
         provenance: Provenance,
         request_id: str = "",
+        offset: int = 0,
+        count: int | None = None,
     ) -> None:
         if dtype not in DTYPES:
             raise ProtocolError(f"server sent unknown dtype {dtype!r}")
-        self.shape = tuple(int(d) for d in shape)
+        self.tensor_shape = tuple(int(d) for d in shape)
+        elements = math.prod(self.tensor_shape)
+        count = elements - offset if count is None else count
+        if offset + count > elements:
+            raise ProtocolError(f"range [{offset}, {offset + count}) is outside a tensor of {elements} elements")
+        self.offset = offset
+        self.shape = self.tensor_shape if (offset, count) == (0, elements) else (count,)
         self.dtype = dtype
         if num_bytes(self.shape, dtype) != total_bytes:
             raise ProtocolError(
@@ -139,4 +161,4 @@ class Assembler:
         if not self.done:
             raise IntegrityError(f"stream ended after {self.received} of {self.total} bytes")
         array = array_from_buffer(self._buffer, self.shape, self.dtype)
-        return Tensor(array, self.provenance, self.request_id)
+        return Tensor(array, self.provenance, self.request_id, self.offset, self.tensor_shape)

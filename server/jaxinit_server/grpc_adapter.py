@@ -49,6 +49,8 @@ def params_from_proto(request: pb.GenerateRequest) -> GenerateParams:
         ),
         enable_x64=prng.enable_x64 if prng.HasField("enable_x64") else None,
         request_id=request.request_id,
+        offset=request.offset if request.HasField("offset") else None,
+        count=request.count if request.HasField("count") else None,
     )
 
 
@@ -71,6 +73,8 @@ def header_to_proto(tensor: Tensor, chunk_bytes: int) -> pb.TensorHeader:
         total_bytes=tensor.nbytes,
         chunk_bytes=chunk_bytes,
         provenance=pb.Provenance(**tensor.provenance),
+        offset=tensor.resolved.start,
+        count=tensor.resolved.stop - tensor.resolved.start,
     )
 
 

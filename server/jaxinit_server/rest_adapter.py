@@ -27,7 +27,7 @@ OCTET, NPY, JSON = "application/octet-stream", "application/x-npy", "application
 MEDIA_TYPES = (OCTET, NPY, JSON)
 IMMUTABLE = "public, max-age=31536000, immutable"
 # Query parameters of the GET form that are not initializer arguments.
-RESERVED = {"shape", "dtype", "seed", "key_data", "key_impl", "threefry_partitionable", "enable_x64"}
+RESERVED = {"shape", "dtype", "seed", "key_data", "key_impl", "threefry_partitionable", "enable_x64", "offset", "count"}
 
 
 class KeyBody(BaseModel):
@@ -63,6 +63,8 @@ class GenerateBody(BaseModel):
     key: KeyBody | None = None
     prng: PrngBody | None = None
     request_id: str = ""
+    offset: StrictInt | None = Field(None, description="first flat element of a range (default 0)")
+    count: StrictInt | None = Field(None, description="flat elements in the range (default: to the end)")
 
 
 class ErrorBody(BaseModel):
@@ -171,6 +173,8 @@ def create_app(service: Service, *, title: str = "jaxinit") -> FastAPI:
             threefry_partitionable=prng.threefry_partitionable,
             enable_x64=prng.enable_x64,
             request_id=body.request_id,
+            offset=body.offset,
+            count=body.count,
         )
         resolved = service.prepare(params)
         return await _respond(service, resolved, media, {})
@@ -191,6 +195,8 @@ def create_app(service: Service, *, title: str = "jaxinit") -> FastAPI:
         key_impl: str | None = None,
         threefry_partitionable: bool | None = None,
         enable_x64: bool | None = None,
+        offset: Annotated[int | None, Query(description="first flat element of a range")] = None,
+        count: Annotated[int | None, Query(description="flat elements in the range")] = None,
         accept: Annotated[str | None, Header()] = None,
         if_none_match: Annotated[str | None, Header()] = None,
     ) -> Response:
@@ -209,6 +215,8 @@ def create_app(service: Service, *, title: str = "jaxinit") -> FastAPI:
                 key=key,
                 threefry_partitionable=threefry_partitionable,
                 enable_x64=enable_x64,
+                offset=offset,
+                count=count,
             )
         )
         etag = service.etag(resolved)
@@ -234,10 +242,11 @@ def _etags(header: str) -> list[str]:
 
 
 async def _respond(service: Service, resolved: Resolved, media: str, headers: dict[str, str]) -> Response:
-    if media == JSON and resolved.nbytes and _elements(resolved) > service.limits.max_json_elements:
+    elements = resolved.stop - resolved.start
+    if media == JSON and elements > service.limits.max_json_elements:
         raise TooLarge(
-            f"JSON answers are capped at {service.limits.max_json_elements} elements; this tensor has "
-            f"{_elements(resolved)}. Ask for application/octet-stream or application/x-npy."
+            f"JSON answers are capped at {service.limits.max_json_elements} elements; this answer has "
+            f"{elements}. Ask for application/octet-stream or application/x-npy, or a range."
         )
     tensor = await service.generate(resolved)
     headers = {**headers, **_tensor_headers(tensor)}
@@ -252,18 +261,13 @@ async def _respond(service: Service, resolved: Resolved, media: str, headers: di
     return StreamingResponse(_with_prefix(b"", tensor, chunk), media_type=OCTET, headers=headers)
 
 
-def _elements(resolved: Resolved) -> int:
-    count = 1
-    for dim in resolved.shape:
-        count *= dim
-    return count
-
-
 def _tensor_headers(tensor: Tensor) -> dict[str, str]:
     return {
         "X-Jaxinit-Shape": ",".join(str(d) for d in tensor.shape),
         "X-Jaxinit-Dtype": tensor.dtype,
         "X-Jaxinit-Byte-Order": "little",
+        "X-Jaxinit-Offset": str(tensor.resolved.start),
+        "X-Jaxinit-Count": str(tensor.resolved.stop - tensor.resolved.start),
         "X-Jaxinit-Request-Digest": tensor.provenance["request_digest"],
         "X-Jaxinit-Provenance": json.dumps(tensor.provenance, separators=(",", ":")),
     }
@@ -279,7 +283,7 @@ async def _with_prefix(prefix: bytes, tensor: Tensor, chunk_bytes: int) -> Async
 def _npy_header(tensor: Tensor) -> bytes:
     buffer = io.BytesIO()
     descr = np.lib.format.dtype_to_descr(DTYPES[tensor.dtype].newbyteorder("<"))
-    header = {"descr": descr, "fortran_order": False, "shape": tensor.shape}
+    header = {"descr": descr, "fortran_order": False, "shape": tensor.sent_shape}
     np.lib.format.write_array_header_1_0(buffer, header)  # type: ignore[no-untyped-call]
     return buffer.getvalue()
 
@@ -293,7 +297,9 @@ def _json_body(tensor: Tensor, array: np.ndarray) -> dict[str, Any]:
     data: Any = array.tolist()
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         data = _map_nested(data, lambda x: x if np.isfinite(x) else repr(x))
-    return {"shape": list(tensor.shape), "dtype": tensor.dtype, "data": data, "provenance": tensor.provenance}
+    resolved = tensor.resolved
+    return {"shape": list(tensor.shape), "dtype": tensor.dtype, "offset": resolved.start,
+            "count": resolved.stop - resolved.start, "data": data, "provenance": tensor.provenance}
 
 
 def _map_nested(data: Any, fn: Any) -> Any:

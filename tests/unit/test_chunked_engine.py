@@ -7,11 +7,10 @@ import math
 import jax
 import numpy as np
 import pytest
-from helpers import local_jax
 
+from helpers import local_jax
 from jaxinit._keys import Key
-from jaxinit_server.core import GenerateParams, Limits
-from jaxinit_server.core import chunked, engine
+from jaxinit_server.core import GenerateParams, Limits, chunked, engine
 from jaxinit_server.core.request import PrngDefaults, resolve
 
 DEFAULTS = PrngDefaults(threefry_partitionable=True, enable_x64=False)

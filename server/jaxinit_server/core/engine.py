@@ -12,7 +12,6 @@ produced in chunks that replay the same eager sequence (see :mod:`chunked`).
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,7 +31,7 @@ class Generation:
     """A request ready to produce its bytes: either the whole array already made,
     or a chunk plan that makes any range of it (see :mod:`chunked`)."""
 
-    __slots__ = ("array", "key_data", "plan", "resolved")
+    __slots__ = ("array", "key_data", "plan", "resolved")  # array: exactly the elements to send
 
     def __init__(
         self,
@@ -48,13 +47,14 @@ class Generation:
         self.plan = plan
 
     def produce(self) -> Iterator[np.ndarray]:
-        """The tensor's elements in C order, as one or more flat arrays (blocking)."""
+        """The requested elements in C order, as one or more arrays (blocking)."""
+        resolved = self.resolved
         if self.array is not None:
             yield self.array
             return
         assert self.plan is not None
-        with _config(self.resolved):
-            yield from chunked.chunks(self.plan, self.key_data, 0, math.prod(self.resolved.shape))
+        with _config(resolved):
+            yield from chunked.chunks(self.plan, self.key_data, resolved.start, resolved.stop)
 
 
 def _config(resolved: Resolved) -> contextlib.ExitStack:
@@ -82,12 +82,14 @@ def prepare(resolved: Resolved, *, chunking: bool = True) -> Generation:
                 the_plan = None
             if the_plan is not None:
                 key_data = _make_key(resolved.key)[1]
-                count = math.prod(resolved.shape)
-                if count <= chunked.MAX_CHUNK:  # one chunk: make it now, no producer thread
-                    (flat,) = chunked.chunks(the_plan, key_data, 0, count)
+                if resolved.stop - resolved.start <= chunked.MAX_CHUNK:  # one chunk at most: make it now
+                    pieces = list(chunked.chunks(the_plan, key_data, resolved.start, resolved.stop))
+                    flat = pieces[0] if pieces else np.empty(0, DTYPES[resolved.out_dtype])
                     return Generation(resolved, key_data, array=flat)
                 return Generation(resolved, key_data, plan=the_plan)
     array, key_data = run(resolved)
+    if resolved.is_range:
+        array = array.reshape(-1)[resolved.start : resolved.stop]
     return Generation(resolved, key_data, array=array)
 
 

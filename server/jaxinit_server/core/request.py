@@ -49,6 +49,8 @@ class GenerateParams:
     threefry_partitionable: bool | None = None
     enable_x64: bool | None = None
     request_id: str = ""
+    offset: Any = None  # a range, in flat elements: [offset, offset + count)
+    count: Any = None
 
 
 @dataclass(frozen=True)
@@ -63,10 +65,16 @@ class Resolved:
     key: Key | None
     threefry_partitionable: bool
     enable_x64: bool
-    nbytes: int
-    canonical: str  # canonical JSON of the request; identifies the tensor on one server
+    nbytes: int  # of what is sent: the range when one was asked
+    canonical: str  # canonical JSON of the request; identifies the bytes on one server
     digest: str  # sha256 of canonical
     request_id: str = ""
+    start: int = 0  # the flat range [start, stop) sent
+    stop: int = 0
+
+    @property
+    def is_range(self) -> bool:
+        return (self.start, self.stop) != (0, math.prod(self.shape))
 
 
 def resolve(params: GenerateParams, limits: Limits, defaults: PrngDefaults) -> Resolved:
@@ -96,26 +104,27 @@ def resolve(params: GenerateParams, limits: Limits, defaults: PrngDefaults) -> R
 
     if params.key is None and spec.uses_key:
         raise InvalidArgument(f"{spec.name} needs a key: give a seed or key data")
-    nbytes = math.prod(shape) * DTYPES[out_dtype].itemsize
-    if nbytes > limits.max_tensor_bytes:
+    itemsize = DTYPES[out_dtype].itemsize
+    total = math.prod(shape) * itemsize
+    if total > limits.max_tensor_bytes:
         raise TooLarge(
-            f"a {out_dtype} tensor of shape {list(shape)} is {nbytes} bytes; this server's limit "
+            f"a {out_dtype} tensor of shape {list(shape)} is {total} bytes; this server's limit "
             f"is {limits.max_tensor_bytes} bytes per tensor"
         )
+    start, stop = _range(params.offset, params.count, math.prod(shape))
     key = params.key if spec.uses_key else None
-    canonical = json.dumps(
-        {
-            "initializer": spec.name,
-            "args": args,
-            "shape": list(shape),
-            "dtype": dtype,
-            "key": None if key is None else _key_json(key),
-            "threefry_partitionable": partitionable,
-            "enable_x64": x64,
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-    )
+    fields: dict[str, Any] = {
+        "initializer": spec.name,
+        "args": args,
+        "shape": list(shape),
+        "dtype": dtype,
+        "key": None if key is None else _key_json(key),
+        "threefry_partitionable": partitionable,
+        "enable_x64": x64,
+    }
+    if params.offset is not None or params.count is not None:
+        fields["range"] = [start, stop]
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     return Resolved(
         spec=spec,
         args=args,
@@ -125,11 +134,29 @@ def resolve(params: GenerateParams, limits: Limits, defaults: PrngDefaults) -> R
         key=key,
         threefry_partitionable=partitionable,
         enable_x64=x64,
-        nbytes=nbytes,
+        nbytes=(stop - start) * itemsize,
         canonical=canonical,
         digest=hashlib.sha256(canonical.encode()).hexdigest(),
         request_id=params.request_id,
+        start=start,
+        stop=stop,
     )
+
+
+def _range(offset: Any, count: Any, total: int) -> tuple[int, int]:
+    """[start, stop) in flat elements for an optional offset and count."""
+    for name, value in (("offset", offset), ("count", count)):
+        if value is not None and (not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0):
+            raise InvalidArgument(f"{name} must be a non-negative int (flat elements), got {value!r}")
+    start = 0 if offset is None else int(offset)
+    if start > total:
+        raise InvalidArgument(f"offset {start} is past the end of a tensor of {total} elements")
+    stop = total if count is None else start + int(count)
+    if stop > total:
+        raise InvalidArgument(
+            f"offset {start} + count {stop - start} is past the end of a tensor of {total} elements"
+        )
+    return start, stop
 
 
 def _key_json(key: Key) -> dict[str, Any]:

@@ -60,13 +60,19 @@ class Tensor:
                 yield offset + start, data[start : start + chunk_bytes]
             offset += len(data)
 
+    @property
+    def sent_shape(self) -> tuple[int, ...]:
+        """The shape of what is sent: the tensor's, or (count,) for a range."""
+        resolved = self.resolved
+        return (resolved.stop - resolved.start,) if resolved.is_range else resolved.shape
+
     async def array(self) -> np.ndarray:
-        """The whole tensor in memory (for answers that need it whole, such as JSON)."""
+        """What is sent, in memory (for answers that need it whole, such as JSON)."""
         if self.generation.array is not None:
-            return self.generation.array
+            return self.generation.array.reshape(self.sent_shape)
         pieces = [piece async for piece in _pipelined(self.generation.produce(), self.pipeline_depth)]
         flat = np.concatenate(pieces) if pieces else np.empty(0, DTYPES[self.dtype])
-        return flat.reshape(self.shape)
+        return flat.reshape(self.sent_shape)
 
 
 class _Failure:
