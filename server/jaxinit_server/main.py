@@ -16,7 +16,9 @@ import logging
 import signal
 import socket
 import sys
+import typing
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
@@ -39,7 +41,9 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         if field.annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=field.description)
         else:
-            parser.add_argument(flag, type=field.annotation, default=None, help=field.description)  # type: ignore[arg-type]
+            # `X | None` settings take an X on the command line.
+            kind = next((a for a in typing.get_args(field.annotation) if a is not type(None)), field.annotation)
+            parser.add_argument(flag, type=typing.cast(Any, kind), default=None, help=field.description)
     given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
     return Settings(**given)
 
@@ -73,7 +77,9 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
             loop.add_signal_handler(sig, stop.set)
 
-    service = Service(settings.limits(), workers=settings.workers)
+    service = Service(
+        settings.limits(), workers=settings.workers, compilation_cache_dir=settings.compilation_cache_dir
+    )
     grpc_server, grpc_port, health = create_grpc_server(service, settings.host, settings.grpc_port)
     sock = _bind_http(settings.host, settings.http_port)
     http_port = sock.getsockname()[1]

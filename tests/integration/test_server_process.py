@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -22,6 +23,21 @@ def test_env_settings_and_sigterm_exits_cleanly() -> None:
             with pytest.raises(jaxinit.TooLarge, match="limit is 1000 bytes"):
                 client.zeros(0, (251,))
         assert srv.stop() == 0
+
+
+def test_compilation_cache_survives_a_restart(tmp_path: Path) -> None:
+    """With a cache directory, compiled programs are written there and read back after a restart."""
+    cache = tmp_path / "jax-cache"
+    hits = []
+    for _ in range(2):
+        args = ("--no-warm-up", "--compilation-cache-dir", str(cache), "--log-level", "debug")
+        with running_server(*args) as srv:
+            with jaxinit.Client(srv.grpc_url) as client:
+                client.orthogonal()(0, (37, 41))
+            assert srv.stop() == 0
+        assert any(cache.iterdir()), "nothing was written to the compilation cache"
+        hits.append(sum("cache hit" in line.lower() for line in srv.output))
+    assert hits[0] == 0 and hits[1] > 0, hits
 
 
 def test_bad_settings_fail_fast() -> None:

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import jax
 import numpy as np
 
 from jaxinit._catalog import CATALOG
@@ -129,7 +130,14 @@ class Service:
         workers: threads that run JAX, so that the event loop never blocks on it.
     """
 
-    def __init__(self, limits: Limits | None = None, *, workers: int = 4) -> None:
+    def __init__(
+        self, limits: Limits | None = None, *, workers: int = 4, compilation_cache_dir: str | None = None
+    ) -> None:
+        if compilation_cache_dir:
+            # Every program, however quick to compile, so a restart compiles nothing it had.
+            jax.config.update("jax_compilation_cache_dir", compilation_cache_dir)
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+            jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
         self.limits = limits or Limits()
         self.identity: ServerIdentity = server_identity()
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jaxinit-jax")
