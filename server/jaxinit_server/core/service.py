@@ -55,7 +55,7 @@ class Tensor:
         pieces ahead of the sender, so memory stays bounded whatever the tensor's size.
         """
         offset = 0
-        async for piece in _pipelined(self.generation.produce(), self.pipeline_depth):
+        async for piece in self._pieces():
             data = to_wire_bytes(piece)
             for start in range(0, len(data), chunk_bytes):
                 yield offset + start, data[start : start + chunk_bytes]
@@ -71,9 +71,17 @@ class Tensor:
         """What is sent, in memory (for answers that need it whole, such as JSON)."""
         if self.generation.array is not None:
             return self.generation.array.reshape(self.sent_shape)
-        pieces = [piece async for piece in _pipelined(self.generation.produce(), self.pipeline_depth)]
+        pieces = [piece async for piece in self._pieces()]
         flat = np.concatenate(pieces) if pieces else np.empty(0, DTYPES[self.dtype])
         return flat.reshape(self.sent_shape)
+
+    async def _pieces(self) -> AsyncIterator[np.ndarray]:
+        """What is sent, piece by piece: made already, or made on a producer thread."""
+        if self.generation.array is not None:
+            yield self.generation.array
+            return
+        async for piece in _pipelined(self.generation.produce(), self.pipeline_depth):
+            yield piece
 
 
 class _Failure:
