@@ -7,8 +7,9 @@
 
 from __future__ import annotations
 
+from jaxinit import models
 from jaxinit._catalog import CATALOG
-from jaxinit._client import AsyncClient, AsyncInitializer, Client, Initializer
+from jaxinit._client import AsyncClient, AsyncInitializer, Client, Initializer, ModelParams
 from jaxinit._codec import DTYPE_NAMES
 from jaxinit._errors import (
     IntegrityError,
@@ -23,7 +24,7 @@ from jaxinit._errors import (
     UnknownDtype,
     UnknownInitializer,
 )
-from jaxinit._keys import KEY_IMPLS, Key, key, wrap_key_data
+from jaxinit._keys import KEY_IMPLS, Key, fold_in, key, wrap_key_data
 from jaxinit._types import Provenance, Request, Tensor
 
 __version__ = "0.1.0"
@@ -42,6 +43,7 @@ __all__ = [
     "JaxError",
     "JaxinitError",
     "Key",
+    "ModelParams",
     "NotAcceptable",
     "ProtocolError",
     "Provenance",
@@ -52,6 +54,8 @@ __all__ = [
     "UnknownDtype",
     "UnknownInitializer",
     "__version__",
+    "fold_in",
     "key",
+    "models",
     "wrap_key_data",
 ]

@@ -13,9 +13,11 @@ import dataclasses
 import difflib
 import hashlib
 import inspect
+import io
 import json
 import math
 import numbers
+import os
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -23,11 +25,14 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from jaxinit import _safetensors as safetensors
 from jaxinit._catalog import CATALOG, InitializerSpec, bind_arguments
 from jaxinit._errors import InvalidArgument, JaxinitError, ProtocolError
+from jaxinit._keys import Key, as_key
+from jaxinit._models import Output, expand, nest, outputs
 from jaxinit._types import Provenance, Request, Tensor
 
-__all__ = ["AsyncClient", "AsyncInitializer", "Client", "Initializer"]
+__all__ = ["AsyncClient", "AsyncInitializer", "Client", "Initializer", "ModelParams"]
 
 DEFAULT_TIMEOUT = 300.0
 
@@ -224,6 +229,22 @@ class _BaseClient:
         """
         return self._request(initializer, key, shape, dtype, args or {}, request_id, offset, count)
 
+    def _model_requests(
+        self, model: Any, key: Any, mode: str, layout: str, fix_rng_separator: bool, param_dtype: Any
+    ) -> tuple[list[Output], list[Request]]:
+        root = as_key(key)
+        outs = outputs(expand(model, mode=mode, fix_rng_separator=fix_rng_separator, param_dtype=param_dtype), layout)
+        requests = [
+            Request(
+                o.param.initializer, o.key(root), o.param.init_shape, o.param.dtype, o.param.args,
+                threefry_partitionable=self.threefry_partitionable if o.keyed else None,
+                enable_x64=self.enable_x64 if o.keyed else None,
+                request_id=o.name,
+            )
+            for o in outs
+        ]
+        return outs, requests
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
@@ -284,6 +305,37 @@ class Client(_BaseClient):
         error (an exception instance) in its place; the others still arrive."""
         return self._transport.generate_many(requests)  # type: ignore[no-any-return]
 
+    def init_model(
+        self,
+        model: Any,
+        key: Any,
+        *,
+        mode: str = "linen",
+        layout: str = "flax",
+        fix_rng_separator: bool = False,
+        param_dtype: Any = "float32",
+        flat: bool = False,
+        path: str | os.PathLike[str] | None = None,
+    ) -> ModelParams:
+        """A whole model's initial parameters, bit-identical to Flax's ``init``.
+
+        Args:
+            model: a description (``jaxinit.models.Dense(784, 256)``, a dict, or the raw
+                form ``{"params": [...]}``); see the README's model section.
+            key: the root key, as given to ``model.init`` (linen) or ``nnx.Rngs`` (nnx).
+            mode: ``"linen"`` (keys from module paths) or ``"nnx"`` (keys in creation order).
+            layout: ``"flax"`` (Flax's tree) or ``"torch"`` (``state_dict`` names and layouts).
+            flat: return ``{"Dense_0.kernel": array}`` rather than a nested dict.
+            path: also write the parameters there, as ``.safetensors`` or ``.npz``.
+
+        Returns:
+            A :class:`ModelParams`: a dict of arrays (nested, or flat with ``flat=True``),
+            with the provenance of every tensor in ``.provenance``.
+        """
+        outs, requests = self._model_requests(model, key, mode, layout, fix_rng_separator, param_dtype)
+        received = _collect(outs, self.generate_many(requests))
+        return _model_result(outs, received, as_key(key), mode, layout, flat, path)
+
     def list_initializers(self) -> dict[str, Any]:
         """The server's registry: initializers, arguments, dtypes, key impls, server identity."""
         return self._transport.list_initializers()  # type: ignore[no-any-return]
@@ -323,6 +375,23 @@ class AsyncClient(_BaseClient):
     ) -> AsyncIterator[Tensor | JaxinitError]:
         return self._transport.generate_many(requests)  # type: ignore[no-any-return]
 
+    async def init_model(
+        self,
+        model: Any,
+        key: Any,
+        *,
+        mode: str = "linen",
+        layout: str = "flax",
+        fix_rng_separator: bool = False,
+        param_dtype: Any = "float32",
+        flat: bool = False,
+        path: str | os.PathLike[str] | None = None,
+    ) -> ModelParams:
+        """See :meth:`Client.init_model`."""
+        outs, requests = self._model_requests(model, key, mode, layout, fix_rng_separator, param_dtype)
+        received = [item async for item in self.generate_many(requests)]
+        return _model_result(outs, _collect(outs, received), as_key(key), mode, layout, flat, path)
+
     async def list_initializers(self) -> dict[str, Any]:
         return await self._transport.list_initializers()  # type: ignore[no-any-return]
 
@@ -334,6 +403,73 @@ class AsyncClient(_BaseClient):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+class ModelParams(dict[str, Any]):
+    """A model's parameters (a dict of numpy arrays, nested unless ``flat``), with
+    ``provenance``: each tensor's :class:`Provenance`, by flat name."""
+
+    provenance: dict[str, Provenance]
+    metadata: dict[str, str]
+
+
+def _collect(outs: list[Output], received: Iterable[Tensor | JaxinitError]) -> dict[str, Tensor]:
+    """The streamed tensors by name; the first failure raised, naming its tensor."""
+    tensors: dict[str, Tensor] = {}
+    for out, item in zip(outs, received, strict=False):
+        if isinstance(item, JaxinitError):
+            raise type(item)(f"{out.name}: {item.message}")
+        if item.request_id != out.name:
+            raise ProtocolError(f"expected tensor {out.name!r}, got {item.request_id!r}")
+        tensors[out.name] = item
+    if len(tensors) != len(outs):
+        raise ProtocolError(f"the stream ended after {len(tensors)} of {len(outs)} tensors")
+    return tensors
+
+
+def _model_result(
+    outs: list[Output], tensors: dict[str, Tensor], root: Key, mode: str, layout: str, flat: bool,
+    path: str | os.PathLike[str] | None,
+) -> ModelParams:
+    arrays = {o.name: o.finish(tensors[o.name].array) for o in outs}
+    first = tensors[outs[0].name].provenance
+    keyed = next((tensors[o.name].provenance for o in outs if o.keyed), first)
+    metadata = {
+        "format": "pt" if layout == "torch" else "flax",
+        "jaxinit_version": first.jaxinit_version,
+        "jax_version": first.jax_version,
+        "jaxlib_version": first.jaxlib_version,
+        "backend": first.backend,
+        "device_kind": first.device_kind,
+        "mode": mode,
+        "layout": layout,
+        "root_key": json.dumps(root.to_json(), separators=(",", ":")),
+        "threefry_partitionable": str(keyed.threefry_partitionable).lower(),
+        "enable_x64": str(keyed.enable_x64).lower(),
+    }
+    if path is not None:
+        _write(os.fspath(path), arrays, metadata)
+    result = ModelParams(arrays if flat else nest(arrays))
+    result.provenance = {name: t.provenance for name, t in tensors.items()}
+    result.metadata = metadata
+    return result
+
+
+def _write(path: str, arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    if path.endswith(".safetensors"):
+        data = safetensors.dumps(arrays, metadata)
+    elif path.endswith(".npz"):
+        for name, array in arrays.items():
+            if array.dtype.kind == "V":
+                raise InvalidArgument(f"{name}: .npz cannot store {array.dtype} (numpy reads it back as raw "
+                                      "bytes); write .safetensors")
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)  # type: ignore[arg-type]
+        data = buffer.getvalue()
+    else:
+        raise InvalidArgument(f"path must end in .safetensors or .npz, got {path!r}")
+    with open(path, "wb") as file:
+        file.write(data)
 
 
 # ---- one method per catalog entry, with JAX's own signature and defaults ----

@@ -37,6 +37,7 @@ def request_to_proto(request: Request, index: int = 0) -> pb.GenerateRequest:
         else:
             message.key.data.words.extend(key.data)
         message.key.impl = key.impl
+        message.key.fold_in.extend(key.fold_in)
     if request.threefry_partitionable is not None:
         message.prng.threefry_partitionable = request.threefry_partitionable
     if request.enable_x64 is not None:

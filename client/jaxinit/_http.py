@@ -28,9 +28,7 @@ def request_to_json(request: Request) -> dict[str, Any]:
         body["dtype"] = request.dtype
     key = request.key
     if key is not None:
-        body["key"] = {"seed": key.seed, "impl": key.impl} if key.seed is not None else {
-            "data": list(key.data), "impl": key.impl
-        }
+        body["key"] = key.to_json()
     prng = {
         name: value
         for name, value in (

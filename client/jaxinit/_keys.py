@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxinit._errors import InvalidArgument
 
-__all__ = ["DEFAULT_IMPL", "KEY_IMPLS", "Key", "as_key", "key", "wrap_key_data"]
+__all__ = ["DEFAULT_IMPL", "KEY_IMPLS", "MAX_FOLD_IN", "Key", "as_key", "fold_in", "key", "wrap_key_data"]
 
 # Key implementation -> number of uint32 words of its key data (every one JAX 0.10 has;
 # a test compares this table with the installed JAX's registry).
@@ -31,6 +31,7 @@ KEY_IMPLS: dict[str, int] = {
 }
 DEFAULT_IMPL = "threefry2x32"
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_FOLD_IN = 64  # fold_in steps one key may carry
 
 
 @dataclass(frozen=True)
@@ -39,11 +40,14 @@ class Key:
 
     ``Key(seed=s, impl=i)`` means ``jax.random.key(s, impl=i)`` on the server;
     ``Key(data=d, impl=i)`` means ``jax.random.wrap_key_data(d, impl=i)``.
+    ``fold_in=(a, b)`` then means ``fold_in(fold_in(that key, a), b)`` (uint32 each),
+    as Flax derives a parameter's key from the root key.
     """
 
     seed: int | None = None
     data: tuple[int, ...] | None = None
     impl: str = DEFAULT_IMPL
+    fold_in: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.impl not in KEY_IMPLS:
@@ -67,6 +71,26 @@ class Key:
                 raise InvalidArgument(
                     f"{self.impl} key data must be {words} uint32 words, got {list(self.data)!r}"
                 )
+        folds = self.fold_in
+        if len(folds) > MAX_FOLD_IN or not all(
+            isinstance(w, int) and not isinstance(w, bool) and 0 <= w < 2**32 for w in folds
+        ):
+            raise InvalidArgument(
+                f"fold_in must be at most {MAX_FOLD_IN} uint32 values (0 <= x < 2**32), got {list(folds)!r}"
+            )
+
+
+    def to_json(self) -> dict[str, Any]:
+        """The key as the REST API and canonical requests write it.
+
+        >>> Key(seed=3).to_json()
+        {'seed': 3, 'impl': 'threefry2x32'}
+        """
+        out: dict[str, Any] = {"seed": self.seed} if self.seed is not None else {"data": list(self.data or ())}
+        out["impl"] = self.impl
+        if self.fold_in:  # absent when empty, so digests of plain keys stay as they were
+            out["fold_in"] = list(self.fold_in)
+        return out
 
 
 def key(seed: int, *, impl: str | None = None) -> Key:
@@ -82,6 +106,20 @@ def wrap_key_data(data: Any, *, impl: str | None = None) -> Key:
             f"key data must be a 1-D sequence of uint32 words, got {data!r}"
         )
     return Key(data=tuple(int(w) for w in words.tolist()), impl=impl or DEFAULT_IMPL)
+
+
+def fold_in(base: Any, data: int) -> Key:
+    """Like ``jax.random.fold_in(key, data)``: ``base`` with one more uint32 folded in.
+
+    >>> fold_in(key(0), 7)
+    Key(seed=0, data=None, impl='threefry2x32', fold_in=(7,))
+    """
+    base = as_key(base)
+    if not isinstance(data, numbers.Integral) or isinstance(data, bool):
+        raise InvalidArgument(f"fold_in data must be an int, got {data!r}")
+    # jax.random.fold_in takes the data as a uint32 and refuses ints outside its range;
+    # Key checks the same range.
+    return Key(seed=base.seed, data=base.data, impl=base.impl, fold_in=(*base.fold_in, int(data)))
 
 
 def as_key(obj: Any) -> Key:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,11 +13,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from jaxinit._errors import InternalError, JaxinitError, mapping_for
+from jaxinit._errors import InternalError, InvalidArgument, JaxinitError, mapping_for
 from jaxinit._keys import Key
 from jaxinit.v1 import jaxinit_pb2 as pb
 from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
-from jaxinit_server.core import GenerateParams, Service, Tensor
+from jaxinit_server.core import GenerateParams, ModelParams, Service, Tensor
 
 __all__ = ["SERVICE_NAME", "create_grpc_server"]
 
@@ -27,23 +28,26 @@ ERROR_TYPE_KEY = "jaxinit-error-type"
 MANY_WINDOW = 4
 
 
+def key_from_proto(message: pb.Key) -> Key | None:
+    form = message.WhichOneof("form")
+    impl = message.impl or "threefry2x32"
+    folds = tuple(message.fold_in)
+    if form == "seed":
+        return Key(seed=message.seed, impl=impl, fold_in=folds)
+    if form == "data":
+        return Key(data=tuple(message.data.words), impl=impl, fold_in=folds)
+    return None
+
+
 def params_from_proto(request: pb.GenerateRequest) -> GenerateParams:
     """The core's view of a wire request."""
-    key = None
-    if request.HasField("key"):
-        form = request.key.WhichOneof("form")
-        impl = request.key.impl or "threefry2x32"
-        if form == "seed":
-            key = Key(seed=request.key.seed, impl=impl)
-        elif form == "data":
-            key = Key(data=tuple(request.key.data.words), impl=impl)
     prng = request.prng
     return GenerateParams(
         initializer=request.initializer,
         shape=list(request.shape),
         args={name: value_from_proto(v) for name, v in request.args.items()},
         dtype=request.dtype or None,
-        key=key,
+        key=key_from_proto(request.key) if request.HasField("key") else None,
         threefry_partitionable=(
             prng.threefry_partitionable if prng.HasField("threefry_partitionable") else None
         ),
@@ -51,6 +55,24 @@ def params_from_proto(request: pb.GenerateRequest) -> GenerateParams:
         request_id=request.request_id,
         offset=request.offset if request.HasField("offset") else None,
         count=request.count if request.HasField("count") else None,
+    )
+
+
+def model_params_from_proto(request: pb.InitModelRequest) -> ModelParams:
+    try:
+        model = json.loads(request.model_json)
+    except ValueError as exc:
+        raise InvalidArgument(f"model_json is not JSON: {exc}") from None
+    prng = request.prng
+    return ModelParams(
+        model=model,
+        key=key_from_proto(request.key) if request.HasField("key") else None,
+        mode=request.mode or "linen",
+        layout=request.layout or "flax",
+        fix_rng_separator=request.fix_rng_separator,
+        param_dtype=request.param_dtype or "float32",
+        threefry_partitionable=prng.threefry_partitionable if prng.HasField("threefry_partitionable") else None,
+        enable_x64=prng.enable_x64 if prng.HasField("enable_x64") else None,
     )
 
 
@@ -145,6 +167,25 @@ class InitializersServicer(pb_grpc.InitializersServicer):
 
     async def _generate_one(self, request: pb.GenerateRequest) -> Tensor:
         return await self._service.generate(self._service.prepare(params_from_proto(request)))
+
+    async def InitModel(
+        self, request: pb.InitModelRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.TensorChunk]:
+        try:
+            model = self._service.prepare_model(model_params_from_proto(request))
+            await self._service.check_model(model)
+        except Exception as exc:
+            await _abort(context, _domain(exc))
+            return
+        try:
+            async for name, tensor in self._service.generate_model(model):
+                if isinstance(tensor, JaxinitError):
+                    yield error_to_proto(tensor, name)
+                    continue
+                async for message in frames(tensor, name, self._chunk):
+                    yield message
+        except Exception as exc:
+            await _abort(context, _domain(exc))
 
     async def ListInitializers(
         self, request: pb.ListInitializersRequest, context: grpc.aio.ServicerContext

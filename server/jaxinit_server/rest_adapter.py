@@ -14,20 +14,26 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
+from jaxinit import _safetensors as safetensors
 from jaxinit._codec import DTYPES
 from jaxinit._errors import InternalError, InvalidArgument, JaxinitError, NotAcceptable, TooLarge, mapping_for
 from jaxinit._keys import Key
-from jaxinit_server.core import GenerateParams, Resolved, Service, Tensor
+from jaxinit_server.core import GenerateParams, ModelParams, Resolved, ResolvedModel, Service, Tensor
 from jaxinit_server.core.request import args_from_text
 
 __all__ = ["create_app"]
 
 log = logging.getLogger("jaxinit_server.rest")
 OCTET, NPY, JSON = "application/octet-stream", "application/x-npy", "application/json"
+SAFETENSORS, NPZ = "application/safetensors", "application/x-npz"
 MEDIA_TYPES = (OCTET, NPY, JSON)
+MODEL_MEDIA_TYPES = (SAFETENSORS, NPZ, JSON)
 IMMUTABLE = "public, max-age=31536000, immutable"
 # Query parameters of the GET form that are not initializer arguments.
-RESERVED = {"shape", "dtype", "seed", "key_data", "key_impl", "threefry_partitionable", "enable_x64", "offset", "count"}
+RESERVED = {
+    "shape", "dtype", "seed", "key_data", "key_impl", "key_fold_in", "threefry_partitionable", "enable_x64",
+    "offset", "count",
+}
 
 
 class KeyBody(BaseModel):
@@ -38,6 +44,9 @@ class KeyBody(BaseModel):
     data: list[StrictInt] | None = Field(None, description="raw key data: uint32 words")
     impl: str | None = Field(
         None, description="threefry2x32 (default), rbg, unsafe_rbg, threefry4x32, philox2x32, philox4x32"
+    )
+    fold_in: list[StrictInt] | None = Field(
+        None, description="then jax.random.fold_in(key, x) for each uint32 x, in order"
     )
 
 
@@ -67,6 +76,35 @@ class GenerateBody(BaseModel):
     count: StrictInt | None = Field(None, description="flat elements in the range (default: to the end)")
 
 
+class ModelBody(BaseModel):
+    """A whole model's initial parameters, as Flax's ``init`` makes them."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": {"type": "Sequential", "layers": [
+                        {"type": "Dense", "in_features": 784, "features": 256},
+                        {"type": "Function", "fn": "relu"},
+                        {"type": "Dense", "in_features": 256, "features": 10},
+                    ]},
+                    "key": {"seed": 0},
+                    "mode": "linen",
+                    "layout": "torch",
+                }
+            ]
+        },
+    )
+    model: dict[str, Any] = Field(description="a module description, or the raw form {'params': [...]}")
+    key: KeyBody = Field(description="the root key, as passed to model.init / nnx.Rngs")
+    mode: str = Field("linen", description="key derivation: linen (path hashing) or nnx (counter order)")
+    layout: str = Field("flax", description="flax (Flax's tree and shapes) or torch (state_dict names, layouts)")
+    fix_rng_separator: StrictBool = Field(False, description="linen: as flax_fix_rng_separator")
+    param_dtype: str = Field("float32", description="default param_dtype of every module")
+    prng: PrngBody | None = None
+
+
 class ErrorBody(BaseModel):
     code: str
     type: str
@@ -81,7 +119,9 @@ def _key(body: KeyBody | None) -> Key | None:
     if body is None:
         return None
     data = None if body.data is None else tuple(body.data)
-    return Key(seed=body.seed, data=data, impl=body.impl or "threefry2x32")  # Key checks the combination
+    return Key(  # Key checks the combination
+        seed=body.seed, data=data, impl=body.impl or "threefry2x32", fold_in=tuple(body.fold_in or ())
+    )
 
 
 def error_response(error: JaxinitError, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -90,10 +130,11 @@ def error_response(error: JaxinitError, headers: dict[str, str] | None = None) -
     return JSONResponse(body, status_code=mapping.http_status, headers=headers)
 
 
-def negotiate(accept: str | None) -> str:
-    """The media type to answer with, from an Accept header (q-values honoured)."""
+def negotiate(accept: str | None, offered: tuple[str, ...] = MEDIA_TYPES) -> str:
+    """The media type to answer with, from an Accept header (q-values honoured); the
+    first one offered when the client has no preference."""
     if not accept:
-        return OCTET
+        return offered[0]
     best, best_q = None, 0.0
     for part in accept.split(","):
         media, *params = (p.strip() for p in part.split(";"))
@@ -104,12 +145,12 @@ def negotiate(accept: str | None) -> str:
                     q = float(param[2:])
                 except ValueError:
                     q = 0.0
-        candidates = MEDIA_TYPES if media in ("*/*", "application/*") else (media,)
+        candidates = offered if media in ("*/*", "application/*") else (media,)
         for candidate in candidates:
-            if candidate in MEDIA_TYPES and (q > best_q or (q == best_q and best is None)):
+            if candidate in offered and (q > best_q or (q == best_q and best is None)):
                 best, best_q = candidate, q
     if best is None:
-        raise NotAcceptable(f"cannot answer with {accept!r}; this endpoint produces {', '.join(MEDIA_TYPES)}")
+        raise NotAcceptable(f"cannot answer with {accept!r}; this endpoint produces {', '.join(offered)}")
     return best
 
 
@@ -193,6 +234,7 @@ def create_app(service: Service, *, title: str = "jaxinit") -> FastAPI:
         seed: int | None = None,
         key_data: Annotated[str | None, Query(description="comma-separated uint32 words")] = None,
         key_impl: str | None = None,
+        key_fold_in: Annotated[str | None, Query(description="comma-separated uint32s folded into the key")] = None,
         threefry_partitionable: bool | None = None,
         enable_x64: bool | None = None,
         offset: Annotated[int | None, Query(description="first flat element of a range")] = None,
@@ -204,7 +246,11 @@ def create_app(service: Service, *, title: str = "jaxinit") -> FastAPI:
         key = None
         if seed is not None or key_data is not None:
             words = _int_list("key_data", key_data) if key_data is not None else None
-            key = Key(seed=seed, data=None if words is None else tuple(words), impl=key_impl or "threefry2x32")
+            folds = tuple(_int_list("key_fold_in", key_fold_in)) if key_fold_in else ()
+            key = Key(
+                seed=seed, data=None if words is None else tuple(words), impl=key_impl or "threefry2x32",
+                fold_in=folds,
+            )
         text_args = {k: v for k, v in request.query_params.items() if k not in RESERVED}
         resolved = service.prepare(
             GenerateParams(
@@ -225,7 +271,73 @@ def create_app(service: Service, *, title: str = "jaxinit") -> FastAPI:
             return Response(status_code=304, headers=headers)
         return await _respond(service, resolved, media, headers)
 
+    @app.post(
+        "/v1/models/init",
+        summary="A whole model's initial parameters: .safetensors, .npz, or the plan as JSON",
+        response_class=Response,
+        responses={200: {"content": {SAFETENSORS: {}, NPZ: {}, JSON: {}}}},
+    )
+    async def init_model(body: ModelBody, accept: Annotated[str | None, Header()] = None) -> Response:
+        media = negotiate(accept, MODEL_MEDIA_TYPES)
+        prng = body.prng or PrngBody()
+        model = service.prepare_model(
+            ModelParams(
+                model=body.model,
+                key=_key(body.key),
+                mode=body.mode,
+                layout=body.layout,
+                fix_rng_separator=body.fix_rng_separator,
+                param_dtype=body.param_dtype,
+                threefry_partitionable=prng.threefry_partitionable,
+                enable_x64=prng.enable_x64,
+            )
+        )
+        metadata = service.model_metadata(model)
+        headers = {"X-Jaxinit-Model-Digest": model.digest}
+        if media == JSON:
+            return JSONResponse({"tensors": model.plan(), "metadata": metadata}, headers=headers)
+        await service.check_model(model)
+        if media == NPZ:
+            return Response(await _npz(service, model), media_type=NPZ, headers={
+                **headers, "Content-Disposition": 'attachment; filename="params.npz"'})
+        head = safetensors.header([(o.name, o.dtype, o.shape) for o in model.outputs], metadata)
+        headers["Content-Length"] = str(len(head) + model.nbytes)
+        headers["Content-Disposition"] = 'attachment; filename="params.safetensors"'
+        return StreamingResponse(_model_bytes(service, model, head), media_type=SAFETENSORS, headers=headers)
+
     return app
+
+
+async def _model_bytes(service: Service, model: ResolvedModel, head: bytes) -> AsyncIterator[bytes | memoryview]:
+    yield head
+    async for name, tensor in service.generate_model(model):
+        if isinstance(tensor, JaxinitError):  # the status is sent: only a cut body can say it
+            raise RuntimeError(f"{name}: {tensor.message}") from tensor
+        async for _, data in tensor.chunks(service.limits.chunk_bytes):
+            yield data
+
+
+async def _npz(service: Service, model: ResolvedModel) -> bytes:
+    """A .npz of the model, made in memory (zip needs sizes first): capped like one tensor."""
+    if model.nbytes > service.limits.max_tensor_bytes:
+        raise TooLarge(
+            f"an .npz is made in memory, up to {service.limits.max_tensor_bytes} bytes; this model has "
+            f"{model.nbytes}. Ask for application/safetensors, which streams."
+        )
+    for out in model.outputs:
+        if DTYPES[out.dtype].kind == "V":
+            raise InvalidArgument(
+                f"{out.name}: .npy/.npz cannot store {out.dtype} (numpy reads it back as raw void "
+                "bytes); ask for application/safetensors"
+            )
+    arrays = {}
+    async for name, tensor in service.generate_model(model):
+        if isinstance(tensor, JaxinitError):
+            raise type(tensor)(f"{name}: {tensor.message}")
+        arrays[name] = await tensor.array()
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
+    return buffer.getvalue()
 
 
 def _int_list(name: str, text: str) -> list[int]:

@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     workers: int = Field(4, ge=1, description="threads that run JAX")
     max_tensor_bytes: int = Field(4 * 2**30, ge=0, description="largest tensor served, in bytes")
     max_json_elements: int = Field(2**20, ge=0, description="largest tensor served as JSON")
+    max_model_bytes: int = Field(16 * 2**30, ge=0, description="all tensors of one model request, in bytes")
     chunk_bytes: int = Field(2**20, ge=1024, le=3 * 2**20, description="bytes per streamed chunk")
     grace_seconds: float = Field(10.0, ge=0, description="drain time for in-flight calls on stop")
     warm_up: bool = Field(True, description="run a few requests before reporting ready")
@@ -36,5 +37,6 @@ class Settings(BaseSettings):
         return Limits(
             max_tensor_bytes=self.max_tensor_bytes,
             max_json_elements=self.max_json_elements,
+            max_model_bytes=self.max_model_bytes,
             chunk_bytes=self.chunk_bytes,
         )

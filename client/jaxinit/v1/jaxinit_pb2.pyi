@@ -7,14 +7,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Key(_message.Message):
-    __slots__ = ("seed", "data", "impl")
+    __slots__ = ("seed", "data", "impl", "fold_in")
     SEED_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     IMPL_FIELD_NUMBER: _ClassVar[int]
+    FOLD_IN_FIELD_NUMBER: _ClassVar[int]
     seed: int
     data: KeyData
     impl: str
-    def __init__(self, seed: _Optional[int] = ..., data: _Optional[_Union[KeyData, _Mapping]] = ..., impl: _Optional[str] = ...) -> None: ...
+    fold_in: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, seed: _Optional[int] = ..., data: _Optional[_Union[KeyData, _Mapping]] = ..., impl: _Optional[str] = ..., fold_in: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class KeyData(_message.Message):
     __slots__ = ("words",)
@@ -164,6 +166,24 @@ class TensorChunk(_message.Message):
     data: DataChunk
     error: Error
     def __init__(self, request_id: _Optional[str] = ..., header: _Optional[_Union[TensorHeader, _Mapping]] = ..., data: _Optional[_Union[DataChunk, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+
+class InitModelRequest(_message.Message):
+    __slots__ = ("model_json", "key", "mode", "layout", "fix_rng_separator", "param_dtype", "prng")
+    MODEL_JSON_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    FIX_RNG_SEPARATOR_FIELD_NUMBER: _ClassVar[int]
+    PARAM_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    PRNG_FIELD_NUMBER: _ClassVar[int]
+    model_json: str
+    key: Key
+    mode: str
+    layout: str
+    fix_rng_separator: bool
+    param_dtype: str
+    prng: PrngSettings
+    def __init__(self, model_json: _Optional[str] = ..., key: _Optional[_Union[Key, _Mapping]] = ..., mode: _Optional[str] = ..., layout: _Optional[str] = ..., fix_rng_separator: _Optional[bool] = ..., param_dtype: _Optional[str] = ..., prng: _Optional[_Union[PrngSettings, _Mapping]] = ...) -> None: ...
 
 class ListInitializersRequest(_message.Message):
     __slots__ = ()

@@ -47,6 +47,11 @@ class InitializersStub:
                 request_serializer=jaxinit_dot_v1_dot_jaxinit__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=jaxinit_dot_v1_dot_jaxinit__pb2.TensorChunk.FromString,
                 _registered_method=True)
+        self.InitModel = channel.unary_stream(
+                '/jaxinit.v1.Initializers/InitModel',
+                request_serializer=jaxinit_dot_v1_dot_jaxinit__pb2.InitModelRequest.SerializeToString,
+                response_deserializer=jaxinit_dot_v1_dot_jaxinit__pb2.TensorChunk.FromString,
+                _registered_method=True)
         self.ListInitializers = channel.unary_unary(
                 '/jaxinit.v1.Initializers/ListInitializers',
                 request_serializer=jaxinit_dot_v1_dot_jaxinit__pb2.ListInitializersRequest.SerializeToString,
@@ -79,6 +84,16 @@ class InitializersServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InitModel(self, request, context):
+        """A whole model's initial parameters, bit-identical to Flax's init: one
+        tensor after another, each a TensorHeader and its DataChunks, with the
+        tensor's name ("Dense_0.kernel") as request_id. A request that cannot be
+        served fails the call before any tensor is sent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListInitializers(self, request, context):
         """The registry, described: names, arguments, types, defaults.
         """
@@ -97,6 +112,11 @@ def add_InitializersServicer_to_server(servicer, server):
             'GenerateMany': grpc.stream_stream_rpc_method_handler(
                     servicer.GenerateMany,
                     request_deserializer=jaxinit_dot_v1_dot_jaxinit__pb2.GenerateRequest.FromString,
+                    response_serializer=jaxinit_dot_v1_dot_jaxinit__pb2.TensorChunk.SerializeToString,
+            ),
+            'InitModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.InitModel,
+                    request_deserializer=jaxinit_dot_v1_dot_jaxinit__pb2.InitModelRequest.FromString,
                     response_serializer=jaxinit_dot_v1_dot_jaxinit__pb2.TensorChunk.SerializeToString,
             ),
             'ListInitializers': grpc.unary_unary_rpc_method_handler(
@@ -161,6 +181,33 @@ class Initializers:
             target,
             '/jaxinit.v1.Initializers/GenerateMany',
             jaxinit_dot_v1_dot_jaxinit__pb2.GenerateRequest.SerializeToString,
+            jaxinit_dot_v1_dot_jaxinit__pb2.TensorChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InitModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/jaxinit.v1.Initializers/InitModel',
+            jaxinit_dot_v1_dot_jaxinit__pb2.InitModelRequest.SerializeToString,
             jaxinit_dot_v1_dot_jaxinit__pb2.TensorChunk.FromString,
             options,
             channel_credentials,

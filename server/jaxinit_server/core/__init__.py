@@ -6,7 +6,8 @@ settings code; a test holds it to that.
 
 from __future__ import annotations
 
+from jaxinit_server.core.models import ModelParams, ResolvedModel
 from jaxinit_server.core.request import GenerateParams, Limits, Resolved
 from jaxinit_server.core.service import Service, Tensor
 
-__all__ = ["GenerateParams", "Limits", "Resolved", "Service", "Tensor"]
+__all__ = ["GenerateParams", "Limits", "ModelParams", "Resolved", "ResolvedModel", "Service", "Tensor"]

@@ -25,7 +25,7 @@ from jaxinit_server.core import chunked
 from jaxinit_server.core.registry import build
 from jaxinit_server.core.request import Resolved
 
-__all__ = ["Generation", "prepare", "run"]
+__all__ = ["Generation", "check", "prepare", "run"]
 
 class Generation:
     """A request ready to produce its bytes: either the whole array already made,
@@ -93,6 +93,25 @@ def prepare(resolved: Resolved, *, chunking: bool = True) -> Generation:
     return Generation(resolved, key_data, array=array)
 
 
+def check(resolved: Resolved) -> None:
+    """Trace ``resolved`` without making its values: raises what JAX would refuse.
+
+    Raises:
+        JaxError: JAX refused the request; its message, verbatim.
+    """
+    try:
+        with _config(resolved):
+            key = _make_key(resolved.key)[0]
+            init = build(resolved.spec, resolved.args)
+            shape, dtype = resolved.shape, resolved.dtype
+            if dtype is None:
+                jax.eval_shape(lambda k: init(k, shape), key)
+            else:
+                jax.eval_shape(lambda k: init(k, shape, DTYPES[dtype]), key)
+    except Exception as exc:
+        raise JaxError(str(exc)) from exc
+
+
 def run(resolved: Resolved) -> tuple[np.ndarray, tuple[int, ...]]:
     """The whole tensor for ``resolved``, exactly as eager JAX makes it, and the key data used.
 
@@ -136,5 +155,7 @@ def _make_key(key: Key | None) -> tuple[Any, tuple[int, ...]]:
     else:
         words = np.asarray(key.data, dtype=np.uint32)
         jax_key = jax.random.wrap_key_data(words, impl=key.impl)  # type: ignore[arg-type]
+    for x in key.fold_in:  # as flax does: fold_in(key, jnp.uint32(h))
+        jax_key = jax.random.fold_in(jax_key, np.uint32(x))
     data = np.asarray(jax.random.key_data(jax_key)).astype(np.uint32).ravel()
     return jax_key, tuple(int(w) for w in data)

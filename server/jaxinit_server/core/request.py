@@ -25,6 +25,7 @@ class Limits:
     """Caps a request is checked against before any JAX work."""
 
     max_tensor_bytes: int = 4 * 2**30
+    max_model_bytes: int = 16 * 2**30  # all tensors of one model request
     max_json_elements: int = 2**20
     chunk_bytes: int = 2**20
 
@@ -118,7 +119,7 @@ def resolve(params: GenerateParams, limits: Limits, defaults: PrngDefaults) -> R
         "args": args,
         "shape": list(shape),
         "dtype": dtype,
-        "key": None if key is None else _key_json(key),
+        "key": None if key is None else key.to_json(),
         "threefry_partitionable": partitionable,
         "enable_x64": x64,
     }
@@ -157,12 +158,6 @@ def _range(offset: Any, count: Any, total: int) -> tuple[int, int]:
             f"offset {start} + count {stop - start} is past the end of a tensor of {total} elements"
         )
     return start, stop
-
-
-def _key_json(key: Key) -> dict[str, Any]:
-    if key.seed is not None:
-        return {"seed": key.seed, "impl": key.impl}
-    return {"data": list(key.data or ()), "impl": key.impl}
 
 
 def _shape(shape: Any) -> tuple[int, ...]:

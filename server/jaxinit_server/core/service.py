@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import threading
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,8 +17,11 @@ import numpy as np
 
 from jaxinit._catalog import CATALOG
 from jaxinit._codec import DTYPE_NAMES, DTYPES, to_wire_bytes
+from jaxinit._errors import JaxinitError
 from jaxinit._keys import KEY_IMPLS, Key
+from jaxinit._models import Output
 from jaxinit_server.core import chunked, engine
+from jaxinit_server.core.models import ModelParams, ResolvedModel, resolve_model
 from jaxinit_server.core.provenance import ServerIdentity, server_identity
 from jaxinit_server.core.request import GenerateParams, Limits, Resolved, resolve
 
@@ -35,10 +39,15 @@ class Tensor:
     generation: engine.Generation
     provenance: dict[str, Any]
     pipeline_depth: int = 2
+    output: Output | None = None  # a model's tensor: its name, delivered shape and layout
+
+    @property
+    def name(self) -> str:
+        return self.output.name if self.output else self.resolved.request_id
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return self.resolved.shape
+        return self.output.shape if self.output else self.resolved.shape
 
     @property
     def dtype(self) -> str:
@@ -65,23 +74,37 @@ class Tensor:
     def sent_shape(self) -> tuple[int, ...]:
         """The shape of what is sent: the tensor's, or (count,) for a range."""
         resolved = self.resolved
-        return (resolved.stop - resolved.start,) if resolved.is_range else resolved.shape
+        return (resolved.stop - resolved.start,) if resolved.is_range else self.shape
 
     async def array(self) -> np.ndarray:
         """What is sent, in memory (for answers that need it whole, such as JSON)."""
-        if self.generation.array is not None:
+        if self.generation.array is not None and not self._rearranged:
             return self.generation.array.reshape(self.sent_shape)
         pieces = [piece async for piece in self._pieces()]
         flat = np.concatenate(pieces) if pieces else np.empty(0, DTYPES[self.dtype])
         return flat.reshape(self.sent_shape)
 
+    @property
+    def _rearranged(self) -> bool:
+        return self.output is not None and self.output.needs_whole
+
     async def _pieces(self) -> AsyncIterator[np.ndarray]:
         """What is sent, piece by piece: made already, or made on a producer thread."""
+        if self._rearranged:  # a transpose (PyTorch layout) needs the whole array
+            assert self.output is not None
+            yield self.output.finish(await self._generated()).reshape(-1)
+            return
         if self.generation.array is not None:
             yield self.generation.array
             return
         async for piece in _pipelined(self.generation.produce(), self.pipeline_depth):
             yield piece
+
+    async def _generated(self) -> np.ndarray:
+        if self.generation.array is not None:
+            return self.generation.array
+        pieces = [piece async for piece in _pipelined(self.generation.produce(), self.pipeline_depth)]
+        return np.concatenate(pieces) if pieces else np.empty(0, DTYPES[self.dtype])
 
 
 class _Failure:
@@ -193,7 +216,68 @@ class Service:
         text = f"{resolved.canonical}\n{self.identity.fingerprint}"
         return '"' + hashlib.sha256(text.encode()).hexdigest()[:40] + '"'
 
-    async def generate(self, resolved: Resolved) -> Tensor:
+    def prepare_model(self, params: ModelParams) -> ResolvedModel:
+        """Expand and validate a whole-model request (cheap, no JAX work). Raises domain errors."""
+        return resolve_model(params, self.limits, self.identity.defaults)
+
+    def model_metadata(self, model: ResolvedModel) -> dict[str, str]:
+        """String metadata for a model file: what produced it (safetensors ``__metadata__``)."""
+        keyed = next((r for r in model.requests if r.key is not None), model.requests[0])
+        return {
+            "format": "pt" if model.layout == "torch" else "flax",
+            **{k: str(v) for k, v in self.identity.as_dict().items()},
+            "mode": model.mode,
+            "layout": model.layout,
+            "root_key": json.dumps(model.root.to_json(), separators=(",", ":")),
+            "threefry_partitionable": str(keyed.threefry_partitionable).lower(),
+            "enable_x64": str(keyed.enable_x64).lower(),
+            "model_digest": model.digest,
+        }
+
+    async def check_model(self, model: ResolvedModel) -> None:
+        """Have JAX trace every tensor's initializer (no values made), so that what JAX
+        refuses (an orthogonal bias, a fan of a 1-D shape) is refused before a byte is sent.
+        """
+        loop = asyncio.get_running_loop()
+        def check_all() -> None:
+            seen = set()
+            for out, request in zip(model.outputs, model.requests, strict=True):
+                # The key changes the values, never what JAX accepts.
+                what = (request.spec.name, repr(request.args), request.shape, request.dtype, request.enable_x64)
+                if what not in seen:
+                    seen.add(what)
+                    try:
+                        engine.check(request)
+                    except JaxinitError as exc:
+                        raise type(exc)(f"{out.name}: {exc.message}") from None
+
+        await loop.run_in_executor(self._executor, check_all)
+
+    async def generate_model(
+        self, model: ResolvedModel, *, ahead: int = 2
+    ) -> AsyncIterator[tuple[str, Tensor | JaxinitError]]:
+        """(name, tensor) of the model in order, each made at most ``ahead`` tensors before
+        it is sent; a tensor JAX refuses comes as its domain error, and the others follow.
+        """
+        pending: list[tuple[str, asyncio.Future[Tensor]]] = []
+        items = iter(zip(model.outputs, model.requests, strict=True))
+        try:
+            while True:
+                while len(pending) <= ahead and (item := next(items, None)) is not None:
+                    out, request = item
+                    pending.append((out.name, asyncio.ensure_future(self.generate(request, output=out))))
+                if not pending:
+                    return
+                name, future = pending.pop(0)
+                try:
+                    yield name, await future
+                except JaxinitError as exc:
+                    yield name, exc
+        finally:
+            for _, future in pending:
+                future.cancel()
+
+    async def generate(self, resolved: Resolved, *, output: Output | None = None) -> Tensor:
         """Get the tensor ready to stream (on a worker thread). Raises domain errors.
 
         Requests that cannot be chunked are produced whole here, so JAX's errors for
@@ -201,7 +285,7 @@ class Service:
         """
         loop = asyncio.get_running_loop()
         generation = await loop.run_in_executor(self._executor, engine.prepare, resolved)
-        return Tensor(resolved, generation, self._provenance(resolved, generation.key_data))
+        return Tensor(resolved, generation, self._provenance(resolved, generation.key_data), output=output)
 
     def warm_up(self) -> None:
         """Run one small request of each common kind, so the first real one is not slow."""

@@ -1,0 +1,604 @@
+"""Whole-model init: a model description expanded into its parameters, as Flax makes them.
+
+JAX-free and shared: the client expands a description into one request per
+parameter, and the server's model endpoints use the very same expansion, so
+both transports and the REST download agree byte for byte.
+
+A description is plain data (JSON/YAML-able dicts), or built with the helpers
+at the bottom (``Dense(784, 256)``, ``Module(...)``). Each parameter's key is
+derived from the root key as Flax derives it:
+
+- ``linen``: ``fold_in(root, H(*module_path, n))``, where ``H`` is the first 4
+  bytes (big-endian) of a SHA-1 over the path's names (UTF-8) and ``n``, the
+  1-based count of parameters created in that module so far (as
+  ``flax.core.scope._fold_in_static`` with lazy RNGs, Flax's default);
+  ``fix_rng_separator`` mirrors ``flax_fix_rng_separator``.
+- ``nnx``: ``fold_in(root, i)``, ``i`` counting every parameter of the model
+  from 0 in constructor order (``nnx.Rngs`` with one ``params`` stream).
+
+Every parameter consumes one count, zero-initialised biases included, exactly
+as in Flax.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from jaxinit._catalog import bind_arguments, lookup
+from jaxinit._codec import dtype_name
+from jaxinit._errors import InvalidArgument
+from jaxinit._keys import Key
+
+__all__ = [
+    "LAYOUTS",
+    "MODES",
+    "MODULE_TYPES",
+    "Param",
+    "Output",
+    "expand",
+    "linen_fold_in",
+    "nest",
+    "outputs",
+]
+
+MODES = ("linen", "nnx")
+LAYOUTS = ("flax", "torch")
+MAX_PARAMS = 100_000  # parameters per model description
+MAX_DEPTH = 32  # nesting of modules
+
+Init = tuple[str, dict[str, Any]]  # (initializer name, factory arguments)
+
+LECUN_NORMAL: Init = ("lecun_normal", {})
+ZEROS: Init = ("zeros", {})
+ONES: Init = ("ones", {})
+EMBED: Init = ("variance_scaling", {"scale": 1.0, "mode": "fan_in", "distribution": "normal", "out_axis": 0})
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a model: what to generate, with which derived key, and where it goes.
+
+    ``init_shape`` is the shape the initializer is called with; ``shape`` the
+    parameter's (they differ for DenseGeneral, which Flax initialises as a 2-D
+    matrix and reshapes: the bytes are the same).
+    """
+
+    path: tuple[str, ...]  # module names, then the parameter's own name
+    initializer: str
+    args: dict[str, Any]
+    shape: tuple[int, ...]
+    init_shape: tuple[int, ...]
+    dtype: str
+    fold_in: int | None  # the key is fold_in(root key, fold_in); None: no key (a torch buffer)
+    module: str  # the module type that owns it ("Dense", "Conv", "Param", ...)
+    role: str  # "kernel", "bias", "scale", "embedding", or the raw parameter's name
+    torch: tuple[str, str] = ("", "")  # (leaf name, conversion) in the PyTorch layout
+
+    @property
+    def name(self) -> str:
+        """Dotted name, as in a state dict: ``"Dense_0.kernel"``."""
+        return ".".join(self.path)
+
+
+# --- description parsing --------------------------------------------------------------------
+
+
+class _Reader:
+    """Typed access to one description node, with messages that say where the problem is."""
+
+    def __init__(self, node: Any, where: str) -> None:
+        if not isinstance(node, Mapping):
+            raise InvalidArgument(f"{where}: a module must be an object with a 'type', got {node!r}")
+        self.node = node
+        self.where = where
+        self.used: set[str] = {"type", "name"}
+
+    def _get(self, key: str, default: Any) -> Any:
+        self.used.add(key)
+        return self.node.get(key, default)
+
+    def integer(self, key: str, default: Any = None, *, minimum: int = 1) -> int:
+        value = self._get(key, default)
+        if value is None:
+            raise InvalidArgument(f"{self.where}: '{key}' is required (an int >= {minimum})")
+        if not _is_int(value) or value < minimum:
+            raise InvalidArgument(f"{self.where}: '{key}' must be an int >= {minimum}, got {value!r}")
+        return int(value)
+
+    def integers(self, key: str, default: Any = None) -> tuple[int, ...]:
+        """An int or a non-empty list of ints (>= 1), as a tuple."""
+        value = self._get(key, default)
+        if value is None:
+            raise InvalidArgument(f"{self.where}: '{key}' is required (an int or a list of ints)")
+        items = [value] if _is_int(value) else value
+        if (
+            isinstance(items, (str, bytes, Mapping))
+            or not isinstance(items, Sequence)
+            or not items
+            or not all(_is_int(v) and v >= 1 for v in items)
+        ):
+            raise InvalidArgument(
+                f"{self.where}: '{key}' must be a positive int or a non-empty list of them, got {value!r}"
+            )
+        return tuple(int(v) for v in items)
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self._get(key, default)
+        if not isinstance(value, bool):
+            raise InvalidArgument(f"{self.where}: '{key}' must be true or false, got {value!r}")
+        return value
+
+    def dtype(self, inherited: str) -> str:
+        value = self._get("param_dtype", None)
+        if value is None:
+            return inherited
+        try:
+            return dtype_name(value)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{self.where}: param_dtype: {exc.message}") from None
+
+    def init(self, key: str, default: Init) -> Init:
+        value = self._get(key, None)
+        if value is None:
+            return default[0], dict(default[1])
+        return _init(value, f"{self.where}: '{key}'")
+
+    def modules(self, key: str) -> list[Any]:
+        value = self._get(key, None)
+        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
+            raise InvalidArgument(f"{self.where}: '{key}' must be a list of modules, got {value!r}")
+        return list(value)
+
+    def done(self) -> None:
+        unknown = sorted(set(self.node) - self.used)
+        if unknown:
+            raise InvalidArgument(f"{self.where}: unknown field(s) {unknown} for {self.node.get('type')}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _init(value: Any, where: str) -> Init:
+    """An initializer override: a registry name, or {"initializer": name, "args": {...}}."""
+    args: Any
+    if isinstance(value, str):
+        name, args = value, {}
+    elif isinstance(value, Mapping) and set(value) <= {"initializer", "args"} and "initializer" in value:
+        name, args = value["initializer"], value.get("args") or {}
+        if not isinstance(args, Mapping):
+            raise InvalidArgument(f"{where}: 'args' must be an object, got {args!r}")
+    else:
+        raise InvalidArgument(
+            f"{where}: an initializer is a registry name or {{\"initializer\": name, \"args\": {{...}}}}, "
+            f"got {value!r}"
+        )
+    try:
+        spec = lookup(name)
+        bound = bind_arguments(spec, args)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{where}: {exc.message}") from None
+    except Exception as exc:  # UnknownInitializer: keep its class, say where
+        raise type(exc)(f"{where}: {exc}") from None
+    return spec.name, {k: bound[k] for k in args}
+
+
+@dataclass
+class _Leaf:
+    """A parameter as a module type declares it, before keys and paths are decided."""
+
+    role: str
+    init: Init
+    shape: tuple[int, ...]
+    dtype: str
+    init_shape: tuple[int, ...] | None = None
+    torch: tuple[str, str] = ("", "")
+
+
+def _dense(r: _Reader, dtype: str) -> list[_Leaf]:
+    inp, out = r.integer("in_features"), r.integer("features")
+    leaves = [_Leaf("kernel", r.init("kernel_init", LECUN_NORMAL), (inp, out), dtype, torch=("weight", "t"))]
+    if r.flag("use_bias", True):
+        leaves.append(_Leaf("bias", r.init("bias_init", ZEROS), (out,), dtype, torch=("bias", "")))
+    return leaves
+
+
+def _dense_general(r: _Reader, dtype: str) -> list[_Leaf]:
+    # flax: the kernel is initialised as (prod(in), prod(out)) and reshaped; the bias flat.
+    inp, out = r.integers("in_features"), r.integers("features")
+    kernel = _Leaf(
+        "kernel", r.init("kernel_init", LECUN_NORMAL), inp + out, dtype,
+        init_shape=(math.prod(inp), math.prod(out)), torch=("weight", "flat_t"),
+    )
+    leaves = [kernel]
+    if r.flag("use_bias", True):
+        leaves.append(
+            _Leaf("bias", r.init("bias_init", ZEROS), out, dtype, init_shape=(math.prod(out),), torch=("bias", "flat"))
+        )
+    return leaves
+
+
+def _conv(r: _Reader, dtype: str) -> list[_Leaf]:
+    inp, out = r.integer("in_features"), r.integer("features")
+    size = r.integers("kernel_size")
+    groups = r.integer("feature_group_count", 1)
+    if inp % groups or out % groups:
+        raise InvalidArgument(
+            f"{r.where}: in_features {inp} and features {out} must both be multiples of "
+            f"feature_group_count {groups}"
+        )
+    kernel = _Leaf("kernel", r.init("kernel_init", LECUN_NORMAL), (*size, inp // groups, out), dtype,
+                   torch=("weight", "conv"))
+    leaves = [kernel]
+    if r.flag("use_bias", True):
+        leaves.append(_Leaf("bias", r.init("bias_init", ZEROS), (out,), dtype, torch=("bias", "")))
+    return leaves
+
+
+def _embed(r: _Reader, dtype: str) -> list[_Leaf]:
+    num, features = r.integer("num_embeddings"), r.integer("features")
+    return [_Leaf("embedding", r.init("embedding_init", EMBED), (num, features), dtype, torch=("weight", ""))]
+
+
+def _norm(*, bias: bool, groups: bool = False) -> Callable[[_Reader, str], list[_Leaf]]:
+    def leaves(r: _Reader, dtype: str) -> list[_Leaf]:
+        features = r.integer("features")
+        if groups:
+            num_groups = r.integer("num_groups", 32)
+            if features % num_groups:
+                raise InvalidArgument(
+                    f"{r.where}: features {features} must be a multiple of num_groups {num_groups}"
+                )
+        out = []
+        if r.flag("use_scale", True):
+            out.append(_Leaf("scale", r.init("scale_init", ONES), (features,), dtype, torch=("weight", "")))
+        if bias and r.flag("use_bias", True):
+            out.append(_Leaf("bias", r.init("bias_init", ZEROS), (features,), dtype, torch=("bias", "")))
+        return out
+
+    return leaves
+
+
+def _param(r: _Reader, dtype: str) -> list[_Leaf]:
+    name = r.node.get("name")
+    shape = r._get("shape", None)
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence) or not all(
+        _is_int(d) and d >= 0 for d in shape
+    ):
+        raise InvalidArgument(f"{r.where}: 'shape' must be a list of non-negative ints, got {shape!r}")
+    value = r._get("initializer", None)
+    if value is None:
+        raise InvalidArgument(f"{r.where}: 'initializer' is required (a registry name)")
+    args = r._get("args", None)
+    init = _init(value if args is None else {"initializer": value, "args": args}, r.where)
+    return [_Leaf(str(name), init, tuple(int(d) for d in shape), dtype, torch=(str(name), ""))]
+
+
+# Module type -> its parameters, in the order Flax creates them.
+_LEAF_MODULES: dict[str, Callable[[_Reader, str], list[_Leaf]]] = {
+    "Dense": _dense,
+    "DenseGeneral": _dense_general,
+    "Conv": _conv,
+    "Embed": _embed,
+    "LayerNorm": _norm(bias=True),
+    "RMSNorm": _norm(bias=False),
+    "BatchNorm": _norm(bias=True),
+    "GroupNorm": _norm(bias=True, groups=True),
+    "Param": _param,
+}
+MODULE_TYPES: tuple[str, ...] = (*_LEAF_MODULES, "MultiHeadAttention", "Module", "Sequential", "Function")
+
+
+@dataclass
+class _Node:
+    """A parsed module: its leaves (own parameters) and named children, in creation order."""
+
+    type: str
+    items: list[tuple[str, _Leaf | _Node]] = field(default_factory=list)
+
+
+def _parse(node: Any, where: str, dtype: str, depth: int, mode: str, *, parent: str = "") -> _Node:
+    if depth > MAX_DEPTH:
+        raise InvalidArgument(f"{where}: modules nest deeper than {MAX_DEPTH} levels")
+    r = _Reader(node, where)
+    kind = node.get("type")
+    if kind not in MODULE_TYPES:
+        raise InvalidArgument(f"{where}: unknown module type {kind!r}; known: {', '.join(MODULE_TYPES)}")
+    if kind == "Param" and parent != "Module":
+        raise InvalidArgument(f"{where}: a Param belongs among the children of a Module")
+    if kind == "Function" and parent != "Sequential":
+        raise InvalidArgument(f"{where}: a Function (a parameter-free layer) belongs in a Sequential's layers")
+    dtype = r.dtype(dtype)
+    out = _Node(kind)
+    if kind == "Function":
+        r.used.add("fn")  # what it computes (relu, gelu, ...): documentation only
+    elif kind in _LEAF_MODULES:
+        out.items = [(leaf.role, leaf) for leaf in _LEAF_MODULES[kind](r, dtype)]
+    elif kind == "MultiHeadAttention":
+        out.items = _attention(r, dtype, depth)
+    elif kind == "Sequential":
+        # linen's nn.Sequential names its layers layers_0, layers_1, ...; nnx.Sequential
+        # keeps them in a list attribute `layers`, so its paths read layers.0, layers.1.
+        # Parameter-free layers (Function: relu, ...) take a position all the same.
+        for i, child in enumerate(r.modules("layers")):
+            sub = f"{where}.layers[{i}]"
+            if isinstance(child, Mapping) and "name" in child:
+                raise InvalidArgument(f"{sub}: layers of a Sequential are named by position; drop 'name'")
+            name = f"layers_{i}" if mode == "linen" else f"layers.{i}"
+            out.items.append((name, _parse(child, sub, dtype, depth + 1, mode, parent="Sequential")))
+    else:  # Module: children in creation order; unnamed ones auto-named as linen does
+        r.used.add("class")
+        counts: dict[str, int] = {}
+        for i, child in enumerate(r.modules("children")):
+            sub = f"{where}.children[{i}]"
+            parsed = _parse(child, sub, dtype, depth + 1, mode, parent="Module")
+            name = child.get("name")
+            if parsed.type == "Param":
+                if not isinstance(name, str) or not name:
+                    raise InvalidArgument(f"{sub}: a Param needs a 'name'")
+                out.items.append((name, parsed.items[0][1]))
+                continue
+            if name is None:
+                cls = child.get("class", parsed.type) if parsed.type == "Module" else parsed.type
+                name = f"{cls}_{counts.get(cls, 0)}"
+                counts[cls] = counts.get(cls, 0) + 1
+            out.items.append((name, parsed))
+        names = [name for name, _ in out.items]
+        for name in names:
+            if not isinstance(name, str) or not name or "." in name or "/" in name:
+                raise InvalidArgument(f"{where}: names must be non-empty strings without '.' or '/', got {name!r}")
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise InvalidArgument(f"{where}: names must be unique among siblings; repeated: {dup}")
+    r.done()
+    return out
+
+
+def _attention(r: _Reader, dtype: str, depth: int) -> list[tuple[str, _Leaf | _Node]]:
+    """flax's MultiHeadAttention: DenseGeneral query, key, value to (heads, head_dim), then out."""
+    inp = r.integer("in_features")
+    heads = r.integer("num_heads")
+    qkv = r.integer("qkv_features", inp)
+    out = r.integer("out_features", inp)
+    if qkv % heads:
+        raise InvalidArgument(f"{r.where}: qkv_features {qkv} must be a multiple of num_heads {heads}")
+    shared = {k: r.node[k] for k in ("use_bias", "kernel_init", "bias_init") if k in r.node}
+    r.used.update(shared)
+    head_dim = qkv // heads
+    items: list[tuple[str, _Leaf | _Node]] = []
+    for name, in_f, feat in (
+        ("query", [inp], [heads, head_dim]),
+        ("key", [inp], [heads, head_dim]),
+        ("value", [inp], [heads, head_dim]),
+        ("out", [heads, head_dim], [out]),
+    ):
+        desc = {"type": "DenseGeneral", "in_features": in_f, "features": feat, **shared}
+        items.append((name, _parse(desc, f"{r.where}.{name}", dtype, depth + 1, "")))
+    return items
+
+
+# --- expansion ------------------------------------------------------------------------------
+
+
+def linen_fold_in(path: Sequence[str | int], *, fix_rng_separator: bool = False) -> int:
+    """The uint32 linen folds into the root key for ``path`` (module names, then a count).
+
+    >>> linen_fold_in((1,)) == int.from_bytes(hashlib.sha1(bytes([1])).digest()[:4], "big")
+    True
+    """
+    m = hashlib.sha1()
+    for x in path:
+        if fix_rng_separator:
+            m.update(b"\0")
+        if isinstance(x, str):
+            m.update(x.encode("utf-8"))
+        else:
+            m.update(int(x).to_bytes((int(x).bit_length() + 7) // 8, byteorder="big"))
+    return int.from_bytes(m.digest()[:4], byteorder="big")
+
+
+def expand(
+    description: Any,
+    *,
+    mode: str = "linen",
+    fix_rng_separator: bool = False,
+    param_dtype: Any = "float32",
+) -> list[Param]:
+    """Every parameter of a model description, in creation order, with its derived key.
+
+    ``description`` is a module (a dict with a ``type``), or the raw form
+    ``{"params": [{"path": "a.b.kernel", "initializer": ..., "args": ..., "shape": ...,
+    "dtype": ...}, ...]}`` whose parameters are created in the order listed.
+
+    Raises:
+        InvalidArgument: with the place in the description that is wrong.
+    """
+    if mode not in MODES:
+        raise InvalidArgument(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if not isinstance(fix_rng_separator, bool):
+        raise InvalidArgument(f"fix_rng_separator must be true or false, got {fix_rng_separator!r}")
+    dtype = dtype_name(param_dtype)
+    if isinstance(description, Mapping) and "params" in description and "type" not in description:
+        root = _raw(description, dtype)
+    else:
+        root = _parse(description, "model", dtype, 0, mode)
+    params: list[Param] = []
+    _walk(root, (), mode, fix_rng_separator, params)
+    if not params:
+        raise InvalidArgument("model: the description has no parameters")
+    names = [p.name for p in params]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise InvalidArgument(f"model: parameter names repeat: {dup}")
+    return params
+
+
+def _walk(node: _Node, path: tuple[str, ...], mode: str, fix: bool, out: list[Param]) -> None:
+    count = 0  # linen: parameters created in this module so far
+    for name, item in node.items:
+        if isinstance(item, _Node):
+            _walk(item, (*path, name), mode, fix, out)
+            continue
+        count += 1
+        if len(out) >= MAX_PARAMS:
+            raise InvalidArgument(f"model: more than {MAX_PARAMS} parameters")
+        fold = linen_fold_in((*path, count), fix_rng_separator=fix) if mode == "linen" else len(out)
+        out.append(
+            Param(
+                path=(*path, name),
+                initializer=item.init[0],
+                args=item.init[1],
+                shape=item.shape,
+                init_shape=item.init_shape or item.shape,
+                dtype=item.dtype,
+                fold_in=fold,
+                module=node.type,
+                role=item.role,
+                torch=item.torch,
+            )
+        )
+
+
+def _raw(description: Mapping[str, Any], dtype: str) -> _Node:
+    """The raw form as a tree of plain modules whose leaves are Params, in the order listed."""
+    unknown = sorted(set(description) - {"params", "param_dtype"})
+    if unknown:
+        raise InvalidArgument(f"model: unknown field(s) {unknown} in the raw form")
+    if "param_dtype" in description:
+        dtype = dtype_name(description["param_dtype"])
+    entries = description["params"]
+    if isinstance(entries, (str, bytes, Mapping)) or not isinstance(entries, Sequence):
+        raise InvalidArgument("model.params must be a list of parameters")
+    root = _Node("Module")
+    for i, entry in enumerate(entries):
+        where = f"model.params[{i}]"
+        if not isinstance(entry, Mapping):
+            raise InvalidArgument(f"{where}: a parameter must be an object, got {entry!r}")
+        path = entry.get("path")
+        if not isinstance(path, str) or not path or any(not part for part in path.split(".")):
+            raise InvalidArgument(f"{where}: 'path' must be a dotted name such as 'encoder.kernel', got {path!r}")
+        *modules, name = path.split(".")
+        r = _Reader({**{k: v for k, v in entry.items() if k not in ("path", "dtype")}, "type": "Param",
+                     "name": name, **({"param_dtype": entry["dtype"]} if "dtype" in entry else {})}, where)
+        leaf = _param(r, r.dtype(dtype))[0]
+        r.done()
+        node = root
+        for module in modules:
+            found = next((item for n, item in node.items if n == module), None)
+            if isinstance(found, _Leaf):
+                raise InvalidArgument(f"{where}: {module!r} is a parameter, not a module")
+            if found is None:
+                found = _Node("Module")
+                node.items.append((module, found))
+            node = found
+        node.items.append((name, leaf))
+    return root
+
+
+# --- output ---------------------------------------------------------------------------------
+
+
+def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"a.b.kernel": x}`` as ``{"a": {"b": {"kernel": x}}}`` (the Flax tree's shape)."""
+    tree: dict[str, Any] = {}
+    for name, value in flat.items():
+        *modules, leaf = name.split(".")
+        node = tree
+        for module in modules:
+            node = node.setdefault(module, {})
+        node[leaf] = value
+    return tree
+
+
+@dataclass(frozen=True)
+class Output:
+    """One tensor of the result: which parameter makes it, its name and shape there, and
+    how the generated array becomes it (a reshape, and in the PyTorch layout a transpose).
+    """
+
+    name: str
+    param: Param
+    shape: tuple[int, ...]
+    convert: str = ""  # "", "t", "conv", "flat_t", "flat"
+
+    @property
+    def dtype(self) -> str:
+        return self.param.dtype
+
+    @property
+    def keyed(self) -> bool:
+        """False for PyTorch's BatchNorm buffers: constants, whatever the key and PRNG settings."""
+        return self.param.fold_in is not None
+
+    def key(self, root: Key) -> Key | None:
+        """This tensor's key: the root key with the parameter's ``fold_in`` appended."""
+        if self.param.fold_in is None:
+            return None
+        return Key(seed=root.seed, data=root.data, impl=root.impl, fold_in=(*root.fold_in, self.param.fold_in))
+
+    @property
+    def needs_whole(self) -> bool:
+        """True when the bytes are rearranged (a transpose), not merely reshaped."""
+        return self.convert in ("t", "conv", "flat_t")
+
+    def finish(self, generated: np.ndarray) -> np.ndarray:
+        """The delivered array from what the initializer returned (its ``init_shape``)."""
+        array = generated.reshape(self.param.shape)  # Flax's own reshape: the bytes stay
+        if self.convert == "t":
+            array = array.T
+        elif self.convert == "conv":
+            rank = array.ndim
+            array = array.transpose(rank - 1, rank - 2, *range(rank - 2))
+        elif self.convert == "flat_t":
+            array = array.reshape(self.param.init_shape).T
+        return np.ascontiguousarray(array).reshape(self.shape)
+
+
+def outputs(params: Sequence[Param], layout: str = "flax") -> list[Output]:
+    """The tensors of the result, in order, for a layout.
+
+    ``flax``: each parameter under its Flax path (``Dense_0.kernel``), as Flax holds it.
+    ``torch``: as PyTorch's modules hold them. Dense kernels (in, out) become ``weight``
+    (out, in); Conv kernels (*spatial, in, out) become (out, in, *spatial); DenseGeneral
+    kernels the 2-D ``weight`` of a ``Linear`` over the flattened feature axes,
+    (prod(out), prod(in)), and their biases flat; scale and embedding become ``weight``.
+    A BatchNorm also gets PyTorch's buffers (running_mean 0, running_var 1,
+    num_batches_tracked 0, the values Flax keeps in ``batch_stats``), so that
+    ``load_state_dict`` finds everything it expects.
+    """
+    if layout not in LAYOUTS:
+        raise InvalidArgument(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if layout == "flax":
+        return [Output(p.name, p, p.shape) for p in params]
+    out: list[Output] = []
+    buffers_done: set[str] = set()
+    for p in params:
+        leaf, how = p.torch
+        dot = ".".join(p.path[:-1]) + "." if len(p.path) > 1 else ""
+        shape = p.shape
+        if how == "t":
+            shape = shape[::-1]
+        elif how == "conv":
+            shape = (shape[-1], shape[-2], *shape[:-2])
+        elif how == "flat_t":
+            shape = p.init_shape[::-1]
+        elif how == "flat":
+            shape = (math.prod(shape),)
+        out.append(Output(dot + leaf, p, shape, how))
+        if p.module == "BatchNorm" and dot not in buffers_done:
+            buffers_done.add(dot)
+            for name, init, dtype, bshape in (
+                ("running_mean", "zeros", "float32", p.shape),
+                ("running_var", "ones", "float32", p.shape),
+                ("num_batches_tracked", "zeros", "int64", ()),
+            ):
+                buffer = Param((*p.path[:-1], name), init, {}, bshape, bshape, dtype, None, "BatchNorm", name)
+                out.append(Output(dot + name, buffer, bshape))
+    return out

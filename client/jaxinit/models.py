@@ -1,0 +1,134 @@
+"""A Python builder for model descriptions: plain dicts, the same documents as the JSON form.
+
+>>> mlp = Sequential(Dense(784, 256), Function("relu"), Dense(256, 10))
+>>> mlp["layers"][0]
+{'type': 'Dense', 'in_features': 784, 'features': 256}
+>>> Dense(4, 2, kernel_init=init("normal", stddev=0.02))["kernel_init"]
+{'initializer': 'normal', 'args': {'stddev': 0.02}}
+
+Every module takes ``name`` (linen names unnamed children ``Dense_0``, ``Dense_1``,
+... as Flax does), ``param_dtype`` and its parameters' initializers
+(``kernel_init``, ``bias_init``, ``scale_init``, ``embedding_init``), with Flax's
+defaults when left out. Dimensions are explicit, as in ``flax.nnx`` and PyTorch:
+``in_features`` is the size of the axis the layer contracts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from jaxinit._models import MODULE_TYPES, expand, linen_fold_in, outputs
+
+__all__ = [
+    "MODULE_TYPES",
+    "BatchNorm",
+    "Conv",
+    "Dense",
+    "DenseGeneral",
+    "Embed",
+    "Function",
+    "GroupNorm",
+    "LayerNorm",
+    "Module",
+    "MultiHeadAttention",
+    "Param",
+    "RMSNorm",
+    "Sequential",
+    "expand",
+    "init",
+    "linen_fold_in",
+    "outputs",
+    "raw",
+]
+
+
+def init(name: str, **args: Any) -> dict[str, Any]:
+    """An initializer override: ``init("variance_scaling", scale=2.0, mode="fan_out")``."""
+    return {"initializer": name, "args": args}
+
+
+def _module(kind: str, **fields: Any) -> dict[str, Any]:
+    return {"type": kind, **{k: list(v) if isinstance(v, tuple) else v for k, v in fields.items() if v is not None}}
+
+
+def Dense(in_features: int, features: int, *, use_bias: bool | None = None, **common: Any) -> dict[str, Any]:
+    """``nn.Dense`` / ``nnx.Linear``: kernel (in, features) lecun_normal, bias zeros."""
+    return _module("Dense", in_features=in_features, features=features, use_bias=use_bias, **common)
+
+
+def DenseGeneral(
+    in_features: int | Sequence[int], features: int | Sequence[int], *, use_bias: bool | None = None, **common: Any
+) -> dict[str, Any]:
+    """``nn.DenseGeneral`` / ``nnx.LinearGeneral`` over the trailing ``in_features`` axes."""
+    return _module("DenseGeneral", in_features=in_features, features=features, use_bias=use_bias, **common)
+
+
+def Conv(
+    in_features: int, features: int, kernel_size: int | Sequence[int], *, feature_group_count: int | None = None,
+    use_bias: bool | None = None, **common: Any,
+) -> dict[str, Any]:
+    """``nn.Conv`` / ``nnx.Conv``: kernel (*kernel_size, in / groups, features)."""
+    return _module("Conv", in_features=in_features, features=features, kernel_size=kernel_size,
+                   feature_group_count=feature_group_count, use_bias=use_bias, **common)
+
+
+def Embed(num_embeddings: int, features: int, **common: Any) -> dict[str, Any]:
+    """``nn.Embed`` / ``nnx.Embed``: embedding (num_embeddings, features)."""
+    return _module("Embed", num_embeddings=num_embeddings, features=features, **common)
+
+
+def LayerNorm(features: int, *, use_scale: bool | None = None, use_bias: bool | None = None,
+              **common: Any) -> dict[str, Any]:
+    return _module("LayerNorm", features=features, use_scale=use_scale, use_bias=use_bias, **common)
+
+
+def RMSNorm(features: int, *, use_scale: bool | None = None, **common: Any) -> dict[str, Any]:
+    return _module("RMSNorm", features=features, use_scale=use_scale, **common)
+
+
+def BatchNorm(features: int, *, use_scale: bool | None = None, use_bias: bool | None = None,
+              **common: Any) -> dict[str, Any]:
+    return _module("BatchNorm", features=features, use_scale=use_scale, use_bias=use_bias, **common)
+
+
+def GroupNorm(features: int, num_groups: int = 32, *, use_scale: bool | None = None, use_bias: bool | None = None,
+              **common: Any) -> dict[str, Any]:
+    return _module("GroupNorm", features=features, num_groups=num_groups, use_scale=use_scale,
+                   use_bias=use_bias, **common)
+
+
+def MultiHeadAttention(
+    in_features: int, num_heads: int, *, qkv_features: int | None = None, out_features: int | None = None,
+    use_bias: bool | None = None, **common: Any,
+) -> dict[str, Any]:
+    """``nn.MultiHeadAttention`` / ``nnx.MultiHeadAttention``: query, key, value, out."""
+    return _module("MultiHeadAttention", in_features=in_features, num_heads=num_heads, qkv_features=qkv_features,
+                   out_features=out_features, use_bias=use_bias, **common)
+
+
+def Function(fn: str = "") -> dict[str, Any]:
+    """A parameter-free layer of a Sequential (``nn.relu``): it takes a position, nothing else."""
+    return _module("Function", fn=fn or None)
+
+
+def Sequential(*layers: dict[str, Any], **common: Any) -> dict[str, Any]:
+    """``nn.Sequential`` (layers named layers_0, ...) / ``nnx.Sequential`` (layers.0, ...)."""
+    return _module("Sequential", layers=list(layers), **common)
+
+
+def Module(*children: dict[str, Any], cls: str | None = None, **common: Any) -> dict[str, Any]:
+    """A composite module whose children are created in this order; ``cls`` names it for
+    linen's automatic names (``Block`` -> ``Block_0``) when it has no ``name``."""
+    return _module("Module", children=list(children), **{"class": cls}, **common)
+
+
+def Param(name: str, initializer: str | dict[str, Any], shape: Sequence[int], *,
+          args: dict[str, Any] | None = None, param_dtype: str | None = None) -> dict[str, Any]:
+    """A parameter a Module creates itself (``self.param(name, init, shape)``), among its children."""
+    return _module("Param", name=name, initializer=initializer, shape=shape, args=args, param_dtype=param_dtype)
+
+
+def raw(*params: dict[str, Any]) -> dict[str, Any]:
+    """The raw form: ``raw({"path": "encoder.kernel", "initializer": "lecun_normal", "shape": [4, 2]})``."""
+    return {"params": list(params)}

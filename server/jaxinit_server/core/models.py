@@ -1,0 +1,129 @@
+"""Whole-model init requests: a model description resolved into one request per tensor.
+
+The expansion itself (module defaults, names, Flax's key derivation, the PyTorch
+layout) is :mod:`jaxinit._models`, shared with the client; here each tensor
+becomes an ordinary :class:`Resolved` request whose key carries its ``fold_in``,
+so a model's tensors are exactly the single-tensor answers for the same requests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from jaxinit._errors import InvalidArgument, JaxinitError, TooLarge
+from jaxinit._keys import Key
+from jaxinit._models import Output, expand, outputs
+from jaxinit_server.core.request import GenerateParams, Limits, PrngDefaults, Resolved, resolve
+
+__all__ = ["ModelParams", "ResolvedModel", "resolve_model"]
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """A whole-model request as an adapter hands it over: plain values, not yet checked."""
+
+    model: Any
+    key: Key | None
+    mode: Any = "linen"
+    layout: Any = "flax"
+    fix_rng_separator: Any = False
+    param_dtype: Any = "float32"
+    threefry_partitionable: bool | None = None
+    enable_x64: bool | None = None
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Every tensor of the answer, in order, each with its resolved request."""
+
+    outputs: list[Output]
+    requests: list[Resolved]
+    root: Key
+    mode: str
+    layout: str
+    canonical: str  # JSON naming each tensor and the digest of its request
+    digest: str  # sha256 of canonical
+
+    @property
+    def nbytes(self) -> int:
+        return sum(r.nbytes for r in self.requests)
+
+    def plan(self) -> list[dict[str, Any]]:
+        """The tensors as plain data: what each one is and how it is made."""
+        return [
+            {
+                "name": o.name,
+                "shape": list(o.shape),
+                "dtype": o.dtype,
+                "initializer": o.param.initializer,
+                "args": o.param.args,
+                "init_shape": list(o.param.init_shape),
+                "fold_in": o.param.fold_in,
+                "module": o.param.module,
+                "convert": o.convert,
+                "request_digest": r.digest,
+            }
+            for o, r in zip(self.outputs, self.requests, strict=True)
+        ]
+
+
+def resolve_model(params: ModelParams, limits: Limits, defaults: PrngDefaults) -> ResolvedModel:
+    """Expand and validate a model request; every tensor's request is resolved.
+
+    Raises:
+        InvalidArgument (with the place in the description), UnknownInitializer, TooLarge.
+    """
+    if params.key is None:
+        raise InvalidArgument("a model needs a root key: give a seed or key data")
+    for name in ("mode", "layout"):
+        if not isinstance(getattr(params, name), str):
+            raise InvalidArgument(f"{name} must be a string, got {getattr(params, name)!r}")
+    expanded = expand(
+        params.model, mode=params.mode, fix_rng_separator=params.fix_rng_separator, param_dtype=params.param_dtype
+    )
+    outs = outputs(expanded, params.layout)
+    root = params.key
+    requests: list[Resolved] = []
+    total = 0
+    for out in outs:
+        p, keyed = out.param, out.keyed
+        try:
+            resolved = resolve(
+                GenerateParams(
+                    initializer=p.initializer,
+                    shape=p.init_shape,
+                    args=p.args,
+                    dtype=p.dtype,
+                    key=out.key(root),
+                    threefry_partitionable=params.threefry_partitionable if keyed else None,
+                    enable_x64=params.enable_x64 if keyed else None,
+                    request_id=out.name,
+                ),
+                limits,
+                defaults,
+            )
+        except JaxinitError as exc:
+            raise type(exc)(f"{out.name}: {exc.message}") from None
+        total += resolved.nbytes
+        if total > limits.max_model_bytes:
+            raise TooLarge(
+                f"the model's tensors come to more than {limits.max_model_bytes} bytes, this server's limit "
+                "per model request"
+            )
+        requests.append(resolved)
+    canonical = json.dumps(
+        {"layout": params.layout, "tensors": [[o.name, r.digest] for o, r in zip(outs, requests, strict=True)]},
+        separators=(",", ":"),
+    )
+    return ResolvedModel(
+        outputs=outs,
+        requests=requests,
+        root=root,
+        mode=params.mode,
+        layout=params.layout,
+        canonical=canonical,
+        digest=hashlib.sha256(canonical.encode()).hexdigest(),
+    )
