@@ -29,7 +29,7 @@ from jaxinit import _safetensors as safetensors
 from jaxinit._catalog import CATALOG, InitializerSpec, bind_arguments
 from jaxinit._errors import InvalidArgument, JaxinitError, ProtocolError
 from jaxinit._keys import Key, as_key
-from jaxinit._models import Output, expand, nest, outputs
+from jaxinit._models import Output, expand, file_metadata, model_canonical, nest, outputs
 from jaxinit._types import Provenance, Request, Tensor
 
 __all__ = ["AsyncClient", "AsyncInitializer", "Client", "Initializer", "ModelParams"]
@@ -434,19 +434,11 @@ def _model_result(
     arrays = {o.name: o.finish(tensors[o.name].array) for o in outs}
     first = tensors[outs[0].name].provenance
     keyed = next((tensors[o.name].provenance for o in outs if o.keyed), first)
-    metadata = {
-        "format": "pt" if layout == "torch" else "flax",
-        "jaxinit_version": first.jaxinit_version,
-        "jax_version": first.jax_version,
-        "jaxlib_version": first.jaxlib_version,
-        "backend": first.backend,
-        "device_kind": first.device_kind,
-        "mode": mode,
-        "layout": layout,
-        "root_key": json.dumps(root.to_json(), separators=(",", ":")),
-        "threefry_partitionable": str(keyed.threefry_partitionable).lower(),
-        "enable_x64": str(keyed.enable_x64).lower(),
-    }
+    _, digest = model_canonical(layout, [(o.name, tensors[o.name].provenance.request_digest) for o in outs])
+    metadata = file_metadata(
+        dataclasses.asdict(first), mode=mode, layout=layout, root=root,
+        threefry_partitionable=keyed.threefry_partitionable, enable_x64=keyed.enable_x64, model_digest=digest,
+    )
     if path is not None:
         _write(os.fspath(path), arrays, metadata)
     result = ModelParams(arrays if flat else nest(arrays))

@@ -23,6 +23,7 @@ as in Flax.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
@@ -43,7 +44,9 @@ __all__ = [
     "Param",
     "Output",
     "expand",
+    "file_metadata",
     "linen_fold_in",
+    "model_canonical",
     "nest",
     "outputs",
 ]
@@ -602,3 +605,31 @@ def outputs(params: Sequence[Param], layout: str = "flax") -> list[Output]:
                 buffer = Param((*p.path[:-1], name), init, {}, bshape, bshape, dtype, None, "BatchNorm", name)
                 out.append(Output(dot + name, buffer, bshape))
     return out
+
+
+def model_canonical(layout: str, tensors: Sequence[tuple[str, str]]) -> tuple[str, str]:
+    """(canonical JSON, sha256) of a model answer: its layout and each tensor's
+    (name, request digest). Two answers with the same digest have the same bytes."""
+    canonical = json.dumps({"layout": layout, "tensors": [list(t) for t in tensors]}, separators=(",", ":"))
+    return canonical, hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def file_metadata(
+    identity: Mapping[str, Any], *, mode: str, layout: str, root: Key, threefry_partitionable: bool,
+    enable_x64: bool, model_digest: str,
+) -> dict[str, str]:
+    """The string metadata of a model file (safetensors ``__metadata__``): what produced it.
+
+    ``format`` is ``pt`` for the PyTorch layout, as Hugging Face tools expect.
+    """
+    return {
+        "format": "pt" if layout == "torch" else "flax",
+        **{k: str(identity.get(k, "")) for k in ("jaxinit_version", "jax_version", "jaxlib_version", "backend",
+                                                  "device_kind")},
+        "mode": mode,
+        "layout": layout,
+        "root_key": json.dumps(root.to_json(), separators=(",", ":")),
+        "threefry_partitionable": str(threefry_partitionable).lower(),
+        "enable_x64": str(enable_x64).lower(),
+        "model_digest": model_digest,
+    }

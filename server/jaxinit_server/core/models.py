@@ -8,14 +8,12 @@ so a model's tensors are exactly the single-tensor answers for the same requests
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from jaxinit._errors import InvalidArgument, JaxinitError, TooLarge
 from jaxinit._keys import Key
-from jaxinit._models import Output, expand, outputs
+from jaxinit._models import Output, expand, model_canonical, outputs
 from jaxinit_server.core.request import GenerateParams, Limits, PrngDefaults, Resolved, resolve
 
 __all__ = ["ModelParams", "ResolvedModel", "resolve_model"]
@@ -114,10 +112,8 @@ def resolve_model(params: ModelParams, limits: Limits, defaults: PrngDefaults) -
                 "per model request"
             )
         requests.append(resolved)
-    canonical = json.dumps(
-        {"layout": params.layout, "tensors": [[o.name, r.digest] for o, r in zip(outs, requests, strict=True)]},
-        separators=(",", ":"),
-    )
+    pairs = [(o.name, r.digest) for o, r in zip(outs, requests, strict=True)]
+    canonical, digest = model_canonical(params.layout, pairs)
     return ResolvedModel(
         outputs=outs,
         requests=requests,
@@ -125,5 +121,5 @@ def resolve_model(params: ModelParams, limits: Limits, defaults: PrngDefaults) -
         mode=params.mode,
         layout=params.layout,
         canonical=canonical,
-        digest=hashlib.sha256(canonical.encode()).hexdigest(),
+        digest=digest,
     )

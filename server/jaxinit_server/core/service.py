@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import threading
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,7 @@ from jaxinit._catalog import CATALOG
 from jaxinit._codec import DTYPE_NAMES, DTYPES, to_wire_bytes
 from jaxinit._errors import JaxinitError
 from jaxinit._keys import KEY_IMPLS, Key
-from jaxinit._models import Output
+from jaxinit._models import Output, file_metadata
 from jaxinit_server.core import chunked, engine
 from jaxinit_server.core.models import ModelParams, ResolvedModel, resolve_model
 from jaxinit_server.core.provenance import ServerIdentity, server_identity
@@ -223,16 +222,11 @@ class Service:
     def model_metadata(self, model: ResolvedModel) -> dict[str, str]:
         """String metadata for a model file: what produced it (safetensors ``__metadata__``)."""
         keyed = next((r for r in model.requests if r.key is not None), model.requests[0])
-        return {
-            "format": "pt" if model.layout == "torch" else "flax",
-            **{k: str(v) for k, v in self.identity.as_dict().items()},
-            "mode": model.mode,
-            "layout": model.layout,
-            "root_key": json.dumps(model.root.to_json(), separators=(",", ":")),
-            "threefry_partitionable": str(keyed.threefry_partitionable).lower(),
-            "enable_x64": str(keyed.enable_x64).lower(),
-            "model_digest": model.digest,
-        }
+        return file_metadata(
+            self.identity.as_dict(), mode=model.mode, layout=model.layout, root=model.root,
+            threefry_partitionable=keyed.threefry_partitionable, enable_x64=keyed.enable_x64,
+            model_digest=model.digest,
+        )
 
     async def check_model(self, model: ResolvedModel) -> None:
         """Have JAX trace every tensor's initializer (no values made), so that what JAX
