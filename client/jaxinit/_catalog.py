@@ -21,6 +21,7 @@ __all__ = [
     "CATALOG",
     "ArgSpec",
     "InitializerSpec",
+    "args_from_text",
     "bind_arguments",
     "lookup",
 ]
@@ -263,3 +264,18 @@ def _array_value(where: str, value: Any) -> Any:
         raise InvalidArgument(f"{where}: complex values are not supported yet")
     raise InvalidArgument(f"{where} must be a number or a nested list of numbers, got {value!r}")
 
+
+def args_from_text(text_args: Mapping[str, str]) -> dict[str, Any]:
+    """Arguments given as text (query parameters): JSON literals, else plain strings.
+
+    >>> args_from_text({"scale": "2", "mode": "fan_in", "batch_axis": "[0]"})
+    {'scale': 2, 'mode': 'fan_in', 'batch_axis': [0]}
+    """
+    # Types are checked later, by bind_arguments, as for any other request.
+    out: dict[str, Any] = {}
+    for name, text in text_args.items():
+        try:
+            out[name] = json.loads(text)
+        except ValueError:
+            out[name] = text
+    return out

@@ -9,6 +9,7 @@ server's JAX.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import difflib
 import hashlib
@@ -18,6 +19,7 @@ import json
 import math
 import numbers
 import os
+import threading
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -165,6 +167,7 @@ class _BaseClient:
         enable_x64: bool | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
         parallel: int = 1,
+        progress: bool = False,
         channel: Any = None,
         transport: Any = None,
     ) -> None:
@@ -172,6 +175,7 @@ class _BaseClient:
             raise InvalidArgument(f"parallel must be an int >= 1, got {parallel!r}")
         self.url = url
         self.parallel = parallel
+        self.progress = progress
         self.threefry_partitionable = threefry_partitionable
         self.enable_x64 = enable_x64
         self._transport = _open_transport(
@@ -229,6 +233,34 @@ class _BaseClient:
         """
         return self._request(initializer, key, shape, dtype, args or {}, request_id, offset, count)
 
+    @contextlib.contextmanager
+    def _showing_progress(self, progress: bool | None, what: str) -> Iterator[None]:
+        """A progress bar (tqdm; a widget in notebooks) over the bytes received, while it lasts."""
+        if not (self.progress if progress is None else progress):
+            yield
+            return
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            raise InvalidArgument("progress bars need tqdm: pip install 'jaxinit[progress]'") from None
+        bar = tqdm(total=0, desc=what, unit="B", unit_scale=True, unit_divisor=1024, leave=False)
+        lock = threading.Lock()
+
+        def update(received: int, announced: int) -> None:
+            with lock:
+                if announced:
+                    bar.total += announced
+                    bar.refresh()
+                if received:
+                    bar.update(received)
+
+        self._transport.on_progress = update
+        try:
+            yield
+        finally:
+            self._transport.on_progress = None
+            bar.close()
+
     def _model_requests(
         self, model: Any, key: Any, mode: str, layout: str, fix_rng_separator: bool, param_dtype: Any
     ) -> tuple[list[Output], list[Request]]:
@@ -281,23 +313,26 @@ class Client(_BaseClient):
     def generate(
         self, initializer: str, key: Any, shape: Any, dtype: Any = None, *, args: Mapping[str, Any] | None = None,
         offset: int | None = None, count: int | None = None, parallel: int | None = None,
+        progress: bool | None = None,
     ) -> Tensor:
         """One tensor, with its provenance: ``init(key, shape, dtype)`` of ``initializer(**args)``.
 
         ``offset``/``count``: only that range of flat elements (a flat array).
         ``parallel``: fetch it as that many ranges at once (default: the client's
         ``parallel``, used for tensors of at least 2**22 elements).
+        ``progress``: show a progress bar (default: the client's ``progress``, off).
         """
         request = self.request(initializer, key, shape, dtype, args=args, offset=offset, count=count)
-        return self._fetch(request, parallel)
+        return self._fetch(request, parallel, progress)
 
-    def _fetch(self, request: Request, parallel: int | None = None) -> Tensor:
+    def _fetch(self, request: Request, parallel: int | None = None, progress: bool | None = None) -> Tensor:
         ranges = self._ranges(request, parallel)
-        if ranges is None:
-            return self._transport.generate(request)  # type: ignore[no-any-return]
-        parts = [dataclasses.replace(request, offset=o, count=c) for o, c in ranges]
-        with ThreadPoolExecutor(len(parts), thread_name_prefix="jaxinit-range") as pool:
-            pieces = list(pool.map(self._transport.generate, parts))
+        with self._showing_progress(progress, request.initializer):
+            if ranges is None:
+                return self._transport.generate(request)  # type: ignore[no-any-return]
+            parts = [dataclasses.replace(request, offset=o, count=c) for o, c in ranges]
+            with ThreadPoolExecutor(len(parts), thread_name_prefix="jaxinit-range") as pool:
+                pieces = list(pool.map(self._transport.generate, parts))
         return join(request, pieces)
 
     def generate_many(self, requests: Iterable[Request]) -> Iterator[Tensor | JaxinitError]:
@@ -316,6 +351,7 @@ class Client(_BaseClient):
         param_dtype: Any = "float32",
         flat: bool = False,
         path: str | os.PathLike[str] | None = None,
+        progress: bool | None = None,
     ) -> ModelParams:
         """A whole model's initial parameters, bit-identical to Flax's ``init``.
 
@@ -327,13 +363,15 @@ class Client(_BaseClient):
             layout: ``"flax"`` (Flax's tree) or ``"torch"`` (``state_dict`` names and layouts).
             flat: return ``{"Dense_0.kernel": array}`` rather than a nested dict.
             path: also write the parameters there, as ``.safetensors`` or ``.npz``.
+            progress: show a progress bar (default: the client's ``progress``, off).
 
         Returns:
             A :class:`ModelParams`: a dict of arrays (nested, or flat with ``flat=True``),
             with the provenance of every tensor in ``.provenance``.
         """
         outs, requests = self._model_requests(model, key, mode, layout, fix_rng_separator, param_dtype)
-        received = _collect(outs, self.generate_many(requests))
+        with self._showing_progress(progress, "model"):
+            received = _collect(outs, self.generate_many(requests))
         return _model_result(outs, received, as_key(key), mode, layout, flat, path)
 
     def list_initializers(self) -> dict[str, Any]:
@@ -358,16 +396,18 @@ class AsyncClient(_BaseClient):
     async def generate(
         self, initializer: str, key: Any, shape: Any, dtype: Any = None, *, args: Mapping[str, Any] | None = None,
         offset: int | None = None, count: int | None = None, parallel: int | None = None,
+        progress: bool | None = None,
     ) -> Tensor:
         request = self.request(initializer, key, shape, dtype, args=args, offset=offset, count=count)
-        return await self._fetch(request, parallel)
+        return await self._fetch(request, parallel, progress)
 
-    async def _fetch(self, request: Request, parallel: int | None = None) -> Tensor:
+    async def _fetch(self, request: Request, parallel: int | None = None, progress: bool | None = None) -> Tensor:
         ranges = self._ranges(request, parallel)
-        if ranges is None:
-            return await self._transport.generate(request)  # type: ignore[no-any-return]
-        parts = [dataclasses.replace(request, offset=o, count=c) for o, c in ranges]
-        pieces = await asyncio.gather(*(self._transport.generate(p) for p in parts))
+        with self._showing_progress(progress, request.initializer):
+            if ranges is None:
+                return await self._transport.generate(request)  # type: ignore[no-any-return]
+            parts = [dataclasses.replace(request, offset=o, count=c) for o, c in ranges]
+            pieces = await asyncio.gather(*(self._transport.generate(p) for p in parts))
         return join(request, list(pieces))
 
     def generate_many(
@@ -386,10 +426,12 @@ class AsyncClient(_BaseClient):
         param_dtype: Any = "float32",
         flat: bool = False,
         path: str | os.PathLike[str] | None = None,
+        progress: bool | None = None,
     ) -> ModelParams:
         """See :meth:`Client.init_model`."""
         outs, requests = self._model_requests(model, key, mode, layout, fix_rng_separator, param_dtype)
-        received = [item async for item in self.generate_many(requests)]
+        with self._showing_progress(progress, "model"):
+            received = [item async for item in self.generate_many(requests)]
         return _model_result(outs, _collect(outs, received), as_key(key), mode, layout, flat, path)
 
     async def list_initializers(self) -> dict[str, Any]:
@@ -440,14 +482,15 @@ def _model_result(
         threefry_partitionable=keyed.threefry_partitionable, enable_x64=keyed.enable_x64, model_digest=digest,
     )
     if path is not None:
-        _write(os.fspath(path), arrays, metadata)
+        write_arrays(os.fspath(path), arrays, metadata)
     result = ModelParams(arrays if flat else nest(arrays))
     result.provenance = {name: t.provenance for name, t in tensors.items()}
     result.metadata = metadata
     return result
 
 
-def _write(path: str, arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+def write_arrays(path: str, arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """Write named arrays as ``.safetensors`` (with string metadata) or ``.npz``, by suffix."""
     if path.endswith(".safetensors"):
         data = safetensors.dumps(arrays, metadata)
     elif path.endswith(".npz"):

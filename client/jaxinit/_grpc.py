@@ -11,7 +11,7 @@ import grpc.aio
 from google.protobuf.json_format import MessageToDict
 
 from jaxinit._errors import JaxinitError, ProtocolError, ServerUnavailable, error_from_wire
-from jaxinit._types import Assembler, Provenance, Request, Tensor
+from jaxinit._types import Assembler, Progress, Provenance, Request, Tensor
 from jaxinit.v1 import jaxinit_pb2 as pb
 from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
 
@@ -84,8 +84,9 @@ def provenance_from_proto(message: pb.Provenance) -> Provenance:
 class _Collector:
     """Turns a stream of TensorChunks into Tensors (or errors), one request at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_progress: Progress | None = None) -> None:
         self._current: Assembler | None = None
+        self._on_progress = on_progress
 
     def feed(self, chunk: pb.TensorChunk) -> Tensor | JaxinitError | None:
         kind = chunk.WhichOneof("payload")
@@ -100,7 +101,7 @@ class _Collector:
             self._current = Assembler(
                 header.shape, header.dtype, header.total_bytes,
                 provenance_from_proto(header.provenance), chunk.request_id, header.offset,
-                header.count if header.HasField("count") else None,
+                header.count if header.HasField("count") else None, self._on_progress,
             )
         elif kind == "data":
             if self._current is None:
@@ -141,12 +142,13 @@ class GrpcTransport:
 
     def __init__(self, target: str, *, timeout: float | None, channel: grpc.Channel | None = None) -> None:
         self.target = target
+        self.on_progress: Progress | None = None  # set by the client while a call shows progress
         self._timeout = timeout
         self._channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.InitializersStub(self._channel)
 
     def generate(self, request: Request) -> Tensor:
-        collector = _Collector()
+        collector = _Collector(self.on_progress)
         try:
             for chunk in self._stub.Generate(request_to_proto(request), timeout=self._timeout):
                 result = collector.feed(chunk)
@@ -161,7 +163,7 @@ class GrpcTransport:
 
     def generate_many(self, requests: Iterable[Request]) -> Iterator[Tensor | JaxinitError]:
         messages = (request_to_proto(r, i) for i, r in zip(itertools.count(), requests))
-        collector = _Collector()
+        collector = _Collector(self.on_progress)
         try:
             for chunk in self._stub.GenerateMany(messages, timeout=self._timeout):
                 result = collector.feed(chunk)
@@ -186,12 +188,13 @@ class AsyncGrpcTransport:
 
     def __init__(self, target: str, *, timeout: float | None, channel: grpc.aio.Channel | None = None) -> None:
         self.target = target
+        self.on_progress: Progress | None = None  # set by the client while a call shows progress
         self._timeout = timeout
         self._channel = channel or grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.InitializersStub(self._channel)
 
     async def generate(self, request: Request) -> Tensor:
-        collector = _Collector()
+        collector = _Collector(self.on_progress)
         try:
             async for chunk in self._stub.Generate(request_to_proto(request), timeout=self._timeout):
                 result = collector.feed(chunk)
@@ -218,7 +221,7 @@ class AsyncGrpcTransport:
                     yield request_to_proto(r, index)
                     index += 1
 
-        collector = _Collector()
+        collector = _Collector(self.on_progress)
         try:
             async for chunk in self._stub.GenerateMany(messages(), timeout=self._timeout):
                 result = collector.feed(chunk)

@@ -10,7 +10,7 @@ import httpx
 
 from jaxinit._codec import num_bytes
 from jaxinit._errors import JaxinitError, ProtocolError, ServerUnavailable, error_from_wire
-from jaxinit._types import Assembler, Provenance, Request, Tensor
+from jaxinit._types import Assembler, Progress, Provenance, Request, Tensor
 
 __all__ = ["AsyncHttpTransport", "HttpTransport"]
 
@@ -55,7 +55,7 @@ def error_from_response(response: httpx.Response, body: bytes) -> JaxinitError:
         return error_from_wire(f"HTTP {response.status_code}: {text}", http_status=response.status_code)
 
 
-def assembler_for(response: httpx.Response, request_id: str) -> Assembler:
+def assembler_for(response: httpx.Response, request_id: str, on_progress: Progress | None = None) -> Assembler:
     headers = response.headers
     try:
         shape_text = headers["x-jaxinit-shape"]
@@ -67,7 +67,7 @@ def assembler_for(response: httpx.Response, request_id: str) -> Assembler:
         offset = int(headers.get("x-jaxinit-offset", 0))
         count = int(headers["x-jaxinit-count"]) if "x-jaxinit-count" in headers else None
         total = num_bytes(shape, dtype) if count is None else num_bytes((count,), dtype)
-        return Assembler(shape, dtype, total, provenance, request_id, offset, count)
+        return Assembler(shape, dtype, total, provenance, request_id, offset, count, on_progress)
     except (KeyError, ValueError) as exc:
         raise ProtocolError(f"response lacks valid jaxinit headers: {exc}") from exc
 
@@ -83,6 +83,7 @@ class HttpTransport:
         self, base_url: str, *, timeout: float | None, transport: httpx.BaseTransport | None = None
     ) -> None:
         self.target = base_url
+        self.on_progress: Progress | None = None  # set by the client while a call shows progress
         self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
 
     def generate(self, request: Request) -> Tensor:
@@ -92,7 +93,7 @@ class HttpTransport:
             ) as response:
                 if response.status_code != 200:
                     raise error_from_response(response, response.read())
-                assembler = assembler_for(response, request.request_id)
+                assembler = assembler_for(response, request.request_id, self.on_progress)
                 for data in response.iter_bytes():
                     assembler.add(assembler.received, data)
         except httpx.TransportError as exc:
@@ -128,6 +129,7 @@ class AsyncHttpTransport:
         self, base_url: str, *, timeout: float | None, transport: httpx.AsyncBaseTransport | None = None
     ) -> None:
         self.target = base_url
+        self.on_progress: Progress | None = None  # set by the client while a call shows progress
         self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport)
 
     async def generate(self, request: Request) -> Tensor:
@@ -137,7 +139,7 @@ class AsyncHttpTransport:
             ) as response:
                 if response.status_code != 200:
                     raise error_from_response(response, await response.aread())
-                assembler = assembler_for(response, request.request_id)
+                assembler = assembler_for(response, request.request_id, self.on_progress)
                 async for data in response.aiter_bytes():
                     assembler.add(assembler.received, data)
         except httpx.TransportError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -16,7 +16,7 @@ from jaxinit._codec import DTYPES, array_from_buffer, dtype_name, num_bytes
 from jaxinit._errors import IntegrityError, InvalidArgument, ProtocolError
 from jaxinit._keys import as_key
 
-__all__ = ["Assembler", "Provenance", "Request", "Tensor"]
+__all__ = ["Assembler", "Progress", "Provenance", "Request", "Tensor"]
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,11 @@ class Tensor:
     tensor_shape: tuple[int, ...] = ()
 
 
+# Called as (bytes received, bytes announced): a tensor's header announces its size
+# once, each chunk reports what it added.
+Progress = Callable[[int, int], None]
+
+
 class Assembler:
     """Collects one tensor's streamed bytes into a buffer allocated once, checking every step."""
 
@@ -121,6 +126,7 @@ class Assembler:
         request_id: str = "",
         offset: int = 0,
         count: int | None = None,
+        on_progress: Progress | None = None,
     ) -> None:
         if dtype not in DTYPES:
             raise ProtocolError(f"server sent unknown dtype {dtype!r}")
@@ -142,6 +148,9 @@ class Assembler:
         self.request_id = request_id
         self._buffer = np.empty(total_bytes, dtype=np.uint8)
         self.received = 0
+        self._on_progress = on_progress
+        if on_progress is not None:
+            on_progress(0, total_bytes)
 
     @property
     def done(self) -> bool:
@@ -156,6 +165,8 @@ class Assembler:
             )
         self._buffer[offset : offset + size] = np.frombuffer(data, dtype=np.uint8)
         self.received += size
+        if self._on_progress is not None:
+            self._on_progress(size, 0)
 
     def finish(self) -> Tensor:
         if not self.done:

@@ -15,11 +15,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from jaxinit import _safetensors as safetensors
+from jaxinit._catalog import args_from_text
 from jaxinit._codec import DTYPES
 from jaxinit._errors import InternalError, InvalidArgument, JaxinitError, NotAcceptable, TooLarge, mapping_for
 from jaxinit._keys import Key
 from jaxinit_server.core import GenerateParams, ModelParams, Resolved, ResolvedModel, Service, Tensor
-from jaxinit_server.core.request import args_from_text
 
 __all__ = ["create_app"]
 

@@ -15,7 +15,7 @@ from jaxinit._codec import DTYPES, SIXTY_FOUR_BIT, dtype_name
 from jaxinit._errors import InvalidArgument, TooLarge
 from jaxinit._keys import Key
 
-__all__ = ["GenerateParams", "Limits", "PrngDefaults", "Resolved", "args_from_text", "resolve"]
+__all__ = ["GenerateParams", "Limits", "PrngDefaults", "Resolved", "resolve"]
 
 MAX_RANK = 64
 
@@ -171,19 +171,3 @@ def _shape(shape: Any) -> tuple[int, ...]:
             raise InvalidArgument(f"shape must be a sequence of non-negative ints, got {list(shape)!r}")
         dims.append(int(dim))
     return tuple(dims)
-
-
-def args_from_text(text_args: Mapping[str, str]) -> dict[str, Any]:
-    """Arguments given as text (query parameters): JSON literals, else plain strings.
-
-    >>> args_from_text({"scale": "2", "mode": "fan_in", "batch_axis": "[0]"})
-    {'scale': 2, 'mode': 'fan_in', 'batch_axis': [0]}
-    """
-    # Types are checked later, by bind_arguments, as for any other request.
-    out: dict[str, Any] = {}
-    for name, text in text_args.items():
-        try:
-            out[name] = json.loads(text)
-        except ValueError:
-            out[name] = text
-    return out

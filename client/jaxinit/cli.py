@@ -1,0 +1,211 @@
+"""The ``jaxinit`` command: fetch tensors and whole models from a jaxinit server.
+
+    jaxinit get lecun_normal --shape 784,256 --seed 0 --dtype bfloat16 -o w.npy
+    jaxinit model mlp.json --seed 0 --layout torch -o mlp.safetensors
+    jaxinit list
+    jaxinit describe variance_scaling
+
+The server is ``--url`` or ``$JAXINIT_URL`` (default ``grpc://127.0.0.1:50051``).
+Files: ``.npy``, ``.npz``, ``.safetensors`` or ``.bin`` (raw little-endian bytes, C
+order). A progress bar shows on a terminal (``--no-progress`` hides it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from jaxinit._catalog import CATALOG, args_from_text
+from jaxinit._client import Client, write_arrays
+from jaxinit._errors import InvalidArgument, JaxinitError, UnknownInitializer
+from jaxinit._keys import Key
+
+__all__ = ["main"]
+
+DEFAULT_URL = "grpc://127.0.0.1:50051"
+SUFFIXES = (".npy", ".npz", ".safetensors", ".bin")
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")] if text.strip() else []
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _arg(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jaxinit", description="Fetch JAX-exact initial weights from a jaxinit server."
+    )
+    parser.add_argument("--url", default=os.environ.get("JAXINIT_URL", DEFAULT_URL),
+                        help="grpc://host:port or http://host:port (default: $JAXINIT_URL or %(default)s)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per call")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("list", help="the server's initializers")
+    describe = commands.add_parser("describe", help="one initializer's arguments, types and defaults")
+    describe.add_argument("name")
+
+    def key_options(p: argparse.ArgumentParser) -> None:
+        group = p.add_mutually_exclusive_group(required=True)
+        group.add_argument("--seed", type=int, help="jax.random.key(seed) on the server")
+        group.add_argument("--key-data", type=_ints, metavar="W,W", help="raw key data (uint32 words)")
+        p.add_argument("--key-impl", default="threefry2x32", help="key implementation (default %(default)s)")
+        p.add_argument("--threefry-partitionable", action=argparse.BooleanOptionalAction, default=None)
+        p.add_argument("--enable-x64", action=argparse.BooleanOptionalAction, default=None)
+        p.add_argument("-o", "--output", required=True, help=f"output file: {', '.join(SUFFIXES)}")
+        p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                       help="a progress bar (default: when stderr is a terminal)")
+
+    get = commands.add_parser("get", help="one tensor")
+    get.add_argument("name", help="initializer, e.g. lecun_normal")
+    get.add_argument("--shape", type=_ints, required=True, metavar="D,D", help="e.g. 784,256 ('' for a scalar)")
+    get.add_argument("--dtype", help="e.g. float32, bfloat16 (default: JAX's)")
+    get.add_argument("--arg", type=_arg, action="append", default=[], metavar="NAME=VALUE",
+                     help="a factory argument, a JSON literal or a string: --arg scale=2.0 --arg mode=fan_in")
+    get.add_argument("--fold-in", type=int, action="append", default=[], metavar="X",
+                     help="fold this uint32 into the key (repeatable, in order)")
+    get.add_argument("--offset", type=int, help="first flat element of a range")
+    get.add_argument("--count", type=int, help="flat elements in the range")
+    get.add_argument("--parallel", type=int, help="fetch as this many ranges at once")
+    get.add_argument("--name", dest="tensor_name", help="the tensor's name in .npz/.safetensors (default: NAME)")
+    key_options(get)
+
+    model = commands.add_parser("model", help="a whole model's parameters (see the README's model section)")
+    model.add_argument("description", help="a JSON file with the model description ('-' for stdin)")
+    model.add_argument("--mode", default="linen", choices=["linen", "nnx"])
+    model.add_argument("--layout", default="flax", choices=["flax", "torch"])
+    model.add_argument("--fix-rng-separator", action="store_true")
+    model.add_argument("--param-dtype", default="float32")
+    key_options(model)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns the exit status (0 ok, 1 server/transport error, 2 bad usage)."""
+    parser = _parser()
+    ns = parser.parse_args(argv)
+    try:
+        with Client(ns.url, timeout=ns.timeout) as client:
+            if ns.command == "list":
+                for entry in client.list_initializers()["initializers"]:
+                    print(f"{entry['name']:<20} {entry['summary']}")
+            elif ns.command == "describe":
+                print(_describe(client.list_initializers(), ns.name))
+            elif ns.command == "get":
+                _get(client, ns)
+            else:
+                _model(client, ns)
+    except (InvalidArgument, UnknownInitializer) as exc:
+        print(f"jaxinit: error: {exc}", file=sys.stderr)
+        return 2
+    except JaxinitError as exc:
+        print(f"jaxinit: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"jaxinit: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _describe(registry: dict[str, Any], name: str) -> str:
+    entry = next((e for e in registry["initializers"] if e["name"] == name), None)
+    if entry is None:
+        raise UnknownInitializer(f"unknown initializer {name!r}; known: {', '.join(CATALOG)}")
+    lines = [f"{entry['name']} ({entry['source']}, {entry['kind']}): {entry['summary']}"]
+    for a in entry["arguments"]:
+        default = "required" if a["required"] else f"default {a['default_json']}"
+        choices = f" one of {', '.join(a['choices'])};" if a["choices"] else ""
+        lines.append(f"  {a['name']}: {a['type']},{choices} {default}. {a['doc']}".rstrip())
+    return "\n".join(lines)
+
+
+def _key(ns: argparse.Namespace, fold_in: Sequence[int] = ()) -> Key:
+    if ns.seed is not None:
+        return Key(seed=ns.seed, impl=ns.key_impl, fold_in=tuple(fold_in))
+    return Key(data=tuple(ns.key_data), impl=ns.key_impl, fold_in=tuple(fold_in))
+
+
+def _settings(client: Client, ns: argparse.Namespace) -> None:
+    client.threefry_partitionable = ns.threefry_partitionable
+    client.enable_x64 = ns.enable_x64
+    client.progress = sys.stderr.isatty() if ns.progress is None else ns.progress
+    if ns.progress is None and client.progress:
+        try:
+            import tqdm  # noqa: F401
+        except ImportError:
+            client.progress = False  # a bar was not asked for: do without
+
+
+def _suffix(path: str) -> str:
+    for suffix in SUFFIXES:
+        if path.endswith(suffix):
+            return suffix
+    raise InvalidArgument(f"cannot tell the format of {path!r}: end it in {', '.join(SUFFIXES)}")
+
+
+def _get(client: Client, ns: argparse.Namespace) -> None:
+    suffix = _suffix(ns.output)
+    _settings(client, ns)
+    tensor = client.generate(
+        ns.name, _key(ns, ns.fold_in), ns.shape, ns.dtype, args=args_from_text(dict(ns.arg)),
+        offset=ns.offset, count=ns.count, parallel=ns.parallel,
+    )
+    array, name = tensor.array, ns.tensor_name or ns.name
+    provenance = tensor.provenance
+    metadata = {"request": provenance.canonical_request, "request_digest": provenance.request_digest,
+                "jax_version": provenance.jax_version, "backend": provenance.backend}
+    if suffix in (".npz", ".safetensors"):
+        write_arrays(ns.output, {name: array}, metadata)
+    else:
+        if suffix == ".npy":  # bfloat16/float8 are stored as void, as the REST .npy does
+            buffer = io.BytesIO()
+            np.save(buffer, array)
+            data = buffer.getvalue()
+        else:
+            data = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()
+        with open(ns.output, "wb") as file:
+            file.write(data)
+    print(f"wrote {ns.output}: {ns.name} {array.dtype}{list(array.shape)}, {array.nbytes} bytes; "
+          f"jax {provenance.jax_version} on {provenance.backend}; request {provenance.request_digest[:16]}")
+
+
+def _model(client: Client, ns: argparse.Namespace) -> None:
+    suffix = _suffix(ns.output)
+    if suffix not in (".safetensors", ".npz"):
+        raise InvalidArgument("a model is written as .safetensors or .npz")
+    try:
+        if ns.description == "-":
+            text = sys.stdin.read()
+        else:
+            with open(ns.description, encoding="utf-8") as file:
+                text = file.read()
+        description = json.loads(text)
+    except ValueError as exc:
+        raise InvalidArgument(f"{ns.description} is not JSON: {exc}") from None
+    _settings(client, ns)
+    params = client.init_model(
+        description, _key(ns), mode=ns.mode, layout=ns.layout, fix_rng_separator=ns.fix_rng_separator,
+        param_dtype=ns.param_dtype, flat=True, path=ns.output,
+    )
+    size = sum(a.nbytes for a in params.values())
+    print(f"wrote {ns.output}: {len(params)} tensors, {size} bytes of parameters; "
+          f"jax {params.metadata['jax_version']}; model {params.metadata['model_digest'][:16]}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

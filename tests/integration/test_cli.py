@@ -1,0 +1,116 @@
+"""The ``jaxinit`` command against a real server: files numpy/safetensors load bit-exact."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+from typing import Any
+
+import jax
+import ml_dtypes
+import numpy as np
+import pytest
+import safetensors.numpy
+from flax_models import MLP, flax_params
+
+from jaxinit import _safetensors
+from jaxinit.cli import main
+
+
+def _local(name: str, seed: int, shape: tuple[int, ...], dtype: Any = None, **args: Any) -> np.ndarray:
+    init = getattr(jax.nn.initializers, name)(**args)
+    return np.asarray(init(jax.random.key(seed), shape, dtype) if dtype else init(jax.random.key(seed), shape))
+
+
+def test_get_writes_every_format_bit_exact(
+    server: Any, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    want = _local("lecun_normal", 0, (784, 256))
+    for suffix in (".npy", ".npz", ".safetensors", ".bin"):
+        out = tmp_path / f"w{suffix}"
+        code = main(["--url", server.grpc_url, "get", "lecun_normal", "--shape", "784,256", "--seed", "0",
+                     "-o", str(out), "--no-progress"])
+        assert code == 0, capsys.readouterr().err
+        if suffix == ".npy":
+            got = np.load(out)
+        elif suffix == ".npz":
+            with np.load(out) as files:
+                got = files["lecun_normal"]
+        elif suffix == ".safetensors":
+            got = safetensors.numpy.load_file(str(out))["lecun_normal"]
+        else:
+            got = np.frombuffer(out.read_bytes(), np.float32).reshape(784, 256)
+        assert got.dtype == want.dtype and got.tobytes() == want.tobytes(), suffix
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_get_with_arguments_dtype_and_http(server: Any, tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "h.safetensors"
+    code = main(["--url", server.http_url, "get", "variance_scaling", "--shape", "3,3,16,32", "--seed", "7",
+                 "--dtype", "bfloat16", "--arg", "scale=2.0", "--arg", "mode=fan_out", "--arg", "distribution=uniform",
+                 "--name", "conv", "-o", str(out), "--no-progress"])
+    assert code == 0
+    tensors, metadata = _safetensors.loads(out.read_bytes())
+    want = _local("variance_scaling", 7, (3, 3, 16, 32), ml_dtypes.bfloat16, scale=2.0, mode="fan_out",
+                  distribution="uniform")
+    assert tensors["conv"].dtype == want.dtype and tensors["conv"].tobytes() == want.tobytes()
+    assert json.loads(metadata["request"])["args"]["mode"] == "fan_out"
+
+
+def test_model_command(server: Any, tmp_path: pathlib.Path) -> None:
+    description = tmp_path / "mlp.json"
+    description.write_text(json.dumps(MLP))
+    out = tmp_path / "mlp.safetensors"
+    assert main(["--url", server.grpc_url, "model", str(description), "--seed", "3", "-o", str(out),
+                 "--no-progress"]) == 0
+    loaded = safetensors.numpy.load_file(str(out))
+    want = flax_params("mlp", "linen", 3)
+    assert sorted(loaded) == sorted(want)
+    assert all(loaded[k].tobytes() == v.tobytes() for k, v in want.items())
+
+
+def test_progress_bar_when_asked(server: Any, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--url", server.grpc_url, "get", "normal", "--shape", "1024,1024", "--seed", "1",
+                 "-o", str(tmp_path / "n.bin"), "--progress"]) == 0
+    err = capsys.readouterr().err
+    assert "normal" in err and "4.00M" in err  # tqdm's bar, sized from the header: 4 MiB
+
+
+def test_list_and_describe(server: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--url", server.http_url, "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "lecun_normal" in listed and "variance_scaling" in listed
+    assert main(["--url", server.http_url, "describe", "variance_scaling"]) == 0
+    described = capsys.readouterr().out
+    assert "mode: choice, one of fan_in, fan_out, fan_avg, fan_geo_avg" in described
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["get", "lecun_norml", "--shape", "2,2", "--seed", "0", "-o", "x.npy"], 2, "unknown initializer"),
+        (["get", "normal", "--shape", "2,2", "--seed", "0", "-o", "x.txt"], 2, "cannot tell the format"),
+        (["get", "normal", "--shape", "2,2", "--seed", "0", "--arg", "sigma=1", "-o", "x.npy"], 2, "unexpected"),
+        (["model", "missing.json", "--seed", "0", "-o", "m.safetensors"], 1, "missing.json"),
+    ],
+)
+def test_errors_are_clear(server: Any, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str],
+                          monkeypatch: pytest.MonkeyPatch, argv: list[str], code: int, message: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["--url", server.grpc_url, *argv, "--no-progress"]) == code
+    assert message in capsys.readouterr().err
+
+
+def test_console_script_and_unreachable_server(tmp_path: pathlib.Path) -> None:
+    script = pathlib.Path(sys.executable).parent / "jaxinit"
+    if not script.exists():
+        pytest.skip("the console script is installed by pip install -e . (make setup)")
+    result = subprocess.run(
+        [str(script), "--url", "grpc://127.0.0.1:1", "--timeout", "5", "get", "zeros", "--shape", "2",
+         "--seed", "0", "-o", str(tmp_path / "z.npy")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert "ServerUnavailable" in result.stderr
