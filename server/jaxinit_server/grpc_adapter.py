@@ -18,6 +18,7 @@ from jaxinit._keys import Key
 from jaxinit.v1 import jaxinit_pb2 as pb
 from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
 from jaxinit_server.core import GenerateParams, ModelParams, Service, Tensor
+from jaxinit_server.telemetry import REQUEST_ID_HEADER, Call, Telemetry, request_id_from
 
 __all__ = ["SERVICE_NAME", "create_grpc_server"]
 
@@ -100,11 +101,13 @@ def header_to_proto(tensor: Tensor, chunk_bytes: int) -> pb.TensorHeader:
     )
 
 
-async def frames(tensor: Tensor, request_id: str, chunk_bytes: int) -> AsyncIterator[pb.TensorChunk]:
+async def frames(tensor: Tensor, request_id: str, chunk_bytes: int, call: Call) -> AsyncIterator[pb.TensorChunk]:
     """The messages that carry one tensor: its header, then its bytes."""
+    call.timings = tensor.timings
     yield pb.TensorChunk(request_id=request_id, header=header_to_proto(tensor, chunk_bytes))
     async for offset, data in tensor.chunks(chunk_bytes):
         yield pb.TensorChunk(request_id=request_id, data=pb.DataChunk(offset=offset, data=bytes(data)))
+        call.sent(len(data))
 
 
 def error_to_proto(error: JaxinitError, request_id: str) -> pb.TensorChunk:
@@ -115,46 +118,69 @@ def error_to_proto(error: JaxinitError, request_id: str) -> pb.TensorChunk:
 
 
 class InitializersServicer(pb_grpc.InitializersServicer):
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, telemetry: Telemetry) -> None:
         self._service = service
+        self._telemetry = telemetry
         self._chunk = service.limits.chunk_bytes
+
+    async def _open(self, context: grpc.aio.ServicerContext, method: str) -> Call:
+        """A telemetry record for the call, its request id echoed in the initial metadata."""
+        return self._telemetry.call("grpc", method, await _request_id(context))
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.TensorChunk]:
+        call = await self._open(context, "Generate")
+        error: BaseException | None = None
         try:
-            tensor = await self._service.generate(self._service.prepare(params_from_proto(request)))
-            async for message in frames(tensor, request.request_id, self._chunk):
+            resolved = self._service.prepare(params_from_proto(request))
+            call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
+            tensor = await self._service.generate(resolved)
+            async for message in frames(tensor, request.request_id, self._chunk, call):
                 yield message
         except Exception as exc:
-            await _abort(context, _domain(exc))
+            error = _domain(exc)
+            await _abort(context, error)
+        except BaseException as exc:  # the caller went away
+            error = exc
+            raise
+        finally:
+            call.close(error)
 
     async def GenerateMany(
         self, request_iterator: AsyncIterator[pb.GenerateRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.TensorChunk]:
         # A reader starts each request's generation as it arrives (at most MANY_WINDOW
         # ahead); the answers go out in request order, one tensor at a time.
-        pending: asyncio.Queue[tuple[str, asyncio.Future[Tensor]] | None] = asyncio.Queue(MANY_WINDOW)
+        pending: asyncio.Queue[tuple[str, asyncio.Future[Tensor], Call] | None] = asyncio.Queue(MANY_WINDOW)
+        stream_id = await _request_id(context)  # each item is a request: "<stream id>/<item id>"
 
         async def read() -> None:
             try:
                 async for request in request_iterator:
-                    future = asyncio.ensure_future(self._generate_one(request))
-                    await pending.put((request.request_id, future))
+                    call = self._telemetry.call("grpc", "GenerateMany", f"{stream_id}/{request.request_id}")
+                    future = asyncio.ensure_future(self._generate_one(request, call))
+                    await pending.put((request.request_id, future, call))
             finally:
                 await pending.put(None)
 
         reader = asyncio.ensure_future(read())
         try:
             while (item := await pending.get()) is not None:
-                request_id, future = item
+                request_id, future, call = item
                 try:
                     tensor = await future
                 except Exception as exc:
-                    yield error_to_proto(_domain(exc), request_id)
+                    call.close(error := _domain(exc))
+                    yield error_to_proto(error, request_id)
                     continue
-                async for message in frames(tensor, request_id, self._chunk):
-                    yield message
+                try:
+                    async for message in frames(tensor, request_id, self._chunk, call):
+                        yield message
+                except BaseException as exc:
+                    call.close(exc)
+                    raise
+                call.close()
             await reader  # surfaces a broken request stream
         finally:
             # The caller may have gone: stop reading, and drop what was produced ahead.
@@ -164,28 +190,36 @@ class InitializersServicer(pb_grpc.InitializersServicer):
             while not pending.empty():
                 if (left := pending.get_nowait()) is not None:
                     left[1].cancel()
+                    left[2].close(asyncio.CancelledError())
 
-    async def _generate_one(self, request: pb.GenerateRequest) -> Tensor:
-        return await self._service.generate(self._service.prepare(params_from_proto(request)))
+    async def _generate_one(self, request: pb.GenerateRequest, call: Call) -> Tensor:
+        resolved = self._service.prepare(params_from_proto(request))
+        call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
+        return await self._service.generate(resolved)
 
     async def InitModel(
         self, request: pb.InitModelRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.TensorChunk]:
+        call = await self._open(context, "InitModel")
+        error: BaseException | None = None
         try:
             model = self._service.prepare_model(model_params_from_proto(request))
+            call.describe("model", (len(model.outputs),), "")
             await self._service.check_model(model)
-        except Exception as exc:
-            await _abort(context, _domain(exc))
-            return
-        try:
             async for name, tensor in self._service.generate_model(model):
                 if isinstance(tensor, JaxinitError):
                     yield error_to_proto(tensor, name)
                     continue
-                async for message in frames(tensor, name, self._chunk):
+                async for message in frames(tensor, name, self._chunk, call):
                     yield message
         except Exception as exc:
-            await _abort(context, _domain(exc))
+            error = _domain(exc)
+            await _abort(context, error)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            call.close(error)
 
     async def ListInitializers(
         self, request: pb.ListInitializersRequest, context: grpc.aio.ServicerContext
@@ -205,6 +239,14 @@ class InitializersServicer(pb_grpc.InitializersServicer):
         )
 
 
+async def _request_id(context: grpc.aio.ServicerContext) -> str:
+    """The caller's x-request-id (or a new one), echoed back in the initial metadata."""
+    given = dict(context.invocation_metadata() or ()).get(REQUEST_ID_HEADER)
+    request_id = request_id_from(given if isinstance(given, str) else None)
+    await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
+    return request_id
+
+
 def _domain(exc: BaseException) -> JaxinitError:
     if isinstance(exc, JaxinitError):
         return exc
@@ -217,14 +259,16 @@ async def _abort(context: grpc.aio.ServicerContext, error: JaxinitError) -> None
     await context.abort(grpc.StatusCode[mapping_for(error).grpc_code], error.message)
 
 
-def create_grpc_server(service: Service, host: str, port: int) -> tuple[grpc.aio.Server, int, Any]:
+def create_grpc_server(
+    service: Service, host: str, port: int, *, telemetry: Telemetry | None = None
+) -> tuple[grpc.aio.Server, int, Any]:
     """A gRPC server with the jaxinit service, health and reflection, bound to ``host:port``.
 
     Returns:
         (server, bound port, health servicer). Port 0 binds a free port. Not started.
     """
     server = grpc.aio.server()
-    pb_grpc.add_InitializersServicer_to_server(InitializersServicer(service), server)
+    pb_grpc.add_InitializersServicer_to_server(InitializersServicer(service, telemetry or Telemetry()), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

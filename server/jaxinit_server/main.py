@@ -27,6 +27,7 @@ from jaxinit_server.core import Service
 from jaxinit_server.grpc_adapter import create_grpc_server, set_serving
 from jaxinit_server.rest_adapter import create_app
 from jaxinit_server.settings import Settings
+from jaxinit_server.telemetry import Telemetry
 
 __all__ = ["main", "serve"]
 
@@ -80,12 +81,16 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     service = Service(
         settings.limits(), workers=settings.workers, compilation_cache_dir=settings.compilation_cache_dir
     )
-    grpc_server, grpc_port, health = create_grpc_server(service, settings.host, settings.grpc_port)
+    telemetry = Telemetry(log_requests=settings.request_log)
+    grpc_server, grpc_port, health = create_grpc_server(
+        service, settings.host, settings.grpc_port, telemetry=telemetry
+    )
     sock = _bind_http(settings.host, settings.http_port)
     http_port = sock.getsockname()[1]
     config = uvicorn.Config(
-        create_app(service),
+        create_app(service, telemetry=telemetry),
         log_level=settings.log_level,
+        access_log=False,  # one structured line per request instead (jaxinit_server.requests)
         timeout_graceful_shutdown=int(settings.grace_seconds) or None,
         lifespan="off",
     )
@@ -110,6 +115,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     await asyncio.gather(grpc_server.stop(settings.grace_seconds), http_task, return_exceptions=True)
     stopper.cancel()
     service.close()
+    telemetry.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

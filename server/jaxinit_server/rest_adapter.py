@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable
 from typing import Annotated, Any
 
 import numpy as np
@@ -20,6 +20,8 @@ from jaxinit._codec import DTYPES
 from jaxinit._errors import InternalError, InvalidArgument, JaxinitError, NotAcceptable, TooLarge, mapping_for
 from jaxinit._keys import Key
 from jaxinit_server.core import GenerateParams, ModelParams, Resolved, ResolvedModel, Service, Tensor
+from jaxinit_server.telemetry import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from jaxinit_server.telemetry import Call, Telemetry
 
 __all__ = ["create_app"]
 
@@ -154,8 +156,9 @@ def negotiate(accept: str | None, offered: tuple[str, ...] = MEDIA_TYPES) -> str
     return best
 
 
-def create_app(service: Service, *, title: str = "jaxinit") -> FastAPI:
-    """The REST gateway over ``service``."""
+def create_app(service: Service, *, title: str = "jaxinit", telemetry: Telemetry | None = None) -> FastAPI:
+    """The REST gateway over ``service``; ``telemetry`` records requests (``/metrics``)."""
+    telemetry = telemetry or Telemetry()
     app = FastAPI(
         title=title,
         version=service.identity.jaxinit_version,
@@ -192,6 +195,11 @@ def create_app(service: Service, *, title: str = "jaxinit") -> FastAPI:
         ready = service.ready
         return JSONResponse({"status": "ready" if ready else "not ready"}, status_code=200 if ready else 503)
 
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response,
+             responses={200: {"content": {METRICS_CONTENT_TYPE: {}}}})
+    async def metrics() -> Response:
+        return Response(telemetry.exposition(), media_type=METRICS_CONTENT_TYPE)
+
     @app.get("/v1/initializers", summary="The registry: initializers, arguments, dtypes, server")
     async def list_initializers() -> dict[str, Any]:
         return service.describe()
@@ -202,7 +210,15 @@ def create_app(service: Service, *, title: str = "jaxinit") -> FastAPI:
         response_class=Response,
         responses={200: {"content": {OCTET: {}, NPY: {}, JSON: {}}}},
     )
-    async def generate(body: GenerateBody, accept: Annotated[str | None, Header()] = None) -> Response:
+    async def generate(
+        body: GenerateBody,
+        accept: Annotated[str | None, Header()] = None,
+        x_request_id: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        call = telemetry.call("http", "generate", x_request_id)
+        return await _observed(call, _generate(body, accept, call))
+
+    async def _generate(body: GenerateBody, accept: str | None, call: Call) -> Response:
         media = negotiate(accept)
         prng = body.prng or PrngBody()
         params = GenerateParams(
@@ -218,7 +234,7 @@ def create_app(service: Service, *, title: str = "jaxinit") -> FastAPI:
             count=body.count,
         )
         resolved = service.prepare(params)
-        return await _respond(service, resolved, media, {})
+        return await _respond(service, resolved, media, {}, call)
 
     @app.get(
         "/v1/generate/{initializer}",
@@ -241,6 +257,18 @@ def create_app(service: Service, *, title: str = "jaxinit") -> FastAPI:
         count: Annotated[int | None, Query(description="flat elements in the range")] = None,
         accept: Annotated[str | None, Header()] = None,
         if_none_match: Annotated[str | None, Header()] = None,
+        x_request_id: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        call = telemetry.call("http", "generate_get", x_request_id)
+        return await _observed(call, _generate_get(
+            request, initializer, shape, dtype, seed, key_data, key_impl, key_fold_in, threefry_partitionable,
+            enable_x64, offset, count, accept, if_none_match, call,
+        ))
+
+    async def _generate_get(
+        request: Request, initializer: str, shape: str, dtype: str | None, seed: int | None, key_data: str | None,
+        key_impl: str | None, key_fold_in: str | None, threefry_partitionable: bool | None, enable_x64: bool | None,
+        offset: int | None, count: int | None, accept: str | None, if_none_match: str | None, call: Call,
     ) -> Response:
         media = negotiate(accept)
         key = None
@@ -268,8 +296,9 @@ def create_app(service: Service, *, title: str = "jaxinit") -> FastAPI:
         etag = service.etag(resolved)
         headers = {"ETag": etag, "Cache-Control": IMMUTABLE, "Vary": "Accept"}
         if if_none_match and (if_none_match.strip() == "*" or etag in _etags(if_none_match)):
+            call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
             return Response(status_code=304, headers=headers)
-        return await _respond(service, resolved, media, headers)
+        return await _respond(service, resolved, media, headers, call)
 
     @app.post(
         "/v1/models/init",
@@ -277,7 +306,15 @@ def create_app(service: Service, *, title: str = "jaxinit") -> FastAPI:
         response_class=Response,
         responses={200: {"content": {SAFETENSORS: {}, NPZ: {}, JSON: {}}}},
     )
-    async def init_model(body: ModelBody, accept: Annotated[str | None, Header()] = None) -> Response:
+    async def init_model(
+        body: ModelBody,
+        accept: Annotated[str | None, Header()] = None,
+        x_request_id: Annotated[str | None, Header()] = None,
+    ) -> Response:
+        call = telemetry.call("http", "init_model", x_request_id)
+        return await _observed(call, _init_model(body, accept, call))
+
+    async def _init_model(body: ModelBody, accept: str | None, call: Call) -> Response:
         media = negotiate(accept, MODEL_MEDIA_TYPES)
         prng = body.prng or PrngBody()
         model = service.prepare_model(
@@ -292,6 +329,7 @@ def create_app(service: Service, *, title: str = "jaxinit") -> FastAPI:
                 enable_x64=prng.enable_x64,
             )
         )
+        call.describe("model", (len(model.outputs),), "")
         metadata = service.model_metadata(model)
         headers = {"X-Jaxinit-Model-Digest": model.digest}
         if media == JSON:
@@ -353,7 +391,37 @@ def _etags(header: str) -> list[str]:
     return [tag.strip().removeprefix("W/") for tag in header.split(",")]
 
 
-async def _respond(service: Service, resolved: Resolved, media: str, headers: dict[str, str]) -> Response:
+async def _observed(call: Call, work: Awaitable[Response]) -> Response:
+    """``work``'s response with the request id, recorded when its last byte is sent."""
+    try:
+        response = await work
+    except BaseException as exc:
+        call.close(exc)
+        raise
+    response.headers["X-Request-Id"] = call.request_id
+    if isinstance(response, StreamingResponse):
+        response.body_iterator = _counted(response.body_iterator, call)
+    else:
+        call.sent(len(response.body))
+        call.close()
+    return response
+
+
+async def _counted(body: AsyncIterable[Any], call: Call) -> AsyncIterator[Any]:
+    try:
+        async for data in body:
+            yield data
+            call.sent(len(data))
+    except BaseException as exc:  # the client went away, or generation failed mid-stream
+        call.close(exc)
+        raise
+    call.close()
+
+
+async def _respond(
+    service: Service, resolved: Resolved, media: str, headers: dict[str, str], call: Call
+) -> Response:
+    call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
     elements = resolved.stop - resolved.start
     if media == JSON and elements > service.limits.max_json_elements:
         raise TooLarge(
@@ -361,6 +429,7 @@ async def _respond(service: Service, resolved: Resolved, media: str, headers: di
             f"{elements}. Ask for application/octet-stream or application/x-npy, or a range."
         )
     tensor = await service.generate(resolved)
+    call.timings = tensor.timings
     headers = {**headers, **_tensor_headers(tensor)}
     if media == JSON:
         return JSONResponse(_json_body(tensor, await tensor.array()), headers=headers)

@@ -32,6 +32,7 @@ class Settings(BaseSettings):
         None, description="JAX's persistent compilation cache: compiled programs survive restarts"
     )
     log_level: str = Field("info", description="uvicorn and server log level")
+    request_log: bool = Field(True, description="one JSON log line per request (logger jaxinit_server.requests)")
 
     def limits(self) -> Limits:
         return Limits(

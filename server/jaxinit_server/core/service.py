@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import hashlib
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jax
@@ -39,6 +40,9 @@ class Tensor:
     provenance: dict[str, Any]
     pipeline_depth: int = 2
     output: Output | None = None  # a model's tensor: its name, delivered shape and layout
+    # Seconds spent waiting for a JAX worker ("queue") and in JAX ("generate", which grows
+    # as chunks are made while the tensor streams).
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -96,13 +100,26 @@ class Tensor:
         if self.generation.array is not None:
             yield self.generation.array
             return
-        async for piece in _pipelined(self.generation.produce(), self.pipeline_depth):
+        async for piece in _pipelined(self._timed(self.generation.produce()), self.pipeline_depth):
             yield piece
+
+    def _timed(self, produce: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        """``produce``, adding the time spent making each piece to ``timings["generate"]``."""
+        try:
+            while True:
+                start = time.perf_counter()
+                piece = next(produce, None)
+                self.timings["generate"] = self.timings.get("generate", 0.0) + time.perf_counter() - start
+                if piece is None:
+                    return
+                yield piece
+        finally:
+            produce.close()  # type: ignore[attr-defined]
 
     async def _generated(self) -> np.ndarray:
         if self.generation.array is not None:
             return self.generation.array
-        pieces = [piece async for piece in _pipelined(self.generation.produce(), self.pipeline_depth)]
+        pieces = [piece async for piece in _pipelined(self._timed(self.generation.produce()), self.pipeline_depth)]
         return np.concatenate(pieces) if pieces else np.empty(0, DTYPES[self.dtype])
 
 
@@ -278,8 +295,20 @@ class Service:
         them arrive before any byte is sent.
         """
         loop = asyncio.get_running_loop()
-        generation = await loop.run_in_executor(self._executor, engine.prepare, resolved)
-        return Tensor(resolved, generation, self._provenance(resolved, generation.key_data), output=output)
+        submitted = time.perf_counter()
+        timings: dict[str, float] = {}
+
+        def prepare() -> engine.Generation:
+            started = time.perf_counter()
+            timings["queue"] = started - submitted
+            try:
+                return engine.prepare(resolved)
+            finally:
+                timings["generate"] = time.perf_counter() - started
+
+        generation = await loop.run_in_executor(self._executor, prepare)
+        provenance = self._provenance(resolved, generation.key_data)
+        return Tensor(resolved, generation, provenance, output=output, timings=timings)
 
     def warm_up(self) -> None:
         """Run one small request of each common kind, so the first real one is not slow."""

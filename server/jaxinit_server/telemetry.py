@@ -1,0 +1,163 @@
+"""Metrics (Prometheus) and one structured log line per request, for both transports.
+
+The adapters open a :class:`Call` per request (a ``GenerateMany`` item is one), fill in
+what the request turned out to be, and close it with its status; this module turns
+that into counters, histograms and a JSON log line. XLA compiles and JAX's
+persistent compilation cache are counted from ``jax.monitoring`` events.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax.monitoring
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from jaxinit._errors import JaxinitError, mapping_for
+
+__all__ = ["CONTENT_TYPE", "REQUEST_ID_HEADER", "Call", "Telemetry", "request_id_from"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+REQUEST_ID_HEADER = "x-request-id"  # HTTP header and gRPC metadata key
+log = logging.getLogger("jaxinit_server.requests")
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+def request_id_from(value: str | None) -> str:
+    """The caller's request id when it gave a usable one, else a new one."""
+    if value and len(value) <= 128 and value.isprintable():
+        return value
+    return uuid.uuid4().hex
+
+
+@dataclass
+class Call:
+    """One request as telemetry sees it; the adapter fills it in as it learns more."""
+
+    telemetry: Telemetry
+    transport: str
+    method: str
+    request_id: str
+    initializer: str = ""
+    shape: tuple[int, ...] | None = None
+    dtype: str = ""
+    bytes_sent: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+    _closed: bool = False
+
+    def describe(self, initializer: str, shape: tuple[int, ...], dtype: str) -> None:
+        self.initializer, self.shape, self.dtype = initializer, tuple(shape), dtype
+
+    def sent(self, nbytes: int) -> None:
+        self.bytes_sent += nbytes
+
+    def close(self, error: BaseException | None = None) -> None:
+        """Record the outcome: ``error`` None for success (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.telemetry._record(self, error)
+
+
+class Telemetry:
+    """The server's metrics registry and request log."""
+
+    def __init__(self, *, log_requests: bool = True) -> None:
+        self.log_requests = log_requests
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "jaxinit_requests", "Requests answered, by transport, method, initializer and status code",
+            ["transport", "method", "initializer", "code"], registry=r,
+        )
+        self.errors = Counter(
+            "jaxinit_errors", "Requests that failed, by transport and status code", ["transport", "code"], registry=r
+        )
+        self.bytes_sent = Counter(
+            "jaxinit_bytes_sent", "Tensor bytes sent", ["transport", "initializer"], registry=r
+        )
+        self.in_flight = Gauge("jaxinit_streams_in_flight", "Requests being answered", ["transport"], registry=r)
+        self.phase = Histogram(
+            "jaxinit_request_phase_seconds",
+            "Time per request phase: queue (waiting for a JAX worker), generate (JAX), send (the rest)",
+            ["transport", "initializer", "phase"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.duration = Histogram(
+            "jaxinit_request_seconds", "Request duration, end to end", ["transport", "method"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.compiles = Counter("jaxinit_xla_compiles", "XLA programs compiled (in-memory cache misses)", registry=r)
+        self.compile_seconds = Histogram(
+            "jaxinit_xla_compile_seconds", "Time per XLA compile", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.cache = Counter(
+            "jaxinit_compilation_cache", "JAX's persistent compilation cache, by result", ["result"], registry=r
+        )
+        for result in ("hit", "miss"):
+            self.cache.labels(result)
+        jax.monitoring.register_event_listener(self._jax_event)
+        jax.monitoring.register_event_duration_secs_listener(self._jax_duration)
+
+    def call(self, transport: str, method: str, request_id: str | None = None) -> Call:
+        self.in_flight.labels(transport).inc()
+        return Call(self, transport, method, request_id_from(request_id))
+
+    def exposition(self) -> bytes:
+        """The metrics in Prometheus' text format."""
+        return generate_latest(self.registry)
+
+    def close(self) -> None:
+        jax.monitoring.unregister_event_listener(self._jax_event)
+        jax.monitoring.unregister_event_duration_listener(self._jax_duration)
+
+    def _jax_event(self, event: str, **_: Any) -> None:
+        if event == "/jax/compilation_cache/cache_hits":
+            self.cache.labels("hit").inc()
+        elif event == "/jax/compilation_cache/cache_misses":
+            self.cache.labels("miss").inc()
+
+    def _jax_duration(self, event: str, duration_secs: float, **_: str | int) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            self.compiles.inc()
+            self.compile_seconds.observe(duration_secs)
+
+    def _record(self, call: Call, error: BaseException | None) -> None:
+        elapsed = time.perf_counter() - call.started
+        code = "OK" if error is None else (
+            mapping_for(error).grpc_code if isinstance(error, JaxinitError) else "CANCELLED"
+        )
+        initializer = call.initializer or "-"
+        self.in_flight.labels(call.transport).dec()
+        self.requests.labels(call.transport, call.method, initializer, code).inc()
+        if error is not None:
+            self.errors.labels(call.transport, code).inc()
+        if call.bytes_sent:
+            self.bytes_sent.labels(call.transport, initializer).inc(call.bytes_sent)
+        self.duration.labels(call.transport, call.method).observe(elapsed)
+        if error is None and call.timings:
+            queue, generate = call.timings.get("queue", 0.0), call.timings.get("generate", 0.0)
+            self.phase.labels(call.transport, initializer, "queue").observe(queue)
+            self.phase.labels(call.transport, initializer, "generate").observe(generate)
+            self.phase.labels(call.transport, initializer, "send").observe(max(0.0, elapsed - queue - generate))
+        if not self.log_requests:
+            return
+        line = {
+            "request_id": call.request_id,
+            "transport": call.transport,
+            "method": call.method,
+            "initializer": call.initializer,
+            "shape": list(call.shape) if call.shape is not None else None,
+            "dtype": call.dtype,
+            "bytes": call.bytes_sent,
+            "duration_ms": round(elapsed * 1000, 3),
+            "status": code,
+        }
+        if error is not None:
+            line["error"] = type(error).__name__
+        log.info(json.dumps(line, separators=(",", ":")))
