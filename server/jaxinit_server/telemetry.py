@@ -145,7 +145,7 @@ class Telemetry:
             self.phase.labels(call.transport, initializer, "queue").observe(queue)
             self.phase.labels(call.transport, initializer, "generate").observe(generate)
             self.phase.labels(call.transport, initializer, "send").observe(max(0.0, elapsed - queue - generate))
-        if not self.log_requests:
+        if not (self.log_requests and log.isEnabledFor(logging.INFO)):
             return
         line = {
             "request_id": call.request_id,
