@@ -21,6 +21,7 @@ from jaxinit._errors import (
     ProtocolError,
     ServerUnavailable,
     TooLarge,
+    Unauthenticated,
     UnknownDtype,
     UnknownInitializer,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "ServerUnavailable",
     "Tensor",
     "TooLarge",
+    "Unauthenticated",
     "UnknownDtype",
     "UnknownInitializer",
     "__version__",

@@ -135,7 +135,9 @@ def join(request: Request, pieces: list[Tensor]) -> Tensor:
     return Tensor(array.reshape(request.shape), whole, request.request_id, 0, tuple(request.shape))
 
 
-def _open_transport(url: str, *, asynchronous: bool, timeout: float | None, channel: Any, transport: Any) -> Any:
+def _open_transport(
+    url: str, *, asynchronous: bool, timeout: float | None, channel: Any, transport: Any, token: str | None
+) -> Any:
     parts = urlsplit(url)
     if parts.scheme == "grpc":
         if transport is not None:
@@ -143,16 +145,16 @@ def _open_transport(url: str, *, asynchronous: bool, timeout: float | None, chan
         from jaxinit import _grpc  # imported only when used: gRPC stays optional at import
 
         if asynchronous:
-            return _grpc.AsyncGrpcTransport(parts.netloc, timeout=timeout, channel=channel)
-        return _grpc.GrpcTransport(parts.netloc, timeout=timeout, channel=channel)
+            return _grpc.AsyncGrpcTransport(parts.netloc, timeout=timeout, channel=channel, token=token)
+        return _grpc.GrpcTransport(parts.netloc, timeout=timeout, channel=channel, token=token)
     if parts.scheme in ("http", "https"):
         if channel is not None:
             raise InvalidArgument("channel= is for grpc:// URLs; give an httpx transport as transport=")
         from jaxinit import _http
 
         if asynchronous:
-            return _http.AsyncHttpTransport(url.rstrip("/"), timeout=timeout, transport=transport)
-        return _http.HttpTransport(url.rstrip("/"), timeout=timeout, transport=transport)
+            return _http.AsyncHttpTransport(url.rstrip("/"), timeout=timeout, transport=transport, token=token)
+        return _http.HttpTransport(url.rstrip("/"), timeout=timeout, transport=transport, token=token)
     raise InvalidArgument(f"unsupported URL {url!r}: use grpc://HOST:PORT or http(s)://HOST:PORT")
 
 
@@ -168,6 +170,7 @@ class _BaseClient:
         timeout: float | None = DEFAULT_TIMEOUT,
         parallel: int = 1,
         progress: bool = False,
+        token: str | None = None,
         channel: Any = None,
         transport: Any = None,
     ) -> None:
@@ -180,7 +183,7 @@ class _BaseClient:
         self.enable_x64 = enable_x64
         self._transport = _open_transport(
             url, asynchronous=self._initializer_class is AsyncInitializer, timeout=timeout,
-            channel=channel, transport=transport,
+            channel=channel, transport=transport, token=token,
         )
 
     def _request(
@@ -299,6 +302,8 @@ class Client(_BaseClient):
         threefry_partitionable: the JAX flag for every request; None: the server's default.
         enable_x64: likewise; None: on for 64-bit dtypes, else the server's default.
         timeout: seconds per call (None: no limit).
+        progress: show a progress bar for each call (tqdm; a widget in notebooks).
+        token: a bearer token, for servers started with API keys.
         channel: a ready ``grpc.Channel`` to use instead of opening one.
         transport: an ``httpx`` transport to use (e.g. to reach an in-process app).
 

@@ -22,6 +22,7 @@ __all__ = [
     "ProtocolError",
     "ServerUnavailable",
     "TooLarge",
+    "Unauthenticated",
     "UnknownDtype",
     "UnknownInitializer",
     "error_from_wire",
@@ -61,6 +62,10 @@ class NotAcceptable(JaxinitError):
     """No representation the caller accepts can be produced."""
 
 
+class Unauthenticated(JaxinitError):
+    """The server wants a bearer token and got none, or one it does not know."""
+
+
 class ServerUnavailable(JaxinitError):
     """The server cannot be reached, is not ready, or is shutting down."""
 
@@ -89,6 +94,7 @@ ERROR_TABLE: dict[type[JaxinitError], ErrorMapping] = {
     JaxError: ErrorMapping(400, "INVALID_ARGUMENT"),
     UnknownInitializer: ErrorMapping(404, "NOT_FOUND"),
     NotAcceptable: ErrorMapping(406, "INVALID_ARGUMENT"),
+    Unauthenticated: ErrorMapping(401, "UNAUTHENTICATED"),
     TooLarge: ErrorMapping(413, "RESOURCE_EXHAUSTED"),
     ServerUnavailable: ErrorMapping(503, "UNAVAILABLE"),
     InternalError: ErrorMapping(500, "INTERNAL"),
@@ -100,13 +106,13 @@ _BY_NAME: dict[str, type[JaxinitError]] = {cls.__name__: cls for cls in ERROR_TA
 # When only a status is known (a proxy answered, or an older server), the most
 # general class for that status.
 _BY_HTTP: dict[int, type[JaxinitError]] = {
-    400: InvalidArgument, 404: UnknownInitializer, 406: NotAcceptable, 413: TooLarge,
+    400: InvalidArgument, 401: Unauthenticated, 404: UnknownInitializer, 406: NotAcceptable, 413: TooLarge,
     422: InvalidArgument, 429: TooLarge, 502: ServerUnavailable, 503: ServerUnavailable,
     504: ServerUnavailable,
 }
 _BY_GRPC: dict[str, type[JaxinitError]] = {
     "INVALID_ARGUMENT": InvalidArgument, "NOT_FOUND": UnknownInitializer,
-    "RESOURCE_EXHAUSTED": TooLarge, "UNAVAILABLE": ServerUnavailable,
+    "RESOURCE_EXHAUSTED": TooLarge, "UNAUTHENTICATED": Unauthenticated, "UNAVAILABLE": ServerUnavailable,
     "DEADLINE_EXCEEDED": ServerUnavailable, "DATA_LOSS": IntegrityError,
 }
 

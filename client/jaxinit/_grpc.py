@@ -121,6 +121,10 @@ class _Collector:
             )
 
 
+def _auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
 def translate(exc: grpc.RpcError, target: str) -> JaxinitError:
     """A gRPC failure as a jaxinit error."""
     code = exc.code()  # type: ignore[attr-defined]
@@ -140,8 +144,11 @@ def _as_dict(message: pb.ListInitializersResponse) -> dict[str, Any]:
 class GrpcTransport:
     """Blocking gRPC transport."""
 
-    def __init__(self, target: str, *, timeout: float | None, channel: grpc.Channel | None = None) -> None:
+    def __init__(
+        self, target: str, *, timeout: float | None, channel: grpc.Channel | None = None, token: str | None = None
+    ) -> None:
         self.target = target
+        self._metadata = _auth_metadata(token)
         self.on_progress: Progress | None = None  # set by the client while a call shows progress
         self._timeout = timeout
         self._channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
@@ -150,7 +157,8 @@ class GrpcTransport:
     def generate(self, request: Request) -> Tensor:
         collector = _Collector(self.on_progress)
         try:
-            for chunk in self._stub.Generate(request_to_proto(request), timeout=self._timeout):
+            message = request_to_proto(request)
+            for chunk in self._stub.Generate(message, timeout=self._timeout, metadata=self._metadata):
                 result = collector.feed(chunk)
                 if isinstance(result, JaxinitError):
                     raise result
@@ -165,7 +173,7 @@ class GrpcTransport:
         messages = (request_to_proto(r, i) for i, r in zip(itertools.count(), requests))
         collector = _Collector(self.on_progress)
         try:
-            for chunk in self._stub.GenerateMany(messages, timeout=self._timeout):
+            for chunk in self._stub.GenerateMany(messages, timeout=self._timeout, metadata=self._metadata):
                 result = collector.feed(chunk)
                 if result is not None:
                     yield result
@@ -175,7 +183,10 @@ class GrpcTransport:
 
     def list_initializers(self) -> dict[str, Any]:
         try:
-            return _as_dict(self._stub.ListInitializers(pb.ListInitializersRequest(), timeout=self._timeout))
+            reply = self._stub.ListInitializers(
+                pb.ListInitializersRequest(), timeout=self._timeout, metadata=self._metadata
+            )
+            return _as_dict(reply)
         except grpc.RpcError as exc:
             raise translate(exc, self.target) from exc
 
@@ -186,8 +197,11 @@ class GrpcTransport:
 class AsyncGrpcTransport:
     """asyncio gRPC transport."""
 
-    def __init__(self, target: str, *, timeout: float | None, channel: grpc.aio.Channel | None = None) -> None:
+    def __init__(
+        self, target: str, *, timeout: float | None, channel: grpc.aio.Channel | None = None, token: str | None = None
+    ) -> None:
         self.target = target
+        self._metadata = _auth_metadata(token)
         self.on_progress: Progress | None = None  # set by the client while a call shows progress
         self._timeout = timeout
         self._channel = channel or grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
@@ -196,7 +210,8 @@ class AsyncGrpcTransport:
     async def generate(self, request: Request) -> Tensor:
         collector = _Collector(self.on_progress)
         try:
-            async for chunk in self._stub.Generate(request_to_proto(request), timeout=self._timeout):
+            message = request_to_proto(request)
+            async for chunk in self._stub.Generate(message, timeout=self._timeout, metadata=self._metadata):
                 result = collector.feed(chunk)
                 if isinstance(result, JaxinitError):
                     raise result
@@ -223,7 +238,7 @@ class AsyncGrpcTransport:
 
         collector = _Collector(self.on_progress)
         try:
-            async for chunk in self._stub.GenerateMany(messages(), timeout=self._timeout):
+            async for chunk in self._stub.GenerateMany(messages(), timeout=self._timeout, metadata=self._metadata):
                 result = collector.feed(chunk)
                 if result is not None:
                     yield result
@@ -233,7 +248,10 @@ class AsyncGrpcTransport:
 
     async def list_initializers(self) -> dict[str, Any]:
         try:
-            return _as_dict(await self._stub.ListInitializers(pb.ListInitializersRequest(), timeout=self._timeout))
+            reply = await self._stub.ListInitializers(
+                pb.ListInitializersRequest(), timeout=self._timeout, metadata=self._metadata
+            )
+            return _as_dict(reply)
         except grpc.RpcError as exc:
             raise translate(exc, self.target) from exc
 

@@ -72,6 +72,10 @@ def assembler_for(response: httpx.Response, request_id: str, on_progress: Progre
         raise ProtocolError(f"response lacks valid jaxinit headers: {exc}") from exc
 
 
+def _auth_headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def _unavailable(exc: httpx.TransportError, url: str) -> ServerUnavailable:
     return ServerUnavailable(f"cannot reach the jaxinit server at {url}: {exc}")
 
@@ -80,11 +84,14 @@ class HttpTransport:
     """Blocking HTTP transport (httpx)."""
 
     def __init__(
-        self, base_url: str, *, timeout: float | None, transport: httpx.BaseTransport | None = None
+        self, base_url: str, *, timeout: float | None, transport: httpx.BaseTransport | None = None,
+        token: str | None = None,
     ) -> None:
         self.target = base_url
         self.on_progress: Progress | None = None  # set by the client while a call shows progress
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
+        self._http = httpx.Client(
+            base_url=base_url, timeout=timeout, transport=transport, headers=_auth_headers(token)
+        )
 
     def generate(self, request: Request) -> Tensor:
         try:
@@ -126,11 +133,14 @@ class AsyncHttpTransport:
     """asyncio HTTP transport (httpx)."""
 
     def __init__(
-        self, base_url: str, *, timeout: float | None, transport: httpx.AsyncBaseTransport | None = None
+        self, base_url: str, *, timeout: float | None, transport: httpx.AsyncBaseTransport | None = None,
+        token: str | None = None,
     ) -> None:
         self.target = base_url
         self.on_progress: Progress | None = None  # set by the client while a call shows progress
-        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport)
+        self._http = httpx.AsyncClient(
+            base_url=base_url, timeout=timeout, transport=transport, headers=_auth_headers(token)
+        )
 
     async def generate(self, request: Request) -> Tensor:
         try:

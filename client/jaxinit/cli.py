@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--url", default=os.environ.get("JAXINIT_URL", DEFAULT_URL),
                         help="grpc://host:port or http://host:port (default: $JAXINIT_URL or %(default)s)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per call")
+    parser.add_argument("--token", default=os.environ.get("JAXINIT_TOKEN"),
+                        help="bearer token for a server with API keys (default: $JAXINIT_TOKEN)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("list", help="the server's initializers")
@@ -100,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     ns = parser.parse_args(argv)
     try:
-        with Client(ns.url, timeout=ns.timeout) as client:
+        with Client(ns.url, timeout=ns.timeout, token=ns.token) as client:
             if ns.command == "list":
                 for entry in client.list_initializers()["initializers"]:
                     print(f"{entry['name']:<20} {entry['summary']}")

@@ -17,6 +17,7 @@ from jaxinit._errors import InternalError, InvalidArgument, JaxinitError, mappin
 from jaxinit._keys import Key
 from jaxinit.v1 import jaxinit_pb2 as pb
 from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
+from jaxinit_server.auth import OPEN_GRPC_PREFIXES, KeyRing, bearer
 from jaxinit_server.core import GenerateParams, ModelParams, Service, Tensor
 from jaxinit_server.telemetry import REQUEST_ID_HEADER, Call, Telemetry, request_id_from
 
@@ -259,15 +260,54 @@ async def _abort(context: grpc.aio.ServicerContext, error: JaxinitError) -> None
     await context.abort(grpc.StatusCode[mapping_for(error).grpc_code], error.message)
 
 
+class _AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Every RPC but health needs ``authorization: Bearer <key>`` (see :mod:`auth`)."""
+
+    def __init__(self, keyring: KeyRing) -> None:
+        self._keyring = keyring
+
+    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(OPEN_GRPC_PREFIXES):
+            return handler
+        token = bearer(dict(details.invocation_metadata or ()).get("authorization"))
+        try:
+            self._keyring.check(token)
+        except JaxinitError as exc:
+            return _refusal(handler, exc)
+        return handler
+
+
+def _refusal(handler: Any, error: JaxinitError) -> Any:
+    """A handler of the same kind as ``handler`` that only fails with ``error``."""
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await _abort(context, error)
+
+    async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await _abort(context, error)
+        yield  # pragma: no cover - makes this an async generator
+
+    codecs = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary, **codecs)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(stream, **codecs)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(unary, **codecs)
+    return grpc.stream_stream_rpc_method_handler(stream, **codecs)
+
+
 def create_grpc_server(
-    service: Service, host: str, port: int, *, telemetry: Telemetry | None = None
+    service: Service, host: str, port: int, *, telemetry: Telemetry | None = None, keyring: KeyRing | None = None
 ) -> tuple[grpc.aio.Server, int, Any]:
     """A gRPC server with the jaxinit service, health and reflection, bound to ``host:port``.
 
     Returns:
         (server, bound port, health servicer). Port 0 binds a free port. Not started.
     """
-    server = grpc.aio.server()
+    interceptors = [_AuthInterceptor(keyring)] if keyring is not None and keyring.enabled else []
+    server = grpc.aio.server(interceptors=interceptors)
     pb_grpc.add_InitializersServicer_to_server(InitializersServicer(service, telemetry or Telemetry()), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -23,6 +23,7 @@ from typing import Any
 import uvicorn
 from pydantic import ValidationError
 
+from jaxinit_server.auth import KeyRing
 from jaxinit_server.core import Service
 from jaxinit_server.grpc_adapter import create_grpc_server, set_serving
 from jaxinit_server.rest_adapter import create_app
@@ -82,13 +83,14 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         settings.limits(), workers=settings.workers, compilation_cache_dir=settings.compilation_cache_dir
     )
     telemetry = Telemetry(log_requests=settings.request_log)
+    keyring = KeyRing((settings.api_keys or "").split(","), settings.api_keys_file)
     grpc_server, grpc_port, health = create_grpc_server(
-        service, settings.host, settings.grpc_port, telemetry=telemetry
+        service, settings.host, settings.grpc_port, telemetry=telemetry, keyring=keyring
     )
     sock = _bind_http(settings.host, settings.http_port)
     http_port = sock.getsockname()[1]
     config = uvicorn.Config(
-        create_app(service, telemetry=telemetry),
+        create_app(service, telemetry=telemetry, keyring=keyring),
         log_level=settings.log_level,
         access_log=False,  # one structured line per request instead (jaxinit_server.requests)
         timeout_graceful_shutdown=int(settings.grace_seconds) or None,

@@ -19,6 +19,7 @@ from jaxinit._catalog import args_from_text
 from jaxinit._codec import DTYPES
 from jaxinit._errors import InternalError, InvalidArgument, JaxinitError, NotAcceptable, TooLarge, mapping_for
 from jaxinit._keys import Key
+from jaxinit_server.auth import OPEN_HTTP_PATHS, KeyRing, bearer
 from jaxinit_server.core import GenerateParams, ModelParams, Resolved, ResolvedModel, Service, Tensor
 from jaxinit_server.telemetry import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from jaxinit_server.telemetry import Call, Telemetry
@@ -156,8 +157,11 @@ def negotiate(accept: str | None, offered: tuple[str, ...] = MEDIA_TYPES) -> str
     return best
 
 
-def create_app(service: Service, *, title: str = "jaxinit", telemetry: Telemetry | None = None) -> FastAPI:
-    """The REST gateway over ``service``; ``telemetry`` records requests (``/metrics``)."""
+def create_app(
+    service: Service, *, title: str = "jaxinit", telemetry: Telemetry | None = None, keyring: KeyRing | None = None
+) -> FastAPI:
+    """The REST gateway over ``service``; ``telemetry`` records requests (``/metrics``);
+    ``keyring``, when it has keys, requires a bearer token on all but health."""
     telemetry = telemetry or Telemetry()
     app = FastAPI(
         title=title,
@@ -167,6 +171,8 @@ def create_app(service: Service, *, title: str = "jaxinit", telemetry: Telemetry
         responses={code: {"model": ErrorResponse} for code in (400, 404, 406, 413, 503)},
     )
     app.state.service = service
+    if keyring is not None and keyring.enabled:
+        app.add_middleware(_BearerAuth, keyring=keyring)
 
     @app.exception_handler(JaxinitError)
     async def _domain_error(request: Request, exc: JaxinitError) -> JSONResponse:
@@ -376,6 +382,26 @@ async def _npz(service: Service, model: ResolvedModel) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)  # type: ignore[arg-type]
     return buffer.getvalue()
+
+
+class _BearerAuth:
+    """ASGI middleware: every path but health needs ``Authorization: Bearer <key>``."""
+
+    def __init__(self, app: Any, keyring: KeyRing) -> None:
+        self.app = app
+        self.keyring = keyring
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] not in OPEN_HTTP_PATHS:
+            headers = dict(scope.get("headers") or ())
+            token = bearer(headers.get(b"authorization", b"").decode("latin-1"))
+            try:
+                self.keyring.check(token)
+            except JaxinitError as exc:
+                response = error_response(exc, headers={"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _int_list(name: str, text: str) -> list[int]:

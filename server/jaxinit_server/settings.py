@@ -32,6 +32,8 @@ class Settings(BaseSettings):
         None, description="JAX's persistent compilation cache: compiled programs survive restarts"
     )
     log_level: str = Field("info", description="uvicorn and server log level")
+    api_keys: str | None = Field(None, description="comma-separated bearer tokens (prefer the env var)")
+    api_keys_file: str | None = Field(None, description="bearer tokens, one per line; re-read on change")
     request_log: bool = Field(True, description="one JSON log line per request (logger jaxinit_server.requests)")
 
     def limits(self) -> Limits:

@@ -26,8 +26,8 @@ def test_public_api_is_pinned() -> None:
         "CATALOG", "DTYPE_NAMES", "KEY_IMPLS", "AsyncClient", "AsyncInitializer", "Client", "Initializer",
         "IntegrityError", "InternalError", "InvalidArgument", "JaxError", "JaxinitError", "Key", "ModelParams",
         "NotAcceptable", "ProtocolError", "Provenance", "Request", "ServerUnavailable", "Tensor", "TooLarge",
-        "UnknownDtype", "UnknownInitializer", "__version__", "fold_in", "key", "models",
-            "wrap_key_data",
+        "Unauthenticated", "UnknownDtype", "UnknownInitializer", "__version__", "fold_in", "key", "models",
+        "wrap_key_data",
     ])
     for name in jaxinit.__all__:
         assert hasattr(jaxinit, name)

@@ -1,0 +1,90 @@
+"""Bearer-token authentication, one check for both transports.
+
+Keys come from ``--api-keys`` (comma-separated; ``JAXINIT_API_KEYS``) and/or
+``--api-keys-file`` (one key per line, ``#`` comments). The file is read again
+when it changes, so keys rotate without a restart: add the new key, move the
+clients over, remove the old one. Only SHA-256 digests of the keys are kept, and
+tokens are compared in constant time and never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import threading
+import time
+from collections.abc import Iterable
+
+from jaxinit._errors import Unauthenticated
+
+__all__ = ["OPEN_GRPC_PREFIXES", "OPEN_HTTP_PATHS", "KeyRing", "bearer"]
+
+# Health stays open: orchestrators probe without credentials.
+OPEN_HTTP_PATHS = frozenset({"/healthz", "/readyz"})
+OPEN_GRPC_PREFIXES = ("/grpc.health.v1.Health/",)
+_RELOAD_EVERY = 1.0  # seconds between looks at the key file
+
+
+def bearer(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` value, else None."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+class KeyRing:
+    """The accepted keys. ``enabled`` is False when none are configured (no auth)."""
+
+    def __init__(self, keys: Iterable[str] = (), path: str | None = None) -> None:
+        self._static = {_digest(k) for k in keys if k}
+        self._path = path
+        self._from_file: set[bytes] = set()
+        self._stamp: tuple[float, int] | None = None
+        self._checked = 0.0
+        self._lock = threading.Lock()
+        if path is not None:
+            self._reload(force=True)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._static) or self._path is not None
+
+    def check(self, token: str | None) -> None:
+        """Raises Unauthenticated unless ``token`` is one of the keys (or auth is off)."""
+        if not self.enabled:
+            return
+        self._reload()
+        if token:
+            given = _digest(token)
+            # Every key compared, in constant time: no early exit tells which matched.
+            if sum(hmac.compare_digest(given, k) for k in self._static | self._from_file):
+                return
+        raise Unauthenticated("missing or invalid bearer token")
+
+    def _reload(self, force: bool = False) -> None:
+        if self._path is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._checked < _RELOAD_EVERY:
+            return
+        with self._lock:
+            self._checked = now
+            try:
+                info = os.stat(self._path)
+                stamp = (info.st_mtime, info.st_size)
+                if stamp == self._stamp and not force:
+                    return
+                with open(self._path, encoding="utf-8") as file:
+                    lines = [line.split("#", 1)[0].strip() for line in file]
+            except OSError:
+                if force:
+                    raise
+                return  # keep the last good keys while the file is being replaced
+            self._from_file = {_digest(line) for line in lines if line}
+            self._stamp = stamp
