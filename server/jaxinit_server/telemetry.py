@@ -129,9 +129,14 @@ class Telemetry:
 
     def _record(self, call: Call, error: BaseException | None) -> None:
         elapsed = time.perf_counter() - call.started
-        code = "OK" if error is None else (
-            mapping_for(error).grpc_code if isinstance(error, JaxinitError) else "CANCELLED"
-        )
+        if error is None:
+            code = "OK"
+        elif isinstance(error, JaxinitError):
+            code = mapping_for(error).grpc_code
+        elif isinstance(error, Exception):
+            code = "INTERNAL"
+        else:  # CancelledError, GeneratorExit: the caller went away
+            code = "CANCELLED"
         initializer = call.initializer or "-"
         self.in_flight.labels(call.transport).dec()
         self.requests.labels(call.transport, call.method, initializer, code).inc()
