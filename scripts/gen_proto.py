@@ -1,7 +1,10 @@
-"""Generate the Python stubs for proto/jaxinit/v1/*.proto into client/jaxinit/v1/.
+"""Generate the Python stubs: proto/jaxinit/v1/*.proto into client/jaxinit/v1/ (the wire
+contract, shared), proto/jaxinit_server/kserve/*.proto into server/jaxinit_server/kserve/
+(the KServe v2 protocol, served only).
 
-Usage: python scripts/gen_proto.py [OUT_DIR]   (default: client/, i.e. in place)
-The generated modules import as ``jaxinit.v1.jaxinit_pb2`` and ``..._pb2_grpc``.
+Usage: python scripts/gen_proto.py [OUT_ROOT]   (default: in place; else OUT_ROOT/client, OUT_ROOT/server)
+The generated modules import as ``jaxinit.v1.jaxinit_pb2`` and
+``jaxinit_server.kserve.grpc_predict_v2_pb2`` (and their ``_pb2_grpc``).
 """
 
 from __future__ import annotations
@@ -15,8 +18,21 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
 
 
-def generate(out_dir: pathlib.Path) -> list[pathlib.Path]:
-    protos = sorted(PROTO_DIR.glob("jaxinit/v1/*.proto"))
+# proto folder -> the source root its package lives under
+GROUPS = {"jaxinit/v1": "client", "jaxinit_server/kserve": "server"}
+
+
+def generate(out_root: pathlib.Path) -> list[pathlib.Path]:
+    """Generate every group under ``out_root/<source root>``; returns the files written."""
+    written: list[pathlib.Path] = []
+    for folder, source_root in GROUPS.items():
+        written += _generate(folder, out_root / source_root)
+    return written
+
+
+def _generate(folder: str, out_dir: pathlib.Path) -> list[pathlib.Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    protos = sorted(PROTO_DIR.glob(f"{folder}/*.proto"))
     include = pathlib.Path(protoc.__file__).parent / "_proto"
     args = [
         "protoc",
@@ -29,10 +45,10 @@ def generate(out_dir: pathlib.Path) -> list[pathlib.Path]:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    return sorted((out_dir / "jaxinit" / "v1").glob("*_pb2*"))
+    return sorted((out_dir / folder).glob("*_pb2*"))
 
 
 if __name__ == "__main__":
-    out = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "client"
+    out = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT
     for path in generate(out):
         print(path)

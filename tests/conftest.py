@@ -11,6 +11,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 from helpers import ServerProcess, running_server  # noqa: E402
 
+# Scripts run by other virtual environments (tritonclient's), not by this one.
+collect_ignore = ["external"]
+
 # JAX warns when a test asks a dtype it truncates; the assertions say what matters.
 warnings.filterwarnings("ignore", category=UserWarning, module="jax")
 

@@ -21,8 +21,12 @@ from jaxinit._errors import Unauthenticated
 __all__ = ["OPEN_GRPC_PREFIXES", "OPEN_HTTP_PATHS", "KeyRing", "bearer"]
 
 # Health stays open: orchestrators probe without credentials.
-OPEN_HTTP_PATHS = frozenset({"/healthz", "/readyz"})
-OPEN_GRPC_PREFIXES = ("/grpc.health.v1.Health/",)
+OPEN_HTTP_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
+OPEN_GRPC_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/inference.GRPCInferenceService/ServerLive",
+    "/inference.GRPCInferenceService/ServerReady",
+)
 _RELOAD_EVERY = 1.0  # seconds between looks at the key file
 
 

@@ -140,8 +140,8 @@ class InitializersServicer(pb_grpc.InitializersServicer):
             async for message in frames(tensor, request.request_id, self._chunk, call):
                 yield message
         except Exception as exc:
-            error = _domain(exc)
-            await _abort(context, error)
+            error = domain_error(exc)
+            await abort(context, error)
         except BaseException as exc:  # the caller went away
             error = exc
             raise
@@ -172,7 +172,7 @@ class InitializersServicer(pb_grpc.InitializersServicer):
                 try:
                     tensor = await future
                 except Exception as exc:
-                    call.close(error := _domain(exc))
+                    call.close(error := domain_error(exc))
                     yield error_to_proto(error, request_id)
                     continue
                 try:
@@ -214,8 +214,8 @@ class InitializersServicer(pb_grpc.InitializersServicer):
                 async for message in frames(tensor, name, self._chunk, call):
                     yield message
         except Exception as exc:
-            error = _domain(exc)
-            await _abort(context, error)
+            error = domain_error(exc)
+            await abort(context, error)
         except BaseException as exc:
             error = exc
             raise
@@ -248,14 +248,16 @@ async def _request_id(context: grpc.aio.ServicerContext) -> str:
     return request_id
 
 
-def _domain(exc: BaseException) -> JaxinitError:
+def domain_error(exc: BaseException) -> JaxinitError:
+    """``exc`` as a domain error; anything unexpected is logged and becomes InternalError."""
     if isinstance(exc, JaxinitError):
         return exc
     log.error("internal error", exc_info=exc)
     return InternalError("internal server error")
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: JaxinitError) -> None:
+async def abort(context: grpc.aio.ServicerContext, error: JaxinitError) -> None:
+    """End the call with ``error``'s status (from the one error table) and its type."""
     context.set_trailing_metadata(((ERROR_TYPE_KEY, type(error).__name__),))
     await context.abort(grpc.StatusCode[mapping_for(error).grpc_code], error.message)
 
@@ -282,10 +284,10 @@ def _refusal(handler: Any, error: JaxinitError) -> Any:
     """A handler of the same kind as ``handler`` that only fails with ``error``."""
 
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await _abort(context, error)
+        await abort(context, error)
 
     async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        await _abort(context, error)
+        await abort(context, error)
         yield  # pragma: no cover - makes this an async generator
 
     codecs = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
@@ -308,11 +310,16 @@ def create_grpc_server(
     """
     interceptors = [_AuthInterceptor(keyring)] if keyring is not None and keyring.enabled else []
     server = grpc.aio.server(interceptors=interceptors)
-    pb_grpc.add_InitializersServicer_to_server(InitializersServicer(service, telemetry or Telemetry()), server)
+    from jaxinit_server.kserve import grpc_service as kserve  # it imports this module's helpers
+
+    telemetry = telemetry or Telemetry()
+    pb_grpc.add_InitializersServicer_to_server(InitializersServicer(service, telemetry), server)
+    kserve.add_to_server(server, service, telemetry)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        (SERVICE_NAME, kserve.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME),
         server,
     )
     bound = server.add_insecure_port(f"{host}:{port}")

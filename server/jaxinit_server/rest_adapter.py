@@ -21,6 +21,7 @@ from jaxinit._errors import InternalError, InvalidArgument, JaxinitError, NotAcc
 from jaxinit._keys import Key
 from jaxinit_server.auth import OPEN_HTTP_PATHS, KeyRing, bearer
 from jaxinit_server.core import GenerateParams, ModelParams, Resolved, ResolvedModel, Service, Tensor
+from jaxinit_server.kserve import rest as kserve_rest
 from jaxinit_server.telemetry import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from jaxinit_server.telemetry import Call, Telemetry
 
@@ -200,6 +201,8 @@ def create_app(
     async def readyz() -> JSONResponse:
         ready = service.ready
         return JSONResponse({"status": "ready" if ready else "not ready"}, status_code=200 if ready else 503)
+
+    kserve_rest.add_routes(app, service, telemetry)
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response,
              responses={200: {"content": {METRICS_CONTENT_TYPE: {}}}})

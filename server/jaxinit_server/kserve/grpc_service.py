@@ -1,0 +1,114 @@
+"""The KServe v2 gRPC service (``inference.GRPCInferenceService``): translation only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from jaxinit._catalog import CATALOG
+from jaxinit._codec import to_wire_bytes
+from jaxinit._errors import TooLarge
+from jaxinit_server.core import Service
+from jaxinit_server.grpc_adapter import abort, domain_error
+from jaxinit_server.kserve import grpc_predict_v2_pb2 as pb
+from jaxinit_server.kserve import grpc_predict_v2_pb2_grpc as pb_grpc
+from jaxinit_server.kserve.mapping import (
+    OUTPUT,
+    Input,
+    datatype_of,
+    input_from_bytes,
+    input_from_values,
+    model_metadata,
+    params_from_v2,
+)
+from jaxinit_server.telemetry import Telemetry
+
+__all__ = ["SERVICE_NAME", "InferenceServicer", "add_to_server"]
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+MAX_MESSAGE_BYTES = 2**31 - 2**20  # one protobuf message holds the whole tensor
+
+
+def _parameter(value: pb.InferParameter) -> Any:
+    kind = value.WhichOneof("parameter_choice")
+    return None if kind is None else getattr(value, kind)  # kind is one of the oneof's field names
+
+
+def _inputs(request: pb.ModelInferRequest) -> list[Input]:
+    raw = list(request.raw_input_contents)
+    out = []
+    for i, tensor in enumerate(request.inputs):
+        if raw:
+            data = raw[i] if i < len(raw) else b""
+            out.append(input_from_bytes(tensor.name, tensor.datatype, tuple(tensor.shape), data))
+        else:
+            c = tensor.contents
+            values = [*c.int64_contents, *c.int_contents, *c.uint_contents, *c.uint64_contents]
+            out.append(input_from_values(tensor.name, tensor.datatype, tuple(tensor.shape), values))
+    return out
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, service: Service, telemetry: Telemetry) -> None:
+        self._service = service
+        self._telemetry = telemetry
+
+    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._service.ready)
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> Any:
+        return pb.ModelReadyResponse(ready=self._service.ready and request.name in CATALOG)
+
+    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name="jaxinit", version=self._service.identity.jaxinit_version)
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            meta = model_metadata(request.name, self._service.identity.jax_version)
+        except Exception as exc:
+            await abort(context, domain_error(exc))
+        return pb.ModelMetadataResponse(
+            name=meta["name"], versions=meta["versions"], platform=meta["platform"],
+            inputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["inputs"]],
+            outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["outputs"]],
+        )
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:
+        call = self._telemetry.call("grpc", "ModelInfer", request.id or None)
+        error: BaseException | None = None
+        try:
+            parameters = {k: _parameter(v) for k, v in request.parameters.items()}
+            params = params_from_v2(request.model_name, _inputs(request), parameters)
+            resolved = self._service.prepare(params)
+            call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
+            datatype = datatype_of(resolved.out_dtype)
+            if resolved.nbytes > MAX_MESSAGE_BYTES:
+                raise TooLarge(
+                    f"{resolved.nbytes} bytes do not fit one gRPC message; ask for a range (offset/count "
+                    "parameters) or use jaxinit's streaming API"
+                )
+            tensor = await self._service.generate(resolved)
+            data = to_wire_bytes(await tensor.array()).tobytes()
+            call.timings = tensor.timings
+            call.sent(len(data))
+            return pb.ModelInferResponse(
+                model_name=request.model_name,
+                model_version=request.model_version,
+                id=request.id,
+                outputs=[pb.ModelInferResponse.InferOutputTensor(name=OUTPUT, datatype=datatype,
+                                                                  shape=tensor.sent_shape)],
+                raw_output_contents=[data],
+            )
+        except Exception as exc:
+            error = domain_error(exc)
+            await abort(context, error)
+        finally:
+            call.close(error)
+
+
+def add_to_server(server: grpc.aio.Server, service: Service, telemetry: Telemetry) -> None:
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service, telemetry), server)

@@ -1,0 +1,28 @@
+"""Run by the tritonclient virtual environment: prints, as JSON, the fields of the KServe v2
+messages and the methods of the service as tritonclient's own generated code defines them."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from tritonclient.grpc import service_pb2
+
+
+def fields(descriptor: object) -> dict:
+    out = {}
+    for field in descriptor.fields:
+        out[field.name] = [field.number, field.type, field.message_type.full_name if field.message_type else ""]
+    for nested in descriptor.nested_types:
+        if not nested.GetOptions().map_entry:
+            out[f"<{nested.name}>"] = fields(nested)
+    return out
+
+
+names = json.loads(sys.argv[1])
+service = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+print(json.dumps({
+    "messages": {name: fields(service_pb2.DESCRIPTOR.message_types_by_name[name]) for name in names["messages"]},
+    "methods": {m: [service.methods_by_name[m].input_type.full_name, service.methods_by_name[m].output_type.full_name]
+                for m in names["methods"]},
+}))

@@ -1,0 +1,62 @@
+"""Run by the tritonclient virtual environment (tritonclient pins protobuf < 7 and
+ml-dtypes <= 0.5.4, so it cannot share jaxinit's): fetches tensors from a jaxinit
+server with tritonclient over gRPC and HTTP and saves what it got.
+
+Usage: python triton_fetch.py GRPC_TARGET HTTP_HOSTPORT CASES_JSON OUT_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+
+def main() -> None:
+    grpc_target, http_target, cases_json, out_dir = sys.argv[1:5]
+    out = pathlib.Path(out_dir)
+    cases = json.loads(pathlib.Path(cases_json).read_text())
+    report = {}
+    for module, client in ((grpcclient, grpcclient.InferenceServerClient(grpc_target)),
+                           (httpclient, httpclient.InferenceServerClient(http_target))):
+        kind = "grpc" if module is grpcclient else "http"
+        report[kind] = {
+            "live": client.is_server_live(),
+            "ready": client.is_server_ready(),
+            "model_ready": client.is_model_ready("lecun_normal"),
+            "metadata_inputs": sorted(i["name"] if isinstance(i, dict) else i.name
+                                      for i in _inputs_of(client.get_model_metadata("lecun_normal"))),
+        }
+        for case in cases:
+            inputs = []
+            for name, datatype, values in case["inputs"]:
+                array = np.asarray(values, dtype={"INT64": np.int64, "UINT32": np.uint32}[datatype])
+                item = module.InferInput(name, list(array.shape), datatype)
+                item.set_data_from_numpy(array)
+                inputs.append(item)
+            try:
+                result = client.infer(case["model"], inputs, outputs=[module.InferRequestedOutput("output")],
+                                      parameters=case.get("parameters") or None)
+            except Exception as exc:  # the test checks which cases must fail, and how
+                report[kind][case["id"]] = {"error": str(exc)}
+                continue
+            array = result.as_numpy("output")
+            if str(array.dtype) == "bfloat16":  # ml_dtypes; .npy has no code for it: float32 is exact
+                array = array.astype(np.float32)
+            np.save(out / f"{kind}-{case['id']}.npy", array)
+            output = result.get_output("output")
+            datatype = output["datatype"] if isinstance(output, dict) else output.datatype
+            report[kind][case["id"]] = {"datatype": datatype}
+    (out / "report.json").write_text(json.dumps(report))
+
+
+def _inputs_of(metadata: object) -> list:
+    return metadata["inputs"] if isinstance(metadata, dict) else list(metadata.inputs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""KServe v2 on both transports: tritonclient, installed from PyPI in its own virtual
+environment, fetches weights bit-exact with local JAX; errors are the protocol's."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+from typing import Any
+
+import grpc
+import httpx
+import jax
+import ml_dtypes
+import numpy as np
+import pytest
+
+from jaxinit_server.kserve import grpc_predict_v2_pb2 as pb
+from jaxinit_server.kserve import grpc_predict_v2_pb2_grpc as pb_grpc
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TRITONCLIENT = "tritonclient[grpc,http]==2.73.0"
+VENV = ROOT / ".cache" / "tritonclient-2.73.0"
+
+CASES = [
+    {"id": "lecun", "model": "lecun_normal", "inputs": [["shape", "INT64", [784, 256]], ["seed", "INT64", [42]]]},
+    {"id": "vs_bf16", "model": "variance_scaling",
+     "inputs": [["shape", "INT64", [3, 3, 16, 32]], ["seed", "INT64", [-3]]],
+     "parameters": {"dtype": "BF16", "scale": 2.0, "mode": "fan_out", "distribution": "uniform"}},
+    {"id": "keydata", "model": "he_uniform",
+     "inputs": [["shape", "INT64", [64, 8]], ["key_data", "UINT32", [1, 2, 3, 4]], ["fold_in", "UINT32", [7]]],
+     "parameters": {"key_impl": "rbg", "in_axis": 0}},
+    {"id": "axes", "model": "variance_scaling", "inputs": [["shape", "INT64", [5, 4, 3]], ["seed", "INT64", [1]]],
+     "parameters": {"scale": 1.0, "mode": "fan_in", "distribution": "normal", "in_axis": "[0, 1]"}},
+    {"id": "unknown_model", "model": "lecun_normel", "inputs": [["shape", "INT64", [2]], ["seed", "INT64", [0]]]},
+    {"id": "bad_arg", "model": "normal", "inputs": [["shape", "INT64", [2]], ["seed", "INT64", [0]]],
+     "parameters": {"sigma": 1.0}},
+]
+
+
+def _want(case_id: str) -> np.ndarray:
+    init = jax.nn.initializers
+    if case_id == "lecun":
+        return np.asarray(init.lecun_normal()(jax.random.key(42), (784, 256)))
+    if case_id == "vs_bf16":
+        f = init.variance_scaling(2.0, "fan_out", "uniform")
+        return np.asarray(f(jax.random.key(-3), (3, 3, 16, 32), ml_dtypes.bfloat16)).astype(np.float32)
+    if case_id == "keydata":
+        key = jax.random.fold_in(jax.random.wrap_key_data(np.array([1, 2, 3, 4], np.uint32), impl="rbg"), 7)
+        return np.asarray(init.he_uniform(in_axis=0)(key, (64, 8)))
+    f = init.variance_scaling(1.0, "fan_in", "normal", in_axis=(0, 1))
+    return np.asarray(f(jax.random.key(1), (5, 4, 3)))
+
+
+@pytest.fixture(scope="session")
+def triton_python() -> pathlib.Path:
+    """A virtual environment with tritonclient (its pins clash with jaxinit's), made once."""
+    python = VENV / "bin" / "python"
+    marker = VENV / ".installed"
+    if not marker.exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True, timeout=300)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", TRITONCLIENT], check=True, timeout=900,
+                       env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+        marker.touch()
+    return python
+
+
+def test_tritonclient_fetches_bit_exact_weights(server: Any, triton_python: pathlib.Path,
+                                                tmp_path: pathlib.Path) -> None:
+    cases = tmp_path / "cases.json"
+    cases.write_text(json.dumps(CASES))
+    http_hostport = server.http_url.removeprefix("http://")
+    result = subprocess.run(
+        [str(triton_python), str(ROOT / "tests" / "external" / "triton_fetch.py"), server.grpc_target,
+         http_hostport, str(cases), str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    for transport in ("grpc", "http"):
+        got = report[transport]
+        assert got["live"] and got["ready"] and got["model_ready"]
+        assert got["metadata_inputs"] == ["fold_in", "key_data", "seed", "shape"]
+        for case_id in ("lecun", "vs_bf16", "keydata", "axes"):
+            want = _want(case_id)
+            array = np.load(tmp_path / f"{transport}-{case_id}.npy")
+            assert array.dtype == want.dtype and array.shape == want.shape, (transport, case_id)
+            assert array.tobytes() == want.tobytes(), (transport, case_id)
+        assert got["lecun"]["datatype"] == "FP32" and got["vs_bf16"]["datatype"] == "BF16"
+        assert "unknown model" in got["unknown_model"]["error"]
+        assert "unexpected argument" in got["bad_arg"]["error"]
+
+
+def test_v2_http_forms_and_errors(server: Any) -> None:
+    base = f"{server.http_url}/v2"
+    assert httpx.get(base).json()["name"] == "jaxinit"
+    assert httpx.get(f"{base}/health/live").status_code == 200
+    assert httpx.get(f"{base}/models/zeros/ready").status_code == 200
+    assert httpx.get(f"{base}/models/nope/ready").status_code == 404
+    meta = httpx.get(f"{base}/models/nope")
+    assert meta.status_code == 404 and "unknown model" in meta.json()["error"]
+    # Pure JSON in and out (no binary extension).
+    body = {"inputs": [{"name": "shape", "datatype": "INT64", "shape": [2], "data": [2, 3]},
+                       {"name": "seed", "datatype": "INT64", "shape": [1], "data": [0]}], "id": "r1"}
+    answer = httpx.post(f"{base}/models/lecun_normal/infer", json=body).json()
+    assert answer["id"] == "r1" and answer["outputs"][0]["shape"] == [2, 3]
+    want = np.asarray(jax.nn.initializers.lecun_normal()(jax.random.key(0), (2, 3)))
+    assert np.asarray(answer["outputs"][0]["data"], np.float32).tobytes() == want.tobytes()
+    for bad, status, message in [
+        ({"inputs": []}, 400, "'shape' is required"),
+        ({"inputs": [{"name": "shape", "datatype": "FP32", "shape": [1], "data": [2]}]}, 400, "must be INT64 or INT32"),
+        ({"inputs": [{"name": "colour", "datatype": "INT64", "shape": [1], "data": [2]}]}, 400, "unknown input"),
+        ({"inputs": body["inputs"], "parameters": {"dtype": "complex64"}}, 400, "no datatype for complex64"),
+        ({"inputs": [{"name": "shape", "datatype": "INT64", "shape": [2], "data": [2**20, 2**20]}]}, 413, "limit"),
+    ]:
+        response = httpx.post(f"{base}/models/zeros/infer", json=bad)
+        assert response.status_code == status, response.text
+        assert set(response.json()) == {"error"} and message in response.json()["error"]
+    broken = httpx.post(f"{base}/models/zeros/infer", content=b"{not json",
+                        headers={"Content-Type": "application/json"})
+    assert broken.status_code == 400 and "invalid inference request" in broken.json()["error"]
+
+
+def test_v2_grpc_errors(server: Any) -> None:
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        assert stub.ServerLive(pb.ServerLiveRequest()).live
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(pb.ModelInferRequest(model_name="zeros"))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        request = pb.ModelInferRequest(model_name="ones")
+        request.inputs.add(name="shape", datatype="INT64", shape=[2]).contents.int64_contents.extend([2, 2])
+        reply = stub.ModelInfer(request)
+        assert reply.outputs[0].datatype == "FP32" and reply.raw_output_contents[0] == np.ones(4, np.float32).tobytes()
+
+
+def _fields(descriptor: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for field in descriptor.fields:
+        out[field.name] = [field.number, field.type, field.message_type.full_name if field.message_type else ""]
+    for nested in descriptor.nested_types:
+        if not nested.GetOptions().map_entry:
+            out[f"<{nested.name}>"] = _fields(nested)
+    return out
+
+
+def test_proto_matches_tritonclient(triton_python: pathlib.Path) -> None:
+    """Every message and method jaxinit serves is field for field what tritonclient sends."""
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    names = {"messages": sorted(pb.DESCRIPTOR.message_types_by_name), "methods": sorted(service.methods_by_name)}
+    result = subprocess.run(
+        [str(triton_python), str(ROOT / "tests" / "external" / "triton_descriptors.py"), json.dumps(names)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    theirs = json.loads(result.stdout)
+    ours = {
+        "messages": {name: _fields(pb.DESCRIPTOR.message_types_by_name[name]) for name in names["messages"]},
+        "methods": {
+            m: [service.methods_by_name[m].input_type.full_name, service.methods_by_name[m].output_type.full_name]
+            for m in names["methods"]
+        },
+    }
+    assert ours == theirs
