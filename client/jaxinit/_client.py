@@ -142,7 +142,10 @@ def _open_transport(
     if parts.scheme == "grpc":
         if transport is not None:
             raise InvalidArgument("transport= is for http:// URLs; give a gRPC channel as channel=")
-        from jaxinit import _grpc  # imported only when used: gRPC stays optional at import
+        try:
+            from jaxinit import _grpc  # imported only when used: gRPC is an extra
+        except ImportError as exc:
+            raise ImportError(f"grpc:// URLs need grpcio and protobuf: pip install 'jaxinit[grpc]' ({exc})") from exc
 
         if asynchronous:
             return _grpc.AsyncGrpcTransport(parts.netloc, timeout=timeout, channel=channel, token=token)

@@ -11,12 +11,17 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import ml_dtypes
 import numpy as np
+
+try:
+    import ml_dtypes
+except ImportError:  # a thin client install: numpy's own types only
+    ml_dtypes = None  # type: ignore[assignment]
 
 __all__ = [
     "DTYPES",
     "DTYPE_NAMES",
+    "ITEMSIZE",
     "SIXTY_FOUR_BIT",
     "array_from_buffer",
     "dtype_name",
@@ -25,35 +30,28 @@ __all__ = [
     "to_wire_bytes",
 ]
 
-# Name -> numpy dtype. Every dtype JAX can hand to numpy whole bytes of. Sub-byte
-# types (int4, float4_e2m1fn, ...) are left out: numpy stores them one per byte
-# and no wire format for them is settled.
-DTYPES: dict[str, np.dtype[Any]] = {
-    "float32": np.dtype(np.float32),
-    "float16": np.dtype(np.float16),
-    "bfloat16": np.dtype(ml_dtypes.bfloat16),
-    "float64": np.dtype(np.float64),
-    "complex64": np.dtype(np.complex64),
-    "complex128": np.dtype(np.complex128),
-    "float8_e4m3fn": np.dtype(ml_dtypes.float8_e4m3fn),
-    "float8_e5m2": np.dtype(ml_dtypes.float8_e5m2),
-    "float8_e4m3fnuz": np.dtype(ml_dtypes.float8_e4m3fnuz),
-    "float8_e5m2fnuz": np.dtype(ml_dtypes.float8_e5m2fnuz),
-    "float8_e4m3b11fnuz": np.dtype(ml_dtypes.float8_e4m3b11fnuz),
-    "float8_e3m4": np.dtype(ml_dtypes.float8_e3m4),
-    "float8_e4m3": np.dtype(ml_dtypes.float8_e4m3),
-    "float8_e8m0fnu": np.dtype(ml_dtypes.float8_e8m0fnu),
-    "int8": np.dtype(np.int8),
-    "int16": np.dtype(np.int16),
-    "int32": np.dtype(np.int32),
-    "int64": np.dtype(np.int64),
-    "uint8": np.dtype(np.uint8),
-    "uint16": np.dtype(np.uint16),
-    "uint32": np.dtype(np.uint32),
-    "uint64": np.dtype(np.uint64),
-    "bool": np.dtype(np.bool_),
+# Every dtype JAX can hand to numpy whole bytes of, by name, with its size. Sub-byte
+# types (int4, float4_e2m1fn, ...) are left out: numpy stores them one per byte and no
+# wire format for them is settled. bfloat16 and the float8 types are numpy types only
+# through ml_dtypes, an extra of the client (the server always has it, through JAX).
+ITEMSIZE: dict[str, int] = {
+    "float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "complex64": 8, "complex128": 16,
+    "float8_e4m3fn": 1, "float8_e5m2": 1, "float8_e4m3fnuz": 1, "float8_e5m2fnuz": 1,
+    "float8_e4m3b11fnuz": 1, "float8_e3m4": 1, "float8_e4m3": 1, "float8_e8m0fnu": 1,
+    "int8": 1, "int16": 2, "int32": 4, "int64": 8, "uint8": 1, "uint16": 2, "uint32": 4, "uint64": 8,
+    "bool": 1,
 }
-DTYPE_NAMES: tuple[str, ...] = tuple(DTYPES)
+DTYPE_NAMES: tuple[str, ...] = tuple(ITEMSIZE)
+ML_DTYPES_NAMES: frozenset[str] = frozenset(
+    name for name in DTYPE_NAMES if name == "bfloat16" or name.startswith("float8")
+)
+# Name -> numpy dtype, for the names this install can represent.
+DTYPES: dict[str, np.dtype[Any]] = {
+    name: np.dtype(name) for name in DTYPE_NAMES if name not in ML_DTYPES_NAMES
+}
+if ml_dtypes is not None:
+    DTYPES.update({name: np.dtype(getattr(ml_dtypes, name)) for name in sorted(ML_DTYPES_NAMES)})
+DTYPES = {name: DTYPES[name] for name in DTYPE_NAMES if name in DTYPES}  # in the table's order
 # JAX produces these only with jax_enable_x64; without it it silently truncates.
 SIXTY_FOUR_BIT: frozenset[str] = frozenset({"float64", "complex128", "int64", "uint64"})
 
@@ -73,7 +71,7 @@ def dtype_name(dtype: Any) -> str:
 
     if isinstance(dtype, str):
         name = _ALIASES.get(dtype, dtype)
-        if name in DTYPES:
+        if name in ITEMSIZE:
             return name
         raise UnknownDtype(f"unknown dtype {dtype!r}; known dtypes: {', '.join(DTYPE_NAMES)}")
     try:
@@ -89,13 +87,21 @@ def dtype_name(dtype: Any) -> str:
 
 
 def numpy_dtype(name: str) -> np.dtype[Any]:
-    """The numpy dtype for a jaxinit dtype name (see :func:`dtype_name`)."""
-    return DTYPES[dtype_name(name)]
+    """The numpy dtype for a jaxinit dtype name (see :func:`dtype_name`).
+
+    Raises:
+        ImportError: a bfloat16/float8 name where ml_dtypes is not installed.
+    """
+    name = dtype_name(name)
+    np_dtype = DTYPES.get(name)
+    if np_dtype is None:
+        raise ImportError(f"{name} arrays need ml_dtypes: pip install 'jaxinit[ml_dtypes]'")
+    return np_dtype
 
 
 def num_bytes(shape: Sequence[int], dtype: str) -> int:
     """Size in bytes of a tensor of ``shape`` and ``dtype``."""
-    return math.prod(shape) * DTYPES[dtype].itemsize
+    return math.prod(shape) * ITEMSIZE[dtype]
 
 
 def to_wire_bytes(array: np.ndarray) -> memoryview:
@@ -110,7 +116,7 @@ def array_from_buffer(
     buffer: bytes | bytearray | memoryview | np.ndarray, shape: Sequence[int], dtype: str
 ) -> np.ndarray:
     """An array over wire bytes (no copy), in the machine's native byte order."""
-    np_dtype = DTYPES[dtype_name(dtype)]
+    np_dtype = numpy_dtype(dtype)
     if sys.byteorder == "little":
         return np.frombuffer(buffer, dtype=np_dtype).reshape(tuple(shape))
     return np.frombuffer(buffer, dtype=np_dtype.newbyteorder("<")).reshape(tuple(shape)).astype(np_dtype)

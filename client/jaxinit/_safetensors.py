@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxinit._codec import DTYPES, array_from_buffer, dtype_name
+from jaxinit._codec import ITEMSIZE, array_from_buffer, dtype_name
 from jaxinit._errors import InvalidArgument, ProtocolError
 
 __all__ = ["ST_DTYPES", "dumps", "header", "loads", "st_dtype"]
@@ -72,7 +72,7 @@ def header(entries: Sequence[tuple[str, str, Sequence[int]]], metadata: Mapping[
         doc["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     offset = 0
     for name, dtype, shape in entries:
-        size = math.prod(shape) * DTYPES[dtype_name(dtype)].itemsize
+        size = math.prod(shape) * ITEMSIZE[dtype_name(dtype)]
         doc[name] = {"dtype": st_dtype(dtype), "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
     text = json.dumps(doc, separators=(",", ":")).encode()
@@ -114,7 +114,7 @@ def loads(data: bytes | memoryview) -> tuple[dict[str, np.ndarray], dict[str, st
         if dtype is None:
             raise ProtocolError(f"safetensors dtype {info['dtype']} of {name!r} is not one jaxinit reads")
         shape = tuple(info["shape"])
-        if start != expected or stop - start != math.prod(shape) * DTYPES[dtype].itemsize or stop > len(body):
+        if start != expected or stop - start != math.prod(shape) * ITEMSIZE[dtype] or stop > len(body):
             raise ProtocolError(f"safetensors entry {name!r} has inconsistent data_offsets {info['data_offsets']}")
         tensors[name] = array_from_buffer(body[start:stop], shape, dtype)
         expected = stop

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from jaxinit._catalog import bind_arguments, lookup
-from jaxinit._codec import DTYPES, array_from_buffer, dtype_name, num_bytes
+from jaxinit._codec import ITEMSIZE, array_from_buffer, dtype_name, num_bytes, numpy_dtype
 from jaxinit._errors import IntegrityError, InvalidArgument, ProtocolError
 from jaxinit._keys import as_key
 
@@ -128,8 +128,9 @@ class Assembler:
         count: int | None = None,
         on_progress: Progress | None = None,
     ) -> None:
-        if dtype not in DTYPES:
+        if dtype not in ITEMSIZE:
             raise ProtocolError(f"server sent unknown dtype {dtype!r}")
+        numpy_dtype(dtype)  # before any byte is read: bfloat16 and float8 need ml_dtypes
         self.tensor_shape = tuple(int(d) for d in shape)
         elements = math.prod(self.tensor_shape)
         count = elements - offset if count is None else count
