@@ -248,7 +248,7 @@ class _BaseClient:
         try:
             from tqdm.auto import tqdm
         except ImportError:
-            raise InvalidArgument("progress bars need tqdm: pip install 'jaxinit[progress]'") from None
+            raise ImportError("progress bars need tqdm: pip install 'jaxinit[progress]'") from None
         bar = tqdm(total=0, desc=what, unit="B", unit_scale=True, unit_divisor=1024, leave=False)
         lock = threading.Lock()
 

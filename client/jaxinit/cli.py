@@ -118,6 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except JaxinitError as exc:
         print(f"jaxinit: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    except ImportError as exc:  # an extra this call needs is not installed; the message names it
+        print(f"jaxinit: error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"jaxinit: error: {exc}", file=sys.stderr)
         return 1
