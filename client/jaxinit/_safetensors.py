@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxinit._codec import ITEMSIZE, array_from_buffer, dtype_name
+from jaxinit._codec import ITEMSIZE, array_from_buffer, dtype_name, to_wire_bytes
 from jaxinit._errors import InvalidArgument, ProtocolError
 
 __all__ = ["ST_DTYPES", "dumps", "header", "loads", "st_dtype"]
@@ -84,7 +84,7 @@ def dumps(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None 
     """A whole safetensors file in memory."""
     entries = [(name, dtype_name(a.dtype), a.shape) for name, a in tensors.items()]
     parts = [header(entries, metadata)]
-    parts += [np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<")).tobytes() for a in tensors.values()]
+    parts += [to_wire_bytes(a).tobytes() for a in tensors.values()]
     return b"".join(parts)
 
 

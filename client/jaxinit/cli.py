@@ -24,6 +24,7 @@ import numpy as np
 
 from jaxinit._catalog import CATALOG, args_from_text
 from jaxinit._client import Client, write_arrays
+from jaxinit._codec import to_wire_bytes
 from jaxinit._errors import InvalidArgument, JaxinitError, UnknownInitializer
 from jaxinit._keys import Key
 
@@ -182,7 +183,7 @@ def _get(client: Client, ns: argparse.Namespace) -> None:
             np.save(buffer, array)
             data = buffer.getvalue()
         else:
-            data = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()
+            data = to_wire_bytes(array).tobytes()
         with open(ns.output, "wb") as file:
             file.write(data)
     print(f"wrote {ns.output}: {ns.name} {array.dtype}{list(array.shape)}, {array.nbytes} bytes; "

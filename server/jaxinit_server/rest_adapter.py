@@ -269,45 +269,39 @@ def create_app(
         x_request_id: Annotated[str | None, Header()] = None,
     ) -> Response:
         call = telemetry.call("http", "generate_get", x_request_id)
-        return await _observed(call, _generate_get(
-            request, initializer, shape, dtype, seed, key_data, key_impl, key_fold_in, threefry_partitionable,
-            enable_x64, offset, count, accept, if_none_match, call,
-        ))
 
-    async def _generate_get(
-        request: Request, initializer: str, shape: str, dtype: str | None, seed: int | None, key_data: str | None,
-        key_impl: str | None, key_fold_in: str | None, threefry_partitionable: bool | None, enable_x64: bool | None,
-        offset: int | None, count: int | None, accept: str | None, if_none_match: str | None, call: Call,
-    ) -> Response:
-        media = negotiate(accept)
-        key = None
-        if seed is not None or key_data is not None:
-            words = _int_list("key_data", key_data) if key_data is not None else None
-            folds = tuple(_int_list("key_fold_in", key_fold_in)) if key_fold_in else ()
-            key = Key(
-                seed=seed, data=None if words is None else tuple(words), impl=key_impl or "threefry2x32",
-                fold_in=folds,
+        async def answer() -> Response:
+            media = negotiate(accept)
+            key = None
+            if seed is not None or key_data is not None:
+                words = _int_list("key_data", key_data) if key_data is not None else None
+                folds = tuple(_int_list("key_fold_in", key_fold_in)) if key_fold_in else ()
+                key = Key(
+                    seed=seed, data=None if words is None else tuple(words), impl=key_impl or "threefry2x32",
+                    fold_in=folds,
+                )
+            text_args = {k: v for k, v in request.query_params.items() if k not in RESERVED}
+            resolved = service.prepare(
+                GenerateParams(
+                    initializer=initializer,
+                    shape=_int_list("shape", shape),
+                    args=args_from_text(text_args),
+                    dtype=dtype,
+                    key=key,
+                    threefry_partitionable=threefry_partitionable,
+                    enable_x64=enable_x64,
+                    offset=offset,
+                    count=count,
+                )
             )
-        text_args = {k: v for k, v in request.query_params.items() if k not in RESERVED}
-        resolved = service.prepare(
-            GenerateParams(
-                initializer=initializer,
-                shape=_int_list("shape", shape),
-                args=args_from_text(text_args),
-                dtype=dtype,
-                key=key,
-                threefry_partitionable=threefry_partitionable,
-                enable_x64=enable_x64,
-                offset=offset,
-                count=count,
-            )
-        )
-        etag = service.etag(resolved)
-        headers = {"ETag": etag, "Cache-Control": IMMUTABLE, "Vary": "Accept"}
-        if if_none_match and (if_none_match.strip() == "*" or etag in _etags(if_none_match)):
-            call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
-            return Response(status_code=304, headers=headers)
-        return await _respond(service, resolved, media, headers, call)
+            etag = service.etag(resolved)
+            headers = {"ETag": etag, "Cache-Control": IMMUTABLE, "Vary": "Accept"}
+            if if_none_match and (if_none_match.strip() == "*" or etag in _etags(if_none_match)):
+                call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
+                return Response(status_code=304, headers=headers)
+            return await _respond(service, resolved, media, headers, call)
+
+        return await _observed(call, answer())
 
     @app.post(
         "/v1/models/init",

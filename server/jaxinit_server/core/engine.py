@@ -12,7 +12,7 @@ produced in chunks that replay the same eager sequence (see :mod:`chunked`).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -101,13 +101,7 @@ def check(resolved: Resolved) -> None:
     """
     try:
         with _config(resolved):
-            key = _make_key(resolved.key)[0]
-            init = build(resolved.spec, resolved.args)
-            shape, dtype = resolved.shape, resolved.dtype
-            if dtype is None:
-                jax.eval_shape(lambda k: init(k, shape), key)
-            else:
-                jax.eval_shape(lambda k: init(k, shape, DTYPES[dtype]), key)
+            jax.eval_shape(_call(resolved), _make_key(resolved.key)[0])
     except Exception as exc:
         raise JaxError(str(exc)) from exc
 
@@ -122,12 +116,7 @@ def run(resolved: Resolved) -> tuple[np.ndarray, tuple[int, ...]]:
     try:
         with _config(resolved):
             key, key_data = _make_key(resolved.key)
-            init = build(resolved.spec, resolved.args)
-            if resolved.dtype is None:  # the factory's dtype default applies, as in JAX
-                out = init(key, resolved.shape)
-            else:
-                out = init(key, resolved.shape, DTYPES[resolved.dtype])
-            array = np.asarray(out)
+            array = np.asarray(_call(resolved)(key))
     except Exception as exc:
         # The request was validated, so what JAX raises here is JAX refusing this
         # request (1-D fans, unsupported dtypes, bad axes: ValueError, TypeError,
@@ -144,6 +133,15 @@ def run(resolved: Resolved) -> tuple[np.ndarray, tuple[int, ...]]:
             f"{resolved.out_dtype}{list(resolved.shape)}"
         )
     return array, key_data
+
+
+def _call(resolved: Resolved) -> Callable[[Any], Any]:
+    """``key -> init(key, shape[, dtype])`` for ``resolved``, as a user's process calls it."""
+    init = build(resolved.spec, resolved.args)
+    shape, dtype = resolved.shape, resolved.dtype
+    if dtype is None:  # the factory's dtype default applies, as in JAX
+        return lambda key: init(key, shape)
+    return lambda key: init(key, shape, DTYPES[dtype])
 
 
 def _make_key(key: Key | None) -> tuple[Any, tuple[int, ...]]:

@@ -76,9 +76,6 @@ def resolve_model(params: ModelParams, limits: Limits, defaults: PrngDefaults) -
     """
     if params.key is None:
         raise InvalidArgument("a model needs a root key: give a seed or key data")
-    for name in ("mode", "layout"):
-        if not isinstance(getattr(params, name), str):
-            raise InvalidArgument(f"{name} must be a string, got {getattr(params, name)!r}")
     expanded = expand(
         params.model, mode=params.mode, fix_rng_separator=params.fix_rng_separator, param_dtype=params.param_dtype
     )

@@ -45,10 +45,6 @@ class Tensor:
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
-    def name(self) -> str:
-        return self.output.name if self.output else self.resolved.request_id
-
-    @property
     def shape(self) -> tuple[int, ...]:
         return self.output.shape if self.output else self.resolved.shape
 
