@@ -158,14 +158,20 @@ class GrpcTransport:
         collector = _Collector(self.on_progress)
         try:
             message = request_to_proto(request)
+            # Read to the end of the call, past the last byte: its status is part of the answer,
+            # and a call left open is a cancelled call on the server.
+            tensor: Tensor | None = None
             for chunk in self._stub.Generate(message, timeout=self._timeout, metadata=self._metadata):
+                if tensor is not None:
+                    raise ProtocolError("the server sent more after the tensor was complete")
                 result = collector.feed(chunk)
                 if isinstance(result, JaxinitError):
                     raise result
-                if result is not None:
-                    return result
+                tensor = result
         except grpc.RpcError as exc:
             raise translate(exc, self.target) from exc
+        if tensor is not None:
+            return tensor
         collector.close()
         raise ProtocolError("stream ended without a tensor")
 
@@ -211,14 +217,20 @@ class AsyncGrpcTransport:
         collector = _Collector(self.on_progress)
         try:
             message = request_to_proto(request)
+            # Read to the end of the call, past the last byte: its status is part of the answer,
+            # and a call left open is a cancelled call on the server.
+            tensor: Tensor | None = None
             async for chunk in self._stub.Generate(message, timeout=self._timeout, metadata=self._metadata):
+                if tensor is not None:
+                    raise ProtocolError("the server sent more after the tensor was complete")
                 result = collector.feed(chunk)
                 if isinstance(result, JaxinitError):
                     raise result
-                if result is not None:
-                    return result
+                tensor = result
         except grpc.RpcError as exc:
             raise translate(exc, self.target) from exc
+        if tensor is not None:
+            return tensor
         collector.close()
         raise ProtocolError("stream ended without a tensor")
 

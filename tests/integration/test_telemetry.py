@@ -111,3 +111,4 @@ def test_request_id_echoed_and_logged(logged_server: ServerProcess) -> None:
     assert http_line["initializer"] == "normal" and http_line["shape"] == [3] and http_line["status"] == "OK"
     assert http_line["bytes"] == 12 and http_line["transport"] == "http" and http_line["duration_ms"] > 0
     assert grpc_line["initializer"] == "ones" and grpc_line["transport"] == "grpc" and grpc_line["dtype"] == "float32"
+
