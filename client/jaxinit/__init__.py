@@ -14,6 +14,7 @@ from jaxinit._codec import DTYPE_NAMES
 from jaxinit._errors import (
     IntegrityError,
     InternalError,
+    Interrupted,
     InvalidArgument,
     JaxError,
     JaxinitError,
@@ -40,6 +41,7 @@ __all__ = [
     "Initializer",
     "IntegrityError",
     "InternalError",
+    "Interrupted",
     "InvalidArgument",
     "JaxError",
     "JaxinitError",

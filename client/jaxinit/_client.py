@@ -19,7 +19,9 @@ import json
 import math
 import numbers
 import os
+import random
 import threading
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -29,7 +31,7 @@ import numpy as np
 
 from jaxinit import _safetensors as safetensors
 from jaxinit._catalog import CATALOG, InitializerSpec, bind_arguments
-from jaxinit._errors import InvalidArgument, JaxinitError, ProtocolError
+from jaxinit._errors import Interrupted, InvalidArgument, JaxinitError, ProtocolError, ServerUnavailable
 from jaxinit._keys import Key, as_key
 from jaxinit._models import Output, expand, file_metadata, model_canonical, nest, outputs
 from jaxinit._types import Provenance, Request, Tensor
@@ -112,15 +114,24 @@ def _without_range(provenance: Provenance) -> Provenance:
     return dataclasses.replace(provenance, canonical_request=canonical, request_digest=digest)
 
 
+def _span(request: Request) -> tuple[int, int]:
+    """The flat elements ``request`` asks for: (first, end)."""
+    total = math.prod(request.shape)
+    start = request.offset or 0
+    return start, (total if request.count is None else start + request.count)
+
+
 def join(request: Request, pieces: list[Tensor]) -> Tensor:
-    """The whole tensor from its ranges: one buffer, each range copied in once.
+    """``request``'s answer from pieces that cover it (ranges fetched in parallel, or what
+    arrived before a stream broke and the rest): one buffer, each piece copied in once.
 
     Raises:
-        ProtocolError: the ranges do not come from one tensor on one JAX and backend
+        ProtocolError: the pieces do not come from one tensor on one JAX and backend
             (replicas with different versions, say), or do not cover it.
     """
     whole = _without_range(pieces[0].provenance)
-    array = np.empty(math.prod(request.shape), dtype=pieces[0].array.dtype)
+    start, end = _span(request)
+    array = np.empty(end - start, dtype=pieces[0].array.dtype)
     covered = 0
     for piece in pieces:
         if _without_range(piece.provenance) != whole or piece.array.dtype != array.dtype:
@@ -128,11 +139,58 @@ def join(request: Request, pieces: list[Tensor]) -> Tensor:
                 "ranges of one tensor came back from different requests or servers: "
                 f"{piece.provenance} vs {whole}"
             )
-        array[piece.offset : piece.offset + piece.array.size] = piece.array
+        if piece.offset < start or piece.offset + piece.array.size > end:
+            raise ProtocolError(f"a range at {piece.offset} (+{piece.array.size}) is outside [{start}, {end})")
+        array[piece.offset - start : piece.offset - start + piece.array.size] = piece.array.reshape(-1)
         covered += piece.array.size
     if covered != array.size:
         raise ProtocolError(f"ranges cover {covered} of {array.size} elements")
-    return Tensor(array.reshape(request.shape), whole, request.request_id, 0, tuple(request.shape))
+    if request.offset is None and request.count is None:
+        return Tensor(array.reshape(request.shape), whole, request.request_id, 0, tuple(request.shape))
+    return Tensor(array, pieces[0].provenance, request.request_id, start, tuple(request.shape))
+
+
+class _Resumption:
+    """What a fetch has so far, and what to ask for next, across retries.
+
+    A failure the server did not decide (it could not be reached, or a stream broke) is
+    retried, with backoff; a broken stream keeps the whole elements that arrived and asks
+    for the rest only, as a range. Every piece must come from the same JAX and backend,
+    or :func:`join` refuses them: bytes from two versions are never stitched together.
+    """
+
+    def __init__(self, request: Request, retries: int, backoff: float) -> None:
+        self.request = request
+        self.retries = retries
+        self.backoff = backoff
+        self.pieces: list[Tensor] = []
+        self.failures = 0
+        self._start, self._end = _span(request)
+        self._next = self._start
+
+    def next_request(self) -> Request:
+        if not self.pieces:
+            return self.request
+        return dataclasses.replace(self.request, offset=self._next, count=self._end - self._next)
+
+    def _keep(self, piece: Tensor) -> None:
+        self.pieces.append(piece)
+        self._next = piece.offset + piece.array.size
+
+    def done(self, piece: Tensor) -> Tensor:
+        if not self.pieces:
+            return piece
+        self._keep(piece)
+        return join(self.request, self.pieces)
+
+    def failed(self, error: ServerUnavailable) -> float:
+        """Seconds to wait before the next try; re-raises ``error`` when out of tries."""
+        if isinstance(error, Interrupted) and error.partial is not None:
+            self._keep(error.partial)
+        self.failures += 1
+        if self.failures > self.retries:
+            raise error
+        return self.backoff * 2 ** (self.failures - 1) * (0.5 + random.random())
 
 
 def _open_transport(
@@ -174,11 +232,17 @@ class _BaseClient:
         parallel: int = 1,
         progress: bool = False,
         token: str | None = None,
+        retries: int = 3,
+        retry_backoff: float = 0.2,
         channel: Any = None,
         transport: Any = None,
     ) -> None:
         if not isinstance(parallel, int) or parallel < 1:
             raise InvalidArgument(f"parallel must be an int >= 1, got {parallel!r}")
+        if not isinstance(retries, int) or retries < 0:
+            raise InvalidArgument(f"retries must be an int >= 0, got {retries!r}")
+        self.retries = retries
+        self.retry_backoff = retry_backoff
         self.url = url
         self.parallel = parallel
         self.progress = progress
@@ -307,6 +371,10 @@ class Client(_BaseClient):
         timeout: seconds per call (None: no limit).
         progress: show a progress bar for each call (tqdm; a widget in notebooks).
         token: a bearer token, for servers started with API keys.
+        retries: how often a tensor is fetched again when the server cannot be reached or
+            its stream breaks (a replica restarting behind a load balancer); a broken
+            stream resumes from the last whole element received. 0: never.
+        retry_backoff: seconds before the first retry; doubled for each next one (jittered).
         channel: a ready ``grpc.Channel`` to use instead of opening one.
         transport: an ``httpx`` transport to use (e.g. to reach an in-process app).
 
@@ -337,11 +405,20 @@ class Client(_BaseClient):
         ranges = self._ranges(request, parallel)
         with self._showing_progress(progress, request.initializer):
             if ranges is None:
-                return self._transport.generate(request)  # type: ignore[no-any-return]
+                return self._resilient(request)
             parts = [dataclasses.replace(request, offset=o, count=c) for o, c in ranges]
             with ThreadPoolExecutor(len(parts), thread_name_prefix="jaxinit-range") as pool:
-                pieces = list(pool.map(self._transport.generate, parts))
+                pieces = list(pool.map(self._resilient, parts))
         return join(request, pieces)
+
+    def _resilient(self, request: Request) -> Tensor:
+        """One tensor, retried and resumed as :class:`_Resumption` says."""
+        state = _Resumption(request, self.retries, self.retry_backoff)
+        while True:
+            try:
+                return state.done(self._transport.generate(state.next_request()))
+            except ServerUnavailable as exc:
+                time.sleep(state.failed(exc))
 
     def generate_many(self, requests: Iterable[Request]) -> Iterator[Tensor | JaxinitError]:
         """Many tensors over one stream, in request order. A request that fails yields its
@@ -413,10 +490,19 @@ class AsyncClient(_BaseClient):
         ranges = self._ranges(request, parallel)
         with self._showing_progress(progress, request.initializer):
             if ranges is None:
-                return await self._transport.generate(request)  # type: ignore[no-any-return]
+                return await self._resilient(request)
             parts = [dataclasses.replace(request, offset=o, count=c) for o, c in ranges]
-            pieces = await asyncio.gather(*(self._transport.generate(p) for p in parts))
+            pieces = await asyncio.gather(*(self._resilient(p) for p in parts))
         return join(request, list(pieces))
+
+    async def _resilient(self, request: Request) -> Tensor:
+        """One tensor, retried and resumed as :class:`_Resumption` says."""
+        state = _Resumption(request, self.retries, self.retry_backoff)
+        while True:
+            try:
+                return state.done(await self._transport.generate(state.next_request()))
+            except ServerUnavailable as exc:
+                await asyncio.sleep(state.failed(exc))
 
     def generate_many(
         self, requests: Iterable[Request] | AsyncIterable[Request]

@@ -9,12 +9,14 @@ imports no transport.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "ERROR_TABLE",
     "ErrorMapping",
     "IntegrityError",
     "InternalError",
+    "Interrupted",
     "InvalidArgument",
     "JaxError",
     "JaxinitError",
@@ -70,6 +72,18 @@ class ServerUnavailable(JaxinitError):
     """The server cannot be reached, is not ready, or is shutting down."""
 
 
+class Interrupted(ServerUnavailable):
+    """A tensor's stream broke after it began (a replica died, a proxy dropped the call).
+
+    ``partial`` holds the whole elements that arrived, as a flat range, so that a retry
+    can ask for the rest only; the client does that itself (``retries=``).
+    """
+
+    def __init__(self, message: str, partial: Any = None) -> None:
+        super().__init__(message)
+        self.partial = partial
+
+
 class InternalError(JaxinitError):
     """A bug on the server; the message says no more than that."""
 
@@ -97,6 +111,7 @@ ERROR_TABLE: dict[type[JaxinitError], ErrorMapping] = {
     Unauthenticated: ErrorMapping(401, "UNAUTHENTICATED"),
     TooLarge: ErrorMapping(413, "RESOURCE_EXHAUSTED"),
     ServerUnavailable: ErrorMapping(503, "UNAVAILABLE"),
+    Interrupted: ErrorMapping(503, "UNAVAILABLE"),
     InternalError: ErrorMapping(500, "INTERNAL"),
     ProtocolError: ErrorMapping(502, "INTERNAL"),
     IntegrityError: ErrorMapping(502, "DATA_LOSS"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any
 
@@ -10,7 +11,7 @@ import grpc
 import grpc.aio
 from google.protobuf.json_format import MessageToDict
 
-from jaxinit._errors import JaxinitError, ProtocolError, ServerUnavailable, error_from_wire
+from jaxinit._errors import Interrupted, JaxinitError, ProtocolError, ServerUnavailable, error_from_wire
 from jaxinit._types import Assembler, Progress, Provenance, Request, Tensor
 from jaxinit.v1 import jaxinit_pb2 as pb
 from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
@@ -19,7 +20,11 @@ __all__ = ["AsyncGrpcTransport", "GrpcTransport"]
 
 ERROR_TYPE_KEY = "jaxinit-error-type"
 # Room for a chunk of the largest size a server may choose (3 MiB) plus framing.
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 8 * 2**20)]
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 8 * 2**20),
+    # A name with several addresses (a Kubernetes headless Service): spread calls over all.
+    ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
+]
 
 
 def request_to_proto(request: Request, index: int = 0) -> pb.GenerateRequest:
@@ -85,39 +90,39 @@ class _Collector:
     """Turns a stream of TensorChunks into Tensors (or errors), one request at a time."""
 
     def __init__(self, on_progress: Progress | None = None) -> None:
-        self._current: Assembler | None = None
+        self.current: Assembler | None = None
         self._on_progress = on_progress
 
     def feed(self, chunk: pb.TensorChunk) -> Tensor | JaxinitError | None:
         kind = chunk.WhichOneof("payload")
         if kind == "error":
-            if self._current is not None:
+            if self.current is not None:
                 raise ProtocolError("error chunk in the middle of a tensor")
             return error_from_wire(chunk.error.message, type_name=chunk.error.type, grpc_code=chunk.error.code)
         if kind == "header":
-            if self._current is not None:
+            if self.current is not None:
                 raise ProtocolError("a new header before the last tensor was complete")
             header = chunk.header
-            self._current = Assembler(
+            self.current = Assembler(
                 header.shape, header.dtype, header.total_bytes,
                 provenance_from_proto(header.provenance), chunk.request_id, header.offset,
                 header.count if header.HasField("count") else None, self._on_progress,
             )
         elif kind == "data":
-            if self._current is None:
+            if self.current is None:
                 raise ProtocolError("data chunk before any header")
-            self._current.add(chunk.data.offset, chunk.data.data)
+            self.current.add(chunk.data.offset, chunk.data.data)
         else:
             raise ProtocolError(f"unexpected chunk {kind!r}")
-        if self._current.done:
-            tensor, self._current = self._current.finish(), None
+        if self.current.done:
+            tensor, self.current = self.current.finish(), None
             return tensor
         return None
 
     def close(self) -> None:
-        if self._current is not None:
+        if self.current is not None:
             raise ProtocolError(
-                f"stream ended after {self._current.received} of {self._current.total} bytes"
+                f"stream ended after {self.current.received} of {self.current.total} bytes"
             )
 
 
@@ -133,7 +138,18 @@ def translate(exc: grpc.RpcError, target: str) -> JaxinitError:
     type_name = metadata.get(ERROR_TYPE_KEY)
     if type_name is None and code == grpc.StatusCode.UNAVAILABLE:
         return ServerUnavailable(f"cannot reach the jaxinit server at {target}: {details}")
+    if type_name is None and code == grpc.StatusCode.INTERNAL:
+        # The server names the type of every error it raises; an INTERNAL without one is the
+        # transport's (a stream reset: a replica died behind a proxy, say).
+        return ServerUnavailable(f"the call to {target} broke: {details}")
     return error_from_wire(details, type_name=type_name, grpc_code=code.name)
+
+
+def interrupted(error: JaxinitError, collector: _Collector) -> JaxinitError:
+    """``error`` as :class:`Interrupted` when it broke a tensor that had begun, with what arrived."""
+    if isinstance(error, ServerUnavailable) and collector.current is not None:
+        return Interrupted(f"{error.message} (after {collector.current.received} bytes)", collector.current.partial())
+    return error
 
 
 def _as_dict(message: pb.ListInitializersResponse) -> dict[str, Any]:
@@ -169,7 +185,7 @@ class GrpcTransport:
                     raise result
                 tensor = result
         except grpc.RpcError as exc:
-            raise translate(exc, self.target) from exc
+            raise interrupted(translate(exc, self.target), collector) from exc
         if tensor is not None:
             return tensor
         collector.close()
@@ -228,7 +244,7 @@ class AsyncGrpcTransport:
                     raise result
                 tensor = result
         except grpc.RpcError as exc:
-            raise translate(exc, self.target) from exc
+            raise interrupted(translate(exc, self.target), collector) from exc
         if tensor is not None:
             return tensor
         collector.close()

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from jaxinit._codec import num_bytes
-from jaxinit._errors import JaxinitError, ProtocolError, ServerUnavailable, error_from_wire
+from jaxinit._errors import Interrupted, JaxinitError, ProtocolError, ServerUnavailable, error_from_wire
 from jaxinit._types import Assembler, Progress, Provenance, Request, Tensor
 
 __all__ = ["AsyncHttpTransport", "HttpTransport"]
@@ -80,6 +80,13 @@ def _unavailable(exc: httpx.TransportError, url: str) -> ServerUnavailable:
     return ServerUnavailable(f"cannot reach the jaxinit server at {url}: {exc}")
 
 
+def _interrupted(exc: httpx.TransportError, url: str, assembler: Assembler) -> Interrupted:
+    return Interrupted(
+        f"the response from {url} broke after {assembler.received} of {assembler.total} bytes: {exc}",
+        assembler.partial(),
+    )
+
+
 class HttpTransport:
     """Blocking HTTP transport (httpx)."""
 
@@ -101,10 +108,18 @@ class HttpTransport:
                 if response.status_code != 200:
                     raise error_from_response(response, response.read())
                 assembler = assembler_for(response, request.request_id, self.on_progress)
-                for data in response.iter_bytes():
-                    assembler.add(assembler.received, data)
+                try:
+                    for data in response.iter_bytes():
+                        assembler.add(assembler.received, data)
+                except httpx.TransportError as exc:
+                    raise _interrupted(exc, self.target, assembler) from exc
         except httpx.TransportError as exc:
             raise _unavailable(exc, self.target) from exc
+        if not assembler.done:  # the body ended early without a transport error (a proxy, say)
+            raise Interrupted(
+                f"the response from {self.target} ended after {assembler.received} of {assembler.total} bytes",
+                assembler.partial(),
+            )
         return assembler.finish()
 
     def generate_many(self, requests: Iterable[Request]) -> Iterator[Tensor | JaxinitError]:
@@ -150,10 +165,18 @@ class AsyncHttpTransport:
                 if response.status_code != 200:
                     raise error_from_response(response, await response.aread())
                 assembler = assembler_for(response, request.request_id, self.on_progress)
-                async for data in response.aiter_bytes():
-                    assembler.add(assembler.received, data)
+                try:
+                    async for data in response.aiter_bytes():
+                        assembler.add(assembler.received, data)
+                except httpx.TransportError as exc:
+                    raise _interrupted(exc, self.target, assembler) from exc
         except httpx.TransportError as exc:
             raise _unavailable(exc, self.target) from exc
+        if not assembler.done:  # the body ended early without a transport error (a proxy, say)
+            raise Interrupted(
+                f"the response from {self.target} ended after {assembler.received} of {assembler.total} bytes",
+                assembler.partial(),
+            )
         return assembler.finish()
 
     async def generate_many(

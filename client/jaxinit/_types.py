@@ -169,6 +169,15 @@ class Assembler:
         if self._on_progress is not None:
             self._on_progress(size, 0)
 
+    def partial(self) -> Tensor | None:
+        """The whole elements received so far, as a flat range (None before the first):
+        what a resumed fetch keeps."""
+        elements = self.received // ITEMSIZE[self.dtype]
+        if elements == 0:
+            return None
+        array = array_from_buffer(self._buffer[: elements * ITEMSIZE[self.dtype]], (elements,), self.dtype)
+        return Tensor(array, self.provenance, self.request_id, self.offset, self.tensor_shape)
+
     def finish(self) -> Tensor:
         if not self.done:
             raise IntegrityError(f"stream ended after {self.received} of {self.total} bytes")

@@ -19,7 +19,7 @@ from jaxinit.v1 import jaxinit_pb2 as pb
 from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
 from jaxinit_server.auth import OPEN_GRPC_PREFIXES, KeyRing, bearer
 from jaxinit_server.core import GenerateParams, ModelParams, Service, Tensor
-from jaxinit_server.telemetry import REQUEST_ID_HEADER, Call, Telemetry, request_id_from
+from jaxinit_server.telemetry import REPLICA_HEADER, REQUEST_ID_HEADER, Call, Telemetry, request_id_from
 
 __all__ = ["SERVICE_NAME", "create_grpc_server"]
 
@@ -126,7 +126,7 @@ class InitializersServicer(pb_grpc.InitializersServicer):
 
     async def _open(self, context: grpc.aio.ServicerContext, method: str) -> Call:
         """A telemetry record for the call, its request id echoed in the initial metadata."""
-        return self._telemetry.call("grpc", method, await _request_id(context))
+        return self._telemetry.call("grpc", method, await _request_id(context, self._telemetry.replica))
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
@@ -154,7 +154,8 @@ class InitializersServicer(pb_grpc.InitializersServicer):
         # A reader starts each request's generation as it arrives (at most MANY_WINDOW
         # ahead); the answers go out in request order, one tensor at a time.
         pending: asyncio.Queue[tuple[str, asyncio.Future[Tensor], Call] | None] = asyncio.Queue(MANY_WINDOW)
-        stream_id = await _request_id(context)  # each item is a request: "<stream id>/<item id>"
+        # Each item is a request of its own: "<stream id>/<item id>".
+        stream_id = await _request_id(context, self._telemetry.replica)
 
         async def read() -> None:
             try:
@@ -240,11 +241,13 @@ class InitializersServicer(pb_grpc.InitializersServicer):
         )
 
 
-async def _request_id(context: grpc.aio.ServicerContext) -> str:
-    """The caller's x-request-id (or a new one), echoed back in the initial metadata."""
+async def _request_id(context: grpc.aio.ServicerContext, replica: str) -> str:
+    """The caller's x-request-id (or a new one), echoed back in the initial metadata with the
+    name of the replica that answers."""
     given = dict(context.invocation_metadata() or ()).get(REQUEST_ID_HEADER)
     request_id = request_id_from(given if isinstance(given, str) else None)
-    await context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
+    metadata = ((REQUEST_ID_HEADER, request_id),) + (((REPLICA_HEADER, replica),) if replica else ())
+    await context.send_initial_metadata(metadata)
     return request_id
 
 

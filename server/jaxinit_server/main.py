@@ -82,7 +82,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     service = Service(
         settings.limits(), workers=settings.workers, compilation_cache_dir=settings.compilation_cache_dir
     )
-    telemetry = Telemetry(log_requests=settings.request_log)
+    telemetry = Telemetry(log_requests=settings.request_log, replica=settings.replica)
     keyring = KeyRing((settings.api_keys or "").split(","), settings.api_keys_file)
     grpc_server, grpc_port, health = create_grpc_server(
         service, settings.host, settings.grpc_port, telemetry=telemetry, keyring=keyring

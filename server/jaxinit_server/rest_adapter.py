@@ -23,7 +23,7 @@ from jaxinit_server.auth import OPEN_HTTP_PATHS, KeyRing, bearer
 from jaxinit_server.core import GenerateParams, ModelParams, Resolved, ResolvedModel, Service, Tensor
 from jaxinit_server.kserve import rest as kserve_rest
 from jaxinit_server.telemetry import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from jaxinit_server.telemetry import Call, Telemetry
+from jaxinit_server.telemetry import REPLICA_HEADER, Call, Telemetry
 
 __all__ = ["create_app"]
 
@@ -33,6 +33,8 @@ SAFETENSORS, NPZ = "application/safetensors", "application/x-npz"
 MEDIA_TYPES = (OCTET, NPY, JSON)
 MODEL_MEDIA_TYPES = (SAFETENSORS, NPZ, JSON)
 IMMUTABLE = "public, max-age=31536000, immutable"
+# With auth on, a shared cache (the load balancer's) must not hand one caller's answer to another.
+IMMUTABLE_PRIVATE = "private, max-age=31536000, immutable"
 # Query parameters of the GET form that are not initializer arguments.
 RESERVED = {
     "shape", "dtype", "seed", "key_data", "key_impl", "key_fold_in", "threefry_partitionable", "enable_x64",
@@ -172,8 +174,11 @@ def create_app(
         responses={code: {"model": ErrorResponse} for code in (400, 404, 406, 413, 503)},
     )
     app.state.service = service
+    cache_control = IMMUTABLE_PRIVATE if keyring is not None and keyring.enabled else IMMUTABLE
     if keyring is not None and keyring.enabled:
         app.add_middleware(_BearerAuth, keyring=keyring)
+    if telemetry.replica:  # outermost: every response names its replica, a 401 too
+        app.add_middleware(_ReplicaHeader, replica=telemetry.replica)
 
     @app.exception_handler(JaxinitError)
     async def _domain_error(request: Request, exc: JaxinitError) -> JSONResponse:
@@ -295,7 +300,7 @@ def create_app(
                 )
             )
             etag = service.etag(resolved)
-            headers = {"ETag": etag, "Cache-Control": IMMUTABLE, "Vary": "Accept"}
+            headers = {"ETag": etag, "Cache-Control": cache_control, "Vary": "Accept"}
             if if_none_match and (if_none_match.strip() == "*" or etag in _etags(if_none_match)):
                 call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
                 return Response(status_code=304, headers=headers)
@@ -399,6 +404,26 @@ class _BearerAuth:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class _ReplicaHeader:
+    """ASGI middleware: ``x-jaxinit-replica`` on every response (which replica answered)."""
+
+    def __init__(self, app: Any, replica: str) -> None:
+        self.app = app
+        self.header = (REPLICA_HEADER.encode(), replica.encode("latin-1", "replace"))
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def named(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, named)
 
 
 def _int_list(name: str, text: str) -> list[int]:

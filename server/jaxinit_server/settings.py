@@ -5,6 +5,8 @@ Built once, in ``main()``, and passed into the factories; nothing reads them at 
 
 from __future__ import annotations
 
+import socket
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -35,6 +37,10 @@ class Settings(BaseSettings):
     api_keys: str | None = Field(None, description="comma-separated bearer tokens (prefer the env var)")
     api_keys_file: str | None = Field(None, description="bearer tokens, one per line; re-read on change")
     request_log: bool = Field(True, description="one JSON log line per request (logger jaxinit_server.requests)")
+    replica: str = Field(
+        default_factory=socket.gethostname,
+        description="this replica's name, sent as x-jaxinit-replica on every response (default: the host name)",
+    )
 
     def limits(self) -> Limits:
         return Limits(

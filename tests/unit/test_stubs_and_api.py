@@ -24,7 +24,8 @@ def test_generated_stubs_are_current(tmp_path: pathlib.Path) -> None:
 def test_public_api_is_pinned() -> None:
     assert sorted(jaxinit.__all__) == sorted([
         "CATALOG", "DTYPE_NAMES", "KEY_IMPLS", "AsyncClient", "AsyncInitializer", "Client", "Initializer",
-        "IntegrityError", "InternalError", "InvalidArgument", "JaxError", "JaxinitError", "Key", "ModelParams",
+        "IntegrityError", "InternalError", "Interrupted", "InvalidArgument", "JaxError", "JaxinitError", "Key",
+        "ModelParams",
         "NotAcceptable", "ProtocolError", "Provenance", "Request", "ServerUnavailable", "Tensor", "TooLarge",
         "Unauthenticated", "UnknownDtype", "UnknownInitializer", "__version__", "fold_in", "key", "models",
         "wrap_key_data",
