@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 GRPC_PORT ?= 50051
 HTTP_PORT ?= 8000
 
-.PHONY: setup serve test bench lint typecheck proto clean
+.PHONY: setup system-tools serve test bench load lint typecheck proto clean
 
 setup: $(VENV)/.installed
 
@@ -21,14 +21,30 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 serve: setup
 	$(VENV)/bin/jaxinit-server --host $(HOST) --grpc-port $(GRPC_PORT) --http-port $(HTTP_PORT)
 
-test: setup
+test: setup system-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The deployment tests run the real nginx and docker-compose (Debian's packages). As root on
+# Debian they are installed here; elsewhere their tests are skipped with a note.
+SYSTEM_TOOLS := nginx docker-compose
+system-tools:
+	@missing=""; for tool in $(SYSTEM_TOOLS); do \
+	  command -v $$tool >/dev/null 2>&1 || [ -x /usr/sbin/$$tool ] || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing$$missing (Debian packages)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "note:$$missing not installed: the deployment tests will be skipped"; fi; fi
 
 bench: setup
 	$(PY) bench/run.py --json bench/results.json
 
+# 60 s through the compose topology as processes (3 replicas + nginx), every byte verified.
+load: setup system-tools
+	$(PY) bench/load.py --json bench/load.json
+
 lint: setup
-	$(VENV)/bin/ruff check client server tests scripts bench
+	$(VENV)/bin/ruff check client server tests scripts bench deploy
 
 typecheck: setup
 	$(VENV)/bin/mypy client/jaxinit server/jaxinit_server

@@ -194,7 +194,8 @@ class _Resumption:
 
 
 def _open_transport(
-    url: str, *, asynchronous: bool, timeout: float | None, channel: Any, transport: Any, token: str | None
+    url: str, *, asynchronous: bool, timeout: float | None, channel: Any, transport: Any, token: str | None,
+    cacheable: bool,
 ) -> Any:
     parts = urlsplit(url)
     if parts.scheme == "grpc":
@@ -213,9 +214,8 @@ def _open_transport(
             raise InvalidArgument("channel= is for grpc:// URLs; give an httpx transport as transport=")
         from jaxinit import _http
 
-        if asynchronous:
-            return _http.AsyncHttpTransport(url.rstrip("/"), timeout=timeout, transport=transport, token=token)
-        return _http.HttpTransport(url.rstrip("/"), timeout=timeout, transport=transport, token=token)
+        http = _http.AsyncHttpTransport if asynchronous else _http.HttpTransport
+        return http(url.rstrip("/"), timeout=timeout, transport=transport, token=token, cacheable=cacheable)
     raise InvalidArgument(f"unsupported URL {url!r}: use grpc://HOST:PORT or http(s)://HOST:PORT")
 
 
@@ -234,6 +234,7 @@ class _BaseClient:
         token: str | None = None,
         retries: int = 3,
         retry_backoff: float = 0.2,
+        cacheable: bool = False,
         channel: Any = None,
         transport: Any = None,
     ) -> None:
@@ -250,7 +251,7 @@ class _BaseClient:
         self.enable_x64 = enable_x64
         self._transport = _open_transport(
             url, asynchronous=self._initializer_class is AsyncInitializer, timeout=timeout,
-            channel=channel, transport=transport, token=token,
+            channel=channel, transport=transport, token=token, cacheable=cacheable,
         )
 
     def _request(
@@ -375,6 +376,8 @@ class Client(_BaseClient):
             its stream breaks (a replica restarting behind a load balancer); a broken
             stream resumes from the last whole element received. 0: never.
         retry_backoff: seconds before the first retry; doubled for each next one (jittered).
+        cacheable: over HTTP, fetch tensors with the GET form at a canonical URL, so that an
+            HTTP cache (the load balancer's in deploy/) can answer repeated requests.
         channel: a ready ``grpc.Channel`` to use instead of opening one.
         transport: an ``httpx`` transport to use (e.g. to reach an in-process app).
 

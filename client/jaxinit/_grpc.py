@@ -138,10 +138,11 @@ def translate(exc: grpc.RpcError, target: str) -> JaxinitError:
     type_name = metadata.get(ERROR_TYPE_KEY)
     if type_name is None and code == grpc.StatusCode.UNAVAILABLE:
         return ServerUnavailable(f"cannot reach the jaxinit server at {target}: {details}")
-    if type_name is None and code == grpc.StatusCode.INTERNAL:
-        # The server names the type of every error it raises; an INTERNAL without one is the
-        # transport's (a stream reset: a replica died behind a proxy, say).
-        return ServerUnavailable(f"the call to {target} broke: {details}")
+    if type_name is None and code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED):
+        # The server names the type of every error it raises, and this client cancels nothing:
+        # an INTERNAL or CANCELLED without a type is the transport's (a stream reset when a
+        # replica died behind a proxy, or a call caught by a replica's shutdown).
+        return ServerUnavailable(f"the call to {target} broke: {code.name}: {details}")
     return error_from_wire(details, type_name=type_name, grpc_code=code.name)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import httpx
 
@@ -44,6 +45,37 @@ def request_to_json(request: Request) -> dict[str, Any]:
     if request.count is not None:
         body["count"] = request.count
     return body
+
+
+def get_url(request: Request) -> str:
+    """``request`` as the REST GET form, spelled canonically (parameters sorted, arguments as
+    JSON): the same request is always the same URL, so an HTTP cache can answer it.
+
+    >>> get_url(Request("lecun_normal", 0, (784, 256), "bfloat16"))
+    '/v1/generate/lecun_normal?dtype=bfloat16&key_impl=threefry2x32&seed=0&shape=784%2C256'
+    """
+    params: dict[str, str] = {"shape": ",".join(str(d) for d in request.shape)}
+    if request.dtype is not None:
+        params["dtype"] = request.dtype
+    key = request.key
+    if key is not None:
+        if key.seed is not None:
+            params["seed"] = str(key.seed)
+        else:
+            params["key_data"] = ",".join(str(w) for w in key.data or ())
+        params["key_impl"] = key.impl
+        if key.fold_in:
+            params["key_fold_in"] = ",".join(str(x) for x in key.fold_in)
+    for name, flag in (("threefry_partitionable", request.threefry_partitionable), ("enable_x64", request.enable_x64)):
+        if flag is not None:
+            params[name] = "true" if flag else "false"
+    if request.offset is not None:
+        params["offset"] = str(request.offset)
+    if request.count is not None:
+        params["count"] = str(request.count)
+    for name, value in request.args.items():
+        params[name] = json.dumps(value, separators=(",", ":"), sort_keys=True)
+    return f"/v1/generate/{quote(request.initializer)}?{urlencode(sorted(params.items()))}"
 
 
 def error_from_response(response: httpx.Response, body: bytes) -> JaxinitError:
@@ -92,19 +124,23 @@ class HttpTransport:
 
     def __init__(
         self, base_url: str, *, timeout: float | None, transport: httpx.BaseTransport | None = None,
-        token: str | None = None,
+        token: str | None = None, cacheable: bool = False,
     ) -> None:
         self.target = base_url
+        self.cacheable = cacheable
         self.on_progress: Progress | None = None  # set by the client while a call shows progress
         self._http = httpx.Client(
             base_url=base_url, timeout=timeout, transport=transport, headers=_auth_headers(token)
         )
 
+    def _open(self, request: Request) -> Any:
+        if self.cacheable:
+            return self._http.stream("GET", get_url(request), headers={"Accept": OCTET})
+        return self._http.stream("POST", "/v1/generate", json=request_to_json(request), headers={"Accept": OCTET})
+
     def generate(self, request: Request) -> Tensor:
         try:
-            with self._http.stream(
-                "POST", "/v1/generate", json=request_to_json(request), headers={"Accept": OCTET}
-            ) as response:
+            with self._open(request) as response:
                 if response.status_code != 200:
                     raise error_from_response(response, response.read())
                 assembler = assembler_for(response, request.request_id, self.on_progress)
@@ -149,19 +185,23 @@ class AsyncHttpTransport:
 
     def __init__(
         self, base_url: str, *, timeout: float | None, transport: httpx.AsyncBaseTransport | None = None,
-        token: str | None = None,
+        token: str | None = None, cacheable: bool = False,
     ) -> None:
         self.target = base_url
+        self.cacheable = cacheable
         self.on_progress: Progress | None = None  # set by the client while a call shows progress
         self._http = httpx.AsyncClient(
             base_url=base_url, timeout=timeout, transport=transport, headers=_auth_headers(token)
         )
 
+    def _open(self, request: Request) -> Any:
+        if self.cacheable:
+            return self._http.stream("GET", get_url(request), headers={"Accept": OCTET})
+        return self._http.stream("POST", "/v1/generate", json=request_to_json(request), headers={"Accept": OCTET})
+
     async def generate(self, request: Request) -> Tensor:
         try:
-            async with self._http.stream(
-                "POST", "/v1/generate", json=request_to_json(request), headers={"Accept": OCTET}
-            ) as response:
+            async with self._open(request) as response:
                 if response.status_code != 200:
                     raise error_from_response(response, await response.aread())
                 assembler = assembler_for(response, request.request_id, self.on_progress)

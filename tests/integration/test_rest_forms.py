@@ -10,6 +10,10 @@ import httpx
 import jax
 import ml_dtypes
 import numpy as np
+import pytest
+
+import jaxinit
+from helpers import local_jax
 
 BODY = {"initializer": "lecun_normal", "shape": [5, 7], "key": {"seed": 3}}
 
@@ -119,3 +123,33 @@ def test_health_ready_docs_and_registry(server: Any) -> None:
     mode = next(a for a in vs["arguments"] if a["name"] == "mode")
     assert mode["required"] and "fan_geo_avg" in mode["choices"]
     assert registry["server"]["jax_version"] == jax.__version__
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "key", "shape", "dtype", "flags"),
+    [
+        ("variance_scaling", {"scale": 2.0, "mode": "fan_geo_avg", "distribution": "uniform", "batch_axis": [0]},
+         3, (2, 8, 4), "bfloat16", {}),
+        ("constant", {"value": -0.5}, None, (3, 2), "float16", {}),
+        ("normal", {"stddev": 0.02}, jaxinit.wrap_key_data([1, 2]), (5, 7), "float64", {}),
+        ("truncated_normal", {"lower": -1.5, "upper": 2}, 9, (33,), None, {"threefry_partitionable": False}),
+        ("orthogonal", {"column_axis": 0}, 4, (6, 6), "float32", {}),
+    ],
+)
+def test_the_clients_get_mode_is_exact(
+    server: Any, name: str, args: dict[str, Any], key: Any, shape: tuple[int, ...], dtype: str | None,
+    flags: dict[str, bool],
+) -> None:
+    """``Client(cacheable=True)`` spells every request as a canonical GET URL: same bytes as
+    the POST form and as local JAX, for every kind of argument, key and flag."""
+    with (
+        jaxinit.Client(server.http_url, cacheable=True, **flags) as get,
+        jaxinit.Client(server.http_url, **flags) as post,
+    ):
+        via_get = get.generate(name, key, shape, dtype, args=args)
+        via_post = post.generate(name, key, shape, dtype, args=args)
+    local_key = key if not isinstance(key, jaxinit.Key) else ("data", list(key.data or ()), key.impl)
+    expected = local_jax(name, args, local_key, shape, dtype, partitionable=flags.get("threefry_partitionable"))
+    assert isinstance(expected, np.ndarray)
+    assert via_get.array.tobytes() == via_post.array.tobytes() == expected.tobytes()
+    assert via_get.array.dtype == expected.dtype
