@@ -195,10 +195,10 @@ class _Resumption:
 
 def _open_transport(
     url: str, *, asynchronous: bool, timeout: float | None, channel: Any, transport: Any, token: str | None,
-    cacheable: bool,
+    cacheable: bool, ca_bundle: str | None,
 ) -> Any:
     parts = urlsplit(url)
-    if parts.scheme == "grpc":
+    if parts.scheme in ("grpc", "grpcs"):
         if transport is not None:
             raise InvalidArgument("transport= is for http:// URLs; give a gRPC channel as channel=")
         try:
@@ -206,17 +206,22 @@ def _open_transport(
         except ImportError as exc:
             raise ImportError(f"grpc:// URLs need grpcio and protobuf: pip install 'jaxinit[grpc]' ({exc})") from exc
 
-        if asynchronous:
-            return _grpc.AsyncGrpcTransport(parts.netloc, timeout=timeout, channel=channel, token=token)
-        return _grpc.GrpcTransport(parts.netloc, timeout=timeout, channel=channel, token=token)
+        grpc_transport = _grpc.AsyncGrpcTransport if asynchronous else _grpc.GrpcTransport
+        return grpc_transport(
+            parts.netloc, timeout=timeout, channel=channel, token=token, tls=parts.scheme == "grpcs",
+            ca_bundle=ca_bundle,
+        )
     if parts.scheme in ("http", "https"):
         if channel is not None:
             raise InvalidArgument("channel= is for grpc:// URLs; give an httpx transport as transport=")
         from jaxinit import _http
 
         http = _http.AsyncHttpTransport if asynchronous else _http.HttpTransport
-        return http(url.rstrip("/"), timeout=timeout, transport=transport, token=token, cacheable=cacheable)
-    raise InvalidArgument(f"unsupported URL {url!r}: use grpc://HOST:PORT or http(s)://HOST:PORT")
+        return http(
+            url.rstrip("/"), timeout=timeout, transport=transport, token=token, cacheable=cacheable,
+            ca_bundle=ca_bundle,
+        )
+    raise InvalidArgument(f"unsupported URL {url!r}: use grpc(s)://HOST:PORT or http(s)://HOST:PORT")
 
 
 class _BaseClient:
@@ -235,6 +240,7 @@ class _BaseClient:
         retries: int = 3,
         retry_backoff: float = 0.2,
         cacheable: bool = False,
+        ca_bundle: str | None = None,
         channel: Any = None,
         transport: Any = None,
     ) -> None:
@@ -251,7 +257,7 @@ class _BaseClient:
         self.enable_x64 = enable_x64
         self._transport = _open_transport(
             url, asynchronous=self._initializer_class is AsyncInitializer, timeout=timeout,
-            channel=channel, transport=transport, token=token, cacheable=cacheable,
+            channel=channel, transport=transport, token=token, cacheable=cacheable, ca_bundle=ca_bundle,
         )
 
     def _request(
@@ -364,7 +370,8 @@ def _unknown(name: str) -> str:
 
 
 class Client(_BaseClient):
-    """A blocking client. ``url``: ``grpc://host:port`` or ``http://host:port``.
+    """A blocking client. ``url``: ``grpc://host:port`` or ``http://host:port``; over TLS,
+    ``grpcs://`` or ``https://``.
 
     Args:
         threefry_partitionable: the JAX flag for every request; None: the server's default.
@@ -378,6 +385,8 @@ class Client(_BaseClient):
         retry_backoff: seconds before the first retry; doubled for each next one (jittered).
         cacheable: over HTTP, fetch tensors with the GET form at a canonical URL, so that an
             HTTP cache (the load balancer's in deploy/) can answer repeated requests.
+        ca_bundle: a PEM file of the CA certificates to trust for ``grpcs://`` and
+            ``https://`` (default: the system's roots).
         channel: a ready ``grpc.Channel`` to use instead of opening one.
         transport: an ``httpx`` transport to use (e.g. to reach an in-process app).
 

@@ -126,6 +126,14 @@ class _Collector:
             )
 
 
+def _credentials(ca_bundle: str | None) -> grpc.ChannelCredentials:
+    """TLS that trusts ``ca_bundle`` (a PEM file), or the system's roots without one."""
+    if ca_bundle is None:
+        return grpc.ssl_channel_credentials()
+    with open(ca_bundle, "rb") as pem:
+        return grpc.ssl_channel_credentials(root_certificates=pem.read())
+
+
 def _auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),) if token else ()
 
@@ -162,12 +170,15 @@ class GrpcTransport:
     """Blocking gRPC transport."""
 
     def __init__(
-        self, target: str, *, timeout: float | None, channel: grpc.Channel | None = None, token: str | None = None
+        self, target: str, *, timeout: float | None, channel: grpc.Channel | None = None, token: str | None = None,
+        tls: bool = False, ca_bundle: str | None = None,
     ) -> None:
         self.target = target
         self._metadata = _auth_metadata(token)
         self.on_progress: Progress | None = None  # set by the client while a call shows progress
         self._timeout = timeout
+        if channel is None and tls:
+            channel = grpc.secure_channel(target, _credentials(ca_bundle), options=CHANNEL_OPTIONS)
         self._channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.InitializersStub(self._channel)
 
@@ -221,12 +232,15 @@ class AsyncGrpcTransport:
     """asyncio gRPC transport."""
 
     def __init__(
-        self, target: str, *, timeout: float | None, channel: grpc.aio.Channel | None = None, token: str | None = None
+        self, target: str, *, timeout: float | None, channel: grpc.aio.Channel | None = None, token: str | None = None,
+        tls: bool = False, ca_bundle: str | None = None,
     ) -> None:
         self.target = target
         self._metadata = _auth_metadata(token)
         self.on_progress: Progress | None = None  # set by the client while a call shows progress
         self._timeout = timeout
+        if channel is None and tls:
+            channel = grpc.aio.secure_channel(target, _credentials(ca_bundle), options=CHANNEL_OPTIONS)
         self._channel = channel or grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.InitializersStub(self._channel)
 

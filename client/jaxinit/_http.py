@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -104,6 +105,11 @@ def assembler_for(response: httpx.Response, request_id: str, on_progress: Progre
         raise ProtocolError(f"response lacks valid jaxinit headers: {exc}") from exc
 
 
+def _verify(ca_bundle: str | None) -> ssl.SSLContext | bool:
+    """https:// trusts ``ca_bundle`` (a PEM file), or the default roots without one."""
+    return True if ca_bundle is None else ssl.create_default_context(cafile=ca_bundle)
+
+
 def _auth_headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
@@ -124,13 +130,14 @@ class HttpTransport:
 
     def __init__(
         self, base_url: str, *, timeout: float | None, transport: httpx.BaseTransport | None = None,
-        token: str | None = None, cacheable: bool = False,
+        token: str | None = None, cacheable: bool = False, ca_bundle: str | None = None,
     ) -> None:
         self.target = base_url
         self.cacheable = cacheable
         self.on_progress: Progress | None = None  # set by the client while a call shows progress
         self._http = httpx.Client(
-            base_url=base_url, timeout=timeout, transport=transport, headers=_auth_headers(token)
+            base_url=base_url, timeout=timeout, transport=transport, headers=_auth_headers(token),
+            verify=_verify(ca_bundle),
         )
 
     def _open(self, request: Request) -> Any:
@@ -185,13 +192,14 @@ class AsyncHttpTransport:
 
     def __init__(
         self, base_url: str, *, timeout: float | None, transport: httpx.AsyncBaseTransport | None = None,
-        token: str | None = None, cacheable: bool = False,
+        token: str | None = None, cacheable: bool = False, ca_bundle: str | None = None,
     ) -> None:
         self.target = base_url
         self.cacheable = cacheable
         self.on_progress: Progress | None = None  # set by the client while a call shows progress
         self._http = httpx.AsyncClient(
-            base_url=base_url, timeout=timeout, transport=transport, headers=_auth_headers(token)
+            base_url=base_url, timeout=timeout, transport=transport, headers=_auth_headers(token),
+            verify=_verify(ca_bundle),
         )
 
     def _open(self, request: Request) -> Any:

@@ -304,9 +304,11 @@ def _refusal(handler: Any, error: JaxinitError) -> Any:
 
 
 def create_grpc_server(
-    service: Service, host: str, port: int, *, telemetry: Telemetry | None = None, keyring: KeyRing | None = None
+    service: Service, host: str, port: int, *, telemetry: Telemetry | None = None, keyring: KeyRing | None = None,
+    tls: tuple[bytes, bytes] | None = None,
 ) -> tuple[grpc.aio.Server, int, Any]:
-    """A gRPC server with the jaxinit service, health and reflection, bound to ``host:port``.
+    """A gRPC server with the jaxinit service, health and reflection, bound to ``host:port``;
+    with ``tls`` (PEM certificate chain, PEM private key), over TLS only.
 
     Returns:
         (server, bound port, health servicer). Port 0 binds a free port. Not started.
@@ -325,7 +327,11 @@ def create_grpc_server(
          reflection.SERVICE_NAME),
         server,
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if tls is None:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    else:
+        chain, key = tls
+        bound = server.add_secure_port(f"{host}:{port}", grpc.ssl_server_credentials([(key, chain)]))
     if bound == 0:
         raise OSError(f"cannot bind gRPC to {host}:{port}")
     return server, bound, health_servicer

@@ -84,8 +84,9 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     )
     telemetry = Telemetry(log_requests=settings.request_log, replica=settings.replica)
     keyring = KeyRing((settings.api_keys or "").split(","), settings.api_keys_file)
+    tls = settings.tls()
     grpc_server, grpc_port, health = create_grpc_server(
-        service, settings.host, settings.grpc_port, telemetry=telemetry, keyring=keyring
+        service, settings.host, settings.grpc_port, telemetry=telemetry, keyring=keyring, tls=tls
     )
     sock = _bind_http(settings.host, settings.http_port)
     http_port = sock.getsockname()[1]
@@ -95,6 +96,8 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         access_log=False,  # one structured line per request instead (jaxinit_server.requests)
         timeout_graceful_shutdown=int(settings.grace_seconds) or None,
         lifespan="off",
+        ssl_certfile=settings.tls_cert_file,
+        ssl_keyfile=settings.tls_key_file,
     )
     http_server = _HttpServer(config)
 
@@ -106,7 +109,8 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     service.ready = True
     await set_serving(health, True)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    print(f"jaxinit-server ready grpc={host}:{grpc_port} http=http://{host}:{http_port}", flush=True)
+    scheme = "https" if tls else "http"
+    print(f"jaxinit-server ready grpc={host}:{grpc_port} http={scheme}://{host}:{http_port}", flush=True)
 
     stopper = asyncio.ensure_future(stop.wait())
     await asyncio.wait({stopper, http_task}, return_when=asyncio.FIRST_COMPLETED)

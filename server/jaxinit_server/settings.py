@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import socket
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jaxinit_server.core.request import Limits
@@ -37,10 +37,25 @@ class Settings(BaseSettings):
     api_keys: str | None = Field(None, description="comma-separated bearer tokens (prefer the env var)")
     api_keys_file: str | None = Field(None, description="bearer tokens, one per line; re-read on change")
     request_log: bool = Field(True, description="one JSON log line per request (logger jaxinit_server.requests)")
+    tls_cert_file: str | None = Field(None, description="PEM certificate chain: both servers speak TLS only")
+    tls_key_file: str | None = Field(None, description="PEM private key of --tls-cert-file")
     replica: str = Field(
         default_factory=socket.gethostname,
         description="this replica's name, sent as x-jaxinit-replica on every response (default: the host name)",
     )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("TLS needs both --tls-cert-file and --tls-key-file")
+        return self
+
+    def tls(self) -> tuple[bytes, bytes] | None:
+        """(certificate chain, private key) as PEM bytes, or None without TLS."""
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        with open(self.tls_cert_file, "rb") as chain, open(self.tls_key_file, "rb") as key:
+            return chain.read(), key.read()
 
     def limits(self) -> Limits:
         return Limits(

@@ -25,7 +25,8 @@ class ServerProcess:
 
     @property
     def grpc_url(self) -> str:
-        return f"grpc://{self.grpc_target}"
+        scheme = "grpcs" if self.http_url.startswith("https:") else "grpc"  # TLS on both or neither
+        return f"{scheme}://{self.grpc_target}"
 
     def stop(self, timeout: float = 30) -> int:
         if self.process.poll() is None:
