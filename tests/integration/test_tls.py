@@ -64,19 +64,20 @@ def test_exact_bytes_over_tls_with_the_ca_bundle(
 def test_a_server_the_client_cannot_verify_is_refused(tls_server: ServerProcess, transport: str) -> None:
     url = tls_server.grpc_url if transport == "grpc" else tls_server.http_url
     other = trustme.CA()  # trusts a CA that did not sign the server's certificate
-    with other.cert_pem.tempfile() as wrong_ca, jaxinit.Client(url, ca_bundle=wrong_ca, token=TOKEN,
-                                                               retries=0, timeout=10) as client:
-        with pytest.raises(jaxinit.ServerUnavailable):
-            client.lecun_normal()(3, (4, 4))
+    with (
+        other.cert_pem.tempfile() as wrong_ca,
+        jaxinit.Client(url, ca_bundle=wrong_ca, token=TOKEN, retries=0, timeout=10) as client,
+        pytest.raises(jaxinit.ServerUnavailable),
+    ):
+        client.lecun_normal()(3, (4, 4))
 
 
 def test_plaintext_callers_get_nowhere(tls_server: ServerProcess) -> None:
     host, port = tls_server.http_url.removeprefix("https://").rsplit(":", 1)
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://{host}:{port}/healthz", timeout=5)
-    with grpc.insecure_channel(tls_server.grpc_target) as channel:
-        with pytest.raises(grpc.RpcError) as caught:
-            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    with grpc.insecure_channel(tls_server.grpc_target) as channel, pytest.raises(grpc.RpcError) as caught:
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
@@ -90,6 +91,8 @@ def test_health_over_tls_without_a_token(tls_server: ServerProcess, pki: dict[st
 
 
 def test_half_a_tls_configuration_is_refused(pki: dict[str, pathlib.Path]) -> None:
-    with pytest.raises(RuntimeError, match="both --tls-cert-file and --tls-key-file"):
-        with running_server("--no-warm-up", "--tls-cert-file", str(pki["chain"])):
-            pass
+    with (
+        pytest.raises(RuntimeError, match="both --tls-cert-file and --tls-key-file"),
+        running_server("--no-warm-up", "--tls-cert-file", str(pki["chain"])),
+    ):
+        pass
