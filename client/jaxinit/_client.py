@@ -31,7 +31,7 @@ import numpy as np
 
 from jaxinit import _safetensors as safetensors
 from jaxinit._catalog import CATALOG, InitializerSpec, bind_arguments
-from jaxinit._errors import Interrupted, InvalidArgument, JaxinitError, ProtocolError, ServerUnavailable
+from jaxinit._errors import Interrupted, InvalidArgument, JaxinitError, Overloaded, ProtocolError, ServerUnavailable
 from jaxinit._keys import Key, as_key
 from jaxinit._models import Output, expand, file_metadata, model_canonical, nest, outputs
 from jaxinit._types import Provenance, Request, Tensor
@@ -183,14 +183,18 @@ class _Resumption:
         self._keep(piece)
         return join(self.request, self.pieces)
 
-    def failed(self, error: ServerUnavailable) -> float:
-        """Seconds to wait before the next try; re-raises ``error`` when out of tries."""
+    def failed(self, error: ServerUnavailable | Overloaded) -> float:
+        """Seconds to wait before the next try (at least an overloaded server's
+        Retry-After); re-raises ``error`` when out of tries."""
         if isinstance(error, Interrupted) and error.partial is not None:
             self._keep(error.partial)
         self.failures += 1
         if self.failures > self.retries:
             raise error
-        return self.backoff * 2 ** (self.failures - 1) * (0.5 + random.random())
+        wait = self.backoff * 2 ** (self.failures - 1) * (0.5 + random.random())
+        if isinstance(error, Overloaded):
+            wait = max(wait, error.retry_after or 0.0)
+        return wait
 
 
 def _open_transport(
@@ -429,7 +433,7 @@ class Client(_BaseClient):
         while True:
             try:
                 return state.done(self._transport.generate(state.next_request()))
-            except ServerUnavailable as exc:
+            except (ServerUnavailable, Overloaded) as exc:
                 time.sleep(state.failed(exc))
 
     def generate_many(self, requests: Iterable[Request]) -> Iterator[Tensor | JaxinitError]:
@@ -513,7 +517,7 @@ class AsyncClient(_BaseClient):
         while True:
             try:
                 return state.done(await self._transport.generate(state.next_request()))
-            except ServerUnavailable as exc:
+            except (ServerUnavailable, Overloaded) as exc:
                 await asyncio.sleep(state.failed(exc))
 
     def generate_many(

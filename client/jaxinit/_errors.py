@@ -21,6 +21,7 @@ __all__ = [
     "JaxError",
     "JaxinitError",
     "NotAcceptable",
+    "Overloaded",
     "ProtocolError",
     "ServerUnavailable",
     "TooLarge",
@@ -29,6 +30,7 @@ __all__ = [
     "UnknownInitializer",
     "error_from_wire",
     "mapping_for",
+    "retry_after_seconds",
 ]
 
 
@@ -84,6 +86,18 @@ class Interrupted(ServerUnavailable):
         self.partial = partial
 
 
+class Overloaded(JaxinitError):
+    """The server is at its limit of concurrent work; ``retry_after`` seconds is its advice.
+
+    The request was not started. The client retries it (``retries=``), waiting at least
+    that long, on whichever replica answers next.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class InternalError(JaxinitError):
     """A bug on the server; the message says no more than that."""
 
@@ -110,6 +124,7 @@ ERROR_TABLE: dict[type[JaxinitError], ErrorMapping] = {
     NotAcceptable: ErrorMapping(406, "INVALID_ARGUMENT"),
     Unauthenticated: ErrorMapping(401, "UNAUTHENTICATED"),
     TooLarge: ErrorMapping(413, "RESOURCE_EXHAUSTED"),
+    Overloaded: ErrorMapping(429, "RESOURCE_EXHAUSTED"),
     ServerUnavailable: ErrorMapping(503, "UNAVAILABLE"),
     Interrupted: ErrorMapping(503, "UNAVAILABLE"),
     InternalError: ErrorMapping(500, "INTERNAL"),
@@ -122,7 +137,7 @@ _BY_NAME: dict[str, type[JaxinitError]] = {cls.__name__: cls for cls in ERROR_TA
 # general class for that status.
 _BY_HTTP: dict[int, type[JaxinitError]] = {
     400: InvalidArgument, 401: Unauthenticated, 404: UnknownInitializer, 406: NotAcceptable, 413: TooLarge,
-    422: InvalidArgument, 429: TooLarge, 502: ServerUnavailable, 503: ServerUnavailable,
+    422: InvalidArgument, 429: Overloaded, 502: ServerUnavailable, 503: ServerUnavailable,
     504: ServerUnavailable,
 }
 _BY_GRPC: dict[str, type[JaxinitError]] = {
@@ -130,6 +145,15 @@ _BY_GRPC: dict[str, type[JaxinitError]] = {
     "RESOURCE_EXHAUSTED": TooLarge, "UNAUTHENTICATED": Unauthenticated, "UNAVAILABLE": ServerUnavailable,
     "DEADLINE_EXCEEDED": ServerUnavailable, "DATA_LOSS": IntegrityError,
 }
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After value in seconds (HTTP's delay-seconds form, which the server sends)."""
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 <= seconds <= 3600 else None
 
 
 def mapping_for(error: JaxinitError) -> ErrorMapping:

@@ -11,14 +11,25 @@ import grpc
 import grpc.aio
 from google.protobuf.json_format import MessageToDict
 
-from jaxinit._errors import Interrupted, JaxinitError, ProtocolError, ServerUnavailable, error_from_wire
+from jaxinit._errors import (
+    Interrupted,
+    JaxinitError,
+    Overloaded,
+    ProtocolError,
+    ServerUnavailable,
+    error_from_wire,
+    retry_after_seconds,
+)
 from jaxinit._types import Assembler, Progress, Provenance, Request, Tensor
 from jaxinit.v1 import jaxinit_pb2 as pb
 from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
 
 __all__ = ["AsyncGrpcTransport", "GrpcTransport"]
 
+# Trailing metadata of a failed call: the domain error's type, and for Overloaded the
+# seconds to wait (the server imports these names: one place defines them).
 ERROR_TYPE_KEY = "jaxinit-error-type"
+RETRY_AFTER_KEY = "retry-after"
 # Room for a chunk of the largest size a server may choose (3 MiB) plus framing.
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 8 * 2**20),
@@ -151,7 +162,10 @@ def translate(exc: grpc.RpcError, target: str) -> JaxinitError:
         # an INTERNAL or CANCELLED without a type is the transport's (a stream reset when a
         # replica died behind a proxy, or a call caught by a replica's shutdown).
         return ServerUnavailable(f"the call to {target} broke: {code.name}: {details}")
-    return error_from_wire(details, type_name=type_name, grpc_code=code.name)
+    error = error_from_wire(details, type_name=type_name, grpc_code=code.name)
+    if isinstance(error, Overloaded):
+        error.retry_after = retry_after_seconds(metadata.get(RETRY_AFTER_KEY))
+    return error
 
 
 def interrupted(error: JaxinitError, collector: _Collector) -> JaxinitError:

@@ -11,7 +11,15 @@ from urllib.parse import quote, urlencode
 import httpx
 
 from jaxinit._codec import num_bytes
-from jaxinit._errors import Interrupted, JaxinitError, ProtocolError, ServerUnavailable, error_from_wire
+from jaxinit._errors import (
+    Interrupted,
+    JaxinitError,
+    Overloaded,
+    ProtocolError,
+    ServerUnavailable,
+    error_from_wire,
+    retry_after_seconds,
+)
 from jaxinit._types import Assembler, Progress, Provenance, Request, Tensor
 
 __all__ = ["AsyncHttpTransport", "HttpTransport"]
@@ -82,10 +90,13 @@ def get_url(request: Request) -> str:
 def error_from_response(response: httpx.Response, body: bytes) -> JaxinitError:
     try:
         error = json.loads(body)["error"]
-        return error_from_wire(error["message"], type_name=error.get("type"), http_status=response.status_code)
+        out = error_from_wire(error["message"], type_name=error.get("type"), http_status=response.status_code)
     except (ValueError, KeyError, TypeError):
         text = body[:200].decode("utf-8", "replace")
-        return error_from_wire(f"HTTP {response.status_code}: {text}", http_status=response.status_code)
+        out = error_from_wire(f"HTTP {response.status_code}: {text}", http_status=response.status_code)
+    if isinstance(out, Overloaded):
+        out.retry_after = retry_after_seconds(response.headers.get("retry-after"))
+    return out
 
 
 def assembler_for(response: httpx.Response, request_id: str, on_progress: Progress | None = None) -> Assembler:

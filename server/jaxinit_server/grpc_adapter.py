@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from jaxinit._errors import InternalError, InvalidArgument, JaxinitError, mapping_for
+from jaxinit._grpc import ERROR_TYPE_KEY, RETRY_AFTER_KEY
 from jaxinit._keys import Key
 from jaxinit.v1 import jaxinit_pb2 as pb
 from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
@@ -25,7 +26,6 @@ __all__ = ["SERVICE_NAME", "create_grpc_server"]
 
 log = logging.getLogger("jaxinit_server.grpc")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Initializers"].full_name
-ERROR_TYPE_KEY = "jaxinit-error-type"
 # How many requests of one GenerateMany stream are produced ahead of the one being sent.
 MANY_WINDOW = 4
 
@@ -208,7 +208,8 @@ class InitializersServicer(pb_grpc.InitializersServicer):
             model = self._service.prepare_model(model_params_from_proto(request))
             call.describe("model", (len(model.outputs),), "")
             await self._service.check_model(model)
-            async for name, tensor in self._service.generate_model(model):
+            ticket = self._service.admit_model(model)
+            async for name, tensor in self._service.generate_model(model, ticket=ticket):
                 if isinstance(tensor, JaxinitError):
                     yield error_to_proto(tensor, name)
                     continue
@@ -261,7 +262,10 @@ def domain_error(exc: BaseException) -> JaxinitError:
 
 async def abort(context: grpc.aio.ServicerContext, error: JaxinitError) -> None:
     """End the call with ``error``'s status (from the one error table) and its type."""
-    context.set_trailing_metadata(((ERROR_TYPE_KEY, type(error).__name__),))
+    metadata = [(ERROR_TYPE_KEY, type(error).__name__)]
+    if (retry_after := getattr(error, "retry_after", None)) is not None:
+        metadata.append((RETRY_AFTER_KEY, f"{retry_after:g}"))
+    context.set_trailing_metadata(tuple(metadata))
     await context.abort(grpc.StatusCode[mapping_for(error).grpc_code], error.message)
 
 
@@ -305,7 +309,7 @@ def _refusal(handler: Any, error: JaxinitError) -> Any:
 
 def create_grpc_server(
     service: Service, host: str, port: int, *, telemetry: Telemetry | None = None, keyring: KeyRing | None = None,
-    tls: tuple[bytes, bytes] | None = None,
+    tls: tuple[bytes, bytes] | None = None, max_message_bytes: int = 16 * 2**20,
 ) -> tuple[grpc.aio.Server, int, Any]:
     """A gRPC server with the jaxinit service, health and reflection, bound to ``host:port``;
     with ``tls`` (PEM certificate chain, PEM private key), over TLS only.
@@ -314,7 +318,10 @@ def create_grpc_server(
         (server, bound port, health servicer). Port 0 binds a free port. Not started.
     """
     interceptors = [_AuthInterceptor(keyring)] if keyring is not None and keyring.enabled else []
-    server = grpc.aio.server(interceptors=interceptors)
+    # A larger request message is refused by gRPC itself with RESOURCE_EXHAUSTED.
+    server = grpc.aio.server(
+        interceptors=interceptors, options=[("grpc.max_receive_message_length", max_message_bytes)]
+    )
     from jaxinit_server.kserve import grpc_service as kserve  # it imports this module's helpers
 
     telemetry = telemetry or Telemetry()

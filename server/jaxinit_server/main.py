@@ -86,12 +86,13 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     keyring = KeyRing((settings.api_keys or "").split(","), settings.api_keys_file)
     tls = settings.tls()
     grpc_server, grpc_port, health = create_grpc_server(
-        service, settings.host, settings.grpc_port, telemetry=telemetry, keyring=keyring, tls=tls
+        service, settings.host, settings.grpc_port, telemetry=telemetry, keyring=keyring, tls=tls,
+        max_message_bytes=settings.max_body_bytes,
     )
     sock = _bind_http(settings.host, settings.http_port)
     http_port = sock.getsockname()[1]
     config = uvicorn.Config(
-        create_app(service, telemetry=telemetry, keyring=keyring),
+        create_app(service, telemetry=telemetry, keyring=keyring, max_body_bytes=settings.max_body_bytes),
         log_level=settings.log_level,
         access_log=False,  # one structured line per request instead (jaxinit_server.requests)
         timeout_graceful_shutdown=int(settings.grace_seconds) or None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable
 from typing import Annotated, Any
 
@@ -21,6 +22,7 @@ from jaxinit._errors import InternalError, InvalidArgument, JaxinitError, NotAcc
 from jaxinit._keys import Key
 from jaxinit_server.auth import OPEN_HTTP_PATHS, KeyRing, bearer
 from jaxinit_server.core import GenerateParams, ModelParams, Resolved, ResolvedModel, Service, Tensor
+from jaxinit_server.core.admission import Ticket
 from jaxinit_server.kserve import rest as kserve_rest
 from jaxinit_server.telemetry import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from jaxinit_server.telemetry import REPLICA_HEADER, Call, Telemetry
@@ -133,6 +135,8 @@ def _key(body: KeyBody | None) -> Key | None:
 def error_response(error: JaxinitError, headers: dict[str, str] | None = None) -> JSONResponse:
     mapping = mapping_for(error)
     body = {"error": {"code": mapping.grpc_code, "type": type(error).__name__, "message": error.message}}
+    if (retry_after := getattr(error, "retry_after", None)) is not None:
+        headers = {**(headers or {}), "Retry-After": str(max(1, math.ceil(retry_after)))}  # whole seconds
     return JSONResponse(body, status_code=mapping.http_status, headers=headers)
 
 
@@ -161,7 +165,8 @@ def negotiate(accept: str | None, offered: tuple[str, ...] = MEDIA_TYPES) -> str
 
 
 def create_app(
-    service: Service, *, title: str = "jaxinit", telemetry: Telemetry | None = None, keyring: KeyRing | None = None
+    service: Service, *, title: str = "jaxinit", telemetry: Telemetry | None = None, keyring: KeyRing | None = None,
+    max_body_bytes: int = 16 * 2**20,
 ) -> FastAPI:
     """The REST gateway over ``service``; ``telemetry`` records requests (``/metrics``);
     ``keyring``, when it has keys, requires a bearer token on all but health."""
@@ -177,6 +182,7 @@ def create_app(
     cache_control = IMMUTABLE_PRIVATE if keyring is not None and keyring.enabled else IMMUTABLE
     if keyring is not None and keyring.enabled:
         app.add_middleware(_BearerAuth, keyring=keyring)
+    app.add_middleware(_BodyLimit, max_bytes=max_body_bytes)
     if telemetry.replica:  # outermost: every response names its replica, a 401 too
         app.add_middleware(_ReplicaHeader, replica=telemetry.replica)
 
@@ -343,44 +349,50 @@ def create_app(
         if media == JSON:
             return JSONResponse({"tensors": model.plan(), "metadata": metadata}, headers=headers)
         await service.check_model(model)
+        ticket = service.admit_model(model)  # before the status line: a 429 can still be said
         if media == NPZ:
-            return Response(await _npz(service, model), media_type=NPZ, headers={
+            return Response(await _npz(service, model, ticket), media_type=NPZ, headers={
                 **headers, "Content-Disposition": 'attachment; filename="params.npz"'})
         head = safetensors.header([(o.name, o.dtype, o.shape) for o in model.outputs], metadata)
         headers["Content-Length"] = str(len(head) + model.nbytes)
         headers["Content-Disposition"] = 'attachment; filename="params.safetensors"'
-        return StreamingResponse(_model_bytes(service, model, head), media_type=SAFETENSORS, headers=headers)
+        return StreamingResponse(_model_bytes(service, model, head, ticket), media_type=SAFETENSORS, headers=headers)
 
     return app
 
 
-async def _model_bytes(service: Service, model: ResolvedModel, head: bytes) -> AsyncIterator[bytes | memoryview]:
+async def _model_bytes(
+    service: Service, model: ResolvedModel, head: bytes, ticket: Ticket
+) -> AsyncIterator[bytes | memoryview]:
     yield head
-    async for name, tensor in service.generate_model(model):
+    async for name, tensor in service.generate_model(model, ticket=ticket):
         if isinstance(tensor, JaxinitError):  # the status is sent: only a cut body can say it
             raise RuntimeError(f"{name}: {tensor.message}") from tensor
         async for _, data in tensor.chunks(service.limits.chunk_bytes):
             yield data
 
 
-async def _npz(service: Service, model: ResolvedModel) -> bytes:
+async def _npz(service: Service, model: ResolvedModel, ticket: Ticket) -> bytes:
     """A .npz of the model, made in memory (zip needs sizes first): capped like one tensor."""
-    if model.nbytes > service.limits.max_tensor_bytes:
-        raise TooLarge(
-            f"an .npz is made in memory, up to {service.limits.max_tensor_bytes} bytes; this model has "
-            f"{model.nbytes}. Ask for application/safetensors, which streams."
-        )
-    for out in model.outputs:
-        if DTYPES[out.dtype].kind == "V":
-            raise InvalidArgument(
-                f"{out.name}: .npy/.npz cannot store {out.dtype} (numpy reads it back as raw void "
-                "bytes); ask for application/safetensors"
+    try:
+        if model.nbytes > service.limits.max_tensor_bytes:
+            raise TooLarge(
+                f"an .npz is made in memory, up to {service.limits.max_tensor_bytes} bytes; this model has "
+                f"{model.nbytes}. Ask for application/safetensors, which streams."
             )
-    arrays = {}
-    async for name, tensor in service.generate_model(model):
-        if isinstance(tensor, JaxinitError):
-            raise type(tensor)(f"{name}: {tensor.message}")
-        arrays[name] = await tensor.array()
+        for out in model.outputs:
+            if DTYPES[out.dtype].kind == "V":
+                raise InvalidArgument(
+                    f"{out.name}: .npy/.npz cannot store {out.dtype} (numpy reads it back as raw void "
+                    "bytes); ask for application/safetensors"
+                )
+        arrays = {}
+        async for name, tensor in service.generate_model(model, ticket=ticket):
+            if isinstance(tensor, JaxinitError):
+                raise type(tensor)(f"{name}: {tensor.message}")
+            arrays[name] = await tensor.array()
+    finally:
+        ticket.release()
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)  # type: ignore[arg-type]
     return buffer.getvalue()
@@ -404,6 +416,50 @@ class _BearerAuth:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class _BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` is refused with 413, by its
+    Content-Length before it is read, or as soon as a streamed body passes the cap."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _error(self) -> TooLarge:
+        return TooLarge(f"the request body is over {self.max_bytes} bytes, the server's limit (--max-body-bytes)")
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or ()).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            await error_response(self._error(), headers={"Connection": "close"})(scope, receive, send)
+            return
+        seen, over = 0, False
+
+        async def counted() -> Any:
+            nonlocal seen, over
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:  # the app sees the caller gone; the 413 is ours
+                    over = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def unless_over(message: Any) -> None:
+            if not over:
+                await send(message)
+
+        try:
+            await self.app(scope, counted, unless_over)
+        except Exception:
+            if not over:
+                raise
+        if over:
+            await error_response(self._error(), headers={"Connection": "close"})(scope, receive, send)
 
 
 class _ReplicaHeader:

@@ -27,6 +27,13 @@ class Settings(BaseSettings):
     max_tensor_bytes: int = Field(4 * 2**30, ge=0, description="largest tensor served, in bytes")
     max_json_elements: int = Field(2**20, ge=0, description="largest tensor served as JSON")
     max_model_bytes: int = Field(16 * 2**30, ge=0, description="all tensors of one model request, in bytes")
+    max_streams: int = Field(64, ge=1, description="tensors made or sent at once; more: 429 / RESOURCE_EXHAUSTED")
+    max_inflight_bytes: int = Field(
+        16 * 2**30, ge=0, description="bytes of the tensors in flight, together; more: 429 / RESOURCE_EXHAUSTED"
+    )
+    max_body_bytes: int = Field(
+        16 * 2**20, ge=1024, description="largest request body (REST) or message (gRPC); more: 413 / RESOURCE_EXHAUSTED"
+    )
     chunk_bytes: int = Field(2**20, ge=1024, le=3 * 2**20, description="bytes per streamed chunk")
     grace_seconds: float = Field(10.0, ge=0, description="drain time for in-flight calls on stop")
     warm_up: bool = Field(True, description="run a few requests before reporting ready")
@@ -63,4 +70,6 @@ class Settings(BaseSettings):
             max_json_elements=self.max_json_elements,
             max_model_bytes=self.max_model_bytes,
             chunk_bytes=self.chunk_bytes,
+            max_streams=self.max_streams,
+            max_inflight_bytes=self.max_inflight_bytes,
         )

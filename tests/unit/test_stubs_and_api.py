@@ -25,8 +25,8 @@ def test_public_api_is_pinned() -> None:
     assert sorted(jaxinit.__all__) == sorted([
         "CATALOG", "DTYPE_NAMES", "KEY_IMPLS", "AsyncClient", "AsyncInitializer", "Client", "Initializer",
         "IntegrityError", "InternalError", "Interrupted", "InvalidArgument", "JaxError", "JaxinitError", "Key",
-        "ModelParams",
-        "NotAcceptable", "ProtocolError", "Provenance", "Request", "ServerUnavailable", "Tensor", "TooLarge",
+        "ModelParams", "NotAcceptable", "Overloaded",
+        "ProtocolError", "Provenance", "Request", "ServerUnavailable", "Tensor", "TooLarge",
         "Unauthenticated", "UnknownDtype", "UnknownInitializer", "__version__", "fold_in", "key", "models",
         "wrap_key_data",
     ])

@@ -28,6 +28,8 @@ class Limits:
     max_model_bytes: int = 16 * 2**30  # all tensors of one model request
     max_json_elements: int = 2**20
     chunk_bytes: int = 2**20
+    max_streams: int = 64  # tensors being made or sent at once, per server
+    max_inflight_bytes: int = 16 * 2**30  # their bytes, together
 
 
 @dataclass(frozen=True)

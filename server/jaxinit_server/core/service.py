@@ -21,6 +21,7 @@ from jaxinit._errors import JaxinitError
 from jaxinit._keys import KEY_IMPLS, Key
 from jaxinit._models import Output, file_metadata
 from jaxinit_server.core import chunked, engine
+from jaxinit_server.core.admission import Admission, Ticket
 from jaxinit_server.core.models import ModelParams, ResolvedModel, resolve_model
 from jaxinit_server.core.provenance import ServerIdentity, server_identity
 from jaxinit_server.core.request import GenerateParams, Limits, Resolved, resolve
@@ -43,6 +44,13 @@ class Tensor:
     # Seconds spent waiting for a JAX worker ("queue") and in JAX ("generate", which grows
     # as chunks are made while the tensor streams).
     timings: dict[str, float] = field(default_factory=dict)
+    # Its share of the server's capacity, given back once it is sent (or dropped).
+    ticket: Ticket | None = None
+
+    def close(self) -> None:
+        """Give the tensor's capacity back (after sending; idempotent)."""
+        if self.ticket is not None:
+            self.ticket.release()
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -63,11 +71,14 @@ class Tensor:
         pieces ahead of the sender, so memory stays bounded whatever the tensor's size.
         """
         offset = 0
-        async for piece in self._pieces():
-            data = to_wire_bytes(piece)
-            for start in range(0, len(data), chunk_bytes):
-                yield offset + start, data[start : start + chunk_bytes]
-            offset += len(data)
+        try:
+            async for piece in self._pieces():
+                data = to_wire_bytes(piece)
+                for start in range(0, len(data), chunk_bytes):
+                    yield offset + start, data[start : start + chunk_bytes]
+                offset += len(data)
+        finally:
+            self.close()
 
     @property
     def sent_shape(self) -> tuple[int, ...]:
@@ -77,11 +88,14 @@ class Tensor:
 
     async def array(self) -> np.ndarray:
         """What is sent, in memory (for answers that need it whole, such as JSON)."""
-        if self.generation.array is not None and not self._rearranged:
-            return self.generation.array.reshape(self.sent_shape)
-        pieces = [piece async for piece in self._pieces()]
-        flat = np.concatenate(pieces) if pieces else np.empty(0, DTYPES[self.dtype])
-        return flat.reshape(self.sent_shape)
+        try:
+            if self.generation.array is not None and not self._rearranged:
+                return self.generation.array.reshape(self.sent_shape)
+            pieces = [piece async for piece in self._pieces()]
+            flat = np.concatenate(pieces) if pieces else np.empty(0, DTYPES[self.dtype])
+            return flat.reshape(self.sent_shape)
+        finally:
+            self.close()
 
     @property
     def _rearranged(self) -> bool:
@@ -182,6 +196,7 @@ class Service:
             jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
             jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
         self.limits = limits or Limits()
+        self.admission = Admission(self.limits.max_streams, self.limits.max_inflight_bytes)
         self.identity: ServerIdentity = server_identity()
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jaxinit-jax")
         self.ready = False
@@ -260,11 +275,18 @@ class Service:
 
         await loop.run_in_executor(self._executor, check_all)
 
+    def admit_model(self, model: ResolvedModel, *, ahead: int = 2) -> Ticket:
+        """The model's share of capacity, taken once before its first byte: one stream, and
+        the bytes of the ``ahead + 1`` largest tensors it holds at once. Raises Overloaded."""
+        largest = sorted((r.nbytes for r in model.requests), reverse=True)[: ahead + 1]
+        return self.admission.admit(sum(largest))
+
     async def generate_model(
-        self, model: ResolvedModel, *, ahead: int = 2
+        self, model: ResolvedModel, *, ahead: int = 2, ticket: Ticket | None = None
     ) -> AsyncIterator[tuple[str, Tensor | JaxinitError]]:
         """(name, tensor) of the model in order, each made at most ``ahead`` tensors before
         it is sent; a tensor JAX refuses comes as its domain error, and the others follow.
+        ``ticket`` (from :meth:`admit_model`) is released when the stream ends.
         """
         pending: list[tuple[str, asyncio.Future[Tensor]]] = []
         items = iter(zip(model.outputs, model.requests, strict=True))
@@ -272,7 +294,8 @@ class Service:
             while True:
                 while len(pending) <= ahead and (item := next(items, None)) is not None:
                     out, request = item
-                    pending.append((out.name, asyncio.ensure_future(self.generate(request, output=out))))
+                    made = asyncio.ensure_future(self.generate(request, output=out, admitted=True))
+                    pending.append((out.name, made))
                 if not pending:
                     return
                 name, future = pending.pop(0)
@@ -283,13 +306,18 @@ class Service:
         finally:
             for _, future in pending:
                 future.cancel()
+            if ticket is not None:
+                ticket.release()
 
-    async def generate(self, resolved: Resolved, *, output: Output | None = None) -> Tensor:
-        """Get the tensor ready to stream (on a worker thread). Raises domain errors.
+    async def generate(self, resolved: Resolved, *, output: Output | None = None, admitted: bool = False) -> Tensor:
+        """Get the tensor ready to stream (on a worker thread). Raises domain errors, and
+        :class:`Overloaded` at once when the server is at its limits (``admitted``: the
+        caller holds capacity for it already, as a model stream does).
 
         Requests that cannot be chunked are produced whole here, so JAX's errors for
         them arrive before any byte is sent.
         """
+        ticket = None if admitted else self.admission.admit(resolved.nbytes)
         loop = asyncio.get_running_loop()
         submitted = time.perf_counter()
         timings: dict[str, float] = {}
@@ -302,9 +330,14 @@ class Service:
             finally:
                 timings["generate"] = time.perf_counter() - started
 
-        generation = await loop.run_in_executor(self._executor, prepare)
+        try:
+            generation = await loop.run_in_executor(self._executor, prepare)
+        except BaseException:
+            if ticket is not None:
+                ticket.release()
+            raise
         provenance = self._provenance(resolved, generation.key_data)
-        return Tensor(resolved, generation, provenance, output=output, timings=timings)
+        return Tensor(resolved, generation, provenance, output=output, timings=timings, ticket=ticket)
 
     def warm_up(self) -> None:
         """Run one small request of each common kind, so the first real one is not slow."""
