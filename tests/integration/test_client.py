@@ -118,5 +118,5 @@ def test_injected_httpx_transport_reaches_an_in_process_app() -> None:
 def test_wrong_injection_is_refused() -> None:
     with pytest.raises(jaxinit.InvalidArgument, match="channel="):
         jaxinit.Client("http://127.0.0.1:1", channel=object())
-    with pytest.raises(jaxinit.InvalidArgument, match="grpc://"):
+    with pytest.raises(jaxinit.InvalidArgument, match=r"grpc\(s\)://"):
         jaxinit.Client("ftp://127.0.0.1:1")
