@@ -118,14 +118,19 @@ class _Collector:
                 header.shape, header.dtype, header.total_bytes,
                 provenance_from_proto(header.provenance), chunk.request_id, header.offset,
                 header.count if header.HasField("count") else None, self._on_progress,
+                header.digest_algorithm,
             )
         elif kind == "data":
             if self.current is None:
                 raise ProtocolError("data chunk before any header")
             self.current.add(chunk.data.offset, chunk.data.data)
+        elif kind == "digest":
+            if self.current is None:
+                raise ProtocolError("digest chunk before any header")
+            self.current.check_digest(chunk.digest.algorithm, chunk.digest.digest)
         else:
             raise ProtocolError(f"unexpected chunk {kind!r}")
-        if self.current.done:
+        if self.current.complete:
             tensor, self.current = self.current.finish(), None
             return tensor
         return None

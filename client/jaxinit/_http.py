@@ -11,7 +11,9 @@ from urllib.parse import quote, urlencode
 import httpx
 
 from jaxinit._codec import num_bytes
+from jaxinit._digest import DIGEST_BYTES
 from jaxinit._errors import (
+    IntegrityError,
     Interrupted,
     JaxinitError,
     Overloaded,
@@ -25,6 +27,7 @@ from jaxinit._types import Assembler, Progress, Provenance, Request, Tensor
 __all__ = ["AsyncHttpTransport", "HttpTransport"]
 
 OCTET = "application/octet-stream"
+DIGESTED = "application/vnd.jaxinit.tensor"  # the bytes, then their digest
 
 
 def request_to_json(request: Request) -> dict[str, Any]:
@@ -111,7 +114,8 @@ def assembler_for(response: httpx.Response, request_id: str, on_progress: Progre
         offset = int(headers.get("x-jaxinit-offset", 0))
         count = int(headers["x-jaxinit-count"]) if "x-jaxinit-count" in headers else None
         total = num_bytes(shape, dtype) if count is None else num_bytes((count,), dtype)
-        return Assembler(shape, dtype, total, provenance, request_id, offset, count, on_progress)
+        algorithm = headers.get("x-jaxinit-digest-algorithm", "")
+        return Assembler(shape, dtype, total, provenance, request_id, offset, count, on_progress, algorithm)
     except (KeyError, ValueError) as exc:
         raise ProtocolError(f"response lacks valid jaxinit headers: {exc}") from exc
 
@@ -119,6 +123,26 @@ def assembler_for(response: httpx.Response, request_id: str, on_progress: Progre
 def _verify(ca_bundle: str | None) -> ssl.SSLContext | bool:
     """https:// trusts ``ca_bundle`` (a PEM file), or the default roots without one."""
     return True if ca_bundle is None else ssl.create_default_context(cafile=ca_bundle)
+
+
+def take(assembler: Assembler, trailer: bytearray, data: bytes) -> None:
+    """Body bytes into the tensor, and what follows its last byte into ``trailer``."""
+    room = assembler.total - assembler.received
+    if room:
+        assembler.add(assembler.received, data[:room])
+    trailer += data[room:]
+    if len(trailer) > DIGEST_BYTES:
+        raise ProtocolError(f"the body runs {len(trailer)} bytes past the tensor")
+
+
+def finish_digest(assembler: Assembler, trailer: bytearray) -> None:
+    """Check the digest that followed the bytes, when the response announced one."""
+    if assembler.digest_algorithm:
+        if len(trailer) != DIGEST_BYTES:
+            raise IntegrityError(f"the body ended {DIGEST_BYTES - len(trailer)} bytes short of its digest")
+        assembler.check_digest(assembler.digest_algorithm, bytes(trailer))
+    elif trailer:
+        raise ProtocolError(f"the body runs {len(trailer)} bytes past the tensor")
 
 
 def _auth_headers(token: str | None) -> dict[str, str]:
@@ -153,8 +177,8 @@ class HttpTransport:
 
     def _open(self, request: Request) -> Any:
         if self.cacheable:
-            return self._http.stream("GET", get_url(request), headers={"Accept": OCTET})
-        return self._http.stream("POST", "/v1/generate", json=request_to_json(request), headers={"Accept": OCTET})
+            return self._http.stream("GET", get_url(request), headers={"Accept": DIGESTED})
+        return self._http.stream("POST", "/v1/generate", json=request_to_json(request), headers={"Accept": DIGESTED})
 
     def generate(self, request: Request) -> Tensor:
         try:
@@ -162,9 +186,10 @@ class HttpTransport:
                 if response.status_code != 200:
                     raise error_from_response(response, response.read())
                 assembler = assembler_for(response, request.request_id, self.on_progress)
+                trailer = bytearray()
                 try:
                     for data in response.iter_bytes():
-                        assembler.add(assembler.received, data)
+                        take(assembler, trailer, data)
                 except httpx.TransportError as exc:
                     raise _interrupted(exc, self.target, assembler) from exc
         except httpx.TransportError as exc:
@@ -174,6 +199,7 @@ class HttpTransport:
                 f"the response from {self.target} ended after {assembler.received} of {assembler.total} bytes",
                 assembler.partial(),
             )
+        finish_digest(assembler, trailer)
         return assembler.finish()
 
     def generate_many(self, requests: Iterable[Request]) -> Iterator[Tensor | JaxinitError]:
@@ -215,8 +241,8 @@ class AsyncHttpTransport:
 
     def _open(self, request: Request) -> Any:
         if self.cacheable:
-            return self._http.stream("GET", get_url(request), headers={"Accept": OCTET})
-        return self._http.stream("POST", "/v1/generate", json=request_to_json(request), headers={"Accept": OCTET})
+            return self._http.stream("GET", get_url(request), headers={"Accept": DIGESTED})
+        return self._http.stream("POST", "/v1/generate", json=request_to_json(request), headers={"Accept": DIGESTED})
 
     async def generate(self, request: Request) -> Tensor:
         try:
@@ -224,9 +250,10 @@ class AsyncHttpTransport:
                 if response.status_code != 200:
                     raise error_from_response(response, await response.aread())
                 assembler = assembler_for(response, request.request_id, self.on_progress)
+                trailer = bytearray()
                 try:
                     async for data in response.aiter_bytes():
-                        assembler.add(assembler.received, data)
+                        take(assembler, trailer, data)
                 except httpx.TransportError as exc:
                     raise _interrupted(exc, self.target, assembler) from exc
         except httpx.TransportError as exc:
@@ -236,6 +263,7 @@ class AsyncHttpTransport:
                 f"the response from {self.target} ended after {assembler.received} of {assembler.total} bytes",
                 assembler.partial(),
             )
+        finish_digest(assembler, trailer)
         return assembler.finish()
 
     async def generate_many(

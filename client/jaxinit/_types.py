@@ -13,6 +13,8 @@ import numpy as np
 
 from jaxinit._catalog import bind_arguments, lookup
 from jaxinit._codec import ITEMSIZE, array_from_buffer, dtype_name, num_bytes, numpy_dtype
+from jaxinit._digest import ALGORITHM as DIGEST_ALGORITHM
+from jaxinit._digest import new_hasher
 from jaxinit._errors import IntegrityError, InvalidArgument, ProtocolError
 from jaxinit._keys import as_key
 
@@ -127,7 +129,12 @@ class Assembler:
         offset: int = 0,
         count: int | None = None,
         on_progress: Progress | None = None,
+        digest_algorithm: str = "",
     ) -> None:
+        if digest_algorithm not in ("", DIGEST_ALGORITHM):
+            raise ProtocolError(f"the server announced a digest this client cannot check: {digest_algorithm!r}")
+        self.digest_algorithm = digest_algorithm
+        self.digest_checked = False
         if dtype not in ITEMSIZE:
             raise ProtocolError(f"server sent unknown dtype {dtype!r}")
         numpy_dtype(dtype)  # before any byte is read: bfloat16 and float8 need ml_dtypes
@@ -155,7 +162,28 @@ class Assembler:
 
     @property
     def done(self) -> bool:
+        """Every byte has arrived (the digest, when one was announced, may still be due)."""
         return self.received == self.total
+
+    @property
+    def complete(self) -> bool:
+        """Every byte, and the announced digest checked."""
+        return self.done and (self.digest_checked or not self.digest_algorithm)
+
+    def check_digest(self, algorithm: str, digest: bytes) -> None:
+        """Compare the server's digest of the bytes with ours. Raises IntegrityError."""
+        if not self.done:
+            raise ProtocolError(f"a digest after {self.received} of {self.total} bytes")
+        if algorithm != self.digest_algorithm:
+            raise ProtocolError(f"header announced a {self.digest_algorithm!r} digest, got {algorithm!r}")
+        hasher = new_hasher()
+        hasher.update(self._buffer.data)
+        if hasher.digest() != digest:
+            raise IntegrityError(
+                f"the {self.total} bytes received do not match the server's {algorithm} digest "
+                f"({digest.hex()} sent, {hasher.digest().hex()} received): corrupted in transit or in a cache"
+            )
+        self.digest_checked = True
 
     def add(self, offset: int, data: bytes | memoryview) -> None:
         """Write one chunk; chunks must arrive in order, without gaps or overlap."""
@@ -181,5 +209,7 @@ class Assembler:
     def finish(self) -> Tensor:
         if not self.done:
             raise IntegrityError(f"stream ended after {self.received} of {self.total} bytes")
+        if not self.complete:
+            raise IntegrityError(f"the {self.digest_algorithm} digest the server announced never came")
         array = array_from_buffer(self._buffer, self.shape, self.dtype)
         return Tensor(array, self.provenance, self.request_id, self.offset, self.tensor_shape)

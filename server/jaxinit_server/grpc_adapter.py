@@ -99,16 +99,19 @@ def header_to_proto(tensor: Tensor, chunk_bytes: int) -> pb.TensorHeader:
         provenance=pb.Provenance(**tensor.provenance),
         offset=tensor.resolved.start,
         count=tensor.resolved.stop - tensor.resolved.start,
+        digest_algorithm=tensor.digest_algorithm,
     )
 
 
 async def frames(tensor: Tensor, request_id: str, chunk_bytes: int, call: Call) -> AsyncIterator[pb.TensorChunk]:
-    """The messages that carry one tensor: its header, then its bytes."""
+    """The messages that carry one tensor: its header, its bytes, then their digest."""
     call.timings = tensor.timings
     yield pb.TensorChunk(request_id=request_id, header=header_to_proto(tensor, chunk_bytes))
     async for offset, data in tensor.chunks(chunk_bytes):
         yield pb.TensorChunk(request_id=request_id, data=pb.DataChunk(offset=offset, data=bytes(data)))
         call.sent(len(data))
+    digest = pb.TensorDigest(algorithm=tensor.digest_algorithm, digest=tensor.digest())
+    yield pb.TensorChunk(request_id=request_id, digest=digest)
 
 
 def error_to_proto(error: JaxinitError, request_id: str) -> pb.TensorChunk:

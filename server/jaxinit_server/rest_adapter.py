@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from jaxinit import _safetensors as safetensors
 from jaxinit._catalog import args_from_text
 from jaxinit._codec import DTYPES
+from jaxinit._digest import DIGEST_BYTES
 from jaxinit._errors import InternalError, InvalidArgument, JaxinitError, NotAcceptable, TooLarge, mapping_for
 from jaxinit._keys import Key
 from jaxinit_server.auth import OPEN_HTTP_PATHS, KeyRing, bearer
@@ -32,7 +33,10 @@ __all__ = ["create_app"]
 log = logging.getLogger("jaxinit_server.rest")
 OCTET, NPY, JSON = "application/octet-stream", "application/x-npy", "application/json"
 SAFETENSORS, NPZ = "application/safetensors", "application/x-npz"
-MEDIA_TYPES = (OCTET, NPY, JSON)
+# The raw bytes followed by their digest (16 bytes of xxh3-128): what the jaxinit client
+# asks for, so every answer is checked; X-Jaxinit-Digest-Algorithm names the digest.
+DIGESTED = "application/vnd.jaxinit.tensor"
+MEDIA_TYPES = (OCTET, NPY, JSON, DIGESTED)
 MODEL_MEDIA_TYPES = (SAFETENSORS, NPZ, JSON)
 IMMUTABLE = "public, max-age=31536000, immutable"
 # With auth on, a shared cache (the load balancer's) must not hand one caller's answer to another.
@@ -228,7 +232,7 @@ def create_app(
         "/v1/generate",
         summary="Generate a tensor",
         response_class=Response,
-        responses={200: {"content": {OCTET: {}, NPY: {}, JSON: {}}}},
+        responses={200: {"content": {OCTET: {}, NPY: {}, JSON: {}, DIGESTED: {}}}},
     )
     async def generate(
         body: GenerateBody,
@@ -260,7 +264,9 @@ def create_app(
         "/v1/generate/{initializer}",
         summary="Generate a tensor (GET form: cacheable, ETag, 304)",
         response_class=Response,
-        responses={200: {"content": {OCTET: {}, NPY: {}, JSON: {}}}, 304: {"description": "not modified"}},
+        responses={
+            200: {"content": {OCTET: {}, NPY: {}, JSON: {}, DIGESTED: {}}}, 304: {"description": "not modified"}
+        },
     )
     async def generate_get(
         request: Request,
@@ -542,8 +548,18 @@ async def _respond(
         prefix = _npy_header(tensor)
         headers["Content-Length"] = str(len(prefix) + tensor.nbytes)
         return StreamingResponse(_with_prefix(prefix, tensor, chunk), media_type=NPY, headers=headers)
+    if media == DIGESTED:
+        headers["Content-Length"] = str(tensor.nbytes + DIGEST_BYTES)
+        headers["X-Jaxinit-Digest-Algorithm"] = tensor.digest_algorithm
+        return StreamingResponse(_with_digest(tensor, chunk), media_type=DIGESTED, headers=headers)
     headers["Content-Length"] = str(tensor.nbytes)
     return StreamingResponse(_with_prefix(b"", tensor, chunk), media_type=OCTET, headers=headers)
+
+
+async def _with_digest(tensor: Tensor, chunk_bytes: int) -> AsyncIterator[bytes | memoryview]:
+    async for _, data in tensor.chunks(chunk_bytes):
+        yield data
+    yield tensor.digest()
 
 
 def _tensor_headers(tensor: Tensor) -> dict[str, str]:

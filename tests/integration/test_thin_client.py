@@ -3,6 +3,7 @@ the same bytes; missing extras say which extra to install."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
@@ -24,14 +25,15 @@ def thin_python() -> pathlib.Path:
     (the client is installed editable, so it stays current)."""
     python = VENV / "bin" / "python"
     marker = VENV / ".installed"
-    if not marker.exists():
+    # Rebuilt when the project's dependencies change: the marker holds pyproject's hash.
+    stamp = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if not marker.exists() or marker.read_text() != stamp:
         env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True, timeout=300)
         pip = [str(python), "-m", "pip", "install", "--quiet"]
-        subprocess.run([*pip, "numpy==1.26.4", "httpx>=0.27", "grpcio>=1.85.1", "protobuf>=7.35"],
-                       check=True, timeout=900, env=env)
-        subprocess.run([*pip, "--no-deps", "-e", str(ROOT)], check=True, timeout=900, env=env)
-        marker.touch()
+        # The base install and the [grpc] extra, as pyproject declares them, on numpy 1.26.
+        subprocess.run([*pip, "numpy==1.26.4", "-e", f"{ROOT}[grpc]"], check=True, timeout=900, env=env)
+        marker.write_text(stamp)
     return python
 
 

@@ -118,7 +118,7 @@ class Provenance(_message.Message):
     def __init__(self, jaxinit_version: _Optional[str] = ..., jax_version: _Optional[str] = ..., jaxlib_version: _Optional[str] = ..., backend: _Optional[str] = ..., device_kind: _Optional[str] = ..., key_impl: _Optional[str] = ..., key_data: _Optional[_Iterable[int]] = ..., threefry_partitionable: _Optional[bool] = ..., enable_x64: _Optional[bool] = ..., canonical_request: _Optional[str] = ..., request_digest: _Optional[str] = ...) -> None: ...
 
 class TensorHeader(_message.Message):
-    __slots__ = ("shape", "dtype", "byte_order", "total_bytes", "chunk_bytes", "provenance", "offset", "count")
+    __slots__ = ("shape", "dtype", "byte_order", "total_bytes", "chunk_bytes", "provenance", "offset", "count", "digest_algorithm")
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     BYTE_ORDER_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +127,7 @@ class TensorHeader(_message.Message):
     PROVENANCE_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     shape: _containers.RepeatedScalarFieldContainer[int]
     dtype: str
     byte_order: str
@@ -135,7 +136,8 @@ class TensorHeader(_message.Message):
     provenance: Provenance
     offset: int
     count: int
-    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., byte_order: _Optional[str] = ..., total_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., offset: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
+    digest_algorithm: str
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., byte_order: _Optional[str] = ..., total_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., offset: _Optional[int] = ..., count: _Optional[int] = ..., digest_algorithm: _Optional[str] = ...) -> None: ...
 
 class DataChunk(_message.Message):
     __slots__ = ("offset", "data")
@@ -144,6 +146,14 @@ class DataChunk(_message.Message):
     offset: int
     data: bytes
     def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class TensorDigest(_message.Message):
+    __slots__ = ("algorithm", "digest")
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    algorithm: str
+    digest: bytes
+    def __init__(self, algorithm: _Optional[str] = ..., digest: _Optional[bytes] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "type", "message")
@@ -156,16 +166,18 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[str] = ..., type: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class TensorChunk(_message.Message):
-    __slots__ = ("request_id", "header", "data", "error")
+    __slots__ = ("request_id", "header", "data", "error", "digest")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     HEADER_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     header: TensorHeader
     data: DataChunk
     error: Error
-    def __init__(self, request_id: _Optional[str] = ..., header: _Optional[_Union[TensorHeader, _Mapping]] = ..., data: _Optional[_Union[DataChunk, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    digest: TensorDigest
+    def __init__(self, request_id: _Optional[str] = ..., header: _Optional[_Union[TensorHeader, _Mapping]] = ..., data: _Optional[_Union[DataChunk, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., digest: _Optional[_Union[TensorDigest, _Mapping]] = ...) -> None: ...
 
 class InitModelRequest(_message.Message):
     __slots__ = ("model_json", "key", "mode", "layout", "fix_rng_separator", "param_dtype", "prng")

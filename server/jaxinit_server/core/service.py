@@ -17,6 +17,8 @@ import numpy as np
 
 from jaxinit._catalog import CATALOG
 from jaxinit._codec import DTYPE_NAMES, DTYPES, to_wire_bytes
+from jaxinit._digest import ALGORITHM as DIGEST_ALGORITHM
+from jaxinit._digest import new_hasher
 from jaxinit._errors import JaxinitError
 from jaxinit._keys import KEY_IMPLS, Key
 from jaxinit._models import Output, file_metadata
@@ -46,6 +48,14 @@ class Tensor:
     timings: dict[str, float] = field(default_factory=dict)
     # Its share of the server's capacity, given back once it is sent (or dropped).
     ticket: Ticket | None = None
+    digest_algorithm: str = DIGEST_ALGORITHM
+    _digest: list[bytes] = field(default_factory=list)
+
+    def digest(self) -> bytes:
+        """The digest of every byte :meth:`chunks` yielded, once it has yielded them all."""
+        if not self._digest:
+            raise RuntimeError("the digest is known once every chunk has been sent")
+        return self._digest[0]
 
     def close(self) -> None:
         """Give the tensor's capacity back (after sending; idempotent)."""
@@ -71,12 +81,15 @@ class Tensor:
         pieces ahead of the sender, so memory stays bounded whatever the tensor's size.
         """
         offset = 0
+        hasher = new_hasher()
         try:
             async for piece in self._pieces():
                 data = to_wire_bytes(piece)
+                hasher.update(data)
                 for start in range(0, len(data), chunk_bytes):
                     yield offset + start, data[start : start + chunk_bytes]
                 offset += len(data)
+            self._digest.append(hasher.digest())
         finally:
             self.close()
 
