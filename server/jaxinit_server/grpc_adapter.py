@@ -163,6 +163,12 @@ class InitializersServicer(pb_grpc.InitializersServicer):
         async def read() -> None:
             try:
                 async for request in request_iterator:
+                    if isinstance(request, Malformed):  # its error in the stream; the others go on
+                        call = self._telemetry.call("grpc", "GenerateMany", f"{stream_id}/?")
+                        failed: asyncio.Future[Tensor] = asyncio.get_running_loop().create_future()
+                        failed.set_exception(request.error)
+                        await pending.put(("", failed, call))
+                        continue
                     call = self._telemetry.call("grpc", "GenerateMany", f"{stream_id}/{request.request_id}")
                     future = asyncio.ensure_future(self._generate_one(request, call))
                     await pending.put((request.request_id, future, call))
@@ -272,6 +278,60 @@ async def abort(context: grpc.aio.ServicerContext, error: JaxinitError) -> None:
     await context.abort(grpc.StatusCode[mapping_for(error).grpc_code], error.message)
 
 
+class Malformed:
+    """What a request message that does not parse becomes: the handler, not gRPC's
+    machinery, answers it (INVALID_ARGUMENT; gRPC's own answer is UNKNOWN, with the
+    parser's exception in it, and an error logged)."""
+
+    def __init__(self, error: InvalidArgument) -> None:
+        self.error = error
+
+
+class _DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Request messages of jaxinit's services are parsed by a deserializer that cannot raise:
+    a malformed one reaches a unary handler as a refusal, and a streaming handler as a
+    :class:`Malformed` item it answers in the stream."""
+
+    def __init__(self, services: tuple[str, ...]) -> None:
+        self._prefixes = tuple(f"/{name}/" for name in services)
+
+    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(self._prefixes) or handler.request_deserializer is None:
+            return handler
+        parse = handler.request_deserializer
+
+        def safe(data: bytes) -> Any:
+            try:
+                return parse(data)
+            except Exception as exc:  # DecodeError, or anything a parser raises on bytes
+                return Malformed(InvalidArgument(f"the request message does not parse as {details.method}'s "
+                                                 f"request type ({type(exc).__name__})"))
+
+        codecs = {"request_deserializer": safe, "response_serializer": handler.response_serializer}
+        if handler.request_streaming:
+            kind = grpc.stream_stream_rpc_method_handler if handler.response_streaming else \
+                grpc.stream_unary_rpc_method_handler
+            return kind(handler.stream_stream or handler.stream_unary, **codecs)
+        behavior = handler.unary_stream or handler.unary_unary
+
+        if handler.response_streaming:
+            async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                if isinstance(request, Malformed):
+                    await abort(context, request.error)
+                async for message in behavior(request, context):
+                    yield message
+
+            return grpc.unary_stream_rpc_method_handler(stream, **codecs)
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, Malformed):
+                await abort(context, request.error)
+            return await behavior(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary, **codecs)
+
+
 class _AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Every RPC but health needs ``authorization: Bearer <key>`` (see :mod:`auth`)."""
 
@@ -320,7 +380,11 @@ def create_grpc_server(
     Returns:
         (server, bound port, health servicer). Port 0 binds a free port. Not started.
     """
-    interceptors = [_AuthInterceptor(keyring)] if keyring is not None and keyring.enabled else []
+    from jaxinit_server.kserve.grpc_service import SERVICE_NAME as KSERVE_SERVICE
+
+    interceptors: list[Any] = [_DecodeGuard((SERVICE_NAME, KSERVE_SERVICE))]
+    if keyring is not None and keyring.enabled:
+        interceptors.insert(0, _AuthInterceptor(keyring))
     # A larger request message is refused by gRPC itself with RESOURCE_EXHAUSTED.
     server = grpc.aio.server(
         interceptors=interceptors, options=[("grpc.max_receive_message_length", max_message_bytes)]

@@ -14,12 +14,21 @@ from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jaxinit import _safetensors as safetensors
 from jaxinit._catalog import args_from_text
 from jaxinit._codec import DTYPES
 from jaxinit._digest import DIGEST_BYTES
-from jaxinit._errors import InternalError, InvalidArgument, JaxinitError, NotAcceptable, TooLarge, mapping_for
+from jaxinit._errors import (
+    InternalError,
+    InvalidArgument,
+    JaxinitError,
+    NotAcceptable,
+    TooLarge,
+    error_from_wire,
+    mapping_for,
+)
 from jaxinit._keys import Key
 from jaxinit_server.auth import OPEN_HTTP_PATHS, KeyRing, bearer
 from jaxinit_server.core import GenerateParams, ModelParams, Resolved, ResolvedModel, Service, Tensor
@@ -180,7 +189,7 @@ def create_app(
         version=service.identity.jaxinit_version,
         description="JAX initializers, bit-identical to the server's JAX. Tensors are raw "
         "little-endian bytes (application/octet-stream), .npy files or JSON.",
-        responses={code: {"model": ErrorResponse} for code in (400, 404, 406, 413, 503)},
+        responses={code: {"model": ErrorResponse} for code in (400, 401, 404, 406, 413, 429, 500, 503)},
     )
     app.state.service = service
     cache_control = IMMUTABLE_PRIVATE if keyring is not None and keyring.enabled else IMMUTABLE
@@ -202,6 +211,14 @@ def create_app(
         if request.method == "POST" and "json" not in request.headers.get("content-type", ""):
             problems += "; send the body as JSON, with the header Content-Type: application/json"
         return error_response(InvalidArgument(f"invalid request: {problems}"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _framework_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Refusals the framework makes before a handler (a body that is not JSON, an unknown
+        # path, a wrong method) in jaxinit's error body, with their own status.
+        error = error_from_wire(str(exc.detail), http_status=exc.status_code)
+        body = {"error": {"code": mapping_for(error).grpc_code, "type": type(error).__name__, "message": error.message}}
+        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -235,10 +252,13 @@ def create_app(
         responses={200: {"content": {OCTET: {}, NPY: {}, JSON: {}, DIGESTED: {}}}},
     )
     async def generate(
+        request: Request,
         body: GenerateBody,
-        accept: Annotated[str | None, Header()] = None,
         x_request_id: Annotated[str | None, Header()] = None,
     ) -> Response:
+        # Accept is content negotiation (the responses' media types say what it can be), read
+        # as a header rather than declared as a free-form parameter.
+        accept = request.headers.get("accept")
         call = telemetry.call("http", "generate", x_request_id)
         return await _observed(call, _generate(body, accept, call))
 
@@ -281,14 +301,13 @@ def create_app(
         enable_x64: bool | None = None,
         offset: Annotated[int | None, Query(description="first flat element of a range")] = None,
         count: Annotated[int | None, Query(description="flat elements in the range")] = None,
-        accept: Annotated[str | None, Header()] = None,
         if_none_match: Annotated[str | None, Header()] = None,
         x_request_id: Annotated[str | None, Header()] = None,
     ) -> Response:
         call = telemetry.call("http", "generate_get", x_request_id)
 
         async def answer() -> Response:
-            media = negotiate(accept)
+            media = negotiate(request.headers.get("accept"))
             key = None
             if seed is not None or key_data is not None:
                 words = _int_list("key_data", key_data) if key_data is not None else None
@@ -327,10 +346,11 @@ def create_app(
         responses={200: {"content": {SAFETENSORS: {}, NPZ: {}, JSON: {}}}},
     )
     async def init_model(
+        request: Request,
         body: ModelBody,
-        accept: Annotated[str | None, Header()] = None,
         x_request_id: Annotated[str | None, Header()] = None,
     ) -> Response:
+        accept = request.headers.get("accept")
         call = telemetry.call("http", "init_model", x_request_id)
         return await _observed(call, _init_model(body, accept, call))
 

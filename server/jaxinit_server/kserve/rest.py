@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 
 from jaxinit._catalog import CATALOG
 from jaxinit._codec import to_wire_bytes
@@ -89,6 +90,27 @@ def _wants_binary(document: dict[str, Any]) -> bool:
     )
 
 
+class V2Error(BaseModel):
+    """The protocol's error body."""
+
+    error: str
+
+
+class V2Ready(BaseModel):
+    ready: bool
+
+
+class V2ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+# Documented per route: the protocol's error shape replaces jaxinit's on /v2.
+V2_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": V2Error} for code in (400, 401, 404, 406, 413, 429, 500, 503)
+}
+
+
 def add_routes(app: FastAPI, service: Service, telemetry: Telemetry) -> None:
     """The v2 routes: health, metadata, and infer for every initializer (a model each)."""
 
@@ -101,18 +123,21 @@ def add_routes(app: FastAPI, service: Service, telemetry: Telemetry) -> None:
     async def live() -> dict[str, bool]:
         return {"live": True}
 
-    @app.get("/v2/health/ready", summary="KServe v2: readiness")
+    @app.get("/v2/health/ready", summary="KServe v2: readiness", response_model=V2Ready,
+             responses={503: {"model": V2Ready}})
     async def ready() -> JSONResponse:
         return JSONResponse({"ready": service.ready}, status_code=200 if service.ready else 503)
 
-    @app.get("/v2/models/{name}", summary="KServe v2: model metadata (every initializer is a model)")
+    @app.get("/v2/models/{name}", summary="KServe v2: model metadata (every initializer is a model)",
+             responses=V2_ERRORS)
     async def metadata(name: str) -> Response:
         try:
             return JSONResponse(model_metadata(name, service.identity.jax_version))
         except JaxinitError as exc:
             return _error(exc)
 
-    @app.get("/v2/models/{name}/ready", summary="KServe v2: model readiness")
+    @app.get("/v2/models/{name}/ready", summary="KServe v2: model readiness", response_model=V2ModelReady,
+             responses={404: {"model": V2ModelReady}, 503: {"model": V2ModelReady}})
     async def model_ready(name: str) -> JSONResponse:
         ok = service.ready and name in CATALOG
         return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else (503 if name in CATALOG else 404))
@@ -120,6 +145,7 @@ def add_routes(app: FastAPI, service: Service, telemetry: Telemetry) -> None:
     @app.post(
         "/v2/models/{name}/infer",
         summary="KServe v2: generate (inputs shape and seed or key_data; arguments as parameters)",
+        responses=V2_ERRORS,
     )
     async def infer(name: str, request: Request) -> Response:
         document_id = None
