@@ -383,9 +383,10 @@ class Client(_BaseClient):
         timeout: seconds per call (None: no limit).
         progress: show a progress bar for each call (tqdm; a widget in notebooks).
         token: a bearer token, for servers started with API keys.
-        retries: how often a tensor is fetched again when the server cannot be reached or
-            its stream breaks (a replica restarting behind a load balancer); a broken
-            stream resumes from the last whole element received. 0: never.
+        retries: how often a tensor is fetched again when the server cannot be reached, is
+            overloaded (429: waits its Retry-After at least), or its stream breaks (a replica
+            restarting behind a load balancer); a broken stream resumes from the last whole
+            element received. Errors the server decided are never retried. 0: never.
         retry_backoff: seconds before the first retry; doubled for each next one (jittered).
         cacheable: over HTTP, fetch tensors with the GET form at a canonical URL, so that an
             HTTP cache (the load balancer's in deploy/) can answer repeated requests.
