@@ -123,3 +123,19 @@ def test_slow_readers_and_slow_senders_do_not_pin_the_server(server_proc: Server
                 s.close()
     _settle(server_proc)
     assert _in_flight(server_proc) == 0
+
+
+def test_a_deadline_ends_the_call_and_its_work(server_proc: ServerProcess) -> None:
+    """A gRPC deadline that passes mid-stream: DEADLINE_EXCEEDED for the caller, and the
+    server stops making the tensor (nothing left in flight, memory flat)."""
+    baseline = _rss(server_proc)
+    request = request_to_proto(jaxinit.Client(server_proc.grpc_url).request("normal", 9, GIB_OF_FLOAT32))
+    with grpc.insecure_channel(server_proc.grpc_target) as channel:
+        call = pb_grpc.InitializersStub(channel).Generate(request, timeout=0.5)
+        with pytest.raises(grpc.RpcError) as caught:
+            for _ in call:
+                time.sleep(0.05)  # a slow reader: the deadline passes long before 1 GiB
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    _settle(server_proc)
+    assert _in_flight(server_proc) == 0
+    assert _rss(server_proc) - baseline < 64 * 2**20
