@@ -7,12 +7,15 @@ import signal
 import time
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 
 import jaxinit
 from helpers import running_server
+from jaxinit._grpc import request_to_proto
+from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
 
 
 def test_env_settings_and_sigterm_exits_cleanly() -> None:
@@ -57,6 +60,26 @@ def test_in_flight_stream_drains_on_sigterm() -> None:
             time.sleep(0.5)  # the server is stopping while the body is still streaming
             received += sum(len(c) for c in chunks)
         assert received == 64 * 2**20
+        assert srv.process.wait(60) == 0
+
+
+def test_in_flight_grpc_stream_drains_and_new_calls_are_refused_on_sigterm() -> None:
+    """SIGTERM while a gRPC stream is open: that call gets every byte (and its digest); a new
+    call, even on the same connection, is refused as UNAVAILABLE (so clients and balancers
+    go elsewhere); then the process exits 0."""
+    with running_server("--no-warm-up") as srv, grpc.insecure_channel(srv.grpc_target) as channel:
+        stub = pb_grpc.InitializersStub(channel)
+        request = request_to_proto(jaxinit.Client(srv.grpc_url).request("ones", None, (64, 2**20), "int8"))
+        call = stub.Generate(request, timeout=120)
+        assert next(call).WhichOneof("payload") == "header"
+        srv.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        with pytest.raises(grpc.RpcError) as refused:
+            list(stub.Generate(request_to_proto(jaxinit.Client(srv.grpc_url).request("zeros", None, (4,))),
+                               timeout=10))
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        rest = list(call)
+        assert sum(len(m.data.data) for m in rest) == 64 * 2**20 and rest[-1].WhichOneof("payload") == "digest"
         assert srv.process.wait(60) == 0
 
 
