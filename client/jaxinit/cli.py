@@ -53,10 +53,17 @@ def _parser() -> argparse.ArgumentParser:
         prog="jaxinit", description="Fetch JAX-exact initial weights from a jaxinit server."
     )
     parser.add_argument("--url", default=os.environ.get("JAXINIT_URL", DEFAULT_URL),
-                        help="grpc://host:port or http://host:port (default: $JAXINIT_URL or %(default)s)")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per call")
+                        help="grpc(s)://host:port or http(s)://host:port (default: $JAXINIT_URL or %(default)s)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per attempt")
     parser.add_argument("--token", default=os.environ.get("JAXINIT_TOKEN"),
                         help="bearer token for a server with API keys (default: $JAXINIT_TOKEN)")
+    parser.add_argument("--ca-bundle", default=os.environ.get("JAXINIT_CA_BUNDLE"),
+                        help="PEM file of CAs to trust for grpcs:// and https:// (default: $JAXINIT_CA_BUNDLE, "
+                             "else the system's)")
+    parser.add_argument("--retries", type=int, default=3,
+                        help="retries when the server is unreachable, overloaded or a stream breaks (default 3)")
+    parser.add_argument("--cacheable", action="store_true",
+                        help="HTTP: fetch with the GET form at a canonical URL, so HTTP caches can answer")
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("list", help="the server's initializers")
@@ -103,7 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     ns = parser.parse_args(argv)
     try:
-        with Client(ns.url, timeout=ns.timeout, token=ns.token) as client:
+        with Client(ns.url, timeout=ns.timeout, token=ns.token, ca_bundle=ns.ca_bundle, retries=ns.retries,
+                    cacheable=ns.cacheable) as client:
             if ns.command == "list":
                 for entry in client.list_initializers()["initializers"]:
                     print(f"{entry['name']:<20} {entry['summary']}")

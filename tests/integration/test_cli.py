@@ -6,14 +6,17 @@ import json
 import pathlib
 import subprocess
 import sys
+import time
 from typing import Any
 
+import httpx
 import jax
 import ml_dtypes
 import numpy as np
 import pytest
 import safetensors.numpy
 from flax_models import MLP, flax_params
+from prometheus_client.parser import text_string_to_metric_families
 
 from jaxinit import _safetensors
 from jaxinit.cli import main
@@ -57,6 +60,25 @@ def test_get_with_arguments_dtype_and_http(server: Any, tmp_path: pathlib.Path) 
                   distribution="uniform")
     assert tensors["conv"].dtype == want.dtype and tensors["conv"].tobytes() == want.tobytes()
     assert json.loads(metadata["request"])["args"]["mode"] == "fan_out"
+
+
+def _get_form_calls(server: Any) -> float:
+    text = httpx.get(f"{server.http_url}/metrics", timeout=10).text
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "jaxinit_requests_total" and s.labels.get("method") == "generate_get")
+
+
+def test_get_cacheable_uses_the_get_form(server: Any, tmp_path: pathlib.Path) -> None:
+    before = _get_form_calls(server)
+    out = tmp_path / "g.npy"
+    code = main(["--url", server.http_url, "--cacheable", "get", "truncated_normal", "--shape", "40,30",
+                 "--seed", "5", "--arg", "stddev=0.02", "-o", str(out), "--no-progress"])
+    assert code == 0
+    assert np.load(out).tobytes() == _local("truncated_normal", 5, (40, 30), stddev=0.02).tobytes()
+    deadline = time.monotonic() + 10  # a call is counted once its last byte is sent
+    while _get_form_calls(server) < before + 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _get_form_calls(server) == before + 1
 
 
 def test_model_command(server: Any, tmp_path: pathlib.Path) -> None:

@@ -96,3 +96,18 @@ def test_half_a_tls_configuration_is_refused(pki: dict[str, pathlib.Path]) -> No
         running_server("--no-warm-up", "--tls-cert-file", str(pki["chain"])),
     ):
         pass
+
+
+@pytest.mark.parametrize("transport", ["grpc", "http"])
+def test_the_cli_over_tls(
+    tls_server: ServerProcess, pki: dict[str, pathlib.Path], tmp_path: pathlib.Path, transport: str
+) -> None:
+    from jaxinit.cli import main
+
+    url = tls_server.grpc_url if transport == "grpc" else tls_server.http_url
+    out = tmp_path / "w.npy"
+    code = main(["--url", url, "--ca-bundle", str(pki["ca"]), "--token", TOKEN, "--retries", "0",
+                 "get", "lecun_normal", "--shape", "17,9", "--seed", "3", "-o", str(out), "--no-progress"])
+    assert code == 0
+    expected = np.asarray(jax.nn.initializers.lecun_normal()(jax.random.key(3), (17, 9)))
+    assert np.load(out).tobytes() == expected.tobytes()
