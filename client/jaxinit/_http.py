@@ -26,7 +26,6 @@ from jaxinit._types import Assembler, Progress, Provenance, Request, Tensor
 
 __all__ = ["AsyncHttpTransport", "HttpTransport"]
 
-OCTET = "application/octet-stream"
 DIGESTED = "application/vnd.jaxinit.tensor"  # the bytes, then their digest
 
 
@@ -135,14 +134,28 @@ def take(assembler: Assembler, trailer: bytearray, data: bytes) -> None:
         raise ProtocolError(f"the body runs {len(trailer)} bytes past the tensor")
 
 
-def finish_digest(assembler: Assembler, trailer: bytearray) -> None:
-    """Check the digest that followed the bytes, when the response announced one."""
+def tensor_call(request: Request, cacheable: bool) -> dict[str, Any]:
+    """The HTTP call that fetches ``request``: the GET form (cacheable) or the POST form,
+    asking for the bytes followed by their digest."""
+    if cacheable:
+        return {"method": "GET", "url": get_url(request), "headers": {"Accept": DIGESTED}}
+    return {"method": "POST", "url": "/v1/generate", "json": request_to_json(request), "headers": {"Accept": DIGESTED}}
+
+
+def finished(assembler: Assembler, trailer: bytearray, target: str) -> Tensor:
+    """The tensor, once the body has ended: every byte there and the digest right."""
+    if not assembler.done:  # the body ended early without a transport error (a proxy, say)
+        raise Interrupted(
+            f"the response from {target} ended after {assembler.received} of {assembler.total} bytes",
+            assembler.partial(),
+        )
     if assembler.digest_algorithm:
         if len(trailer) != DIGEST_BYTES:
             raise IntegrityError(f"the body ended {DIGEST_BYTES - len(trailer)} bytes short of its digest")
         assembler.check_digest(assembler.digest_algorithm, bytes(trailer))
     elif trailer:
         raise ProtocolError(f"the body runs {len(trailer)} bytes past the tensor")
+    return assembler.finish()
 
 
 def _auth_headers(token: str | None) -> dict[str, str]:
@@ -175,14 +188,9 @@ class HttpTransport:
             verify=_verify(ca_bundle),
         )
 
-    def _open(self, request: Request) -> Any:
-        if self.cacheable:
-            return self._http.stream("GET", get_url(request), headers={"Accept": DIGESTED})
-        return self._http.stream("POST", "/v1/generate", json=request_to_json(request), headers={"Accept": DIGESTED})
-
     def generate(self, request: Request) -> Tensor:
         try:
-            with self._open(request) as response:
+            with self._http.stream(**tensor_call(request, self.cacheable)) as response:
                 if response.status_code != 200:
                     raise error_from_response(response, response.read())
                 assembler = assembler_for(response, request.request_id, self.on_progress)
@@ -194,13 +202,7 @@ class HttpTransport:
                     raise _interrupted(exc, self.target, assembler) from exc
         except httpx.TransportError as exc:
             raise _unavailable(exc, self.target) from exc
-        if not assembler.done:  # the body ended early without a transport error (a proxy, say)
-            raise Interrupted(
-                f"the response from {self.target} ended after {assembler.received} of {assembler.total} bytes",
-                assembler.partial(),
-            )
-        finish_digest(assembler, trailer)
-        return assembler.finish()
+        return finished(assembler, trailer, self.target)
 
     def generate_many(self, requests: Iterable[Request]) -> Iterator[Tensor | JaxinitError]:
         for request in requests:
@@ -239,14 +241,9 @@ class AsyncHttpTransport:
             verify=_verify(ca_bundle),
         )
 
-    def _open(self, request: Request) -> Any:
-        if self.cacheable:
-            return self._http.stream("GET", get_url(request), headers={"Accept": DIGESTED})
-        return self._http.stream("POST", "/v1/generate", json=request_to_json(request), headers={"Accept": DIGESTED})
-
     async def generate(self, request: Request) -> Tensor:
         try:
-            async with self._open(request) as response:
+            async with self._http.stream(**tensor_call(request, self.cacheable)) as response:
                 if response.status_code != 200:
                     raise error_from_response(response, await response.aread())
                 assembler = assembler_for(response, request.request_id, self.on_progress)
@@ -258,13 +255,7 @@ class AsyncHttpTransport:
                     raise _interrupted(exc, self.target, assembler) from exc
         except httpx.TransportError as exc:
             raise _unavailable(exc, self.target) from exc
-        if not assembler.done:  # the body ended early without a transport error (a proxy, say)
-            raise Interrupted(
-                f"the response from {self.target} ended after {assembler.received} of {assembler.total} bytes",
-                assembler.partial(),
-            )
-        finish_digest(assembler, trailer)
-        return assembler.finish()
+        return finished(assembler, trailer, self.target)
 
     async def generate_many(
         self, requests: Iterable[Request] | AsyncIterable[Request]
