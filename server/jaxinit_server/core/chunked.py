@@ -9,13 +9,25 @@ chunk, then the separate eager multiply by a scale computed by the same eager
 scalar ops JAX's initializer runs (a whole-call jit would fuse them and change the
 bits). Chunk sizes come from a few powers of two, so a new shape compiles nothing.
 
-Only what is checked against eager JAX chunks here: threefry2x32 keys, partitionable
-mode, real float dtypes, and the normal, uniform, truncated_normal and
-variance-scaling families. Everything else returns no plan and runs whole.
+With it off (the legacy mode), JAX draws ``max_count = ceil(bit_width * size / 32)``
+32-bit words as ``threefry_2x32(key, iota(max_count))``: word j is one output of the
+hash of the counter pair (j, j + h) or (j - h, j), h = ceil(max_count / 2), so any
+element is still a function of the key, the tensor's size and its flat index. A
+second key implementation (key data: the key's two words, the offset's high and
+low words, the tensor size's high and low words) draws exactly those bits for
+elements [offset, offset + n); the rest is the same replay. It hashes twice as much
+as the eager call for 8- to 32-bit draws (each hash's other word belongs to another
+chunk), as much for 64-bit ones. Sizes of 2**32 - 1 words or more (JAX splits the
+key into blocks then) run whole.
+
+Only what is checked against eager JAX chunks here: threefry2x32 keys, both modes,
+real float dtypes, and the normal, uniform, truncated_normal and variance-scaling
+families. Everything else returns no plan and runs whole.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,11 +42,14 @@ from jax.extend.random import define_prng_impl, threefry2x32_p
 from jaxinit._codec import DTYPES
 from jaxinit_server.core.request import Resolved
 
-__all__ = ["MAX_CHUNK", "Plan", "bucket", "chunks", "plan"]
+__all__ = ["MAX_CHUNK", "Plan", "bucket", "chunkable", "chunks", "plan"]
 
 MIN_CHUNK = 2**12
 MAX_CHUNK = 2**20
 FLOATS = frozenset({"float16", "bfloat16", "float32", "float64"})
+# The bits jax.random.uniform draws per element (8 where the mantissa has fewer bits).
+LEGACY_BITS = {"bfloat16": 8, "float16": 16, "float32": 32, "float64": 64}
+SAMPLERS = frozenset({"normal", "uniform", "truncated_normal"})
 # name -> (scale, mode, distribution), as jax.nn.initializers defines them.
 VARIANCE_FAMILY: dict[str, tuple[float, str, str]] = {
     "glorot_uniform": (1.0, "fan_avg", "uniform"),
@@ -70,6 +85,50 @@ def _offset_bits(key: Any, bit_width: int, shape: tuple[int, ...]) -> Any:
     return lax.convert_element_type(bits1 ^ bits2, dtype)
 
 
+def _legacy_words(k1: Any, k2: Any, j: Any, count: Any) -> Any:
+    # Word j of threefry_2x32((k1, k2), iota(count)), for uint32 arrays j < count: the
+    # counters, zero-padded to even length, are split in halves x0 and x1; the pair
+    # (x0[p], x1[p]) hashes to the words p and p + half.
+    half = (count >> 1) + (count & 1)
+    first = j < half
+    partner = j + half
+    x0 = jnp.where(first, j, j - half)
+    x1 = jnp.where(first, jnp.where(partner < count, partner, np.uint32(0)), j)
+    y0, y1 = threefry2x32_p.bind(k1, k2, x0, x1)
+    return jnp.where(first, y0, y1)
+
+
+def _legacy_bits(key: Any, bit_width: int, shape: tuple[int, ...]) -> Any:
+    # jax._src.random.threefry2x32._threefry_random_bits_original (without its
+    # nblocks branch), for flat elements [offset, offset + n) of a tensor of `total`.
+    from jax._src.random import prng
+
+    k1, k2, off_hi, off_lo, total_hi, total_lo = (key[i] for i in range(6))
+    n = math.prod(shape)
+    dtype = prng.UINT_DTYPES[bit_width]
+    if bit_width == 64:  # 2 * total words; element i is (word i << 32) | word (total + i)
+        i = lax.iota(np.uint32, n) + off_lo
+        bits1, bits2 = threefry2x32_p.bind(k1, k2, i, i + total_lo)
+        bits_hi = lax.convert_element_type(bits1, dtype)
+        bits_lo = lax.convert_element_type(bits2, dtype)
+        return lax.reshape(lax.shift_left(bits_hi, jnp.asarray(32, dtype=dtype)) | bits_lo, shape)
+    if bit_width == 32:
+        return lax.reshape(_legacy_words(k1, k2, lax.iota(np.uint32, n) + off_lo, total_lo), shape)
+    if bit_width not in (8, 16):
+        raise NotImplementedError(f"jaxinit legacy keys draw no {bit_width}-bit words")
+    per = 32 // bit_width  # element i is piece i % per, from the low end, of word i // per
+    log = per.bit_length() - 1
+    count = (total_hi << (32 - log)) | (total_lo >> log)
+    count = count + ((total_lo & (per - 1)) != 0).astype(np.uint32)
+    first = (off_hi << (32 - log)) | (off_lo >> log)
+    words = _legacy_words(k1, k2, lax.iota(np.uint32, -(-n // per) + 1) + first, count)
+    shifts = lax.mul(np.uint32(bit_width), lax.iota(np.uint32, per))
+    pieces = lax.shift_right_logical(words[:, None], shifts[None, :]) & np.uint32(np.iinfo(dtype).max)
+    skip = lax.convert_element_type(off_lo & (per - 1), np.int32)
+    pieces = lax.dynamic_slice(pieces.reshape(-1), (skip,), (n,))
+    return lax.reshape(lax.convert_element_type(pieces, dtype), shape)
+
+
 def _only_bits(*args: Any, **kwargs: Any) -> Any:
     raise NotImplementedError("jaxinit offset keys only draw bits")
 
@@ -78,14 +137,39 @@ OFFSET_IMPL = define_prng_impl(
     key_shape=(4,), seed=_only_bits, split=_only_bits, random_bits=_offset_bits, fold_in=_only_bits,
     name="jaxinit_threefry2x32_offset",
 )
+LEGACY_IMPL = define_prng_impl(
+    key_shape=(6,), seed=_only_bits, split=_only_bits, random_bits=_legacy_bits, fold_in=_only_bits,
+    name="jaxinit_threefry2x32_legacy_offset",
+)
 
 
 @dataclass(frozen=True)
 class Plan:
-    """How to make any chunk: ``sample(key, n) * scale``, as the eager initializer does."""
+    """How to make any chunk: ``sample(key, n) * scale``, as the eager initializer does.
+
+    ``total``: the tensor's size when its bits are drawn the legacy (non-partitionable)
+    way, which depends on it; None in partitionable mode.
+    """
 
     sample: Callable[[Any, int], Any]
     scale: Any
+    total: int | None = None
+
+
+def chunkable(resolved: Resolved) -> bool:
+    """Whether :func:`plan` makes a plan for ``resolved`` (cheap: no JAX work, any config).
+
+    It does unless JAX's own scale computation refuses the request.
+    """
+    key = resolved.key
+    total = math.prod(resolved.shape)
+    if key is None or key.impl != "threefry2x32" or resolved.out_dtype not in FLOATS or total == 0:
+        return False
+    name = resolved.spec.name
+    if name not in SAMPLERS and name != "variance_scaling" and name not in VARIANCE_FAMILY:
+        return False
+    # Legacy mode: JAX splits the key into blocks for 2**32 - 1 words or more.
+    return resolved.threefry_partitionable or -(-LEGACY_BITS[resolved.out_dtype] * total // 32) < 2**32 - 1
 
 
 def plan(resolved: Resolved) -> Plan | None:
@@ -94,12 +178,15 @@ def plan(resolved: Resolved) -> Plan | None:
     Call under the request's JAX config. Raises what JAX's own scale computation
     raises (e.g. fans of a 1-D shape); callers fall back to the whole path then.
     """
-    key = resolved.key
-    if not resolved.threefry_partitionable or key is None or key.impl != "threefry2x32":
+    if not chunkable(resolved):
         return None
-    if resolved.out_dtype not in FLOATS or math.prod(resolved.shape) == 0:
-        return None
-    dtype = DTYPES[resolved.out_dtype]
+    the_plan = _family_plan(resolved, DTYPES[resolved.out_dtype])
+    if the_plan is None or resolved.threefry_partitionable:
+        return the_plan
+    return dataclasses.replace(the_plan, total=math.prod(resolved.shape))
+
+
+def _family_plan(resolved: Resolved, dtype: Any) -> Plan | None:
     name, args = resolved.spec.name, resolved.args
     if name == "normal":
         return Plan(lambda k, n: jax.random.normal(k, (n,), dtype), jnp.array(args["stddev"], dtype))
@@ -157,8 +244,14 @@ def chunks(the_plan: Plan, key_data: tuple[int, ...], start: int, stop: int) -> 
     Call under the request's JAX config, in the thread that consumes the iterator.
     """
     size = bucket(stop - start)
+    total = the_plan.total
     for offset in range(start, stop, size):
-        words = np.array([key_data[0], key_data[1], offset >> 32, offset & 0xFFFFFFFF], dtype=np.uint32)
-        key = jax.random.wrap_key_data(words, impl=OFFSET_IMPL)  # type: ignore[arg-type]
+        words = [key_data[0], key_data[1], offset >> 32, offset & 0xFFFFFFFF]
+        if total is None:
+            impl = OFFSET_IMPL
+        else:
+            impl = LEGACY_IMPL
+            words += [total >> 32, total & 0xFFFFFFFF]
+        key = jax.random.wrap_key_data(np.array(words, dtype=np.uint32), impl=impl)  # type: ignore[arg-type]
         chunk = the_plan.sample(key, size) * the_plan.scale
         yield np.asarray(chunk)[: min(size, stop - offset)]
