@@ -34,10 +34,18 @@ __all__ = [
 ]
 
 
+# An error message quotes what the caller sent; this bounds the echo (a gRPC status
+# message travels in metadata, which a client caps at 16 KiB by default).
+MAX_MESSAGE = 1024
+
+
 class JaxinitError(Exception):
     """Base of every error jaxinit raises, on the server and in the client."""
 
     def __init__(self, message: str) -> None:
+        message = str(message)
+        if len(message) > MAX_MESSAGE:
+            message = f"{message[: MAX_MESSAGE - 64]}... [{len(message)} characters, cut]"
         super().__init__(message)
         self.message = message
 

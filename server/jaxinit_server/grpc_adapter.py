@@ -214,7 +214,7 @@ class InitializersServicer(pb_grpc.InitializersServicer):
         call = await self._open(context, "InitModel")
         error: BaseException | None = None
         try:
-            model = self._service.prepare_model(model_params_from_proto(request))
+            model = await self._service.prepare_model(model_params_from_proto(request))
             call.describe("model", (len(model.outputs),), "")
             await self._service.check_model(model)
             ticket = self._service.admit_model(model)

@@ -13,6 +13,8 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
+import os
 import signal
 import socket
 import sys
@@ -80,7 +82,8 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
             loop.add_signal_handler(sig, stop.set)
 
     service = Service(
-        settings.limits(), workers=settings.workers, compilation_cache_dir=settings.compilation_cache_dir
+        settings.limits(), workers=settings.workers, whole_workers=settings.whole_workers,
+        worker_rss_bytes=settings.worker_rss_bytes, compilation_cache_dir=settings.compilation_cache_dir,
     )
     telemetry = Telemetry(log_requests=settings.request_log, replica=settings.replica)
     keyring = KeyRing((settings.api_keys or "").split(","), settings.api_keys_file)
@@ -95,7 +98,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         create_app(service, telemetry=telemetry, keyring=keyring, max_body_bytes=settings.max_body_bytes),
         log_level=settings.log_level,
         access_log=False,  # one structured line per request instead (jaxinit_server.requests)
-        timeout_graceful_shutdown=int(settings.grace_seconds) or None,
+        timeout_graceful_shutdown=max(1, math.ceil(settings.grace_seconds)),
         lifespan="off",
         ssl_certfile=settings.tls_cert_file,
         ssl_keyfile=settings.tls_key_file,
@@ -115,11 +118,19 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
 
     stopper = asyncio.ensure_future(stop.wait())
     await asyncio.wait({stopper, http_task}, return_when=asyncio.FIRST_COMPLETED)
-    # Graceful stop: report not ready, stop taking calls, let in-flight ones finish.
-    service.ready = False
+    # Graceful stop, within the grace period whatever is running: report not ready, take no
+    # new calls, let in-flight ones finish; near the end cut off what is left (its callers
+    # get a retryable 503 / UNAVAILABLE), then close the transports.
+    grace = settings.grace_seconds
+    deadline = loop.time() + grace
+    service.stop_accepting()
     await set_serving(health, False)
     http_server.should_exit = True
-    await asyncio.gather(grpc_server.stop(settings.grace_seconds), http_task, return_exceptions=True)
+    grpc_stopped = asyncio.ensure_future(grpc_server.stop(grace))
+    while service.admission.streams and loop.time() < deadline - min(1.0, grace / 5):
+        await asyncio.sleep(0.05)
+    service.abort()
+    await asyncio.wait({grpc_stopped, http_task}, timeout=max(0.0, deadline - loop.time()) + 0.5)
     stopper.cancel()
     service.close()
     telemetry.close()
@@ -133,12 +144,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"jaxinit-server: invalid settings: {problems}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    code = 0
     try:
-        asyncio.run(serve(settings))
+        # Not asyncio.run: its close waits for every executor thread, and a thread still
+        # inside a JAX call must not hold the exit past the grace period.
+        asyncio.new_event_loop().run_until_complete(serve(settings))
     except OSError as exc:
         print(f"jaxinit-server: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        code = 1
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 import math
+import zipfile
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable
 from typing import Annotated, Any
 
@@ -232,7 +234,8 @@ def create_app(
     @app.get("/readyz", summary="Readiness: 503 until warmed up, and while stopping")
     async def readyz() -> JSONResponse:
         ready = service.ready
-        return JSONResponse({"status": "ready" if ready else "not ready"}, status_code=200 if ready else 503)
+        body = {"status": "ready" if ready else "not ready", **service.state()}
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     kserve_rest.add_routes(app, service, telemetry)
 
@@ -357,7 +360,7 @@ def create_app(
     async def _init_model(body: ModelBody, accept: str | None, call: Call) -> Response:
         media = negotiate(accept, MODEL_MEDIA_TYPES)
         prng = body.prng or PrngBody()
-        model = service.prepare_model(
+        model = await service.prepare_model(
             ModelParams(
                 model=body.model,
                 key=_key(body.key),
@@ -373,11 +376,17 @@ def create_app(
         metadata = service.model_metadata(model)
         headers = {"X-Jaxinit-Model-Digest": model.digest}
         if media == JSON:
-            return JSONResponse({"tensors": model.plan(), "metadata": metadata}, headers=headers)
+            plan = await asyncio.to_thread(lambda: _json_bytes({"tensors": model.plan(), "metadata": metadata}))
+            return Response(plan, media_type=JSON, headers=headers)
         await service.check_model(model)
         ticket = service.admit_model(model)  # before the status line: a 429 can still be said
         if media == NPZ:
-            return Response(await _npz(service, model, ticket), media_type=NPZ, headers={
+            try:
+                _npz_storable(model)
+            except JaxinitError:
+                ticket.release()
+                raise
+            return StreamingResponse(_npz(service, model, ticket), media_type=NPZ, headers={
                 **headers, "Content-Disposition": 'attachment; filename="params.npz"'})
         head = safetensors.header([(o.name, o.dtype, o.shape) for o in model.outputs], metadata)
         headers["Content-Length"] = str(len(head) + model.nbytes)
@@ -398,30 +407,50 @@ async def _model_bytes(
             yield data
 
 
-async def _npz(service: Service, model: ResolvedModel, ticket: Ticket) -> bytes:
-    """A .npz of the model, made in memory (zip needs sizes first): capped like one tensor."""
-    try:
-        if model.nbytes > service.limits.max_tensor_bytes:
-            raise TooLarge(
-                f"an .npz is made in memory, up to {service.limits.max_tensor_bytes} bytes; this model has "
-                f"{model.nbytes}. Ask for application/safetensors, which streams."
+def _npz_storable(model: ResolvedModel) -> None:
+    for out in model.outputs:
+        if DTYPES[out.dtype].kind == "V":
+            raise InvalidArgument(
+                f"{out.name}: .npy/.npz cannot store {out.dtype} (numpy reads it back as raw void "
+                "bytes); ask for application/safetensors"
             )
-        for out in model.outputs:
-            if DTYPES[out.dtype].kind == "V":
-                raise InvalidArgument(
-                    f"{out.name}: .npy/.npz cannot store {out.dtype} (numpy reads it back as raw void "
-                    "bytes); ask for application/safetensors"
-                )
-        arrays = {}
-        async for name, tensor in service.generate_model(model, ticket=ticket):
-            if isinstance(tensor, JaxinitError):
-                raise type(tensor)(f"{name}: {tensor.message}")
-            arrays[name] = await tensor.array()
-    finally:
-        ticket.release()
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)  # type: ignore[arg-type]
-    return buffer.getvalue()
+
+
+class _Sink(io.RawIOBase):
+    """A write-only stream whose bytes are taken out as they come (zipfile writes into it)."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def drain(self) -> bytes:
+        out = b"".join(self.parts)
+        self.parts.clear()
+        return out
+
+
+async def _npz(service: Service, model: ResolvedModel, ticket: Ticket) -> AsyncIterator[bytes]:
+    """A .npz of the model, streamed: an uncompressed zip whose sizes follow each member
+    (data descriptors), so no tensor is held whole; numpy's ``np.load`` reads it."""
+    sink = _Sink()
+    archive = zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True)
+    async for name, tensor in service.generate_model(model, ticket=ticket):
+        if isinstance(tensor, JaxinitError):  # the status is sent: only a cut body can say it
+            raise RuntimeError(f"{name}: {tensor.message}") from tensor
+        with archive.open(f"{name}.npy", mode="w", force_zip64=True) as member:
+            member.write(_npy_header(tensor))
+            async for _, data in tensor.chunks(service.limits.chunk_bytes):
+                member.write(data)
+                yield sink.drain()
+        yield sink.drain()
+    archive.close()
+    yield sink.drain()
 
 
 class _BearerAuth:
@@ -558,11 +587,13 @@ async def _respond(
             f"JSON answers are capped at {service.limits.max_json_elements} elements; this answer has "
             f"{elements}. Ask for application/octet-stream or application/x-npy, or a range."
         )
-    tensor = await service.generate(resolved)
+    tensor = await service.generate(resolved, gathered=media == JSON)
     call.timings = tensor.timings
     headers = {**headers, **_tensor_headers(tensor)}
     if media == JSON:
-        return JSONResponse(_json_body(tensor, await tensor.array()), headers=headers)
+        array = await tensor.array()
+        body = await asyncio.to_thread(lambda: _json_bytes(_json_body(tensor, array)))
+        return Response(body, media_type=JSON, headers=headers)
     chunk = service.limits.chunk_bytes
     if media == NPY:
         prefix = _npy_header(tensor)
@@ -621,6 +652,11 @@ def _json_body(tensor: Tensor, array: np.ndarray) -> dict[str, Any]:
     resolved = tensor.resolved
     return {"shape": list(tensor.shape), "dtype": tensor.dtype, "offset": resolved.start,
             "count": resolved.stop - resolved.start, "data": data, "provenance": tensor.provenance}
+
+
+def _json_bytes(content: Any) -> bytes:
+    """``content`` as JSONResponse renders it (CPU-heavy for big answers: call off the loop)."""
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
 def _map_nested(data: Any, fn: Any) -> Any:

@@ -23,13 +23,25 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="address both servers bind; 0.0.0.0 for all")
     grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one")
     http_port: int = Field(8000, ge=0, le=65535, description="HTTP port; 0 picks a free one")
-    workers: int = Field(4, ge=1, description="threads that run JAX")
+    workers: int = Field(4, ge=1, description="threads that run JAX for chunked requests")
+    whole_workers: int = Field(
+        2, ge=1, description="worker processes for whole-tensor requests (orthogonal, complex, rbg keys, ...)"
+    )
+    worker_rss_bytes: int = Field(
+        2**30, ge=2**27, description="a whole-tensor worker larger than this after a request is replaced"
+    )
     max_tensor_bytes: int = Field(4 * 2**30, ge=0, description="largest tensor served, in bytes")
     max_json_elements: int = Field(2**20, ge=0, description="largest tensor served as JSON")
     max_model_bytes: int = Field(16 * 2**30, ge=0, description="all tensors of one model request, in bytes")
     max_streams: int = Field(64, ge=1, description="tensors made or sent at once; more: 429 / RESOURCE_EXHAUSTED")
     max_inflight_bytes: int = Field(
-        16 * 2**30, ge=0, description="bytes of the tensors in flight, together; more: 429 / RESOURCE_EXHAUSTED"
+        Limits.max_inflight_bytes, ge=0,
+        description="memory the requests in flight hold together, as priced (a chunked stream: a few "
+        "chunks; a whole tensor: its working set); more: 429; one request over it: 413",
+    )
+    max_whole_flops: int = Field(
+        Limits.max_whole_flops, ge=0,
+        description="compute one whole-tensor request may take (a QR of n x n: ~4n^3); more: 413",
     )
     max_body_bytes: int = Field(
         16 * 2**20, ge=1024, description="largest request body (REST) or message (gRPC); more: 413 / RESOURCE_EXHAUSTED"
@@ -72,4 +84,5 @@ class Settings(BaseSettings):
             chunk_bytes=self.chunk_bytes,
             max_streams=self.max_streams,
             max_inflight_bytes=self.max_inflight_bytes,
+            max_whole_flops=self.max_whole_flops,
         )

@@ -12,7 +12,9 @@ produced in chunks that replay the same eager sequence (see :mod:`chunked`).
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -25,36 +27,139 @@ from jaxinit_server.core import chunked
 from jaxinit_server.core.registry import build
 from jaxinit_server.core.request import Resolved
 
-__all__ = ["Generation", "check", "prepare", "run"]
+__all__ = [
+    "CHUNKED", "EMPTY", "FILL", "WHOLE", "Cost", "Generation", "check", "prepare", "price", "route", "run", "validate",
+]
+
+# The producers a request can get; :func:`route` picks exactly one, before admission.
+EMPTY = "empty"  # no elements: answered without running XLA (JAX still checks the request)
+CHUNKED = "chunked"  # elementwise families, made chunk by chunk (see :mod:`chunked`)
+FILL = "fill"  # zeros, ones, constant: JAX converts the value once, numpy repeats it
+WHOLE = "whole"  # everything else: made whole, in a worker process (see :mod:`whole`)
+
+FILL_FAMILIES = frozenset({"zeros", "ones", "zeros_init", "ones_init", "constant"})
+# The largest repeating pattern a constant is filled from (elements); larger ones run whole.
+MAX_FILL_PATTERN = 2**20
+PIPELINE_DEPTH = 2  # chunks made ahead of the one being sent
+# Peak working set of a whole-tensor request, in multiples of the whole tensor's bytes
+# (measured peaks: legacy normal 2.5x, rbg 2.0x, float64 2.5x, complex64 3.5x, orthogonal ~4x).
+WHOLE_FACTOR = {"orthogonal": 5, "delta_orthogonal": 5}
+WHOLE_FACTOR_COMPLEX = 4
+WHOLE_FACTOR_DEFAULT = 3
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a request will hold and do, decided before it is admitted."""
+
+    route: str
+    memory: int  # bytes held at the peak while it is made and sent
+    flops: int  # floating-point operations of its largest step (a QR: ~4mn^2)
+
+
+def route(resolved: Resolved) -> str:
+    """The one producer for ``resolved`` (cheap: no JAX work)."""
+    if resolved.stop == resolved.start:
+        return EMPTY
+    if chunked.chunkable(resolved):
+        return CHUNKED
+    if resolved.spec.name in FILL_FAMILIES and _fill_period(resolved) is not None:
+        return FILL
+    return WHOLE
+
+
+def price(resolved: Resolved, *, gathered: bool = False) -> Cost:
+    """The cost of ``resolved`` on its route; ``gathered``: the answer is built whole in
+    memory (JSON), which adds the elements again as Python objects and text."""
+    kind = route(resolved)
+    itemsize = DTYPES[resolved.out_dtype].itemsize
+    count = resolved.stop - resolved.start
+    total = math.prod(resolved.shape)
+    memory, flops = 64 * 2**10, count
+    if kind == CHUNKED:
+        chunk = min(chunked.bucket(count), count)
+        # the chunks ahead, the one being sent, and JAX's temporaries (bits, floats) for one
+        memory += chunk * (itemsize * (PIPELINE_DEPTH + 1) + 8) + chunk * 8
+        flops = count * 64
+    elif kind == FILL:
+        memory += min(count, chunked.MAX_CHUNK) * itemsize * (PIPELINE_DEPTH + 1)
+    elif kind == WHOLE:
+        # The worker makes the whole tensor, whatever range is asked.
+        name = resolved.spec.name
+        factor = WHOLE_FACTOR.get(name, WHOLE_FACTOR_COMPLEX if resolved.out_dtype.startswith("complex")
+                                  else WHOLE_FACTOR_DEFAULT)
+        memory += total * itemsize * factor
+        flops = total * 64
+        if name in ("orthogonal", "delta_orthogonal") and resolved.shape:
+            m, n = _qr_dims(resolved)
+            flops = max(flops, 4 * max(m, n) * min(m, n) ** 2)
+    if gathered:
+        memory += count * (itemsize + 64)
+    return Cost(kind, memory, flops)
+
+
+def _qr_dims(resolved: Resolved) -> tuple[int, int]:
+    """The matrix JAX's orthogonal initializer factorizes: (rows, columns)."""
+    shape = resolved.shape
+    if resolved.spec.name == "delta_orthogonal":
+        return (shape[-1], shape[-2]) if len(shape) >= 2 else (1, 1)
+    axis = resolved.args.get("column_axis", -1)
+    if not isinstance(axis, int) or not -len(shape) <= axis < len(shape):
+        return 1, 1  # JAX refuses it
+    columns = shape[axis]
+    return math.prod(shape) // max(columns, 1), columns
+
+
+def _fill_period(resolved: Resolved) -> int | None:
+    """Elements after which a fill repeats, or None when its pattern is too large."""
+    if resolved.spec.name != "constant":
+        return 1
+    value_shape = np.shape(resolved.args.get("value"))  # type: ignore[arg-type]
+    while value_shape and value_shape[0] == 1:
+        value_shape = value_shape[1:]  # leading 1s broadcast to nothing
+    if not value_shape:
+        return 1
+    if len(value_shape) > len(resolved.shape):
+        return None  # JAX refuses it (whole path: JAX's own message)
+    period = math.prod(resolved.shape[-len(value_shape):])
+    return period if period <= MAX_FILL_PATTERN else None
+
 
 class Generation:
-    """A request ready to produce its bytes: either the whole array already made,
-    or a chunk plan that makes any range of it (see :mod:`chunked`)."""
+    """A request ready to produce its bytes: the elements made already, or a producer
+    that makes them piece by piece (a chunk plan, a fill pattern, a worker's pipe)."""
 
-    __slots__ = ("array", "key_data", "plan", "resolved")  # array: exactly the elements to send
+    __slots__ = ("_close", "_pieces", "array", "key_data", "resolved", "route")
 
     def __init__(
         self,
         resolved: Resolved,
         key_data: tuple[int, ...],
         *,
+        route: str,
         array: np.ndarray | None = None,
-        plan: chunked.Plan | None = None,
+        pieces: Callable[[], Iterator[np.ndarray]] | None = None,
+        close: Callable[[], None] | None = None,
     ) -> None:
         self.resolved = resolved
         self.key_data = key_data
-        self.array = array
-        self.plan = plan
+        self.route = route
+        self.array = array  # exactly the elements to send, flat, when made already
+        self._pieces = pieces
+        self._close = close
 
     def produce(self) -> Iterator[np.ndarray]:
-        """The requested elements in C order, as one or more arrays (blocking)."""
-        resolved = self.resolved
+        """The requested elements in C order, as one or more flat arrays (blocking)."""
         if self.array is not None:
             yield self.array
             return
-        assert self.plan is not None
-        with _config(resolved):
-            yield from chunked.chunks(self.plan, self.key_data, resolved.start, resolved.stop)
+        assert self._pieces is not None
+        yield from self._pieces()
+
+    def close(self) -> None:
+        """Stop producing and let go of what it holds (idempotent)."""
+        if self._close is not None:
+            self._close()
 
 
 def _config(resolved: Resolved) -> contextlib.ExitStack:
@@ -64,33 +169,117 @@ def _config(resolved: Resolved) -> contextlib.ExitStack:
     return stack
 
 
-def prepare(resolved: Resolved, *, chunking: bool = True) -> Generation:
-    """Make ``resolved`` ready to stream (blocking; call from a worker thread).
+def prepare(resolved: Resolved) -> Generation:
+    """Make ``resolved`` ready to stream, in this process (blocking; call from a worker thread).
 
-    Elementwise requests get a chunk plan (nothing generated yet); the rest run
-    whole, here.
+    Chunked and fill requests get a producer (nothing generated yet, unless the answer
+    fits one chunk: then it is made now); empty ones are checked by JAX and answered
+    without XLA; whole ones run here (the server sends those to :mod:`whole` instead).
 
     Raises:
         JaxError: JAX refused the request; its message, verbatim.
         TooLarge: XLA ran out of memory.
     """
-    if chunking:
+    kind = route(resolved)
+    dtype = DTYPES[resolved.out_dtype]
+    if kind == EMPTY:
+        check(resolved)
+        with _config(resolved):
+            key_data = _make_key(resolved.key)[1]
+        return Generation(resolved, key_data, route=kind, array=np.empty(0, dtype))
+    if kind == CHUNKED:
         with _config(resolved):
             try:
                 the_plan = chunked.plan(resolved)
-            except Exception:  # the whole path below raises JAX's own error, verbatim
+            except Exception:  # JAX's own scale computation refused it: say it in JAX's words
                 the_plan = None
-            if the_plan is not None:
+            if the_plan is None:
+                check(resolved)
+                kind = WHOLE  # not expected: chunkable() promised a plan
+            else:
                 key_data = _make_key(resolved.key)[1]
+                plan = the_plan
+
+                def pieces() -> Iterator[np.ndarray]:
+                    with _config(resolved):
+                        yield from chunked.chunks(plan, key_data, resolved.start, resolved.stop)
+
                 if resolved.stop - resolved.start <= chunked.MAX_CHUNK:  # one chunk at most: make it now
-                    pieces = list(chunked.chunks(the_plan, key_data, resolved.start, resolved.stop))
-                    flat = pieces[0] if pieces else np.empty(0, DTYPES[resolved.out_dtype])
-                    return Generation(resolved, key_data, array=flat)
-                return Generation(resolved, key_data, plan=the_plan)
+                    only = chunked.chunks(plan, key_data, resolved.start, resolved.stop)
+                    array = next(only)
+                    only.close()  # type: ignore[attr-defined]
+                    return Generation(resolved, key_data, route=kind, array=array)
+                return Generation(resolved, key_data, route=kind, pieces=pieces)
+    if kind == FILL:
+        pattern, key_data = _fill_pattern(resolved)
+
+        def fill() -> Iterator[np.ndarray]:
+            period, step = len(pattern), chunked.MAX_CHUNK
+            for start in range(resolved.start, resolved.stop, step):
+                n = min(step, resolved.stop - start)
+                if period == 1:
+                    yield np.full(n, pattern[0], dtype=pattern.dtype)
+                else:
+                    yield np.resize(np.roll(pattern, -(start % period)), n)
+
+        if resolved.stop - resolved.start <= chunked.MAX_CHUNK:
+            return Generation(resolved, key_data, route=kind, array=next(fill()))
+        return Generation(resolved, key_data, route=kind, pieces=fill)
     array, key_data = run(resolved)
-    if resolved.is_range:
-        array = array.reshape(-1)[resolved.start : resolved.stop]
-    return Generation(resolved, key_data, array=array)
+    return Generation(resolved, key_data, route=WHOLE, array=array.reshape(-1)[resolved.start : resolved.stop])
+
+
+def _fill_pattern(resolved: Resolved) -> tuple[np.ndarray, tuple[int, ...]]:
+    """One period of a fill, flat, as JAX converts its value, and the key data.
+
+    JAX's ``jnp.full(shape, value, dtype)`` is ``convert(value)`` broadcast to ``shape``;
+    JAX converts the value here (on the value's own small shape), and numpy repeats it.
+    """
+    shape = resolved.shape
+    value_shape: tuple[int, ...] = ()
+    if resolved.spec.name == "constant":
+        value_shape = tuple(np.shape(resolved.args["value"]))
+        try:
+            np.broadcast_shapes(value_shape, shape)
+            fits = len(value_shape) <= len(shape)
+        except ValueError:
+            fits = False
+        if not fits or np.broadcast_shapes(value_shape, shape) != shape:
+            check(resolved)  # JAX's own words for a value that does not broadcast
+    try:
+        with _config(resolved):
+            key, key_data = _make_key(resolved.key)
+            value = np.asarray(_call(resolved, value_shape)(key))
+    except Exception as exc:
+        raise JaxError(str(exc)) from exc
+    if value_shape:
+        while value.ndim and value.shape[0] == 1:
+            value = value[0]
+        value = np.broadcast_to(value, shape[len(shape) - value.ndim :])
+    if dtype_name(value.dtype) != resolved.out_dtype:
+        raise InternalError(f"JAX returned {value.dtype}, expected {resolved.out_dtype}")
+    return np.ascontiguousarray(value).reshape(-1), key_data
+
+
+def validate(resolved: Resolved) -> None:
+    """Raise what JAX would refuse for ``resolved``, as cheaply as its route allows: a chunk
+    plan computes JAX's own scale (and fans), zeros and ones take every shape and dtype,
+    and the rest are traced (:func:`check`).
+
+    Raises:
+        JaxError: JAX refused the request; its message, verbatim.
+    """
+    kind = route(resolved)
+    if kind == CHUNKED:
+        with _config(resolved):
+            try:
+                if chunked.plan(resolved) is not None:
+                    return
+            except Exception:
+                pass  # check() says it in JAX's words
+    elif kind == FILL and resolved.spec.name != "constant":
+        return
+    check(resolved)
 
 
 def check(resolved: Resolved) -> None:
@@ -135,10 +324,12 @@ def run(resolved: Resolved) -> tuple[np.ndarray, tuple[int, ...]]:
     return array, key_data
 
 
-def _call(resolved: Resolved) -> Callable[[Any], Any]:
-    """``key -> init(key, shape[, dtype])`` for ``resolved``, as a user's process calls it."""
+def _call(resolved: Resolved, shape: tuple[int, ...] | None = None) -> Callable[[Any], Any]:
+    """``key -> init(key, shape[, dtype])`` for ``resolved`` (or another ``shape``), as a
+    user's process calls it."""
     init = build(resolved.spec, resolved.args)
-    shape, dtype = resolved.shape, resolved.dtype
+    shape = resolved.shape if shape is None else shape
+    dtype = resolved.dtype
     if dtype is None:  # the factory's dtype default applies, as in JAX
         return lambda key: init(key, shape)
     return lambda key: init(key, shape, DTYPES[dtype])

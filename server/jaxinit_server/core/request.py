@@ -18,6 +18,10 @@ from jaxinit._keys import Key
 __all__ = ["GenerateParams", "Limits", "PrngDefaults", "Resolved", "resolve"]
 
 MAX_RANK = 64
+# What numpy and XLA can index: every byte count, including the product of the non-zero
+# dimensions of a 0-size shape, must stay below 2**63.
+MAX_INDEX = 2**63 - 1
+MAX_REQUEST_ID = 256  # characters; it is echoed in every chunk
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,13 @@ class Limits:
     max_json_elements: int = 2**20
     chunk_bytes: int = 2**20
     max_streams: int = 64  # tensors being made or sent at once, per server
-    max_inflight_bytes: int = 16 * 2**30  # their bytes, together
+    # The memory those hold at once, as priced (engine.price): a chunked stream holds a few
+    # chunks, a whole-tensor request its working set. With the server's own ~1 GiB and
+    # the whole-tensor workers', the default keeps a replica inside a 6 GiB limit.
+    max_inflight_bytes: int = 5 * 2**29
+    # The most compute one whole-tensor request may take (a QR of an n x n matrix: ~4n^3):
+    # the default, ~a 4096x4096 orthogonal, takes a few seconds on two cores.
+    max_whole_flops: int = 3 * 10**11
 
 
 @dataclass(frozen=True)
@@ -90,6 +100,8 @@ def resolve(params: GenerateParams, limits: Limits, defaults: PrngDefaults) -> R
     args = bind_arguments(spec, params.args)
     shape = _shape(params.shape)
     dtype = None if params.dtype in (None, "") else dtype_name(params.dtype)
+    if not isinstance(params.request_id, str) or len(params.request_id) > MAX_REQUEST_ID:
+        raise InvalidArgument(f"request_id is at most {MAX_REQUEST_ID} characters")
     asked = dtype or args.get("dtype")
 
     x64 = params.enable_x64
@@ -108,10 +120,11 @@ def resolve(params: GenerateParams, limits: Limits, defaults: PrngDefaults) -> R
     if params.key is None and spec.uses_key:
         raise InvalidArgument(f"{spec.name} needs a key: give a seed or key data")
     itemsize = DTYPES[out_dtype].itemsize
+    _representable(shape, itemsize)
     total = math.prod(shape) * itemsize
     if total > limits.max_tensor_bytes:
         raise TooLarge(
-            f"a {out_dtype} tensor of shape {list(shape)} is {total} bytes; this server's limit "
+            f"a {out_dtype} tensor of shape {_dims(shape)} is {total} bytes; this server's limit "
             f"is {limits.max_tensor_bytes} bytes per tensor"
         )
     start, stop = _range(params.offset, params.count, math.prod(shape))
@@ -150,7 +163,7 @@ def _range(offset: Any, count: Any, total: int) -> tuple[int, int]:
     """[start, stop) in flat elements for an optional offset and count."""
     for name, value in (("offset", offset), ("count", count)):
         if value is not None and (not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0):
-            raise InvalidArgument(f"{name} must be a non-negative int (flat elements), got {value!r}")
+            raise InvalidArgument(f"{name} must be a non-negative int (flat elements), got {repr(value)[:40]}")
     start = 0 if offset is None else int(offset)
     if start > total:
         raise InvalidArgument(f"offset {start} is past the end of a tensor of {total} elements")
@@ -162,14 +175,36 @@ def _range(offset: Any, count: Any, total: int) -> tuple[int, int]:
     return start, stop
 
 
+def _representable(shape: tuple[int, ...], itemsize: int) -> None:
+    """Refuse a shape whose byte count overflows what numpy and XLA index, even when it has a
+    0 dimension (XLA multiplies the others, and aborts the process on overflow)."""
+    size = itemsize
+    for axis, dim in enumerate(shape):
+        size *= max(dim, 1)
+        if size > MAX_INDEX:
+            raise InvalidArgument(
+                f"shape {_dims(shape)}: dimension {axis} ({dim}) takes the tensor past 2**63 bytes "
+                "(counting every non-zero dimension), more than any array can index"
+            )
+
+
+def _dims(shape: Sequence[Any], limit: int = 8) -> str:
+    """A shape for a message: at most ``limit`` dimensions, then how many more."""
+    shown = ", ".join(str(d)[:24] for d in list(shape)[:limit])
+    more = f", ... {len(shape) - limit} more" if len(shape) > limit else ""
+    return f"[{shown}{more}]"
+
+
 def _shape(shape: Any) -> tuple[int, ...]:
     if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
-        raise InvalidArgument(f"shape must be a sequence of non-negative ints, got {shape!r}")
+        raise InvalidArgument(f"shape must be a sequence of non-negative ints, got {repr(shape)[:80]}")
     if len(shape) > MAX_RANK:
         raise InvalidArgument(f"shape has rank {len(shape)}; at most {MAX_RANK} dimensions")
-    dims = []
+    dims: list[int] = []
     for dim in shape:
         if not isinstance(dim, numbers.Integral) or isinstance(dim, bool) or dim < 0:
-            raise InvalidArgument(f"shape must be a sequence of non-negative ints, got {list(shape)!r}")
+            raise InvalidArgument(f"shape must be a sequence of non-negative ints, got {_dims(shape)}")
+        if int(dim) > MAX_INDEX:
+            raise InvalidArgument(f"shape {_dims(shape)}: dimension {len(dims)} is over 2**63 - 1")
         dims.append(int(dim))
     return tuple(dims)

@@ -19,7 +19,7 @@ from jaxinit._catalog import CATALOG
 from jaxinit._codec import DTYPE_NAMES, DTYPES, to_wire_bytes
 from jaxinit._digest import ALGORITHM as DIGEST_ALGORITHM
 from jaxinit._digest import new_hasher
-from jaxinit._errors import JaxinitError
+from jaxinit._errors import JaxinitError, ServerUnavailable, TooLarge
 from jaxinit._keys import KEY_IMPLS, Key
 from jaxinit._models import Output, file_metadata
 from jaxinit_server.core import chunked, engine
@@ -27,6 +27,7 @@ from jaxinit_server.core.admission import Admission, Ticket
 from jaxinit_server.core.models import ModelParams, ResolvedModel, resolve_model
 from jaxinit_server.core.provenance import ServerIdentity, server_identity
 from jaxinit_server.core.request import GenerateParams, Limits, Resolved, resolve
+from jaxinit_server.core.whole import WholePool
 
 __all__ = ["Service", "Tensor"]
 
@@ -49,6 +50,8 @@ class Tensor:
     # Its share of the server's capacity, given back once it is sent (or dropped).
     ticket: Ticket | None = None
     digest_algorithm: str = DIGEST_ALGORITHM
+    # Set when the server gives up on its in-flight work (shutdown past its grace).
+    aborted: threading.Event | None = None
     _digest: list[bytes] = field(default_factory=list)
 
     def digest(self) -> bytes:
@@ -58,7 +61,8 @@ class Tensor:
         return self._digest[0]
 
     def close(self) -> None:
-        """Give the tensor's capacity back (after sending; idempotent)."""
+        """Stop making the tensor and give its capacity back (after sending; idempotent)."""
+        self.generation.close()
         if self.ticket is not None:
             self.ticket.release()
 
@@ -84,6 +88,8 @@ class Tensor:
         hasher = new_hasher()
         try:
             async for piece in self._pieces():
+                if self.aborted is not None and self.aborted.is_set():
+                    raise _stopping()
                 data = to_wire_bytes(piece)
                 hasher.update(data)
                 for start in range(0, len(data), chunk_bytes):
@@ -146,6 +152,14 @@ class Tensor:
         return np.concatenate(pieces) if pieces else np.empty(0, DTYPES[self.dtype])
 
 
+def _stopping() -> ServerUnavailable:
+    return ServerUnavailable("the server is shutting down; retry on another replica")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.0f} MiB"
+
+
 class _Failure:
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
@@ -201,7 +215,8 @@ class Service:
     """
 
     def __init__(
-        self, limits: Limits | None = None, *, workers: int = 4, compilation_cache_dir: str | None = None
+        self, limits: Limits | None = None, *, workers: int = 4, whole_workers: int = 2,
+        compilation_cache_dir: str | None = None, worker_rss_bytes: int = 2**30,
     ) -> None:
         if compilation_cache_dir:
             # Every program, however quick to compile, so a restart compiles nothing it had.
@@ -212,7 +227,14 @@ class Service:
         self.admission = Admission(self.limits.max_streams, self.limits.max_inflight_bytes)
         self.identity: ServerIdentity = server_identity()
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jaxinit-jax")
+        # Whole-tensor requests run in worker processes, never in this one (see whole.py).
+        self.whole = WholePool(
+            whole_workers, hard_rss=worker_rss_bytes, soft_rss=worker_rss_bytes // 2,
+            compilation_cache_dir=compilation_cache_dir,
+        )
         self.ready = False
+        self.stopping = False  # no new work is taken
+        self.aborted = threading.Event()  # in-flight work is cut off
 
     def describe(self) -> dict[str, Any]:
         """The registry, dtypes, key implementations and server identity, as plain data."""
@@ -256,9 +278,13 @@ class Service:
         text = f"{resolved.canonical}\n{self.identity.fingerprint}"
         return '"' + hashlib.sha256(text.encode()).hexdigest()[:40] + '"'
 
-    def prepare_model(self, params: ModelParams) -> ResolvedModel:
-        """Expand and validate a whole-model request (cheap, no JAX work). Raises domain errors."""
-        return resolve_model(params, self.limits, self.identity.defaults)
+    async def prepare_model(self, params: ModelParams) -> ResolvedModel:
+        """Expand and validate a whole-model request (no JAX work, but linear in its size: on
+        a worker thread, never on the event loop). Raises domain errors."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, resolve_model, params, self.limits, self.identity.defaults
+        )
 
     def model_metadata(self, model: ResolvedModel) -> dict[str, str]:
         """String metadata for a model file: what produced it (safetensors ``__metadata__``)."""
@@ -270,19 +296,21 @@ class Service:
         )
 
     async def check_model(self, model: ResolvedModel) -> None:
-        """Have JAX trace every tensor's initializer (no values made), so that what JAX
-        refuses (an orthogonal bias, a fan of a 1-D shape) is refused before a byte is sent.
-        """
+        """Refuse, before a byte is sent, every tensor JAX would refuse (an orthogonal bias, a
+        fan of a 1-D shape) and every one this server will not make (see :meth:`price`)."""
         loop = asyncio.get_running_loop()
+
         def check_all() -> None:
             seen = set()
             for out, request in zip(model.outputs, model.requests, strict=True):
                 # The key changes the values, never what JAX accepts.
-                what = (request.spec.name, repr(request.args), request.shape, request.dtype, request.enable_x64)
+                what = (request.spec.name, repr(request.args), request.shape, request.dtype, request.enable_x64,
+                        request.threefry_partitionable, request.key.impl if request.key else None)
                 if what not in seen:
                     seen.add(what)
                     try:
-                        engine.check(request)
+                        engine.validate(request)
+                        self.price(request)
                     except JaxinitError as exc:
                         raise type(exc)(f"{out.name}: {exc.message}") from None
 
@@ -290,9 +318,15 @@ class Service:
 
     def admit_model(self, model: ResolvedModel, *, ahead: int = 2) -> Ticket:
         """The model's share of capacity, taken once before its first byte: one stream, and
-        the bytes of the ``ahead + 1`` largest tensors it holds at once. Raises Overloaded."""
-        largest = sorted((r.nbytes for r in model.requests), reverse=True)[: ahead + 1]
-        return self.admission.admit(sum(largest))
+        the memory of the ``ahead + 1`` costliest tensors it holds at once (a tensor laid
+        out for PyTorch is gathered and transposed: twice its bytes more). Raises Overloaded."""
+        if self.stopping:
+            raise _stopping()
+        costs = []
+        for out, request in zip(model.outputs, model.requests, strict=True):
+            memory = engine.price(request).memory
+            costs.append(memory + (2 * request.nbytes if out.needs_whole else 0))
+        return self.admission.admit(sum(sorted(costs, reverse=True)[: ahead + 1]))
 
     async def generate_model(
         self, model: ResolvedModel, *, ahead: int = 2, ticket: Ticket | None = None
@@ -303,11 +337,12 @@ class Service:
         """
         pending: list[tuple[str, asyncio.Future[Tensor]]] = []
         items = iter(zip(model.outputs, model.requests, strict=True))
+        held = ticket or self.admission.admit(0)
         try:
             while True:
                 while len(pending) <= ahead and (item := next(items, None)) is not None:
                     out, request = item
-                    made = asyncio.ensure_future(self.generate(request, output=out, admitted=True))
+                    made = asyncio.ensure_future(self.generate(request, output=out, ticket=held))
                     pending.append((out.name, made))
                 if not pending:
                     return
@@ -318,19 +353,55 @@ class Service:
                     yield name, exc
         finally:
             for _, future in pending:
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    future.result().close()  # made ahead, never sent: let its worker go
                 future.cancel()
-            if ticket is not None:
-                ticket.release()
+            held.release()
 
-    async def generate(self, resolved: Resolved, *, output: Output | None = None, admitted: bool = False) -> Tensor:
-        """Get the tensor ready to stream (on a worker thread). Raises domain errors, and
-        :class:`Overloaded` at once when the server is at its limits (``admitted``: the
-        caller holds capacity for it already, as a model stream does).
+    def price(self, resolved: Resolved, *, gathered: bool = False) -> engine.Cost:
+        """What ``resolved`` costs; raises :class:`TooLarge` for what this server will never do
+        (more working memory than all requests together may hold, or more compute than one
+        whole-tensor request may take)."""
+        cost = engine.price(resolved, gathered=gathered)
+        limits = self.limits
+        what = f"{resolved.spec.name} on a {resolved.out_dtype} tensor of shape {list(resolved.shape)[:8]}"
+        if cost.memory > limits.max_inflight_bytes:
+            how = "is made whole" if cost.route == engine.WHOLE else "is built whole in memory"
+            raise TooLarge(
+                f"{what} {how} and needs ~{_gib(cost.memory)} of working memory, over this server's "
+                f"{_gib(limits.max_inflight_bytes)} for all requests (--max-inflight-bytes)"
+                + ("; ask for a chunked family, or binary data instead of JSON" if cost.route != engine.WHOLE
+                   or resolved.spec.name not in ("orthogonal", "delta_orthogonal") else "")
+            )
+        if cost.route == engine.WHOLE and cost.flops > limits.max_whole_flops:
+            raise TooLarge(
+                f"{what} needs ~{cost.flops / 1e9:.0f} GFLOP, over this server's "
+                f"{limits.max_whole_flops / 1e9:.0f} GFLOP per whole-tensor request (--max-whole-flops)"
+            )
+        return cost
 
-        Requests that cannot be chunked are produced whole here, so JAX's errors for
-        them arrive before any byte is sent.
+    def admit(self, resolved: Resolved, *, gathered: bool = False) -> Ticket:
+        """``resolved``'s share of capacity, priced first. Raises TooLarge or Overloaded, and
+        ServerUnavailable while the server stops."""
+        cost = self.price(resolved, gathered=gathered)
+        if self.stopping:
+            raise _stopping()
+        return self.admission.admit(cost.memory)
+
+    async def generate(
+        self, resolved: Resolved, *, output: Output | None = None, ticket: Ticket | None = None,
+        gathered: bool = False,
+    ) -> Tensor:
+        """Get the tensor ready to stream. Raises domain errors, and :class:`Overloaded` at
+        once when the server is at its limits (``ticket``: capacity taken already, as a
+        model stream does; ``gathered``: the answer will be built whole, as JSON is).
+
+        Whole-tensor requests are made by a worker process here, so JAX's errors for them
+        arrive before any byte is sent. If the caller goes away, the work stops.
         """
-        ticket = None if admitted else self.admission.admit(resolved.nbytes)
+        owned = ticket is None
+        if ticket is None:
+            ticket = self.admit(resolved, gathered=gathered)
         loop = asyncio.get_running_loop()
         submitted = time.perf_counter()
         timings: dict[str, float] = {}
@@ -344,13 +415,22 @@ class Service:
                 timings["generate"] = time.perf_counter() - started
 
         try:
-            generation = await loop.run_in_executor(self._executor, prepare)
+            if engine.route(resolved) == engine.WHOLE:
+                job = await self.whole.run(resolved)
+                timings["generate"] = time.perf_counter() - submitted
+                generation = engine.Generation(
+                    resolved, job.key_data, route=engine.WHOLE,
+                    pieces=lambda: job.pieces(self.limits.chunk_bytes), close=job.close,
+                )
+            else:
+                generation = await loop.run_in_executor(self._executor, prepare)
         except BaseException:
-            if ticket is not None:
+            if owned:
                 ticket.release()
             raise
         provenance = self._provenance(resolved, generation.key_data)
-        return Tensor(resolved, generation, provenance, output=output, timings=timings, ticket=ticket)
+        return Tensor(resolved, generation, provenance, output=output, timings=timings,
+                      ticket=ticket if owned else None, aborted=self.aborted)
 
     def warm_up(self) -> None:
         """Run one small request of each common kind, so the first real one is not slow."""
@@ -363,11 +443,35 @@ class Service:
                     for _ in engine.prepare(self.prepare(params)).produce():
                         pass
                     size *= 2
-        engine.run(self.prepare(GenerateParams("zeros", (2, 2))))
+        engine.prepare(self.prepare(GenerateParams("zeros", (2, 2))))
+        self.whole.start()
         self.ready = True
 
-    def close(self) -> None:
+    def state(self) -> dict[str, Any]:
+        """Readiness with the pools' state, as /readyz shows it."""
+        return {
+            "ready": self.ready,
+            "whole_tensor_workers": self.whole.state(),
+            "admission": {"streams": self.admission.streams, "max_streams": self.admission.max_streams,
+                          "bytes": self.admission.bytes, "max_bytes": self.admission.max_bytes},
+        }
+
+    def stop_accepting(self) -> None:
+        """Refuse new work (ServerUnavailable, retryable); what is in flight goes on."""
         self.ready = False
+        self.stopping = True
+
+    def abort(self) -> None:
+        """Cut off the work in flight: whole-tensor workers are killed and streams end, each
+        caller with ServerUnavailable (retryable elsewhere)."""
+        self.stop_accepting()
+        self.aborted.set()
+        self.whole.close()
+
+    def close(self) -> None:
+        """Stop: whole-tensor workers are killed (their callers get ServerUnavailable)."""
+        self.stop_accepting()
+        self.whole.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _provenance(self, resolved: Resolved, key_data: tuple[int, ...]) -> dict[str, Any]:

@@ -1,0 +1,289 @@
+"""The whole-tensor pool: worker processes for the requests that cannot be chunked.
+
+Orthogonal (a QR of the whole matrix), complex dtypes, rbg/unsafe_rbg and other key
+implementations, and the rest that :mod:`chunked` does not make in chunks run whole
+in a bounded pool of worker processes (:mod:`._worker`), never in the server process:
+
+- chunked traffic and health never wait behind them (they have their own slots);
+- a caller who goes away (or whose deadline passes) has its worker killed at once, and
+  the slot comes back only when the process has really ended;
+- an allocation failure or crash ends a worker, not the server;
+- JAX's per-shape programs live in the workers, which clear them above a soft RSS and
+  are replaced above a hard one, so the server's memory stays bounded;
+- on shutdown every worker is killed, so SIGTERM never waits on JAX.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from jaxinit._codec import DTYPES
+from jaxinit._errors import ERROR_TABLE, InternalError, JaxinitError, ServerUnavailable, TooLarge
+from jaxinit_server.core._frames import read_frame, write_frame
+from jaxinit_server.core.request import Resolved
+
+__all__ = ["WholeJob", "WholePool"]
+
+log = logging.getLogger("jaxinit_server.whole")
+_ERRORS: dict[str, type[JaxinitError]] = {cls.__name__: cls for cls in ERROR_TABLE}
+
+
+class _Worker:
+    """One worker process and its pipes."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "jaxinit_server.core._worker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0,
+        )
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.stdin, self.stdout = self.process.stdin, self.process.stdout
+        self.rss = 0
+
+    def hello(self) -> None:
+        """Block until the worker has loaded JAX and says it is ready."""
+        try:
+            read_frame(self.stdout)
+        except EOFError:
+            raise ServerUnavailable("a whole-tensor worker failed to start; see the server log") from None
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError, OSError):
+            self.process.kill()
+        with contextlib.suppress(OSError, ValueError):
+            self.stdin.close()
+        self.process.wait()
+        with contextlib.suppress(OSError, ValueError):
+            self.stdout.close()
+
+    def died(self) -> JaxinitError:
+        """The error for a worker that ended in the middle of a job."""
+        code = self.process.wait()
+        if code in (-signal.SIGKILL, -signal.SIGABRT, -signal.SIGSEGV):
+            return TooLarge(
+                "the worker making this tensor ran out of memory (ended by signal "
+                f"{signal.Signals(-code).name}); ask for a smaller tensor or a range of a chunked family"
+            )
+        return InternalError("internal server error")
+
+
+class WholeJob:
+    """One request running on (or finished by) a worker: its key data, then its bytes."""
+
+    def __init__(self, pool: WholePool, worker: _Worker, resolved: Resolved) -> None:
+        self._pool = pool
+        self._worker: _Worker | None = worker
+        self.resolved = resolved
+        self.key_data: tuple[int, ...] = ()
+        self.nbytes = 0
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Send the request and wait for its header (blocking: call from a thread).
+
+        Raises the domain error the worker reported (JAX's refusal, TooLarge, ...).
+        """
+        worker = self._worker
+        if worker is None:
+            raise ServerUnavailable("the request was cancelled")
+        try:
+            write_frame(worker.stdin, self.resolved)  # type: ignore[arg-type]
+            header = read_frame(worker.stdout)  # type: ignore[arg-type]
+        except (EOFError, OSError, ValueError):
+            error = worker.died() if self._pool.open else _stopping()
+            self.close()
+            raise error from None
+        if not header.get("ok"):
+            self._finish()
+            raise _ERRORS.get(header.get("error", ""), InternalError)(str(header.get("message", "")))
+        self.key_data = tuple(header["key_data"])
+        self.nbytes = int(header["nbytes"])
+
+    def pieces(self, piece_bytes: int) -> Iterator[np.ndarray]:
+        """The bytes as flat arrays of the output dtype, as they come from the worker."""
+        worker = self._worker
+        if worker is None:
+            raise ServerUnavailable("the request was cancelled")
+        dtype = DTYPES[self.resolved.out_dtype].newbyteorder("<")
+        step = max(dtype.itemsize, piece_bytes - piece_bytes % dtype.itemsize)
+        left = self.nbytes
+        try:
+            while left:
+                data = worker.stdout.read(min(step, left))
+                if not data:
+                    raise EOFError
+                while len(data) % dtype.itemsize:  # a pipe read can end mid-element
+                    more = worker.stdout.read(dtype.itemsize - len(data) % dtype.itemsize)
+                    if not more:
+                        raise EOFError
+                    data += more
+                left -= len(data)
+                yield np.frombuffer(data, dtype=dtype)
+            worker.rss = int(read_frame(worker.stdout).get("rss", 0))  # type: ignore[arg-type]
+        except (EOFError, OSError, ValueError):
+            error = worker.died() if self._pool.open else _stopping()
+            self.close()
+            raise error from None
+        self._finish()
+
+    def _finish(self) -> None:
+        """The worker is idle again: back to the pool."""
+        with self._lock:
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            self._pool._done(worker, healthy=True)
+
+    def close(self) -> None:
+        """Stop the job wherever it is (idempotent): a busy worker is killed and replaced."""
+        with self._lock:
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            self._pool._done(worker, healthy=False)
+
+
+def _stopping() -> ServerUnavailable:
+    return ServerUnavailable("the server is shutting down; retry on another replica")
+
+
+class WholePool:
+    """``size`` worker processes; jobs wait (cancellably) for a free one.
+
+    Args:
+        size: workers, i.e. whole-tensor requests computed at once.
+        hard_rss: a worker larger than this after a job is replaced.
+        soft_rss: above this a worker clears JAX's caches after a job.
+        compilation_cache_dir: JAX's persistent cache, shared with the workers.
+    """
+
+    def __init__(
+        self, size: int, *, hard_rss: int = 2 * 2**30, soft_rss: int = 768 * 2**20,
+        compilation_cache_dir: str | None = None,
+    ) -> None:
+        self.size = size
+        self.hard_rss = hard_rss
+        self._env = {**os.environ, "JAXINIT_WORKER_SOFT_RSS": str(soft_rss)}
+        if compilation_cache_dir:
+            self._env["JAXINIT_COMPILATION_CACHE_DIR"] = compilation_cache_dir
+        self._idle: list[_Worker] = []
+        self._all: set[_Worker] = set()
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._slots: asyncio.Semaphore | None = None
+        # Blocking pipe calls (start a worker, wait for its header): one thread per slot.
+        self._threads = ThreadPoolExecutor(max_workers=size, thread_name_prefix="jaxinit-whole")
+        self.open = True
+        self.busy = 0
+        self.waiting = 0
+        self.replaced = 0
+
+    def start(self) -> None:
+        """Start every worker and wait until each has loaded JAX (blocking)."""
+        started = [self._spawn() for _ in range(self.size)]
+        for worker in started:
+            worker.hello()
+        with self._lock:
+            self._idle.extend(started)
+
+    def _spawn(self) -> _Worker:
+        worker = _Worker(self._env)
+        with self._lock:
+            self._all.add(worker)
+        return worker
+
+    async def run(self, resolved: Resolved) -> WholeJob:
+        """A started job for ``resolved``: made whole by a worker, its header read.
+
+        Waits for a free worker. If the caller goes away meanwhile, or while the worker
+        computes, the worker is killed (it cannot be interrupted otherwise).
+        """
+        loop = asyncio.get_running_loop()
+        if self._slots is None:
+            self._loop, self._slots = loop, asyncio.Semaphore(self.size)
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        job: WholeJob | None = None
+        try:
+            if not self.open:
+                raise _stopping()
+            with self._lock:
+                self.busy += 1
+            worker = await loop.run_in_executor(self._threads, self._take)
+            job = WholeJob(self, worker, resolved)
+            await loop.run_in_executor(self._threads, job.start)
+            return job
+        except BaseException:
+            if job is not None:
+                job.close()  # kills a busy worker: the blocked thread sees EOF and ends
+            elif self.open:
+                with self._lock:
+                    self.busy -= 1
+                self._release()
+            raise
+
+    def _release(self) -> None:
+        """Give a slot back (from any thread)."""
+        if self._loop is not None and self._slots is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed
+                self._loop.call_soon_threadsafe(self._slots.release)
+
+    def _take(self) -> _Worker:
+        with self._lock:
+            worker = self._idle.pop() if self._idle else None
+        if worker is None:
+            worker = self._spawn()
+            try:
+                worker.hello()
+            except JaxinitError:
+                self._forget(worker)
+                raise
+        return worker
+
+    def _done(self, worker: _Worker, *, healthy: bool) -> None:
+        if healthy and self.open and (not self.hard_rss or worker.rss <= self.hard_rss):
+            with self._lock:
+                self._idle.append(worker)
+        else:
+            if healthy and self.open:
+                log.info("replacing a whole-tensor worker of %d MiB", worker.rss // 2**20)
+            worker.kill()
+            self._forget(worker)
+            if self.open:
+                self.replaced += 1
+        with self._lock:
+            self.busy -= 1
+        self._release()  # only now: the work has really ended
+
+    def _forget(self, worker: _Worker) -> None:
+        with self._lock:
+            self._all.discard(worker)
+
+    def state(self) -> dict[str, Any]:
+        """The pool as readiness and metrics show it."""
+        return {"size": self.size, "busy": self.busy, "waiting": self.waiting, "replaced": self.replaced}
+
+    def close(self) -> None:
+        """Kill every worker (a running job ends with ServerUnavailable)."""
+        self.open = False
+        with self._lock:
+            workers = list(self._all)
+            self._idle.clear()
+        for worker in workers:
+            worker.kill()
+        for _ in range(self.waiting + self.size):  # waiters wake, see the pool closed, and fail
+            self._release()
+        self._threads.shutdown(wait=False, cancel_futures=True)
