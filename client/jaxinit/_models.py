@@ -26,7 +26,8 @@ import hashlib
 import json
 import math
 import numbers
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,10 @@ from jaxinit._keys import Key
 
 __all__ = [
     "LAYOUTS",
+    "MAX_DEPTH",
+    "MAX_NAME_CHARS",
+    "MAX_PARAMS",
+    "MAX_PATH_COMPONENTS",
     "MODES",
     "MODULE_TYPES",
     "Param",
@@ -54,7 +59,11 @@ __all__ = [
 MODES = ("linen", "nnx")
 LAYOUTS = ("flax", "torch")
 MAX_PARAMS = 100_000  # parameters per model description
-MAX_DEPTH = 32  # nesting of modules
+MAX_DEPTH = 32  # nesting of modules (far below Python's recursion limit: parsing recurses per level)
+MAX_PATH_COMPONENTS = 64  # names in a parameter's path: its modules', then its own (raw form: dotted parts)
+MAX_NAME_CHARS = 256  # characters in one name of a path (a module's or a parameter's)
+QUOTE_CHARS = 80  # how much of a caller's value an error message quotes
+_RELAYED_CHARS = 600  # how much of a message from elsewhere (catalog, dtypes) is passed on
 
 Init = tuple[str, dict[str, Any]]  # (initializer name, factory arguments)
 
@@ -98,7 +107,7 @@ class _Reader:
 
     def __init__(self, node: Any, where: str) -> None:
         if not isinstance(node, Mapping):
-            raise InvalidArgument(f"{where}: a module must be an object with a 'type', got {node!r}")
+            raise InvalidArgument(f"{where}: a module must be an object with a 'type', got {_quote(node)}")
         self.node = node
         self.where = where
         self.used: set[str] = {"type", "name"}
@@ -112,7 +121,7 @@ class _Reader:
         if value is None:
             raise InvalidArgument(f"{self.where}: '{key}' is required (an int >= {minimum})")
         if not _is_int(value) or value < minimum:
-            raise InvalidArgument(f"{self.where}: '{key}' must be an int >= {minimum}, got {value!r}")
+            raise InvalidArgument(f"{self.where}: '{key}' must be an int >= {minimum}, got {_quote(value)}")
         return int(value)
 
     def integers(self, key: str, default: Any = None) -> tuple[int, ...]:
@@ -128,14 +137,14 @@ class _Reader:
             or not all(_is_int(v) and v >= 1 for v in items)
         ):
             raise InvalidArgument(
-                f"{self.where}: '{key}' must be a positive int or a non-empty list of them, got {value!r}"
+                f"{self.where}: '{key}' must be a positive int or a non-empty list of them, got {_quote(value)}"
             )
         return tuple(int(v) for v in items)
 
     def flag(self, key: str, default: bool) -> bool:
         value = self._get(key, default)
         if not isinstance(value, bool):
-            raise InvalidArgument(f"{self.where}: '{key}' must be true or false, got {value!r}")
+            raise InvalidArgument(f"{self.where}: '{key}' must be true or false, got {_quote(value)}")
         return value
 
     def dtype(self, inherited: str) -> str:
@@ -145,7 +154,7 @@ class _Reader:
         try:
             return dtype_name(value)
         except InvalidArgument as exc:
-            raise InvalidArgument(f"{self.where}: param_dtype: {exc.message}") from None
+            raise InvalidArgument(f"{self.where}: param_dtype: {_relay(exc.message, value)}") from None
 
     def init(self, key: str, default: Init) -> Init:
         value = self._get(key, None)
@@ -156,17 +165,127 @@ class _Reader:
     def modules(self, key: str) -> list[Any]:
         value = self._get(key, None)
         if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
-            raise InvalidArgument(f"{self.where}: '{key}' must be a list of modules, got {value!r}")
+            raise InvalidArgument(f"{self.where}: '{key}' must be a list of modules, got {_quote(value)}")
         return list(value)
 
     def done(self) -> None:
-        unknown = sorted(set(self.node) - self.used)
+        unknown = _names(set(self.node) - self.used)
         if unknown:
-            raise InvalidArgument(f"{self.where}: unknown field(s) {unknown} for {self.node.get('type')}")
+            raise InvalidArgument(
+                f"{self.where}: unknown field(s) {_quote(unknown)} for {self.node.get('type')}"
+            )
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+# --- quoting a caller's values in messages ----------------------------------------------------
+
+
+def _quote(value: Any, limit: int = QUOTE_CHARS) -> str:
+    """``repr(value)`` for an error message, at most ``limit`` characters of it.
+
+    A longer one is cut and ends in ``...`` and the value's size. The work is bounded
+    whatever the value's size or nesting: only as much of it is rendered as is shown.
+
+    >>> _quote("abc"), _quote("x" * 100, 8)
+    ("'abc'", "'xxxxxxx... (100 characters)")
+    """
+    text = ""
+    for part in _repr_parts(value, limit + 1):
+        text += part
+        if len(text) > limit:
+            break
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...{_size(value)}"
+
+
+def _repr_parts(value: Any, budget: int) -> Iterator[str]:
+    """``repr(value)`` in pieces, lazily, so that a consumer that stops early pays only for what it
+    read; strings are cut to ``budget`` characters first. Every container yields its opening
+    bracket first, so a consumer that stops after ``budget`` characters is at most that deep."""
+    kind = type(value)
+    if kind is str or kind is bytes:
+        yield repr(value[:budget])
+    elif kind is dict:
+        yield "{"
+        for i, (k, v) in enumerate(value.items()):
+            yield ", " if i else ""
+            yield from _repr_parts(k, budget)
+            yield ": "
+            yield from _repr_parts(v, budget)
+        yield "}"
+    elif kind is list or kind is tuple:
+        yield "[" if kind is list else "("
+        for i, item in enumerate(value):
+            yield ", " if i else ""
+            yield from _repr_parts(item, budget)
+        yield "]" if kind is list else ("," if len(value) == 1 else "") + ")"
+    else:
+        try:
+            yield repr(value)
+        except Exception:  # an int past Python's digit limit, a repr that raises
+            yield f"<{kind.__name__}>"
+
+
+def _size(value: Any) -> str:
+    """`` (N characters)`` and the like, for a cut quote; empty where the value has no length."""
+    if isinstance(value, str):
+        return f" ({len(value)} characters)"
+    if isinstance(value, (bytes, bytearray)):
+        return f" ({len(value)} bytes)"
+    if isinstance(value, Sized):
+        try:
+            n = len(value)
+        except Exception:
+            return ""
+        return f" ({n} item{'' if n == 1 else 's'})"
+    return ""
+
+
+def _relay(message: str, *values: Any) -> str:
+    """A message from elsewhere (the catalog, the dtype table), which may quote a caller's value
+    whole: each long ``repr`` of ``values`` in it quoted short, and the whole kept bounded.
+
+    The message may hold only the start of a ``repr`` (where it was cut to a length): that
+    part is what is replaced.
+    """
+    if len(message) <= QUOTE_CHARS:  # too short to hold a long repr
+        return message
+    for value in values:
+        try:
+            text = repr(value)
+        except Exception:  # too deep to repr: the clip below bounds what was said of it
+            continue
+        if len(text) <= QUOTE_CHARS:
+            continue
+        start = message.find(text[:QUOTE_CHARS])
+        if start < 0:
+            continue
+        # The longest start of ``text`` the message holds there (binary search, compared in C).
+        low, high = QUOTE_CHARS, min(len(text), len(message) - start)
+        while low < high:
+            mid = (low + high + 1) // 2
+            if message[start : start + mid] == text[:mid]:
+                low = mid
+            else:
+                high = mid - 1
+        message = f"{message[:start]}{_quote(value)}{message[start + low :]}"
+    if len(message) > _RELAYED_CHARS:
+        message = f"{message[:_RELAYED_CHARS]}... ({len(message)} characters)"
+    return message
+
+
+def _at(where: str) -> str:
+    """A place in the description, its middle left out when it is long (deep nesting)."""
+    return where if len(where) <= 120 else f"{where[:50]}...{where[-60:]}"
+
+
+def _names(keys: Any) -> list[Any]:
+    """Field names, sorted (as text where they are not all strings)."""
+    return sorted(keys, key=str)
 
 
 def _init(value: Any, where: str) -> Init:
@@ -177,19 +296,19 @@ def _init(value: Any, where: str) -> Init:
     elif isinstance(value, Mapping) and set(value) <= {"initializer", "args"} and "initializer" in value:
         name, args = value["initializer"], value.get("args") or {}
         if not isinstance(args, Mapping):
-            raise InvalidArgument(f"{where}: 'args' must be an object, got {args!r}")
+            raise InvalidArgument(f"{where}: 'args' must be an object, got {_quote(args)}")
     else:
         raise InvalidArgument(
             f"{where}: an initializer is a registry name or {{\"initializer\": name, \"args\": {{...}}}}, "
-            f"got {value!r}"
+            f"got {_quote(value)}"
         )
     try:
         spec = lookup(name)
         bound = bind_arguments(spec, args)
     except InvalidArgument as exc:
-        raise InvalidArgument(f"{where}: {exc.message}") from None
+        raise InvalidArgument(f"{where}: {_relay(exc.message, name, *args, *args.values())}") from None
     except Exception as exc:  # UnknownInitializer: keep its class, say where
-        raise type(exc)(f"{where}: {exc}") from None
+        raise type(exc)(f"{where}: {_relay(str(exc), name, *args, *args.values())}") from None
     return spec.name, {k: bound[k] for k in args}
 
 
@@ -234,8 +353,8 @@ def _conv(r: _Reader, dtype: str) -> list[_Leaf]:
     groups = r.integer("feature_group_count", 1)
     if inp % groups or out % groups:
         raise InvalidArgument(
-            f"{r.where}: in_features {inp} and features {out} must both be multiples of "
-            f"feature_group_count {groups}"
+            f"{r.where}: in_features {_quote(inp)} and features {_quote(out)} must both be multiples of "
+            f"feature_group_count {_quote(groups)}"
         )
     kernel = _Leaf("kernel", r.init("kernel_init", LECUN_NORMAL), (*size, inp // groups, out), dtype,
                    torch=("weight", "conv"))
@@ -257,7 +376,7 @@ def _norm(*, bias: bool, groups: bool = False) -> Callable[[_Reader, str], list[
             num_groups = r.integer("num_groups", 32)
             if features % num_groups:
                 raise InvalidArgument(
-                    f"{r.where}: features {features} must be a multiple of num_groups {num_groups}"
+                    f"{r.where}: features {_quote(features)} must be a multiple of num_groups {_quote(num_groups)}"
                 )
         out = []
         if r.flag("use_scale", True):
@@ -275,13 +394,15 @@ def _param(r: _Reader, dtype: str) -> list[_Leaf]:
     if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence) or not all(
         _is_int(d) and d >= 0 for d in shape
     ):
-        raise InvalidArgument(f"{r.where}: 'shape' must be a list of non-negative ints, got {shape!r}")
+        raise InvalidArgument(f"{r.where}: 'shape' must be a list of non-negative ints, got {_quote(shape)}")
     value = r._get("initializer", None)
     if value is None:
         raise InvalidArgument(f"{r.where}: 'initializer' is required (a registry name)")
     args = r._get("args", None)
     init = _init(value if args is None else {"initializer": value, "args": args}, r.where)
-    return [_Leaf(str(name), init, tuple(int(d) for d in shape), dtype, torch=(str(name), ""))]
+    # A Param's name is checked (a non-empty string) where it is placed, among a Module's children.
+    name = name if isinstance(name, str) else ""
+    return [_Leaf(name, init, tuple(int(d) for d in shape), dtype, torch=(name, ""))]
 
 
 # Module type -> its parameters, in the order Flax creates them.
@@ -308,12 +429,12 @@ class _Node:
 
 
 def _parse(node: Any, where: str, dtype: str, depth: int, mode: str, *, parent: str = "") -> _Node:
-    if depth > MAX_DEPTH:
-        raise InvalidArgument(f"{where}: modules nest deeper than {MAX_DEPTH} levels")
+    if depth > MAX_DEPTH:  # before anything else, so that recursion stops here
+        raise InvalidArgument(f"{_at(where)}: modules nest deeper than {MAX_DEPTH} levels")
     r = _Reader(node, where)
     kind = node.get("type")
     if kind not in MODULE_TYPES:
-        raise InvalidArgument(f"{where}: unknown module type {kind!r}; known: {', '.join(MODULE_TYPES)}")
+        raise InvalidArgument(f"{where}: unknown module type {_quote(kind)}; known: {', '.join(MODULE_TYPES)}")
     if kind == "Param" and parent != "Module":
         raise InvalidArgument(f"{where}: a Param belongs among the children of a Module")
     if kind == "Function" and parent != "Sequential":
@@ -356,10 +477,15 @@ def _parse(node: Any, where: str, dtype: str, depth: int, mode: str, *, parent: 
         names = [name for name, _ in out.items]
         for name in names:
             if not isinstance(name, str) or not name or "." in name or "/" in name:
-                raise InvalidArgument(f"{where}: names must be non-empty strings without '.' or '/', got {name!r}")
-        if len(set(names)) != len(names):
-            dup = sorted({n for n in names if names.count(n) > 1})
-            raise InvalidArgument(f"{where}: names must be unique among siblings; repeated: {dup}")
+                raise InvalidArgument(
+                    f"{where}: names must be non-empty strings without '.' or '/', got {_quote(name)}"
+                )
+            if len(name) > MAX_NAME_CHARS:
+                raise InvalidArgument(f"{where}: a name has at most {MAX_NAME_CHARS} characters, got {_quote(name)}")
+        counts_by_name = Counter(names)
+        if len(counts_by_name) != len(names):
+            dup = sorted(n for n, c in counts_by_name.items() if c > 1)
+            raise InvalidArgument(f"{where}: names must be unique among siblings; repeated: {_quote(dup)}")
     r.done()
     return out
 
@@ -371,7 +497,9 @@ def _attention(r: _Reader, dtype: str, depth: int) -> list[tuple[str, _Leaf | _N
     qkv = r.integer("qkv_features", inp)
     out = r.integer("out_features", inp)
     if qkv % heads:
-        raise InvalidArgument(f"{r.where}: qkv_features {qkv} must be a multiple of num_heads {heads}")
+        raise InvalidArgument(
+            f"{r.where}: qkv_features {_quote(qkv)} must be a multiple of num_heads {_quote(heads)}"
+        )
     shared = {k: r.node[k] for k in ("use_bias", "kernel_init", "bias_init") if k in r.node}
     r.used.update(shared)
     head_dim = qkv // heads
@@ -424,10 +552,10 @@ def expand(
         InvalidArgument: with the place in the description that is wrong.
     """
     if mode not in MODES:
-        raise InvalidArgument(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        raise InvalidArgument(f"mode must be one of {', '.join(MODES)}, got {_quote(mode)}")
     if not isinstance(fix_rng_separator, bool):
-        raise InvalidArgument(f"fix_rng_separator must be true or false, got {fix_rng_separator!r}")
-    dtype = dtype_name(param_dtype)
+        raise InvalidArgument(f"fix_rng_separator must be true or false, got {_quote(fix_rng_separator)}")
+    dtype = _dtype_name(param_dtype)
     if isinstance(description, Mapping) and "params" in description and "type" not in description:
         root = _raw(description, dtype)
     else:
@@ -436,11 +564,19 @@ def expand(
     _walk(root, (), mode, fix_rng_separator, params)
     if not params:
         raise InvalidArgument("model: the description has no parameters")
-    names = [p.name for p in params]
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise InvalidArgument(f"model: parameter names repeat: {dup}")
+    counts = Counter(p.name for p in params)
+    if len(counts) != len(params):
+        dup = sorted(n for n, c in counts.items() if c > 1)
+        raise InvalidArgument(f"model: parameter names repeat: {_quote(dup)}")
     return params
+
+
+def _dtype_name(value: Any) -> str:
+    """``dtype_name``, its error quoting the caller's value short."""
+    try:
+        return dtype_name(value)
+    except InvalidArgument as exc:
+        raise type(exc)(_relay(exc.message, value)) from None
 
 
 def _walk(node: _Node, path: tuple[str, ...], mode: str, fix: bool, out: list[Param]) -> None:
@@ -471,37 +607,58 @@ def _walk(node: _Node, path: tuple[str, ...], mode: str, fix: bool, out: list[Pa
 
 def _raw(description: Mapping[str, Any], dtype: str) -> _Node:
     """The raw form as a tree of plain modules whose leaves are Params, in the order listed."""
-    unknown = sorted(set(description) - {"params", "param_dtype"})
+    unknown = _names(set(description) - {"params", "param_dtype"})
     if unknown:
-        raise InvalidArgument(f"model: unknown field(s) {unknown} in the raw form")
+        raise InvalidArgument(f"model: unknown field(s) {_quote(unknown)} in the raw form")
     if "param_dtype" in description:
-        dtype = dtype_name(description["param_dtype"])
+        dtype = _dtype_name(description["param_dtype"])
     entries = description["params"]
     if isinstance(entries, (str, bytes, Mapping)) or not isinstance(entries, Sequence):
         raise InvalidArgument("model.params must be a list of parameters")
+    if len(entries) > MAX_PARAMS:  # as _walk would find, before the work
+        raise InvalidArgument(f"model: more than {MAX_PARAMS} parameters")
     root = _Node("Module")
+    # Each module's items by name, the first of a name (a module, or a parameter) kept, as a
+    # scan of its items in order would find: (id of the module, name) -> item. Every module
+    # stays in the tree, so no id is reused while this lives.
+    found_by_name: dict[tuple[int, str], _Leaf | _Node] = {}
     for i, entry in enumerate(entries):
         where = f"model.params[{i}]"
         if not isinstance(entry, Mapping):
-            raise InvalidArgument(f"{where}: a parameter must be an object, got {entry!r}")
+            raise InvalidArgument(f"{where}: a parameter must be an object, got {_quote(entry)}")
         path = entry.get("path")
-        if not isinstance(path, str) or not path or any(not part for part in path.split(".")):
-            raise InvalidArgument(f"{where}: 'path' must be a dotted name such as 'encoder.kernel', got {path!r}")
-        *modules, name = path.split(".")
+        # At most MAX_PATH_COMPONENTS + 1 parts: however long the path, the split is bounded.
+        parts = path.split(".", MAX_PATH_COMPONENTS) if isinstance(path, str) else [""]
+        if any(not part for part in parts):
+            raise InvalidArgument(
+                f"{where}: 'path' must be a dotted name such as 'encoder.kernel', got {_quote(path)}"
+            )
+        if len(parts) > MAX_PATH_COMPONENTS:
+            raise InvalidArgument(
+                f"{where}: 'path' has more than {MAX_PATH_COMPONENTS} dotted components, got {_quote(path)}"
+            )
+        for part in parts:
+            if len(part) > MAX_NAME_CHARS:
+                raise InvalidArgument(
+                    f"{where}: each name in 'path' has at most {MAX_NAME_CHARS} characters, got {_quote(part)}"
+                )
+        *modules, name = parts
         r = _Reader({**{k: v for k, v in entry.items() if k not in ("path", "dtype")}, "type": "Param",
                      "name": name, **({"param_dtype": entry["dtype"]} if "dtype" in entry else {})}, where)
         leaf = _param(r, r.dtype(dtype))[0]
         r.done()
         node = root
         for module in modules:
-            found = next((item for n, item in node.items if n == module), None)
+            found = found_by_name.get((id(node), module))
             if isinstance(found, _Leaf):
-                raise InvalidArgument(f"{where}: {module!r} is a parameter, not a module")
+                raise InvalidArgument(f"{where}: {_quote(module)} is a parameter, not a module")
             if found is None:
                 found = _Node("Module")
                 node.items.append((module, found))
+                found_by_name[id(node), module] = found
             node = found
         node.items.append((name, leaf))
+        found_by_name.setdefault((id(node), name), leaf)
     return root
 
 
@@ -577,7 +734,7 @@ def outputs(params: Sequence[Param], layout: str = "flax") -> list[Output]:
     ``load_state_dict`` finds everything it expects.
     """
     if layout not in LAYOUTS:
-        raise InvalidArgument(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+        raise InvalidArgument(f"layout must be one of {', '.join(LAYOUTS)}, got {_quote(layout)}")
     if layout == "flax":
         return [Output(p.name, p, p.shape) for p in params]
     out: list[Output] = []
