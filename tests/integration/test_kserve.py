@@ -136,6 +136,122 @@ def test_v2_grpc_errors(server: Any) -> None:
         assert reply.outputs[0].datatype == "FP32" and reply.raw_output_contents[0] == np.ones(4, np.float32).tobytes()
 
 
+def _v2_inputs(shape: list[int], seed: int) -> list[dict[str, Any]]:
+    return [{"name": "shape", "datatype": "INT64", "shape": [len(shape)], "data": shape},
+            {"name": "seed", "datatype": "INT64", "shape": [1], "data": [seed]}]
+
+
+def _binary_answer(response: httpx.Response) -> tuple[dict[str, Any], bytes]:
+    """The JSON header and the output's bytes of a binary v2 answer, checked against its lengths."""
+    assert response.status_code == 200, response.text
+    assert int(response.headers["content-length"]) == len(response.content)
+    size = int(response.headers["inference-header-content-length"])
+    head = json.loads(response.content[:size])
+    assert head["outputs"][0]["parameters"]["binary_data_size"] == len(response.content) - size
+    return head, response.content[size:]
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # local JAX, stddev 1e39
+def test_v2_non_finite_outputs_are_400_in_json_and_exact_in_binary(server: Any) -> None:
+    """JSON has no NaN or infinity: such an output is refused, with the way to get it."""
+    url = f"{server.http_url}/v2/models/{{}}/infer"
+    init = jax.nn.initializers
+    for model, parameters, factory in [
+        ("normal", {"stddev": 1e39}, init.normal(1e39)),  # inf in float32
+        ("variance_scaling", {"scale": -1.0, "mode": "fan_in", "distribution": "normal"},
+         init.variance_scaling(-1.0, "fan_in", "normal")),  # sqrt of a negative: NaN
+    ]:
+        body = {"inputs": _v2_inputs([4, 3], 5), "parameters": parameters}
+        response = httpx.post(url.format(model), json=body)
+        assert response.status_code == 400, response.text
+        assert set(response.json()) == {"error"}
+        message = response.json()["error"]
+        assert "non-finite" in message and "JSON cannot carry" in message and "binary_data" in message
+        want = np.asarray(factory(jax.random.key(5), (4, 3), np.float32))
+        assert not np.isfinite(want).all()
+        for binary in ({"outputs": [{"name": "output", "parameters": {"binary_data": True}}]},
+                       {"parameters": {**parameters, "binary_data_output": True}}):
+            head, data = _binary_answer(httpx.post(url.format(model), json={**body, **binary}))
+            assert head["outputs"][0]["shape"] == [4, 3] and data == want.tobytes()
+
+
+MALFORMED: list[tuple[str, bytes]] = [
+    ("input parameters a string", json.dumps({"inputs": [{**_v2_inputs([2], 0)[0], "parameters": "x"}]}).encode()),
+    ("output parameters a list", json.dumps({"inputs": _v2_inputs([2], 0),
+                                             "outputs": [{"name": "output", "parameters": [1]}]}).encode()),
+    ("an output not an object", json.dumps({"inputs": _v2_inputs([2], 0), "outputs": [1]}).encode()),
+    ("outputs a string", json.dumps({"inputs": _v2_inputs([2], 0), "outputs": "x"}).encode()),
+    ("nested 1,100 deep", b"[" * 1100 + b"]" * 1100),
+    ("inputs nested 1,100 deep", b'{"inputs": ' + b"[" * 1100 + b"]" * 1100 + b"}"),
+    ("an argument nested 1,100 deep", json.dumps({"inputs": _v2_inputs([2], 0),
+                                                  "parameters": {"stddev": "[" * 1100 + "]" * 1100}}).encode()),
+    ("unclosed, 200,000 deep", b"[" * 200_000),
+    ("a huge input name", json.dumps({"inputs": [{**_v2_inputs([2], 0)[0], "name": "n" * 200_000}]}).encode()),
+    ("a huge id", json.dumps({"inputs": _v2_inputs([2], 0), "id": list(range(100_000))}).encode()),
+    ("request parameters a list", json.dumps({"inputs": _v2_inputs([2], 0), "parameters": [1]}).encode()),
+    ("a NaN literal", b'{"inputs": [], "parameters": {"stddev": NaN}}'),
+    ("binary_data not a bool", json.dumps({
+        "inputs": _v2_inputs([2], 0), "outputs": [{"name": "output", "parameters": {"binary_data": "yes"}}]}).encode()),
+    ("a negative binary_data_size", json.dumps({"inputs": [{**_v2_inputs([2], 0)[0],
+                                                            "parameters": {"binary_data_size": -8}}]}).encode()),
+    ("dtype an object", json.dumps({"inputs": _v2_inputs([2], 0), "parameters": {"dtype": {"a": 1}}}).encode()),
+]
+
+
+@pytest.mark.parametrize("body", [body for _, body in MALFORMED], ids=[name for name, _ in MALFORMED])
+def test_v2_malformed_documents_are_400(server: Any, body: bytes) -> None:
+    response = httpx.post(f"{server.http_url}/v2/models/normal/infer", content=body,
+                          headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert set(response.json()) == {"error"} and len(response.json()["error"]) < 300, response.text
+    assert httpx.get(f"{server.http_url}/v2/health/live").json() == {"live": True}
+
+
+def test_v2_binary_answers_stream_bit_exact(server: Any) -> None:
+    """Tensors of several chunks, as the binary extension sends them: header, then bytes."""
+    url = f"{server.http_url}/v2/models/{{}}/infer"
+    binary = {"binary_data_output": True}
+    want = np.asarray(jax.nn.initializers.lecun_normal()(jax.random.key(11), (1024, 768), np.float32))
+    head, data = _binary_answer(httpx.post(url.format("lecun_normal"), json={
+        "inputs": _v2_inputs([1024, 768], 11), "parameters": binary, "id": "big"}))
+    assert head["id"] == "big" and head["outputs"][0]["datatype"] == "FP32"
+    assert head["outputs"][0]["shape"] == [1024, 768] and data == want.tobytes()
+    # A range of it.
+    head, data = _binary_answer(httpx.post(url.format("lecun_normal"), json={
+        "inputs": _v2_inputs([1024, 768], 11), "parameters": {**binary, "offset": 1000, "count": 300_000}}))
+    assert head["outputs"][0]["shape"] == [300_000] and data == want.reshape(-1)[1000:301_000].tobytes()
+    # bfloat16, asked on the output.
+    f = jax.nn.initializers.variance_scaling(2.0, "fan_out", "truncated_normal")
+    want = np.asarray(f(jax.random.key(3), (512, 1536), ml_dtypes.bfloat16))
+    head, data = _binary_answer(httpx.post(url.format("variance_scaling"), json={
+        "inputs": _v2_inputs([512, 1536], 3), "outputs": [{"name": "output", "parameters": {"binary_data": True}}],
+        "parameters": {"dtype": "BF16", "scale": 2.0, "mode": "fan_out", "distribution": "truncated_normal"}}))
+    assert head["outputs"][0]["datatype"] == "BF16" and data == want.tobytes()
+
+
+def test_v2_grpc_model_infer_is_capped(server: Any) -> None:
+    """A unary answer is made whole in memory: past MAX_UNARY_BYTES it is refused, pointing at
+    the streaming routes; below it, the bytes are local JAX's."""
+    from jaxinit_server.kserve.grpc_service import MAX_UNARY_BYTES
+
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        request = pb.ModelInferRequest(model_name="lecun_normal")
+        request.inputs.add(name="shape", datatype="INT64", shape=[2]).contents.int64_contents.extend(
+            [MAX_UNARY_BYTES // 4 // 1024 + 1, 1024])
+        request.inputs.add(name="seed", datatype="INT64", shape=[1]).contents.int64_contents.append(0)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(request, timeout=60)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "Generate" in info.value.details() and "binary" in info.value.details()
+        request = pb.ModelInferRequest(model_name="lecun_normal")
+        request.inputs.add(name="shape", datatype="INT64", shape=[2]).contents.int64_contents.extend([1024, 768])
+        request.inputs.add(name="seed", datatype="INT64", shape=[1]).contents.int64_contents.append(11)
+        reply = stub.ModelInfer(request, timeout=60)
+        want = np.asarray(jax.nn.initializers.lecun_normal()(jax.random.key(11), (1024, 768), np.float32))
+        assert list(reply.outputs[0].shape) == [1024, 768] and reply.raw_output_contents[0] == want.tobytes()
+
+
 def _fields(descriptor: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for field in descriptor.fields:

@@ -1,15 +1,22 @@
-"""The KServe v2 gRPC service (``inference.GRPCInferenceService``): translation only."""
+"""The KServe v2 gRPC service (``inference.GRPCInferenceService``): translation only.
+
+``ModelInfer`` is unary: its response holds the whole tensor, made in memory. So it is
+capped at :data:`MAX_UNARY_BYTES`; larger tensors stream from jaxinit's own
+``Generate`` RPC or the v2 REST route with binary data, or come as ranges.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, cast
 
 import grpc
 
 from jaxinit._catalog import CATALOG
-from jaxinit._codec import to_wire_bytes
 from jaxinit._errors import TooLarge
-from jaxinit_server.core import Service
+from jaxinit_server.core import Service, Tensor
 from jaxinit_server.grpc_adapter import abort, domain_error
 from jaxinit_server.kserve import grpc_predict_v2_pb2 as pb
 from jaxinit_server.kserve import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -24,10 +31,12 @@ from jaxinit_server.kserve.mapping import (
 )
 from jaxinit_server.telemetry import Telemetry
 
-__all__ = ["SERVICE_NAME", "InferenceServicer", "add_to_server"]
+__all__ = ["MAX_UNARY_BYTES", "SERVICE_NAME", "InferenceServicer", "add_to_server"]
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-MAX_MESSAGE_BYTES = 2**31 - 2**20  # one protobuf message holds the whole tensor
+# The most tensor bytes one ModelInfer response holds: it is made whole in memory (and
+# copied again by protobuf), so a larger one is refused before any work.
+MAX_UNARY_BYTES = 64 * 2**20
 
 
 def _parameter(value: pb.InferParameter) -> Any:
@@ -86,23 +95,28 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             resolved = self._service.prepare(params)
             call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
             datatype = datatype_of(resolved.out_dtype)
-            if resolved.nbytes > MAX_MESSAGE_BYTES:
+            if resolved.nbytes > MAX_UNARY_BYTES:
                 raise TooLarge(
-                    f"{resolved.nbytes} bytes do not fit one gRPC message; ask for a range (offset/count "
-                    "parameters) or use jaxinit's streaming API"
+                    f"ModelInfer answers at most {MAX_UNARY_BYTES} bytes in its one message; this tensor has "
+                    f"{resolved.nbytes}. Stream it with jaxinit's gRPC Generate RPC (jaxinit.v1.Initializers) "
+                    "or the v2 REST route with binary data, or ask for ranges (offset/count parameters)"
                 )
             tensor = await self._service.generate(resolved)
-            data = to_wire_bytes(await tensor.array()).tobytes()
             call.timings = tensor.timings
-            call.sent(len(data))
-            return pb.ModelInferResponse(
-                model_name=request.model_name,
-                model_version=request.model_version,
-                id=request.id,
-                outputs=[pb.ModelInferResponse.InferOutputTensor(name=OUTPUT, datatype=datatype,
-                                                                  shape=tensor.sent_shape)],
-                raw_output_contents=[data],
-            )
+            data = await _gathered(tensor, self._service.limits.chunk_bytes)
+            output = pb.ModelInferResponse.InferOutputTensor(name=OUTPUT, datatype=datatype, shape=tensor.sent_shape)
+
+            def response() -> pb.ModelInferResponse:  # protobuf copies the bytes: off the loop
+                blob = bytes(data)
+                data.clear()  # one copy held at a time
+                return pb.ModelInferResponse(
+                    model_name=request.model_name, model_version=request.model_version, id=request.id,
+                    outputs=[output], raw_output_contents=[blob],
+                )
+
+            answer = await asyncio.to_thread(response)
+            call.sent(tensor.nbytes)
+            return answer
         except Exception as exc:
             error = domain_error(exc)
             await abort(context, error)
@@ -110,5 +124,25 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             call.close(error)
 
 
+async def _gathered(tensor: Tensor, chunk_bytes: int) -> bytearray:
+    """The tensor's bytes, gathered piece by piece as they are made (no piece larger than
+    ``chunk_bytes`` is copied on the loop); the tensor is given back however this ends."""
+    data = bytearray(tensor.nbytes)
+    view = memoryview(data)
+    try:
+        async with contextlib.aclosing(_generator(tensor.chunks(chunk_bytes))) as chunks:
+            async for offset, piece in chunks:
+                view[offset : offset + len(piece)] = piece
+    finally:
+        view.release()
+        tensor.close()
+    return data
+
+
 def add_to_server(server: grpc.aio.Server, service: Service, telemetry: Telemetry) -> None:
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service, telemetry), server)
+
+
+def _generator(chunks: AsyncIterator[tuple[int, memoryview]]) -> AsyncGenerator[tuple[int, memoryview], None]:
+    """``Tensor.chunks`` as the async generator it is, for ``contextlib.aclosing``."""
+    return cast("AsyncGenerator[tuple[int, memoryview], None]", chunks)

@@ -17,6 +17,7 @@ carries:
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +30,10 @@ from jaxinit._errors import InvalidArgument, UnknownInitializer
 from jaxinit._keys import Key
 from jaxinit_server.core import GenerateParams
 
-__all__ = ["DATATYPES", "OUTPUT", "Input", "datatype_of", "model_metadata", "params_from_v2"]
+__all__ = [
+    "DATATYPES", "MAX_JSON_DEPTH", "MAX_QUOTE_CHARS", "OUTPUT", "Input", "datatype_of", "json_depth",
+    "model_metadata", "params_from_v2", "quote",
+]
 
 OUTPUT = "output"
 # jaxinit dtype -> v2 datatype. The protocol has no names for complex or float8 types.
@@ -41,6 +45,55 @@ DATATYPES: dict[str, str] = {
 _FROM_DATATYPE = {v: k for k, v in DATATYPES.items()}
 _RESERVED = {"dtype", "key_impl", "threefry_partitionable", "enable_x64", "offset", "count",
              "binary_data_output", "binary_data", "binary_data_size"}
+# The deepest JSON a request may hold (a document, or an argument given as a JSON literal):
+# jaxinit's own documents are a few levels deep; Python's parser recurses once a level.
+MAX_JSON_DEPTH = 64
+# The most characters of a caller's value an error message quotes.
+MAX_QUOTE_CHARS = 80
+
+_QUOTER = reprlib.Repr()
+_QUOTER.maxlevel, _QUOTER.maxlist, _QUOTER.maxtuple, _QUOTER.maxdict = 3, 8, 8, 4
+_QUOTER.maxset = _QUOTER.maxfrozenset = _QUOTER.maxdeque = _QUOTER.maxarray = 8
+_QUOTER.maxstring, _QUOTER.maxlong, _QUOTER.maxother = MAX_QUOTE_CHARS, 40, MAX_QUOTE_CHARS
+# +1 for a byte that opens an array or object, -1 for one that closes it.
+_BRACKETS = np.zeros(256, np.int8)
+_BRACKETS[list(b"[{")] = 1
+_BRACKETS[list(b"]}")] = -1
+_DEPTH_BLOCK = 2**20
+
+
+def quote(value: Any, limit: int = MAX_QUOTE_CHARS) -> str:
+    """``repr(value)`` for an error message, at most ``limit`` characters and cheap
+    however large ``value`` is (a caller's value is never echoed back whole)."""
+    try:
+        text = _QUOTER.repr(value)
+    except ValueError:  # an int of more digits than Python will print
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def json_depth(document: bytes | str) -> int:
+    """How deeply the JSON ``document`` nests arrays and objects, found without parsing it
+    (so that a document too deep to parse is refused first); exact for valid JSON.
+
+    Vectorised, a block at a time: quick, and bounded scratch memory, for any size.
+    """
+    data = document.encode("utf-8", "surrogatepass") if isinstance(document, str) else bytes(document)
+    # Escaped backslashes, then escaped quotes: what is left of a string is its brackets and "s.
+    codes = np.frombuffer(data.replace(b"\\\\", b"").replace(b'\\"', b""), np.uint8)
+    depth = deepest = quotes = 0
+    for start in range(0, codes.size, _DEPTH_BLOCK):
+        block = codes[start : start + _DEPTH_BLOCK]
+        inside = np.cumsum(block == ord('"'), dtype=np.int64)
+        inside += quotes  # odd: within a string
+        quotes = int(inside[-1])
+        levels = _BRACKETS[block].astype(np.int64)
+        levels[(inside & 1).astype(bool)] = 0
+        np.cumsum(levels, out=levels)
+        levels += depth
+        deepest = max(deepest, int(levels.max()))
+        depth = int(levels[-1])
+    return deepest
 
 
 @dataclass(frozen=True)
@@ -55,26 +108,34 @@ class Input:
 
 def input_from_bytes(name: str, datatype: str, shape: Sequence[int], data: bytes | memoryview) -> Input:
     """An input whose values came as raw little-endian bytes (gRPC raw contents, HTTP binary data)."""
-    dtype = _FROM_DATATYPE.get(datatype)
-    if dtype is None:
-        raise InvalidArgument(f"input {name!r}: unknown datatype {datatype!r}")
+    dtype = _datatype(name, datatype)
     expected = math.prod(shape) * DTYPES[dtype].itemsize
     if len(data) != expected:
-        raise InvalidArgument(f"input {name!r}: {len(data)} bytes for {datatype}{list(shape)}, expected {expected}")
+        raise InvalidArgument(
+            f"input {quote(name)}: {len(data)} bytes for {datatype}{quote(list(shape))}, expected {expected}"
+        )
     return Input(name, datatype, tuple(shape), array_from_buffer(data, (math.prod(shape),), dtype))
 
 
 def input_from_values(name: str, datatype: str, shape: Sequence[int], values: Sequence[Any]) -> Input:
     """An input whose values came as a list (JSON ``data``, gRPC typed contents)."""
-    dtype = _FROM_DATATYPE.get(datatype)
-    if dtype is None:
-        raise InvalidArgument(f"input {name!r}: unknown datatype {datatype!r}")
-    flat = np.asarray(values, dtype=object).reshape(-1)
+    _datatype(name, datatype)
+    try:
+        flat = np.asarray(values, dtype=object).reshape(-1)
+    except (ValueError, TypeError):  # ragged nesting numpy cannot lay out
+        raise InvalidArgument(f"input {quote(name)}: data must be a list of integers, flat or nested") from None
     if flat.size != math.prod(shape):
-        raise InvalidArgument(f"input {name!r}: {flat.size} values for shape {list(shape)}")
+        raise InvalidArgument(f"input {quote(name)}: {flat.size} values for shape {quote(list(shape))}")
     if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in flat):
-        raise InvalidArgument(f"input {name!r} must hold integers")
+        raise InvalidArgument(f"input {quote(name)} must hold integers")
     return Input(name, datatype, tuple(shape), np.asarray([int(v) for v in flat], dtype=object))
+
+
+def _datatype(name: str, datatype: str) -> str:
+    dtype = _FROM_DATATYPE.get(datatype) if isinstance(datatype, str) else None
+    if dtype is None:
+        raise InvalidArgument(f"input {quote(name)}: unknown datatype {quote(datatype)}")
+    return dtype
 
 
 def datatype_of(dtype: str) -> str:
@@ -89,9 +150,9 @@ def datatype_of(dtype: str) -> str:
 
 def _ints(item: Input, kinds: tuple[str, ...]) -> list[int]:
     if item.datatype not in kinds:
-        raise InvalidArgument(f"input {item.name!r} must be {' or '.join(kinds)}, got {item.datatype}")
+        raise InvalidArgument(f"input {quote(item.name)} must be {' or '.join(kinds)}, got {item.datatype}")
     if len(item.shape) != 1:
-        raise InvalidArgument(f"input {item.name!r} must be 1-D, got shape {list(item.shape)}")
+        raise InvalidArgument(f"input {quote(item.name)} must be 1-D, got shape {quote(list(item.shape))}")
     return [int(v) for v in item.values]
 
 
@@ -102,21 +163,21 @@ def params_from_v2(model: str, inputs: Sequence[Input], parameters: Mapping[str,
         UnknownInitializer: no such model. InvalidArgument: inputs or parameters that do not fit.
     """
     if model not in CATALOG:
-        raise UnknownInitializer(f"unknown model {model!r}: every jaxinit initializer is a model")
+        raise UnknownInitializer(f"unknown model {quote(model)}: every jaxinit initializer is a model")
     by_name: dict[str, Input] = {}
     for item in inputs:
         if item.name in by_name:
-            raise InvalidArgument(f"input {item.name!r} given twice")
+            raise InvalidArgument(f"input {quote(item.name)} given twice")
         by_name[item.name] = item
     unknown = sorted(set(by_name) - {"shape", "seed", "key_data", "fold_in"})
     if unknown:
-        raise InvalidArgument(f"unknown input(s) {unknown}; inputs are shape, seed or key_data, fold_in")
+        raise InvalidArgument(f"unknown input(s) {quote(unknown)}; inputs are shape, seed or key_data, fold_in")
     if "shape" not in by_name:
         raise InvalidArgument("input 'shape' is required: the tensor's shape, INT64, 1-D")
     shape = _ints(by_name["shape"], ("INT64", "INT32"))
     impl = parameters.get("key_impl") or "threefry2x32"
     if not isinstance(impl, str):
-        raise InvalidArgument(f"parameter key_impl must be a string, got {impl!r}")
+        raise InvalidArgument(f"parameter key_impl must be a string, got {quote(impl)}")
     folds = tuple(_ints(by_name["fold_in"], ("UINT32",))) if "fold_in" in by_name else ()
     key = None
     if "seed" in by_name and "key_data" in by_name:
@@ -129,9 +190,18 @@ def params_from_v2(model: str, inputs: Sequence[Input], parameters: Mapping[str,
     elif "key_data" in by_name:
         key = Key(data=tuple(_ints(by_name["key_data"], ("UINT32",))), impl=impl, fold_in=folds)
     dtype = parameters.get("dtype")
+    if dtype is not None and not isinstance(dtype, str):
+        raise InvalidArgument(f"parameter dtype must be a string, got {quote(dtype)}")
     if isinstance(dtype, str) and dtype in _FROM_DATATYPE:
         dtype = _FROM_DATATYPE[dtype]
+    for name in ("offset", "count"):
+        value = parameters.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise InvalidArgument(f"parameter {name} must be an integer (flat elements), got {quote(value)}")
     text_args = {k: v for k, v in parameters.items() if k not in _RESERVED and isinstance(v, str)}
+    for k, v in text_args.items():  # read as JSON literals: bound their nesting before parsing
+        if json_depth(v) > MAX_JSON_DEPTH:
+            raise InvalidArgument(f"parameter {quote(k)} nests deeper than {MAX_JSON_DEPTH} levels")
     args = {k: v for k, v in parameters.items() if k not in _RESERVED and not isinstance(v, str)}
     args.update(args_from_text(text_args))
     return GenerateParams(
@@ -151,13 +221,13 @@ def _flag(parameters: Mapping[str, Any], name: str) -> bool | None:
     value = parameters.get(name)
     if value is None or isinstance(value, bool):
         return value
-    raise InvalidArgument(f"parameter {name} must be a bool, got {value!r}")
+    raise InvalidArgument(f"parameter {name} must be a bool, got {quote(value)}")
 
 
 def model_metadata(model: str, jax_version: str) -> dict[str, Any]:
     """A model's v2 metadata: its inputs and its one output (shape -1: any)."""
     if model not in CATALOG:
-        raise UnknownInitializer(f"unknown model {model!r}: every jaxinit initializer is a model")
+        raise UnknownInitializer(f"unknown model {quote(model)}: every jaxinit initializer is a model")
     return {
         "name": model,
         "versions": ["1"],
