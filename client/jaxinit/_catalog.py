@@ -165,7 +165,7 @@ def lookup(name: Any) -> InitializerSpec:
     spec = CATALOG.get(name) if isinstance(name, str) else None
     if spec is None:
         raise UnknownInitializer(
-            f"unknown initializer {name!r}; available: {', '.join(sorted(CATALOG))}"
+            f"unknown initializer {_quote(name)}; available: {', '.join(sorted(CATALOG))}"
         )
     return spec
 
@@ -186,12 +186,12 @@ def bind_arguments(spec: InitializerSpec, args: Mapping[str, Any] | None) -> dic
     args = dict(args or {})
     if spec.kind == "initializer" and args:
         raise InvalidArgument(
-            f"{spec.name} is an initializer itself and takes no arguments; got {sorted(args)}"
+            f"{spec.name} is an initializer itself and takes no arguments; got {_quote(sorted(args))}"
         )
     unknown = sorted(set(args) - set(spec.argument_names))
     if unknown:
         takes = ", ".join(spec.argument_names) or "no arguments"
-        raise InvalidArgument(f"{spec.name}() got unexpected argument(s) {unknown}; it takes {takes}")
+        raise InvalidArgument(f"{spec.name}() got unexpected argument(s) {_quote(unknown)}; it takes {takes}")
     bound: dict[str, Any] = {}
     for arg in spec.arguments:
         if arg.name in args:
@@ -202,6 +202,12 @@ def bind_arguments(spec: InitializerSpec, args: Mapping[str, Any] | None) -> dic
             default = arg.default
             bound[arg.name] = list(default) if isinstance(default, tuple) else default
     return bound
+
+
+def _quote(value: Any, limit: int = 80) -> str:
+    """A caller's value for a message: its repr, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _is_int(value: Any) -> bool:
@@ -215,21 +221,21 @@ def _check(initializer: str, arg: ArgSpec, value: Any) -> Any:
             return int(value)
         if isinstance(value, numbers.Real) and not isinstance(value, bool):
             return float(value)
-        raise InvalidArgument(f"{where} must be a number, got {value!r}")
+        raise InvalidArgument(f"{where} must be a number, got {_quote(value)}")
     if arg.type == "int":
         if _is_int(value):
             return _axis(where, int(value))
-        raise InvalidArgument(f"{where} must be an int, got {value!r}")
+        raise InvalidArgument(f"{where} must be an int, got {_quote(value)}")
     if arg.type == "axes":
         if _is_int(value):
             return _axis(where, int(value))
         if isinstance(value, Sequence) and not isinstance(value, (str, bytes)) and all(map(_is_int, value)):
             return [_axis(where, int(v)) for v in value]
-        raise InvalidArgument(f"{where} must be an int or a sequence of ints, got {value!r}")
+        raise InvalidArgument(f"{where} must be an int or a sequence of ints, got {_quote(value)}")
     if arg.type == "choice":
         if isinstance(value, str) and value in arg.choices:
             return value
-        raise InvalidArgument(f"{where} must be one of {list(arg.choices)}, got {value!r}")
+        raise InvalidArgument(f"{where} must be one of {list(arg.choices)}, got {_quote(value)}")
     if arg.type == "dtype":
         return None if value is None else dtype_name(value)
     if arg.type == "array":
@@ -243,7 +249,9 @@ def _axis(where: str, axis: int) -> int:
     return axis
 
 
-def _array_value(where: str, value: Any) -> Any:
+def _array_value(where: str, value: Any, depth: int = 0) -> Any:
+    if depth > MAX_AXIS:  # deeper than any array: refused before numpy (or recursion) sees it
+        raise InvalidArgument(f"{where} is nested more than {MAX_AXIS} deep; no array has that many dimensions")
     if isinstance(value, bool):
         return value
     if _is_int(value):
@@ -251,9 +259,9 @@ def _array_value(where: str, value: Any) -> Any:
     if isinstance(value, numbers.Real):
         return float(value)
     if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy arrays and scalars
-        return _array_value(where, value.tolist())
+        return _array_value(where, value.tolist(), depth)
     if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        items = [_array_value(where, v) for v in value]
+        items = [_array_value(where, v, depth + 1) for v in value]
         if items and isinstance(items[0], list):
             if any(not isinstance(i, list) or len(i) != len(items[0]) for i in items):
                 raise InvalidArgument(f"{where} must be a rectangular nested list")
@@ -262,7 +270,7 @@ def _array_value(where: str, value: Any) -> Any:
         return items
     if isinstance(value, numbers.Complex):
         raise InvalidArgument(f"{where}: complex values are not supported yet")
-    raise InvalidArgument(f"{where} must be a number or a nested list of numbers, got {value!r}")
+    raise InvalidArgument(f"{where} must be a number or a nested list of numbers, got {_quote(value)}")
 
 
 def args_from_text(text_args: Mapping[str, str]) -> dict[str, Any]:

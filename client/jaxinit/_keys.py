@@ -52,16 +52,16 @@ class Key:
     def __post_init__(self) -> None:
         if self.impl not in KEY_IMPLS:
             raise InvalidArgument(
-                f"unknown key implementation {self.impl!r}; known: {', '.join(KEY_IMPLS)}"
+                f"unknown key implementation {repr(self.impl)[:40]}; known: {', '.join(KEY_IMPLS)}"
             )
         if (self.seed is None) == (self.data is None):
             raise InvalidArgument("a key needs exactly one of a seed or key data")
         if self.seed is not None:
             if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-                raise InvalidArgument(f"a seed must be an int, got {self.seed!r}")
+                raise InvalidArgument(f"a seed must be an int, got {repr(self.seed)[:40]}")
             if not INT64_MIN <= self.seed <= INT64_MAX:
                 raise InvalidArgument(
-                    f"seed {self.seed} does not fit in int64, the range jax.random.key accepts"
+                    f"seed {str(self.seed)[:40]} does not fit in int64, the range jax.random.key accepts"
                 )
         if self.data is not None:
             words = KEY_IMPLS[self.impl]
@@ -69,14 +69,15 @@ class Key:
                 isinstance(w, int) and 0 <= w < 2**32 for w in self.data
             ):
                 raise InvalidArgument(
-                    f"{self.impl} key data must be {words} uint32 words, got {list(self.data)!r}"
+                    f"{self.impl} key data must be {words} uint32 words, got {repr(list(self.data))[:80]}"
                 )
         folds = self.fold_in
         if len(folds) > MAX_FOLD_IN or not all(
             isinstance(w, int) and not isinstance(w, bool) and 0 <= w < 2**32 for w in folds
         ):
             raise InvalidArgument(
-                f"fold_in must be at most {MAX_FOLD_IN} uint32 values (0 <= x < 2**32), got {list(folds)!r}"
+                f"fold_in must be at most {MAX_FOLD_IN} uint32 values (0 <= x < 2**32), got "
+                f"{len(folds)} values: {repr(list(folds))[:80]}"
             )
 
 

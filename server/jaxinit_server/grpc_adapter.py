@@ -20,6 +20,7 @@ from jaxinit.v1 import jaxinit_pb2 as pb
 from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
 from jaxinit_server.auth import OPEN_GRPC_PREFIXES, KeyRing, bearer
 from jaxinit_server.core import GenerateParams, ModelParams, Service, Tensor
+from jaxinit_server.core.errors import as_domain_error
 from jaxinit_server.telemetry import REPLICA_HEADER, REQUEST_ID_HEADER, Call, Telemetry, request_id_from
 
 __all__ = ["SERVICE_NAME", "create_grpc_server"]
@@ -65,6 +66,8 @@ def model_params_from_proto(request: pb.InitModelRequest) -> ModelParams:
         model = json.loads(request.model_json)
     except ValueError as exc:
         raise InvalidArgument(f"model_json is not JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidArgument("model_json is nested too deeply to read") from None
     prng = request.prng
     return ModelParams(
         model=model,
@@ -263,8 +266,8 @@ async def _request_id(context: grpc.aio.ServicerContext, replica: str) -> str:
 
 def domain_error(exc: BaseException) -> JaxinitError:
     """``exc`` as a domain error; anything unexpected is logged and becomes InternalError."""
-    if isinstance(exc, JaxinitError):
-        return exc
+    if (error := as_domain_error(exc)) is not None:
+        return error
     log.error("internal error", exc_info=exc)
     return InternalError("internal server error")
 

@@ -116,6 +116,8 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     scheme = "https" if tls else "http"
     print(f"jaxinit-server ready grpc={host}:{grpc_port} http={scheme}://{host}:{http_port}", flush=True)
 
+    telemetry.watch(service.state)
+    lag = asyncio.ensure_future(telemetry.watch_loop())
     stopper = asyncio.ensure_future(stop.wait())
     await asyncio.wait({stopper, http_task}, return_when=asyncio.FIRST_COMPLETED)
     # Graceful stop, within the grace period whatever is running: report not ready, take no
@@ -132,6 +134,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     service.abort()
     await asyncio.wait({grpc_stopped, http_task}, timeout=max(0.0, deadline - loop.time()) + 0.5)
     stopper.cancel()
+    lag.cancel()
     service.close()
     telemetry.close()
 

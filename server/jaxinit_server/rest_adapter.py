@@ -35,6 +35,7 @@ from jaxinit._keys import Key
 from jaxinit_server.auth import OPEN_HTTP_PATHS, KeyRing, bearer
 from jaxinit_server.core import GenerateParams, ModelParams, Resolved, ResolvedModel, Service, Tensor
 from jaxinit_server.core.admission import Ticket
+from jaxinit_server.core.errors import as_domain_error
 from jaxinit_server.kserve import rest as kserve_rest
 from jaxinit_server.telemetry import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from jaxinit_server.telemetry import REPLICA_HEADER, Call, Telemetry
@@ -224,6 +225,8 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if (error := as_domain_error(exc)) is not None:  # e.g. a body nested past the stack
+            return error_response(error)
         log.error("internal error on %s", request.url.path, exc_info=exc)
         return error_response(InternalError("internal server error"))
 
@@ -582,9 +585,11 @@ async def _respond(
 ) -> Response:
     call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
     elements = resolved.stop - resolved.start
+    if not resolved.is_range:  # nested lists: a 0-size (2**40, 0) is 2**40 empty lists
+        elements = max(elements, sum(math.prod(resolved.shape[:axis]) for axis in range(len(resolved.shape))))
     if media == JSON and elements > service.limits.max_json_elements:
         raise TooLarge(
-            f"JSON answers are capped at {service.limits.max_json_elements} elements; this answer has "
+            f"JSON answers are capped at {service.limits.max_json_elements} elements and lists; this answer has "
             f"{elements}. Ask for application/octet-stream or application/x-npy, or a range."
         )
     tensor = await service.generate(resolved, gathered=media == JSON)

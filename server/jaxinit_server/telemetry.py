@@ -8,10 +8,12 @@ persistent compilation cache are counted from ``jax.monitoring`` events.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,12 +105,50 @@ class Telemetry:
         )
         for result in ("hit", "miss"):
             self.cache.labels(result)
+        self.loop_lag = Histogram(
+            "jaxinit_event_loop_lag_seconds",
+            "How late the event loop ran a 20 ms timer: time it was busy with one piece of work",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r,
+        )
+        self._gauges = {
+            name: Gauge(name, doc, registry=r) for name, doc in (
+                ("jaxinit_whole_workers_busy", "Whole-tensor worker processes computing or sending"),
+                ("jaxinit_whole_workers_waiting", "Whole-tensor requests waiting for a worker"),
+                ("jaxinit_whole_workers_killed", "Whole-tensor workers killed (caller gone, shutdown)"),
+                ("jaxinit_whole_workers_replaced", "Whole-tensor workers replaced for their size"),
+                ("jaxinit_admitted_bytes", "Memory held by admitted requests, as priced"),
+            )
+        }
         jax.monitoring.register_event_listener(self._jax_event)
         jax.monitoring.register_event_duration_secs_listener(self._jax_duration)
 
     def call(self, transport: str, method: str, request_id: str | None = None) -> Call:
         self.in_flight.labels(transport).inc()
         return Call(self, transport, method, request_id_from(request_id))
+
+    def watch(self, state: Callable[[], dict[str, Any]]) -> None:
+        """Export the service's pool and admission state (``Service.state``) as gauges."""
+        pool = ("whole_tensor_workers",)
+        for name, path in (
+            ("jaxinit_whole_workers_busy", (*pool, "busy")), ("jaxinit_whole_workers_waiting", (*pool, "waiting")),
+            ("jaxinit_whole_workers_killed", (*pool, "killed")),
+            ("jaxinit_whole_workers_replaced", (*pool, "replaced")), ("jaxinit_admitted_bytes", ("admission", "bytes")),
+        ):
+            def read(path: tuple[str, ...] = path) -> float:
+                value: Any = state()
+                for part in path:
+                    value = value[part]
+                return float(value)
+
+            self._gauges[name].set_function(read)
+
+    async def watch_loop(self, period: float = 0.02) -> None:
+        """Measure the event loop's lag forever (a task): how late a short sleep wakes up."""
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(period)
+            self.loop_lag.observe(max(0.0, loop.time() - start - period))
 
     def exposition(self) -> bytes:
         """The metrics in Prometheus' text format."""

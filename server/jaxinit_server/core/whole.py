@@ -187,6 +187,7 @@ class WholePool:
         self.busy = 0
         self.waiting = 0
         self.replaced = 0
+        self.killed = 0
 
     def start(self) -> None:
         """Start every worker and wait until each has loaded JAX (blocking)."""
@@ -262,8 +263,10 @@ class WholePool:
                 log.info("replacing a whole-tensor worker of %d MiB", worker.rss // 2**20)
             worker.kill()
             self._forget(worker)
-            if self.open:
+            if healthy and self.open:
                 self.replaced += 1
+            else:
+                self.killed += 1
         with self._lock:
             self.busy -= 1
         self._release()  # only now: the work has really ended
@@ -274,7 +277,8 @@ class WholePool:
 
     def state(self) -> dict[str, Any]:
         """The pool as readiness and metrics show it."""
-        return {"size": self.size, "busy": self.busy, "waiting": self.waiting, "replaced": self.replaced}
+        return {"size": self.size, "busy": self.busy, "waiting": self.waiting, "replaced": self.replaced,
+                "killed": self.killed}
 
     def close(self) -> None:
         """Kill every worker (a running job ends with ServerUnavailable)."""
