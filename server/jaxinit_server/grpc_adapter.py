@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,6 +17,7 @@ from jaxinit._grpc import ERROR_TYPE_KEY, RETRY_AFTER_KEY
 from jaxinit._keys import Key
 from jaxinit.v1 import jaxinit_pb2 as pb
 from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
+from jaxinit_server import jsonio
 from jaxinit_server.auth import OPEN_GRPC_PREFIXES, KeyRing, bearer
 from jaxinit_server.core import GenerateParams, ModelParams, Service, Tensor
 from jaxinit_server.core.errors import as_domain_error
@@ -63,7 +63,7 @@ def params_from_proto(request: pb.GenerateRequest) -> GenerateParams:
 
 def model_params_from_proto(request: pb.InitModelRequest) -> ModelParams:
     try:
-        model = json.loads(request.model_json)
+        model = jsonio.loads(request.model_json)
     except ValueError as exc:
         raise InvalidArgument(f"model_json is not JSON: {exc}") from None
     except RecursionError:
@@ -217,7 +217,8 @@ class InitializersServicer(pb_grpc.InitializersServicer):
         call = await self._open(context, "InitModel")
         error: BaseException | None = None
         try:
-            model = await self._service.prepare_model(model_params_from_proto(request))
+            params = await asyncio.to_thread(model_params_from_proto, request)  # a big JSON text
+            model = await self._service.prepare_model(params)
             call.describe("model", (len(model.outputs),), "")
             await self._service.check_model(model)
             ticket = self._service.admit_model(model)

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from jaxinit_server.auth import KeyRing
 from jaxinit_server.core import Service
 from jaxinit_server.grpc_adapter import create_grpc_server, set_serving
+from jaxinit_server.jsonio import collect_garbage
 from jaxinit_server.rest_adapter import create_app
 from jaxinit_server.settings import Settings
 from jaxinit_server.telemetry import Telemetry
@@ -118,6 +119,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
 
     telemetry.watch(service.state)
     lag = asyncio.ensure_future(telemetry.watch_loop())
+    collector = asyncio.ensure_future(collect_garbage(lambda: service.idle and not telemetry.calls_in_flight))
     stopper = asyncio.ensure_future(stop.wait())
     await asyncio.wait({stopper, http_task}, return_when=asyncio.FIRST_COMPLETED)
     # Graceful stop, within the grace period whatever is running: report not ready, take no
@@ -135,6 +137,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     await asyncio.wait({grpc_stopped, http_task}, timeout=max(0.0, deadline - loop.time()) + 0.5)
     stopper.cancel()
     lag.cancel()
+    collector.cancel()
     service.close()
     telemetry.close()
 

@@ -8,13 +8,14 @@ import json
 import logging
 import math
 import zipfile
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Annotated, Any
 
 import numpy as np
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -32,6 +33,7 @@ from jaxinit._errors import (
     mapping_for,
 )
 from jaxinit._keys import Key
+from jaxinit_server import jsonio
 from jaxinit_server.auth import OPEN_HTTP_PATHS, KeyRing, bearer
 from jaxinit_server.core import GenerateParams, ModelParams, Resolved, ResolvedModel, Service, Tensor
 from jaxinit_server.core.admission import Ticket
@@ -194,6 +196,7 @@ def create_app(
         "little-endian bytes (application/octet-stream), .npy files or JSON.",
         responses={code: {"model": ErrorResponse} for code in (400, 401, 404, 406, 413, 429, 500, 503)},
     )
+    app.router.route_class = _OffLoopJSONRoute  # before any route is added
     app.state.service = service
     cache_control = IMMUTABLE_PRIVATE if keyring is not None and keyring.enabled else IMMUTABLE
     if keyring is not None and keyring.enabled:
@@ -660,8 +663,33 @@ def _json_body(tensor: Tensor, array: np.ndarray) -> dict[str, Any]:
 
 
 def _json_bytes(content: Any) -> bytes:
-    """``content`` as JSONResponse renders it (CPU-heavy for big answers: call off the loop)."""
-    return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    """``content`` as compact JSON (CPU-heavy for big answers: call from a worker thread,
+    where :func:`jsonio.dumps` gives the event loop its turns)."""
+    return jsonio.dumps(content)
+
+
+class _OffLoopJSONRequest(Request):
+    """A request whose JSON body, when large, is parsed on a worker thread by a parser
+    that gives the event loop its turns (FastAPI parses bodies with this ``json()``)."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            small = len(body) <= jsonio.SMALL
+            self._json = jsonio.loads(body) if small else await asyncio.to_thread(jsonio.loads, body)
+        return self._json
+
+
+class _OffLoopJSONRoute(APIRoute):
+    """Every route of the app reads JSON bodies through :class:`_OffLoopJSONRequest`."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def with_off_loop_json(request: Request) -> Response:
+            return await handler(_OffLoopJSONRequest(request.scope, request.receive))
+
+        return with_off_loop_json
 
 
 def _map_nested(data: Any, fn: Any) -> Any:

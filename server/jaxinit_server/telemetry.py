@@ -105,6 +105,7 @@ class Telemetry:
         )
         for result in ("hit", "miss"):
             self.cache.labels(result)
+        self.calls_in_flight = 0  # requests being answered, every transport
         self.loop_lag = Histogram(
             "jaxinit_event_loop_lag_seconds",
             "How late the event loop ran a 20 ms timer: time it was busy with one piece of work",
@@ -124,6 +125,7 @@ class Telemetry:
 
     def call(self, transport: str, method: str, request_id: str | None = None) -> Call:
         self.in_flight.labels(transport).inc()
+        self.calls_in_flight += 1
         return Call(self, transport, method, request_id_from(request_id))
 
     def watch(self, state: Callable[[], dict[str, Any]]) -> None:
@@ -181,6 +183,7 @@ class Telemetry:
             code = "CANCELLED"
         initializer = call.initializer or "-"
         self.in_flight.labels(call.transport).dec()
+        self.calls_in_flight -= 1
         self.requests.labels(call.transport, call.method, initializer, code).inc()
         if error is not None:
             self.errors.labels(call.transport, code).inc()

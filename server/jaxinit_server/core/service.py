@@ -234,6 +234,7 @@ class Service:
         )
         self.ready = False
         self.stopping = False  # no new work is taken
+        self.preparing = 0  # model requests being expanded (not admitted yet)
         self.aborted = threading.Event()  # in-flight work is cut off
 
     def describe(self) -> dict[str, Any]:
@@ -282,9 +283,13 @@ class Service:
         """Expand and validate a whole-model request (no JAX work, but linear in its size: on
         a worker thread, never on the event loop). Raises domain errors."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, resolve_model, params, self.limits, self.identity.defaults
-        )
+        self.preparing += 1
+        try:
+            return await loop.run_in_executor(
+                self._executor, resolve_model, params, self.limits, self.identity.defaults
+            )
+        finally:
+            self.preparing -= 1
 
     def model_metadata(self, model: ResolvedModel) -> dict[str, str]:
         """String metadata for a model file: what produced it (safetensors ``__metadata__``)."""
@@ -455,6 +460,11 @@ class Service:
             "admission": {"streams": self.admission.streams, "max_streams": self.admission.max_streams,
                           "bytes": self.admission.bytes, "max_bytes": self.admission.max_bytes},
         }
+
+    @property
+    def idle(self) -> bool:
+        """Nothing in flight: no stream admitted, no model being expanded."""
+        return self.admission.streams == 0 and self.preparing == 0
 
     def stop_accepting(self) -> None:
         """Refuse new work (ServerUnavailable, retryable); what is in flight goes on."""

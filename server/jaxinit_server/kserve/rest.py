@@ -26,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 
 from jaxinit._catalog import CATALOG
 from jaxinit._errors import InternalError, InvalidArgument, JaxinitError, TooLarge, mapping_for
+from jaxinit_server import jsonio
 from jaxinit_server.core import Service, Tensor
 from jaxinit_server.kserve.mapping import (
     MAX_JSON_DEPTH,
@@ -96,7 +97,7 @@ def _split(body: bytes, header_length: str | None) -> tuple[Any, memoryview]:
     if json_depth(head) > MAX_JSON_DEPTH:
         raise InvalidArgument(f"invalid inference request: JSON nested deeper than {MAX_JSON_DEPTH} levels")
     try:
-        document = json.loads(head or b"{}", parse_constant=_not_json)
+        document = jsonio.loads(head or b"{}", parse_constant=_not_json)
     except RecursionError:  # json_depth counts what a valid document nests; this is a backstop
         raise InvalidArgument(f"invalid inference request: JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, integers of too many digits
