@@ -148,7 +148,7 @@ class InitializersServicer(pb_grpc.InitializersServicer):
         except Exception as exc:
             error = domain_error(exc)
             await abort(context, error)
-        except BaseException as exc:  # the caller went away
+        except BaseException as exc:  # the caller went away (or stopped reading)
             error = exc
             raise
         finally:

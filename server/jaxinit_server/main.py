@@ -85,6 +85,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     service = Service(
         settings.limits(), workers=settings.workers, whole_workers=settings.whole_workers,
         worker_rss_bytes=settings.worker_rss_bytes, compilation_cache_dir=settings.compilation_cache_dir,
+        stall_seconds=settings.stall_seconds, log_level=settings.log_level,
     )
     telemetry = Telemetry(log_requests=settings.request_log, replica=settings.replica)
     keyring = KeyRing((settings.api_keys or "").split(","), settings.api_keys_file)
@@ -119,6 +120,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
 
     telemetry.watch(service.state)
     lag = asyncio.ensure_future(telemetry.watch_loop())
+    stalls = asyncio.ensure_future(service.stalls.run()) if service.stalls else None
     collector = asyncio.ensure_future(collect_garbage(lambda: service.idle and not telemetry.calls_in_flight))
     stopper = asyncio.ensure_future(stop.wait())
     await asyncio.wait({stopper, http_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -138,6 +140,8 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     stopper.cancel()
     lag.cancel()
     collector.cancel()
+    if stalls is not None:
+        stalls.cancel()
     service.close()
     telemetry.close()
 

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     )
     chunk_bytes: int = Field(2**20, ge=1024, le=3 * 2**20, description="bytes per streamed chunk")
     grace_seconds: float = Field(10.0, ge=0, description="drain time for in-flight calls on stop")
+    stall_seconds: float = Field(
+        60.0, ge=0, description="a reader that takes no bytes for this long is disconnected; 0: never"
+    )
     warm_up: bool = Field(True, description="run a few requests before reporting ready")
     compilation_cache_dir: str | None = Field(
         None, description="JAX's persistent compilation cache: compiled programs survive restarts"

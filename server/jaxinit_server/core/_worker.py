@@ -51,6 +51,10 @@ def main() -> None:
     sys.stdout = sys.stderr  # nothing but frames on the pipe
     soft_rss = int(os.environ.get("JAXINIT_WORKER_SOFT_RSS", str(768 * 2**20)))
 
+    if level := os.environ.get("JAXINIT_WORKER_LOG_LEVEL"):
+        import logging
+
+        logging.basicConfig(level=level.upper(), format="%(asctime)s worker %(name)s %(levelname)s %(message)s")
     if cache_dir := os.environ.get("JAXINIT_COMPILATION_CACHE_DIR"):
         import jax
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -29,7 +30,9 @@ from jaxinit_server.core.provenance import ServerIdentity, server_identity
 from jaxinit_server.core.request import GenerateParams, Limits, Resolved, resolve
 from jaxinit_server.core.whole import WholePool
 
-__all__ = ["Service", "Tensor"]
+__all__ = ["Service", "StallWatch", "Tensor"]
+
+log = logging.getLogger("jaxinit_server.service")
 
 
 _END = object()
@@ -52,6 +55,8 @@ class Tensor:
     digest_algorithm: str = DIGEST_ALGORITHM
     # Set when the server gives up on its in-flight work (shutdown past its grace).
     aborted: threading.Event | None = None
+    # Disconnects a reader that stops taking bytes (see StallWatch).
+    watch: StallWatch | None = None
     _digest: list[bytes] = field(default_factory=list)
 
     def digest(self) -> bytes:
@@ -86,6 +91,7 @@ class Tensor:
         """
         offset = 0
         hasher = new_hasher()
+        token = self.watch.start() if self.watch is not None else None
         try:
             async for piece in self._pieces():
                 if self.aborted is not None and self.aborted.is_set():
@@ -94,9 +100,13 @@ class Tensor:
                 hasher.update(data)
                 for start in range(0, len(data), chunk_bytes):
                     yield offset + start, data[start : start + chunk_bytes]
+                    if token is not None:  # the reader took it: progress
+                        self.watch.progress(token)  # type: ignore[union-attr]
                 offset += len(data)
             self._digest.append(hasher.digest())
         finally:
+            if token is not None:
+                self.watch.end(token)  # type: ignore[union-attr]
             self.close()
 
     @property
@@ -160,6 +170,45 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.0f} MiB"
 
 
+class StallWatch:
+    """Cuts off readers that stop taking bytes: a stream that makes no progress for
+    ``seconds`` has the task that sends it cancelled, which stops its work and frees its
+    capacity (an idle socket must not hold a share of the server forever). An HTTP
+    connection is closed; a gRPC call, whose pending message gRPC cannot take back, holds
+    nothing more and ends at its deadline or when its caller goes."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.disconnected = 0
+        self._streams: dict[int, list[Any]] = {}
+        self._next = 0
+
+    def start(self) -> int:
+        """Watch the stream sent by the current task; returns its token."""
+        self._next += 1
+        self._streams[self._next] = [time.monotonic(), asyncio.current_task()]
+        return self._next
+
+    def progress(self, token: int) -> None:
+        if (entry := self._streams.get(token)) is not None:
+            entry[0] = time.monotonic()
+
+    def end(self, token: int) -> None:
+        self._streams.pop(token, None)
+
+    async def run(self) -> None:
+        """Check the streams forever (a task)."""
+        while True:
+            await asyncio.sleep(max(0.05, min(1.0, self.seconds / 4)))
+            now = time.monotonic()
+            for token, (last, task) in list(self._streams.items()):
+                if now - last > self.seconds and task is not None and not task.done():
+                    log.warning("disconnecting a reader that took no bytes for %.0f s", now - last)
+                    self._streams.pop(token, None)
+                    self.disconnected += 1
+                    task.cancel()
+
+
 class _Failure:
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
@@ -216,7 +265,8 @@ class Service:
 
     def __init__(
         self, limits: Limits | None = None, *, workers: int = 4, whole_workers: int = 2,
-        compilation_cache_dir: str | None = None, worker_rss_bytes: int = 2**30,
+        compilation_cache_dir: str | None = None, worker_rss_bytes: int = 2**30, stall_seconds: float = 60.0,
+        log_level: str | None = None,
     ) -> None:
         if compilation_cache_dir:
             # Every program, however quick to compile, so a restart compiles nothing it had.
@@ -230,8 +280,9 @@ class Service:
         # Whole-tensor requests run in worker processes, never in this one (see whole.py).
         self.whole = WholePool(
             whole_workers, hard_rss=worker_rss_bytes, soft_rss=worker_rss_bytes // 2,
-            compilation_cache_dir=compilation_cache_dir,
+            compilation_cache_dir=compilation_cache_dir, log_level=log_level,
         )
+        self.stalls = StallWatch(stall_seconds) if stall_seconds else None
         self.ready = False
         self.stopping = False  # no new work is taken
         self.preparing = 0  # model requests being expanded (not admitted yet)
@@ -435,7 +486,7 @@ class Service:
             raise
         provenance = self._provenance(resolved, generation.key_data)
         return Tensor(resolved, generation, provenance, output=output, timings=timings,
-                      ticket=ticket if owned else None, aborted=self.aborted)
+                      ticket=ticket if owned else None, aborted=self.aborted, watch=self.stalls)
 
     def warm_up(self) -> None:
         """Run one small request of each common kind, so the first real one is not slow."""
@@ -457,6 +508,7 @@ class Service:
         return {
             "ready": self.ready,
             "whole_tensor_workers": self.whole.state(),
+            "stalled_readers_disconnected": self.stalls.disconnected if self.stalls else 0,
             "admission": {"streams": self.admission.streams, "max_streams": self.admission.max_streams,
                           "bytes": self.admission.bytes, "max_bytes": self.admission.max_bytes},
         }

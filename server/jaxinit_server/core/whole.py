@@ -165,17 +165,20 @@ class WholePool:
         hard_rss: a worker larger than this after a job is replaced.
         soft_rss: above this a worker clears JAX's caches after a job.
         compilation_cache_dir: JAX's persistent cache, shared with the workers.
+        log_level: the workers' log level (their logs go to the server's stderr).
     """
 
     def __init__(
         self, size: int, *, hard_rss: int = 2 * 2**30, soft_rss: int = 768 * 2**20,
-        compilation_cache_dir: str | None = None,
+        compilation_cache_dir: str | None = None, log_level: str | None = None,
     ) -> None:
         self.size = size
         self.hard_rss = hard_rss
         self._env = {**os.environ, "JAXINIT_WORKER_SOFT_RSS": str(soft_rss)}
         if compilation_cache_dir:
             self._env["JAXINIT_COMPILATION_CACHE_DIR"] = compilation_cache_dir
+        if log_level:
+            self._env["JAXINIT_WORKER_LOG_LEVEL"] = log_level
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
         self._lock = threading.Lock()
