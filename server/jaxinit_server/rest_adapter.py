@@ -38,6 +38,7 @@ from jaxinit_server.auth import OPEN_HTTP_PATHS, KeyRing, bearer
 from jaxinit_server.core import GenerateParams, ModelParams, Resolved, ResolvedModel, Service, Tensor
 from jaxinit_server.core.admission import Ticket
 from jaxinit_server.core.errors import as_domain_error
+from jaxinit_server.disconnects import unless_disconnected
 from jaxinit_server.kserve import rest as kserve_rest
 from jaxinit_server.telemetry import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from jaxinit_server.telemetry import REPLICA_HEADER, Call, Telemetry
@@ -269,7 +270,7 @@ def create_app(
         # as a header rather than declared as a free-form parameter.
         accept = request.headers.get("accept")
         call = telemetry.call("http", "generate", x_request_id)
-        return await _observed(call, _generate(body, accept, call))
+        return await _observed(call, _generate(body, accept, call), request)
 
     async def _generate(body: GenerateBody, accept: str | None, call: Call) -> Response:
         media = negotiate(accept)
@@ -346,7 +347,7 @@ def create_app(
                 return Response(status_code=304, headers=headers)
             return await _respond(service, resolved, media, headers, call)
 
-        return await _observed(call, answer())
+        return await _observed(call, answer(), request)
 
     @app.post(
         "/v1/models/init",
@@ -361,7 +362,7 @@ def create_app(
     ) -> Response:
         accept = request.headers.get("accept")
         call = telemetry.call("http", "init_model", x_request_id)
-        return await _observed(call, _init_model(body, accept, call))
+        return await _observed(call, _init_model(body, accept, call), request)
 
     async def _init_model(body: ModelBody, accept: str | None, call: Call) -> Response:
         media = negotiate(accept, MODEL_MEDIA_TYPES)
@@ -556,10 +557,11 @@ def _etags(header: str) -> list[str]:
     return [tag.strip().removeprefix("W/") for tag in header.split(",")]
 
 
-async def _observed(call: Call, work: Awaitable[Response]) -> Response:
-    """``work``'s response with the request id, recorded when its last byte is sent."""
+async def _observed(call: Call, work: Awaitable[Response], request: Request) -> Response:
+    """``work``'s response with the request id, recorded when its last byte is sent; the
+    work is cancelled if the client goes away before the response starts."""
     try:
-        response = await work
+        response = await unless_disconnected(request, work)
     except BaseException as exc:
         call.close(exc)
         raise

@@ -42,11 +42,12 @@ def _state(server: ServerProcess) -> dict[str, Any]:
     return httpx.get(f"{server.http_url}/readyz", timeout=30).json()
 
 
-def _until(condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
+def _until(condition: Callable[[], bool], what: str, timeout: float = 120, server: ServerProcess | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            detail = f": {_state(server)}\n{''.join(server.output[-30:])}" if server else ""
+            raise AssertionError(f"timed out waiting for {what}{detail}")
         time.sleep(0.05)
 
 
@@ -271,7 +272,7 @@ def test_abandoned_whole_tensor_work_stops_and_frees_its_worker(own_server: Serv
     for _ in range(3):
         error = _generate_grpc(own_server, _proto("orthogonal", [4096, 4096]), timeout=0.5)
         assert error is not None and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    _until(lambda: _state(own_server)["whole_tensor_workers"]["busy"] == 0, "the pool to be free")
+    _until(lambda: _state(own_server)["whole_tensor_workers"]["busy"] == 0, "the pool to be free", server=own_server)
     # The first was computing and its worker was killed; the others never got a worker.
     assert _state(own_server)["whole_tensor_workers"]["killed"] >= killed + 1
     # The next whole-tensor request is served at once, not after minutes of abandoned QRs.
@@ -282,7 +283,7 @@ def test_abandoned_whole_tensor_work_stops_and_frees_its_worker(own_server: Serv
     with pytest.raises(httpx.ReadTimeout):
         httpx.get(f"{own_server.http_url}/v1/generate/orthogonal", params={"shape": "4096,4096", "seed": 0},
                   timeout=httpx.Timeout(30, read=0.5))
-    _until(lambda: _state(own_server)["whole_tensor_workers"]["busy"] == 0, "the pool to be free")
+    _until(lambda: _state(own_server)["whole_tensor_workers"]["busy"] == 0, "the pool to be free", server=own_server)
     _alive(own_server)
 
 

@@ -277,6 +277,9 @@ class Service:
         self.admission = Admission(self.limits.max_streams, self.limits.max_inflight_bytes)
         self.identity: ServerIdentity = server_identity()
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jaxinit-jax")
+        # Model expansion and checks: linear in a model's size, so seconds for a big one; on
+        # threads of their own, so small requests never queue behind them.
+        self._model_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jaxinit-models")
         # Whole-tensor requests run in worker processes, never in this one (see whole.py).
         self.whole = WholePool(
             whole_workers, hard_rss=worker_rss_bytes, soft_rss=worker_rss_bytes // 2,
@@ -334,13 +337,15 @@ class Service:
         """Expand and validate a whole-model request (no JAX work, but linear in its size: on
         a worker thread, never on the event loop). Raises domain errors."""
         loop = asyncio.get_running_loop()
+        ticket = self.admission.admit(0)  # one of the server's streams while it is expanded
         self.preparing += 1
         try:
             return await loop.run_in_executor(
-                self._executor, resolve_model, params, self.limits, self.identity.defaults
+                self._model_executor, resolve_model, params, self.limits, self.identity.defaults
             )
         finally:
             self.preparing -= 1
+            ticket.release()
 
     def model_metadata(self, model: ResolvedModel) -> dict[str, str]:
         """String metadata for a model file: what produced it (safetensors ``__metadata__``)."""
@@ -370,7 +375,7 @@ class Service:
                     except JaxinitError as exc:
                         raise type(exc)(f"{out.name}: {exc.message}") from None
 
-        await loop.run_in_executor(self._executor, check_all)
+        await loop.run_in_executor(self._model_executor, check_all)
 
     def admit_model(self, model: ResolvedModel, *, ahead: int = 2) -> Ticket:
         """The model's share of capacity, taken once before its first byte: one stream, and
@@ -535,6 +540,7 @@ class Service:
         self.stop_accepting()
         self.whole.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._model_executor.shutdown(wait=False, cancel_futures=True)
 
     def _provenance(self, resolved: Resolved, key_data: tuple[int, ...]) -> dict[str, Any]:
         return {

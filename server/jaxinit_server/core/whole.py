@@ -82,21 +82,27 @@ class _Worker:
 class WholeJob:
     """One request running on (or finished by) a worker: its key data, then its bytes."""
 
-    def __init__(self, pool: WholePool, worker: _Worker, resolved: Resolved) -> None:
+    def __init__(self, pool: WholePool, resolved: Resolved) -> None:
         self._pool = pool
-        self._worker: _Worker | None = worker
+        self._worker: _Worker | None = None
+        self._closed = False
         self.resolved = resolved
         self.key_data: tuple[int, ...] = ()
         self.nbytes = 0
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        """Send the request and wait for its header (blocking: call from a thread).
+        """Take a worker, send the request and wait for its header (blocking: call from a
+        thread; :meth:`close` from another ends it wherever it is).
 
         Raises the domain error the worker reported (JAX's refusal, TooLarge, ...).
         """
-        worker = self._worker
-        if worker is None:
+        worker = self._pool._take()
+        with self._lock:
+            if not self._closed:
+                self._worker = worker
+        if self._worker is None:  # closed while a worker was being found: it goes back
+            self._pool._done(worker, healthy=True)
             raise ServerUnavailable("the request was cancelled")
         try:
             write_frame(worker.stdin, self.resolved)  # type: ignore[arg-type]
@@ -141,14 +147,14 @@ class WholeJob:
     def _finish(self) -> None:
         """The worker is idle again: back to the pool."""
         with self._lock:
-            worker, self._worker = self._worker, None
+            worker, self._worker, self._closed = self._worker, None, True
         if worker is not None:
             self._pool._done(worker, healthy=True)
 
     def close(self) -> None:
         """Stop the job wherever it is (idempotent): a busy worker is killed and replaced."""
         with self._lock:
-            worker, self._worker = self._worker, None
+            worker, self._worker, self._closed = self._worker, None, True
         if worker is not None:
             self._pool._done(worker, healthy=False)
 
@@ -220,23 +226,23 @@ class WholePool:
             await self._slots.acquire()
         finally:
             self.waiting -= 1
-        job: WholeJob | None = None
+        if not self.open:
+            raise _stopping()
+        with self._lock:
+            self.busy += 1
+        job = WholeJob(self, resolved)
+        started = loop.run_in_executor(self._threads, job.start)
         try:
-            if not self.open:
-                raise _stopping()
-            with self._lock:
-                self.busy += 1
-            worker = await loop.run_in_executor(self._threads, self._take)
-            job = WholeJob(self, worker, resolved)
-            await loop.run_in_executor(self._threads, job.start)
+            await asyncio.shield(started)
             return job
         except BaseException:
-            if job is not None:
-                job.close()  # kills a busy worker: the blocked thread sees EOF and ends
-            elif self.open:
-                with self._lock:
-                    self.busy -= 1
-                self._release()
+            # Kills a busy worker (the blocked thread sees EOF and ends); a worker still
+            # being found goes back to the pool. The slot is given back by whichever ends.
+            job.close()
+            if not started.done():
+                await asyncio.wait([started])
+            if not started.cancelled():
+                started.exception()  # retrieved: the caller is gone, nobody else wants it
             raise
 
     def _release(self) -> None:
@@ -246,6 +252,8 @@ class WholePool:
                 self._loop.call_soon_threadsafe(self._slots.release)
 
     def _take(self) -> _Worker:
+        """An idle worker, or a new one (blocking while it loads JAX). On failure the slot
+        taken for it is given back."""
         with self._lock:
             worker = self._idle.pop() if self._idle else None
         if worker is None:
@@ -253,7 +261,11 @@ class WholePool:
             try:
                 worker.hello()
             except JaxinitError:
+                worker.kill()
                 self._forget(worker)
+                with self._lock:
+                    self.busy -= 1
+                self._release()
                 raise
         return worker
 
@@ -270,9 +282,31 @@ class WholePool:
                 self.replaced += 1
             else:
                 self.killed += 1
+            if self.open:  # a replacement loads JAX now, not when the next caller waits
+                threading.Thread(target=self._replenish, name="jaxinit-whole-spawn", daemon=True).start()
         with self._lock:
             self.busy -= 1
         self._release()  # only now: the work has really ended
+
+    def _replenish(self) -> None:
+        """Start one idle worker if the pool has fewer than its size (blocking)."""
+        with self._lock:
+            if len(self._all) >= self.size:
+                return
+        worker = self._spawn()
+        try:
+            worker.hello()
+        except JaxinitError:
+            worker.kill()
+            self._forget(worker)
+            return
+        with self._lock:
+            keep = self.open and len(self._idle) < self.size
+            if keep:
+                self._idle.append(worker)
+        if not keep:
+            worker.kill()
+            self._forget(worker)
 
     def _forget(self, worker: _Worker) -> None:
         with self._lock:

@@ -28,6 +28,7 @@ from jaxinit._catalog import CATALOG
 from jaxinit._errors import InternalError, InvalidArgument, JaxinitError, TooLarge, mapping_for
 from jaxinit_server import jsonio
 from jaxinit_server.core import Service, Tensor
+from jaxinit_server.disconnects import unless_disconnected
 from jaxinit_server.kserve.mapping import (
     MAX_JSON_DEPTH,
     OUTPUT,
@@ -327,7 +328,7 @@ def add_routes(app: FastAPI, service: Service, telemetry: Telemetry) -> None:
                     f"JSON outputs are capped at {service.limits.max_json_elements} elements; this one has "
                     f"{elements}. Ask for binary data (the binary_data output parameter)."
                 )
-            tensor = await service.generate(resolved)
+            tensor = await unless_disconnected(request, service.generate(resolved, gathered=not v2.binary_output))
             call.timings = tensor.timings
             output: dict[str, Any] = {"name": OUTPUT, "datatype": datatype, "shape": list(tensor.sent_shape)}
             head: dict[str, Any] = {"model_name": name, "model_version": "1", "outputs": [output]}
