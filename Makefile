@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 GRPC_PORT ?= 50051
 HTTP_PORT ?= 8000
 
-.PHONY: setup system-tools serve test bench load lint typecheck proto clean
+.PHONY: setup system-tools serve test bench bench-robustness load lint typecheck proto clean
 
 setup: $(VENV)/.installed
 
@@ -38,6 +38,10 @@ system-tools:
 
 bench: setup
 	$(PY) bench/run.py --json bench/results.json
+
+# Small-request latency beside heavy requests, and peak RSS per request class (~7.5 min, one server).
+bench-robustness: setup
+	$(PY) bench/robustness.py --json bench/robustness.json
 
 # 60 s through the compose topology as processes (3 replicas + nginx), every byte verified.
 load: setup system-tools
