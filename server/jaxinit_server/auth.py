@@ -15,10 +15,11 @@ import os
 import threading
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from jaxinit._errors import Unauthenticated
 
-__all__ = ["OPEN_GRPC_PREFIXES", "OPEN_HTTP_PATHS", "KeyRing", "bearer"]
+__all__ = ["OPEN_GRPC_PREFIXES", "OPEN_HTTP_PATHS", "KeyRing", "bearer", "caller", "http_caller"]
 
 # Health stays open: orchestrators probe without credentials.
 OPEN_HTTP_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
@@ -36,6 +37,22 @@ def bearer(authorization: str | None) -> str | None:
         return None
     scheme, _, token = authorization.strip().partition(" ")
     return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def caller(keyring: KeyRing | None, authorization: str | None, connection: str) -> str:
+    """Whom admission charges a call to: its API key when auth is on (the token was checked
+    before the call got here; named by a digest prefix, never the key), else its connection
+    (``host:port`` of the peer; for gRPC one channel, which multiplexes many calls)."""
+    if keyring is not None and keyring.enabled and (token := bearer(authorization)):
+        return "API key sha256:" + _digest(token).hex()[:12]
+    return "connection " + connection
+
+
+def http_caller(request: Any) -> str:
+    """:func:`caller` of a Starlette request (the app's ``state.keyring``: the keys, if any)."""
+    client = request.client
+    connection = f"{client.host}:{client.port}" if client is not None else "unknown"
+    return caller(getattr(request.app.state, "keyring", None), request.headers.get("authorization"), connection)
 
 
 def _digest(key: str) -> bytes:

@@ -12,13 +12,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from jaxinit._errors import InternalError, InvalidArgument, JaxinitError, mapping_for
+from jaxinit._errors import InternalError, InvalidArgument, JaxinitError, Overloaded, mapping_for
 from jaxinit._grpc import ERROR_TYPE_KEY, RETRY_AFTER_KEY
 from jaxinit._keys import Key
 from jaxinit.v1 import jaxinit_pb2 as pb
 from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
 from jaxinit_server import jsonio
-from jaxinit_server.auth import OPEN_GRPC_PREFIXES, KeyRing, bearer
+from jaxinit_server.auth import OPEN_GRPC_PREFIXES, KeyRing, bearer, caller
 from jaxinit_server.core import GenerateParams, ModelParams, Service, Tensor
 from jaxinit_server.core.errors import as_domain_error
 from jaxinit_server.telemetry import REPLICA_HEADER, REQUEST_ID_HEADER, Call, Telemetry, request_id_from
@@ -29,6 +29,12 @@ log = logging.getLogger("jaxinit_server.grpc")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Initializers"].full_name
 # How many requests of one GenerateMany stream are produced ahead of the one being sent.
 MANY_WINDOW = 4
+
+
+def _failed(error: BaseException) -> asyncio.Future[Tensor]:
+    future: asyncio.Future[Tensor] = asyncio.get_running_loop().create_future()
+    future.set_exception(error)
+    return future
 
 
 def key_from_proto(message: pb.Key) -> Key | None:
@@ -124,10 +130,16 @@ def error_to_proto(error: JaxinitError, request_id: str) -> pb.TensorChunk:
     )
 
 
+def caller_of(context: grpc.aio.ServicerContext, keyring: KeyRing | None) -> str:
+    """Whom admission charges this call to: its API key with auth on, else its channel."""
+    return caller(keyring, dict(context.invocation_metadata() or ()).get("authorization"), context.peer())
+
+
 class InitializersServicer(pb_grpc.InitializersServicer):
-    def __init__(self, service: Service, telemetry: Telemetry) -> None:
+    def __init__(self, service: Service, telemetry: Telemetry, keyring: KeyRing | None = None) -> None:
         self._service = service
         self._telemetry = telemetry
+        self._keyring = keyring
         self._chunk = service.limits.chunk_bytes
 
     async def _open(self, context: grpc.aio.ServicerContext, method: str) -> Call:
@@ -142,7 +154,7 @@ class InitializersServicer(pb_grpc.InitializersServicer):
         try:
             resolved = self._service.prepare(params_from_proto(request))
             call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
-            tensor = await self._service.generate(resolved)
+            tensor = await self._service.generate(resolved, caller=caller_of(context, self._keyring))
             async for message in frames(tensor, request.request_id, self._chunk, call):
                 yield message
         except Exception as exc:
@@ -158,25 +170,41 @@ class InitializersServicer(pb_grpc.InitializersServicer):
         self, request_iterator: AsyncIterator[pb.GenerateRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.TensorChunk]:
         # A reader starts each request's generation as it arrives (at most MANY_WINDOW
-        # ahead); the answers go out in request order, one tensor at a time.
+        # ahead); the answers go out in request order, one tensor at a time. Read-ahead is
+        # opportunistic: a request refused for capacity while others are ahead of it waits
+        # until they are sent, and is then judged alone (its caller's own read-ahead never
+        # makes it a 429).
         pending: asyncio.Queue[tuple[str, asyncio.Future[Tensor], Call] | None] = asyncio.Queue(MANY_WINDOW)
         # Each item is a request of its own: "<stream id>/<item id>".
         stream_id = await _request_id(context, self._telemetry.replica)
+        who = caller_of(context, self._keyring)
+        unsent = 0  # items started and not yet sent (or failed)
+        all_sent = asyncio.Event()
+        all_sent.set()
 
         async def read() -> None:
+            nonlocal unsent
             try:
                 async for request in request_iterator:
                     if isinstance(request, Malformed):  # its error in the stream; the others go on
                         call = self._telemetry.call("grpc", "GenerateMany", f"{stream_id}/?")
-                        failed: asyncio.Future[Tensor] = asyncio.get_running_loop().create_future()
-                        failed.set_exception(request.error)
-                        await pending.put(("", failed, call))
-                        continue
-                    call = self._telemetry.call("grpc", "GenerateMany", f"{stream_id}/{request.request_id}")
-                    future = asyncio.ensure_future(self._generate_one(request, call))
-                    await pending.put((request.request_id, future, call))
+                        future = _failed(request.error)
+                        request_id = ""
+                    else:
+                        call = self._telemetry.call("grpc", "GenerateMany", f"{stream_id}/{request.request_id}")
+                        future = await self._start_one(request, call, who, all_sent)
+                        request_id = request.request_id
+                    unsent += 1
+                    all_sent.clear()
+                    await pending.put((request_id, future, call))
             finally:
                 await pending.put(None)
+
+        def sent() -> None:
+            nonlocal unsent
+            unsent -= 1
+            if not unsent:
+                all_sent.set()
 
         reader = asyncio.ensure_future(read())
         try:
@@ -186,6 +214,7 @@ class InitializersServicer(pb_grpc.InitializersServicer):
                     tensor = await future
                 except Exception as exc:
                     call.close(error := domain_error(exc))
+                    sent()
                     yield error_to_proto(error, request_id)
                     continue
                 try:
@@ -195,6 +224,7 @@ class InitializersServicer(pb_grpc.InitializersServicer):
                     call.close(exc)
                     raise
                 call.close()
+                sent()
             await reader  # surfaces a broken request stream
         finally:
             # The caller may have gone: stop reading, and drop what was produced ahead.
@@ -206,10 +236,23 @@ class InitializersServicer(pb_grpc.InitializersServicer):
                     left[1].cancel()
                     left[2].close(asyncio.CancelledError())
 
-    async def _generate_one(self, request: pb.GenerateRequest, call: Call) -> Tensor:
-        resolved = self._service.prepare(params_from_proto(request))
-        call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
-        return await self._service.generate(resolved)
+    async def _start_one(
+        self, request: pb.GenerateRequest, call: Call, who: str, all_sent: asyncio.Event
+    ) -> asyncio.Future[Tensor]:
+        """One GenerateMany item's generation, started; its errors come out of the future."""
+        try:
+            resolved = self._service.prepare(params_from_proto(request))
+            call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
+            try:
+                ticket = self._service.admit(resolved, caller=who)
+            except Overloaded:
+                if all_sent.is_set():
+                    raise
+                await all_sent.wait()  # the items ahead hold capacity: once they are sent, try alone
+                ticket = self._service.admit(resolved, caller=who)
+        except Exception as exc:
+            return _failed(exc)
+        return asyncio.ensure_future(self._service.generate(resolved, ticket=ticket, release_with_tensor=True))
 
     async def InitModel(
         self, request: pb.InitModelRequest, context: grpc.aio.ServicerContext
@@ -218,10 +261,11 @@ class InitializersServicer(pb_grpc.InitializersServicer):
         error: BaseException | None = None
         try:
             params = await asyncio.to_thread(model_params_from_proto, request)  # a big JSON text
-            model = await self._service.prepare_model(params)
+            who = caller_of(context, self._keyring)
+            model = await self._service.prepare_model(params, caller=who)
             call.describe("model", (len(model.outputs),), "")
             await self._service.check_model(model)
-            ticket = self._service.admit_model(model)
+            ticket = self._service.admit_model(model, caller=who)
             async for name, tensor in self._service.generate_model(model, ticket=ticket):
                 if isinstance(tensor, JaxinitError):
                     yield error_to_proto(tensor, name)
@@ -396,8 +440,8 @@ def create_grpc_server(
     from jaxinit_server.kserve import grpc_service as kserve  # it imports this module's helpers
 
     telemetry = telemetry or Telemetry()
-    pb_grpc.add_InitializersServicer_to_server(InitializersServicer(service, telemetry), server)
-    kserve.add_to_server(server, service, telemetry)
+    pb_grpc.add_InitializersServicer_to_server(InitializersServicer(service, telemetry, keyring), server)
+    kserve.add_to_server(server, service, telemetry, keyring)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

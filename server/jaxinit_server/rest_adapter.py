@@ -35,6 +35,7 @@ from jaxinit._errors import (
 from jaxinit._keys import Key
 from jaxinit_server import jsonio
 from jaxinit_server.auth import OPEN_HTTP_PATHS, KeyRing, bearer
+from jaxinit_server.auth import http_caller as caller_of
 from jaxinit_server.core import GenerateParams, ModelParams, Resolved, ResolvedModel, Service, Tensor
 from jaxinit_server.core.admission import Ticket
 from jaxinit_server.core.errors import as_domain_error
@@ -199,6 +200,7 @@ def create_app(
     )
     app.router.route_class = _OffLoopJSONRoute  # before any route is added
     app.state.service = service
+    app.state.keyring = keyring
     cache_control = IMMUTABLE_PRIVATE if keyring is not None and keyring.enabled else IMMUTABLE
     if keyring is not None and keyring.enabled:
         app.add_middleware(_BearerAuth, keyring=keyring)
@@ -270,9 +272,9 @@ def create_app(
         # as a header rather than declared as a free-form parameter.
         accept = request.headers.get("accept")
         call = telemetry.call("http", "generate", x_request_id)
-        return await _observed(call, _generate(body, accept, call), request)
+        return await _observed(call, _generate(body, accept, call, caller_of(request)), request)
 
-    async def _generate(body: GenerateBody, accept: str | None, call: Call) -> Response:
+    async def _generate(body: GenerateBody, accept: str | None, call: Call, who: str) -> Response:
         media = negotiate(accept)
         prng = body.prng or PrngBody()
         params = GenerateParams(
@@ -288,7 +290,7 @@ def create_app(
             count=body.count,
         )
         resolved = service.prepare(params)
-        return await _respond(service, resolved, media, {}, call)
+        return await _respond(service, resolved, media, {}, call, who)
 
     @app.get(
         "/v1/generate/{initializer}",
@@ -345,7 +347,7 @@ def create_app(
             if if_none_match and (if_none_match.strip() == "*" or etag in _etags(if_none_match)):
                 call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
                 return Response(status_code=304, headers=headers)
-            return await _respond(service, resolved, media, headers, call)
+            return await _respond(service, resolved, media, headers, call, caller_of(request))
 
         return await _observed(call, answer(), request)
 
@@ -362,9 +364,9 @@ def create_app(
     ) -> Response:
         accept = request.headers.get("accept")
         call = telemetry.call("http", "init_model", x_request_id)
-        return await _observed(call, _init_model(body, accept, call), request)
+        return await _observed(call, _init_model(body, accept, call, caller_of(request)), request)
 
-    async def _init_model(body: ModelBody, accept: str | None, call: Call) -> Response:
+    async def _init_model(body: ModelBody, accept: str | None, call: Call, who: str) -> Response:
         media = negotiate(accept, MODEL_MEDIA_TYPES)
         prng = body.prng or PrngBody()
         model = await service.prepare_model(
@@ -377,7 +379,8 @@ def create_app(
                 param_dtype=body.param_dtype,
                 threefry_partitionable=prng.threefry_partitionable,
                 enable_x64=prng.enable_x64,
-            )
+            ),
+            caller=who,
         )
         call.describe("model", (len(model.outputs),), "")
         metadata = service.model_metadata(model)
@@ -386,7 +389,7 @@ def create_app(
             plan = await asyncio.to_thread(lambda: _json_bytes({"tensors": model.plan(), "metadata": metadata}))
             return Response(plan, media_type=JSON, headers=headers)
         await service.check_model(model)
-        ticket = service.admit_model(model)  # before the status line: a 429 can still be said
+        ticket = service.admit_model(model, caller=who)  # before the status line: a 429 can still be said
         if media == NPZ:
             try:
                 _npz_storable(model)
@@ -586,7 +589,7 @@ async def _counted(body: AsyncIterable[Any], call: Call) -> AsyncIterator[Any]:
 
 
 async def _respond(
-    service: Service, resolved: Resolved, media: str, headers: dict[str, str], call: Call
+    service: Service, resolved: Resolved, media: str, headers: dict[str, str], call: Call, who: str
 ) -> Response:
     call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
     elements = resolved.stop - resolved.start
@@ -597,7 +600,7 @@ async def _respond(
             f"JSON answers are capped at {service.limits.max_json_elements} elements and lists; this answer has "
             f"{elements}. Ask for application/octet-stream or application/x-npy, or a range."
         )
-    tensor = await service.generate(resolved, gathered=media == JSON)
+    tensor = await service.generate(resolved, gathered=media == JSON, caller=who)
     call.timings = tensor.timings
     headers = {**headers, **_tensor_headers(tensor)}
     if media == JSON:

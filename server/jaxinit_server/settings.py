@@ -43,6 +43,14 @@ class Settings(BaseSettings):
         Limits.max_whole_flops, ge=0,
         description="compute one whole-tensor request may take (a QR of n x n: ~4n^3); more: 413",
     )
+    max_caller_streams: int = Field(
+        Limits.max_caller_streams, ge=1,
+        description="requests one caller (a connection; with --api-keys, a key) has in flight at once; more: 429",
+    )
+    max_caller_bytes: int | None = Field(
+        None, ge=0, description="priced memory one caller holds at once (default: a quarter of "
+        "--max-inflight-bytes); more: 429, unless it holds nothing else",
+    )
     max_body_bytes: int = Field(
         16 * 2**20, ge=1024, description="largest request body (REST) or message (gRPC); more: 413 / RESOURCE_EXHAUSTED"
     )
@@ -88,4 +96,6 @@ class Settings(BaseSettings):
             max_streams=self.max_streams,
             max_inflight_bytes=self.max_inflight_bytes,
             max_whole_flops=self.max_whole_flops,
+            max_caller_streams=self.max_caller_streams,
+            max_caller_bytes=self.max_caller_bytes,
         )

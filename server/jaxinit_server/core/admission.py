@@ -1,10 +1,12 @@
 """Admission control: how much work one server takes on at once.
 
 Two caps, both checked before any JAX work: tensors being made or sent (streams), and
-the bytes of those tensors (what a whole-tensor family holds in memory, and what the
-server has promised to send). Over a cap the request is refused at once with
-:class:`Overloaded` (429 / RESOURCE_EXHAUSTED, with a retry-after), never queued
-without bound and never left to run the process out of memory.
+the memory they hold as priced (``engine.price``: a few chunks for a stream, the working
+set for a whole tensor). Each caller (a connection, or an API key when auth is on) has
+its own smaller share of both, so that a few callers cannot hold the whole server. Over
+a cap the request is refused at once with :class:`Overloaded` (429 /
+RESOURCE_EXHAUSTED, with a retry-after), never queued without bound and never left to
+run the process out of memory.
 """
 
 from __future__ import annotations
@@ -23,52 +25,90 @@ class Ticket:
     ticket nobody released, so a path that forgets cannot leak capacity.
     """
 
-    def __init__(self, admission: Admission, nbytes: int) -> None:
+    def __init__(self, admission: Admission, nbytes: int, caller: str | None) -> None:
         self._admission = admission
         self.nbytes = nbytes
+        self.caller = caller
         self._released = False
 
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self._admission._release(self.nbytes)
+            self._admission._release(self.nbytes, self.caller)
 
     def __del__(self) -> None:
         self.release()
 
 
 class Admission:
-    def __init__(self, max_streams: int, max_bytes: int, retry_after: float = 1.0) -> None:
+    """The caps. ``max_caller_streams`` / ``max_caller_bytes``: one caller's share (None:
+    no per-caller cap). A caller is whatever identity the adapter names (see
+    ``Service.admit``); work admitted without one counts only against the server's caps."""
+
+    def __init__(
+        self, max_streams: int, max_bytes: int, retry_after: float = 1.0, *,
+        max_caller_streams: int | None = None, max_caller_bytes: int | None = None,
+    ) -> None:
         self.max_streams = max_streams
         self.max_bytes = max_bytes
+        self.max_caller_streams = max_caller_streams
+        self.max_caller_bytes = max_caller_bytes
         self.retry_after = retry_after
         self.streams = 0
         self.bytes = 0
+        self.callers: dict[str, list[int]] = {}  # caller -> [streams, bytes]; only callers holding some
         self._lock = threading.Lock()
 
-    def admit(self, nbytes: int) -> Ticket:
+    def admit(self, nbytes: int, caller: str | None = None) -> Ticket:
         """A ticket for ``nbytes`` of work, or :class:`Overloaded` when a cap is reached.
 
-        A request larger than the byte cap on its own is admitted when nothing else is
-        in flight (the size limits, not this, decide what is too large ever to serve).
+        A request larger than the byte cap (the server's, or a caller's share) on its own is
+        admitted when nothing else is in flight (for its caller: when that caller holds
+        nothing); the size limits, not this, decide what is too large ever to serve.
         """
+        retry = f"retry in {self.retry_after:g} s"
         with self._lock:
+            held = self.callers.get(caller, [0, 0]) if caller is not None else [0, 0]
+            if caller is not None and self.max_caller_streams is not None and held[0] >= self.max_caller_streams:
+                raise Overloaded(
+                    f"this caller ({_shown(caller)}) already has {held[0]} requests in flight, its limit "
+                    f"(--max-caller-streams); {retry}, after one of them ends", retry_after=self.retry_after,
+                )
+            if (caller is not None and self.max_caller_bytes is not None and held[0]
+                    and held[1] + nbytes > self.max_caller_bytes):
+                raise Overloaded(
+                    f"this caller ({_shown(caller)}) holds {held[1]} bytes in flight and this request adds "
+                    f"{nbytes}, over its share of {self.max_caller_bytes} (--max-caller-bytes); {retry}, "
+                    "after one of its requests ends", retry_after=self.retry_after,
+                )
             if self.streams >= self.max_streams:
                 raise Overloaded(
-                    f"the server is answering {self.streams} requests, its limit; retry in "
-                    f"{self.retry_after:g} s or use another replica", retry_after=self.retry_after,
+                    f"the server is answering {self.streams} requests, its limit; {retry} or use another "
+                    "replica", retry_after=self.retry_after,
                 )
             if self.streams and self.bytes + nbytes > self.max_bytes:
                 raise Overloaded(
                     f"the server has {self.bytes} bytes in flight and this request adds {nbytes}, over its "
-                    f"limit of {self.max_bytes}; retry in {self.retry_after:g} s or use another replica",
+                    f"limit of {self.max_bytes}; {retry} or use another replica",
                     retry_after=self.retry_after,
                 )
             self.streams += 1
             self.bytes += nbytes
-        return Ticket(self, nbytes)
+            if caller is not None:
+                self.callers[caller] = [held[0] + 1, held[1] + nbytes]
+        return Ticket(self, nbytes, caller)
 
-    def _release(self, nbytes: int) -> None:
+    def _release(self, nbytes: int, caller: str | None) -> None:
         with self._lock:
             self.streams -= 1
             self.bytes -= nbytes
+            if caller is not None and (held := self.callers.get(caller)) is not None:
+                held[0] -= 1
+                held[1] -= nbytes
+                if held[0] <= 0:
+                    del self.callers[caller]
+
+
+def _shown(caller: str) -> str:
+    """A caller as an error message names it: short (an API key is named by its digest)."""
+    return caller if len(caller) <= 80 else caller[:77] + "..."

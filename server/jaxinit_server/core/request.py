@@ -40,6 +40,15 @@ class Limits:
     # The most compute one whole-tensor request may take (a QR of an n x n matrix: ~4n^3):
     # the default, ~a 4096x4096 orthogonal, takes a few seconds on two cores.
     max_whole_flops: int = 3 * 10**11
+    # One caller's share (a connection, or an API key with auth on): a quarter of the streams
+    # and of the memory (None: a quarter of max_inflight_bytes), so a few callers cannot hold
+    # the whole server. A caller that holds nothing is always admitted against the server's caps.
+    max_caller_streams: int = 16
+    max_caller_bytes: int | None = None
+
+    @property
+    def caller_bytes(self) -> int:
+        return self.max_inflight_bytes // 4 if self.max_caller_bytes is None else self.max_caller_bytes
 
 
 @dataclass(frozen=True)

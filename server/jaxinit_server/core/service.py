@@ -274,7 +274,10 @@ class Service:
             jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
             jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
         self.limits = limits or Limits()
-        self.admission = Admission(self.limits.max_streams, self.limits.max_inflight_bytes)
+        self.admission = Admission(
+            self.limits.max_streams, self.limits.max_inflight_bytes,
+            max_caller_streams=self.limits.max_caller_streams, max_caller_bytes=self.limits.caller_bytes,
+        )
         self.identity: ServerIdentity = server_identity()
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jaxinit-jax")
         # Model expansion and checks: linear in a model's size, so seconds for a big one; on
@@ -333,11 +336,11 @@ class Service:
         text = f"{resolved.canonical}\n{self.identity.fingerprint}"
         return '"' + hashlib.sha256(text.encode()).hexdigest()[:40] + '"'
 
-    async def prepare_model(self, params: ModelParams) -> ResolvedModel:
+    async def prepare_model(self, params: ModelParams, *, caller: str | None = None) -> ResolvedModel:
         """Expand and validate a whole-model request (no JAX work, but linear in its size: on
         a worker thread, never on the event loop). Raises domain errors."""
         loop = asyncio.get_running_loop()
-        ticket = self.admission.admit(0)  # one of the server's streams while it is expanded
+        ticket = self.admission.admit(0, caller)  # one of the server's (and caller's) streams meanwhile
         self.preparing += 1
         try:
             return await loop.run_in_executor(
@@ -377,7 +380,7 @@ class Service:
 
         await loop.run_in_executor(self._model_executor, check_all)
 
-    def admit_model(self, model: ResolvedModel, *, ahead: int = 2) -> Ticket:
+    def admit_model(self, model: ResolvedModel, *, ahead: int = 2, caller: str | None = None) -> Ticket:
         """The model's share of capacity, taken once before its first byte: one stream, and
         the memory of the ``ahead + 1`` costliest tensors it holds at once (a tensor laid
         out for PyTorch is gathered and transposed: twice its bytes more). Raises Overloaded."""
@@ -387,7 +390,7 @@ class Service:
         for out, request in zip(model.outputs, model.requests, strict=True):
             memory = engine.price(request).memory
             costs.append(memory + (2 * request.nbytes if out.needs_whole else 0))
-        return self.admission.admit(sum(sorted(costs, reverse=True)[: ahead + 1]))
+        return self.admission.admit(sum(sorted(costs, reverse=True)[: ahead + 1]), caller)
 
     async def generate_model(
         self, model: ResolvedModel, *, ahead: int = 2, ticket: Ticket | None = None
@@ -441,28 +444,30 @@ class Service:
             )
         return cost
 
-    def admit(self, resolved: Resolved, *, gathered: bool = False) -> Ticket:
+    def admit(self, resolved: Resolved, *, gathered: bool = False, caller: str | None = None) -> Ticket:
         """``resolved``'s share of capacity, priced first. Raises TooLarge or Overloaded, and
-        ServerUnavailable while the server stops."""
+        ServerUnavailable while the server stops. ``caller``: who asks (an adapter's name for
+        the connection, or the API key), charged against its own share too."""
         cost = self.price(resolved, gathered=gathered)
         if self.stopping:
             raise _stopping()
-        return self.admission.admit(cost.memory)
+        return self.admission.admit(cost.memory, caller)
 
     async def generate(
         self, resolved: Resolved, *, output: Output | None = None, ticket: Ticket | None = None,
-        gathered: bool = False,
+        gathered: bool = False, caller: str | None = None, release_with_tensor: bool = False,
     ) -> Tensor:
         """Get the tensor ready to stream. Raises domain errors, and :class:`Overloaded` at
         once when the server is at its limits (``ticket``: capacity taken already, as a
-        model stream does; ``gathered``: the answer will be built whole, as JSON is).
+        model stream does, released by whoever took it unless ``release_with_tensor``;
+        ``gathered``: the answer will be built whole, as JSON is).
 
         Whole-tensor requests are made by a worker process here, so JAX's errors for them
         arrive before any byte is sent. If the caller goes away, the work stops.
         """
-        owned = ticket is None
+        owned = ticket is None or release_with_tensor
         if ticket is None:
-            ticket = self.admit(resolved, gathered=gathered)
+            ticket = self.admit(resolved, gathered=gathered, caller=caller)
         loop = asyncio.get_running_loop()
         submitted = time.perf_counter()
         timings: dict[str, float] = {}
@@ -515,7 +520,10 @@ class Service:
             "whole_tensor_workers": self.whole.state(),
             "stalled_readers_disconnected": self.stalls.disconnected if self.stalls else 0,
             "admission": {"streams": self.admission.streams, "max_streams": self.admission.max_streams,
-                          "bytes": self.admission.bytes, "max_bytes": self.admission.max_bytes},
+                          "bytes": self.admission.bytes, "max_bytes": self.admission.max_bytes,
+                          "callers": len(self.admission.callers),
+                          "max_caller_streams": self.admission.max_caller_streams,
+                          "max_caller_bytes": self.admission.max_caller_bytes},
         }
 
     @property

@@ -16,8 +16,9 @@ import grpc
 
 from jaxinit._catalog import CATALOG
 from jaxinit._errors import TooLarge
+from jaxinit_server.auth import KeyRing
 from jaxinit_server.core import Service, Tensor
-from jaxinit_server.grpc_adapter import abort, domain_error
+from jaxinit_server.grpc_adapter import abort, caller_of, domain_error
 from jaxinit_server.kserve import grpc_predict_v2_pb2 as pb
 from jaxinit_server.kserve import grpc_predict_v2_pb2_grpc as pb_grpc
 from jaxinit_server.kserve.mapping import (
@@ -59,9 +60,10 @@ def _inputs(request: pb.ModelInferRequest) -> list[Input]:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, service: Service, telemetry: Telemetry) -> None:
+    def __init__(self, service: Service, telemetry: Telemetry, keyring: KeyRing | None = None) -> None:
         self._service = service
         self._telemetry = telemetry
+        self._keyring = keyring
 
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -101,7 +103,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     f"{resolved.nbytes}. Stream it with jaxinit's gRPC Generate RPC (jaxinit.v1.Initializers) "
                     "or the v2 REST route with binary data, or ask for ranges (offset/count parameters)"
                 )
-            tensor = await self._service.generate(resolved)
+            tensor = await self._service.generate(resolved, caller=caller_of(context, self._keyring))
             call.timings = tensor.timings
             data = await _gathered(tensor, self._service.limits.chunk_bytes)
             output = pb.ModelInferResponse.InferOutputTensor(name=OUTPUT, datatype=datatype, shape=tensor.sent_shape)
@@ -139,8 +141,10 @@ async def _gathered(tensor: Tensor, chunk_bytes: int) -> bytearray:
     return data
 
 
-def add_to_server(server: grpc.aio.Server, service: Service, telemetry: Telemetry) -> None:
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service, telemetry), server)
+def add_to_server(
+    server: grpc.aio.Server, service: Service, telemetry: Telemetry, keyring: KeyRing | None = None
+) -> None:
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service, telemetry, keyring), server)
 
 
 def _generator(chunks: AsyncIterator[tuple[int, memoryview]]) -> AsyncGenerator[tuple[int, memoryview], None]:

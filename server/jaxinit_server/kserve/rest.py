@@ -27,6 +27,7 @@ from starlette.types import Receive, Scope, Send
 from jaxinit._catalog import CATALOG
 from jaxinit._errors import InternalError, InvalidArgument, JaxinitError, TooLarge, mapping_for
 from jaxinit_server import jsonio
+from jaxinit_server.auth import http_caller
 from jaxinit_server.core import Service, Tensor
 from jaxinit_server.disconnects import unless_disconnected
 from jaxinit_server.kserve.mapping import (
@@ -328,7 +329,9 @@ def add_routes(app: FastAPI, service: Service, telemetry: Telemetry) -> None:
                     f"JSON outputs are capped at {service.limits.max_json_elements} elements; this one has "
                     f"{elements}. Ask for binary data (the binary_data output parameter)."
                 )
-            tensor = await unless_disconnected(request, service.generate(resolved, gathered=not v2.binary_output))
+            tensor = await unless_disconnected(request, service.generate(
+                resolved, gathered=not v2.binary_output, caller=http_caller(request)
+            ))
             call.timings = tensor.timings
             output: dict[str, Any] = {"name": OUTPUT, "datatype": datatype, "shape": list(tensor.sent_shape)}
             head: dict[str, Any] = {"model_name": name, "model_version": "1", "outputs": [output]}
