@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 GRPC_PORT ?= 50051
 HTTP_PORT ?= 8000
 
-.PHONY: setup system-tools serve test bench bench-robustness load lint typecheck proto clean
+.PHONY: setup system-tools serve test bench bench-robustness bench-memory load lint typecheck proto clean
 
 setup: $(VENV)/.installed
 
@@ -42,6 +42,12 @@ bench: setup
 # Small-request latency beside heavy requests, and peak RSS per request class (~7.5 min, one server).
 bench-robustness: setup
 	$(PY) bench/robustness.py --json bench/robustness.json
+
+# RSS after 1,000 distinct shapes of each whole-tensor family (30-60 min on two cores);
+# the test suite runs the same test with fewer shapes.
+bench-memory: setup
+	JAXINIT_MEMORY_SHAPES=1000 $(PY) -m pytest -s -q -p no:cacheprovider tests/integration/test_memory_bounds.py \
+		> bench/memory.txt 2>&1; status=$$?; cat bench/memory.txt; exit $$status
 
 # 60 s through the compose topology as processes (3 replicas + nginx), every byte verified.
 load: setup system-tools
