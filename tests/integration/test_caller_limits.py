@@ -112,10 +112,10 @@ def test_grpc_many_stream_counts_as_its_channel(two_per_caller: ServerProcess) -
 
 
 @contextlib.contextmanager
-def _held_http(srv: ServerProcess, key: str, path: str = "/v1/generate/normal?shape=4096,4096&seed=1") -> Iterator[None]:
+def _held_http(srv: ServerProcess, key: str) -> Iterator[None]:
     """An HTTP stream of BIG on a connection of its own, its headers read, its body not."""
     with httpx.Client(base_url=srv.http_url, timeout=120) as client, client.stream(
-        "GET", path, headers={"authorization": f"Bearer {key}", "accept": "application/octet-stream"}
+        "GET", "/v1/generate/normal?shape=4096,4096&seed=1", headers={"authorization": f"Bearer {key}", "accept": "application/octet-stream"}
     ) as response:
         assert response.status_code == 200
         yield
