@@ -115,7 +115,8 @@ def test_grpc_many_stream_counts_as_its_channel(two_per_caller: ServerProcess) -
 def _held_http(srv: ServerProcess, key: str) -> Iterator[None]:
     """An HTTP stream of BIG on a connection of its own, its headers read, its body not."""
     with httpx.Client(base_url=srv.http_url, timeout=120) as client, client.stream(
-        "GET", "/v1/generate/normal?shape=4096,4096&seed=1", headers={"authorization": f"Bearer {key}", "accept": "application/octet-stream"}
+        "GET", "/v1/generate/normal?shape=4096,4096&seed=1",
+        headers={"authorization": f"Bearer {key}", "accept": "application/octet-stream"},
     ) as response:
         assert response.status_code == 200
         yield
