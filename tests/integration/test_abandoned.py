@@ -43,10 +43,20 @@ def _in_flight(server: ServerProcess) -> float:
 
 def _abandon_grpc(server: ServerProcess, channel: grpc.Channel, seed: int) -> None:
     request = request_to_proto(jaxinit.Client(server.grpc_url).request("normal", seed, GIB_OF_FLOAT32))
-    call = pb_grpc.InitializersStub(channel).Generate(request, timeout=120)
-    for _, _message in zip(range(4), call, strict=False):  # the header and 3 MiB, then gone
-        pass
-    call.cancel()
+    for attempt in range(2):
+        call = pb_grpc.InitializersStub(channel).Generate(request, timeout=120)
+        try:
+            for _, _message in zip(range(4), call, strict=False):  # the header and 3 MiB, then gone
+                pass
+        except grpc.RpcError as exc:
+            # The channel is one caller: the streams it abandoned are its share until the
+            # server has seen them go (asynchronously). Wait for that, then try again.
+            if attempt or exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+            _settle(server)
+            continue
+        call.cancel()
+        return
 
 
 def _abandon_http(server: ServerProcess, seed: int) -> None:

@@ -52,7 +52,11 @@ def _until(condition: Callable[[], bool], what: str, timeout: float = 120, serve
 
 
 def _generate_grpc(server: ServerProcess, request: pb.GenerateRequest, timeout: float = 60) -> grpc.RpcError | None:
-    with grpc.insecure_channel(server.grpc_target) as channel:
+    # A connection of its own, as a separate client would have: grpcio shares one connection
+    # among a process's channels, and one connection is one caller with its share
+    # (--max-caller-streams/-bytes), which an abandoned call holds until the server has seen
+    # it go; sequential calls here must not wait on that release.
+    with grpc.insecure_channel(server.grpc_target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
         try:
             list(pb_grpc.InitializersStub(channel).Generate(request, timeout=timeout))
         except grpc.RpcError as exc:
