@@ -32,7 +32,7 @@ import httpx
 import numpy as np
 
 import jaxinit
-from jaxinit._codec import to_wire_bytes
+from jaxinit.protocol.codec import to_wire_bytes
 from jaxinit._http import get_url
 
 ROOT = Path(__file__).resolve().parent.parent

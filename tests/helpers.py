@@ -34,7 +34,7 @@ def local_jax(
     import jax.numpy as jnp  # noqa: F401
     from flax import nnx
 
-    from jaxinit._codec import DTYPES
+    from jaxinit.protocol.codec import DTYPES
 
     asked = dtype or args.get("dtype")
     if x64 is None:

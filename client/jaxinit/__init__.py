@@ -3,42 +3,58 @@
 >>> import jaxinit
 >>> sorted(jaxinit.CATALOG)[:3]
 ['constant', 'delta_orthogonal', 'glorot_normal']
+
+Names are loaded when first used (PEP 562): ``import jaxinit.protocol`` (what the server
+imports) does not load the client, its transports or ``jaxinit.models``.
 """
 
 from __future__ import annotations
 
-from jaxinit import models
-from jaxinit._catalog import CATALOG
-from jaxinit._client import AsyncClient, AsyncInitializer, Client, Initializer, ModelParams
-from jaxinit._codec import DTYPE_NAMES
-from jaxinit._errors import (
-    IntegrityError,
-    InternalError,
-    Interrupted,
-    InvalidArgument,
-    JaxError,
-    JaxinitError,
-    NotAcceptable,
-    Overloaded,
-    ProtocolError,
-    ServerUnavailable,
-    TooLarge,
-    Unauthenticated,
-    UnknownDtype,
-    UnknownInitializer,
-)
-from jaxinit._keys import KEY_IMPLS, Key, fold_in, key, wrap_key_data
-from jaxinit._types import Provenance, Request, Tensor
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# Public name -> the module that defines it.
+_EXPORTS: dict[str, str] = {
+    "CATALOG": "jaxinit.protocol.catalog",
+    "DTYPE_NAMES": "jaxinit.protocol.codec",
+    "KEY_IMPLS": "jaxinit.protocol.keys",
+    "Key": "jaxinit.protocol.keys",
+    "fold_in": "jaxinit.protocol.keys",
+    "key": "jaxinit.protocol.keys",
+    "wrap_key_data": "jaxinit.protocol.keys",
+    "Provenance": "jaxinit.protocol.provenance",
+    "IntegrityError": "jaxinit.protocol.errors",
+    "InternalError": "jaxinit.protocol.errors",
+    "Interrupted": "jaxinit.protocol.errors",
+    "InvalidArgument": "jaxinit.protocol.errors",
+    "JaxError": "jaxinit.protocol.errors",
+    "JaxinitError": "jaxinit.protocol.errors",
+    "NotAcceptable": "jaxinit.protocol.errors",
+    "Overloaded": "jaxinit.protocol.errors",
+    "ProtocolError": "jaxinit.protocol.errors",
+    "ServerUnavailable": "jaxinit.protocol.errors",
+    "TooLarge": "jaxinit.protocol.errors",
+    "Unauthenticated": "jaxinit.protocol.errors",
+    "UnknownDtype": "jaxinit.protocol.errors",
+    "UnknownInitializer": "jaxinit.protocol.errors",
+    "AsyncClient": "jaxinit._client",
+    "AsyncInitializer": "jaxinit._client",
+    "Client": "jaxinit._client",
+    "Initializer": "jaxinit._client",
+    "ModelParams": "jaxinit._client",
+    "Request": "jaxinit._types",
+    "Tensor": "jaxinit._types",
+}
+_SUBMODULES = ("models", "protocol")
+
 __all__ = [
-    "CATALOG",
-    "DTYPE_NAMES",
-    "KEY_IMPLS",
     "AsyncClient",
     "AsyncInitializer",
+    "CATALOG",
     "Client",
+    "DTYPE_NAMES",
     "Initializer",
     "IntegrityError",
     "InternalError",
@@ -46,6 +62,7 @@ __all__ = [
     "InvalidArgument",
     "JaxError",
     "JaxinitError",
+    "KEY_IMPLS",
     "Key",
     "ModelParams",
     "NotAcceptable",
@@ -63,5 +80,47 @@ __all__ = [
     "fold_in",
     "key",
     "models",
+    "protocol",
     "wrap_key_data",
 ]
+assert set(__all__) == {*_EXPORTS, *_SUBMODULES, "__version__"}
+
+if TYPE_CHECKING:
+    from jaxinit import models, protocol
+    from jaxinit._client import AsyncClient, AsyncInitializer, Client, Initializer, ModelParams
+    from jaxinit._types import Request, Tensor
+    from jaxinit.protocol.catalog import CATALOG
+    from jaxinit.protocol.codec import DTYPE_NAMES
+    from jaxinit.protocol.errors import (
+        IntegrityError,
+        InternalError,
+        Interrupted,
+        InvalidArgument,
+        JaxError,
+        JaxinitError,
+        NotAcceptable,
+        Overloaded,
+        ProtocolError,
+        ServerUnavailable,
+        TooLarge,
+        Unauthenticated,
+        UnknownDtype,
+        UnknownInitializer,
+    )
+    from jaxinit.protocol.keys import KEY_IMPLS, Key, fold_in, key, wrap_key_data
+    from jaxinit.protocol.provenance import Provenance
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        module = importlib.import_module(f"jaxinit.{name}")
+    elif name in _EXPORTS:
+        module = getattr(importlib.import_module(_EXPORTS[name]), name)
+    else:
+        raise AttributeError(f"module 'jaxinit' has no attribute {name!r}")
+    globals()[name] = module  # loaded once
+    return module
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

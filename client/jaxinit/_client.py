@@ -29,12 +29,19 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from jaxinit import _safetensors as safetensors
-from jaxinit._catalog import CATALOG, InitializerSpec, bind_arguments
-from jaxinit._errors import Interrupted, InvalidArgument, JaxinitError, Overloaded, ProtocolError, ServerUnavailable
-from jaxinit._keys import Key, as_key
-from jaxinit._models import Output, expand, file_metadata, model_canonical, nest, outputs
 from jaxinit._types import Provenance, Request, Tensor
+from jaxinit.protocol import safetensors
+from jaxinit.protocol.catalog import CATALOG, InitializerSpec, bind_arguments
+from jaxinit.protocol.errors import (
+    Interrupted,
+    InvalidArgument,
+    JaxinitError,
+    Overloaded,
+    ProtocolError,
+    ServerUnavailable,
+)
+from jaxinit.protocol.expansion import Output, expand, file_metadata, model_canonical, nest, outputs
+from jaxinit.protocol.keys import Key, as_key
 
 __all__ = ["AsyncClient", "AsyncInitializer", "Client", "Initializer", "ModelParams"]
 

@@ -11,7 +11,8 @@ import grpc
 import grpc.aio
 from google.protobuf.json_format import MessageToDict
 
-from jaxinit._errors import (
+from jaxinit._types import Assembler, Progress, Request, Tensor
+from jaxinit.protocol.errors import (
     Interrupted,
     JaxinitError,
     Overloaded,
@@ -20,7 +21,8 @@ from jaxinit._errors import (
     error_from_wire,
     retry_after_seconds,
 )
-from jaxinit._types import Assembler, Progress, Provenance, Request, Tensor
+from jaxinit.protocol.provenance import Provenance
+from jaxinit.protocol.wire import ERROR_TYPE_KEY, RETRY_AFTER_KEY
 from jaxinit.v1 import jaxinit_pb2 as pb
 from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
 
@@ -28,8 +30,6 @@ __all__ = ["AsyncGrpcTransport", "GrpcTransport"]
 
 # Trailing metadata of a failed call: the domain error's type, and for Overloaded the
 # seconds to wait (the server imports these names: one place defines them).
-ERROR_TYPE_KEY = "jaxinit-error-type"
-RETRY_AFTER_KEY = "retry-after"
 # Room for a chunk of the largest size a server may choose (3 MiB) plus framing.
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 8 * 2**20),

@@ -10,9 +10,11 @@ from urllib.parse import quote, urlencode
 
 import httpx
 
-from jaxinit._codec import num_bytes
-from jaxinit._digest import DIGEST_BYTES
-from jaxinit._errors import (
+from jaxinit._types import Assembler, Progress, Request, Tensor
+from jaxinit.protocol import wire
+from jaxinit.protocol.codec import num_bytes
+from jaxinit.protocol.digest import DIGEST_BYTES
+from jaxinit.protocol.errors import (
     IntegrityError,
     Interrupted,
     JaxinitError,
@@ -22,11 +24,11 @@ from jaxinit._errors import (
     error_from_wire,
     retry_after_seconds,
 )
-from jaxinit._types import Assembler, Progress, Provenance, Request, Tensor
+from jaxinit.protocol.provenance import Provenance
+from jaxinit.protocol.wire import DIGESTED
 
 __all__ = ["AsyncHttpTransport", "HttpTransport"]
 
-DIGESTED = "application/vnd.jaxinit.tensor"  # the bytes, then their digest
 
 
 def request_to_json(request: Request) -> dict[str, Any]:
@@ -104,16 +106,16 @@ def error_from_response(response: httpx.Response, body: bytes) -> JaxinitError:
 def assembler_for(response: httpx.Response, request_id: str, on_progress: Progress | None = None) -> Assembler:
     headers = response.headers
     try:
-        shape_text = headers["x-jaxinit-shape"]
+        shape_text = headers[wire.SHAPE_HEADER]
         shape = [int(d) for d in shape_text.split(",")] if shape_text else []
-        provenance = Provenance.from_mapping(json.loads(headers["x-jaxinit-provenance"]))
-        dtype = headers["x-jaxinit-dtype"]
+        provenance = Provenance.from_mapping(json.loads(headers[wire.PROVENANCE_HEADER]))
+        dtype = headers[wire.DTYPE_HEADER]
         # No range headers: the whole tensor. Sized from them, not Content-Length,
         # which a proxy may change.
-        offset = int(headers.get("x-jaxinit-offset", 0))
-        count = int(headers["x-jaxinit-count"]) if "x-jaxinit-count" in headers else None
+        offset = int(headers.get(wire.OFFSET_HEADER, 0))
+        count = int(headers[wire.COUNT_HEADER]) if wire.COUNT_HEADER in headers else None
         total = num_bytes(shape, dtype) if count is None else num_bytes((count,), dtype)
-        algorithm = headers.get("x-jaxinit-digest-algorithm", "")
+        algorithm = headers.get(wire.DIGEST_ALGORITHM_HEADER, "")
         return Assembler(shape, dtype, total, provenance, request_id, offset, count, on_progress, algorithm)
     except (KeyError, ValueError) as exc:
         raise ProtocolError(f"response lacks valid jaxinit headers: {exc}") from exc

@@ -6,17 +6,18 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from jaxinit._catalog import bind_arguments, lookup
-from jaxinit._codec import ITEMSIZE, array_from_buffer, dtype_name, num_bytes, numpy_dtype
-from jaxinit._digest import ALGORITHM as DIGEST_ALGORITHM
-from jaxinit._digest import new_hasher
-from jaxinit._errors import IntegrityError, InvalidArgument, ProtocolError
-from jaxinit._keys import as_key
+from jaxinit.protocol.catalog import bind_arguments, lookup
+from jaxinit.protocol.codec import ITEMSIZE, array_from_buffer, dtype_name, num_bytes, numpy_dtype
+from jaxinit.protocol.digest import ALGORITHM as DIGEST_ALGORITHM
+from jaxinit.protocol.digest import new_hasher
+from jaxinit.protocol.errors import IntegrityError, InvalidArgument, ProtocolError
+from jaxinit.protocol.keys import as_key
+from jaxinit.protocol.provenance import Provenance
 
 __all__ = ["Assembler", "Progress", "Provenance", "Request", "Tensor"]
 
@@ -70,30 +71,6 @@ def _shape(shape: Any) -> tuple[int, ...]:
     if any(d < 0 for d in dims) or any(isinstance(d, bool) for d in shape):
         raise InvalidArgument(f"shape must be a sequence of non-negative ints, got {shape!r}")
     return dims
-
-
-@dataclass(frozen=True)
-class Provenance:
-    """Which server, JAX and settings produced a tensor."""
-
-    jaxinit_version: str = ""
-    jax_version: str = ""
-    jaxlib_version: str = ""
-    backend: str = ""
-    device_kind: str = ""
-    key_impl: str = ""
-    key_data: tuple[int, ...] = ()
-    threefry_partitionable: bool = False
-    enable_x64: bool = False
-    canonical_request: str = ""
-    request_digest: str = ""
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> Provenance:
-        names = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in names}
-        values["key_data"] = tuple(int(w) for w in values.get("key_data", ()))
-        return cls(**values)
 
 
 @dataclass(frozen=True)

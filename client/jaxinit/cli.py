@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from jaxinit._catalog import CATALOG, args_from_text
 from jaxinit._client import Client, write_arrays
-from jaxinit._codec import to_wire_bytes
-from jaxinit._errors import InvalidArgument, JaxinitError, UnknownInitializer
-from jaxinit._keys import Key
+from jaxinit.protocol.catalog import CATALOG, args_from_text
+from jaxinit.protocol.codec import to_wire_bytes
+from jaxinit.protocol.errors import InvalidArgument, JaxinitError, UnknownInitializer
+from jaxinit.protocol.keys import Key
 
 __all__ = ["main"]
 

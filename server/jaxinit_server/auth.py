@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from jaxinit._errors import Unauthenticated
+from jaxinit.protocol.errors import Unauthenticated
 
 __all__ = ["OPEN_GRPC_PREFIXES", "OPEN_HTTP_PATHS", "KeyRing", "bearer", "caller", "http_caller"]
 

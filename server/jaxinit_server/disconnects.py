@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from starlette.requests import Request
 
-from jaxinit._errors import ServerUnavailable
+from jaxinit.protocol.errors import ServerUnavailable
 
 __all__ = ["unless_disconnected"]
 

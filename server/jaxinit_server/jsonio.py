@@ -19,7 +19,9 @@ import json.scanner
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["SMALL", "collect_garbage", "dumps", "loads"]
+import numpy as np
+
+__all__ = ["SMALL", "collect_garbage", "dumps", "json_numbers", "loads"]
 
 SMALL = 64 * 2**10  # bytes: below this the C parser is quick enough anywhere
 
@@ -78,3 +80,9 @@ async def collect_garbage(idle: Callable[[], bool], *, period: float = 0.1, full
                 gc.collect(0)
     finally:
         gc.enable()
+
+
+def json_numbers(array: np.ndarray) -> np.ndarray:
+    """``array`` in a dtype whose ``tolist()`` JSON can hold exactly: bfloat16 and the float8
+    types (numpy sees ml_dtypes as void) as float32, which holds each of their values."""
+    return array.astype(np.float32) if array.dtype.kind == "V" else array

@@ -27,9 +27,9 @@ from pydantic import ValidationError
 
 from jaxinit_server.auth import KeyRing
 from jaxinit_server.core import Service
-from jaxinit_server.grpc_adapter import create_grpc_server, set_serving
+from jaxinit_server.grpc.server import create_grpc_server, set_serving
 from jaxinit_server.jsonio import collect_garbage
-from jaxinit_server.rest_adapter import create_app
+from jaxinit_server.rest.app import create_app
 from jaxinit_server.settings import Settings
 from jaxinit_server.telemetry import Telemetry
 

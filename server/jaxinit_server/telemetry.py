@@ -20,13 +20,12 @@ from typing import Any
 import jax.monitoring
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from jaxinit._errors import JaxinitError, mapping_for
+from jaxinit.protocol.errors import JaxinitError, mapping_for
+from jaxinit.protocol.wire import REPLICA_HEADER, REQUEST_ID_HEADER
 
 __all__ = ["CONTENT_TYPE", "REPLICA_HEADER", "REQUEST_ID_HEADER", "Call", "Telemetry", "request_id_from"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-REQUEST_ID_HEADER = "x-request-id"  # HTTP header and gRPC metadata key
-REPLICA_HEADER = "x-jaxinit-replica"  # which replica answered: the same on both transports
 log = logging.getLogger("jaxinit_server.requests")
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 

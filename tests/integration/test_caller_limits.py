@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from helpers import local_jax
-from jaxinit._errors import Overloaded
+from jaxinit.protocol.errors import Overloaded
 from jaxinit.v1 import jaxinit_pb2 as pb
 from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
 from jaxinit_server.core.admission import Admission

@@ -18,8 +18,8 @@ import safetensors.numpy
 from flax_models import MLP, flax_params
 from prometheus_client.parser import text_string_to_metric_families
 
-from jaxinit import _safetensors
 from jaxinit.cli import main
+from jaxinit.protocol import safetensors as _safetensors
 
 
 def _local(name: str, seed: int, shape: tuple[int, ...], dtype: Any = None, **args: Any) -> np.ndarray:

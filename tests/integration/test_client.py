@@ -13,7 +13,7 @@ import pytest
 
 import jaxinit
 from jaxinit_server.core import Limits, Service
-from jaxinit_server.rest_adapter import create_app
+from jaxinit_server.rest.app import create_app
 
 
 def _expected(shape: tuple[int, ...] = (16, 8)) -> np.ndarray:

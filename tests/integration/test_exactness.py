@@ -16,8 +16,8 @@ import pytest
 
 import jaxinit
 from helpers import local_jax
-from jaxinit._catalog import CATALOG
-from jaxinit._codec import DTYPE_NAMES
+from jaxinit.protocol.catalog import CATALOG
+from jaxinit.protocol.codec import DTYPE_NAMES
 
 ALL_SHAPES = [(), (0,), (7,), (0, 3), (6, 6), (3, 4, 5), (2, 3, 4, 5), (3, 0, 2)]
 VARIANT_SHAPES = [(4, 5), (3, 4, 5)]

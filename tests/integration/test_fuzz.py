@@ -33,9 +33,9 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from helpers import local_jax
-from jaxinit._catalog import CATALOG
-from jaxinit._codec import DTYPE_NAMES, DTYPES
 from jaxinit._grpc import ERROR_TYPE_KEY
+from jaxinit.protocol.catalog import CATALOG
+from jaxinit.protocol.codec import DTYPE_NAMES, DTYPES
 from jaxinit.v1 import jaxinit_pb2 as pb
 from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
 from jaxinit_server.testing import ServerProcess, running_server

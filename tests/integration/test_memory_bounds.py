@@ -33,7 +33,7 @@ import psutil
 import pytest
 
 from helpers import local_jax
-from jaxinit._codec import DTYPES
+from jaxinit.protocol.codec import DTYPES
 from jaxinit_server.testing import ServerProcess, running_server
 
 MiB = 2**20

@@ -19,8 +19,8 @@ from flax.traverse_util import flatten_dict
 from flax_models import BLOCK, CNN, EXAMPLES, MLP, flax_params  # noqa: E402
 
 import jaxinit
-from jaxinit import _safetensors
 from jaxinit import models as m
+from jaxinit.protocol import safetensors as _safetensors
 from jaxinit.v1 import jaxinit_pb2 as pb
 from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
 

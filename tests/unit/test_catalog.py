@@ -10,8 +10,8 @@ import pytest
 from flax import nnx
 
 import jaxinit
-from jaxinit._catalog import CATALOG, bind_arguments, lookup
-from jaxinit._errors import InvalidArgument, UnknownInitializer
+from jaxinit.protocol.catalog import CATALOG, bind_arguments, lookup
+from jaxinit.protocol.errors import InvalidArgument, UnknownInitializer
 
 
 def _jax_initializer_names() -> set[str]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from helpers import local_jax
-from jaxinit._keys import Key
+from jaxinit.protocol.keys import Key
 from jaxinit_server.core import GenerateParams, Limits, chunked, engine
 from jaxinit_server.core.request import PrngDefaults, resolve
 

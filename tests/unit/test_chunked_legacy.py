@@ -10,8 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxinit._codec import DTYPES
-from jaxinit._keys import Key
+from jaxinit.protocol.codec import DTYPES
+from jaxinit.protocol.keys import Key
 from jaxinit_server.core import GenerateParams, Limits, chunked, engine
 from jaxinit_server.core.request import PrngDefaults, Resolved, resolve
 

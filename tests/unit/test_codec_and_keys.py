@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import jaxinit
-from jaxinit._codec import DTYPES, array_from_buffer, dtype_name, to_wire_bytes
-from jaxinit._keys import KEY_IMPLS, Key, as_key
+from jaxinit.protocol.codec import DTYPES, array_from_buffer, dtype_name, to_wire_bytes
+from jaxinit.protocol.keys import KEY_IMPLS, Key, as_key
 
 
 @pytest.mark.parametrize("name", list(DTYPES))

@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from helpers import local_jax
-from jaxinit._codec import DTYPES
-from jaxinit._errors import InvalidArgument, JaxError, JaxinitError, TooLarge
-from jaxinit._keys import Key
+from jaxinit.protocol.codec import DTYPES
+from jaxinit.protocol.errors import InvalidArgument, JaxError, JaxinitError, TooLarge
+from jaxinit.protocol.keys import Key
 from jaxinit_server.core import GenerateParams, Limits, chunked, engine
 from jaxinit_server.core.request import MAX_INDEX, MAX_RANK, MAX_REQUEST_ID, PrngDefaults, Resolved, resolve
 from jaxinit_server.core.service import Service

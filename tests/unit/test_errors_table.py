@@ -3,7 +3,7 @@ from __future__ import annotations
 import grpc
 
 import jaxinit
-from jaxinit import _errors
+from jaxinit.protocol import errors as _errors
 
 
 def _all_subclasses(cls: type) -> set[type]:

@@ -11,7 +11,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from jaxinit._errors import InvalidArgument, JaxinitError, UnknownInitializer, mapping_for
+from jaxinit.protocol.errors import InvalidArgument, JaxinitError, UnknownInitializer, mapping_for
 from jaxinit_server.kserve.mapping import (
     MAX_JSON_DEPTH,
     MAX_QUOTE_CHARS,

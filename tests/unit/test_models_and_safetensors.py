@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from jaxinit import InvalidArgument, ProtocolError, UnknownInitializer
-from jaxinit import _safetensors as st
 from jaxinit import models as m
-from jaxinit._models import expand, outputs
+from jaxinit.protocol import safetensors as st
+from jaxinit.protocol.expansion import expand, outputs
 
 
 def test_linen_fold_in_is_flax_hashing() -> None:

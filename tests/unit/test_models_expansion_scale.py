@@ -15,9 +15,17 @@ from typing import Any
 import pytest
 
 from jaxinit import InvalidArgument, UnknownInitializer
-from jaxinit import _models as models
 from jaxinit import models as m
-from jaxinit._models import MAX_DEPTH, MAX_NAME_CHARS, MAX_PATH_COMPONENTS, expand, linen_fold_in, nest, outputs
+from jaxinit.protocol import expansion as models
+from jaxinit.protocol.expansion import (
+    MAX_DEPTH,
+    MAX_NAME_CHARS,
+    MAX_PATH_COMPONENTS,
+    expand,
+    linen_fold_in,
+    nest,
+    outputs,
+)
 
 
 def raw(n: int, path: Callable[[int], str] = lambda i: f"layer{i}.kernel") -> dict[str, Any]:

@@ -62,8 +62,8 @@ def main() -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
-    from jaxinit._codec import to_wire_bytes
-    from jaxinit._errors import InternalError, JaxinitError
+    from jaxinit.protocol.codec import to_wire_bytes
+    from jaxinit.protocol.errors import InternalError, JaxinitError
     from jaxinit_server.core import engine
 
     write_frame(stdout, {"ready": True, "pid": os.getpid()})

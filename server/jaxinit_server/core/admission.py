@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 
-from jaxinit._errors import Overloaded
+from jaxinit.protocol.errors import Overloaded
 
 __all__ = ["Admission", "Ticket"]
 

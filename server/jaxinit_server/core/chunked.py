@@ -39,7 +39,7 @@ import numpy as np
 from jax import lax
 from jax.extend.random import define_prng_impl, threefry2x32_p
 
-from jaxinit._codec import DTYPES
+from jaxinit.protocol.codec import DTYPES
 from jaxinit_server.core.request import Resolved
 
 __all__ = ["MAX_CHUNK", "Plan", "bucket", "chunkable", "chunks", "plan"]

@@ -20,9 +20,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxinit._codec import DTYPES, dtype_name
-from jaxinit._errors import InternalError, JaxError, TooLarge
-from jaxinit._keys import Key
+from jaxinit.protocol.codec import DTYPES, dtype_name
+from jaxinit.protocol.errors import InternalError, JaxError, TooLarge
+from jaxinit.protocol.keys import Key
 from jaxinit_server.core import chunked
 from jaxinit_server.core.registry import build
 from jaxinit_server.core.request import Resolved

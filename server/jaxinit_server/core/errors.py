@@ -1,13 +1,13 @@
 """Failures that are not bugs, named as domain errors wherever an adapter catches them.
 
-The one error table (:data:`jaxinit._errors.ERROR_TABLE`) maps domain errors to HTTP and
+The one error table (:data:`jaxinit.protocol.errors.ERROR_TABLE`) maps domain errors to HTTP and
 gRPC; this maps the few foreign exceptions a request can cause to domain errors, so that
 no adapter answers them as an internal error.
 """
 
 from __future__ import annotations
 
-from jaxinit._errors import InvalidArgument, JaxinitError, TooLarge
+from jaxinit.protocol.errors import InvalidArgument, JaxinitError, TooLarge
 
 __all__ = ["as_domain_error"]
 

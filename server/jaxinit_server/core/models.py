@@ -1,7 +1,7 @@
 """Whole-model init requests: a model description resolved into one request per tensor.
 
 The expansion itself (module defaults, names, Flax's key derivation, the PyTorch
-layout) is :mod:`jaxinit._models`, shared with the client; here each tensor
+layout) is :mod:`jaxinit.protocol.expansion`, shared with the client; here each tensor
 becomes an ordinary :class:`Resolved` request whose key carries its ``fold_in``,
 so a model's tensors are exactly the single-tensor answers for the same requests.
 """
@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from jaxinit._errors import InvalidArgument, JaxinitError, TooLarge
-from jaxinit._keys import Key
-from jaxinit._models import Output, expand, model_canonical, outputs
+from jaxinit.protocol.errors import InvalidArgument, JaxinitError, TooLarge
+from jaxinit.protocol.expansion import Output, expand, model_canonical, outputs
+from jaxinit.protocol.keys import Key
 from jaxinit_server.core.request import GenerateParams, Limits, PrngDefaults, Resolved, resolve
 
 __all__ = ["ModelParams", "ResolvedModel", "resolve_model"]

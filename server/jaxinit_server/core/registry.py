@@ -12,8 +12,8 @@ from typing import Any
 import jax.nn.initializers as jinit
 import numpy as np
 
-from jaxinit._catalog import CATALOG, InitializerSpec
-from jaxinit._codec import DTYPES
+from jaxinit.protocol.catalog import CATALOG, InitializerSpec
+from jaxinit.protocol.codec import DTYPES
 
 __all__ = ["BUILDERS", "build"]
 

@@ -10,10 +10,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from jaxinit._catalog import InitializerSpec, bind_arguments, lookup
-from jaxinit._codec import DTYPES, SIXTY_FOUR_BIT, dtype_name
-from jaxinit._errors import InvalidArgument, TooLarge
-from jaxinit._keys import Key
+from jaxinit.protocol.catalog import InitializerSpec, bind_arguments, lookup
+from jaxinit.protocol.codec import DTYPES, SIXTY_FOUR_BIT, dtype_name
+from jaxinit.protocol.errors import InvalidArgument, TooLarge
+from jaxinit.protocol.keys import Key
 
 __all__ = ["GenerateParams", "Limits", "PrngDefaults", "Resolved", "resolve"]
 

@@ -16,13 +16,14 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxinit._catalog import CATALOG
-from jaxinit._codec import DTYPE_NAMES, DTYPES, to_wire_bytes
-from jaxinit._digest import ALGORITHM as DIGEST_ALGORITHM
-from jaxinit._digest import new_hasher
-from jaxinit._errors import JaxinitError, ServerUnavailable, TooLarge
-from jaxinit._keys import KEY_IMPLS, Key
-from jaxinit._models import Output, file_metadata
+from jaxinit.protocol.catalog import CATALOG
+from jaxinit.protocol.codec import DTYPE_NAMES, DTYPES, to_wire_bytes
+from jaxinit.protocol.digest import ALGORITHM as DIGEST_ALGORITHM
+from jaxinit.protocol.digest import new_hasher
+from jaxinit.protocol.errors import JaxinitError, ServerUnavailable, TooLarge
+from jaxinit.protocol.expansion import Output, file_metadata
+from jaxinit.protocol.keys import KEY_IMPLS, Key
+from jaxinit.protocol.provenance import Provenance
 from jaxinit_server.core import chunked, engine
 from jaxinit_server.core.admission import Admission, Ticket
 from jaxinit_server.core.models import ModelParams, ResolvedModel, resolve_model
@@ -44,7 +45,7 @@ class Tensor:
 
     resolved: Resolved
     generation: engine.Generation
-    provenance: dict[str, Any]
+    provenance: Provenance
     pipeline_depth: int = 2
     output: Output | None = None  # a model's tensor: its name, delivered shape and layout
     # Seconds spent waiting for a JAX worker ("queue") and in JAX ("generate", which grows
@@ -550,14 +551,14 @@ class Service:
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._model_executor.shutdown(wait=False, cancel_futures=True)
 
-    def _provenance(self, resolved: Resolved, key_data: tuple[int, ...]) -> dict[str, Any]:
-        return {
+    def _provenance(self, resolved: Resolved, key_data: tuple[int, ...]) -> Provenance:
+        return Provenance(
             **self.identity.as_dict(),
-            "key_impl": resolved.key.impl if resolved.key else "",
-            "key_data": list(key_data),
-            "threefry_partitionable": resolved.threefry_partitionable,
-            "enable_x64": resolved.enable_x64,
-            "canonical_request": resolved.canonical,
-            "request_digest": resolved.digest,
-        }
+            key_impl=resolved.key.impl if resolved.key else "",
+            key_data=tuple(key_data),
+            threefry_partitionable=resolved.threefry_partitionable,
+            enable_x64=resolved.enable_x64,
+            canonical_request=resolved.canonical,
+            request_digest=resolved.digest,
+        )
 

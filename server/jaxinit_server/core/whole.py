@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxinit._codec import DTYPES
-from jaxinit._errors import ERROR_TABLE, InternalError, JaxinitError, ServerUnavailable, TooLarge
+from jaxinit.protocol.codec import DTYPES
+from jaxinit.protocol.errors import ERROR_TABLE, InternalError, JaxinitError, ServerUnavailable, TooLarge
 from jaxinit_server.core._frames import read_frame, write_frame
 from jaxinit_server.core.request import Resolved
 

@@ -14,11 +14,11 @@ from typing import Any, cast
 
 import grpc
 
-from jaxinit._catalog import CATALOG
-from jaxinit._errors import TooLarge
+from jaxinit.protocol.catalog import CATALOG
+from jaxinit.protocol.errors import TooLarge
 from jaxinit_server.auth import KeyRing
 from jaxinit_server.core import Service, Tensor
-from jaxinit_server.grpc_adapter import abort, caller_of, domain_error
+from jaxinit_server.grpc.status import abort, caller_of, domain_error
 from jaxinit_server.kserve import grpc_predict_v2_pb2 as pb
 from jaxinit_server.kserve import grpc_predict_v2_pb2_grpc as pb_grpc
 from jaxinit_server.kserve.mapping import (

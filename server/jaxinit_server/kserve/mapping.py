@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from jaxinit._catalog import CATALOG, args_from_text
-from jaxinit._codec import DTYPES, array_from_buffer
-from jaxinit._errors import InvalidArgument, UnknownInitializer
-from jaxinit._keys import Key
+from jaxinit.protocol.catalog import CATALOG, args_from_text
+from jaxinit.protocol.codec import DTYPES, array_from_buffer
+from jaxinit.protocol.errors import InvalidArgument, UnknownInitializer
+from jaxinit.protocol.keys import DEFAULT_IMPL, Key
 from jaxinit_server.core import GenerateParams
 
 __all__ = [
@@ -175,7 +175,7 @@ def params_from_v2(model: str, inputs: Sequence[Input], parameters: Mapping[str,
     if "shape" not in by_name:
         raise InvalidArgument("input 'shape' is required: the tensor's shape, INT64, 1-D")
     shape = _ints(by_name["shape"], ("INT64", "INT32"))
-    impl = parameters.get("key_impl") or "threefry2x32"
+    impl = parameters.get("key_impl") or DEFAULT_IMPL
     if not isinstance(impl, str):
         raise InvalidArgument(f"parameter key_impl must be a string, got {quote(impl)}")
     folds = tuple(_ints(by_name["fold_in"], ("UINT32",))) if "fold_in" in by_name else ()

@@ -1,4 +1,5 @@
-"""The KServe v2 HTTP/REST routes, with the binary tensor data extension: translation only.
+"""The KServe v2 HTTP/REST protocol, with the binary tensor data extension: reading a
+request, writing an answer (the routes: ``jaxinit_server.rest.routes.kserve``).
 
 Errors are the protocol's ``{"error": "<message>"}`` with the status from jaxinit's one
 error table; every malformed document is a 400 that quotes little of it. A binary
@@ -18,36 +19,31 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
-from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
-from jaxinit._catalog import CATALOG
-from jaxinit._errors import InternalError, InvalidArgument, JaxinitError, TooLarge, mapping_for
+from jaxinit.protocol.errors import InternalError, InvalidArgument, JaxinitError, mapping_for
+from jaxinit.protocol.wire import OCTET
 from jaxinit_server import jsonio
-from jaxinit_server.auth import http_caller
-from jaxinit_server.core import Service, Tensor
-from jaxinit_server.disconnects import unless_disconnected
+from jaxinit_server.core import Tensor
 from jaxinit_server.kserve.mapping import (
     MAX_JSON_DEPTH,
     OUTPUT,
     Input,
-    datatype_of,
     input_from_bytes,
     input_from_values,
     json_depth,
-    model_metadata,
-    params_from_v2,
     quote,
 )
-from jaxinit_server.telemetry import Call, Telemetry
+from jaxinit_server.telemetry import Call
 
-__all__ = ["HEADER_LENGTH", "InferRequest", "add_routes", "json_answer", "read_request"]
+__all__ = [
+    "HEADER_LENGTH", "V2_ERRORS", "InferRequest", "TensorStream", "V2ModelReady", "V2Ready", "binary_body",
+    "error_response", "json_answer", "read_request",
+]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-OCTET = "application/octet-stream"
 log = logging.getLogger("jaxinit_server.kserve")
 _JSON_BLOCK = 8192  # elements of a JSON answer encoded at a time
 NON_FINITE = (
@@ -57,7 +53,8 @@ NON_FINITE = (
 )
 
 
-def _error(exc: BaseException) -> JSONResponse:
+def error_response(exc: BaseException) -> JSONResponse:
+    """The protocol's error body, ``{\"error\": \"<message>\"}``, with the status from the one table."""
     if not isinstance(exc, JaxinitError):
         log.error("internal error in a v2 request", exc_info=exc)
     error = exc if isinstance(exc, JaxinitError) else InternalError("internal server error")
@@ -200,9 +197,7 @@ def json_answer(head: dict[str, Any], output: dict[str, Any], array: np.ndarray)
     Raises:
         InvalidArgument: the array holds NaN or infinity, which JSON cannot carry.
     """
-    flat = array.reshape(-1)
-    if flat.dtype.kind == "V":  # bfloat16: exact as float32
-        flat = flat.astype(np.float32)
+    flat = jsonio.json_numbers(array.reshape(-1))
     if flat.dtype.kind in "fc":
         finite = np.isfinite(flat)
         if not finite.all():
@@ -223,7 +218,7 @@ def json_answer(head: dict[str, Any], output: dict[str, Any], array: np.ndarray)
         del output["data"]
 
 
-class _TensorStream(StreamingResponse):
+class TensorStream(StreamingResponse):
     """A streamed answer that gives its tensor back however it ends: sent, failed, the
     client gone, or never started."""
 
@@ -242,7 +237,7 @@ class _TensorStream(StreamingResponse):
             self._call.close(asyncio.CancelledError())  # a no-op when the body recorded its end
 
 
-async def _binary_body(head: bytes, tensor: Tensor, chunk_bytes: int, call: Call) -> AsyncIterator[bytes | memoryview]:
+async def binary_body(head: bytes, tensor: Tensor, chunk_bytes: int, call: Call) -> AsyncIterator[bytes | memoryview]:
     try:
         yield head
         async with contextlib.aclosing(_generator(tensor.chunks(chunk_bytes))) as chunks:
@@ -276,91 +271,6 @@ class V2ModelReady(BaseModel):
 V2_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": V2Error} for code in (400, 401, 404, 406, 413, 429, 500, 503)
 }
-
-
-def add_routes(app: FastAPI, service: Service, telemetry: Telemetry) -> None:
-    """The v2 routes: health, metadata, and infer for every initializer (a model each)."""
-
-    @app.get("/v2", summary="KServe v2: server metadata")
-    async def server_metadata() -> dict[str, Any]:
-        return {"name": "jaxinit", "version": service.identity.jaxinit_version,
-                "extensions": ["binary_tensor_data"]}
-
-    @app.get("/v2/health/live", summary="KServe v2: liveness")
-    async def live() -> dict[str, bool]:
-        return {"live": True}
-
-    @app.get("/v2/health/ready", summary="KServe v2: readiness", response_model=V2Ready,
-             responses={503: {"model": V2Ready}})
-    async def ready() -> JSONResponse:
-        return JSONResponse({"ready": service.ready}, status_code=200 if service.ready else 503)
-
-    @app.get("/v2/models/{name}", summary="KServe v2: model metadata (every initializer is a model)",
-             responses=V2_ERRORS)
-    async def metadata(name: str) -> Response:
-        try:
-            return JSONResponse(model_metadata(name, service.identity.jax_version))
-        except JaxinitError as exc:
-            return _error(exc)
-
-    @app.get("/v2/models/{name}/ready", summary="KServe v2: model readiness", response_model=V2ModelReady,
-             responses={404: {"model": V2ModelReady}, 503: {"model": V2ModelReady}})
-    async def model_ready(name: str) -> JSONResponse:
-        ok = service.ready and name in CATALOG
-        return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else (503 if name in CATALOG else 404))
-
-    @app.post(
-        "/v2/models/{name}/infer",
-        summary="KServe v2: generate (inputs shape and seed or key_data; arguments as parameters)",
-        responses=V2_ERRORS,
-    )
-    async def infer(name: str, request: Request) -> Response:
-        call = telemetry.call("http", "v2_infer", request.headers.get("x-request-id"))
-        tensor: Tensor | None = None
-        try:
-            body = await request.body()
-            v2 = await asyncio.to_thread(read_request, body, request.headers.get(HEADER_LENGTH))
-            resolved = service.prepare(params_from_v2(name, v2.inputs, v2.parameters))
-            call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
-            datatype = datatype_of(resolved.out_dtype)
-            elements = resolved.stop - resolved.start
-            if not v2.binary_output and elements > service.limits.max_json_elements:
-                raise TooLarge(
-                    f"JSON outputs are capped at {service.limits.max_json_elements} elements; this one has "
-                    f"{elements}. Ask for binary data (the binary_data output parameter)."
-                )
-            tensor = await unless_disconnected(request, service.generate(
-                resolved, gathered=not v2.binary_output, caller=http_caller(request)
-            ))
-            call.timings = tensor.timings
-            output: dict[str, Any] = {"name": OUTPUT, "datatype": datatype, "shape": list(tensor.sent_shape)}
-            head: dict[str, Any] = {"model_name": name, "model_version": "1", "outputs": [output]}
-            if v2.id is not None:
-                head["id"] = v2.id
-            headers = {"X-Request-Id": call.request_id}
-            if v2.binary_output:
-                output["parameters"] = {"binary_data_size": tensor.nbytes}
-                text = json.dumps(head, separators=(",", ":")).encode()
-                headers.update({HEADER_LENGTH: str(len(text)), "Content-Length": str(len(text) + tensor.nbytes)})
-                body_stream = _binary_body(text, tensor, service.limits.chunk_bytes, call)
-                response = _TensorStream(body_stream, tensor, call, headers)
-                tensor = None  # the response gives it back
-                return response
-            array = await tensor.array()  # at most max_json_elements; gives the tensor back
-            tensor = None
-            content = await asyncio.to_thread(json_answer, head, output, array)
-            call.sent(array.nbytes)
-            call.close()
-            return Response(content, media_type="application/json", headers=headers)
-        except BaseException as exc:
-            if tensor is not None:
-                tensor.close()
-            call.close(exc)
-            if isinstance(exc, ClientDisconnect):  # nobody to answer (or the body limit answers)
-                return Response(status_code=499)
-            if isinstance(exc, Exception):
-                return _error(exc)
-            raise
 
 
 def _generator(chunks: AsyncIterator[tuple[int, memoryview]]) -> AsyncGenerator[tuple[int, memoryview], None]:

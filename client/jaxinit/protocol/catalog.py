@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from jaxinit._codec import dtype_name
-from jaxinit._errors import InvalidArgument, UnknownInitializer
+from jaxinit.protocol.codec import dtype_name
+from jaxinit.protocol.errors import InvalidArgument, UnknownInitializer
 
 __all__ = [
     "CATALOG",

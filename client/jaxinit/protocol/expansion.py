@@ -33,10 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from jaxinit._catalog import bind_arguments, lookup
-from jaxinit._codec import dtype_name
-from jaxinit._errors import InvalidArgument
-from jaxinit._keys import Key
+from jaxinit.protocol.catalog import bind_arguments, lookup
+from jaxinit.protocol.codec import dtype_name
+from jaxinit.protocol.errors import InvalidArgument
+from jaxinit.protocol.keys import Key
 
 __all__ = [
     "LAYOUTS",

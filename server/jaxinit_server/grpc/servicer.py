@@ -1,31 +1,27 @@
-"""The gRPC adapter: translates jaxinit.v1 messages to core calls and back. No rules here."""
+"""The jaxinit.v1.Initializers servicer: translates its messages to core calls and back. No rules here."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from jaxinit._errors import InternalError, InvalidArgument, JaxinitError, Overloaded, mapping_for
-from jaxinit._grpc import ERROR_TYPE_KEY, RETRY_AFTER_KEY
-from jaxinit._keys import Key
+from jaxinit.protocol.errors import InvalidArgument, JaxinitError, Overloaded, mapping_for
+from jaxinit.protocol.keys import DEFAULT_IMPL, Key
 from jaxinit.v1 import jaxinit_pb2 as pb
 from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
 from jaxinit_server import jsonio
-from jaxinit_server.auth import OPEN_GRPC_PREFIXES, KeyRing, bearer, caller
+from jaxinit_server.auth import KeyRing
 from jaxinit_server.core import GenerateParams, ModelParams, Service, Tensor
-from jaxinit_server.core.errors import as_domain_error
-from jaxinit_server.telemetry import REPLICA_HEADER, REQUEST_ID_HEADER, Call, Telemetry, request_id_from
+from jaxinit_server.grpc.interceptors import Malformed
+from jaxinit_server.grpc.status import abort, caller_of, domain_error, echo_request_id
+from jaxinit_server.telemetry import Call, Telemetry
 
-__all__ = ["SERVICE_NAME", "create_grpc_server"]
+__all__ = ["SERVICE_NAME", "InitializersServicer", "params_from_proto"]
 
-log = logging.getLogger("jaxinit_server.grpc")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Initializers"].full_name
 # How many requests of one GenerateMany stream are produced ahead of the one being sent.
 MANY_WINDOW = 4
@@ -39,7 +35,7 @@ def _failed(error: BaseException) -> asyncio.Future[Tensor]:
 
 def key_from_proto(message: pb.Key) -> Key | None:
     form = message.WhichOneof("form")
-    impl = message.impl or "threefry2x32"
+    impl = message.impl or DEFAULT_IMPL
     folds = tuple(message.fold_in)
     if form == "seed":
         return Key(seed=message.seed, impl=impl, fold_in=folds)
@@ -105,7 +101,7 @@ def header_to_proto(tensor: Tensor, chunk_bytes: int) -> pb.TensorHeader:
         byte_order="little",
         total_bytes=tensor.nbytes,
         chunk_bytes=chunk_bytes,
-        provenance=pb.Provenance(**tensor.provenance),
+        provenance=pb.Provenance(**tensor.provenance.as_dict()),
         offset=tensor.resolved.start,
         count=tensor.resolved.stop - tensor.resolved.start,
         digest_algorithm=tensor.digest_algorithm,
@@ -130,11 +126,6 @@ def error_to_proto(error: JaxinitError, request_id: str) -> pb.TensorChunk:
     )
 
 
-def caller_of(context: grpc.aio.ServicerContext, keyring: KeyRing | None) -> str:
-    """Whom admission charges this call to: its API key with auth on, else its channel."""
-    return caller(keyring, dict(context.invocation_metadata() or ()).get("authorization"), context.peer())
-
-
 class InitializersServicer(pb_grpc.InitializersServicer):
     def __init__(self, service: Service, telemetry: Telemetry, keyring: KeyRing | None = None) -> None:
         self._service = service
@@ -144,7 +135,7 @@ class InitializersServicer(pb_grpc.InitializersServicer):
 
     async def _open(self, context: grpc.aio.ServicerContext, method: str) -> Call:
         """A telemetry record for the call, its request id echoed in the initial metadata."""
-        return self._telemetry.call("grpc", method, await _request_id(context, self._telemetry.replica))
+        return self._telemetry.call("grpc", method, await echo_request_id(context, self._telemetry.replica))
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
@@ -176,7 +167,7 @@ class InitializersServicer(pb_grpc.InitializersServicer):
         # makes it a 429).
         pending: asyncio.Queue[tuple[str, asyncio.Future[Tensor], Call] | None] = asyncio.Queue(MANY_WINDOW)
         # Each item is a request of its own: "<stream id>/<item id>".
-        stream_id = await _request_id(context, self._telemetry.replica)
+        stream_id = await echo_request_id(context, self._telemetry.replica)
         who = caller_of(context, self._keyring)
         unsent = 0  # items started and not yet sent (or failed)
         all_sent = asyncio.Event()
@@ -299,169 +290,3 @@ class InitializersServicer(pb_grpc.InitializersServicer):
         )
 
 
-async def _request_id(context: grpc.aio.ServicerContext, replica: str) -> str:
-    """The caller's x-request-id (or a new one), echoed back in the initial metadata with the
-    name of the replica that answers."""
-    given = dict(context.invocation_metadata() or ()).get(REQUEST_ID_HEADER)
-    request_id = request_id_from(given if isinstance(given, str) else None)
-    metadata = ((REQUEST_ID_HEADER, request_id),) + (((REPLICA_HEADER, replica),) if replica else ())
-    await context.send_initial_metadata(metadata)
-    return request_id
-
-
-def domain_error(exc: BaseException) -> JaxinitError:
-    """``exc`` as a domain error; anything unexpected is logged and becomes InternalError."""
-    if (error := as_domain_error(exc)) is not None:
-        return error
-    log.error("internal error", exc_info=exc)
-    return InternalError("internal server error")
-
-
-async def abort(context: grpc.aio.ServicerContext, error: JaxinitError) -> None:
-    """End the call with ``error``'s status (from the one error table) and its type."""
-    metadata = [(ERROR_TYPE_KEY, type(error).__name__)]
-    if (retry_after := getattr(error, "retry_after", None)) is not None:
-        metadata.append((RETRY_AFTER_KEY, f"{retry_after:g}"))
-    context.set_trailing_metadata(tuple(metadata))
-    await context.abort(grpc.StatusCode[mapping_for(error).grpc_code], error.message)
-
-
-class Malformed:
-    """What a request message that does not parse becomes: the handler, not gRPC's
-    machinery, answers it (INVALID_ARGUMENT; gRPC's own answer is UNKNOWN, with the
-    parser's exception in it, and an error logged)."""
-
-    def __init__(self, error: InvalidArgument) -> None:
-        self.error = error
-
-
-class _DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Request messages of jaxinit's services are parsed by a deserializer that cannot raise:
-    a malformed one reaches a unary handler as a refusal, and a streaming handler as a
-    :class:`Malformed` item it answers in the stream."""
-
-    def __init__(self, services: tuple[str, ...]) -> None:
-        self._prefixes = tuple(f"/{name}/" for name in services)
-
-    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
-        handler = await continuation(details)
-        if handler is None or not details.method.startswith(self._prefixes) or handler.request_deserializer is None:
-            return handler
-        parse = handler.request_deserializer
-
-        def safe(data: bytes) -> Any:
-            try:
-                return parse(data)
-            except Exception as exc:  # DecodeError, or anything a parser raises on bytes
-                return Malformed(InvalidArgument(f"the request message does not parse as {details.method}'s "
-                                                 f"request type ({type(exc).__name__})"))
-
-        codecs = {"request_deserializer": safe, "response_serializer": handler.response_serializer}
-        if handler.request_streaming:
-            kind = grpc.stream_stream_rpc_method_handler if handler.response_streaming else \
-                grpc.stream_unary_rpc_method_handler
-            return kind(handler.stream_stream or handler.stream_unary, **codecs)
-        behavior = handler.unary_stream or handler.unary_unary
-
-        if handler.response_streaming:
-            async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                if isinstance(request, Malformed):
-                    await abort(context, request.error)
-                async for message in behavior(request, context):
-                    yield message
-
-            return grpc.unary_stream_rpc_method_handler(stream, **codecs)
-
-        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if isinstance(request, Malformed):
-                await abort(context, request.error)
-            return await behavior(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(unary, **codecs)
-
-
-class _AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Every RPC but health needs ``authorization: Bearer <key>`` (see :mod:`auth`)."""
-
-    def __init__(self, keyring: KeyRing) -> None:
-        self._keyring = keyring
-
-    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
-        handler = await continuation(details)
-        if handler is None or details.method.startswith(OPEN_GRPC_PREFIXES):
-            return handler
-        token = bearer(dict(details.invocation_metadata or ()).get("authorization"))
-        try:
-            self._keyring.check(token)
-        except JaxinitError as exc:
-            return _refusal(handler, exc)
-        return handler
-
-
-def _refusal(handler: Any, error: JaxinitError) -> Any:
-    """A handler of the same kind as ``handler`` that only fails with ``error``."""
-
-    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await abort(context, error)
-
-    async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        await abort(context, error)
-        yield  # pragma: no cover - makes this an async generator
-
-    codecs = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(unary, **codecs)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(stream, **codecs)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(unary, **codecs)
-    return grpc.stream_stream_rpc_method_handler(stream, **codecs)
-
-
-def create_grpc_server(
-    service: Service, host: str, port: int, *, telemetry: Telemetry | None = None, keyring: KeyRing | None = None,
-    tls: tuple[bytes, bytes] | None = None, max_message_bytes: int = 16 * 2**20,
-) -> tuple[grpc.aio.Server, int, Any]:
-    """A gRPC server with the jaxinit service, health and reflection, bound to ``host:port``;
-    with ``tls`` (PEM certificate chain, PEM private key), over TLS only.
-
-    Returns:
-        (server, bound port, health servicer). Port 0 binds a free port. Not started.
-    """
-    from jaxinit_server.kserve.grpc_service import SERVICE_NAME as KSERVE_SERVICE
-
-    interceptors: list[Any] = [_DecodeGuard((SERVICE_NAME, KSERVE_SERVICE))]
-    if keyring is not None and keyring.enabled:
-        interceptors.insert(0, _AuthInterceptor(keyring))
-    # A larger request message is refused by gRPC itself with RESOURCE_EXHAUSTED.
-    server = grpc.aio.server(
-        interceptors=interceptors, options=[("grpc.max_receive_message_length", max_message_bytes)]
-    )
-    from jaxinit_server.kserve import grpc_service as kserve  # it imports this module's helpers
-
-    telemetry = telemetry or Telemetry()
-    pb_grpc.add_InitializersServicer_to_server(InitializersServicer(service, telemetry, keyring), server)
-    kserve.add_to_server(server, service, telemetry, keyring)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, kserve.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME),
-        server,
-    )
-    if tls is None:
-        bound = server.add_insecure_port(f"{host}:{port}")
-    else:
-        chain, key = tls
-        bound = server.add_secure_port(f"{host}:{port}", grpc.ssl_server_credentials([(key, chain)]))
-    if bound == 0:
-        raise OSError(f"cannot bind gRPC to {host}:{port}")
-    return server, bound, health_servicer
-
-
-async def set_serving(health_servicer: Any, serving: bool) -> None:
-    status = (
-        health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-    )
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, status)

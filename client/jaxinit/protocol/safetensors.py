@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxinit._codec import ITEMSIZE, array_from_buffer, dtype_name, to_wire_bytes
-from jaxinit._errors import InvalidArgument, ProtocolError
+from jaxinit.protocol.codec import ITEMSIZE, array_from_buffer, dtype_name, to_wire_bytes
+from jaxinit.protocol.errors import InvalidArgument, ProtocolError
 
 __all__ = ["ST_DTYPES", "dumps", "header", "loads", "st_dtype"]
 

@@ -67,7 +67,7 @@ def dtype_name(dtype: Any) -> str:
     Raises:
         UnknownDtype: for anything that is not one of :data:`DTYPES`.
     """
-    from jaxinit._errors import UnknownDtype
+    from jaxinit.protocol.errors import UnknownDtype
 
     if isinstance(dtype, str):
         name = _ALIASES.get(dtype, dtype)

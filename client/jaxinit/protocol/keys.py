@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxinit._errors import InvalidArgument
+from jaxinit.protocol.errors import InvalidArgument
 
 __all__ = ["DEFAULT_IMPL", "KEY_IMPLS", "MAX_FOLD_IN", "Key", "as_key", "fold_in", "key", "wrap_key_data"]
 

@@ -1,0 +1,203 @@
+"""How an answer is written in each media type: a tensor as raw bytes, raw bytes with their
+digest, a .npy file or JSON; a model as .safetensors or a streamed .npz. Nothing here
+decides what to make, only how to write it."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import math
+import zipfile
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+from fastapi.responses import Response, StreamingResponse
+
+from jaxinit.protocol import wire
+from jaxinit.protocol.codec import DTYPES
+from jaxinit.protocol.digest import DIGEST_BYTES
+from jaxinit.protocol.errors import InvalidArgument, JaxinitError, NotAcceptable, TooLarge
+from jaxinit.protocol.wire import DIGESTED, JSON, NPY, NPZ, OCTET, SAFETENSORS
+from jaxinit_server import jsonio
+from jaxinit_server.core import Limits, Resolved, ResolvedModel, Service, Tensor
+from jaxinit_server.core.admission import Ticket
+
+__all__ = [
+    "MEDIA_TYPES",
+    "MODEL_MEDIA_TYPES",
+    "check_json_size",
+    "model_npz",
+    "model_safetensors",
+    "negotiate",
+    "npz_storable",
+    "tensor_headers",
+    "tensor_response",
+]
+
+# What a tensor can be answered as (the first: when the client has no preference). DIGESTED,
+# the raw bytes then their 16-byte digest, is what the jaxinit client asks for.
+MEDIA_TYPES = (OCTET, NPY, JSON, DIGESTED)
+MODEL_MEDIA_TYPES = (SAFETENSORS, NPZ, JSON)
+
+
+def negotiate(accept: str | None, offered: tuple[str, ...] = MEDIA_TYPES) -> str:
+    """The media type to answer with, from an Accept header (q-values honoured); the
+    first one offered when the client has no preference."""
+    if not accept:
+        return offered[0]
+    best, best_q = None, 0.0
+    for part in accept.split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        q = 1.0
+        for param in params:
+            if param.startswith("q="):
+                try:
+                    q = float(param[2:])
+                except ValueError:
+                    q = 0.0
+        candidates = offered if media in ("*/*", "application/*") else (media,)
+        for candidate in candidates:
+            if candidate in offered and (q > best_q or (q == best_q and best is None)):
+                best, best_q = candidate, q
+    if best is None:
+        raise NotAcceptable(f"cannot answer with {accept!r}; this endpoint produces {', '.join(offered)}")
+    return best
+
+
+def check_json_size(limits: Limits, resolved: Resolved, *, nested: bool, instead: str) -> None:
+    """Raise TooLarge when a JSON answer of ``resolved`` is over ``max_json_elements``:
+    its elements, and with ``nested`` its lists too (a 0-size (2**40, 0) is 2**40 lists)."""
+    elements = resolved.stop - resolved.start
+    if nested and not resolved.is_range:
+        elements = max(elements, sum(math.prod(resolved.shape[:axis]) for axis in range(len(resolved.shape))))
+    if elements > limits.max_json_elements:
+        what = "elements and lists" if nested else "elements"
+        raise TooLarge(
+            f"JSON answers are capped at {limits.max_json_elements} {what}; this one has {elements}. {instead}"
+        )
+
+
+def tensor_headers(tensor: Tensor) -> dict[str, str]:
+    return {
+        wire.SHAPE_HEADER: ",".join(str(d) for d in tensor.shape),
+        wire.DTYPE_HEADER: tensor.dtype,
+        wire.BYTE_ORDER_HEADER: "little",
+        wire.OFFSET_HEADER: str(tensor.resolved.start),
+        wire.COUNT_HEADER: str(tensor.resolved.stop - tensor.resolved.start),
+        wire.REQUEST_DIGEST_HEADER: tensor.provenance.request_digest,
+        wire.PROVENANCE_HEADER: json.dumps(tensor.provenance.as_dict(), separators=(",", ":")),
+    }
+
+
+async def tensor_response(tensor: Tensor, media: str, headers: dict[str, str], chunk_bytes: int) -> Response:
+    """``tensor`` written as ``media``, with its headers after ``headers``."""
+    headers = {**headers, **tensor_headers(tensor)}
+    if media == JSON:
+        array = await tensor.array()
+        body = await asyncio.to_thread(lambda: jsonio.dumps(_json_body(tensor, array)))
+        return Response(body, media_type=JSON, headers=headers)
+    prefix, suffix = b"", False
+    if media == NPY:
+        prefix = _npy_header(tensor)
+    elif media == DIGESTED:
+        suffix = True
+        headers[wire.DIGEST_ALGORITHM_HEADER] = tensor.digest_algorithm
+    headers["Content-Length"] = str(len(prefix) + tensor.nbytes + (DIGEST_BYTES if suffix else 0))
+    return StreamingResponse(_bytes(tensor, chunk_bytes, prefix, suffix), media_type=media, headers=headers)
+
+
+async def _bytes(tensor: Tensor, chunk_bytes: int, prefix: bytes, digest: bool) -> AsyncIterator[bytes | memoryview]:
+    if prefix:
+        yield prefix
+    async for _, data in tensor.chunks(chunk_bytes):
+        yield data
+    if digest:
+        yield tensor.digest()
+
+
+def _npy_header(tensor: Tensor) -> bytes:
+    buffer = io.BytesIO()
+    descr = np.lib.format.dtype_to_descr(DTYPES[tensor.dtype].newbyteorder("<"))
+    header = {"descr": descr, "fortran_order": False, "shape": tensor.sent_shape}
+    np.lib.format.write_array_header_1_0(buffer, header)  # type: ignore[no-untyped-call]
+    return buffer.getvalue()
+
+
+def _json_body(tensor: Tensor, array: np.ndarray) -> dict[str, Any]:
+    """Nested lists; complex numbers as [real, imag]; non-finite floats as "nan"/"inf"/"-inf"."""
+    array = jsonio.json_numbers(array)
+    if array.dtype.kind == "c":
+        array = np.stack([array.real, array.imag], axis=-1)
+    data: Any = array.tolist()
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        data = _map_nested(data, lambda x: x if np.isfinite(x) else repr(x))
+    resolved = tensor.resolved
+    return {"shape": list(tensor.shape), "dtype": tensor.dtype, "offset": resolved.start,
+            "count": resolved.stop - resolved.start, "data": data, "provenance": tensor.provenance.as_dict()}
+
+
+def _map_nested(data: Any, fn: Any) -> Any:
+    if isinstance(data, list):
+        return [_map_nested(d, fn) for d in data]
+    return fn(data)
+
+
+async def model_safetensors(
+    service: Service, model: ResolvedModel, head: bytes, ticket: Ticket
+) -> AsyncIterator[bytes | memoryview]:
+    """A model as .safetensors: ``head`` (its header), then each tensor's bytes in order."""
+    yield head
+    async for name, tensor in service.generate_model(model, ticket=ticket):
+        if isinstance(tensor, JaxinitError):  # the status is sent: only a cut body can say it
+            raise RuntimeError(f"{name}: {tensor.message}") from tensor
+        async for _, data in tensor.chunks(service.limits.chunk_bytes):
+            yield data
+
+
+def npz_storable(model: ResolvedModel) -> None:
+    """Raise InvalidArgument when a tensor's dtype has no .npy form numpy reads back."""
+    for out in model.outputs:
+        if DTYPES[out.dtype].kind == "V":
+            raise InvalidArgument(
+                f"{out.name}: .npy/.npz cannot store {out.dtype} (numpy reads it back as raw void "
+                "bytes); ask for application/safetensors"
+            )
+
+
+class _Sink(io.RawIOBase):
+    """A write-only stream whose bytes are taken out as they come (zipfile writes into it)."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def drain(self) -> bytes:
+        out = b"".join(self.parts)
+        self.parts.clear()
+        return out
+
+
+async def model_npz(service: Service, model: ResolvedModel, ticket: Ticket) -> AsyncIterator[bytes]:
+    """A .npz of the model, streamed: an uncompressed zip whose sizes follow each member
+    (data descriptors), so no tensor is held whole; numpy's ``np.load`` reads it."""
+    sink = _Sink()
+    archive = zipfile.ZipFile(sink, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True)
+    async for name, tensor in service.generate_model(model, ticket=ticket):
+        if isinstance(tensor, JaxinitError):  # the status is sent: only a cut body can say it
+            raise RuntimeError(f"{name}: {tensor.message}") from tensor
+        with archive.open(f"{name}.npy", mode="w", force_zip64=True) as member:
+            member.write(_npy_header(tensor))
+            async for _, data in tensor.chunks(service.limits.chunk_bytes):
+                member.write(data)
+                yield sink.drain()
+        yield sink.drain()
+    archive.close()
+    yield sink.drain()

@@ -1,0 +1,139 @@
+"""One tensor: ``POST /v1/generate`` (the gRPC GenerateRequest as JSON) and the cacheable
+``GET /v1/generate/{initializer}`` (ETag, 304)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import Response
+
+from jaxinit.protocol.catalog import args_from_text
+from jaxinit.protocol.errors import InvalidArgument
+from jaxinit.protocol.keys import DEFAULT_IMPL, Key
+from jaxinit.protocol.wire import DIGESTED, JSON, NPY, OCTET
+from jaxinit_server.core import GenerateParams, Resolved, Service
+from jaxinit_server.rest.deps import CallerDep, OffLoopJSONRoute, ServiceDep, TelemetryDep, observe
+from jaxinit_server.rest.framing import check_json_size, negotiate, tensor_response
+from jaxinit_server.rest.schemas import GenerateBody
+from jaxinit_server.telemetry import Call
+
+__all__ = ["router"]
+
+router = APIRouter(route_class=OffLoopJSONRoute)
+TENSOR_MEDIA: dict[int | str, dict[str, Any]] = {200: {"content": {OCTET: {}, NPY: {}, JSON: {}, DIGESTED: {}}}}
+IMMUTABLE = "public, max-age=31536000, immutable"
+# With auth on, a shared cache (the load balancer's) must not hand one caller's answer to another.
+IMMUTABLE_PRIVATE = "private, max-age=31536000, immutable"
+# Query parameters of the GET form that are not initializer arguments.
+RESERVED = {
+    "shape", "dtype", "seed", "key_data", "key_impl", "key_fold_in", "threefry_partitionable", "enable_x64",
+    "offset", "count",
+}
+
+
+@router.post("/v1/generate", summary="Generate a tensor", response_class=Response, responses=TENSOR_MEDIA)
+async def generate(
+    request: Request,
+    body: GenerateBody,
+    service: ServiceDep,
+    telemetry: TelemetryDep,
+    caller: CallerDep,
+    x_request_id: Annotated[str | None, Header()] = None,
+) -> Response:
+    # Accept is content negotiation (the responses' media types say what it can be), read
+    # as a header rather than declared as a free-form parameter.
+    call = telemetry.call("http", "generate", x_request_id)
+
+    async def answer() -> Response:
+        media = negotiate(request.headers.get("accept"))
+        return await _respond(service, service.prepare(body.params()), media, {}, call, caller)
+
+    return await observe(call, answer(), request)
+
+
+@router.get(
+    "/v1/generate/{initializer}",
+    summary="Generate a tensor (GET form: cacheable, ETag, 304)",
+    response_class=Response,
+    responses={**TENSOR_MEDIA, 304: {"description": "not modified"}},
+)
+async def generate_get(
+    request: Request,
+    service: ServiceDep,
+    telemetry: TelemetryDep,
+    caller: CallerDep,
+    initializer: str,
+    shape: Annotated[str, Query(description="comma-separated dims, e.g. 784,256; empty for a scalar")],
+    dtype: str | None = None,
+    seed: int | None = None,
+    key_data: Annotated[str | None, Query(description="comma-separated uint32 words")] = None,
+    key_impl: str | None = None,
+    key_fold_in: Annotated[str | None, Query(description="comma-separated uint32s folded into the key")] = None,
+    threefry_partitionable: bool | None = None,
+    enable_x64: bool | None = None,
+    offset: Annotated[int | None, Query(description="first flat element of a range")] = None,
+    count: Annotated[int | None, Query(description="flat elements in the range")] = None,
+    if_none_match: Annotated[str | None, Header()] = None,
+    x_request_id: Annotated[str | None, Header()] = None,
+) -> Response:
+    call = telemetry.call("http", "generate_get", x_request_id)
+
+    async def answer() -> Response:
+        media = negotiate(request.headers.get("accept"))
+        key = None
+        if seed is not None or key_data is not None:
+            words = _int_list("key_data", key_data) if key_data is not None else None
+            folds = tuple(_int_list("key_fold_in", key_fold_in)) if key_fold_in else ()
+            key = Key(
+                seed=seed, data=None if words is None else tuple(words), impl=key_impl or DEFAULT_IMPL,
+                fold_in=folds,
+            )
+        text_args = {k: v for k, v in request.query_params.items() if k not in RESERVED}
+        resolved = service.prepare(
+            GenerateParams(
+                initializer=initializer,
+                shape=_int_list("shape", shape),
+                args=args_from_text(text_args),
+                dtype=dtype,
+                key=key,
+                threefry_partitionable=threefry_partitionable,
+                enable_x64=enable_x64,
+                offset=offset,
+                count=count,
+            )
+        )
+        etag = service.etag(resolved)
+        private = request.app.state.keyring is not None and request.app.state.keyring.enabled
+        headers = {"ETag": etag, "Cache-Control": IMMUTABLE_PRIVATE if private else IMMUTABLE, "Vary": "Accept"}
+        if if_none_match and (if_none_match.strip() == "*" or etag in _etags(if_none_match)):
+            call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
+            return Response(status_code=304, headers=headers)
+        return await _respond(service, resolved, media, headers, call, caller)
+
+    return await observe(call, answer(), request)
+
+
+async def _respond(
+    service: Service, resolved: Resolved, media: str, headers: dict[str, str], call: Call, caller: str
+) -> Response:
+    call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
+    if media == JSON:
+        check_json_size(service.limits, resolved, nested=True,
+                        instead="Ask for application/octet-stream or application/x-npy, or a range.")
+    tensor = await service.generate(resolved, gathered=media == JSON, caller=caller)
+    call.timings = tensor.timings
+    return await tensor_response(tensor, media, headers, service.limits.chunk_bytes)
+
+
+def _int_list(name: str, text: str) -> list[int]:
+    if not text.strip():
+        return []
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise InvalidArgument(f"{name} must be comma-separated integers, got {text!r}") from None
+
+
+def _etags(header: str) -> list[str]:
+    return [tag.strip().removeprefix("W/") for tag in header.split(",")]

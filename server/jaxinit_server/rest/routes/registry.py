@@ -1,0 +1,18 @@
+"""The registry: initializers, their arguments, dtypes, key implementations, the server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from jaxinit_server.rest.deps import OffLoopJSONRoute, ServiceDep
+
+__all__ = ["router"]
+
+router = APIRouter(route_class=OffLoopJSONRoute)
+
+
+@router.get("/v1/initializers", summary="The registry: initializers, arguments, dtypes, server")
+async def list_initializers(service: ServiceDep) -> dict[str, Any]:
+    return service.describe()
