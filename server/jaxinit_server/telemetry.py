@@ -117,6 +117,8 @@ class Telemetry:
                 ("jaxinit_whole_workers_killed", "Whole-tensor workers killed (caller gone, shutdown)"),
                 ("jaxinit_whole_workers_replaced", "Whole-tensor workers replaced for their size"),
                 ("jaxinit_admitted_bytes", "Memory held by admitted requests, as priced"),
+                ("jaxinit_chunking_disabled_families",
+                 "Chunked families the warm-up self-check found to differ from this JAX (they run whole)"),
             )
         }
         jax.monitoring.register_event_listener(self._jax_event)
@@ -134,6 +136,7 @@ class Telemetry:
             ("jaxinit_whole_workers_busy", (*pool, "busy")), ("jaxinit_whole_workers_waiting", (*pool, "waiting")),
             ("jaxinit_whole_workers_killed", (*pool, "killed")),
             ("jaxinit_whole_workers_replaced", (*pool, "replaced")), ("jaxinit_admitted_bytes", ("admission", "bytes")),
+            ("jaxinit_chunking_disabled_families", ("chunking", "disabled_count")),
         ):
             def read(path: tuple[str, ...] = path) -> float:
                 value: Any = state()

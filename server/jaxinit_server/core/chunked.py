@@ -22,7 +22,8 @@ key into blocks then) run whole.
 
 Only what is checked against eager JAX chunks here: threefry2x32 keys, both modes,
 real float dtypes, and the normal, uniform, truncated_normal and variance-scaling
-families. Everything else returns no plan and runs whole.
+families. Everything else returns no plan and runs whole, and so does a family the
+warm-up self-check found to differ from the installed JAX.
 """
 
 from __future__ import annotations
@@ -40,9 +41,10 @@ from jax import lax
 from jax.extend.random import define_prng_impl, threefry2x32_p
 
 from jaxinit.protocol.codec import DTYPES
+from jaxinit_server.core._jax_compat import UINT_DTYPES, compute_fans, iota_2x32_shape
 from jaxinit_server.core.request import Resolved
 
-__all__ = ["MAX_CHUNK", "Plan", "bucket", "chunkable", "chunks", "plan"]
+__all__ = ["FAMILIES", "MAX_CHUNK", "Plan", "bucket", "chunkable", "chunks", "disable", "disabled", "plan"]
 
 MIN_CHUNK = 2**12
 MAX_CHUNK = 2**20
@@ -66,16 +68,14 @@ VARIANCE_FAMILY: dict[str, tuple[float, str, str]] = {
 
 
 def _offset_bits(key: Any, bit_width: int, shape: tuple[int, ...]) -> Any:
-    # jax._src.random.threefry2x32._threefry_random_bits_partitionable, with the
-    # 64-bit counter shifted by the offset carried in the key.
-    from jax._src.random import prng
-
+    # JAX's _threefry_random_bits_partitionable, with the 64-bit counter shifted by the
+    # offset carried in the key.
     k1, k2, hi, lo = key[0], key[1], key[2], key[3]
-    counts_hi, counts_lo = prng.iota_2x32_shape(shape)
+    counts_hi, counts_lo = iota_2x32_shape(shape)
     counts_lo_sum = counts_lo + lo
     counts_hi_sum = counts_hi + hi + (counts_lo_sum < counts_lo).astype(np.uint32)
     bits1, bits2 = threefry2x32_p.bind(k1, k2, counts_hi_sum, counts_lo_sum)
-    dtype = prng.UINT_DTYPES[bit_width]
+    dtype = UINT_DTYPES[bit_width]
     if bit_width == 64:
         bits_hi = lax.convert_element_type(bits1, dtype)
         bits_lo = lax.convert_element_type(bits2, dtype)
@@ -99,13 +99,11 @@ def _legacy_words(k1: Any, k2: Any, j: Any, count: Any) -> Any:
 
 
 def _legacy_bits(key: Any, bit_width: int, shape: tuple[int, ...]) -> Any:
-    # jax._src.random.threefry2x32._threefry_random_bits_original (without its
-    # nblocks branch), for flat elements [offset, offset + n) of a tensor of `total`.
-    from jax._src.random import prng
-
+    # JAX's _threefry_random_bits_original (without its nblocks branch), for flat
+    # elements [offset, offset + n) of a tensor of `total`.
     k1, k2, off_hi, off_lo, total_hi, total_lo = (key[i] for i in range(6))
     n = math.prod(shape)
-    dtype = prng.UINT_DTYPES[bit_width]
+    dtype = UINT_DTYPES[bit_width]
     if bit_width == 64:  # 2 * total words; element i is (word i << 32) | word (total + i)
         i = lax.iota(np.uint32, n) + off_lo
         bits1, bits2 = threefry2x32_p.bind(k1, k2, i, i + total_lo)
@@ -156,6 +154,22 @@ class Plan:
     total: int | None = None
 
 
+# Families chunked when nothing disabled them; the warm-up self-check disables one whose
+# chunk differs from eager JAX (engine.self_check), and it then runs whole.
+FAMILIES = frozenset(SAMPLERS | set(VARIANCE_FAMILY) | {"variance_scaling"})
+_disabled: dict[str, str] = {}  # family -> why
+
+
+def disable(family: str, why: str) -> None:
+    """Make ``family`` run whole from now on (its chunks differed from eager JAX)."""
+    _disabled[family] = why
+
+
+def disabled() -> dict[str, str]:
+    """The families whose chunking is disabled, and why."""
+    return dict(_disabled)
+
+
 def chunkable(resolved: Resolved) -> bool:
     """Whether :func:`plan` makes a plan for ``resolved`` (cheap: no JAX work, any config).
 
@@ -166,7 +180,7 @@ def chunkable(resolved: Resolved) -> bool:
     if key is None or key.impl != "threefry2x32" or resolved.out_dtype not in FLOATS or total == 0:
         return False
     name = resolved.spec.name
-    if name not in SAMPLERS and name != "variance_scaling" and name not in VARIANCE_FAMILY:
+    if name not in FAMILIES or name in _disabled:
         return False
     # Legacy mode: JAX splits the key into blocks for 2**32 - 1 words or more.
     return resolved.threefry_partitionable or -(-LEGACY_BITS[resolved.out_dtype] * total // 32) < 2**32 - 1
@@ -207,12 +221,10 @@ def _family_plan(resolved: Resolved, dtype: Any) -> Plan | None:
 
 
 def _variance_plan(resolved: Resolved, scale: float, mode: str, distribution: str, dtype: Any) -> Plan:
-    # jax._src.nn.initializers.variance_scaling's init, floating branches, op for op.
-    from jax._src.nn.initializers import _compute_fans
-
+    # jax.nn.initializers.variance_scaling's init, floating branches, op for op.
     args = resolved.args
     axes = [tuple(a) if isinstance(a, list) else a for a in (args["in_axis"], args["out_axis"], args["batch_axis"])]
-    fan_in, fan_out = _compute_fans(resolved.shape, *axes)
+    fan_in, fan_out = compute_fans(resolved.shape, *axes)
     if mode == "fan_in":
         denominator: float = fan_in
     elif mode == "fan_out":

@@ -12,6 +12,7 @@ produced in chunks that replay the same eager sequence (see :mod:`chunked`).
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,15 +22,18 @@ import jax
 import numpy as np
 
 from jaxinit.protocol.codec import DTYPES, dtype_name
-from jaxinit.protocol.errors import InternalError, JaxError, TooLarge
+from jaxinit.protocol.errors import InternalError, JaxError, ServerUnavailable, TooLarge
 from jaxinit.protocol.keys import Key
 from jaxinit_server.core import chunked
 from jaxinit_server.core.registry import build
 from jaxinit_server.core.request import Resolved
 
 __all__ = [
-    "CHUNKED", "EMPTY", "FILL", "WHOLE", "Cost", "Generation", "check", "prepare", "price", "route", "run", "validate",
+    "CHUNKED", "EMPTY", "FILL", "WHOLE", "Cost", "Generation", "check", "prepare", "price", "route", "run",
+    "self_check", "validate",
 ]
+
+log = logging.getLogger("jaxinit_server.engine")
 
 # The producers a request can get; :func:`route` picks exactly one, before admission.
 EMPTY = "empty"  # no elements: answered without running XLA (JAX still checks the request)
@@ -189,27 +193,19 @@ def prepare(resolved: Resolved) -> Generation:
         return Generation(resolved, key_data, route=kind, array=np.empty(0, dtype))
     if kind == CHUNKED:
         with _config(resolved):
-            try:
-                the_plan = chunked.plan(resolved)
-            except Exception:  # JAX's own scale computation refused it: say it in JAX's words
-                the_plan = None
-            if the_plan is None:
-                check(resolved)
-                kind = WHOLE  # not expected: chunkable() promised a plan
-            else:
-                key_data = _make_key(resolved.key)[1]
-                plan = the_plan
+            plan = _plan(resolved)
+            key_data = _make_key(resolved.key)[1]
 
-                def pieces() -> Iterator[np.ndarray]:
-                    with _config(resolved):
-                        yield from chunked.chunks(plan, key_data, resolved.start, resolved.stop)
+        def pieces() -> Iterator[np.ndarray]:
+            with _config(resolved):
+                yield from chunked.chunks(plan, key_data, resolved.start, resolved.stop)
 
-                if resolved.stop - resolved.start <= chunked.MAX_CHUNK:  # one chunk at most: make it now
-                    only = chunked.chunks(plan, key_data, resolved.start, resolved.stop)
-                    array = next(only)
-                    only.close()  # type: ignore[attr-defined]
-                    return Generation(resolved, key_data, route=kind, array=array)
-                return Generation(resolved, key_data, route=kind, pieces=pieces)
+        if resolved.stop - resolved.start <= chunked.MAX_CHUNK:  # one chunk at most: make it now
+            only = pieces()
+            array = next(only)
+            only.close()  # type: ignore[attr-defined]
+            return Generation(resolved, key_data, route=kind, array=array)
+        return Generation(resolved, key_data, route=kind, pieces=pieces)
     if kind == FILL:
         pattern, key_data = _fill_pattern(resolved)
 
@@ -227,6 +223,26 @@ def prepare(resolved: Resolved) -> Generation:
         return Generation(resolved, key_data, route=kind, pieces=fill)
     array, key_data = run(resolved)
     return Generation(resolved, key_data, route=WHOLE, array=array.reshape(-1)[resolved.start : resolved.stop])
+
+
+def _plan(resolved: Resolved) -> chunked.Plan:
+    """The chunk plan that :func:`route` promised. JAX refusing the request (e.g. fans of a
+    1-D shape) is its JaxError; any other failure is jaxinit's, never a silent fall-back:
+    the family's chunking is disabled (loudly) and the caller told to retry, which then
+    runs it whole, priced as such."""
+    try:
+        the_plan = chunked.plan(resolved)
+    except Exception as exc:
+        check(resolved)  # raises JaxError when JAX itself refuses the request
+        the_plan, why = None, f"its chunk plan failed: {type(exc).__name__}: {exc}"
+    else:
+        why = "it made no chunk plan"
+    if the_plan is None:
+        name = resolved.spec.name
+        chunked.disable(name, why)
+        log.error("chunking disabled for %s: %s", name, why)
+        raise ServerUnavailable(f"{name} could not be made in chunks here ({why}); it now runs whole: retry")
+    return the_plan
 
 
 def _fill_pattern(resolved: Resolved) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -348,3 +364,49 @@ def _make_key(key: Key | None) -> tuple[Any, tuple[int, ...]]:
         jax_key = jax.random.fold_in(jax_key, np.uint32(x))
     data = np.asarray(jax.random.key_data(jax_key)).astype(np.uint32).ravel()
     return jax_key, tuple(int(w) for w in data)
+
+
+# The self-check's tensor: 4,800 elements, of which elements [100, 4196) are one chunk
+# whose counters start off zero.
+CHECK_SHAPE, CHECK_START, CHECK_COUNT = (48, 100), 100, 4096
+# (dtype, threefry_partitionable): 32-bit draws in both modes, and the legacy mode's 8-bit ones.
+CHECK_CASES = (("float32", True), ("float32", False), ("bfloat16", False))
+
+
+def self_check() -> dict[str, str]:
+    """Compare a chunk of every chunked family, in both PRNG modes, with what eager JAX makes
+    here; disable chunking (loudly) for each family that differs or fails, so that it runs
+    whole. Blocking (compiles a few programs): run at warm-up. Returns the disabled families."""
+    # fan_in and fan_avg with each distribution are the named families; this adds fan_out.
+    variants = {"variance_scaling": {"scale": 1.5, "mode": "fan_out", "distribution": "normal"}}
+    for name in sorted(chunked.FAMILIES - set(chunked.disabled())):
+        for dtype, partitionable in CHECK_CASES:
+            problem = _chunk_problem(name, variants.get(name, {}), dtype, partitionable)
+            if problem is not None:
+                chunked.disable(name, problem)
+                log.error("chunking disabled for %s, which now runs whole: %s", name, problem)
+                break
+    return chunked.disabled()
+
+
+def _chunk_problem(name: str, args: dict[str, Any], dtype: str, partitionable: bool) -> str | None:
+    """Why a chunk of ``name`` is not eager JAX's bytes, or None when it is."""
+    from jaxinit_server.core.request import GenerateParams, Limits, PrngDefaults, resolve
+
+    where = f"{dtype}, threefry_partitionable={partitionable}"
+    params = GenerateParams(name, CHECK_SHAPE, args=args, dtype=dtype, key=Key(seed=7), offset=CHECK_START,
+                            count=CHECK_COUNT)
+    try:
+        resolved = resolve(params, Limits(), PrngDefaults(partitionable, False))
+        with _config(resolved):
+            plan = chunked.plan(resolved)
+            if plan is None:
+                return f"no chunk plan ({where})"
+            key_data = _make_key(resolved.key)[1]
+            pieces = chunked.chunks(plan, key_data, resolved.start, resolved.stop)
+            got = b"".join(np.ascontiguousarray(piece).tobytes() for piece in pieces)
+        whole, _ = run(resolved)
+        want = np.ascontiguousarray(whole.reshape(-1)[resolved.start : resolved.stop]).tobytes()
+    except Exception as exc:  # a JAX that moved or changed what chunking replays
+        return f"the self-check failed ({where}): {type(exc).__name__}: {exc}"[:500]
+    return None if got == want else f"a chunk differs from eager JAX ({where})"

@@ -500,7 +500,9 @@ class Service:
                       ticket=ticket if owned else None, aborted=self.aborted, watch=self.stalls)
 
     def warm_up(self) -> None:
-        """Run one small request of each common kind, so the first real one is not slow."""
+        """Check the chunked families against eager JAX (disabling any that differs), then run
+        one small request of each common kind, so the first real one is not slow."""
+        engine.self_check()
         # Chunk programs for the common families and dtypes, in every chunk size.
         for dtype in ("float32", "bfloat16"):
             for name in ("lecun_normal", "he_normal", "glorot_uniform", "normal"):
@@ -519,6 +521,8 @@ class Service:
         return {
             "ready": self.ready,
             "whole_tensor_workers": self.whole.state(),
+            # Families the warm-up self-check found to differ from this JAX: they run whole.
+            "chunking": {"disabled": chunked.disabled(), "disabled_count": len(chunked.disabled())},
             "stalled_readers_disconnected": self.stalls.disconnected if self.stalls else 0,
             "admission": {"streams": self.admission.streams, "max_streams": self.admission.max_streams,
                           "bytes": self.admission.bytes, "max_bytes": self.admission.max_bytes,
