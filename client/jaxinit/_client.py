@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -58,7 +58,7 @@ class _BaseInitializer:
 
     def request(self, key: Any, shape: Any, dtype: Any = None, *, request_id: str = "") -> Request:
         """The :class:`Request` that ``self(key, shape, dtype)`` sends."""
-        return self._client._request(self.name, key, shape, dtype, self.args, request_id)
+        return cast(Request, self._client._request(self.name, key, shape, dtype, self.args, request_id))
 
     def __array__(self, *args: Any, **kwargs: Any) -> Any:
         raise InvalidArgument(
@@ -201,7 +201,7 @@ class _Resumption:
         wait = self.backoff * 2 ** (self.failures - 1) * (0.5 + random.random())
         if isinstance(error, Overloaded):
             wait = max(wait, error.retry_after or 0.0)
-        return wait
+        return float(wait)
 
 
 def _open_transport(

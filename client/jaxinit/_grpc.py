@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import grpc.aio
@@ -156,9 +156,9 @@ def _auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
 
 def translate(exc: grpc.RpcError, target: str) -> JaxinitError:
     """A gRPC failure as a jaxinit error."""
-    code = exc.code()  # type: ignore[attr-defined]
-    details = exc.details() or ""  # type: ignore[attr-defined]
-    metadata = dict(exc.trailing_metadata() or ())  # type: ignore[attr-defined]
+    code = exc.code()
+    details = exc.details() or ""
+    metadata = dict(exc.trailing_metadata() or ())
     type_name = metadata.get(ERROR_TYPE_KEY)
     if type_name is None and code == grpc.StatusCode.UNAVAILABLE:
         return ServerUnavailable(f"cannot reach the jaxinit server at {target}: {details}")
@@ -182,7 +182,8 @@ def interrupted(error: JaxinitError, collector: _Collector) -> JaxinitError:
 
 def _as_dict(message: pb.ListInitializersResponse) -> dict[str, Any]:
     """The same plain data the REST endpoint returns."""
-    return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    as_dict = MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    return cast("dict[str, Any]", as_dict)
 
 
 class GrpcTransport:

@@ -29,7 +29,7 @@ SMALL = 64 * 2**10  # bytes: below this the C parser is quick enough anywhere
 def _interruptible_decoder(parse_constant: Callable[[str], Any] | None = None) -> json.JSONDecoder:
     decoder = json.JSONDecoder(parse_constant=parse_constant)
     decoder.parse_string = json.decoder.py_scanstring  # type: ignore[attr-defined]
-    decoder.scan_once = json.scanner.py_make_scanner(decoder)  # type: ignore[attr-defined,no-untyped-call]
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)  # type: ignore[attr-defined]
     return decoder
 
 

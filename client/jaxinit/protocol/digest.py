@@ -24,4 +24,4 @@ class Hasher(Protocol):
 
 def new_hasher() -> Hasher:
     """An incremental xxh3-128 over bytes fed in order; ``digest()`` is big-endian."""
-    return xxhash.xxh3_128()  # type: ignore[no-any-return]
+    return xxhash.xxh3_128()

@@ -168,7 +168,7 @@ def mapping_for(error: JaxinitError) -> ErrorMapping:
     """The HTTP status and gRPC code for ``error`` (its nearest class in the table)."""
     for cls in type(error).__mro__:
         if cls in ERROR_TABLE:
-            return ERROR_TABLE[cls]  # type: ignore[index]
+            return ERROR_TABLE[cls]
     return ERROR_TABLE[InternalError]
 
 

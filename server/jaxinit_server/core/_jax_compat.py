@@ -24,9 +24,9 @@ UINT_DTYPES: dict[int, Any] = _prng.UINT_DTYPES
 
 def iota_2x32_shape(shape: tuple[int, ...]) -> tuple[Any, Any]:
     """The (high, low) 32-bit halves of each element's flat index: threefry's counters."""
-    return _prng.iota_2x32_shape(shape)  # type: ignore[no-any-return]
+    return _prng.iota_2x32_shape(shape)  # type: ignore[no-untyped-call,no-any-return]
 
 
 def compute_fans(shape: Sequence[int], in_axis: Any, out_axis: Any, batch_axis: Any) -> tuple[Any, Any]:
     """(fan_in, fan_out) exactly as ``jax.nn.initializers.variance_scaling`` computes them."""
-    return _compute_fans(shape, in_axis, out_axis, batch_axis)  # type: ignore[no-any-return]
+    return _compute_fans(shape, in_axis, out_axis, batch_axis)

@@ -58,9 +58,9 @@ def main() -> None:
     if cache_dir := os.environ.get("JAXINIT_COMPILATION_CACHE_DIR"):
         import jax
 
-        jax.config.update("jax_compilation_cache_dir", cache_dir)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+        jax.config.update("jax_compilation_cache_dir", cache_dir)  # type: ignore[no-untyped-call]
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # type: ignore[no-untyped-call]
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)  # type: ignore[no-untyped-call]
 
     from jaxinit.protocol.codec import to_wire_bytes
     from jaxinit.protocol.errors import InternalError, JaxinitError
@@ -92,7 +92,7 @@ def main() -> None:
         if rss_bytes() > soft_rss:  # per-shape programs and buffers: let them go
             import jax
 
-            jax.clear_caches()
+            jax.clear_caches()  # type: ignore[no-untyped-call]
         _trim()
         write_frame(stdout, {"rss": rss_bytes()})
 

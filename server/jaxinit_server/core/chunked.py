@@ -67,6 +67,11 @@ VARIANCE_FAMILY: dict[str, tuple[float, str, str]] = {
 }
 
 
+def _threefry2x32(k1: Any, k2: Any, x0: Any, x1: Any) -> tuple[Any, Any]:
+    """JAX's threefry2x32 hash of the counter pairs (x0, x1) under the key (k1, k2)."""
+    return threefry2x32_p.bind(k1, k2, x0, x1)  # type: ignore[no-untyped-call,no-any-return]
+
+
 def _offset_bits(key: Any, bit_width: int, shape: tuple[int, ...]) -> Any:
     # JAX's _threefry_random_bits_partitionable, with the 64-bit counter shifted by the
     # offset carried in the key.
@@ -74,7 +79,7 @@ def _offset_bits(key: Any, bit_width: int, shape: tuple[int, ...]) -> Any:
     counts_hi, counts_lo = iota_2x32_shape(shape)
     counts_lo_sum = counts_lo + lo
     counts_hi_sum = counts_hi + hi + (counts_lo_sum < counts_lo).astype(np.uint32)
-    bits1, bits2 = threefry2x32_p.bind(k1, k2, counts_hi_sum, counts_lo_sum)
+    bits1, bits2 = _threefry2x32(k1, k2, counts_hi_sum, counts_lo_sum)
     dtype = UINT_DTYPES[bit_width]
     if bit_width == 64:
         bits_hi = lax.convert_element_type(bits1, dtype)
@@ -94,7 +99,7 @@ def _legacy_words(k1: Any, k2: Any, j: Any, count: Any) -> Any:
     partner = j + half
     x0 = jnp.where(first, j, j - half)
     x1 = jnp.where(first, jnp.where(partner < count, partner, np.uint32(0)), j)
-    y0, y1 = threefry2x32_p.bind(k1, k2, x0, x1)
+    y0, y1 = _threefry2x32(k1, k2, x0, x1)
     return jnp.where(first, y0, y1)
 
 
@@ -106,7 +111,7 @@ def _legacy_bits(key: Any, bit_width: int, shape: tuple[int, ...]) -> Any:
     dtype = UINT_DTYPES[bit_width]
     if bit_width == 64:  # 2 * total words; element i is (word i << 32) | word (total + i)
         i = lax.iota(np.uint32, n) + off_lo
-        bits1, bits2 = threefry2x32_p.bind(k1, k2, i, i + total_lo)
+        bits1, bits2 = _threefry2x32(k1, k2, i, i + total_lo)
         bits_hi = lax.convert_element_type(bits1, dtype)
         bits_lo = lax.convert_element_type(bits2, dtype)
         return lax.reshape(lax.shift_left(bits_hi, jnp.asarray(32, dtype=dtype)) | bits_lo, shape)

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import jax
-import jaxlib
+import jaxlib.version as jaxlib_version
 
 import jaxinit_server
 from jaxinit_server.core.request import PrngDefaults
@@ -42,7 +42,7 @@ def server_identity() -> ServerIdentity:
     return ServerIdentity(
         jaxinit_version=jaxinit_server.__version__,
         jax_version=jax.__version__,
-        jaxlib_version=jaxlib.__version__,
+        jaxlib_version=jaxlib_version.__version__,
         backend=jax.default_backend(),
         device_kind=device.device_kind,
         defaults=PrngDefaults(

@@ -7,7 +7,7 @@ getattr, eval or import.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import jax.nn.initializers as jinit
 import numpy as np
@@ -71,4 +71,4 @@ def build(spec: InitializerSpec, args: dict[str, Any]) -> Callable[..., Any]:
             # arrays and scalars, not Python lists.
             value = np.asarray(value)
         kwargs[arg.name] = value
-    return builder(**kwargs)
+    return cast("Callable[..., Any]", builder(**kwargs))

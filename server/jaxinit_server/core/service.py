@@ -271,9 +271,9 @@ class Service:
     ) -> None:
         if compilation_cache_dir:
             # Every program, however quick to compile, so a restart compiles nothing it had.
-            jax.config.update("jax_compilation_cache_dir", compilation_cache_dir)
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-            jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+            jax.config.update("jax_compilation_cache_dir", compilation_cache_dir)  # type: ignore[no-untyped-call]
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # type: ignore[no-untyped-call]
+            jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)  # type: ignore[no-untyped-call]
         self.limits = limits or Limits()
         self.admission = Admission(
             self.limits.max_streams, self.limits.max_inflight_bytes,

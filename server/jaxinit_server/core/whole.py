@@ -105,8 +105,8 @@ class WholeJob:
             self._pool._done(worker, healthy=True)
             raise ServerUnavailable("the request was cancelled")
         try:
-            write_frame(worker.stdin, self.resolved)  # type: ignore[arg-type]
-            header = read_frame(worker.stdout)  # type: ignore[arg-type]
+            write_frame(worker.stdin, self.resolved)
+            header = read_frame(worker.stdout)
         except (EOFError, OSError, ValueError):
             error = worker.died() if self._pool.open else _stopping()
             self.close()
@@ -137,7 +137,7 @@ class WholeJob:
                     data += more
                 left -= len(data)
                 yield np.frombuffer(data, dtype=dtype)
-            worker.rss = int(read_frame(worker.stdout).get("rss", 0))  # type: ignore[arg-type]
+            worker.rss = int(read_frame(worker.stdout).get("rss", 0))
         except (EOFError, OSError, ValueError):
             error = worker.died() if self._pool.open else _stopping()
             self.close()

@@ -126,7 +126,7 @@ def error_to_proto(error: JaxinitError, request_id: str) -> pb.TensorChunk:
     )
 
 
-class InitializersServicer(pb_grpc.InitializersServicer):
+class InitializersServicer(pb_grpc.InitializersServicer):  # type: ignore[misc]
     def __init__(self, service: Service, telemetry: Telemetry, keyring: KeyRing | None = None) -> None:
         self._service = service
         self._telemetry = telemetry

@@ -59,7 +59,7 @@ def _inputs(request: pb.ModelInferRequest) -> list[Input]:
     return out
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
     def __init__(self, service: Service, telemetry: Telemetry, keyring: KeyRing | None = None) -> None:
         self._service = service
         self._telemetry = telemetry

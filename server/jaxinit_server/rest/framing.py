@@ -121,7 +121,7 @@ def _npy_header(tensor: Tensor) -> bytes:
     buffer = io.BytesIO()
     descr = np.lib.format.dtype_to_descr(DTYPES[tensor.dtype].newbyteorder("<"))
     header = {"descr": descr, "fortran_order": False, "shape": tensor.sent_shape}
-    np.lib.format.write_array_header_1_0(buffer, header)  # type: ignore[no-untyped-call]
+    np.lib.format.write_array_header_1_0(buffer, header)
     return buffer.getvalue()
 
 
