@@ -55,6 +55,7 @@ load: setup system-tools
 
 lint: setup
 	$(VENV)/bin/ruff check client server tests scripts bench deploy
+	$(VENV)/bin/ruff format --check client server tests scripts bench deploy
 
 typecheck: setup
 	$(VENV)/bin/mypy client/jaxinit server/jaxinit_server

@@ -29,13 +29,24 @@ def main() -> None:
     shape = [int(d) for d in sys.argv[1].split(",")]
     payload = np.random.default_rng(0).standard_normal(shape).astype(np.float32).tobytes()
     provenance = pb.Provenance(jax_version="bare", key_impl="threefry2x32", key_data=[0, 0])
-    header = pb.TensorChunk(header=pb.TensorHeader(
-        shape=shape, dtype="float32", byte_order="little", total_bytes=len(payload), chunk_bytes=CHUNK,
-        provenance=provenance))
-    chunks = [pb.TensorChunk(data=pb.DataChunk(offset=o, data=payload[o:o + CHUNK]))
-              for o in range(0, len(payload), CHUNK)]
-    headers = {"X-Jaxinit-Shape": ",".join(map(str, shape)), "X-Jaxinit-Dtype": "float32",
-               "X-Jaxinit-Provenance": json.dumps({"jax_version": "bare"})}
+    header = pb.TensorChunk(
+        header=pb.TensorHeader(
+            shape=shape,
+            dtype="float32",
+            byte_order="little",
+            total_bytes=len(payload),
+            chunk_bytes=CHUNK,
+            provenance=provenance,
+        )
+    )
+    chunks = [
+        pb.TensorChunk(data=pb.DataChunk(offset=o, data=payload[o : o + CHUNK])) for o in range(0, len(payload), CHUNK)
+    ]
+    headers = {
+        "X-Jaxinit-Shape": ",".join(map(str, shape)),
+        "X-Jaxinit-Dtype": "float32",
+        "X-Jaxinit-Provenance": json.dumps({"jax_version": "bare"}),
+    }
 
     class Bare(pb_grpc.InitializersServicer):
         async def Generate(self, request, context):  # type: ignore[no-untyped-def]

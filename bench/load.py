@@ -32,8 +32,8 @@ import httpx
 import numpy as np
 
 import jaxinit
-from jaxinit.protocol.codec import to_wire_bytes
 from jaxinit._http import get_url
+from jaxinit.protocol.codec import to_wire_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "deploy"))
@@ -63,8 +63,13 @@ MIX = (
     Item(10, "he_normal", (), (64, 3, 3, 32), "float16"),
     Item(10, "zeros", (), (4096,), "float32"),
     Item(5, "orthogonal", (), (128, 128), "float32"),
-    Item(5, "variance_scaling", (("scale", 2.0), ("mode", "fan_avg"), ("distribution", "uniform")),
-         (2048, 2048), "float32"),  # 16 MiB: long enough streams for the drills to cut
+    Item(
+        5,
+        "variance_scaling",
+        (("scale", 2.0), ("mode", "fan_avg"), ("distribution", "uniform")),
+        (2048, 2048),
+        "float32",
+    ),  # 16 MiB: long enough streams for the drills to cut
 )
 MODES = ("grpc", "rest", "rest-get")
 
@@ -151,7 +156,12 @@ class Workload:
 
 
 async def drive(
-    workload: Workload, *, duration: float, requests: int | None, concurrency: int, seed: int,
+    workload: Workload,
+    *,
+    duration: float,
+    requests: int | None,
+    concurrency: int,
+    seed: int,
     busy: Callable[[], bool] = lambda: False,
 ) -> list[Result]:
     """Requests from ``concurrency`` workers until ``duration`` has passed (and ``busy()`` is
@@ -295,14 +305,20 @@ def run_load(args: argparse.Namespace) -> dict[str, Any]:
             workload = Workload(grpc_url, http_url, digests, args.retries)
             try:
                 return await drive(
-                    workload, duration=args.duration, requests=args.requests, concurrency=args.concurrency,
-                    seed=args.seed, busy=lambda: drill is not None and drill.is_alive(),
+                    workload,
+                    duration=args.duration,
+                    requests=args.requests,
+                    concurrency=args.concurrency,
+                    seed=args.seed,
+                    busy=lambda: drill is not None and drill.is_alive(),
                 )
             finally:
                 await workload.close()
 
-        print(f"load: {args.concurrency} workers, {args.duration} s, drill {args.drill}, via {grpc_url} and {http_url}",
-              flush=True)
+        print(
+            f"load: {args.concurrency} workers, {args.duration} s, drill {args.drill}, via {grpc_url} and {http_url}",
+            flush=True,
+        )
         started = time.perf_counter()
         if drill is not None:
             drill.start()
@@ -313,8 +329,11 @@ def run_load(args: argparse.Namespace) -> dict[str, Any]:
             drill.join(240)
         summary = summarize(run)
         summary["config"] = {
-            "duration": args.duration, "concurrency": args.concurrency, "drill": args.drill,
-            "replicas": len(topology.replicas) if topology else None, "mix": [m.label for m in MIX],
+            "duration": args.duration,
+            "concurrency": args.concurrency,
+            "drill": args.drill,
+            "replicas": len(topology.replicas) if topology else None,
+            "mix": [m.label for m in MIX],
         }
         if topology is not None:
             summary["replica_exit_codes_ok"] = not any(e.startswith("FAIL") for e in run.events)
@@ -329,8 +348,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--drill", choices=("none", "kill", "rolling"), default="none")
     p.add_argument("--retries", type=int, default=4, help="client retries per request (default 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the request mix")
-    p.add_argument("--warm-up", action=argparse.BooleanOptionalAction, default=True,
-                   help="replicas warm up before ready (default on)")
+    p.add_argument(
+        "--warm-up",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="replicas warm up before ready (default on)",
+    )
     p.add_argument("--grpc", help="an existing deployment's gRPC URL (grpc://HOST:PORT)")
     p.add_argument("--http", help="an existing deployment's HTTP URL")
     p.add_argument("--json", type=Path, help="also write the summary here")

@@ -72,23 +72,30 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def stats_ms(values: list[float]) -> dict[str, float]:
-    return {"n": len(values), "p50_ms": percentile(values, 50) * 1e3, "p99_ms": percentile(values, 99) * 1e3,
-            "max_ms": max(values) * 1e3 if values else float("nan")}
+    return {
+        "n": len(values),
+        "p50_ms": percentile(values, 50) * 1e3,
+        "p99_ms": percentile(values, 99) * 1e3,
+        "max_ms": max(values) * 1e3 if values else float("nan"),
+    }
 
 
 # --- heavy requests (run in the load process) ------------------------------------------------
+
 
 class Overloaded(Exception):
     def __init__(self, retry_after: float | None) -> None:
         self.retry_after = retry_after
 
 
-def _read_stream(http: httpx.Client, path: str, body: dict[str, Any] | bytes, stop: Any,
-                 headers: dict[str, str] | None = None) -> str:
+def _read_stream(
+    http: httpx.Client, path: str, body: dict[str, Any] | bytes, stop: Any, headers: dict[str, str] | None = None
+) -> str:
     """POST, read the answer to its end and throw it away; "cut" when ``stop`` came first."""
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    with http.stream("POST", path, content=content,
-                     headers={"Content-Type": "application/json", **(headers or {})}) as response:
+    with http.stream(
+        "POST", path, content=content, headers={"Content-Type": "application/json", **(headers or {})}
+    ) as response:
         if response.status_code == 429:
             raise Overloaded(float(response.headers.get("retry-after", 0)) or None)
         if response.status_code != 200:
@@ -158,8 +165,9 @@ class HeavyStats:
     in_flight: bool = False
 
 
-def _heavy_loop(kind: str, index: int, grpc_url: str, http_url: str, stop: Any, deadline: float,
-                stats: HeavyStats) -> None:
+def _heavy_loop(
+    kind: str, index: int, grpc_url: str, http_url: str, stop: Any, deadline: float, stats: HeavyStats
+) -> None:
     run = HEAVY[kind][1]
     clients = Clients(jaxinit.Client(grpc_url, retries=0, timeout=300), httpx.Client(base_url=http_url, timeout=300))
     seed = 1000 * index
@@ -196,8 +204,10 @@ def heavy_process(kind: str, n: int, grpc_url: str, http_url: str, stop: Any, co
     (or ``limit_s``); then sends its counts and exits, cutting what is still in flight."""
     deadline = time.monotonic() + limit_s
     stats = [HeavyStats() for _ in range(n)]
-    threads = [threading.Thread(target=_heavy_loop, args=(kind, i, grpc_url, http_url, stop, deadline, stats[i]),
-                                daemon=True) for i in range(n)]
+    threads = [
+        threading.Thread(target=_heavy_loop, args=(kind, i, grpc_url, http_url, stop, deadline, stats[i]), daemon=True)
+        for i in range(n)
+    ]
     for thread in threads:
         thread.start()
     conn.send("started")
@@ -207,24 +217,31 @@ def heavy_process(kind: str, n: int, grpc_url: str, http_url: str, stop: Any, co
     for thread in threads:
         thread.join(max(0.0, until - time.monotonic()))
     seconds = [s for st in stats for s in st.seconds]
-    conn.send({
-        "ok": sum(s.ok for s in stats), "overloaded_429": sum(s.overloaded for s in stats),
-        "errors": sum(s.errors for s in stats),
-        "cut": sum(s.cut for s in stats) + sum(1 for s in stats if s.in_flight),
-        "p50_s": percentile(seconds, 50), "max_s": max(seconds) if seconds else float("nan"),
-        "messages": [m for s in stats for m in s.messages][:5],
-    })
+    conn.send(
+        {
+            "ok": sum(s.ok for s in stats),
+            "overloaded_429": sum(s.overloaded for s in stats),
+            "errors": sum(s.errors for s in stats),
+            "cut": sum(s.cut for s in stats) + sum(1 for s in stats if s.in_flight),
+            "p50_s": percentile(seconds, 50),
+            "max_s": max(seconds) if seconds else float("nan"),
+            "messages": [m for s in stats for m in s.messages][:5],
+        }
+    )
     conn.close()
     os._exit(0)  # threads still blocked in a call are cut: their connections close
 
 
 # --- part 1: the probe ----------------------------------------------------------------------
 
+
 def lag_histogram(http: httpx.Client) -> dict[float, float]:
     """jaxinit_event_loop_lag_seconds buckets (le -> cumulative count), +inf included."""
     text = http.get("/metrics").text
-    out = {float(le): float(v) for le, v in
-           re.findall(r'^jaxinit_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$', text, re.M)}
+    out = {
+        float(le): float(v)
+        for le, v in re.findall(r'^jaxinit_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$', text, re.M)
+    }
     return out
 
 
@@ -233,8 +250,12 @@ def lag_delta(before: dict[float, float], after: dict[float, float]) -> dict[str
     turns = delta.get(float("inf"), 0.0)
     over = turns - delta.get(0.1, 0.0)
     worst = min((le for le, v in delta.items() if v >= turns), default=float("inf")) if turns else float("nan")
-    return {"turns": int(turns), "over_100ms": int(over), "over_100ms_fraction": over / turns if turns else 0.0,
-            "worst_at_most_s": worst}
+    return {
+        "turns": int(turns),
+        "over_100ms": int(over),
+        "over_100ms_fraction": over / turns if turns else 0.0,
+        "worst_at_most_s": worst,
+    }
 
 
 def wait_quiet(http: httpx.Client, limit: float = 60.0) -> float:
@@ -259,9 +280,11 @@ def probe(srv: Any, seconds: float, expected: dict[int, bytes]) -> dict[str, Any
     messages: list[str] = []
     wrong = 0
     peak = {"busy": 0, "waiting": 0, "streams": 0, "admitted_mib": 0.0}
-    with jaxinit.Client(srv.grpc_url, retries=0, timeout=60) as grpc_client, \
-            jaxinit.Client(srv.http_url, retries=0, timeout=60) as http_client, \
-            httpx.Client(base_url=srv.http_url, timeout=60) as http:
+    with (
+        jaxinit.Client(srv.grpc_url, retries=0, timeout=60) as grpc_client,
+        jaxinit.Client(srv.http_url, retries=0, timeout=60) as http_client,
+        httpx.Client(base_url=srv.http_url, timeout=60) as http,
+    ):
         clients = {"grpc": grpc_client, "http": http_client}
         end = time.monotonic() + seconds
         rounds = 0
@@ -286,22 +309,32 @@ def probe(srv: Any, seconds: float, expected: dict[int, bytes]) -> dict[str, Any
                 samples["healthz"].append(time.perf_counter() - started)
                 state = http.get("/readyz").json()  # not timed: what the server is holding now
                 pool, admission = state["whole_tensor_workers"], state["admission"]
-                peak = {"busy": max(peak["busy"], pool["busy"]), "waiting": max(peak["waiting"], pool["waiting"]),
-                        "streams": max(peak["streams"], admission["streams"]),
-                        "admitted_mib": max(peak["admitted_mib"], admission["bytes"] / MiB)}
+                peak = {
+                    "busy": max(peak["busy"], pool["busy"]),
+                    "waiting": max(peak["waiting"], pool["waiting"]),
+                    "streams": max(peak["streams"], admission["streams"]),
+                    "admitted_mib": max(peak["admitted_mib"], admission["bytes"] / MiB),
+                }
             except Exception as exc:
                 errors["healthz"] += 1
                 if len(messages) < 5:
                     messages.append(f"healthz: {type(exc).__name__}: {exc}"[:300])
             time.sleep(PROBE_PAUSE)
     probes = sum(len(v) for k, v in samples.items() if k != "healthz")
-    return {**{k: stats_ms(v) for k, v in samples.items()}, "errors": errors, "messages": messages,
-            "answers_checked": probes, "answers_wrong": wrong, "all_correct": wrong == 0 and probes > 0,
-            "server_peak": peak}
+    return {
+        **{k: stats_ms(v) for k, v in samples.items()},
+        "errors": errors,
+        "messages": messages,
+        "answers_checked": probes,
+        "answers_wrong": wrong,
+        "all_correct": wrong == 0 and probes > 0,
+        "server_peak": peak,
+    }
 
 
-def window(ctx: Any, srv: Any, http: httpx.Client, kind: str | None, n: int, seconds: float,
-           expected: dict[int, bytes]) -> dict[str, Any]:
+def window(
+    ctx: Any, srv: Any, http: httpx.Client, kind: str | None, n: int, seconds: float, expected: dict[int, bytes]
+) -> dict[str, Any]:
     """One row of part 1: ``n`` heavy ``kind`` requests at once while the probe runs."""
     before_state = http.get("/readyz").json()
     heavy: dict[str, Any] = {}
@@ -309,8 +342,9 @@ def window(ctx: Any, srv: Any, http: httpx.Client, kind: str | None, n: int, sec
     if kind and n:
         stop = ctx.Event()
         receiver, sender = ctx.Pipe(duplex=False)
-        child = ctx.Process(target=heavy_process, daemon=True,
-                            args=(kind, n, srv.grpc_url, srv.http_url, stop, sender, seconds + 60))
+        child = ctx.Process(
+            target=heavy_process, daemon=True, args=(kind, n, srv.grpc_url, srv.http_url, stop, sender, seconds + 60)
+        )
         child.start()
         if not receiver.poll(60):
             heavy["messages"] = ["the load process did not start"]
@@ -330,14 +364,22 @@ def window(ctx: Any, srv: Any, http: httpx.Client, kind: str | None, n: int, sec
     drain = wait_quiet(http)
     after_state = http.get("/readyz").json()
     pool_before, pool_after = before_state["whole_tensor_workers"], after_state["whole_tensor_workers"]
-    return {"kind": kind or "none", "concurrency": n, "window_s": seconds, "heavy": heavy, "probe": result,
-            "event_loop_lag": lag, "drain_s": round(drain, 2),
-            "workers_killed": pool_after["killed"] - pool_before["killed"],
-            "workers_replaced": pool_after["replaced"] - pool_before["replaced"],
-            "rss_after_mib": mib(RssSampler(srv.process.pid).breakdown())}
+    return {
+        "kind": kind or "none",
+        "concurrency": n,
+        "window_s": seconds,
+        "heavy": heavy,
+        "probe": result,
+        "event_loop_lag": lag,
+        "drain_s": round(drain, 2),
+        "workers_killed": pool_after["killed"] - pool_before["killed"],
+        "workers_replaced": pool_after["replaced"] - pool_before["replaced"],
+        "rss_after_mib": mib(RssSampler(srv.process.pid).breakdown()),
+    }
 
 
 # --- part 2: peak RSS -----------------------------------------------------------------------
+
 
 class RssSampler:
     """RSS of a process and all its children, summed, every ``period`` s, in a thread."""
@@ -392,9 +434,13 @@ class RssSampler:
 
 
 def _kserve_body(shape: list[int]) -> dict[str, Any]:
-    return {"inputs": [{"name": "shape", "datatype": "INT64", "shape": [len(shape)], "data": shape},
-                       {"name": "seed", "datatype": "INT64", "shape": [1], "data": [0]}],
-            "outputs": [{"name": "output", "parameters": {"binary_data": True}}]}
+    return {
+        "inputs": [
+            {"name": "shape", "datatype": "INT64", "shape": [len(shape)], "data": shape},
+            {"name": "seed", "datatype": "INT64", "shape": [1], "data": [0]},
+        ],
+        "outputs": [{"name": "output", "parameters": {"binary_data": True}}],
+    }
 
 
 def _gen(shape: list[int], **extra: Any) -> dict[str, Any]:
@@ -407,16 +453,35 @@ RSS_CLASSES: list[tuple[str, int, str, dict[str, Any], dict[str, str]]] = [
     ("chunked `normal` 32768x32768 (4 GiB) stream", 4 * 2**30, "/v1/generate", _gen([32768, 32768]), OCTET),
     ("whole `orthogonal` 4096x4096", 64 * MiB, "/v1/generate", _gen([4096, 4096], initializer="orthogonal"), OCTET),
     ("whole `normal` complex64 8192x8192", 512 * MiB, "/v1/generate", _gen([8192, 8192], dtype="complex64"), OCTET),
-    ("whole `normal` rbg key 8192x8192", 256 * MiB, "/v1/generate",
-     {**_gen([8192, 8192]), "key": {"seed": 0, "impl": "rbg"}}, OCTET),
-    ("legacy (threefry_partitionable=False) `normal` 1 GiB stream", 2**30, "/v1/generate",
-     _gen([16384, 16384], prng={"threefry_partitionable": False}), OCTET),
-    ("JSON answer at the element cap (1024x1024)", 4 * MiB, "/v1/generate", _gen([1024, 1024]),
-     {"Accept": "application/json"}),
+    (
+        "whole `normal` rbg key 8192x8192",
+        256 * MiB,
+        "/v1/generate",
+        {**_gen([8192, 8192]), "key": {"seed": 0, "impl": "rbg"}},
+        OCTET,
+    ),
+    (
+        "legacy (threefry_partitionable=False) `normal` 1 GiB stream",
+        2**30,
+        "/v1/generate",
+        _gen([16384, 16384], prng={"threefry_partitionable": False}),
+        OCTET,
+    ),
+    (
+        "JSON answer at the element cap (1024x1024)",
+        4 * MiB,
+        "/v1/generate",
+        _gen([1024, 1024]),
+        {"Accept": "application/json"},
+    ),
     ("KServe binary answer, 1 GiB", 2**30, "/v2/models/normal/infer", _kserve_body([16384, 16384]), {}),
-    ("model `.npz`, one 8192x8192 param (256 MiB)", 256 * MiB, "/v1/models/init",
-     {"model": {"params": [{"path": "w", "initializer": "normal", "shape": [8192, 8192]}]}, "key": {"seed": 0}},
-     {"Accept": "application/x-npz"}),
+    (
+        "model `.npz`, one 8192x8192 param (256 MiB)",
+        256 * MiB,
+        "/v1/models/init",
+        {"model": {"params": [{"path": "w", "initializer": "normal", "shape": [8192, 8192]}]}, "key": {"seed": 0}},
+        {"Accept": "application/x-npz"},
+    ),
 ]
 
 
@@ -434,9 +499,11 @@ def fill_pool(srv: Any, workers: int = 2) -> None:
     """Whole-tensor workers killed (a caller gone) or replaced (too big) are started again
     only by the next whole-tensor request; start them now, so that a worker's start-up
     is not counted as a request's memory."""
+
     def one(_: int) -> None:
         with contextlib.suppress(Exception), jaxinit.Client(srv.grpc_url, retries=0, timeout=120) as client:
             client.generate("orthogonal", 0, (64, 64))
+
     threads = [threading.Thread(target=one, args=(i,)) for i in range(workers)]
     for thread in threads:
         thread.start()
@@ -448,15 +515,32 @@ def mib(breakdown: dict[str, Any]) -> dict[str, Any]:
     return {k: (round(v / MiB, 1) if k != "processes" else v) for k, v in breakdown.items()}
 
 
-def rss_row(label: str, nbytes: int, seconds: float, status: str, read: int, baseline: dict[str, Any],
-            peak: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    return {"class": label, "tensor_bytes": nbytes, "seconds": round(seconds, 2), "status": status,
-            "bytes_read": read, "baseline_mib": baseline["total"] / MiB, "peak_mib": peak["total"] / MiB,
-            "growth_mib": (peak["total"] - baseline["total"]) / MiB,
-            "growth_server_mib": (peak["main"] - baseline["main"]) / MiB,
-            "growth_workers_mib": (peak["children"] - baseline["children"]) / MiB,
-            "after_mib": after["total"] / MiB, "baseline": mib(baseline), "after": mib(after),
-            "back": after["total"] - baseline["total"] <= 64 * MiB}
+def rss_row(
+    label: str,
+    nbytes: int,
+    seconds: float,
+    status: str,
+    read: int,
+    baseline: dict[str, Any],
+    peak: dict[str, Any],
+    after: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "class": label,
+        "tensor_bytes": nbytes,
+        "seconds": round(seconds, 2),
+        "status": status,
+        "bytes_read": read,
+        "baseline_mib": baseline["total"] / MiB,
+        "peak_mib": peak["total"] / MiB,
+        "growth_mib": (peak["total"] - baseline["total"]) / MiB,
+        "growth_server_mib": (peak["main"] - baseline["main"]) / MiB,
+        "growth_workers_mib": (peak["children"] - baseline["children"]) / MiB,
+        "after_mib": after["total"] / MiB,
+        "baseline": mib(baseline),
+        "after": mib(after),
+        "back": after["total"] - baseline["total"] <= 64 * MiB,
+    }
 
 
 def peak_rss(srv: Any, http: httpx.Client, back_within: float) -> list[dict[str, Any]]:
@@ -494,9 +578,12 @@ def peak_rss(srv: Any, http: httpx.Client, back_within: float) -> list[dict[str,
             if after["processes"] < baseline["processes"]:  # a worker replaced: start it now, not in the next row
                 fill_pool(srv)
             r = rows[-1]
-            print(f"  {label}: {status}, {seconds:.1f} s, peak +{r['growth_mib']:.0f} MiB "
-                  f"(server +{r['growth_server_mib']:.0f}, workers +{r['growth_workers_mib']:.0f}), "
-                  f"after {r['after_mib']:.0f} MiB", flush=True)
+            print(
+                f"  {label}: {status}, {seconds:.1f} s, peak +{r['growth_mib']:.0f} MiB "
+                f"(server +{r['growth_server_mib']:.0f}, workers +{r['growth_workers_mib']:.0f}), "
+                f"after {r['after_mib']:.0f} MiB",
+                flush=True,
+            )
     return rows
 
 
@@ -513,11 +600,20 @@ def left_behind(srv: Any, http: httpx.Client, before: dict[str, Any], within: fl
         time.sleep(0.5)
         now = sampler.breakdown()
         lowest = now if now["total"] < lowest["total"] else lowest
-    return rss_row(f"idle, after part 1's load (lowest in {time.monotonic() - started:.0f} s)", 0,
-                   time.monotonic() - started, "ok", 0, before, lowest, lowest)
+    return rss_row(
+        f"idle, after part 1's load (lowest in {time.monotonic() - started:.0f} s)",
+        0,
+        time.monotonic() - started,
+        "ok",
+        0,
+        before,
+        lowest,
+        lowest,
+    )
 
 
 # --- report ---------------------------------------------------------------------------------
+
 
 def finite(value: Any) -> Any:
     """``value`` with NaN and infinities as None: strict JSON."""
@@ -529,39 +625,52 @@ def finite(value: Any) -> Any:
         return [finite(v) for v in value]
     return value
 
+
 def _cell(s: dict[str, float]) -> str:
     return "–" if not s["n"] else f"{s['p50_ms']:.1f} / {s['p99_ms']:.1f} / {s['max_ms']:.0f}"
 
 
 def latency_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| heavy load | n | heavy ok / 429 / err / cut | gRPC 256² p50 / p99 / max ms | "
-             "HTTP 256² p50 / p99 / max ms | /healthz p50 / p99 / max ms | loop lag > 100 ms | probes correct (n) |",
-             "|---|---:|---|---|---|---|---|---|"]
+    lines = [
+        "| heavy load | n | heavy ok / 429 / err / cut | gRPC 256² p50 / p99 / max ms | "
+        "HTTP 256² p50 / p99 / max ms | /healthz p50 / p99 / max ms | loop lag > 100 ms | probes correct (n) |",
+        "|---|---:|---|---|---|---|---|---|",
+    ]
     for row in rows:
         h, p, lag = row["heavy"], row["probe"], row["event_loop_lag"]
         label = HEAVY[row["kind"]][0] if row["kind"] in HEAVY else "none"
-        heavy = f"{h.get('ok', 0)} / {h.get('overloaded_429', 0)} / {h.get('errors', 0)} / {h.get('cut', 0)}" \
-            if row["concurrency"] else "–"
+        heavy = (
+            f"{h.get('ok', 0)} / {h.get('overloaded_429', 0)} / {h.get('errors', 0)} / {h.get('cut', 0)}"
+            if row["concurrency"]
+            else "–"
+        )
         worst = lag["worst_at_most_s"]
         worst_text = "" if worst != worst else f" (max ≤ {worst:g} s)"
         errors = sum(p["errors"].values())
-        correct = (f"yes ({p['answers_checked']})" if p["all_correct"] else f"NO ({p['answers_wrong']} wrong)") + \
-            (f", {errors} errors" if errors else "")
-        lines.append(f"| {label} | {row['concurrency']} | {heavy} | {_cell(p['grpc'])} | {_cell(p['http'])} | "
-                     f"{_cell(p['healthz'])} | {100 * lag['over_100ms_fraction']:.1f}%{worst_text} | {correct} |")
+        correct = (f"yes ({p['answers_checked']})" if p["all_correct"] else f"NO ({p['answers_wrong']} wrong)") + (
+            f", {errors} errors" if errors else ""
+        )
+        lines.append(
+            f"| {label} | {row['concurrency']} | {heavy} | {_cell(p['grpc'])} | {_cell(p['http'])} | "
+            f"{_cell(p['healthz'])} | {100 * lag['over_100ms_fraction']:.1f}%{worst_text} | {correct} |"
+        )
     return "\n".join(lines)
 
 
 def rss_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| request (one at a time) | seconds | baseline, MiB | peak − baseline, MiB (server / workers) | "
-             "RSS after, MiB (server + workers) | status |",
-             "|---|---:|---:|---|---|---|"]
+    lines = [
+        "| request (one at a time) | seconds | baseline, MiB | peak − baseline, MiB (server / workers) | "
+        "RSS after, MiB (server + workers) | status |",
+        "|---|---:|---:|---|---|---|",
+    ]
     for r in rows:
         back = "" if r["back"] else " **not back**"
         after = r["after"]
-        lines.append(f"| {r['class']} | {r['seconds']:.1f} | {r['baseline_mib']:.0f} | {r['growth_mib']:.0f} "
-                     f"({r['growth_server_mib']:.0f} / {r['growth_workers_mib']:.0f}) | {after['total']:.0f} "
-                     f"({after['main']:.0f} + {after['children']:.0f}){back} | {r['status']} |")
+        lines.append(
+            f"| {r['class']} | {r['seconds']:.1f} | {r['baseline_mib']:.0f} | {r['growth_mib']:.0f} "
+            f"({r['growth_server_mib']:.0f} / {r['growth_workers_mib']:.0f}) | {after['total']:.0f} "
+            f"({after['main']:.0f} + {after['children']:.0f}){back} | {r['status']} |"
+        )
     return "\n".join(lines)
 
 
@@ -585,8 +694,10 @@ def notes(latency: list[dict[str, Any]], rss: list[dict[str, Any]]) -> list[str]
         if r["status"] != "ok":
             out.append(f"RSS {r['class']}: {r['status']}")
         if not r["back"]:
-            out.append(f"RSS {r['class']}: {r['after_mib']:.0f} MiB after, baseline {r['baseline_mib']:.0f} MiB "
-                       f"(after: {r['after']}, baseline: {r['baseline']})")
+            out.append(
+                f"RSS {r['class']}: {r['after_mib']:.0f} MiB after, baseline {r['baseline_mib']:.0f} MiB "
+                f"(after: {r['after']}, baseline: {r['baseline']})"
+            )
     return out
 
 
@@ -608,11 +719,17 @@ def main(argv: list[str] | None = None) -> int:
     meta: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join([os.path.relpath(sys.executable), *sys.argv]),
-        "mode": "quick" if args.quick else "full", "window_s": seconds,
-        "machine": {"nproc": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-                    "platform": platform.platform(), "python": platform.python_version(),
-                    "loadavg_at_start": os.getloadavg()},
-        "jax": jax.__version__, "server_flags": "defaults",
+        "mode": "quick" if args.quick else "full",
+        "window_s": seconds,
+        "machine": {
+            "nproc": os.cpu_count(),
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "loadavg_at_start": os.getloadavg(),
+        },
+        "jax": jax.__version__,
+        "server_flags": "defaults",
     }
     ctx = multiprocessing.get_context("spawn")
     latency: list[dict[str, Any]] = []
@@ -635,9 +752,12 @@ def main(argv: list[str] | None = None) -> int:
             row = window(ctx, srv, http, kind, n, seconds, expected)
             latency.append(row)
             p = row["probe"]
-            print(f"  {row['kind']} x{n}: grpc {_cell(p['grpc'])}, http {_cell(p['http'])}, "
-                  f"healthz {_cell(p['healthz'])} ms, heavy {row['heavy'] or '-'}, "
-                  f"RSS after {row['rss_after_mib']}", flush=True)
+            print(
+                f"  {row['kind']} x{n}: grpc {_cell(p['grpc'])}, http {_cell(p['http'])}, "
+                f"healthz {_cell(p['healthz'])} ms, heavy {row['heavy'] or '-'}, "
+                f"RSS after {row['rss_after_mib']}",
+                flush=True,
+            )
         rss.append(left_behind(srv, http, before, within=6.0 if args.quick else 15.0))
     meta["machine"]["loadavg_at_end"] = os.getloadavg()
     meta["wall_seconds"] = round(time.perf_counter() - wall, 1)
@@ -646,8 +766,10 @@ def main(argv: list[str] | None = None) -> int:
     print(latency_table(latency))
     print("\n### Peak RSS per request class (server + whole-tensor workers)\n")
     print(rss_table(rss))
-    print(f"\nwall {meta['wall_seconds']} s; {meta['machine']['nproc']} cores, {meta['machine']['memory_gib']} GiB; "
-          f"jax {meta['jax']}; load average at start {meta['machine']['loadavg_at_start']}")
+    print(
+        f"\nwall {meta['wall_seconds']} s; {meta['machine']['nproc']} cores, {meta['machine']['memory_gib']} GiB; "
+        f"jax {meta['jax']}; load average at start {meta['machine']['loadavg_at_start']}"
+    )
     for line in found:
         print(f"note: {line}")
     if args.json:

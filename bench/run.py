@@ -48,8 +48,11 @@ class Bare:
     """bench/bare.py in a subprocess."""
 
     def __init__(self, shape: tuple[int, ...]) -> None:
-        self.process = subprocess.Popen([sys.executable, str(ROOT / "bench" / "bare.py"), ",".join(map(str, shape))],
-                                        stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "bare.py"), ",".join(map(str, shape))],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         match = re.search(r"grpc=(\S+) http=(\S+)", line)
@@ -76,8 +79,13 @@ def new_shape_latency(srv: Any, shapes: list[tuple[int, int]]) -> dict[str, Any]
     local_shapes = [(a + 7, b + 7) for a, b in shapes]  # unseen by this process too
     local = [timed(lambda s=s: np.asarray(init(key, s))) for s in local_shapes]
     ratio = statistics.median(service) / statistics.median(local)
-    return {"service_median_s": statistics.median(service), "local_median_s": statistics.median(local),
-            "ratio": ratio, "target": "<= 0.1", "met": ratio <= 0.1}
+    return {
+        "service_median_s": statistics.median(service),
+        "local_median_s": statistics.median(local),
+        "ratio": ratio,
+        "target": "<= 0.1",
+        "met": ratio <= 0.1,
+    }
 
 
 def warm_small(srv: Any, bare: Bare, shape: tuple[int, ...], n: int) -> dict[str, Any]:
@@ -95,9 +103,15 @@ def warm_small(srv: Any, bare: Bare, shape: tuple[int, ...], n: int) -> dict[str
         p50 = {k: percentile(v, 50) for k, v in samples.items()}
         p99 = {k: percentile(v, 99) for k, v in samples.items()}
         ratio = p50["service"] / p50["bare"]
-        out[name] = {"p50_ms": p50["service"] * 1e3, "p99_ms": p99["service"] * 1e3,
-                     "bare_p50_ms": p50["bare"] * 1e3, "bare_p99_ms": p99["bare"] * 1e3,
-                     "ratio_vs_bare": ratio, "target": "<= 1.5", "met": ratio <= 1.5}
+        out[name] = {
+            "p50_ms": p50["service"] * 1e3,
+            "p99_ms": p99["service"] * 1e3,
+            "bare_p50_ms": p50["bare"] * 1e3,
+            "bare_p99_ms": p99["bare"] * 1e3,
+            "ratio_vs_bare": ratio,
+            "target": "<= 1.5",
+            "met": ratio <= 1.5,
+        }
     fn = jax.jit(lambda k: jax.nn.initializers.lecun_normal()(k, shape))
     key = jax.random.key(1)
     for _ in range(10):
@@ -120,10 +134,16 @@ def large(srv: Any, shape: tuple[int, ...]) -> dict[str, Any]:
             first = timed(lambda client=client: client.lecun_normal()(2, shape))
             again = timed(lambda client=client: client.lecun_normal()(2, shape))
             parallel = timed(lambda client=client: client.generate("lecun_normal", 2, shape, parallel=2))
-        out[name] = {"first_s": first, "again_s": again, "parallel2_s": parallel,
-                     "ratio_vs_local_first": first / local_first, "ratio_vs_local_again": again / local_again,
-                     "parallel2_ratio_vs_local_again": parallel / local_again, "target": "<= 1.0",
-                     "met": again / local_again <= 1.0}
+        out[name] = {
+            "first_s": first,
+            "again_s": again,
+            "parallel2_s": parallel,
+            "ratio_vs_local_first": first / local_first,
+            "ratio_vs_local_again": again / local_again,
+            "parallel2_ratio_vs_local_again": parallel / local_again,
+            "target": "<= 1.0",
+            "met": again / local_again <= 1.0,
+        }
     return out
 
 
@@ -158,14 +178,21 @@ def memory(srv: Any, shape: tuple[int, ...]) -> dict[str, Any]:
         done.set()
         sampler.join()
     growth = (peak - idle) / 2**20
-    return {"tensor_gib": received / 2**30, "seconds": time.perf_counter() - start,
-            "idle_rss_mib": idle / 2**20, "peak_rss_mib": peak / 2**20, "growth_mib": growth,
-            "target": "growth < 300 MiB", "met": growth < 300}
+    return {
+        "tensor_gib": received / 2**30,
+        "seconds": time.perf_counter() - start,
+        "idle_rss_mib": idle / 2**20,
+        "peak_rss_mib": peak / 2**20,
+        "growth_mib": growth,
+        "target": "growth < 300 MiB",
+        "met": growth < 300,
+    }
 
 
 def concurrency(srv: Any, clients: int, seconds: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, url in (("grpc", srv.grpc_url), ("rest", srv.http_url)):
+
         async def run(url: str = url) -> tuple[int, int]:
             ok = errors = 0
             deadline = time.perf_counter() + seconds
@@ -189,8 +216,14 @@ def concurrency(srv: Any, clients: int, seconds: float) -> dict[str, Any]:
         start = time.perf_counter()
         ok, errors = asyncio.run(run())
         elapsed = time.perf_counter() - start
-        out[name] = {"clients": clients, "seconds": elapsed, "requests": ok, "errors": errors,
-                     "req_per_s": ok / elapsed, "met": errors == 0}
+        out[name] = {
+            "clients": clients,
+            "seconds": elapsed,
+            "requests": ok,
+            "errors": errors,
+            "req_per_s": ok / elapsed,
+            "met": errors == 0,
+        }
     return out
 
 

@@ -90,14 +90,23 @@ class Replica:
 
     def start(self) -> None:
         command = [
-            sys.executable, "-m", "jaxinit_server.main", "--host", "127.0.0.1",
-            "--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port),
-            "--replica", self.name, "--log-level", "warning", *self.args,
+            sys.executable,
+            "-m",
+            "jaxinit_server.main",
+            "--host",
+            "127.0.0.1",
+            "--grpc-port",
+            str(self.grpc_port),
+            "--http-port",
+            str(self.http_port),
+            "--replica",
+            self.name,
+            "--log-level",
+            "warning",
+            *self.args,
         ]
         self._ready = threading.Event()
-        self.process = process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
+        self.process = process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         ready = self._ready
 
         def pump() -> None:
@@ -222,7 +231,8 @@ def running_topology(
         topology = Topology(replicas, free_port(), free_port(), workdir)
         topology.lb_config.write_text(
             render_lb_config(
-                config, {r.name: (r.grpc_port, r.http_port) for r in replicas},
+                config,
+                {r.name: (r.grpc_port, r.http_port) for r in replicas},
                 (topology.grpc_port, topology.http_port),
             )
         )
@@ -247,13 +257,15 @@ def running_topology(
             replica.wait_ready(timeout)
         check = subprocess.run(
             [nginx, "-t", "-q", "-e", "stderr", "-p", f"{workdir}/", "-c", str(workdir / "nginx.conf")],
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
         if check.returncode != 0:
             raise RuntimeError(f"nginx refused the configuration:\n{check.stderr}")
         topology.lb = subprocess.Popen(
             [nginx, "-e", "stderr", "-p", f"{workdir}/", "-c", str(workdir / "nginx.conf")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         _wait_http(f"{topology.http_url}/readyz", topology.lb, 30)
         yield topology

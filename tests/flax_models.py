@@ -123,5 +123,3 @@ def flax_params(example: str, mode: str, seed: int) -> dict[str, np.ndarray]:
     else:
         tree = nnx.to_pure_dict(nnx.state(nnx_cls(nnx.Rngs(seed)), nnx.Param))
     return {".".join(str(k) for k in path): np.asarray(v) for path, v in flatten_dict(tree).items()}
-
-

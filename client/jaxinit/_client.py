@@ -143,8 +143,7 @@ def join(request: Request, pieces: list[Tensor]) -> Tensor:
     for piece in pieces:
         if _without_range(piece.provenance) != whole or piece.array.dtype != array.dtype:
             raise ProtocolError(
-                "ranges of one tensor came back from different requests or servers: "
-                f"{piece.provenance} vs {whole}"
+                f"ranges of one tensor came back from different requests or servers: {piece.provenance} vs {whole}"
             )
         if piece.offset < start or piece.offset + piece.array.size > end:
             raise ProtocolError(f"a range at {piece.offset} (+{piece.array.size}) is outside [{start}, {end})")
@@ -205,8 +204,15 @@ class _Resumption:
 
 
 def _open_transport(
-    url: str, *, asynchronous: bool, timeout: float | None, channel: Any, transport: Any, token: str | None,
-    cacheable: bool, ca_bundle: str | None,
+    url: str,
+    *,
+    asynchronous: bool,
+    timeout: float | None,
+    channel: Any,
+    transport: Any,
+    token: str | None,
+    cacheable: bool,
+    ca_bundle: str | None,
 ) -> Any:
     parts = urlsplit(url)
     if parts.scheme in ("grpc", "grpcs"):
@@ -219,7 +225,11 @@ def _open_transport(
 
         grpc_transport = _grpc.AsyncGrpcTransport if asynchronous else _grpc.GrpcTransport
         return grpc_transport(
-            parts.netloc, timeout=timeout, channel=channel, token=token, tls=parts.scheme == "grpcs",
+            parts.netloc,
+            timeout=timeout,
+            channel=channel,
+            token=token,
+            tls=parts.scheme == "grpcs",
             ca_bundle=ca_bundle,
         )
     if parts.scheme in ("http", "https"):
@@ -229,7 +239,11 @@ def _open_transport(
 
         http = _http.AsyncHttpTransport if asynchronous else _http.HttpTransport
         return http(
-            url.rstrip("/"), timeout=timeout, transport=transport, token=token, cacheable=cacheable,
+            url.rstrip("/"),
+            timeout=timeout,
+            transport=transport,
+            token=token,
+            cacheable=cacheable,
             ca_bundle=ca_bundle,
         )
     raise InvalidArgument(f"unsupported URL {url!r}: use grpc(s)://HOST:PORT or http(s)://HOST:PORT")
@@ -267,18 +281,38 @@ class _BaseClient:
         self.threefry_partitionable = threefry_partitionable
         self.enable_x64 = enable_x64
         self._transport = _open_transport(
-            url, asynchronous=self._initializer_class is AsyncInitializer, timeout=timeout,
-            channel=channel, transport=transport, token=token, cacheable=cacheable, ca_bundle=ca_bundle,
+            url,
+            asynchronous=self._initializer_class is AsyncInitializer,
+            timeout=timeout,
+            channel=channel,
+            transport=transport,
+            token=token,
+            cacheable=cacheable,
+            ca_bundle=ca_bundle,
         )
 
     def _request(
-        self, name: str, key: Any, shape: Any, dtype: Any, args: Mapping[str, Any], request_id: str = "",
-        offset: int | None = None, count: int | None = None,
+        self,
+        name: str,
+        key: Any,
+        shape: Any,
+        dtype: Any,
+        args: Mapping[str, Any],
+        request_id: str = "",
+        offset: int | None = None,
+        count: int | None = None,
     ) -> Request:
         return Request(
-            name, key, shape, dtype, args,
-            threefry_partitionable=self.threefry_partitionable, enable_x64=self.enable_x64,
-            request_id=request_id, offset=offset, count=count,
+            name,
+            key,
+            shape,
+            dtype,
+            args,
+            threefry_partitionable=self.threefry_partitionable,
+            enable_x64=self.enable_x64,
+            request_id=request_id,
+            offset=offset,
+            count=count,
         )
 
     def _ranges(self, request: Request, parallel: int | None) -> list[tuple[int, int]] | None:
@@ -356,7 +390,11 @@ class _BaseClient:
         outs = outputs(expand(model, mode=mode, fix_rng_separator=fix_rng_separator, param_dtype=param_dtype), layout)
         requests = [
             Request(
-                o.param.initializer, o.key(root), o.param.init_shape, o.param.dtype, o.param.args,
+                o.param.initializer,
+                o.key(root),
+                o.param.init_shape,
+                o.param.dtype,
+                o.param.args,
                 threefry_partitionable=self.threefry_partitionable if o.keyed else None,
                 enable_x64=self.enable_x64 if o.keyed else None,
                 request_id=o.name,
@@ -411,8 +449,16 @@ class Client(_BaseClient):
     _initializer_class = Initializer
 
     def generate(
-        self, initializer: str, key: Any, shape: Any, dtype: Any = None, *, args: Mapping[str, Any] | None = None,
-        offset: int | None = None, count: int | None = None, parallel: int | None = None,
+        self,
+        initializer: str,
+        key: Any,
+        shape: Any,
+        dtype: Any = None,
+        *,
+        args: Mapping[str, Any] | None = None,
+        offset: int | None = None,
+        count: int | None = None,
+        parallel: int | None = None,
         progress: bool | None = None,
     ) -> Tensor:
         """One tensor, with its provenance: ``init(key, shape, dtype)`` of ``initializer(**args)``.
@@ -503,8 +549,16 @@ class AsyncClient(_BaseClient):
     _initializer_class = AsyncInitializer
 
     async def generate(
-        self, initializer: str, key: Any, shape: Any, dtype: Any = None, *, args: Mapping[str, Any] | None = None,
-        offset: int | None = None, count: int | None = None, parallel: int | None = None,
+        self,
+        initializer: str,
+        key: Any,
+        shape: Any,
+        dtype: Any = None,
+        *,
+        args: Mapping[str, Any] | None = None,
+        offset: int | None = None,
+        count: int | None = None,
+        parallel: int | None = None,
         progress: bool | None = None,
     ) -> Tensor:
         request = self.request(initializer, key, shape, dtype, args=args, offset=offset, count=count)
@@ -588,7 +642,12 @@ def _collect(outs: list[Output], received: Iterable[Tensor | JaxinitError]) -> d
 
 
 def _model_result(
-    outs: list[Output], tensors: dict[str, Tensor], root: Key, mode: str, layout: str, flat: bool,
+    outs: list[Output],
+    tensors: dict[str, Tensor],
+    root: Key,
+    mode: str,
+    layout: str,
+    flat: bool,
     path: str | os.PathLike[str] | None,
 ) -> ModelParams:
     arrays = {o.name: o.finish(tensors[o.name].array) for o in outs}
@@ -596,8 +655,13 @@ def _model_result(
     keyed = next((tensors[o.name].provenance for o in outs if o.keyed), first)
     _, digest = model_canonical(layout, [(o.name, tensors[o.name].provenance.request_digest) for o in outs])
     metadata = file_metadata(
-        dataclasses.asdict(first), mode=mode, layout=layout, root=root,
-        threefry_partitionable=keyed.threefry_partitionable, enable_x64=keyed.enable_x64, model_digest=digest,
+        dataclasses.asdict(first),
+        mode=mode,
+        layout=layout,
+        root=root,
+        threefry_partitionable=keyed.threefry_partitionable,
+        enable_x64=keyed.enable_x64,
+        model_digest=digest,
     )
     if path is not None:
         write_arrays(os.fspath(path), arrays, metadata)
@@ -614,8 +678,9 @@ def write_arrays(path: str, arrays: dict[str, np.ndarray], metadata: dict[str, s
     elif path.endswith(".npz"):
         for name, array in arrays.items():
             if array.dtype.kind == "V":
-                raise InvalidArgument(f"{name}: .npz cannot store {array.dtype} (numpy reads it back as raw "
-                                      "bytes); write .safetensors")
+                raise InvalidArgument(
+                    f"{name}: .npz cannot store {array.dtype} (numpy reads it back as raw bytes); write .safetensors"
+                )
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)  # type: ignore[arg-type]
         data = buffer.getvalue()
@@ -626,6 +691,7 @@ def write_arrays(path: str, arrays: dict[str, np.ndarray], metadata: dict[str, s
 
 
 # ---- one method per catalog entry, with JAX's own signature and defaults ----
+
 
 def _signature(spec: InitializerSpec) -> inspect.Signature:
     params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]

@@ -115,9 +115,14 @@ class _Collector:
                 raise ProtocolError("a new header before the last tensor was complete")
             header = chunk.header
             self.current = Assembler(
-                header.shape, header.dtype, header.total_bytes,
-                provenance_from_proto(header.provenance), chunk.request_id, header.offset,
-                header.count if header.HasField("count") else None, self._on_progress,
+                header.shape,
+                header.dtype,
+                header.total_bytes,
+                provenance_from_proto(header.provenance),
+                chunk.request_id,
+                header.offset,
+                header.count if header.HasField("count") else None,
+                self._on_progress,
                 header.digest_algorithm,
             )
         elif kind == "data":
@@ -137,9 +142,7 @@ class _Collector:
 
     def close(self) -> None:
         if self.current is not None:
-            raise ProtocolError(
-                f"stream ended after {self.current.received} of {self.current.total} bytes"
-            )
+            raise ProtocolError(f"stream ended after {self.current.received} of {self.current.total} bytes")
 
 
 def _credentials(ca_bundle: str | None) -> grpc.ChannelCredentials:
@@ -190,8 +193,14 @@ class GrpcTransport:
     """Blocking gRPC transport."""
 
     def __init__(
-        self, target: str, *, timeout: float | None, channel: grpc.Channel | None = None, token: str | None = None,
-        tls: bool = False, ca_bundle: str | None = None,
+        self,
+        target: str,
+        *,
+        timeout: float | None,
+        channel: grpc.Channel | None = None,
+        token: str | None = None,
+        tls: bool = False,
+        ca_bundle: str | None = None,
     ) -> None:
         self.target = target
         self._metadata = _auth_metadata(token)
@@ -252,8 +261,14 @@ class AsyncGrpcTransport:
     """asyncio gRPC transport."""
 
     def __init__(
-        self, target: str, *, timeout: float | None, channel: grpc.aio.Channel | None = None, token: str | None = None,
-        tls: bool = False, ca_bundle: str | None = None,
+        self,
+        target: str,
+        *,
+        timeout: float | None,
+        channel: grpc.aio.Channel | None = None,
+        token: str | None = None,
+        tls: bool = False,
+        ca_bundle: str | None = None,
     ) -> None:
         self.target = target
         self._metadata = _auth_metadata(token)

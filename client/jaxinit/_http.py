@@ -30,7 +30,6 @@ from jaxinit.protocol.wire import DIGESTED
 __all__ = ["AsyncHttpTransport", "HttpTransport"]
 
 
-
 def request_to_json(request: Request) -> dict[str, Any]:
     body: dict[str, Any] = {
         "initializer": request.initializer,
@@ -179,14 +178,23 @@ class HttpTransport:
     """Blocking HTTP transport (httpx)."""
 
     def __init__(
-        self, base_url: str, *, timeout: float | None, transport: httpx.BaseTransport | None = None,
-        token: str | None = None, cacheable: bool = False, ca_bundle: str | None = None,
+        self,
+        base_url: str,
+        *,
+        timeout: float | None,
+        transport: httpx.BaseTransport | None = None,
+        token: str | None = None,
+        cacheable: bool = False,
+        ca_bundle: str | None = None,
     ) -> None:
         self.target = base_url
         self.cacheable = cacheable
         self.on_progress: Progress | None = None  # set by the client while a call shows progress
         self._http = httpx.Client(
-            base_url=base_url, timeout=timeout, transport=transport, headers=_auth_headers(token),
+            base_url=base_url,
+            timeout=timeout,
+            transport=transport,
+            headers=_auth_headers(token),
             verify=_verify(ca_bundle),
         )
 
@@ -232,14 +240,23 @@ class AsyncHttpTransport:
     """asyncio HTTP transport (httpx)."""
 
     def __init__(
-        self, base_url: str, *, timeout: float | None, transport: httpx.AsyncBaseTransport | None = None,
-        token: str | None = None, cacheable: bool = False, ca_bundle: str | None = None,
+        self,
+        base_url: str,
+        *,
+        timeout: float | None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        token: str | None = None,
+        cacheable: bool = False,
+        ca_bundle: str | None = None,
     ) -> None:
         self.target = base_url
         self.cacheable = cacheable
         self.on_progress: Progress | None = None  # set by the client while a call shows progress
         self._http = httpx.AsyncClient(
-            base_url=base_url, timeout=timeout, transport=transport, headers=_auth_headers(token),
+            base_url=base_url,
+            timeout=timeout,
+            transport=transport,
+            headers=_auth_headers(token),
             verify=_verify(ca_bundle),
         )
 

@@ -61,9 +61,7 @@ class Request:
 
 def _shape(shape: Any) -> tuple[int, ...]:
     if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence | np.ndarray):
-        raise InvalidArgument(
-            f"shape must be a sequence of ints such as (784, 256), got {shape!r}"
-        )
+        raise InvalidArgument(f"shape must be a sequence of ints such as (784, 256), got {shape!r}")
     try:
         dims = tuple(int(d) for d in shape)
     except (TypeError, ValueError):

@@ -52,18 +52,33 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jaxinit", description="Fetch JAX-exact initial weights from a jaxinit server."
     )
-    parser.add_argument("--url", default=os.environ.get("JAXINIT_URL", DEFAULT_URL),
-                        help="grpc(s)://host:port or http(s)://host:port (default: $JAXINIT_URL or %(default)s)")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("JAXINIT_URL", DEFAULT_URL),
+        help="grpc(s)://host:port or http(s)://host:port (default: $JAXINIT_URL or %(default)s)",
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per attempt")
-    parser.add_argument("--token", default=os.environ.get("JAXINIT_TOKEN"),
-                        help="bearer token for a server with API keys (default: $JAXINIT_TOKEN)")
-    parser.add_argument("--ca-bundle", default=os.environ.get("JAXINIT_CA_BUNDLE"),
-                        help="PEM file of CAs to trust for grpcs:// and https:// (default: $JAXINIT_CA_BUNDLE, "
-                             "else the system's)")
-    parser.add_argument("--retries", type=int, default=3,
-                        help="retries when the server is unreachable, overloaded or a stream breaks (default 3)")
-    parser.add_argument("--cacheable", action="store_true",
-                        help="HTTP: fetch with the GET form at a canonical URL, so HTTP caches can answer")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("JAXINIT_TOKEN"),
+        help="bearer token for a server with API keys (default: $JAXINIT_TOKEN)",
+    )
+    parser.add_argument(
+        "--ca-bundle",
+        default=os.environ.get("JAXINIT_CA_BUNDLE"),
+        help="PEM file of CAs to trust for grpcs:// and https:// (default: $JAXINIT_CA_BUNDLE, else the system's)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=3,
+        help="retries when the server is unreachable, overloaded or a stream breaks (default 3)",
+    )
+    parser.add_argument(
+        "--cacheable",
+        action="store_true",
+        help="HTTP: fetch with the GET form at a canonical URL, so HTTP caches can answer",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("list", help="the server's initializers")
@@ -78,17 +93,33 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--threefry-partitionable", action=argparse.BooleanOptionalAction, default=None)
         p.add_argument("--enable-x64", action=argparse.BooleanOptionalAction, default=None)
         p.add_argument("-o", "--output", required=True, help=f"output file: {', '.join(SUFFIXES)}")
-        p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                       help="a progress bar (default: when stderr is a terminal)")
+        p.add_argument(
+            "--progress",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="a progress bar (default: when stderr is a terminal)",
+        )
 
     get = commands.add_parser("get", help="one tensor")
     get.add_argument("name", help="initializer, e.g. lecun_normal")
     get.add_argument("--shape", type=_ints, required=True, metavar="D,D", help="e.g. 784,256 ('' for a scalar)")
     get.add_argument("--dtype", help="e.g. float32, bfloat16 (default: JAX's)")
-    get.add_argument("--arg", type=_arg, action="append", default=[], metavar="NAME=VALUE",
-                     help="a factory argument, a JSON literal or a string: --arg scale=2.0 --arg mode=fan_in")
-    get.add_argument("--fold-in", type=int, action="append", default=[], metavar="X",
-                     help="fold this uint32 into the key (repeatable, in order)")
+    get.add_argument(
+        "--arg",
+        type=_arg,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a factory argument, a JSON literal or a string: --arg scale=2.0 --arg mode=fan_in",
+    )
+    get.add_argument(
+        "--fold-in",
+        type=int,
+        action="append",
+        default=[],
+        metavar="X",
+        help="fold this uint32 into the key (repeatable, in order)",
+    )
     get.add_argument("--offset", type=int, help="first flat element of a range")
     get.add_argument("--count", type=int, help="flat elements in the range")
     get.add_argument("--parallel", type=int, help="fetch as this many ranges at once")
@@ -110,8 +141,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     ns = parser.parse_args(argv)
     try:
-        with Client(ns.url, timeout=ns.timeout, token=ns.token, ca_bundle=ns.ca_bundle, retries=ns.retries,
-                    cacheable=ns.cacheable) as client:
+        with Client(
+            ns.url,
+            timeout=ns.timeout,
+            token=ns.token,
+            ca_bundle=ns.ca_bundle,
+            retries=ns.retries,
+            cacheable=ns.cacheable,
+        ) as client:
             if ns.command == "list":
                 for entry in client.list_initializers()["initializers"]:
                     print(f"{entry['name']:<20} {entry['summary']}")
@@ -176,13 +213,23 @@ def _get(client: Client, ns: argparse.Namespace) -> None:
     suffix = _suffix(ns.output)
     _settings(client, ns)
     tensor = client.generate(
-        ns.name, _key(ns, ns.fold_in), ns.shape, ns.dtype, args=args_from_text(dict(ns.arg)),
-        offset=ns.offset, count=ns.count, parallel=ns.parallel,
+        ns.name,
+        _key(ns, ns.fold_in),
+        ns.shape,
+        ns.dtype,
+        args=args_from_text(dict(ns.arg)),
+        offset=ns.offset,
+        count=ns.count,
+        parallel=ns.parallel,
     )
     array, name = tensor.array, ns.tensor_name or ns.name
     provenance = tensor.provenance
-    metadata = {"request": provenance.canonical_request, "request_digest": provenance.request_digest,
-                "jax_version": provenance.jax_version, "backend": provenance.backend}
+    metadata = {
+        "request": provenance.canonical_request,
+        "request_digest": provenance.request_digest,
+        "jax_version": provenance.jax_version,
+        "backend": provenance.backend,
+    }
     if suffix in (".npz", ".safetensors"):
         write_arrays(ns.output, {name: array}, metadata)
     else:
@@ -194,8 +241,10 @@ def _get(client: Client, ns: argparse.Namespace) -> None:
             data = to_wire_bytes(array).tobytes()
         with open(ns.output, "wb") as file:
             file.write(data)
-    print(f"wrote {ns.output}: {ns.name} {array.dtype}{list(array.shape)}, {array.nbytes} bytes; "
-          f"jax {provenance.jax_version} on {provenance.backend}; request {provenance.request_digest[:16]}")
+    print(
+        f"wrote {ns.output}: {ns.name} {array.dtype}{list(array.shape)}, {array.nbytes} bytes; "
+        f"jax {provenance.jax_version} on {provenance.backend}; request {provenance.request_digest[:16]}"
+    )
 
 
 def _model(client: Client, ns: argparse.Namespace) -> None:
@@ -213,12 +262,20 @@ def _model(client: Client, ns: argparse.Namespace) -> None:
         raise InvalidArgument(f"{ns.description} is not JSON: {exc}") from None
     _settings(client, ns)
     params = client.init_model(
-        description, _key(ns), mode=ns.mode, layout=ns.layout, fix_rng_separator=ns.fix_rng_separator,
-        param_dtype=ns.param_dtype, flat=True, path=ns.output,
+        description,
+        _key(ns),
+        mode=ns.mode,
+        layout=ns.layout,
+        fix_rng_separator=ns.fix_rng_separator,
+        param_dtype=ns.param_dtype,
+        flat=True,
+        path=ns.output,
     )
     size = sum(a.nbytes for a in params.values())
-    print(f"wrote {ns.output}: {len(params)} tensors, {size} bytes of parameters; "
-          f"jax {params.metadata['jax_version']}; model {params.metadata['model_digest'][:16]}")
+    print(
+        f"wrote {ns.output}: {len(params)} tensors, {size} bytes of parameters; "
+        f"jax {params.metadata['jax_version']}; model {params.metadata['model_digest'][:16]}"
+    )
 
 
 if __name__ == "__main__":

@@ -65,12 +65,24 @@ def DenseGeneral(
 
 
 def Conv(
-    in_features: int, features: int, kernel_size: int | Sequence[int], *, feature_group_count: int | None = None,
-    use_bias: bool | None = None, **common: Any,
+    in_features: int,
+    features: int,
+    kernel_size: int | Sequence[int],
+    *,
+    feature_group_count: int | None = None,
+    use_bias: bool | None = None,
+    **common: Any,
 ) -> dict[str, Any]:
     """``nn.Conv`` / ``nnx.Conv``: kernel (*kernel_size, in / groups, features)."""
-    return _module("Conv", in_features=in_features, features=features, kernel_size=kernel_size,
-                   feature_group_count=feature_group_count, use_bias=use_bias, **common)
+    return _module(
+        "Conv",
+        in_features=in_features,
+        features=features,
+        kernel_size=kernel_size,
+        feature_group_count=feature_group_count,
+        use_bias=use_bias,
+        **common,
+    )
 
 
 def Embed(num_embeddings: int, features: int, **common: Any) -> dict[str, Any]:
@@ -78,8 +90,9 @@ def Embed(num_embeddings: int, features: int, **common: Any) -> dict[str, Any]:
     return _module("Embed", num_embeddings=num_embeddings, features=features, **common)
 
 
-def LayerNorm(features: int, *, use_scale: bool | None = None, use_bias: bool | None = None,
-              **common: Any) -> dict[str, Any]:
+def LayerNorm(
+    features: int, *, use_scale: bool | None = None, use_bias: bool | None = None, **common: Any
+) -> dict[str, Any]:
     return _module("LayerNorm", features=features, use_scale=use_scale, use_bias=use_bias, **common)
 
 
@@ -87,24 +100,39 @@ def RMSNorm(features: int, *, use_scale: bool | None = None, **common: Any) -> d
     return _module("RMSNorm", features=features, use_scale=use_scale, **common)
 
 
-def BatchNorm(features: int, *, use_scale: bool | None = None, use_bias: bool | None = None,
-              **common: Any) -> dict[str, Any]:
+def BatchNorm(
+    features: int, *, use_scale: bool | None = None, use_bias: bool | None = None, **common: Any
+) -> dict[str, Any]:
     return _module("BatchNorm", features=features, use_scale=use_scale, use_bias=use_bias, **common)
 
 
-def GroupNorm(features: int, num_groups: int = 32, *, use_scale: bool | None = None, use_bias: bool | None = None,
-              **common: Any) -> dict[str, Any]:
-    return _module("GroupNorm", features=features, num_groups=num_groups, use_scale=use_scale,
-                   use_bias=use_bias, **common)
+def GroupNorm(
+    features: int, num_groups: int = 32, *, use_scale: bool | None = None, use_bias: bool | None = None, **common: Any
+) -> dict[str, Any]:
+    return _module(
+        "GroupNorm", features=features, num_groups=num_groups, use_scale=use_scale, use_bias=use_bias, **common
+    )
 
 
 def MultiHeadAttention(
-    in_features: int, num_heads: int, *, qkv_features: int | None = None, out_features: int | None = None,
-    use_bias: bool | None = None, **common: Any,
+    in_features: int,
+    num_heads: int,
+    *,
+    qkv_features: int | None = None,
+    out_features: int | None = None,
+    use_bias: bool | None = None,
+    **common: Any,
 ) -> dict[str, Any]:
     """``nn.MultiHeadAttention`` / ``nnx.MultiHeadAttention``: query, key, value, out."""
-    return _module("MultiHeadAttention", in_features=in_features, num_heads=num_heads, qkv_features=qkv_features,
-                   out_features=out_features, use_bias=use_bias, **common)
+    return _module(
+        "MultiHeadAttention",
+        in_features=in_features,
+        num_heads=num_heads,
+        qkv_features=qkv_features,
+        out_features=out_features,
+        use_bias=use_bias,
+        **common,
+    )
 
 
 def Function(fn: str = "") -> dict[str, Any]:
@@ -123,8 +151,14 @@ def Module(*children: dict[str, Any], cls: str | None = None, **common: Any) -> 
     return _module("Module", children=list(children), **{"class": cls}, **common)
 
 
-def Param(name: str, initializer: str | dict[str, Any], shape: Sequence[int], *,
-          args: dict[str, Any] | None = None, param_dtype: str | None = None) -> dict[str, Any]:
+def Param(
+    name: str,
+    initializer: str | dict[str, Any],
+    shape: Sequence[int],
+    *,
+    args: dict[str, Any] | None = None,
+    param_dtype: str | None = None,
+) -> dict[str, Any]:
     """A parameter a Module creates itself (``self.param(name, init, shape)``), among its children."""
     return _module("Param", name=name, initializer=initializer, shape=shape, args=args, param_dtype=param_dtype)
 

@@ -83,15 +83,24 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
             loop.add_signal_handler(sig, stop.set)
 
     service = Service(
-        settings.limits(), workers=settings.workers, whole_workers=settings.whole_workers,
-        worker_rss_bytes=settings.worker_rss_bytes, compilation_cache_dir=settings.compilation_cache_dir,
-        stall_seconds=settings.stall_seconds, log_level=settings.log_level,
+        settings.limits(),
+        workers=settings.workers,
+        whole_workers=settings.whole_workers,
+        worker_rss_bytes=settings.worker_rss_bytes,
+        compilation_cache_dir=settings.compilation_cache_dir,
+        stall_seconds=settings.stall_seconds,
+        log_level=settings.log_level,
     )
     telemetry = Telemetry(log_requests=settings.request_log, replica=settings.replica)
     keyring = KeyRing((settings.api_keys or "").split(","), settings.api_keys_file)
     tls = settings.tls()
     grpc_server, grpc_port, health = create_grpc_server(
-        service, settings.host, settings.grpc_port, telemetry=telemetry, keyring=keyring, tls=tls,
+        service,
+        settings.host,
+        settings.grpc_port,
+        telemetry=telemetry,
+        keyring=keyring,
+        tls=tls,
         max_message_bytes=settings.max_body_bytes,
     )
     sock = _bind_http(settings.host, settings.http_port)

@@ -35,20 +35,25 @@ class Settings(BaseSettings):
     max_model_bytes: int = Field(16 * 2**30, ge=0, description="all tensors of one model request, in bytes")
     max_streams: int = Field(64, ge=1, description="tensors made or sent at once; more: 429 / RESOURCE_EXHAUSTED")
     max_inflight_bytes: int = Field(
-        Limits.max_inflight_bytes, ge=0,
+        Limits.max_inflight_bytes,
+        ge=0,
         description="memory the requests in flight hold together, as priced (a chunked stream: a few "
         "chunks; a whole tensor: its working set); more: 429; one request over it: 413",
     )
     max_whole_flops: int = Field(
-        Limits.max_whole_flops, ge=0,
+        Limits.max_whole_flops,
+        ge=0,
         description="compute one whole-tensor request may take (a QR of n x n: ~4n^3); more: 413",
     )
     max_caller_streams: int = Field(
-        Limits.max_caller_streams, ge=1,
+        Limits.max_caller_streams,
+        ge=1,
         description="requests one caller (a connection; with --api-keys, a key) has in flight at once; more: 429",
     )
     max_caller_bytes: int | None = Field(
-        None, ge=0, description="priced memory one caller holds at once (default: a quarter of "
+        None,
+        ge=0,
+        description="priced memory one caller holds at once (default: a quarter of "
         "--max-inflight-bytes); more: 429, unless it holds nothing else",
     )
     max_body_bytes: int = Field(

@@ -76,24 +76,29 @@ class Telemetry:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "jaxinit_requests", "Requests answered, by transport, method, initializer and status code",
-            ["transport", "method", "initializer", "code"], registry=r,
+            "jaxinit_requests",
+            "Requests answered, by transport, method, initializer and status code",
+            ["transport", "method", "initializer", "code"],
+            registry=r,
         )
         self.errors = Counter(
             "jaxinit_errors", "Requests that failed, by transport and status code", ["transport", "code"], registry=r
         )
-        self.bytes_sent = Counter(
-            "jaxinit_bytes_sent", "Tensor bytes sent", ["transport", "initializer"], registry=r
-        )
+        self.bytes_sent = Counter("jaxinit_bytes_sent", "Tensor bytes sent", ["transport", "initializer"], registry=r)
         self.in_flight = Gauge("jaxinit_streams_in_flight", "Requests being answered", ["transport"], registry=r)
         self.phase = Histogram(
             "jaxinit_request_phase_seconds",
             "Time per request phase: queue (waiting for a JAX worker), generate (JAX), send (the rest)",
-            ["transport", "initializer", "phase"], buckets=_LATENCY_BUCKETS, registry=r,
+            ["transport", "initializer", "phase"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.duration = Histogram(
-            "jaxinit_request_seconds", "Request duration, end to end", ["transport", "method"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "jaxinit_request_seconds",
+            "Request duration, end to end",
+            ["transport", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.compiles = Counter("jaxinit_xla_compiles", "XLA programs compiled (in-memory cache misses)", registry=r)
         self.compile_seconds = Histogram(
@@ -108,17 +113,21 @@ class Telemetry:
         self.loop_lag = Histogram(
             "jaxinit_event_loop_lag_seconds",
             "How late the event loop ran a 20 ms timer: time it was busy with one piece of work",
-            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
         )
         self._gauges = {
-            name: Gauge(name, doc, registry=r) for name, doc in (
+            name: Gauge(name, doc, registry=r)
+            for name, doc in (
                 ("jaxinit_whole_workers_busy", "Whole-tensor worker processes computing or sending"),
                 ("jaxinit_whole_workers_waiting", "Whole-tensor requests waiting for a worker"),
                 ("jaxinit_whole_workers_killed", "Whole-tensor workers killed (caller gone, shutdown)"),
                 ("jaxinit_whole_workers_replaced", "Whole-tensor workers replaced for their size"),
                 ("jaxinit_admitted_bytes", "Memory held by admitted requests, as priced"),
-                ("jaxinit_chunking_disabled_families",
-                 "Chunked families the warm-up self-check found to differ from this JAX (they run whole)"),
+                (
+                    "jaxinit_chunking_disabled_families",
+                    "Chunked families the warm-up self-check found to differ from this JAX (they run whole)",
+                ),
             )
         }
         jax.monitoring.register_event_listener(self._jax_event)
@@ -133,11 +142,14 @@ class Telemetry:
         """Export the service's pool and admission state (``Service.state``) as gauges."""
         pool = ("whole_tensor_workers",)
         for name, path in (
-            ("jaxinit_whole_workers_busy", (*pool, "busy")), ("jaxinit_whole_workers_waiting", (*pool, "waiting")),
+            ("jaxinit_whole_workers_busy", (*pool, "busy")),
+            ("jaxinit_whole_workers_waiting", (*pool, "waiting")),
             ("jaxinit_whole_workers_killed", (*pool, "killed")),
-            ("jaxinit_whole_workers_replaced", (*pool, "replaced")), ("jaxinit_admitted_bytes", ("admission", "bytes")),
+            ("jaxinit_whole_workers_replaced", (*pool, "replaced")),
+            ("jaxinit_admitted_bytes", ("admission", "bytes")),
             ("jaxinit_chunking_disabled_families", ("chunking", "disabled_count")),
         ):
+
             def read(path: tuple[str, ...] = path) -> float:
                 value: Any = state()
                 for part in path:

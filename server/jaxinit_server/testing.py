@@ -16,6 +16,8 @@ from dataclasses import dataclass
 __all__ = ["ServerProcess", "running_server"]
 
 READY = re.compile(r"jaxinit-server ready grpc=(\S+) http=(\S+)")
+
+
 @dataclass
 class ServerProcess:
     process: subprocess.Popen[str]
@@ -37,10 +39,25 @@ class ServerProcess:
 @contextlib.contextmanager
 def running_server(*args: str, env: Mapping[str, str] | None = None, timeout: float = 120) -> Iterator[ServerProcess]:
     """Start ``jaxinit-server`` on free loopback ports; yield once it reports ready; stop it."""
-    command = [sys.executable, "-m", "jaxinit_server.main", "--host", "127.0.0.1",
-               "--grpc-port", "0", "--http-port", "0", "--log-level", "warning", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "jaxinit_server.main",
+        "--host",
+        "127.0.0.1",
+        "--grpc-port",
+        "0",
+        "--http-port",
+        "0",
+        "--log-level",
+        "warning",
+        *args,
+    ]
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         env={**os.environ, **(env or {})},
     )
     output: list[str] = []

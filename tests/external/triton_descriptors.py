@@ -21,8 +21,16 @@ def fields(descriptor: object) -> dict:
 
 names = json.loads(sys.argv[1])
 service = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-print(json.dumps({
-    "messages": {name: fields(service_pb2.DESCRIPTOR.message_types_by_name[name]) for name in names["messages"]},
-    "methods": {m: [service.methods_by_name[m].input_type.full_name, service.methods_by_name[m].output_type.full_name]
-                for m in names["methods"]},
-}))
+print(
+    json.dumps(
+        {
+            "messages": {
+                name: fields(service_pb2.DESCRIPTOR.message_types_by_name[name]) for name in names["messages"]
+            },
+            "methods": {
+                m: [service.methods_by_name[m].input_type.full_name, service.methods_by_name[m].output_type.full_name]
+                for m in names["methods"]
+            },
+        }
+    )
+)

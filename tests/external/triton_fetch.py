@@ -21,15 +21,19 @@ def main() -> None:
     out = pathlib.Path(out_dir)
     cases = json.loads(pathlib.Path(cases_json).read_text())
     report = {}
-    for module, client in ((grpcclient, grpcclient.InferenceServerClient(grpc_target)),
-                           (httpclient, httpclient.InferenceServerClient(http_target))):
+    for module, client in (
+        (grpcclient, grpcclient.InferenceServerClient(grpc_target)),
+        (httpclient, httpclient.InferenceServerClient(http_target)),
+    ):
         kind = "grpc" if module is grpcclient else "http"
         report[kind] = {
             "live": client.is_server_live(),
             "ready": client.is_server_ready(),
             "model_ready": client.is_model_ready("lecun_normal"),
-            "metadata_inputs": sorted(i["name"] if isinstance(i, dict) else i.name
-                                      for i in _inputs_of(client.get_model_metadata("lecun_normal"))),
+            "metadata_inputs": sorted(
+                i["name"] if isinstance(i, dict) else i.name
+                for i in _inputs_of(client.get_model_metadata("lecun_normal"))
+            ),
         }
         for case in cases:
             inputs = []
@@ -39,8 +43,12 @@ def main() -> None:
                 item.set_data_from_numpy(array)
                 inputs.append(item)
             try:
-                result = client.infer(case["model"], inputs, outputs=[module.InferRequestedOutput("output")],
-                                      parameters=case.get("parameters") or None)
+                result = client.infer(
+                    case["model"],
+                    inputs,
+                    outputs=[module.InferRequestedOutput("output")],
+                    parameters=case.get("parameters") or None,
+                )
             except Exception as exc:  # the test checks which cases must fail, and how
                 report[kind][case["id"]] = {"error": str(exc)}
                 continue

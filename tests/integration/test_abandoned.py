@@ -36,7 +36,9 @@ def _rss(server: ServerProcess) -> int:
 def _in_flight(server: ServerProcess) -> float:
     text = httpx.get(f"{server.http_url}/metrics", timeout=10).text
     return sum(
-        s.value for f in text_string_to_metric_families(text) for s in f.samples
+        s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
         if s.name == "jaxinit_streams_in_flight"
     )
 

@@ -29,8 +29,7 @@ def key_file(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 @pytest.fixture(scope="module")
 def secured(key_file: pathlib.Path) -> Iterator[ServerProcess]:
-    with running_server("--no-warm-up", "--api-keys-file", str(key_file),
-                        env={"JAXINIT_API_KEYS": FROM_ENV}) as srv:
+    with running_server("--no-warm-up", "--api-keys-file", str(key_file), env={"JAXINIT_API_KEYS": FROM_ENV}) as srv:
         yield srv
 
 
@@ -58,8 +57,11 @@ def test_missing_or_wrong_keys_are_refused(secured: ServerProcess, transport: st
 def test_wire_level_answers(secured: ServerProcess) -> None:
     response = httpx.get(f"{secured.http_url}/v1/generate/zeros", params={"shape": "2"})
     assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
-    assert response.json()["error"] == {"code": "UNAUTHENTICATED", "type": "Unauthenticated",
-                                        "message": "missing or invalid bearer token"}
+    assert response.json()["error"] == {
+        "code": "UNAUTHENTICATED",
+        "type": "Unauthenticated",
+        "message": "missing or invalid bearer token",
+    }
     for path in ("/metrics", "/v1/initializers", "/docs"):
         assert httpx.get(f"{secured.http_url}{path}").status_code == 401
     for path in ("/healthz", "/readyz"):  # probes need no key
@@ -71,9 +73,11 @@ def test_wire_level_answers(secured: ServerProcess) -> None:
         status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
         assert status.status == health_pb2.HealthCheckResponse.SERVING
         stub = pb_grpc.InitializersStub(channel)
-        for method in (lambda: list(stub.Generate(pb.GenerateRequest(initializer="zeros", shape=[1]))),
-                       lambda: stub.ListInitializers(pb.ListInitializersRequest()),
-                       lambda: list(stub.GenerateMany(iter([pb.GenerateRequest(initializer="zeros", shape=[1])])))):
+        for method in (
+            lambda: list(stub.Generate(pb.GenerateRequest(initializer="zeros", shape=[1]))),
+            lambda: stub.ListInitializers(pb.ListInitializersRequest()),
+            lambda: list(stub.GenerateMany(iter([pb.GenerateRequest(initializer="zeros", shape=[1])]))),
+        ):
             with pytest.raises(grpc.RpcError) as info:
                 method()
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED

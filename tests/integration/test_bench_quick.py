@@ -14,7 +14,9 @@ def test_bench_quick_mode_runs(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--json", str(out)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     results = json.loads(out.read_text())

@@ -114,10 +114,14 @@ def test_grpc_many_stream_counts_as_its_channel(two_per_caller: ServerProcess) -
 @contextlib.contextmanager
 def _held_http(srv: ServerProcess, key: str) -> Iterator[None]:
     """An HTTP stream of BIG on a connection of its own, its headers read, its body not."""
-    with httpx.Client(base_url=srv.http_url, timeout=120) as client, client.stream(
-        "GET", "/v1/generate/normal?shape=4096,4096&seed=1",
-        headers={"authorization": f"Bearer {key}", "accept": "application/octet-stream"},
-    ) as response:
+    with (
+        httpx.Client(base_url=srv.http_url, timeout=120) as client,
+        client.stream(
+            "GET",
+            "/v1/generate/normal?shape=4096,4096&seed=1",
+            headers={"authorization": f"Bearer {key}", "accept": "application/octet-stream"},
+        ) as response,
+    ):
         assert response.status_code == 200
         yield
 
@@ -130,16 +134,20 @@ def test_with_auth_the_key_is_the_caller() -> None:
         octet = {"accept": "application/octet-stream"}
         with _held_http(srv, "alpha-key"), _held_http(srv, "alpha-key"):
             assert _admission(srv)["callers"] == 1
-            refused = httpx.get(srv.http_url + small, headers={**octet, "authorization": "Bearer alpha-key"},
-                                timeout=60)
+            refused = httpx.get(
+                srv.http_url + small, headers={**octet, "authorization": "Bearer alpha-key"}, timeout=60
+            )
             assert refused.status_code == 429 and "retry-after" in refused.headers
             message = refused.json()["error"]["message"]
             assert "--max-caller-streams" in message and "API key sha256:" in message
             assert "alpha-key" not in message
             # KServe's route charges the same caller.
-            v2 = httpx.post(srv.http_url + "/v2/models/zeros/infer", headers={"authorization": "Bearer alpha-key"},
-                            json={"inputs": [{"name": "shape", "datatype": "INT64", "shape": [1], "data": [3]}]},
-                            timeout=60)
+            v2 = httpx.post(
+                srv.http_url + "/v2/models/zeros/infer",
+                headers={"authorization": "Bearer alpha-key"},
+                json={"inputs": [{"name": "shape", "datatype": "INT64", "shape": [1], "data": [3]}]},
+                timeout=60,
+            )
             assert v2.status_code == 429, v2.text
             other = httpx.get(srv.http_url + small, headers={**octet, "authorization": "Bearer beta-key"}, timeout=60)
             assert other.status_code == 200 and other.content == _expected()

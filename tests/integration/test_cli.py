@@ -33,8 +33,21 @@ def test_get_writes_every_format_bit_exact(
     want = _local("lecun_normal", 0, (784, 256))
     for suffix in (".npy", ".npz", ".safetensors", ".bin"):
         out = tmp_path / f"w{suffix}"
-        code = main(["--url", server.grpc_url, "get", "lecun_normal", "--shape", "784,256", "--seed", "0",
-                     "-o", str(out), "--no-progress"])
+        code = main(
+            [
+                "--url",
+                server.grpc_url,
+                "get",
+                "lecun_normal",
+                "--shape",
+                "784,256",
+                "--seed",
+                "0",
+                "-o",
+                str(out),
+                "--no-progress",
+            ]
+        )
         assert code == 0, capsys.readouterr().err
         if suffix == ".npy":
             got = np.load(out)
@@ -51,28 +64,71 @@ def test_get_writes_every_format_bit_exact(
 
 def test_get_with_arguments_dtype_and_http(server: Any, tmp_path: pathlib.Path) -> None:
     out = tmp_path / "h.safetensors"
-    code = main(["--url", server.http_url, "get", "variance_scaling", "--shape", "3,3,16,32", "--seed", "7",
-                 "--dtype", "bfloat16", "--arg", "scale=2.0", "--arg", "mode=fan_out", "--arg", "distribution=uniform",
-                 "--name", "conv", "-o", str(out), "--no-progress"])
+    code = main(
+        [
+            "--url",
+            server.http_url,
+            "get",
+            "variance_scaling",
+            "--shape",
+            "3,3,16,32",
+            "--seed",
+            "7",
+            "--dtype",
+            "bfloat16",
+            "--arg",
+            "scale=2.0",
+            "--arg",
+            "mode=fan_out",
+            "--arg",
+            "distribution=uniform",
+            "--name",
+            "conv",
+            "-o",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     tensors, metadata = _safetensors.loads(out.read_bytes())
-    want = _local("variance_scaling", 7, (3, 3, 16, 32), ml_dtypes.bfloat16, scale=2.0, mode="fan_out",
-                  distribution="uniform")
+    want = _local(
+        "variance_scaling", 7, (3, 3, 16, 32), ml_dtypes.bfloat16, scale=2.0, mode="fan_out", distribution="uniform"
+    )
     assert tensors["conv"].dtype == want.dtype and tensors["conv"].tobytes() == want.tobytes()
     assert json.loads(metadata["request"])["args"]["mode"] == "fan_out"
 
 
 def _get_form_calls(server: Any) -> float:
     text = httpx.get(f"{server.http_url}/metrics", timeout=10).text
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == "jaxinit_requests_total" and s.labels.get("method") == "generate_get")
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "jaxinit_requests_total" and s.labels.get("method") == "generate_get"
+    )
 
 
 def test_get_cacheable_uses_the_get_form(server: Any, tmp_path: pathlib.Path) -> None:
     before = _get_form_calls(server)
     out = tmp_path / "g.npy"
-    code = main(["--url", server.http_url, "--cacheable", "get", "truncated_normal", "--shape", "40,30",
-                 "--seed", "5", "--arg", "stddev=0.02", "-o", str(out), "--no-progress"])
+    code = main(
+        [
+            "--url",
+            server.http_url,
+            "--cacheable",
+            "get",
+            "truncated_normal",
+            "--shape",
+            "40,30",
+            "--seed",
+            "5",
+            "--arg",
+            "stddev=0.02",
+            "-o",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     assert np.load(out).tobytes() == _local("truncated_normal", 5, (40, 30), stddev=0.02).tobytes()
     deadline = time.monotonic() + 10  # a call is counted once its last byte is sent
@@ -85,8 +141,9 @@ def test_model_command(server: Any, tmp_path: pathlib.Path) -> None:
     description = tmp_path / "mlp.json"
     description.write_text(json.dumps(MLP))
     out = tmp_path / "mlp.safetensors"
-    assert main(["--url", server.grpc_url, "model", str(description), "--seed", "3", "-o", str(out),
-                 "--no-progress"]) == 0
+    assert (
+        main(["--url", server.grpc_url, "model", str(description), "--seed", "3", "-o", str(out), "--no-progress"]) == 0
+    )
     loaded = safetensors.numpy.load_file(str(out))
     want = flax_params("mlp", "linen", 3)
     assert sorted(loaded) == sorted(want)
@@ -94,8 +151,24 @@ def test_model_command(server: Any, tmp_path: pathlib.Path) -> None:
 
 
 def test_progress_bar_when_asked(server: Any, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--url", server.grpc_url, "get", "normal", "--shape", "1024,1024", "--seed", "1",
-                 "-o", str(tmp_path / "n.bin"), "--progress"]) == 0
+    assert (
+        main(
+            [
+                "--url",
+                server.grpc_url,
+                "get",
+                "normal",
+                "--shape",
+                "1024,1024",
+                "--seed",
+                "1",
+                "-o",
+                str(tmp_path / "n.bin"),
+                "--progress",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "normal" in err and "4.00M" in err  # tqdm's bar, sized from the header: 4 MiB
 
@@ -118,8 +191,15 @@ def test_list_and_describe(server: Any, capsys: pytest.CaptureFixture[str]) -> N
         (["model", "missing.json", "--seed", "0", "-o", "m.safetensors"], 1, "missing.json"),
     ],
 )
-def test_errors_are_clear(server: Any, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str],
-                          monkeypatch: pytest.MonkeyPatch, argv: list[str], code: int, message: str) -> None:
+def test_errors_are_clear(
+    server: Any,
+    tmp_path: pathlib.Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    code: int,
+    message: str,
+) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["--url", server.grpc_url, *argv, "--no-progress"]) == code
     assert message in capsys.readouterr().err
@@ -130,9 +210,24 @@ def test_console_script_and_unreachable_server(tmp_path: pathlib.Path) -> None:
     if not script.exists():
         pytest.skip("the console script is installed by pip install -e . (make setup)")
     result = subprocess.run(
-        [str(script), "--url", "grpc://127.0.0.1:1", "--timeout", "5", "get", "zeros", "--shape", "2",
-         "--seed", "0", "-o", str(tmp_path / "z.npy")],
-        capture_output=True, text=True, timeout=60,
+        [
+            str(script),
+            "--url",
+            "grpc://127.0.0.1:1",
+            "--timeout",
+            "5",
+            "get",
+            "zeros",
+            "--shape",
+            "2",
+            "--seed",
+            "0",
+            "-o",
+            str(tmp_path / "z.npy"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     assert "ServerUnavailable" in result.stderr

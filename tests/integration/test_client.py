@@ -75,8 +75,12 @@ def test_async_client(url: str) -> None:
             got = await asyncio.gather(*(init(11, (16, 8)) for _ in range(8)))
             for array in got:
                 assert array.tobytes() == _expected().tobytes()
-            results = [r async for r in client.generate_many([client.request("normal", 1, (2,)),
-                                                              client.request("lecun_normal", 1, (2,))])]
+            results = [
+                r
+                async for r in client.generate_many(
+                    [client.request("normal", 1, (2,)), client.request("lecun_normal", 1, (2,))]
+                )
+            ]
             assert isinstance(results[0], jaxinit.Tensor)
             assert isinstance(results[1], jaxinit.JaxError)
             registry = await client.list_initializers()

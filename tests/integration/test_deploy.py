@@ -67,8 +67,9 @@ def _nginx() -> str:
 
 
 def test_compose_file_validates_and_has_the_topology(tmp_path: pathlib.Path) -> None:
-    result = subprocess.run([_compose(), "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
-                            capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        [_compose(), "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True, cwd=ROOT
+    )
     assert result.returncode == 0, result.stderr
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
@@ -271,9 +272,22 @@ def test_load_with_a_drill_ends_without_a_failed_or_corrupt_answer(tmp_path: pat
     _nginx()
     out = tmp_path / "load.json"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "load.py"), "--duration", "6", "--concurrency", "6",
-         "--drill", drill, "--no-warm-up", "--json", str(out)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(ROOT / "bench" / "load.py"),
+            "--duration",
+            "6",
+            "--concurrency",
+            "6",
+            "--drill",
+            drill,
+            "--no-warm-up",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads(out.read_text())

@@ -16,46 +16,138 @@ from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
 
 # (JSON body, HTTP status, gRPC code, error type, text the message must contain)
 BAD: list[tuple[dict[str, Any], int, str, str, str]] = [
-    ({"initializer": "lecun_nromal", "shape": [2, 2], "key": {"seed": 0}},
-     404, "NOT_FOUND", "UnknownInitializer", "unknown initializer 'lecun_nromal'"),
-    ({"initializer": "normal", "shape": [2], "dtype": "float128", "key": {"seed": 0}},
-     400, "INVALID_ARGUMENT", "UnknownDtype", "unknown dtype 'float128'"),
-    ({"initializer": "normal", "shape": [2, -1], "key": {"seed": 0}},
-     400, "INVALID_ARGUMENT", "InvalidArgument", "non-negative"),
-    ({"initializer": "normal", "shape": [2], "args": {"sigma": 1}, "key": {"seed": 0}},
-     400, "INVALID_ARGUMENT", "InvalidArgument", "unexpected argument(s) ['sigma']"),
-    ({"initializer": "normal", "shape": [2], "args": {"stddev": "big"}, "key": {"seed": 0}},
-     400, "INVALID_ARGUMENT", "InvalidArgument", "'stddev' must be a number"),
-    ({"initializer": "variance_scaling", "shape": [2, 2], "args": {"scale": 1, "mode": "fan_sideways",
-      "distribution": "normal"}, "key": {"seed": 0}},
-     400, "INVALID_ARGUMENT", "InvalidArgument", "'mode' must be one of"),
-    ({"initializer": "variance_scaling", "shape": [2, 2], "args": {"scale": 1}, "key": {"seed": 0}},
-     400, "INVALID_ARGUMENT", "InvalidArgument", "missing required argument 'mode'"),
-    ({"initializer": "zeros", "shape": [2], "args": {"value": 1}},
-     400, "INVALID_ARGUMENT", "InvalidArgument", "takes no arguments"),
-    ({"initializer": "normal", "shape": [2]},
-     400, "INVALID_ARGUMENT", "InvalidArgument", "normal needs a key"),
-    ({"initializer": "normal", "shape": [2], "key": {"data": [1, 2, 3]}},
-     400, "INVALID_ARGUMENT", "InvalidArgument", "threefry2x32 key data must be 2 uint32 words"),
-    ({"initializer": "normal", "shape": [2], "key": {"data": [1, 2**32]}},
-     400, "INVALID_ARGUMENT", "InvalidArgument", "uint32 words"),
-    ({"initializer": "normal", "shape": [2], "key": {"seed": 1, "impl": "philox"}},
-     400, "INVALID_ARGUMENT", "InvalidArgument", "unknown key implementation 'philox'"),
-    ({"initializer": "normal", "shape": [2], "key": {"seed": 2**63}},
-     400, "INVALID_ARGUMENT", "InvalidArgument", "does not fit in int64"),
-    ({"initializer": "normal", "shape": [2], "key": {"seed": 1, "data": [1, 2]}},
-     400, "INVALID_ARGUMENT", "InvalidArgument", "exactly one of a seed or key data"),
-    ({"initializer": "normal", "shape": [2], "dtype": "float64", "key": {"seed": 0},
-      "prng": {"enable_x64": False}},
-     400, "INVALID_ARGUMENT", "InvalidArgument", "needs enable_x64=true"),
-    ({"initializer": "normal", "shape": [2], "dtype": "int32", "key": {"seed": 0}},
-     400, "INVALID_ARGUMENT", "JaxError", "must be a float or complex dtype"),
-    ({"initializer": "orthogonal", "shape": [3, 3], "args": {"column_axis": 5}, "key": {"seed": 0}},
-     400, "INVALID_ARGUMENT", "JaxError", ""),
-    ({"initializer": "normal", "shape": [2**20, 2**20], "key": {"seed": 0}},
-     413, "RESOURCE_EXHAUSTED", "TooLarge", "this server's limit"),
-    ({"initializer": "normal", "shape": list(range(1, 70)), "key": {"seed": 0}},
-     400, "INVALID_ARGUMENT", "InvalidArgument", "at most 64 dimensions"),
+    (
+        {"initializer": "lecun_nromal", "shape": [2, 2], "key": {"seed": 0}},
+        404,
+        "NOT_FOUND",
+        "UnknownInitializer",
+        "unknown initializer 'lecun_nromal'",
+    ),
+    (
+        {"initializer": "normal", "shape": [2], "dtype": "float128", "key": {"seed": 0}},
+        400,
+        "INVALID_ARGUMENT",
+        "UnknownDtype",
+        "unknown dtype 'float128'",
+    ),
+    (
+        {"initializer": "normal", "shape": [2, -1], "key": {"seed": 0}},
+        400,
+        "INVALID_ARGUMENT",
+        "InvalidArgument",
+        "non-negative",
+    ),
+    (
+        {"initializer": "normal", "shape": [2], "args": {"sigma": 1}, "key": {"seed": 0}},
+        400,
+        "INVALID_ARGUMENT",
+        "InvalidArgument",
+        "unexpected argument(s) ['sigma']",
+    ),
+    (
+        {"initializer": "normal", "shape": [2], "args": {"stddev": "big"}, "key": {"seed": 0}},
+        400,
+        "INVALID_ARGUMENT",
+        "InvalidArgument",
+        "'stddev' must be a number",
+    ),
+    (
+        {
+            "initializer": "variance_scaling",
+            "shape": [2, 2],
+            "args": {"scale": 1, "mode": "fan_sideways", "distribution": "normal"},
+            "key": {"seed": 0},
+        },
+        400,
+        "INVALID_ARGUMENT",
+        "InvalidArgument",
+        "'mode' must be one of",
+    ),
+    (
+        {"initializer": "variance_scaling", "shape": [2, 2], "args": {"scale": 1}, "key": {"seed": 0}},
+        400,
+        "INVALID_ARGUMENT",
+        "InvalidArgument",
+        "missing required argument 'mode'",
+    ),
+    (
+        {"initializer": "zeros", "shape": [2], "args": {"value": 1}},
+        400,
+        "INVALID_ARGUMENT",
+        "InvalidArgument",
+        "takes no arguments",
+    ),
+    ({"initializer": "normal", "shape": [2]}, 400, "INVALID_ARGUMENT", "InvalidArgument", "normal needs a key"),
+    (
+        {"initializer": "normal", "shape": [2], "key": {"data": [1, 2, 3]}},
+        400,
+        "INVALID_ARGUMENT",
+        "InvalidArgument",
+        "threefry2x32 key data must be 2 uint32 words",
+    ),
+    (
+        {"initializer": "normal", "shape": [2], "key": {"data": [1, 2**32]}},
+        400,
+        "INVALID_ARGUMENT",
+        "InvalidArgument",
+        "uint32 words",
+    ),
+    (
+        {"initializer": "normal", "shape": [2], "key": {"seed": 1, "impl": "philox"}},
+        400,
+        "INVALID_ARGUMENT",
+        "InvalidArgument",
+        "unknown key implementation 'philox'",
+    ),
+    (
+        {"initializer": "normal", "shape": [2], "key": {"seed": 2**63}},
+        400,
+        "INVALID_ARGUMENT",
+        "InvalidArgument",
+        "does not fit in int64",
+    ),
+    (
+        {"initializer": "normal", "shape": [2], "key": {"seed": 1, "data": [1, 2]}},
+        400,
+        "INVALID_ARGUMENT",
+        "InvalidArgument",
+        "exactly one of a seed or key data",
+    ),
+    (
+        {"initializer": "normal", "shape": [2], "dtype": "float64", "key": {"seed": 0}, "prng": {"enable_x64": False}},
+        400,
+        "INVALID_ARGUMENT",
+        "InvalidArgument",
+        "needs enable_x64=true",
+    ),
+    (
+        {"initializer": "normal", "shape": [2], "dtype": "int32", "key": {"seed": 0}},
+        400,
+        "INVALID_ARGUMENT",
+        "JaxError",
+        "must be a float or complex dtype",
+    ),
+    (
+        {"initializer": "orthogonal", "shape": [3, 3], "args": {"column_axis": 5}, "key": {"seed": 0}},
+        400,
+        "INVALID_ARGUMENT",
+        "JaxError",
+        "",
+    ),
+    (
+        {"initializer": "normal", "shape": [2**20, 2**20], "key": {"seed": 0}},
+        413,
+        "RESOURCE_EXHAUSTED",
+        "TooLarge",
+        "this server's limit",
+    ),
+    (
+        {"initializer": "normal", "shape": list(range(1, 70)), "key": {"seed": 0}},
+        400,
+        "INVALID_ARGUMENT",
+        "InvalidArgument",
+        "at most 64 dimensions",
+    ),
 ]
 
 
@@ -67,7 +159,9 @@ def _proto(body: dict[str, Any]) -> pb.GenerateRequest:
     from jaxinit._grpc import value_to_proto
 
     message = pb.GenerateRequest(
-        initializer=body["initializer"], shape=body["shape"], dtype=body.get("dtype", ""),
+        initializer=body["initializer"],
+        shape=body["shape"],
+        dtype=body.get("dtype", ""),
         args={k: value_to_proto(v) for k, v in body.get("args", {}).items()},
     )
     key = body.get("key")
@@ -116,6 +210,7 @@ def test_grpc_errors(server: Any, case: tuple[Any, ...]) -> None:
 def test_generate_many_keeps_going_past_a_bad_item(server: Any, case: tuple[Any, ...]) -> None:
     """In a stream of many, the bad item gets its error in the stream; the others arrive."""
     body, _, code, type_name, text = case
+
     def good() -> pb.GenerateRequest:
         return pb.GenerateRequest(initializer="lecun_normal", shape=[3, 4], key=pb.Key(seed=1))
 
@@ -167,8 +262,9 @@ def test_rest_bad_json_and_bad_types(server: Any) -> None:
 
 def test_body_without_json_content_type_says_so(server: Any) -> None:
     body = b'{"initializer": "zeros", "shape": [2]}'
-    response = httpx.post(f"{server.http_url}/v1/generate", content=body,
-                          headers={"content-type": "application/x-www-form-urlencoded"})
+    response = httpx.post(
+        f"{server.http_url}/v1/generate", content=body, headers={"content-type": "application/x-www-form-urlencoded"}
+    )
     assert response.status_code == 400
     assert "Content-Type: application/json" in response.json()["error"]["message"]
 

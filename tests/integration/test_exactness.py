@@ -28,11 +28,15 @@ ARGS: dict[str, list[dict[str, Any]]] = {
     "constant": [{"value": -7}, {"value": 0.1}, {"value": [1.5, -2.0, 3.25]}],
     "variance_scaling": [
         {"scale": s, "mode": m, "distribution": d}
-        for s, m, d in [(1.0, "fan_in", "truncated_normal"), (2, "fan_out", "normal"),
-                        (0.5, "fan_avg", "uniform"), (3.0, "fan_geo_avg", "uniform"),
-                        (1.0, "fan_geo_avg", "truncated_normal")]
-    ] + [{"scale": 1.0, "mode": "fan_in", "distribution": "normal", "in_axis": [0, 1], "out_axis": -1,
-          "batch_axis": 2}],
+        for s, m, d in [
+            (1.0, "fan_in", "truncated_normal"),
+            (2, "fan_out", "normal"),
+            (0.5, "fan_avg", "uniform"),
+            (3.0, "fan_geo_avg", "uniform"),
+            (1.0, "fan_geo_avg", "truncated_normal"),
+        ]
+    ]
+    + [{"scale": 1.0, "mode": "fan_in", "distribution": "normal", "in_axis": [0, 1], "out_axis": -1, "batch_axis": 2}],
     "normal": [{}, {"stddev": 0.5}, {"stddev": 2, "dtype": "bfloat16"}],
     "uniform": [{}, {"scale": 3.0}],
     "truncated_normal": [{}, {"stddev": 1.0, "lower": -1.0, "upper": 0.5}],
@@ -43,8 +47,9 @@ ARGS: dict[str, list[dict[str, Any]]] = {
 }
 
 
-def _cases(names: list[str], shapes: list[tuple[int, ...]], dtypes: list[str | None],
-           variants: bool = False) -> list[tuple[Any, ...]]:
+def _cases(
+    names: list[str], shapes: list[tuple[int, ...]], dtypes: list[str | None], variants: bool = False
+) -> list[tuple[Any, ...]]:
     cases = []
     for name in names:
         arg_sets = ARGS.get(name, [{}]) if variants else [_DEFAULT_ARGS.get(name, {})]
@@ -63,8 +68,15 @@ ALL_NAMES = sorted(CATALOG)
 _REFERENCE: dict[str, Any] = {}
 
 
-def _reference(name: str, args: dict[str, Any], key: Any, shape: tuple[int, ...], dtype: str | None,
-               partitionable: bool, x64: bool | None = None) -> Any:
+def _reference(
+    name: str,
+    args: dict[str, Any],
+    key: Any,
+    shape: tuple[int, ...],
+    dtype: str | None,
+    partitionable: bool,
+    x64: bool | None = None,
+) -> Any:
     cache_key = repr((name, args, key, shape, dtype, partitionable, x64))
     if cache_key not in _REFERENCE:
         _REFERENCE[cache_key] = local_jax(name, args, key, shape, dtype, partitionable=partitionable, x64=x64)
@@ -147,8 +159,13 @@ def test_every_key_form(url: str, partitionable: bool, x64: bool) -> None:
 
 def test_jax_keys_when_jax_is_installed(url: str) -> None:
     """A JAX key object, typed or legacy, is accepted and means what it means in JAX."""
-    keys = [jax.random.key(7), jax.random.PRNGKey(7), jax.random.key(7, impl="rbg"),
-            jax.random.split(jax.random.key(1))[1], jax.random.fold_in(jax.random.key(2), 3)]
+    keys = [
+        jax.random.key(7),
+        jax.random.PRNGKey(7),
+        jax.random.key(7, impl="rbg"),
+        jax.random.split(jax.random.key(1))[1],
+        jax.random.fold_in(jax.random.key(2), 3),
+    ]
     with jaxinit.Client(url) as client:
         for key in keys:
             got = client.he_normal()(key, (8, 3), "float16")

@@ -42,15 +42,25 @@ from jaxinit_server.testing import ServerProcess, running_server
 
 EXAMPLES = int(os.environ.get("JAXINIT_FUZZ_EXAMPLES", "40"))
 REFUSALS = {
-    grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
 @pytest.fixture(scope="module")
 def fuzzed() -> Iterator[ServerProcess]:
     # Small caps, so that what passes validation is cheap to generate.
-    with running_server("--no-warm-up", "--no-request-log", "--max-tensor-bytes", str(2**20),
-                        "--max-model-bytes", str(4 * 2**20), "--max-body-bytes", str(2**20)) as srv:
+    with running_server(
+        "--no-warm-up",
+        "--no-request-log",
+        "--max-tensor-bytes",
+        str(2**20),
+        "--max-model-bytes",
+        str(4 * 2**20),
+        "--max-body-bytes",
+        str(2**20),
+    ) as srv:
         yield srv
         assert srv.stop() == 0, "".join(srv.output[-50:])
         # Nothing the fuzzers sent made the server log an error.
@@ -60,20 +70,37 @@ def fuzzed() -> Iterator[ServerProcess]:
 def test_schemathesis_finds_nothing(fuzzed: ServerProcess, tmp_path: pathlib.Path) -> None:
     tool = pathlib.Path(sys.executable).parent / "schemathesis"
     result = subprocess.run(
-        [str(tool), "run", f"{fuzzed.http_url}/openapi.json", "--checks", "all",
-         # A description or a request can match the schema and still not make sense (an
-         # empty model, a KServe request without inputs): a 400 there is right.
-         "--exclude-checks", "positive_data_acceptance",
-         "--max-examples", str(max(5, EXAMPLES // 4)), "--seed", "20261122", "--workers", "1",
-         "--request-timeout", "30"],
-        capture_output=True, text=True, timeout=900, cwd=tmp_path,
+        [
+            str(tool),
+            "run",
+            f"{fuzzed.http_url}/openapi.json",
+            "--checks",
+            "all",
+            # A description or a request can match the schema and still not make sense (an
+            # empty model, a KServe request without inputs): a 400 there is right.
+            "--exclude-checks",
+            "positive_data_acceptance",
+            "--max-examples",
+            str(max(5, EXAMPLES // 4)),
+            "--seed",
+            "20261122",
+            "--workers",
+            "1",
+            "--request-timeout",
+            "30",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and "failures" not in result.stdout.split("SUMMARY")[-1].lower()
 
 
 numbers = st.one_of(
-    st.floats(allow_nan=True, allow_infinity=True), st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-(2**63), 2**63 - 1),
 )
 values = st.one_of(
     numbers.map(lambda x: pb.Value(float_value=x) if isinstance(x, float) else pb.Value(int_value=x)),
@@ -83,22 +110,45 @@ values = st.one_of(
     st.just(pb.Value(null_value=True)),
     st.just(pb.Value(list_value=pb.NestedList(items=[pb.Value(float_value=math.nan)] * 3))),
 )
-arg_names = st.sampled_from(["scale", "mode", "distribution", "in_axis", "out_axis", "batch_axis", "stddev",
-                             "lower", "upper", "value", "dtype", "column_axis", "bogus", ""])
+arg_names = st.sampled_from(
+    [
+        "scale",
+        "mode",
+        "distribution",
+        "in_axis",
+        "out_axis",
+        "batch_axis",
+        "stddev",
+        "lower",
+        "upper",
+        "value",
+        "dtype",
+        "column_axis",
+        "bogus",
+        "",
+    ]
+)
 requests = st.builds(
     pb.GenerateRequest,
     request_id=st.text(max_size=8),
     initializer=st.one_of(st.sampled_from(sorted(CATALOG)), st.text(max_size=12)),
     args=st.dictionaries(arg_names, values, max_size=4),
     shape=st.lists(st.one_of(st.integers(-3, 70), st.integers(-(2**63), 2**63 - 1)), max_size=70),
-    dtype=st.one_of(st.sampled_from(DTYPE_NAMES), st.sampled_from(["", "float128", "int4", "Float32"]),
-                    st.text(max_size=8)),
+    dtype=st.one_of(
+        st.sampled_from(DTYPE_NAMES), st.sampled_from(["", "float128", "int4", "Float32"]), st.text(max_size=8)
+    ),
     key=st.one_of(
-        st.builds(pb.Key, seed=st.integers(-(2**63), 2**63 - 1),
-                  impl=st.sampled_from(["", "threefry2x32", "rbg", "philox4x32", "nope"]),
-                  fold_in=st.lists(st.integers(0, 2**32 - 1), max_size=100)),
-        st.builds(pb.Key, data=st.builds(pb.KeyData, words=st.lists(st.integers(0, 2**32 - 1), max_size=9)),
-                  impl=st.sampled_from(["", "threefry2x32", "rbg", "unsafe_rbg", "threefry4x32"])),
+        st.builds(
+            pb.Key,
+            seed=st.integers(-(2**63), 2**63 - 1),
+            impl=st.sampled_from(["", "threefry2x32", "rbg", "philox4x32", "nope"]),
+            fold_in=st.lists(st.integers(0, 2**32 - 1), max_size=100),
+        ),
+        st.builds(
+            pb.Key,
+            data=st.builds(pb.KeyData, words=st.lists(st.integers(0, 2**32 - 1), max_size=9)),
+            impl=st.sampled_from(["", "threefry2x32", "rbg", "unsafe_rbg", "threefry4x32"]),
+        ),
     ),
     offset=st.one_of(st.none(), st.integers(0, 2**64 - 1)),
     count=st.one_of(st.none(), st.integers(0, 2**64 - 1)),
@@ -116,8 +166,7 @@ def test_grpc_generate_answers_or_refuses_cleanly(fuzzed: ServerProcess, message
             assert "Traceback" not in (exc.details() or "")
 
 
-@settings(max_examples=max(5, EXAMPLES // 4), deadline=None, suppress_health_check=list(HealthCheck),
-          derandomize=True)
+@settings(max_examples=max(5, EXAMPLES // 4), deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(batch=st.lists(requests, min_size=1, max_size=5))
 def test_grpc_generate_many_answers_every_item(fuzzed: ServerProcess, batch: list[pb.GenerateRequest]) -> None:
     """One answer per item, a tensor or an error, in order; a bad item never ends the stream."""
@@ -135,15 +184,19 @@ def test_hand_made_malformed_messages(fuzzed: ServerProcess) -> None:
     garbage = [b"\x0a\xff\xff\xff\xff\x0f", b"\xff" * 64, b"\x22\x05\x01\x02", bytes(range(256))]
     with grpc.insecure_channel(fuzzed.grpc_target) as channel:
         for method in ("Generate", "InitModel"):
-            raw = channel.unary_stream(f"/jaxinit.v1.Initializers/{method}",
-                                       request_serializer=bytes, response_deserializer=bytes)
+            raw = channel.unary_stream(
+                f"/jaxinit.v1.Initializers/{method}", request_serializer=bytes, response_deserializer=bytes
+            )
             for blob in garbage:
                 with pytest.raises(grpc.RpcError) as caught:
                     list(raw(blob, timeout=10))
                 assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
         # In a stream: the bad message gets its error there, the good ones still arrive.
-        many = channel.stream_stream("/jaxinit.v1.Initializers/GenerateMany",
-                                     request_serializer=bytes, response_deserializer=pb.TensorChunk.FromString)
+        many = channel.stream_stream(
+            "/jaxinit.v1.Initializers/GenerateMany",
+            request_serializer=bytes,
+            response_deserializer=pb.TensorChunk.FromString,
+        )
         good = pb.GenerateRequest(request_id="ok", initializer="zeros", shape=[3]).SerializeToString()
         answers = list(many(iter([good, garbage[0], good]), timeout=30))
         kinds = [(a.request_id, a.WhichOneof("payload")) for a in answers]
@@ -151,23 +204,31 @@ def test_hand_made_malformed_messages(fuzzed: ServerProcess) -> None:
         # A huge repeated field, wrong-typed values and unknown names: refusals, not crashes.
         stub = pb_grpc.InitializersStub(channel)
         # NaN/inf arguments are JAX's business: it answers (with inf/NaN values, as local JAX does).
-        inf = pb.GenerateRequest(initializer="normal", shape=[4], key=pb.Key(seed=0),
-                                 args={"stddev": pb.Value(float_value=math.inf)})
+        inf = pb.GenerateRequest(
+            initializer="normal", shape=[4], key=pb.Key(seed=0), args={"stddev": pb.Value(float_value=math.inf)}
+        )
         assert [m.WhichOneof("payload") for m in stub.Generate(inf, timeout=30)][-1] == "digest"
         for message in (
             pb.GenerateRequest(initializer="zeros", shape=[1] * 100_000),
             pb.GenerateRequest(initializer="normal", shape=[2**62, 4], key=pb.Key(seed=0)),
             pb.GenerateRequest(initializer="normal", shape=[-1], key=pb.Key(seed=0)),
-            pb.GenerateRequest(initializer="variance_scaling", shape=[4, 4], key=pb.Key(seed=0),
-                               args={"scale": pb.Value(string_value="2"), "mode": pb.Value(int_value=3),
-                                     "distribution": pb.Value(string_value="cauchy")}),
+            pb.GenerateRequest(
+                initializer="variance_scaling",
+                shape=[4, 4],
+                key=pb.Key(seed=0),
+                args={
+                    "scale": pb.Value(string_value="2"),
+                    "mode": pb.Value(int_value=3),
+                    "distribution": pb.Value(string_value="cauchy"),
+                },
+            ),
             pb.GenerateRequest(initializer="__import__", shape=[1]),
             pb.GenerateRequest(initializer="normal", shape=[4], key=pb.Key(seed=0, fold_in=[1] * 100_000)),
         ):
             with pytest.raises(grpc.RpcError) as caught:
                 list(stub.Generate(message, timeout=30))
             assert caught.value.code() in REFUSALS, (caught.value.code(), caught.value.details())
-        for model in ('{"type": "Dense"', '{"type": "Dense", "features": -1}', '[]' * 10, '{"params": [{}]}'):
+        for model in ('{"type": "Dense"', '{"type": "Dense", "features": -1}', "[]" * 10, '{"params": [{}]}'):
             with pytest.raises(grpc.RpcError) as caught:
                 list(stub.InitModel(pb.InitModelRequest(model_json=model, key=pb.Key(seed=0)), timeout=30))
             assert caught.value.code() in REFUSALS, (caught.value.code(), caught.value.details())
@@ -186,20 +247,24 @@ READ_LIMIT = 2**20  # a body is read only when announced below this; otherwise h
 EDGE_TIMEOUT = httpx.Timeout(30.0, connect=10.0)  # the answer's status line comes within this
 ANSWERS = {200, 400, 404, 413, 429}
 OVERLOADED = "OVERLOADED"  # RESOURCE_EXHAUSTED with the error type Overloaded: REST's 429
-GRPC_AS_HTTP = {grpc.StatusCode.OK: 200, grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404,
-                grpc.StatusCode.RESOURCE_EXHAUSTED: 413}
+GRPC_AS_HTTP = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
+}
 
 # Mostly no range (a range past the end is a 400, whatever else the request says).
-edge_counts = st.one_of(st.none(), st.none(), st.none(), st.integers(0, 6),
-                        st.sampled_from([*EDGE, 2**64 - 1, 2**64]))
+edge_counts = st.one_of(st.none(), st.none(), st.none(), st.integers(0, 6), st.sampled_from([*EDGE, 2**64 - 1, 2**64]))
 
 
 @st.composite
 def edge_shapes(draw: st.DrawFn) -> list[int]:
     """Rank 0-6: small dimensions (0 included), and none, one or two near a wrap-around point."""
     shape = draw(st.lists(st.integers(0, SMALL), max_size=6))
-    for edge in draw(st.lists(st.one_of(st.sampled_from(EDGE), st.sampled_from(EDGE), st.sampled_from(REST_EDGE)),
-                              max_size=2)):
+    for edge in draw(
+        st.lists(st.one_of(st.sampled_from(EDGE), st.sampled_from(EDGE), st.sampled_from(REST_EDGE)), max_size=2)
+    ):
         shape.insert(draw(st.integers(0, len(shape))), edge)
     return shape[:6]
 
@@ -225,10 +290,19 @@ def edge_requests(draw: st.DrawFn) -> dict[str, Any]:
 
 def _local(body: dict[str, Any]) -> np.ndarray | Exception:
     """Local JAX on a small shape (every dimension <= SMALL)."""
-    key = body["key"]["seed"] if body["key"]["impl"] == "threefry2x32" else ("seed", body["key"]["seed"],
-                                                                             body["key"]["impl"])
-    return local_jax(body["initializer"], body["args"], key, tuple(body["shape"]), body.get("dtype"),
-                     partitionable=body.get("prng", {}).get("threefry_partitionable"))
+    key = (
+        body["key"]["seed"]
+        if body["key"]["impl"] == "threefry2x32"
+        else ("seed", body["key"]["seed"], body["key"]["impl"])
+    )
+    return local_jax(
+        body["initializer"],
+        body["args"],
+        key,
+        tuple(body["shape"]),
+        body.get("dtype"),
+        partitionable=body.get("prng", {}).get("threefry_partitionable"),
+    )
 
 
 def _abstract(body: dict[str, Any]) -> Any:
@@ -297,8 +371,12 @@ def _alive(server: ServerProcess, since: int) -> None:
 def _grpc_outcome(server: ServerProcess, body: dict[str, Any]) -> tuple[Any, bytes | None]:
     """(status, the bytes when the tensor is small) of the same request over gRPC Generate;
     OVERLOADED for a RESOURCE_EXHAUSTED that says "retry" (the REST 429)."""
-    message = pb.GenerateRequest(initializer=body["initializer"], shape=body["shape"], dtype=body.get("dtype", ""),
-                                 key=pb.Key(seed=body["key"]["seed"], impl=body["key"]["impl"]))
+    message = pb.GenerateRequest(
+        initializer=body["initializer"],
+        shape=body["shape"],
+        dtype=body.get("dtype", ""),
+        key=pb.Key(seed=body["key"]["seed"], impl=body["key"]["impl"]),
+    )
     for name, value in body["args"].items():
         message.args[name].float_value = value
     if "prng" in body:
@@ -324,8 +402,13 @@ def _grpc_outcome(server: ServerProcess, body: dict[str, Any]) -> tuple[Any, byt
 
 
 def _edge(name: str, shape: list[int], dtype: str | None = None, **extra: Any) -> dict[str, Any]:
-    body = {"initializer": name, "shape": shape, "args": EDGE_FAMILIES[name],
-            "key": {"seed": 1, "impl": "threefry2x32"}, **extra}
+    body = {
+        "initializer": name,
+        "shape": shape,
+        "args": EDGE_FAMILIES[name],
+        "key": {"seed": 1, "impl": "threefry2x32"},
+        **extra,
+    }
     return body if dtype is None else {**body, "dtype": dtype}
 
 
@@ -352,9 +435,15 @@ def test_arithmetic_edges_answer_or_refuse(server: ServerProcess, body: dict[str
     since = len(server.output)
     shape = body["shape"]
     small = all(d <= SMALL for d in shape)
-    with httpx.Client(base_url=server.http_url, timeout=EDGE_TIMEOUT) as client, client.stream(
-        "POST", "/v1/generate", json=body, headers={"accept": "application/octet-stream"},
-    ) as response:
+    with (
+        httpx.Client(base_url=server.http_url, timeout=EDGE_TIMEOUT) as client,
+        client.stream(
+            "POST",
+            "/v1/generate",
+            json=body,
+            headers={"accept": "application/octet-stream"},
+        ) as response,
+    ):
         status, data = response.status_code, _bounded(response)
         headers = response.headers
     assert status in ANSWERS, (status, data and data[:500], body)
@@ -420,8 +509,11 @@ def raw_models(draw: st.DrawFn) -> dict[str, Any]:
             alphabet = NAME_CHARS + (ODD_CHARS if odd else "")
             parts.append("".join(rng.choices(alphabet, k=rng.randint(1, max_chars))))
         dims = MODEL_DIMS if huge else MODEL_DIMS[:4]
-        param: dict[str, Any] = {"path": ".".join(parts), "initializer": rng.choice(inits),
-                                 "shape": [rng.choice(dims) for _ in range(rng.randint(0, 4))]}
+        param: dict[str, Any] = {
+            "path": ".".join(parts),
+            "initializer": rng.choice(inits),
+            "shape": [rng.choice(dims) for _ in range(rng.randint(0, 4))],
+        }
         if rng.random() < 0.1:
             param["dtype"] = rng.choice(["float32", "bfloat16", "int8", "float128"])
         size += len(param["path"]) + 80
@@ -431,18 +523,20 @@ def raw_models(draw: st.DrawFn) -> dict[str, Any]:
     return {"params": params}
 
 
-@settings(max_examples=max(5, EXAMPLES // 2), deadline=None, suppress_health_check=list(HealthCheck),
-          derandomize=True)
+@settings(max_examples=max(5, EXAMPLES // 2), deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(model=raw_models(), layout=st.sampled_from(["flax", "torch"]))
 def test_raw_models_near_the_caps_plan_or_refuse(server: ServerProcess, model: dict[str, Any], layout: str) -> None:
     """Paths of 1-70 components (the cap is 64), names up to 300 characters (the cap is 256),
     thousands of parameters, huge shapes: the plan, or a 4xx; never a 5xx, never a dead server."""
     since = len(server.output)
     body = {"model": model, "key": {"seed": 0}, "layout": layout}
-    response = httpx.post(f"{server.http_url}/v1/models/init", json=body, headers={"accept": "application/json"},
-                          timeout=EDGE_TIMEOUT)
+    response = httpx.post(
+        f"{server.http_url}/v1/models/init", json=body, headers={"accept": "application/json"}, timeout=EDGE_TIMEOUT
+    )
     assert response.status_code == 200 or 400 <= response.status_code < 500, (
-        response.status_code, response.text[:1000])
+        response.status_code,
+        response.text[:1000],
+    )
     assert response.status_code in ANSWERS, (response.status_code, response.text[:1000])
     event(f"model {response.status_code}{_error_type(response.content) if response.status_code != 200 else ''}")
     if response.status_code == 200:

@@ -49,8 +49,10 @@ def test_abandoned_generate_many_leaves_the_server_healthy(server: Any) -> None:
     from jaxinit.v1 import jaxinit_pb2 as pb
     from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
 
-    requests = [pb.GenerateRequest(request_id=str(i), initializer="normal", shape=[1024, 1024], key=pb.Key(seed=i))
-                for i in range(32)]
+    requests = [
+        pb.GenerateRequest(request_id=str(i), initializer="normal", shape=[1024, 1024], key=pb.Key(seed=i))
+        for i in range(32)
+    ]
     with grpc.insecure_channel(server.grpc_target) as channel:
         call = pb_grpc.InitializersStub(channel).GenerateMany(iter(requests), timeout=60)
         first = next(call)

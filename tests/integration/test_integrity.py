@@ -129,8 +129,9 @@ def test_the_http_client_refuses_a_byte_flipped_on_the_path(server: Any) -> None
 
 def test_the_http_digest_covers_a_range(server: Any) -> None:
     body = {"initializer": "normal", "shape": [512, 512], "key": {"seed": 4}, "offset": 10, "count": 999}
-    response = httpx.post(f"{server.http_url}/v1/generate", json=body, timeout=30,
-                          headers={"Accept": "application/vnd.jaxinit.tensor"})
+    response = httpx.post(
+        f"{server.http_url}/v1/generate", json=body, timeout=30, headers={"Accept": "application/vnd.jaxinit.tensor"}
+    )
     assert response.headers["x-jaxinit-digest-algorithm"] == "xxh3-128"
     data, digest = response.content[:-16], response.content[-16:]
     expected = np.asarray(jax.nn.initializers.normal()(jax.random.key(4), (512, 512))).reshape(-1)[10:1009]

@@ -26,17 +26,31 @@ VENV = ROOT / ".cache" / "tritonclient-2.73.0"
 
 CASES = [
     {"id": "lecun", "model": "lecun_normal", "inputs": [["shape", "INT64", [784, 256]], ["seed", "INT64", [42]]]},
-    {"id": "vs_bf16", "model": "variance_scaling",
-     "inputs": [["shape", "INT64", [3, 3, 16, 32]], ["seed", "INT64", [-3]]],
-     "parameters": {"dtype": "BF16", "scale": 2.0, "mode": "fan_out", "distribution": "uniform"}},
-    {"id": "keydata", "model": "he_uniform",
-     "inputs": [["shape", "INT64", [64, 8]], ["key_data", "UINT32", [1, 2, 3, 4]], ["fold_in", "UINT32", [7]]],
-     "parameters": {"key_impl": "rbg", "in_axis": 0}},
-    {"id": "axes", "model": "variance_scaling", "inputs": [["shape", "INT64", [5, 4, 3]], ["seed", "INT64", [1]]],
-     "parameters": {"scale": 1.0, "mode": "fan_in", "distribution": "normal", "in_axis": "[0, 1]"}},
+    {
+        "id": "vs_bf16",
+        "model": "variance_scaling",
+        "inputs": [["shape", "INT64", [3, 3, 16, 32]], ["seed", "INT64", [-3]]],
+        "parameters": {"dtype": "BF16", "scale": 2.0, "mode": "fan_out", "distribution": "uniform"},
+    },
+    {
+        "id": "keydata",
+        "model": "he_uniform",
+        "inputs": [["shape", "INT64", [64, 8]], ["key_data", "UINT32", [1, 2, 3, 4]], ["fold_in", "UINT32", [7]]],
+        "parameters": {"key_impl": "rbg", "in_axis": 0},
+    },
+    {
+        "id": "axes",
+        "model": "variance_scaling",
+        "inputs": [["shape", "INT64", [5, 4, 3]], ["seed", "INT64", [1]]],
+        "parameters": {"scale": 1.0, "mode": "fan_in", "distribution": "normal", "in_axis": "[0, 1]"},
+    },
     {"id": "unknown_model", "model": "lecun_normel", "inputs": [["shape", "INT64", [2]], ["seed", "INT64", [0]]]},
-    {"id": "bad_arg", "model": "normal", "inputs": [["shape", "INT64", [2]], ["seed", "INT64", [0]]],
-     "parameters": {"sigma": 1.0}},
+    {
+        "id": "bad_arg",
+        "model": "normal",
+        "inputs": [["shape", "INT64", [2]], ["seed", "INT64", [0]]],
+        "parameters": {"sigma": 1.0},
+    },
 ]
 
 
@@ -61,21 +75,34 @@ def triton_python() -> pathlib.Path:
     marker = VENV / ".installed"
     if not marker.exists():
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True, timeout=300)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", TRITONCLIENT], check=True, timeout=900,
-                       env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", TRITONCLIENT],
+            check=True,
+            timeout=900,
+            env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+        )
         marker.touch()
     return python
 
 
-def test_tritonclient_fetches_bit_exact_weights(server: Any, triton_python: pathlib.Path,
-                                                tmp_path: pathlib.Path) -> None:
+def test_tritonclient_fetches_bit_exact_weights(
+    server: Any, triton_python: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
     cases = tmp_path / "cases.json"
     cases.write_text(json.dumps(CASES))
     http_hostport = server.http_url.removeprefix("http://")
     result = subprocess.run(
-        [str(triton_python), str(ROOT / "tests" / "external" / "triton_fetch.py"), server.grpc_target,
-         http_hostport, str(cases), str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
+        [
+            str(triton_python),
+            str(ROOT / "tests" / "external" / "triton_fetch.py"),
+            server.grpc_target,
+            http_hostport,
+            str(cases),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
@@ -102,8 +129,13 @@ def test_v2_http_forms_and_errors(server: Any) -> None:
     meta = httpx.get(f"{base}/models/nope")
     assert meta.status_code == 404 and "unknown model" in meta.json()["error"]
     # Pure JSON in and out (no binary extension).
-    body = {"inputs": [{"name": "shape", "datatype": "INT64", "shape": [2], "data": [2, 3]},
-                       {"name": "seed", "datatype": "INT64", "shape": [1], "data": [0]}], "id": "r1"}
+    body = {
+        "inputs": [
+            {"name": "shape", "datatype": "INT64", "shape": [2], "data": [2, 3]},
+            {"name": "seed", "datatype": "INT64", "shape": [1], "data": [0]},
+        ],
+        "id": "r1",
+    }
     answer = httpx.post(f"{base}/models/lecun_normal/infer", json=body).json()
     assert answer["id"] == "r1" and answer["outputs"][0]["shape"] == [2, 3]
     want = np.asarray(jax.nn.initializers.lecun_normal()(jax.random.key(0), (2, 3)))
@@ -118,8 +150,9 @@ def test_v2_http_forms_and_errors(server: Any) -> None:
         response = httpx.post(f"{base}/models/zeros/infer", json=bad)
         assert response.status_code == status, response.text
         assert set(response.json()) == {"error"} and message in response.json()["error"]
-    broken = httpx.post(f"{base}/models/zeros/infer", content=b"{not json",
-                        headers={"Content-Type": "application/json"})
+    broken = httpx.post(
+        f"{base}/models/zeros/infer", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
     assert broken.status_code == 400 and "invalid inference request" in broken.json()["error"]
 
 
@@ -137,8 +170,10 @@ def test_v2_grpc_errors(server: Any) -> None:
 
 
 def _v2_inputs(shape: list[int], seed: int) -> list[dict[str, Any]]:
-    return [{"name": "shape", "datatype": "INT64", "shape": [len(shape)], "data": shape},
-            {"name": "seed", "datatype": "INT64", "shape": [1], "data": [seed]}]
+    return [
+        {"name": "shape", "datatype": "INT64", "shape": [len(shape)], "data": shape},
+        {"name": "seed", "datatype": "INT64", "shape": [1], "data": [seed]},
+    ]
 
 
 def _binary_answer(response: httpx.Response) -> tuple[dict[str, Any], bytes]:
@@ -158,8 +193,11 @@ def test_v2_non_finite_outputs_are_400_in_json_and_exact_in_binary(server: Any) 
     init = jax.nn.initializers
     for model, parameters, factory in [
         ("normal", {"stddev": 1e39}, init.normal(1e39)),  # inf in float32
-        ("variance_scaling", {"scale": -1.0, "mode": "fan_in", "distribution": "normal"},
-         init.variance_scaling(-1.0, "fan_in", "normal")),  # sqrt of a negative: NaN
+        (
+            "variance_scaling",
+            {"scale": -1.0, "mode": "fan_in", "distribution": "normal"},
+            init.variance_scaling(-1.0, "fan_in", "normal"),
+        ),  # sqrt of a negative: NaN
     ]:
         body = {"inputs": _v2_inputs([4, 3], 5), "parameters": parameters}
         response = httpx.post(url.format(model), json=body)
@@ -169,39 +207,52 @@ def test_v2_non_finite_outputs_are_400_in_json_and_exact_in_binary(server: Any) 
         assert "non-finite" in message and "JSON cannot carry" in message and "binary_data" in message
         want = np.asarray(factory(jax.random.key(5), (4, 3), np.float32))
         assert not np.isfinite(want).all()
-        for binary in ({"outputs": [{"name": "output", "parameters": {"binary_data": True}}]},
-                       {"parameters": {**parameters, "binary_data_output": True}}):
+        for binary in (
+            {"outputs": [{"name": "output", "parameters": {"binary_data": True}}]},
+            {"parameters": {**parameters, "binary_data_output": True}},
+        ):
             head, data = _binary_answer(httpx.post(url.format(model), json={**body, **binary}))
             assert head["outputs"][0]["shape"] == [4, 3] and data == want.tobytes()
 
 
 MALFORMED: list[tuple[str, bytes]] = [
     ("input parameters a string", json.dumps({"inputs": [{**_v2_inputs([2], 0)[0], "parameters": "x"}]}).encode()),
-    ("output parameters a list", json.dumps({"inputs": _v2_inputs([2], 0),
-                                             "outputs": [{"name": "output", "parameters": [1]}]}).encode()),
+    (
+        "output parameters a list",
+        json.dumps({"inputs": _v2_inputs([2], 0), "outputs": [{"name": "output", "parameters": [1]}]}).encode(),
+    ),
     ("an output not an object", json.dumps({"inputs": _v2_inputs([2], 0), "outputs": [1]}).encode()),
     ("outputs a string", json.dumps({"inputs": _v2_inputs([2], 0), "outputs": "x"}).encode()),
     ("nested 1,100 deep", b"[" * 1100 + b"]" * 1100),
     ("inputs nested 1,100 deep", b'{"inputs": ' + b"[" * 1100 + b"]" * 1100 + b"}"),
-    ("an argument nested 1,100 deep", json.dumps({"inputs": _v2_inputs([2], 0),
-                                                  "parameters": {"stddev": "[" * 1100 + "]" * 1100}}).encode()),
+    (
+        "an argument nested 1,100 deep",
+        json.dumps({"inputs": _v2_inputs([2], 0), "parameters": {"stddev": "[" * 1100 + "]" * 1100}}).encode(),
+    ),
     ("unclosed, 200,000 deep", b"[" * 200_000),
     ("a huge input name", json.dumps({"inputs": [{**_v2_inputs([2], 0)[0], "name": "n" * 200_000}]}).encode()),
     ("a huge id", json.dumps({"inputs": _v2_inputs([2], 0), "id": list(range(100_000))}).encode()),
     ("request parameters a list", json.dumps({"inputs": _v2_inputs([2], 0), "parameters": [1]}).encode()),
     ("a NaN literal", b'{"inputs": [], "parameters": {"stddev": NaN}}'),
-    ("binary_data not a bool", json.dumps({
-        "inputs": _v2_inputs([2], 0), "outputs": [{"name": "output", "parameters": {"binary_data": "yes"}}]}).encode()),
-    ("a negative binary_data_size", json.dumps({"inputs": [{**_v2_inputs([2], 0)[0],
-                                                            "parameters": {"binary_data_size": -8}}]}).encode()),
+    (
+        "binary_data not a bool",
+        json.dumps(
+            {"inputs": _v2_inputs([2], 0), "outputs": [{"name": "output", "parameters": {"binary_data": "yes"}}]}
+        ).encode(),
+    ),
+    (
+        "a negative binary_data_size",
+        json.dumps({"inputs": [{**_v2_inputs([2], 0)[0], "parameters": {"binary_data_size": -8}}]}).encode(),
+    ),
     ("dtype an object", json.dumps({"inputs": _v2_inputs([2], 0), "parameters": {"dtype": {"a": 1}}}).encode()),
 ]
 
 
 @pytest.mark.parametrize("body", [body for _, body in MALFORMED], ids=[name for name, _ in MALFORMED])
 def test_v2_malformed_documents_are_400(server: Any, body: bytes) -> None:
-    response = httpx.post(f"{server.http_url}/v2/models/normal/infer", content=body,
-                          headers={"Content-Type": "application/json"})
+    response = httpx.post(
+        f"{server.http_url}/v2/models/normal/infer", content=body, headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 400, response.text
     assert set(response.json()) == {"error"} and len(response.json()["error"]) < 300, response.text
     assert httpx.get(f"{server.http_url}/v2/health/live").json() == {"live": True}
@@ -212,20 +263,34 @@ def test_v2_binary_answers_stream_bit_exact(server: Any) -> None:
     url = f"{server.http_url}/v2/models/{{}}/infer"
     binary = {"binary_data_output": True}
     want = np.asarray(jax.nn.initializers.lecun_normal()(jax.random.key(11), (1024, 768), np.float32))
-    head, data = _binary_answer(httpx.post(url.format("lecun_normal"), json={
-        "inputs": _v2_inputs([1024, 768], 11), "parameters": binary, "id": "big"}))
+    head, data = _binary_answer(
+        httpx.post(
+            url.format("lecun_normal"), json={"inputs": _v2_inputs([1024, 768], 11), "parameters": binary, "id": "big"}
+        )
+    )
     assert head["id"] == "big" and head["outputs"][0]["datatype"] == "FP32"
     assert head["outputs"][0]["shape"] == [1024, 768] and data == want.tobytes()
     # A range of it.
-    head, data = _binary_answer(httpx.post(url.format("lecun_normal"), json={
-        "inputs": _v2_inputs([1024, 768], 11), "parameters": {**binary, "offset": 1000, "count": 300_000}}))
+    head, data = _binary_answer(
+        httpx.post(
+            url.format("lecun_normal"),
+            json={"inputs": _v2_inputs([1024, 768], 11), "parameters": {**binary, "offset": 1000, "count": 300_000}},
+        )
+    )
     assert head["outputs"][0]["shape"] == [300_000] and data == want.reshape(-1)[1000:301_000].tobytes()
     # bfloat16, asked on the output.
     f = jax.nn.initializers.variance_scaling(2.0, "fan_out", "truncated_normal")
     want = np.asarray(f(jax.random.key(3), (512, 1536), ml_dtypes.bfloat16))
-    head, data = _binary_answer(httpx.post(url.format("variance_scaling"), json={
-        "inputs": _v2_inputs([512, 1536], 3), "outputs": [{"name": "output", "parameters": {"binary_data": True}}],
-        "parameters": {"dtype": "BF16", "scale": 2.0, "mode": "fan_out", "distribution": "truncated_normal"}}))
+    head, data = _binary_answer(
+        httpx.post(
+            url.format("variance_scaling"),
+            json={
+                "inputs": _v2_inputs([512, 1536], 3),
+                "outputs": [{"name": "output", "parameters": {"binary_data": True}}],
+                "parameters": {"dtype": "BF16", "scale": 2.0, "mode": "fan_out", "distribution": "truncated_normal"},
+            },
+        )
+    )
     assert head["outputs"][0]["datatype"] == "BF16" and data == want.tobytes()
 
 
@@ -238,7 +303,8 @@ def test_v2_grpc_model_infer_is_capped(server: Any) -> None:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         request = pb.ModelInferRequest(model_name="lecun_normal")
         request.inputs.add(name="shape", datatype="INT64", shape=[2]).contents.int64_contents.extend(
-            [MAX_UNARY_BYTES // 4 // 1024 + 1, 1024])
+            [MAX_UNARY_BYTES // 4 // 1024 + 1, 1024]
+        )
         request.inputs.add(name="seed", datatype="INT64", shape=[1]).contents.int64_contents.append(0)
         with pytest.raises(grpc.RpcError) as info:
             stub.ModelInfer(request, timeout=60)
@@ -268,7 +334,9 @@ def test_proto_matches_tritonclient(triton_python: pathlib.Path) -> None:
     names = {"messages": sorted(pb.DESCRIPTOR.message_types_by_name), "methods": sorted(service.methods_by_name)}
     result = subprocess.run(
         [str(triton_python), str(ROOT / "tests" / "external" / "triton_descriptors.py"), json.dumps(names)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     theirs = json.loads(result.stdout)

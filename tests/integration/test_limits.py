@@ -79,8 +79,9 @@ def test_over_the_stream_cap_is_429_with_retry_after_on_both_transports(one_stre
     channel, call = _hold(one_stream)
     try:
         started = time.monotonic()
-        response = httpx.post(f"{one_stream.http_url}/v1/generate",
-                              json={"initializer": "zeros", "shape": [4]}, timeout=30)
+        response = httpx.post(
+            f"{one_stream.http_url}/v1/generate", json={"initializer": "zeros", "shape": [4]}, timeout=30
+        )
         assert time.monotonic() - started < 5  # refused at once, not queued
         assert response.status_code == 429 and response.headers["retry-after"] == "1"
         assert response.json()["error"]["type"] == "Overloaded"

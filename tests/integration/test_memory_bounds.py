@@ -60,8 +60,10 @@ def _conv_kernels(seed: int) -> list[tuple[int, ...]]:
     """Distinct (k1, k2, n, m) with n <= m, as jax.nn.initializers.delta_orthogonal takes them."""
     shapes = [
         (k1, k2, n, m)
-        for k1 in (1, 2, 3) for k2 in (1, 2, 3)
-        for n in range(1, MAX_ELEMENTS + 1) for m in range(n, MAX_ELEMENTS // (k1 * k2 * n) + 1)
+        for k1 in (1, 2, 3)
+        for k2 in (1, 2, 3)
+        for n in range(1, MAX_ELEMENTS + 1)
+        for m in range(n, MAX_ELEMENTS // (k1 * k2 * n) + 1)
     ]
     return random.Random(seed).sample(shapes, SHAPES_PER_FAMILY)
 
@@ -94,8 +96,7 @@ FAMILIES = [
     Family("delta_orthogonal", "delta_orthogonal", _conv_kernels),
     Family("normal complex64", "normal", _matrices, {"dtype": "complex64"}, dtype="complex64"),
     Family("normal rbg key", "normal", _matrices, {"key_impl": "rbg"}, key_impl="rbg"),
-    Family("lecun_normal legacy", "lecun_normal", _matrices, {"threefry_partitionable": "false"},
-           partitionable=False),
+    Family("lecun_normal legacy", "lecun_normal", _matrices, {"threefry_partitionable": "false"}, partitionable=False),
     Family("zeros", "zeros", _matrices),
     # Not a cache the workers hold: JAX's trace caches in the server process itself.
     Family("orthogonal 0-size", "orthogonal", _empty),
@@ -126,8 +127,9 @@ def _rss(process: psutil.Process) -> Rss:
 
 def _get(client: httpx.Client, family: Family, shape: tuple[int, ...], seed: int) -> bytes:
     params: dict[str, Any] = {"shape": ",".join(map(str, shape)), "seed": seed, **family.query}
-    response = client.get(f"/v1/generate/{family.initializer}", params=params,
-                          headers={"accept": "application/octet-stream"})
+    response = client.get(
+        f"/v1/generate/{family.initializer}", params=params, headers={"accept": "application/octet-stream"}
+    )
     assert response.status_code == 200, (family.label, shape, response.text[:500])
     assert len(response.content) == math.prod(shape) * DTYPES[response.headers["x-jaxinit-dtype"]].itemsize
     return response.content
@@ -198,8 +200,10 @@ def test_distinct_shapes_keep_memory_bounded(run: Run, family: Family) -> None:
                 sample(f"{family.label} #{i}")
         after = sample(f"{family.label} end")
         pool = client.get("/readyz").json()["whole_tensor_workers"]
-    row = (f"{family.label:20} before  {before}\n{'':20} after   {after}   worker peak {worker_peak / MiB:.0f} MiB; "
-           f"pool replaced={pool['replaced']} killed={pool['killed']}; {time.monotonic() - started:.0f} s")
+    row = (
+        f"{family.label:20} before  {before}\n{'':20} after   {after}   worker peak {worker_peak / MiB:.0f} MiB; "
+        f"pool replaced={pool['replaced']} killed={pool['killed']}; {time.monotonic() - started:.0f} s"
+    )
     run.rows.append(row)
     print("\n" + row)
     _alive(run.server)
@@ -210,8 +214,10 @@ def test_server_growth_over_all_families(run: Run) -> None:
     _alive(run.server)
     final = _rss(run.process)
     growth = final.server - run.baseline.server
-    print(f"\nfinal                       {final}\nserver growth {growth / MiB:+.0f} MiB over {len(run.rows)} "
-          f"families (bound {SERVER_GROWTH_BOUND / MiB:.0f}); tree peak {run.peak_tree / MiB:.0f} MiB at "
-          f"{run.peak_at} (bound {TREE_BOUND / MiB:.0f})")
+    print(
+        f"\nfinal                       {final}\nserver growth {growth / MiB:+.0f} MiB over {len(run.rows)} "
+        f"families (bound {SERVER_GROWTH_BOUND / MiB:.0f}); tree peak {run.peak_tree / MiB:.0f} MiB at "
+        f"{run.peak_at} (bound {TREE_BOUND / MiB:.0f})"
+    )
     assert growth <= SERVER_GROWTH_BOUND, "\n".join(run.rows)
     assert run.peak_tree < TREE_BOUND

@@ -95,29 +95,67 @@ def test_the_worst_admitted_mix_stays_inside_a_replicas_memory_limit() -> None:
 
             return run
 
-        v2 = {"outputs": [{"name": "output", "parameters": {"binary_data": True}}], "inputs": [
-            {"name": "shape", "datatype": "INT64", "shape": [2], "data": [16384, 16384]},
-            {"name": "seed", "datatype": "INT64", "shape": [1], "data": [0]}]}
-        npz = {"model": {"params": [{"path": "a.w", "initializer": "normal", "shape": [8192, 8192]},
-                                    {"path": "b.w", "initializer": "normal", "shape": [8192, 8192]}]},
-               "key": {"seed": 0}}
+        v2 = {
+            "outputs": [{"name": "output", "parameters": {"binary_data": True}}],
+            "inputs": [
+                {"name": "shape", "datatype": "INT64", "shape": [2], "data": [16384, 16384]},
+                {"name": "seed", "datatype": "INT64", "shape": [1], "data": [0]},
+            ],
+        }
+        npz = {
+            "model": {
+                "params": [
+                    {"path": "a.w", "initializer": "normal", "shape": [8192, 8192]},
+                    {"path": "b.w", "initializer": "normal", "shape": [8192, 8192]},
+                ]
+            },
+            "key": {"seed": 0},
+        }
         jobs = [
             # whole-tensor requests at the largest size each class admits (~2.4 GiB priced)
-            *(send(f"complex64 normal #{i}", "POST", "/v1/generate", json={
-                "initializer": "normal", "shape": [9000, 9000], "dtype": "complex64", "key": {"seed": i}})
-              for i in range(2)),
-            *(send(f"rbg normal #{i}", "POST", "/v1/generate", json={
-                "initializer": "normal", "shape": [14500, 14500], "key": {"seed": i, "impl": "rbg"}})
-              for i in range(2)),
-            *(send(f"orthogonal #{i}", "GET", "/v1/generate/orthogonal", params={"shape": "4096,4096", "seed": i})
-              for i in range(2)),
+            *(
+                send(
+                    f"complex64 normal #{i}",
+                    "POST",
+                    "/v1/generate",
+                    json={"initializer": "normal", "shape": [9000, 9000], "dtype": "complex64", "key": {"seed": i}},
+                )
+                for i in range(2)
+            ),
+            *(
+                send(
+                    f"rbg normal #{i}",
+                    "POST",
+                    "/v1/generate",
+                    json={"initializer": "normal", "shape": [14500, 14500], "key": {"seed": i, "impl": "rbg"}},
+                )
+                for i in range(2)
+            ),
+            *(
+                send(f"orthogonal #{i}", "GET", "/v1/generate/orthogonal", params={"shape": "4096,4096", "seed": i})
+                for i in range(2)
+            ),
             # 4 GiB chunked streams, legacy mode too, JSON at the cap, KServe binary, an .npz
-            *(send(f"4 GiB stream #{i}", "GET", "/v1/generate/normal", params={"shape": "32768,32768", "seed": i})
-              for i in range(4)),
-            send("4 GiB legacy stream", "GET", "/v1/generate/normal",
-                 params={"shape": "32768,32768", "seed": 9, "threefry_partitionable": "false"}),
-            *(send(f"JSON at the cap #{i}", "GET", "/v1/generate/normal", params={"shape": "1024,1024", "seed": i},
-                   headers={"Accept": "application/json"}) for i in range(2)),
+            *(
+                send(f"4 GiB stream #{i}", "GET", "/v1/generate/normal", params={"shape": "32768,32768", "seed": i})
+                for i in range(4)
+            ),
+            send(
+                "4 GiB legacy stream",
+                "GET",
+                "/v1/generate/normal",
+                params={"shape": "32768,32768", "seed": 9, "threefry_partitionable": "false"},
+            ),
+            *(
+                send(
+                    f"JSON at the cap #{i}",
+                    "GET",
+                    "/v1/generate/normal",
+                    params={"shape": "1024,1024", "seed": i},
+                    headers={"Accept": "application/json"},
+                )
+                for i in range(2)
+            ),
             send("KServe binary 1 GiB", "POST", "/v2/models/normal/infer", json=v2),
             send("model .npz 512 MiB", "POST", "/v1/models/init", json=npz, headers={"Accept": "application/x-npz"}),
         ]
@@ -129,8 +167,10 @@ def test_the_worst_admitted_mix_stays_inside_a_replicas_memory_limit() -> None:
         sampler.done.set()
         sampler.join()
         alive = srv.process.poll() is None
-        print(f"\nbaseline {baseline / 2**30:.2f} GiB, peak {sampler.peak / 2**30:.2f} GiB "
-              f"(limit {limit / 2**30:.0f} GiB); outcomes: {sorted(outcomes)}")
+        print(
+            f"\nbaseline {baseline / 2**30:.2f} GiB, peak {sampler.peak / 2**30:.2f} GiB "
+            f"(limit {limit / 2**30:.0f} GiB); outcomes: {sorted(outcomes)}"
+        )
         assert alive, "".join(srv.output[-50:])
         assert sampler.peak < limit, f"peak {sampler.peak / 2**30:.2f} GiB over the {limit / 2**30:.0f} GiB limit"
         assert len(outcomes) == len(jobs) and all(code == 200 for _, code in outcomes), sorted(outcomes)

@@ -60,9 +60,14 @@ def test_parallel_default_on_the_client_and_async(server: Any) -> None:
     assert asyncio.run(main()).tobytes() == _whole(shape=(2100, 2000)).tobytes()
 
 
-@pytest.mark.parametrize(("offset", "count", "text"), [
-    (1_100_001, None, "past the end"), (1_000_000, 100_001, "past the end"), (-1, None, "non-negative"),
-])
+@pytest.mark.parametrize(
+    ("offset", "count", "text"),
+    [
+        (1_100_001, None, "past the end"),
+        (1_000_000, 100_001, "past the end"),
+        (-1, None, "non-negative"),
+    ],
+)
 def test_bad_ranges_are_refused(server: Any, offset: int, count: int | None, text: str) -> None:
     body = {"initializer": "lecun_normal", "shape": list(SHAPE), "key": {"seed": 5}, "offset": offset}
     if count is not None:
@@ -77,8 +82,11 @@ def test_bad_ranges_are_refused(server: Any, offset: int, count: int | None, tex
 def test_get_form_range_has_its_own_etag_and_json(server: Any) -> None:
     base = f"{server.http_url}/v1/generate/lecun_normal"
     whole = httpx.get(base, params={"shape": "11,100,1000", "seed": "5"})
-    part = httpx.get(base, params={"shape": "11,100,1000", "seed": "5", "offset": "10", "count": "4"},
-                     headers={"Accept": "application/json"})
+    part = httpx.get(
+        base,
+        params={"shape": "11,100,1000", "seed": "5", "offset": "10", "count": "4"},
+        headers={"Accept": "application/json"},
+    )
     assert part.headers["etag"] != whole.headers["etag"]
     body = part.json()
     assert (body["shape"], body["offset"], body["count"]) == ([11, 100, 1000], 10, 4)

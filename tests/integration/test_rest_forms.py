@@ -78,8 +78,14 @@ def test_accept_negotiation_honours_q(server: Any) -> None:
 
 def test_get_form_is_cacheable_with_etag_and_304(server: Any) -> None:
     url = f"{server.http_url}/v1/generate/variance_scaling"
-    params = {"shape": "5,7", "seed": "3", "scale": "1.0", "mode": "fan_in", "distribution": "truncated_normal",
-              "batch_axis": "[]"}
+    params = {
+        "shape": "5,7",
+        "seed": "3",
+        "scale": "1.0",
+        "mode": "fan_in",
+        "distribution": "truncated_normal",
+        "batch_axis": "[]",
+    }
     first = httpx.get(url, params=params)
     assert first.status_code == 200
     assert first.content == _expected().tobytes()  # lecun_normal is exactly this variance_scaling
@@ -128,8 +134,14 @@ def test_health_ready_docs_and_registry(server: Any) -> None:
 @pytest.mark.parametrize(
     ("name", "args", "key", "shape", "dtype", "flags"),
     [
-        ("variance_scaling", {"scale": 2.0, "mode": "fan_geo_avg", "distribution": "uniform", "batch_axis": [0]},
-         3, (2, 8, 4), "bfloat16", {}),
+        (
+            "variance_scaling",
+            {"scale": 2.0, "mode": "fan_geo_avg", "distribution": "uniform", "batch_axis": [0]},
+            3,
+            (2, 8, 4),
+            "bfloat16",
+            {},
+        ),
         ("constant", {"value": -0.5}, None, (3, 2), "float16", {}),
         ("normal", {"stddev": 0.02}, jaxinit.wrap_key_data([1, 2]), (5, 7), "float64", {}),
         ("truncated_normal", {"lower": -1.5, "upper": 2}, 9, (33,), None, {"threefry_partitionable": False}),
@@ -137,7 +149,12 @@ def test_health_ready_docs_and_registry(server: Any) -> None:
     ],
 )
 def test_the_clients_get_mode_is_exact(
-    server: Any, name: str, args: dict[str, Any], key: Any, shape: tuple[int, ...], dtype: str | None,
+    server: Any,
+    name: str,
+    args: dict[str, Any],
+    key: Any,
+    shape: tuple[int, ...],
+    dtype: str | None,
     flags: dict[str, bool],
 ) -> None:
     """``Client(cacheable=True)`` spells every request as a canonical GET URL: same bytes as

@@ -79,27 +79,52 @@ def test_overflowing_shapes_are_400_on_every_route(server: ServerProcess, shape:
     assert "dimension" in posted.json()["error"]["message"]
     got = httpx.get(f"{url}/v1/generate/zeros", params={"shape": ",".join(map(str, shape))}, timeout=30)
     assert got.status_code == 400, got.text
-    v2 = httpx.post(f"{url}/v2/models/zeros/infer", timeout=30, json={
-        "inputs": [{"name": "shape", "datatype": "INT64", "shape": [len(shape)], "data": shape}]})
+    v2 = httpx.post(
+        f"{url}/v2/models/zeros/infer",
+        timeout=30,
+        json={"inputs": [{"name": "shape", "datatype": "INT64", "shape": [len(shape)], "data": shape}]},
+    )
     assert v2.status_code == 400, v2.text
-    model = httpx.post(f"{url}/v1/models/init", timeout=30, headers={"Accept": "application/json"}, json={
-        "model": {"params": [{"path": "a.b", "initializer": "zeros", "shape": shape}]}, "key": {"seed": 0}})
+    model = httpx.post(
+        f"{url}/v1/models/init",
+        timeout=30,
+        headers={"Accept": "application/json"},
+        json={"model": {"params": [{"path": "a.b", "initializer": "zeros", "shape": shape}]}, "key": {"seed": 0}},
+    )
     assert model.status_code == 400, model.text
     if max(shape) < 2**64:  # gRPC's uint64 shape field
         error = _generate_grpc(server, pb.GenerateRequest(initializer="zeros", shape=shape))
         assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
         with grpc.insecure_channel(server.grpc_target) as channel:
-            answers = list(pb_grpc.InitializersStub(channel).GenerateMany(iter([
-                pb.GenerateRequest(initializer="zeros", shape=shape, request_id="bad"),
-                pb.GenerateRequest(initializer="zeros", shape=[2], request_id="good")]), timeout=60))
+            answers = list(
+                pb_grpc.InitializersStub(channel).GenerateMany(
+                    iter(
+                        [
+                            pb.GenerateRequest(initializer="zeros", shape=shape, request_id="bad"),
+                            pb.GenerateRequest(initializer="zeros", shape=[2], request_id="good"),
+                        ]
+                    ),
+                    timeout=60,
+                )
+            )
         assert answers[0].WhichOneof("payload") == "error" and answers[0].error.code == "INVALID_ARGUMENT"
         assert any(a.request_id == "good" and a.WhichOneof("payload") == "digest" for a in answers)
         if max(shape) < 2**63:  # KServe's int64 shape contents
             with grpc.insecure_channel(server.grpc_target) as channel, pytest.raises(grpc.RpcError) as caught:
-                kpb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(kpb.ModelInferRequest(
-                    model_name="zeros", inputs=[kpb.ModelInferRequest.InferInputTensor(
-                        name="shape", datatype="INT64", shape=[len(shape)],
-                        contents=kpb.InferTensorContents(int64_contents=shape))]), timeout=60)
+                kpb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+                    kpb.ModelInferRequest(
+                        model_name="zeros",
+                        inputs=[
+                            kpb.ModelInferRequest.InferInputTensor(
+                                name="shape",
+                                datatype="INT64",
+                                shape=[len(shape)],
+                                contents=kpb.InferTensorContents(int64_contents=shape),
+                            )
+                        ],
+                    ),
+                    timeout=60,
+                )
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     _alive(server)
 
@@ -107,9 +132,12 @@ def test_overflowing_shapes_are_400_on_every_route(server: ServerProcess, shape:
 @pytest.mark.parametrize("shape", [[2**40, 0], [0, 2**31, 3], [2**60, 0, 1]])
 def test_the_largest_zero_size_shapes_are_answered_without_xla(server: ServerProcess, shape: list[int]) -> None:
     for name in ("zeros", "lecun_normal", "orthogonal"):
-        response = httpx.get(f"{server.http_url}/v1/generate/{name}", timeout=30,
-                             headers={"Accept": "application/x-npy"},
-                             params={"shape": ",".join(map(str, shape)), "seed": 0})
+        response = httpx.get(
+            f"{server.http_url}/v1/generate/{name}",
+            timeout=30,
+            headers={"Accept": "application/x-npy"},
+            params={"shape": ",".join(map(str, shape)), "seed": 0},
+        )
         init = jax.nn.initializers.zeros if name == "zeros" else getattr(jax.nn.initializers, name)()
         try:  # traced only: running XLA on such a shape is what aborted the server
             expected = jax.eval_shape(lambda k, init=init: init(k, tuple(shape)), jax.random.key(0))
@@ -136,11 +164,15 @@ def test_hostile_bodies_are_4xx_with_short_messages(server: ServerProcess) -> No
     url = f"{server.http_url}/v1/generate"
     cases: list[tuple[str, bytes | dict[str, Any]]] = [
         ("constant value nested 900 deep", {"initializer": "constant", "shape": [2], "args": {"value": _nested(900)}}),
-        ("body nested 1,100 deep", b'{"initializer": "zeros", "shape": [2], "args": {"value": '
-         + b"[" * 1100 + b"1" + b"]" * 1100 + b"}}"),
+        (
+            "body nested 1,100 deep",
+            b'{"initializer": "zeros", "shape": [2], "args": {"value": ' + b"[" * 1100 + b"1" + b"]" * 1100 + b"}}",
+        ),
         ("a 15 MiB request_id", {"initializer": "zeros", "shape": [2], "request_id": "x" * (15 * 2**20)}),
-        ("a 9 MB fold_in list",
-         {"initializer": "normal", "shape": [2], "key": {"seed": 0, "fold_in": [7] * 1_500_000}}),
+        (
+            "a 9 MB fold_in list",
+            {"initializer": "normal", "shape": [2], "key": {"seed": 0, "fold_in": [7] * 1_500_000}},
+        ),
         ("a 1 MB initializer name", {"initializer": "n" * 2**20, "shape": [2]}),
         ("a shape of 100,000 dimensions", {"initializer": "zeros", "shape": [1] * 100_000}),
     ]
@@ -165,8 +197,9 @@ def test_an_error_that_quotes_a_huge_value_still_reaches_a_grpc_client_as_jaxini
     with pytest.raises(jaxinit.UnknownInitializer) as caught:
         client.generate("x" * 100_000, 0, (2,))
     assert len(str(caught.value)) < 2048
-    error = _generate_grpc(server, pb.GenerateRequest(initializer="normal", shape=[2], key=pb.Key(
-        seed=0, fold_in=list(range(100_000)))))
+    error = _generate_grpc(
+        server, pb.GenerateRequest(initializer="normal", shape=[2], key=pb.Key(seed=0, fold_in=list(range(100_000))))
+    )
     assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert len(error.details()) < 2048
     _alive(server)
@@ -201,8 +234,9 @@ def own_server() -> Iterator[ServerProcess]:
 
 
 def _raw_model(n: int) -> dict[str, Any]:
-    return {"params": [{"path": f"layer{i}.w{i % 7}", "initializer": "normal", "shape": [1 + i % 5, 3]}
-                       for i in range(n)]}
+    return {
+        "params": [{"path": f"layer{i}.w{i % 7}", "initializer": "normal", "shape": [1 + i % 5, 3]} for i in range(n)]
+    }
 
 
 def test_heavy_requests_never_stall_the_event_loop(own_server: ServerProcess) -> None:
@@ -211,25 +245,53 @@ def test_heavy_requests_never_stall_the_event_loop(own_server: ServerProcess) ->
     before = _lag_buckets(own_server)
     heavy: list[Callable[[], httpx.Response]] = [
         # a model at the parameter cap, asking only for its plan
-        lambda: httpx.post(f"{url}/v1/models/init", json={"model": _raw_model(100_000), "key": {"seed": 0}},
-                           headers={"Accept": "application/json"}, timeout=600),
+        lambda: httpx.post(
+            f"{url}/v1/models/init",
+            json={"model": _raw_model(100_000), "key": {"seed": 0}},
+            headers={"Accept": "application/json"},
+            timeout=600,
+        ),
         # a QR that takes seconds, in a worker process
         lambda: httpx.get(f"{url}/v1/generate/orthogonal", params={"shape": "2048,2048", "seed": 0}, timeout=600),
         # JSON at the element cap
-        lambda: httpx.get(f"{url}/v1/generate/normal", params={"shape": "1024,1024", "seed": 0},
-                          headers={"Accept": "application/json"}, timeout=600),
+        lambda: httpx.get(
+            f"{url}/v1/generate/normal",
+            params={"shape": "1024,1024", "seed": 0},
+            headers={"Accept": "application/json"},
+            timeout=600,
+        ),
         # a KServe JSON answer at the cap, and a 256 MiB binary one
-        lambda: httpx.post(f"{url}/v2/models/normal/infer", timeout=600, json={"inputs": [
-            {"name": "shape", "datatype": "INT64", "shape": [2], "data": [1024, 1024]},
-            {"name": "seed", "datatype": "INT64", "shape": [1], "data": [0]}]}),
-        lambda: httpx.post(f"{url}/v2/models/normal/infer", timeout=600, json={"inputs": [
-            {"name": "shape", "datatype": "INT64", "shape": [2], "data": [8192, 8192]},
-            {"name": "seed", "datatype": "INT64", "shape": [1], "data": [0]}],
-            "outputs": [{"name": "output", "parameters": {"binary_data": True}}]}),
+        lambda: httpx.post(
+            f"{url}/v2/models/normal/infer",
+            timeout=600,
+            json={
+                "inputs": [
+                    {"name": "shape", "datatype": "INT64", "shape": [2], "data": [1024, 1024]},
+                    {"name": "seed", "datatype": "INT64", "shape": [1], "data": [0]},
+                ]
+            },
+        ),
+        lambda: httpx.post(
+            f"{url}/v2/models/normal/infer",
+            timeout=600,
+            json={
+                "inputs": [
+                    {"name": "shape", "datatype": "INT64", "shape": [2], "data": [8192, 8192]},
+                    {"name": "seed", "datatype": "INT64", "shape": [1], "data": [0]},
+                ],
+                "outputs": [{"name": "output", "parameters": {"binary_data": True}}],
+            },
+        ),
         # a model as .npz and as safetensors, 256 MiB each
-        lambda: httpx.post(f"{url}/v1/models/init", timeout=600, headers={"Accept": "application/x-npz"}, json={
-            "model": {"params": [{"path": "a.w", "initializer": "normal", "shape": [8192, 8192]}]},
-            "key": {"seed": 0}}),
+        lambda: httpx.post(
+            f"{url}/v1/models/init",
+            timeout=600,
+            headers={"Accept": "application/x-npz"},
+            json={
+                "model": {"params": [{"path": "a.w", "initializer": "normal", "shape": [8192, 8192]}]},
+                "key": {"seed": 0},
+            },
+        ),
     ]
     for send in heavy:
         response = send()
@@ -252,8 +314,9 @@ def test_idle_sockets_on_huge_streams_do_not_deny_service(own_server: ServerProc
     try:
         for seed in range(8):
             client = httpx.Client(timeout=60)
-            stream = client.stream("GET", f"{own_server.http_url}/v1/generate/normal",
-                                   params={"shape": "32768,32768", "seed": seed})
+            stream = client.stream(
+                "GET", f"{own_server.http_url}/v1/generate/normal", params={"shape": "32768,32768", "seed": seed}
+            )
             response = stream.__enter__()
             assert response.status_code == 200
             held.append((client, stream))
@@ -285,8 +348,11 @@ def test_abandoned_whole_tensor_work_stops_and_frees_its_worker(own_server: Serv
     assert tensor.tobytes() == expected.tobytes()
     # The same over HTTP: a caller that goes away while its QR runs.
     with pytest.raises(httpx.ReadTimeout):
-        httpx.get(f"{own_server.http_url}/v1/generate/orthogonal", params={"shape": "4096,4096", "seed": 0},
-                  timeout=httpx.Timeout(30, read=0.5))
+        httpx.get(
+            f"{own_server.http_url}/v1/generate/orthogonal",
+            params={"shape": "4096,4096", "seed": 0},
+            timeout=httpx.Timeout(30, read=0.5),
+        )
     _until(lambda: _state(own_server)["whole_tensor_workers"]["busy"] == 0, "the pool to be free", server=own_server)
     _alive(own_server)
 
@@ -338,8 +404,11 @@ def test_sigterm_ends_within_the_grace_period_and_callers_get_a_retryable_503() 
 
         def ask() -> None:
             try:
-                answers.append(httpx.get(f"{srv.http_url}/v1/generate/orthogonal", timeout=120,
-                                         params={"shape": "4096,4096", "seed": 0}))
+                answers.append(
+                    httpx.get(
+                        f"{srv.http_url}/v1/generate/orthogonal", timeout=120, params={"shape": "4096,4096", "seed": 0}
+                    )
+                )
             except BaseException as exc:
                 answers.append(exc)
 

@@ -51,8 +51,9 @@ def test_bad_settings_fail_fast() -> None:
 def test_in_flight_stream_drains_on_sigterm() -> None:
     """SIGTERM while a large tensor streams: the call completes, then the process exits 0."""
     with running_server() as srv:
-        with httpx.stream("POST", f"{srv.http_url}/v1/generate",
-                          json={"initializer": "ones", "shape": [64, 2**20], "dtype": "int8"}) as response:
+        with httpx.stream(
+            "POST", f"{srv.http_url}/v1/generate", json={"initializer": "ones", "shape": [64, 2**20], "dtype": "int8"}
+        ) as response:
             assert response.status_code == 200
             chunks = response.iter_bytes()
             received = len(next(chunks))
@@ -75,8 +76,7 @@ def test_in_flight_grpc_stream_drains_and_new_calls_are_refused_on_sigterm() -> 
         srv.process.send_signal(signal.SIGTERM)
         time.sleep(0.5)
         with pytest.raises(grpc.RpcError) as refused:
-            list(stub.Generate(request_to_proto(jaxinit.Client(srv.grpc_url).request("zeros", None, (4,))),
-                               timeout=10))
+            list(stub.Generate(request_to_proto(jaxinit.Client(srv.grpc_url).request("zeros", None, (4,))), timeout=10))
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
         rest = list(call)
         assert sum(len(m.data.data) for m in rest) == 64 * 2**20 and rest[-1].WhichOneof("payload") == "digest"

@@ -70,25 +70,39 @@ def test_metrics_after_traffic(logged_server: ServerProcess) -> None:
     ok = {"code": "OK"}
     assert delta("jaxinit_requests_total", transport="grpc", method="Generate", initializer="lecun_normal", **ok) == 3
     assert delta("jaxinit_requests_total", transport="http", method="generate", initializer="he_normal", **ok) == 1
-    assert delta("jaxinit_requests_total", transport="http", method="generate", initializer="he_normal",
-                 code="INVALID_ARGUMENT") == 1
+    assert (
+        delta(
+            "jaxinit_requests_total",
+            transport="http",
+            method="generate",
+            initializer="he_normal",
+            code="INVALID_ARGUMENT",
+        )
+        == 1
+    )
     assert delta("jaxinit_errors_total", transport="http", code="INVALID_ARGUMENT") == 1
     assert delta("jaxinit_requests_total", transport="grpc", method="GenerateMany", initializer="normal", **ok) == 1
     assert delta("jaxinit_bytes_sent_total", transport="grpc", initializer="lecun_normal") == 3 * 64 * 64 * 4
     for phase in ("queue", "generate", "send"):
-        assert delta("jaxinit_request_phase_seconds_count", transport="grpc", initializer="lecun_normal",
-                     phase=phase) == 3
+        assert (
+            delta("jaxinit_request_phase_seconds_count", transport="grpc", initializer="lecun_normal", phase=phase) == 3
+        )
     assert _value(after, "jaxinit_streams_in_flight", transport="grpc") == 0
     assert _value(after, "jaxinit_xla_compiles_total") > 0  # no warm-up: the first requests compiled
     assert ("jaxinit_compilation_cache_total", (("result", "hit"),)) in after
 
 
 def test_request_id_echoed_and_logged(logged_server: ServerProcess) -> None:
-    response = httpx.get(f"{logged_server.http_url}/v1/generate/normal", params={"shape": "3", "seed": 0},
-                         headers={"X-Request-Id": "trace-abc-1"}, timeout=30)
+    response = httpx.get(
+        f"{logged_server.http_url}/v1/generate/normal",
+        params={"shape": "3", "seed": 0},
+        headers={"X-Request-Id": "trace-abc-1"},
+        timeout=30,
+    )
     assert response.status_code == 200 and response.headers["x-request-id"] == "trace-abc-1"
-    generated = httpx.get(f"{logged_server.http_url}/v1/generate/normal", params={"shape": "3", "seed": 0},
-                          timeout=30).headers["x-request-id"]
+    generated = httpx.get(
+        f"{logged_server.http_url}/v1/generate/normal", params={"shape": "3", "seed": 0}, timeout=30
+    ).headers["x-request-id"]
     assert len(generated) == 32  # one was made up when none was given
 
     with grpc.insecure_channel(logged_server.grpc_target) as channel:
@@ -111,4 +125,3 @@ def test_request_id_echoed_and_logged(logged_server: ServerProcess) -> None:
     assert http_line["initializer"] == "normal" and http_line["shape"] == [3] and http_line["status"] == "OK"
     assert http_line["bytes"] == 12 and http_line["transport"] == "http" and http_line["duration_ms"] > 0
     assert grpc_line["initializer"] == "ones" and grpc_line["transport"] == "grpc" and grpc_line["dtype"] == "float32"
-

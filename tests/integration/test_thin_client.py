@@ -39,9 +39,17 @@ def thin_python() -> pathlib.Path:
 
 def test_thin_install_on_numpy_1_26(server: Any, thin_python: pathlib.Path, tmp_path: pathlib.Path) -> None:
     result = subprocess.run(
-        [str(thin_python), str(ROOT / "tests" / "external" / "thin_client.py"), server.grpc_url, server.http_url,
-         str(tmp_path)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        [
+            str(thin_python),
+            str(ROOT / "tests" / "external" / "thin_client.py"),
+            server.grpc_url,
+            server.http_url,
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
@@ -51,8 +59,7 @@ def test_thin_install_on_numpy_1_26(server: Any, thin_python: pathlib.Path, tmp_
         assert np.load(tmp_path / f"{transport}.npy").tobytes() == want.tobytes()
         with np.load(tmp_path / f"{transport}-model.npz") as model:
             key = jax.random.fold_in(jax.random.key(0), np.uint32(_linen_hash((1,))))
-            assert model["kernel"].tobytes() == np.asarray(
-                jax.nn.initializers.lecun_normal()(key, (8, 4))).tobytes()
+            assert model["kernel"].tobytes() == np.asarray(jax.nn.initializers.lecun_normal()(key, (8, 4))).tobytes()
         assert "pip install 'jaxinit[ml_dtypes]'" in report[f"{transport}_bfloat16"]
 
 
@@ -63,9 +70,11 @@ def _linen_hash(path: tuple[Any, ...]) -> int:
 
 
 def test_missing_grpc_extra_says_which_extra() -> None:
-    code = ("import sys; sys.modules['grpc'] = None\n"
-            "import jaxinit\n"
-            "try:\n    jaxinit.Client('grpc://127.0.0.1:1')\n"
-            "except ImportError as exc:\n    print(exc)\n")
+    code = (
+        "import sys; sys.modules['grpc'] = None\n"
+        "import jaxinit\n"
+        "try:\n    jaxinit.Client('grpc://127.0.0.1:1')\n"
+        "except ImportError as exc:\n    print(exc)\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "pip install 'jaxinit[grpc]'" in result.stdout, result.stderr

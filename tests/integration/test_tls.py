@@ -40,8 +40,14 @@ def pki(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> dict[str, p
 
 @pytest.fixture(scope="module")
 def tls_server(pki: dict[str, pathlib.Path]) -> Iterator[ServerProcess]:
-    with running_server("--no-warm-up", "--tls-cert-file", str(pki["chain"]), "--tls-key-file", str(pki["key"]),
-                        env={"JAXINIT_API_KEYS": TOKEN}) as srv:
+    with running_server(
+        "--no-warm-up",
+        "--tls-cert-file",
+        str(pki["chain"]),
+        "--tls-key-file",
+        str(pki["key"]),
+        env={"JAXINIT_API_KEYS": TOKEN},
+    ) as srv:
         yield srv
 
 
@@ -106,8 +112,27 @@ def test_the_cli_over_tls(
 
     url = tls_server.grpc_url if transport == "grpc" else tls_server.http_url
     out = tmp_path / "w.npy"
-    code = main(["--url", url, "--ca-bundle", str(pki["ca"]), "--token", TOKEN, "--retries", "0",
-                 "get", "lecun_normal", "--shape", "17,9", "--seed", "3", "-o", str(out), "--no-progress"])
+    code = main(
+        [
+            "--url",
+            url,
+            "--ca-bundle",
+            str(pki["ca"]),
+            "--token",
+            TOKEN,
+            "--retries",
+            "0",
+            "get",
+            "lecun_normal",
+            "--shape",
+            "17,9",
+            "--seed",
+            "3",
+            "-o",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     expected = np.asarray(jax.nn.initializers.lecun_normal()(jax.random.key(3), (17, 9)))
     assert np.load(out).tobytes() == expected.tobytes()

@@ -67,7 +67,10 @@ def test_client_methods_have_jax_signatures(name: str) -> None:
 
 def test_bind_fills_defaults_and_checks_types() -> None:
     assert bind_arguments(lookup("he_normal"), {"in_axis": (0, 1)}) == {
-        "in_axis": [0, 1], "out_axis": -1, "batch_axis": [], "dtype": None,
+        "in_axis": [0, 1],
+        "out_axis": -1,
+        "batch_axis": [],
+        "dtype": None,
     }
     with pytest.raises(InvalidArgument, match="must be an int or a sequence of ints"):
         bind_arguments(lookup("he_normal"), {"in_axis": 1.5})

@@ -15,8 +15,11 @@ from jaxinit_server.core.request import PrngDefaults, resolve
 
 DEFAULTS = PrngDefaults(threefry_partitionable=True, enable_x64=False)
 FAMILIES: list[tuple[str, dict]] = [
-    ("lecun_normal", {}), ("he_uniform", {}), ("glorot_normal", {"in_axis": 0, "out_axis": [1, 2]}),
-    ("normal", {"stddev": 0.5}), ("uniform", {"scale": 2.0}),
+    ("lecun_normal", {}),
+    ("he_uniform", {}),
+    ("glorot_normal", {"in_axis": 0, "out_axis": [1, 2]}),
+    ("normal", {"stddev": 0.5}),
+    ("uniform", {"scale": 2.0}),
     ("truncated_normal", {"stddev": 1.0, "lower": -1.0, "upper": 3.0}),
     ("variance_scaling", {"scale": 3, "mode": "fan_geo_avg", "distribution": "normal"}),
     ("variance_scaling", {"scale": 0.5, "mode": "fan_out", "distribution": "uniform"}),
@@ -70,14 +73,20 @@ def test_offsets_past_two_to_the_32_carry_into_the_high_word() -> None:
 
 @pytest.mark.parametrize(
     ("name", "args", "dtype", "partitionable", "impl"),
-    [("orthogonal", {}, "float32", True, "threefry2x32"), ("lecun_normal", {}, "complex64", True, "threefry2x32"),
-     ("lecun_normal", {}, "complex64", False, "threefry2x32"), ("lecun_normal", {}, "float32", True, "rbg"),
-     ("constant", {"value": 1.0}, "float32", True, "threefry2x32")],
+    [
+        ("orthogonal", {}, "float32", True, "threefry2x32"),
+        ("lecun_normal", {}, "complex64", True, "threefry2x32"),
+        ("lecun_normal", {}, "complex64", False, "threefry2x32"),
+        ("lecun_normal", {}, "float32", True, "rbg"),
+        ("constant", {"value": 1.0}, "float32", True, "threefry2x32"),
+    ],
 )
-def test_what_is_not_proven_chunkable_runs_whole(name: str, args: dict, dtype: str, partitionable: bool,
-                                                 impl: str) -> None:
-    params = GenerateParams(name, (4, 4), args=args, dtype=dtype, key=Key(seed=0, impl=impl),
-                            threefry_partitionable=partitionable)
+def test_what_is_not_proven_chunkable_runs_whole(
+    name: str, args: dict, dtype: str, partitionable: bool, impl: str
+) -> None:
+    params = GenerateParams(
+        name, (4, 4), args=args, dtype=dtype, key=Key(seed=0, impl=impl), threefry_partitionable=partitionable
+    )
     resolved = resolve(params, Limits(), DEFAULTS)
     assert chunked.plan(resolved) is None
     assert engine.route(resolved) != engine.CHUNKED

@@ -18,13 +18,18 @@ from jaxinit_server.core.request import PrngDefaults, Resolved, resolve
 DEFAULTS = PrngDefaults(threefry_partitionable=False, enable_x64=False)
 DTYPE_NAMES = ["float32", "bfloat16", "float16", "float64"]  # 32-, 8-, 16- and 64-bit draws
 FAMILIES: list[tuple[str, dict[str, Any]]] = [
-    ("normal", {"stddev": 0.5}), ("uniform", {"scale": 2.0}),
+    ("normal", {"stddev": 0.5}),
+    ("uniform", {"scale": 2.0}),
     ("truncated_normal", {"stddev": 1.0, "lower": -1.0, "upper": 3.0}),
     ("variance_scaling", {"scale": 3, "mode": "fan_geo_avg", "distribution": "normal"}),
     ("variance_scaling", {"scale": 0.5, "mode": "fan_out", "distribution": "uniform"}),
     ("variance_scaling", {"scale": 2.0, "mode": "fan_avg", "distribution": "truncated_normal"}),
-    ("lecun_normal", {}), ("lecun_uniform", {}), ("he_uniform", {}), ("he_normal", {}),
-    ("glorot_normal", {}), ("glorot_uniform", {}),
+    ("lecun_normal", {}),
+    ("lecun_uniform", {}),
+    ("he_uniform", {}),
+    ("he_normal", {}),
+    ("glorot_normal", {}),
+    ("glorot_uniform", {}),
 ]
 # Sizes 1, 2, 3, 4097, 3 * 4096 + 5, and just over MAX_CHUNK, odd and even.
 SHAPES = [(1, 1), (1, 2), (3, 1), (17, 241), (19, 647), (1141, 919), (2, 524289)]
@@ -70,12 +75,24 @@ def test_legacy_ranges_equal_slices_of_the_whole(dtype: str) -> None:
     shape = (3, 699051)  # 2**21 + 1 elements: ranges of more than MAX_CHUNK cross chunk boundaries
     total = math.prod(shape)
     big = chunked.MAX_CHUNK
-    ranges = [(0, 1), (1, total), (2, big + 6), (3, 2 * big + 1), (big - 5, big + 7), (total - 3, total),
-              (4095, 4095 + big + 2), (12345, 12345 + 4097), (0, total)]
+    ranges = [
+        (0, 1),
+        (1, total),
+        (2, big + 6),
+        (3, 2 * big + 1),
+        (big - 5, big + 7),
+        (total - 3, total),
+        (4095, 4095 + big + 2),
+        (12345, 12345 + 4097),
+        (0, total),
+    ]
     key = Key(seed=7, fold_in=(3, 2**32 - 1))
     resolved = _resolved("lecun_normal", {}, shape, dtype, key)
     expected = _eager(
-        "lecun_normal", {}, shape, dtype,
+        "lecun_normal",
+        {},
+        shape,
+        dtype,
         lambda: jax.random.fold_in(jax.random.fold_in(jax.random.key(7), np.uint32(3)), np.uint32(2**32 - 1)),
     )
     with jax.threefry_partitionable(False), jax.enable_x64(resolved.enable_x64):
@@ -124,9 +141,15 @@ def test_the_word_model_is_jax_legacy_bits(bit_width: int) -> None:
 
 @pytest.mark.parametrize(
     ("bit_width", "total", "offset"),
-    [(8, 4 * (2**32 - 2) - 1, 2**32 - 6), (8, 4 * (2**32 - 2), 4 * (2**32 - 2) - 9),
-     (16, 2 * (2**32 - 2) - 1, 2**32 - 5), (16, 2 * (2**32 - 2) - 1, 2 * (2**32 - 2) - 9),
-     (32, 2**32 - 2, 2**31 - 4), (32, 2**32 - 3, 2**32 - 10), (64, 2**31 - 1, 2**31 - 9)],
+    [
+        (8, 4 * (2**32 - 2) - 1, 2**32 - 6),
+        (8, 4 * (2**32 - 2), 4 * (2**32 - 2) - 9),
+        (16, 2 * (2**32 - 2) - 1, 2**32 - 5),
+        (16, 2 * (2**32 - 2) - 1, 2 * (2**32 - 2) - 9),
+        (32, 2**32 - 2, 2**31 - 4),
+        (32, 2**32 - 3, 2**32 - 10),
+        (64, 2**31 - 1, 2**31 - 9),
+    ],
 )
 def test_offsets_and_sizes_past_two_to_the_32(bit_width: int, total: int, offset: int) -> None:
     key = np.array([3, 0xFFFFFFFF], np.uint32)

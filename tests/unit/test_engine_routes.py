@@ -30,13 +30,29 @@ PIECE = chunked.MAX_CHUNK
 
 
 def _resolve(
-    name: str, shape: Any, args: dict | None = None, dtype: str | None = None, *, seed: int = 0,
-    impl: str = "threefry2x32", offset: Any = None, count: Any = None, x64: bool | None = None,
-    request_id: str = "", limits: Limits | None = None,
+    name: str,
+    shape: Any,
+    args: dict | None = None,
+    dtype: str | None = None,
+    *,
+    seed: int = 0,
+    impl: str = "threefry2x32",
+    offset: Any = None,
+    count: Any = None,
+    x64: bool | None = None,
+    request_id: str = "",
+    limits: Limits | None = None,
 ) -> Resolved:
     params = GenerateParams(
-        name, shape, args=args or {}, dtype=dtype, key=Key(seed=seed, impl=impl), enable_x64=x64,
-        request_id=request_id, offset=offset, count=count,
+        name,
+        shape,
+        args=args or {},
+        dtype=dtype,
+        key=Key(seed=seed, impl=impl),
+        enable_x64=x64,
+        request_id=request_id,
+        offset=offset,
+        count=count,
     )
     return resolve(params, limits or Limits(), DEFAULTS)
 
@@ -58,8 +74,9 @@ def _x64(dtype: str | None, x64: bool | None) -> bool:
     return dtype in SIXTY_FOUR or DEFAULTS.enable_x64
 
 
-def _fill_reference(name: str, args: dict, shape: tuple[int, ...], dtype: str | None,
-                    x64: bool | None = None) -> np.ndarray | Exception:
+def _fill_reference(
+    name: str, args: dict, shape: tuple[int, ...], dtype: str | None, x64: bool | None = None
+) -> np.ndarray | Exception:
     """What eager JAX returns for a fill request (flat), or what it raises."""
     try:
         with jax.enable_x64(_x64(dtype, x64)):
@@ -79,8 +96,14 @@ def _fill_reference(name: str, args: dict, shape: tuple[int, ...], dtype: str | 
         return exc
 
 
-def _check_fill(name: str, args: dict, shape: tuple[int, ...], dtype: str | None,
-                ranges: list[tuple[int, int] | None], x64: bool | None = None) -> None:
+def _check_fill(
+    name: str,
+    args: dict,
+    shape: tuple[int, ...],
+    dtype: str | None,
+    ranges: list[tuple[int, int] | None],
+    x64: bool | None = None,
+) -> None:
     expected = _fill_reference(name, args, shape, dtype, x64)
     for rng in ranges:
         offset, count = rng if rng is not None else (None, None)
@@ -103,14 +126,31 @@ def _check_fill(name: str, args: dict, shape: tuple[int, ...], dtype: str | None
 # FILL: zeros, ones, zeros_init, ones_init, constant, bit-exact with eager JAX
 # --------------------------------------------------------------------------------------
 
-FILL_DTYPES = ["float32", "bfloat16", "float16", "float64", "int8", "int32", "uint8", "bool", "complex64",
-               "int64", "complex128"]
+FILL_DTYPES = [
+    "float32",
+    "bfloat16",
+    "float16",
+    "float64",
+    "int8",
+    "int32",
+    "uint8",
+    "bool",
+    "complex64",
+    "int64",
+    "complex128",
+]
 # 2_100_000 elements: three pieces of at most MAX_CHUNK (2**20) elements.
 BIG = (2100, 1000)
 assert 2 * PIECE < math.prod(BIG) < 3 * PIECE
 BIG_RANGES: list[tuple[int, int] | None] = [
-    None, (0, 1), (PIECE - 7, 20), (5, PIECE + 100), (2 * PIECE - 1, 3), (PIECE - 1, PIECE + 2),
-    (999_999, math.prod(BIG) - 999_999), (math.prod(BIG) - 1, 1),
+    None,
+    (0, 1),
+    (PIECE - 7, 20),
+    (5, PIECE + 100),
+    (2 * PIECE - 1, 3),
+    (PIECE - 1, PIECE + 2),
+    (999_999, math.prod(BIG) - 999_999),
+    (math.prod(BIG) - 1, 1),
 ]
 
 
@@ -157,8 +197,9 @@ def _value_id(value: Any) -> str:
 
 @pytest.mark.parametrize("dtype", FILL_DTYPES)
 @pytest.mark.parametrize(("value", "shapes", "big"), CONSTANTS, ids=[_value_id(c[0]) for c in CONSTANTS])
-def test_constant_fill_equals_eager_jax(value: Any, shapes: list[tuple[int, ...]], big: tuple[int, ...],
-                                        dtype: str) -> None:
+def test_constant_fill_equals_eager_jax(
+    value: Any, shapes: list[tuple[int, ...]], big: tuple[int, ...], dtype: str
+) -> None:
     args = {"value": value}
     for shape in shapes:
         _check_fill("constant", args, shape, dtype, [None, (0, 1)])
@@ -306,10 +347,12 @@ HUGE_EMPTY = [
 ]
 
 
-@pytest.mark.parametrize(("name", "args", "shape", "dtype"), HUGE_EMPTY,
-                         ids=[f"{c[0]}-{c[3]}-{len(c[2])}d" for c in HUGE_EMPTY])
-def test_zero_size_shapes_beside_huge_dimensions(name: str, args: dict, shape: tuple[int, ...], dtype: str,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("name", "args", "shape", "dtype"), HUGE_EMPTY, ids=[f"{c[0]}-{c[3]}-{len(c[2])}d" for c in HUGE_EMPTY]
+)
+def test_zero_size_shapes_beside_huge_dimensions(
+    name: str, args: dict, shape: tuple[int, ...], dtype: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     resolved = _resolve(name, shape, args, dtype)
     assert resolved.nbytes == 0
     assert engine.price(resolved).route == engine.EMPTY
@@ -353,14 +396,21 @@ def test_float32_boundary_is_two_to_the_61() -> None:
 
 @pytest.mark.parametrize(
     ("name", "shape", "dtype", "offset"),
-    [("normal", (1000, 1000), "float32", 12345), ("normal", (1000, 1000), "float32", 10**6),
-     ("uniform", (7, 9), "bfloat16", 0), ("orthogonal", (4096, 4096), "float32", 0),
-     ("orthogonal", (64, 64), "float64", 4095), ("constant", (PIECE + 5, 3), "int8", PIECE),
-     ("zeros", (2**30,), "float32", 2**29), ("lecun_normal", (3, 4), "complex64", 5),
-     ("lecun_normal", (30, 40), "float32", 11)],
+    [
+        ("normal", (1000, 1000), "float32", 12345),
+        ("normal", (1000, 1000), "float32", 10**6),
+        ("uniform", (7, 9), "bfloat16", 0),
+        ("orthogonal", (4096, 4096), "float32", 0),
+        ("orthogonal", (64, 64), "float64", 4095),
+        ("constant", (PIECE + 5, 3), "int8", PIECE),
+        ("zeros", (2**30,), "float32", 2**29),
+        ("lecun_normal", (3, 4), "complex64", 5),
+        ("lecun_normal", (30, 40), "float32", 11),
+    ],
 )
-def test_an_empty_range_of_a_tensor_is_empty(name: str, shape: tuple[int, ...], dtype: str, offset: int,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_empty_range_of_a_tensor_is_empty(
+    name: str, shape: tuple[int, ...], dtype: str, offset: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     args = {"value": [1, 2, 3]} if name == "constant" else {}
     resolved = _resolve(name, shape, args, dtype, offset=offset, count=0)
     assert (resolved.start, resolved.stop, resolved.nbytes) == (offset, offset, 0)
@@ -372,19 +422,34 @@ def test_an_empty_range_of_a_tensor_is_empty(name: str, shape: tuple[int, ...], 
 
 @pytest.mark.parametrize(
     ("name", "shape", "args", "count"),
-    [("orthogonal", (0,), {}, None), ("orthogonal", (0, 0), {}, None), ("orthogonal", (2, 0), {}, None),
-     ("orthogonal", (0, 3), {}, None), ("delta_orthogonal", (0, 0), {}, None),
-     ("delta_orthogonal", (3, 3, 0, 4), {}, None), ("lecun_normal", (0,), {}, None),
-     ("lecun_normal", (0, 0), {}, None), ("lecun_normal", (3, 0), {}, None), ("lecun_normal", (5,), {}, 0),
-     ("glorot_uniform", (3, 0, 4), {}, None), ("he_normal", (0, 5), {}, None), ("normal", (0,), {}, None),
-     ("truncated_normal", (), {}, 0), ("uniform", (0, 2, 0), {}, None), ("orthogonal", (6,), {}, 0),
-     ("variance_scaling", (4, 0), {"scale": 1.0, "mode": "fan_out", "distribution": "normal"}, None),
-     ("constant", (0, 3), {"value": [1.0, 2.0]}, None), ("constant", (0, 3), {"value": [1.0, 2.0, 3.0]}, None),
-     ("zeros", (0,), {}, None), ("ones", (), {}, 0)],
+    [
+        ("orthogonal", (0,), {}, None),
+        ("orthogonal", (0, 0), {}, None),
+        ("orthogonal", (2, 0), {}, None),
+        ("orthogonal", (0, 3), {}, None),
+        ("delta_orthogonal", (0, 0), {}, None),
+        ("delta_orthogonal", (3, 3, 0, 4), {}, None),
+        ("lecun_normal", (0,), {}, None),
+        ("lecun_normal", (0, 0), {}, None),
+        ("lecun_normal", (3, 0), {}, None),
+        ("lecun_normal", (5,), {}, 0),
+        ("glorot_uniform", (3, 0, 4), {}, None),
+        ("he_normal", (0, 5), {}, None),
+        ("normal", (0,), {}, None),
+        ("truncated_normal", (), {}, 0),
+        ("uniform", (0, 2, 0), {}, None),
+        ("orthogonal", (6,), {}, 0),
+        ("variance_scaling", (4, 0), {"scale": 1.0, "mode": "fan_out", "distribution": "normal"}, None),
+        ("constant", (0, 3), {"value": [1.0, 2.0]}, None),
+        ("constant", (0, 3), {"value": [1.0, 2.0, 3.0]}, None),
+        ("zeros", (0,), {}, None),
+        ("ones", (), {}, 0),
+    ],
 )
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "complex64"])
-def test_empty_requests_get_what_local_jax_does(name: str, shape: tuple[int, ...], args: dict, count: int | None,
-                                                dtype: str) -> None:
+def test_empty_requests_get_what_local_jax_does(
+    name: str, shape: tuple[int, ...], args: dict, count: int | None, dtype: str
+) -> None:
     expected = local_jax(name, args, 0, shape, dtype, partitionable=True, x64=False)
     resolved = _resolve(name, shape, args, dtype, count=count)
     assert engine.route(resolved) == engine.EMPTY
@@ -405,9 +470,22 @@ def test_empty_requests_get_what_local_jax_does(name: str, shape: tuple[int, ...
 
 @pytest.mark.parametrize(
     ("shape", "axis"),
-    [((2**63,), 0), ((2**64,), 0), ((10**30,), 0), ((0, 2**63), 1), ((2**64, 0), 0), ((0, 0, 10**30), 2),
-     ((3, 2**63 - 1), 1), ((2**60, 2), 1), ((2**62, 2), 0), ((2**30, 2**30, 2), 2), ((0, 2**32, 2**32), 2),
-     ((1, 1, 1, 1, 1, 1, 1, 2**62), 7), ((2**21,) * 3, 2), ((2**61, 0), 0)],
+    [
+        ((2**63,), 0),
+        ((2**64,), 0),
+        ((10**30,), 0),
+        ((0, 2**63), 1),
+        ((2**64, 0), 0),
+        ((0, 0, 10**30), 2),
+        ((3, 2**63 - 1), 1),
+        ((2**60, 2), 1),
+        ((2**62, 2), 0),
+        ((2**30, 2**30, 2), 2),
+        ((0, 2**32, 2**32), 2),
+        ((1, 1, 1, 1, 1, 1, 1, 2**62), 7),
+        ((2**21,) * 3, 2),
+        ((2**61, 0), 0),
+    ],
 )
 @pytest.mark.parametrize("name", ["zeros", "normal", "orthogonal"])
 def test_shapes_past_two_to_the_63_bytes_are_refused(shape: tuple[int, ...], axis: int, name: str) -> None:
@@ -477,12 +555,16 @@ def test_a_chunked_request_costs_a_few_chunks_whatever_its_size() -> None:
 
 @pytest.mark.parametrize(
     ("name", "shape", "dtype", "impl"),
-    [("orthogonal", (512, 256), "float32", "threefry2x32"), ("normal", (2**20,), "complex64", "threefry2x32"),
-     ("lecun_normal", (1024, 1024), "float32", "rbg"), ("delta_orthogonal", (3, 3, 64, 64), "float32",
-                                                        "threefry2x32")],
+    [
+        ("orthogonal", (512, 256), "float32", "threefry2x32"),
+        ("normal", (2**20,), "complex64", "threefry2x32"),
+        ("lecun_normal", (1024, 1024), "float32", "rbg"),
+        ("delta_orthogonal", (3, 3, 64, 64), "float32", "threefry2x32"),
+    ],
 )
-def test_a_whole_request_is_priced_on_the_whole_tensor(name: str, shape: tuple[int, ...], dtype: str,
-                                                       impl: str) -> None:
+def test_a_whole_request_is_priced_on_the_whole_tensor(
+    name: str, shape: tuple[int, ...], dtype: str, impl: str
+) -> None:
     full = _resolve(name, shape, dtype=dtype, impl=impl)
     assert engine.route(full) == engine.WHOLE
     one = _resolve(name, shape, dtype=dtype, impl=impl, offset=math.prod(shape) // 2, count=1)
@@ -503,8 +585,12 @@ def test_orthogonal_flops_grow_like_n_cubed() -> None:
 
 
 def test_gathered_answers_cost_more() -> None:
-    for resolved in [_resolve("normal", (2**20,), dtype="float32"), _resolve("zeros", (1000, 1000)),
-                     _resolve("orthogonal", (256, 256)), _resolve("normal", (2**20,), offset=5, count=1000)]:
+    for resolved in [
+        _resolve("normal", (2**20,), dtype="float32"),
+        _resolve("zeros", (1000, 1000)),
+        _resolve("orthogonal", (256, 256)),
+        _resolve("normal", (2**20,), offset=5, count=1000),
+    ]:
         plain, gathered = engine.price(resolved), engine.price(resolved, gathered=True)
         assert gathered.route == plain.route
         assert gathered.memory >= plain.memory + (resolved.stop - resolved.start) * DTYPES[resolved.out_dtype].itemsize
@@ -556,33 +642,46 @@ def test_service_prices_chunked_and_gathered_requests(service: Service) -> None:
 
 EDGES = [2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**32 + 1, 2**61, 2**62 - 1, 2**62, 2**63 - 1, 2**63, 2**64, 10**30]
 DIMS = st.one_of(
-    st.sampled_from([0, 0, 1]), st.integers(2, 9), st.sampled_from(EDGES),
+    st.sampled_from([0, 0, 1]),
+    st.integers(2, 9),
+    st.sampled_from(EDGES),
     st.sampled_from(EDGES).flatmap(lambda e: st.integers(e - 3, e + 3)),
 )
 # Half the shapes have a 0 dimension somewhere (the EMPTY route beside huge dimensions).
 SHAPES = st.one_of(
     st.lists(DIMS, min_size=0, max_size=6),
     st.tuples(st.lists(DIMS, min_size=0, max_size=5), st.integers(0, 5)).map(
-        lambda t: [*t[0][: t[1]], 0, *t[0][t[1]:]]
+        lambda t: [*t[0][: t[1]], 0, *t[0][t[1] :]]
     ),
 )
 PROPERTY_DTYPES = ["bool", "int8", "bfloat16", "float16", "float32", "int32", "float64", "complex64", "complex128"]
 PROPERTY_FAMILIES: list[tuple[str, dict]] = [
-    ("zeros", {}), ("ones", {}), ("normal", {}), ("uniform", {}), ("lecun_normal", {}), ("orthogonal", {}),
-    ("constant", {"value": 2.5}), ("constant", {"value": [1, 2]}), ("truncated_normal", {}),
+    ("zeros", {}),
+    ("ones", {}),
+    ("normal", {}),
+    ("uniform", {}),
+    ("lecun_normal", {}),
+    ("orthogonal", {}),
+    ("constant", {"value": 2.5}),
+    ("constant", {"value": [1, 2]}),
+    ("truncated_normal", {}),
 ]
 RANGE_VALUES = st.one_of(st.none(), st.integers(0, 4), st.sampled_from(EDGES), st.integers(-2, -1))
 RANGES = st.one_of(st.just((None, None)), st.tuples(RANGE_VALUES, RANGE_VALUES))  # (offset, count)
 
 
-@settings(max_examples=300, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=300, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(
-    family=st.sampled_from(PROPERTY_FAMILIES), shape=SHAPES, dtype=st.sampled_from(PROPERTY_DTYPES),
+    family=st.sampled_from(PROPERTY_FAMILIES),
+    shape=SHAPES,
+    dtype=st.sampled_from(PROPERTY_DTYPES),
     offset_count=RANGES,
 )
-def test_resolve_refuses_in_its_own_words(family: tuple[str, dict], shape: list[int], dtype: str,
-                                          offset_count: tuple[int | None, int | None]) -> None:
+def test_resolve_refuses_in_its_own_words(
+    family: tuple[str, dict], shape: list[int], dtype: str, offset_count: tuple[int | None, int | None]
+) -> None:
     name, args = family
     offset, count = offset_count
     try:

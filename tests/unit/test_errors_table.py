@@ -22,8 +22,14 @@ def test_table_entries_are_real_codes() -> None:
         assert grpc.StatusCode[mapping.grpc_code]
         assert 400 <= mapping.http_status < 600, cls
     # Bad input is never a 5xx.
-    for cls in (_errors.InvalidArgument, _errors.UnknownDtype, _errors.JaxError, _errors.UnknownInitializer,
-                _errors.TooLarge, _errors.NotAcceptable):
+    for cls in (
+        _errors.InvalidArgument,
+        _errors.UnknownDtype,
+        _errors.JaxError,
+        _errors.UnknownInitializer,
+        _errors.TooLarge,
+        _errors.NotAcceptable,
+    ):
         assert _errors.ERROR_TABLE[cls].http_status < 500
 
 

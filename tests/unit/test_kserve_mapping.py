@@ -48,9 +48,21 @@ def _refused(document: Any, *, raw: bytes | None = None, header_length: str | No
 # quote, json_depth
 
 
-@pytest.mark.parametrize("value", [BIG, [BIG] * 10, list(range(100_000)), {str(i): i for i in range(10_000)},
-                                   10**4000, 10**5000, [[[[[[[[1]]]]]]]], b"y" * 10_000, object()],
-                         ids=lambda v: type(v).__name__)
+@pytest.mark.parametrize(
+    "value",
+    [
+        BIG,
+        [BIG] * 10,
+        list(range(100_000)),
+        {str(i): i for i in range(10_000)},
+        10**4000,
+        10**5000,
+        [[[[[[[[1]]]]]]]],
+        b"y" * 10_000,
+        object(),
+    ],
+    ids=lambda v: type(v).__name__,
+)
 def test_quote_is_short_whatever_the_value(value: Any) -> None:
     assert len(quote(value)) <= MAX_QUOTE_CHARS
 
@@ -59,11 +71,23 @@ def test_quote_of_small_values_is_their_repr() -> None:
     assert quote("fan_in") == "'fan_in'" and quote([1, 2]) == "[1, 2]" and quote(None) == "None"
 
 
-@pytest.mark.parametrize("text, depth", [
-    ("1", 0), ('"[[["', 0), ("[]", 1), ("{}", 1), ('{"a": [1, {"b": []}]}', 4),
-    ('{"a": "]]]}}}[[[", "b": [[]]}', 3), (r'["\"[[[", [2]]', 2), (r'["\\", [[3]]]', 3),
-    (r'["\\\"[", [[3]]]', 3), ("[" * 1100 + "]" * 1100, 1100), ("[[]]" * 10, 2), ('["\ud800", [1]]', 2),
-])
+@pytest.mark.parametrize(
+    "text, depth",
+    [
+        ("1", 0),
+        ('"[[["', 0),
+        ("[]", 1),
+        ("{}", 1),
+        ('{"a": [1, {"b": []}]}', 4),
+        ('{"a": "]]]}}}[[[", "b": [[]]}', 3),
+        (r'["\"[[[", [2]]', 2),
+        (r'["\\", [[3]]]', 3),
+        (r'["\\\"[", [[3]]]', 3),
+        ("[" * 1100 + "]" * 1100, 1100),
+        ("[[]]" * 10, 2),
+        ('["\ud800", [1]]', 2),
+    ],
+)
 def test_json_depth(text: str, depth: int) -> None:
     assert json_depth(text) == depth
     assert json_depth(text.encode("utf-8", "surrogatepass")) == depth
@@ -86,80 +110,98 @@ def test_a_valid_document() -> None:
     assert list(request.inputs[0].values) == [2, 3]
 
 
-@pytest.mark.parametrize("fields, binary", [
-    ({}, False),
-    ({"parameters": {"binary_data_output": True}}, True),
-    ({"outputs": [{"name": "output", "parameters": {"binary_data": True}}]}, True),
-    ({"parameters": {"binary_data_output": True}, "outputs": [{"name": "output"}]}, True),
-    # The output's own parameter overrides the request's.
-    ({"parameters": {"binary_data_output": True},
-      "outputs": [{"name": "output", "parameters": {"binary_data": False}}]}, False),
-])
+@pytest.mark.parametrize(
+    "fields, binary",
+    [
+        ({}, False),
+        ({"parameters": {"binary_data_output": True}}, True),
+        ({"outputs": [{"name": "output", "parameters": {"binary_data": True}}]}, True),
+        ({"parameters": {"binary_data_output": True}, "outputs": [{"name": "output"}]}, True),
+        # The output's own parameter overrides the request's.
+        (
+            {
+                "parameters": {"binary_data_output": True},
+                "outputs": [{"name": "output", "parameters": {"binary_data": False}}],
+            },
+            False,
+        ),
+    ],
+)
 def test_binary_output_choice(fields: dict[str, Any], binary: bool) -> None:
     assert _read(_doc(**fields)).binary_output is binary
 
 
 def test_binary_inputs_after_the_header() -> None:
-    head = json.dumps({"inputs": [
-        {"name": "shape", "datatype": "INT64", "shape": [2], "parameters": {"binary_data_size": 16}}, SEED]}).encode()
+    head = json.dumps(
+        {"inputs": [{"name": "shape", "datatype": "INT64", "shape": [2], "parameters": {"binary_data_size": 16}}, SEED]}
+    ).encode()
     request = read_request(head + np.array([4, 5], "<i8").tobytes(), str(len(head)))
     assert list(request.inputs[0].values) == [4, 5]
 
 
-@pytest.mark.parametrize("document, message", [
-    ([1, 2], "is a JSON object"),
-    ("x", "is a JSON object"),
-    ({}, "needs an 'inputs' list"),
-    ({"inputs": "x"}, "needs an 'inputs' list"),
-    ({"inputs": [1]}, "inputs[0] must be an object"),
-    ({"inputs": [{"datatype": "INT64"}]}, "inputs[0] must be an object with a string 'name'"),
-    ({"inputs": [{**SHAPE, "name": 7}]}, "string 'name'"),
-    ({"inputs": [{**SHAPE, "datatype": None}]}, "needs a 'datatype'"),
-    ({"inputs": [{**SHAPE, "datatype": "INT65"}]}, "unknown datatype"),
-    ({"inputs": [{**SHAPE, "shape": "2"}]}, "'shape' of non-negative integers"),
-    ({"inputs": [{**SHAPE, "shape": [-1]}]}, "'shape' of non-negative integers"),
-    ({"inputs": [{**SHAPE, "shape": [True]}]}, "'shape' of non-negative integers"),
-    ({"inputs": [{**SHAPE, "shape": [1.5]}]}, "'shape' of non-negative integers"),
-    ({"inputs": [{**SHAPE, "parameters": "x"}]}, "'parameters' must be an object"),
-    ({"inputs": [{**SHAPE, "parameters": [1]}]}, "'parameters' must be an object"),
-    ({"inputs": [{**SHAPE, "parameters": {"binary_data_size": -8}}]}, "binary_data_size must be a byte count"),
-    ({"inputs": [{**SHAPE, "parameters": {"binary_data_size": True}}]}, "binary_data_size must be a byte count"),
-    ({"inputs": [{**SHAPE, "parameters": {"binary_data_size": 16}}]}, "past the end of the body"),
-    ({"inputs": [{**SHAPE, "data": "23"}]}, "'data' must be a list"),
-    ({"inputs": [{**SHAPE, "data": {"a": 1}}]}, "'data' must be a list"),
-    ({"inputs": [{**SHAPE, "data": [2, "3"]}]}, "must hold integers"),
-    ({"inputs": [{**SHAPE, "data": [2, 3.0]}]}, "must hold integers"),
-    ({"inputs": [{**SHAPE, "data": [[2, 3], [4]]}]}, "must hold integers"),
-    ({"inputs": [{**SHAPE, "data": [[2, 3, 4]]}]}, "values for shape"),
-    ({"inputs": [SHAPE], "parameters": "x"}, "'parameters' must be an object"),
-    ({"inputs": [SHAPE], "parameters": [1]}, "'parameters' must be an object"),
-    ({"inputs": [SHAPE], "parameters": {"binary_data_output": "yes"}}, "binary_data_output must be true or false"),
-    ({"inputs": [SHAPE], "outputs": "x"}, "'outputs' must be a list"),
-    ({"inputs": [SHAPE], "outputs": {"name": "output"}}, "'outputs' must be a list"),
-    ({"inputs": [SHAPE], "outputs": [1]}, "outputs[0] must be an object"),
-    ({"inputs": [SHAPE], "outputs": ["output"]}, "outputs[0] must be an object"),
-    ({"inputs": [SHAPE], "outputs": [{"parameters": {}}]}, "string 'name'"),
-    ({"inputs": [SHAPE], "outputs": [{"name": "logits"}]}, "unknown output 'logits'"),
-    ({"inputs": [SHAPE], "outputs": [{"name": "output", "parameters": [1]}]}, "'parameters' must be an object"),
-    ({"inputs": [SHAPE], "outputs": [{"name": "output", "parameters": "x"}]}, "'parameters' must be an object"),
-    ({"inputs": [SHAPE], "outputs": [{"name": "output", "parameters": {"binary_data": 1}}]}, "must be true or false"),
-    ({"inputs": [SHAPE], "id": 7}, "'id' must be a string"),
-    ({"inputs": [SHAPE], "id": {"a": [1]}}, "'id' must be a string"),
-])
+@pytest.mark.parametrize(
+    "document, message",
+    [
+        ([1, 2], "is a JSON object"),
+        ("x", "is a JSON object"),
+        ({}, "needs an 'inputs' list"),
+        ({"inputs": "x"}, "needs an 'inputs' list"),
+        ({"inputs": [1]}, "inputs[0] must be an object"),
+        ({"inputs": [{"datatype": "INT64"}]}, "inputs[0] must be an object with a string 'name'"),
+        ({"inputs": [{**SHAPE, "name": 7}]}, "string 'name'"),
+        ({"inputs": [{**SHAPE, "datatype": None}]}, "needs a 'datatype'"),
+        ({"inputs": [{**SHAPE, "datatype": "INT65"}]}, "unknown datatype"),
+        ({"inputs": [{**SHAPE, "shape": "2"}]}, "'shape' of non-negative integers"),
+        ({"inputs": [{**SHAPE, "shape": [-1]}]}, "'shape' of non-negative integers"),
+        ({"inputs": [{**SHAPE, "shape": [True]}]}, "'shape' of non-negative integers"),
+        ({"inputs": [{**SHAPE, "shape": [1.5]}]}, "'shape' of non-negative integers"),
+        ({"inputs": [{**SHAPE, "parameters": "x"}]}, "'parameters' must be an object"),
+        ({"inputs": [{**SHAPE, "parameters": [1]}]}, "'parameters' must be an object"),
+        ({"inputs": [{**SHAPE, "parameters": {"binary_data_size": -8}}]}, "binary_data_size must be a byte count"),
+        ({"inputs": [{**SHAPE, "parameters": {"binary_data_size": True}}]}, "binary_data_size must be a byte count"),
+        ({"inputs": [{**SHAPE, "parameters": {"binary_data_size": 16}}]}, "past the end of the body"),
+        ({"inputs": [{**SHAPE, "data": "23"}]}, "'data' must be a list"),
+        ({"inputs": [{**SHAPE, "data": {"a": 1}}]}, "'data' must be a list"),
+        ({"inputs": [{**SHAPE, "data": [2, "3"]}]}, "must hold integers"),
+        ({"inputs": [{**SHAPE, "data": [2, 3.0]}]}, "must hold integers"),
+        ({"inputs": [{**SHAPE, "data": [[2, 3], [4]]}]}, "must hold integers"),
+        ({"inputs": [{**SHAPE, "data": [[2, 3, 4]]}]}, "values for shape"),
+        ({"inputs": [SHAPE], "parameters": "x"}, "'parameters' must be an object"),
+        ({"inputs": [SHAPE], "parameters": [1]}, "'parameters' must be an object"),
+        ({"inputs": [SHAPE], "parameters": {"binary_data_output": "yes"}}, "binary_data_output must be true or false"),
+        ({"inputs": [SHAPE], "outputs": "x"}, "'outputs' must be a list"),
+        ({"inputs": [SHAPE], "outputs": {"name": "output"}}, "'outputs' must be a list"),
+        ({"inputs": [SHAPE], "outputs": [1]}, "outputs[0] must be an object"),
+        ({"inputs": [SHAPE], "outputs": ["output"]}, "outputs[0] must be an object"),
+        ({"inputs": [SHAPE], "outputs": [{"parameters": {}}]}, "string 'name'"),
+        ({"inputs": [SHAPE], "outputs": [{"name": "logits"}]}, "unknown output 'logits'"),
+        ({"inputs": [SHAPE], "outputs": [{"name": "output", "parameters": [1]}]}, "'parameters' must be an object"),
+        ({"inputs": [SHAPE], "outputs": [{"name": "output", "parameters": "x"}]}, "'parameters' must be an object"),
+        (
+            {"inputs": [SHAPE], "outputs": [{"name": "output", "parameters": {"binary_data": 1}}]},
+            "must be true or false",
+        ),
+        ({"inputs": [SHAPE], "id": 7}, "'id' must be a string"),
+        ({"inputs": [SHAPE], "id": {"a": [1]}}, "'id' must be a string"),
+    ],
+)
 def test_malformed_documents_are_400(document: Any, message: str) -> None:
     assert message in _refused(document)
 
 
-@pytest.mark.parametrize("document", [
-    {"inputs": [{**SHAPE, "name": BIG}]},
-    {"inputs": [{**SHAPE, "datatype": BIG}]},
-    {"inputs": [{**SHAPE, "shape": [BIG] * 1000}]},
-    {"inputs": [SHAPE], "outputs": [{"name": BIG}]},
-    {"inputs": [SHAPE], "outputs": [BIG]},
-    {"inputs": [SHAPE], "parameters": [BIG] * 1000},
-    {"inputs": BIG},
-    {"inputs": [SHAPE], "id": list(range(100_000))},
-])
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"inputs": [{**SHAPE, "name": BIG}]},
+        {"inputs": [{**SHAPE, "datatype": BIG}]},
+        {"inputs": [{**SHAPE, "shape": [BIG] * 1000}]},
+        {"inputs": [SHAPE], "outputs": [{"name": BIG}]},
+        {"inputs": [SHAPE], "outputs": [BIG]},
+        {"inputs": [SHAPE], "parameters": [BIG] * 1000},
+        {"inputs": BIG},
+        {"inputs": [SHAPE], "id": list(range(100_000))},
+    ],
+)
 def test_messages_quote_little_of_a_huge_value(document: Any) -> None:
     try:
         request = _read(document)
@@ -172,17 +214,20 @@ def test_messages_quote_little_of_a_huge_value(document: Any) -> None:
     assert len(message) < 300, message
 
 
-@pytest.mark.parametrize("raw, message", [
-    (b"{not json", "invalid inference request"),
-    (b'{"inputs": [1, 2,]}', "invalid inference request"),
-    (b"\xff\xfe\x00", "invalid inference request"),
-    (b'{"inputs": [], "parameters": {"scale": NaN}}', "NaN is not JSON"),
-    (b'{"inputs": [], "parameters": {"scale": -Infinity}}', "-Infinity is not JSON"),
-    (b'{"inputs": [' + b"1" * 5000 + b"]}", "invalid inference request"),
-    (b"[" * 1100 + b"]" * 1100, "nested deeper than"),
-    (b'{"inputs": ' + b"[" * 65 + b"]" * 65 + b"}", "nested deeper than"),
-    (b"[" * 100_000, "nested deeper than"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (b"{not json", "invalid inference request"),
+        (b'{"inputs": [1, 2,]}', "invalid inference request"),
+        (b"\xff\xfe\x00", "invalid inference request"),
+        (b'{"inputs": [], "parameters": {"scale": NaN}}', "NaN is not JSON"),
+        (b'{"inputs": [], "parameters": {"scale": -Infinity}}', "-Infinity is not JSON"),
+        (b'{"inputs": [' + b"1" * 5000 + b"]}", "invalid inference request"),
+        (b"[" * 1100 + b"]" * 1100, "nested deeper than"),
+        (b'{"inputs": ' + b"[" * 65 + b"]" * 65 + b"}", "nested deeper than"),
+        (b"[" * 100_000, "nested deeper than"),
+    ],
+)
 def test_unparseable_documents_are_400(raw: bytes, message: str) -> None:
     assert message in _refused(None, raw=raw)
 
@@ -193,10 +238,16 @@ def test_nesting_up_to_the_limit_parses() -> None:
     assert "x" in request.parameters
 
 
-@pytest.mark.parametrize("header, message", [
-    ("abc", "must be a byte count"), ("-1", "must be a byte count"), ("1" * 5000, "must be a byte count"),
-    ("\u00b2", "must be a byte count"), ("999", "past the end"),
-])
+@pytest.mark.parametrize(
+    "header, message",
+    [
+        ("abc", "must be a byte count"),
+        ("-1", "must be a byte count"),
+        ("1" * 5000, "must be a byte count"),
+        ("\u00b2", "must be a byte count"),
+        ("999", "past the end"),
+    ],
+)
 def test_bad_header_lengths_are_400(header: str, message: str) -> None:
     assert message in _refused(None, raw=b"{}", header_length=header)
     assert HEADER_LENGTH in _refused(None, raw=b"{}", header_length=header)
@@ -209,17 +260,20 @@ def _inputs() -> list[Any]:
     return _read(_doc()).inputs
 
 
-@pytest.mark.parametrize("parameters, message", [
-    ({"dtype": {"a": 1}}, "parameter dtype must be a string"),
-    ({"dtype": [BIG]}, "parameter dtype must be a string"),
-    ({"offset": "x"}, "parameter offset must be an integer"),
-    ({"count": 1.5}, "parameter count must be an integer"),
-    ({"offset": True}, "parameter offset must be an integer"),
-    ({"key_impl": [1] * 100_000}, "parameter key_impl must be a string"),
-    ({"threefry_partitionable": "yes"}, "must be a bool"),
-    ({"stddev": "[" * 1100 + "]" * 1100}, "nests deeper than"),
-    ({"stddev": "[" * 65}, "nests deeper than"),
-])
+@pytest.mark.parametrize(
+    "parameters, message",
+    [
+        ({"dtype": {"a": 1}}, "parameter dtype must be a string"),
+        ({"dtype": [BIG]}, "parameter dtype must be a string"),
+        ({"offset": "x"}, "parameter offset must be an integer"),
+        ({"count": 1.5}, "parameter count must be an integer"),
+        ({"offset": True}, "parameter offset must be an integer"),
+        ({"key_impl": [1] * 100_000}, "parameter key_impl must be a string"),
+        ({"threefry_partitionable": "yes"}, "must be a bool"),
+        ({"stddev": "[" * 1100 + "]" * 1100}, "nests deeper than"),
+        ({"stddev": "[" * 65}, "nests deeper than"),
+    ],
+)
 def test_parameters_of_the_wrong_kind_are_400(parameters: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidArgument) as info:
         params_from_v2("normal", _inputs(), parameters)
@@ -233,8 +287,9 @@ def test_unknown_model_is_404_and_quoted() -> None:
 
 
 def test_a_parameter_holding_a_json_literal_is_read() -> None:
-    params = params_from_v2("variance_scaling", _inputs(), {"scale": 1.0, "mode": "fan_in",
-                                                            "distribution": "normal", "in_axis": "[0]"})
+    params = params_from_v2(
+        "variance_scaling", _inputs(), {"scale": 1.0, "mode": "fan_in", "distribution": "normal", "in_axis": "[0]"}
+    )
     assert params.args["in_axis"] == [0] and params.args["mode"] == "fan_in"
 
 

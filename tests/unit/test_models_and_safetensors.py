@@ -32,8 +32,14 @@ def test_expansion_names_order_and_keys() -> None:
     desc = m.Module(m.Dense(4, 8), m.Module(m.LayerNorm(8), m.Dense(8, 2), cls="Block"), m.Dense(2, 1, name="head"))
     linen = expand(desc)
     assert [p.name for p in linen] == [
-        "Dense_0.kernel", "Dense_0.bias", "Block_0.LayerNorm_0.scale", "Block_0.LayerNorm_0.bias",
-        "Block_0.Dense_0.kernel", "Block_0.Dense_0.bias", "head.kernel", "head.bias",
+        "Dense_0.kernel",
+        "Dense_0.bias",
+        "Block_0.LayerNorm_0.scale",
+        "Block_0.LayerNorm_0.bias",
+        "Block_0.Dense_0.kernel",
+        "Block_0.Dense_0.bias",
+        "head.kernel",
+        "head.bias",
     ]
     assert linen[4].fold_in == m.linen_fold_in(("Block_0", "Dense_0", 1))
     assert [p.fold_in for p in expand(desc, mode="nnx")] == list(range(8))
@@ -84,8 +90,12 @@ def test_nesting_is_bounded() -> None:
 def test_writer_is_read_by_the_safetensors_package() -> None:
     import safetensors.numpy
 
-    arrays = {"b": np.arange(6, dtype=np.float32).reshape(2, 3), "a": np.array([1, -2], np.int64),
-              "e": np.zeros((0, 4), np.float16), "s": np.array(True)}
+    arrays = {
+        "b": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "a": np.array([1, -2], np.int64),
+        "e": np.zeros((0, 4), np.float16),
+        "s": np.array(True),
+    }
     data = st.dumps(arrays, {"who": "me"})
     loaded = safetensors.numpy.load(data)
     assert sorted(loaded) == sorted(arrays)

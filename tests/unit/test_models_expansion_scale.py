@@ -208,8 +208,10 @@ def test_deeply_nested_values_are_quoted_without_recursion() -> None:
     message = refused({"type": "Dense", "in_features": value, "features": 2}, "in_features")
     assert "[[[[[[[[" in message and "... (1 item)" in message
     refused(value, "must be an object")
-    refused({"type": "Module", "children": [{"type": "Param", "name": value, "initializer": "zeros",
-                                             "shape": [1]}]}, "needs a 'name'")
+    refused(
+        {"type": "Module", "children": [{"type": "Param", "name": value, "initializer": "zeros", "shape": [1]}]},
+        "needs a 'name'",
+    )
 
 
 def test_short_values_are_quoted_as_repr() -> None:

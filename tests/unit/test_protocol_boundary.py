@@ -77,6 +77,7 @@ def test_no_import_cycle_among_server_modules() -> None:
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 subs = {f"{node.module}.{a.name}" for a in node.names} & modules.keys()
                 edges |= subs if len(subs) == len(node.names) else {node.module, *subs}
+
         def ancestors(module: str) -> set[str]:
             return {module.rsplit(".", i)[0] for i in range(1, module.count(".") + 1)}
 
@@ -94,7 +95,7 @@ def test_no_import_cycle_among_server_modules() -> None:
         stack.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                cycle = stack[stack.index(nxt):] + [nxt]
+                cycle = stack[stack.index(nxt) :] + [nxt]
                 raise AssertionError("import cycle: " + " -> ".join(cycle))
             if nxt not in state:
                 visit(nxt)

@@ -23,8 +23,11 @@ def _provenance(range_: tuple[int, int] | None = None, jax_version: str = "0.10.
     """A provenance as the server writes it: the canonical request, compact, and its SHA-256."""
     fields = dict(WHOLE, **({"range": list(range_)} if range_ else {}))
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
-    return Provenance(jax_version=jax_version, canonical_request=canonical,
-                      request_digest=hashlib.sha256(canonical.encode()).hexdigest())
+    return Provenance(
+        jax_version=jax_version,
+        canonical_request=canonical,
+        request_digest=hashlib.sha256(canonical.encode()).hexdigest(),
+    )
 
 
 def _partial(request: Request, received: int, provenance: Provenance) -> Interrupted:
@@ -32,8 +35,9 @@ def _partial(request: Request, received: int, provenance: Provenance) -> Interru
     data = np.arange(20, dtype=np.float32).tobytes()
     start = request.offset or 0
     count = 20 - start if request.count is None else request.count
-    assembler = Assembler(request.shape, "float32", count * 4, provenance, "", start,
-                          None if request.offset is None else count)
+    assembler = Assembler(
+        request.shape, "float32", count * 4, provenance, "", start, None if request.offset is None else count
+    )
     assembler.add(0, data[start * 4 : start * 4 + received])
     return Interrupted("broke", assembler.partial())
 
@@ -99,7 +103,15 @@ def test_get_urls_are_canonical_and_carry_every_field() -> None:
     assert get_url(a) == get_url(b)
     query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(get_url(a)).query))
     assert query == {
-        "shape": "8,4", "dtype": "bfloat16", "seed": "3", "key_impl": "threefry2x32",
-        "threefry_partitionable": "false", "offset": "2", "count": "5",
-        "scale": "2.0", "mode": '"fan_avg"', "distribution": '"uniform"', "batch_axis": "[0]",
+        "shape": "8,4",
+        "dtype": "bfloat16",
+        "seed": "3",
+        "key_impl": "threefry2x32",
+        "threefry_partitionable": "false",
+        "offset": "2",
+        "count": "5",
+        "scale": "2.0",
+        "mode": '"fan_avg"',
+        "distribution": '"uniform"',
+        "batch_axis": "[0]",
     }

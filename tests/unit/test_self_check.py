@@ -35,8 +35,11 @@ def test_only_the_compat_module_imports_jax_internals() -> None:
     found = []
     for path in sorted([*(ROOT / "server").rglob("*.py"), *(ROOT / "client").rglob("*.py")]):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            )
             if any(n == "jax._src" or n.startswith("jax._src.") for n in names):
                 found.append(str(path.relative_to(ROOT)))
     assert sorted(set(found)) == ["server/jaxinit_server/core/_jax_compat.py"], found

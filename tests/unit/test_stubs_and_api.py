@@ -29,7 +29,8 @@ def test_public_api_is_pinned() -> None:
         for name in package.__all__:  # loads the lazy names
             assert getattr(package, name) is not None, name
         shown = {
-            name for name, value in vars(package).items()
+            name
+            for name, value in vars(package).items()
             # Submodules the import system set as attributes (jaxinit.v1, jaxinit.cli) are not API.
             if not name.startswith("_") and not (isinstance(value, types.ModuleType) and name not in package.__all__)
         }

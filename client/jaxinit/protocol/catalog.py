@@ -97,9 +97,11 @@ CATALOG: dict[str, InitializerSpec] = {
     spec.name: spec
     for spec in (
         InitializerSpec(
-            "constant", "factory",
+            "constant",
+            "factory",
             (ArgSpec("value", "array", doc="the fill value: a number or a nested list broadcast to shape"), _DTYPE),
-            summary="arrays full of a constant value", uses_key=False,
+            summary="arrays full of a constant value",
+            uses_key=False,
         ),
         InitializerSpec("delta_orthogonal", "factory", _ORTHO, summary="delta-orthogonal kernels for convolutions"),
         _fan_family("glorot_normal", "variance_scaling(1.0, 'fan_avg', 'truncated_normal')"),
@@ -111,12 +113,14 @@ CATALOG: dict[str, InitializerSpec] = {
         _fan_family("lecun_normal", "variance_scaling(1.0, 'fan_in', 'truncated_normal')"),
         _fan_family("lecun_uniform", "variance_scaling(1.0, 'fan_in', 'uniform')"),
         InitializerSpec(
-            "normal", "factory",
+            "normal",
+            "factory",
             (ArgSpec("stddev", "float", 0.01, doc="standard deviation"), _DTYPE),
             summary="normal samples times stddev",
         ),
         InitializerSpec(
-            "truncated_normal", "factory",
+            "truncated_normal",
+            "factory",
             (
                 ArgSpec("stddev", "float", 0.01, doc="standard deviation before truncation"),
                 _DTYPE,
@@ -126,17 +130,17 @@ CATALOG: dict[str, InitializerSpec] = {
             summary="truncated normal samples times stddev",
         ),
         InitializerSpec("ones", "initializer", summary="arrays of ones", uses_key=False),
-        InitializerSpec(
-            "ones_init", "factory", source="flax.nnx.initializers", summary="returns ones", uses_key=False
-        ),
+        InitializerSpec("ones_init", "factory", source="flax.nnx.initializers", summary="returns ones", uses_key=False),
         InitializerSpec("orthogonal", "factory", _ORTHO, summary="uniformly random orthogonal matrices"),
         InitializerSpec(
-            "uniform", "factory",
+            "uniform",
+            "factory",
             (ArgSpec("scale", "float", 0.01, doc="upper bound of [0, scale)"), _DTYPE),
             summary="uniform samples in [0, scale)",
         ),
         InitializerSpec(
-            "variance_scaling", "factory",
+            "variance_scaling",
+            "factory",
             (
                 ArgSpec("scale", "float", doc="scaling factor (positive)"),
                 ArgSpec("mode", "choice", choices=_MODES, doc="which fan the variance is divided by"),
@@ -164,9 +168,7 @@ def lookup(name: Any) -> InitializerSpec:
     """
     spec = CATALOG.get(name) if isinstance(name, str) else None
     if spec is None:
-        raise UnknownInitializer(
-            f"unknown initializer {_quote(name)}; available: {', '.join(sorted(CATALOG))}"
-        )
+        raise UnknownInitializer(f"unknown initializer {_quote(name)}; available: {', '.join(sorted(CATALOG))}")
     return spec
 
 

@@ -35,10 +35,28 @@ __all__ = [
 # wire format for them is settled. bfloat16 and the float8 types are numpy types only
 # through ml_dtypes, an extra of the client (the server always has it, through JAX).
 ITEMSIZE: dict[str, int] = {
-    "float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "complex64": 8, "complex128": 16,
-    "float8_e4m3fn": 1, "float8_e5m2": 1, "float8_e4m3fnuz": 1, "float8_e5m2fnuz": 1,
-    "float8_e4m3b11fnuz": 1, "float8_e3m4": 1, "float8_e4m3": 1, "float8_e8m0fnu": 1,
-    "int8": 1, "int16": 2, "int32": 4, "int64": 8, "uint8": 1, "uint16": 2, "uint32": 4, "uint64": 8,
+    "float32": 4,
+    "float16": 2,
+    "bfloat16": 2,
+    "float64": 8,
+    "complex64": 8,
+    "complex128": 16,
+    "float8_e4m3fn": 1,
+    "float8_e5m2": 1,
+    "float8_e4m3fnuz": 1,
+    "float8_e5m2fnuz": 1,
+    "float8_e4m3b11fnuz": 1,
+    "float8_e3m4": 1,
+    "float8_e4m3": 1,
+    "float8_e8m0fnu": 1,
+    "int8": 1,
+    "int16": 2,
+    "int32": 4,
+    "int64": 8,
+    "uint8": 1,
+    "uint16": 2,
+    "uint32": 4,
+    "uint64": 8,
     "bool": 1,
 }
 DTYPE_NAMES: tuple[str, ...] = tuple(ITEMSIZE)
@@ -46,9 +64,7 @@ ML_DTYPES_NAMES: frozenset[str] = frozenset(
     name for name in DTYPE_NAMES if name == "bfloat16" or name.startswith("float8")
 )
 # Name -> numpy dtype, for the names this install can represent.
-DTYPES: dict[str, np.dtype[Any]] = {
-    name: np.dtype(name) for name in DTYPE_NAMES if name not in ML_DTYPES_NAMES
-}
+DTYPES: dict[str, np.dtype[Any]] = {name: np.dtype(name) for name in DTYPE_NAMES if name not in ML_DTYPES_NAMES}
 if ml_dtypes is not None:
     DTYPES.update({name: np.dtype(getattr(ml_dtypes, name)) for name in sorted(ML_DTYPES_NAMES)})
 DTYPES = {name: DTYPES[name] for name in DTYPE_NAMES if name in DTYPES}  # in the table's order
@@ -77,9 +93,7 @@ def dtype_name(dtype: Any) -> str:
     try:
         np_dtype = np.dtype(dtype)
     except TypeError:
-        raise UnknownDtype(
-            f"unknown dtype {dtype!r}; known dtypes: {', '.join(DTYPE_NAMES)}"
-        ) from None
+        raise UnknownDtype(f"unknown dtype {dtype!r}; known dtypes: {', '.join(DTYPE_NAMES)}") from None
     for name, known in DTYPES.items():
         if np_dtype == known and np_dtype.kind == known.kind:
             return name

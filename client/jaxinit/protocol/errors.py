@@ -144,14 +144,25 @@ _BY_NAME: dict[str, type[JaxinitError]] = {cls.__name__: cls for cls in ERROR_TA
 # When only a status is known (a proxy answered, or an older server), the most
 # general class for that status.
 _BY_HTTP: dict[int, type[JaxinitError]] = {
-    400: InvalidArgument, 401: Unauthenticated, 404: UnknownInitializer, 406: NotAcceptable, 413: TooLarge,
-    422: InvalidArgument, 429: Overloaded, 502: ServerUnavailable, 503: ServerUnavailable,
+    400: InvalidArgument,
+    401: Unauthenticated,
+    404: UnknownInitializer,
+    406: NotAcceptable,
+    413: TooLarge,
+    422: InvalidArgument,
+    429: Overloaded,
+    502: ServerUnavailable,
+    503: ServerUnavailable,
     504: ServerUnavailable,
 }
 _BY_GRPC: dict[str, type[JaxinitError]] = {
-    "INVALID_ARGUMENT": InvalidArgument, "NOT_FOUND": UnknownInitializer,
-    "RESOURCE_EXHAUSTED": TooLarge, "UNAUTHENTICATED": Unauthenticated, "UNAVAILABLE": ServerUnavailable,
-    "DEADLINE_EXCEEDED": ServerUnavailable, "DATA_LOSS": IntegrityError,
+    "INVALID_ARGUMENT": InvalidArgument,
+    "NOT_FOUND": UnknownInitializer,
+    "RESOURCE_EXHAUSTED": TooLarge,
+    "UNAUTHENTICATED": Unauthenticated,
+    "UNAVAILABLE": ServerUnavailable,
+    "DEADLINE_EXCEEDED": ServerUnavailable,
+    "DATA_LOSS": IntegrityError,
 }
 
 

@@ -171,9 +171,7 @@ class _Reader:
     def done(self) -> None:
         unknown = _names(set(self.node) - self.used)
         if unknown:
-            raise InvalidArgument(
-                f"{self.where}: unknown field(s) {_quote(unknown)} for {self.node.get('type')}"
-            )
+            raise InvalidArgument(f"{self.where}: unknown field(s) {_quote(unknown)} for {self.node.get('type')}")
 
 
 def _is_int(value: Any) -> bool:
@@ -299,7 +297,7 @@ def _init(value: Any, where: str) -> Init:
             raise InvalidArgument(f"{where}: 'args' must be an object, got {_quote(args)}")
     else:
         raise InvalidArgument(
-            f"{where}: an initializer is a registry name or {{\"initializer\": name, \"args\": {{...}}}}, "
+            f'{where}: an initializer is a registry name or {{"initializer": name, "args": {{...}}}}, '
             f"got {_quote(value)}"
         )
     try:
@@ -336,8 +334,12 @@ def _dense_general(r: _Reader, dtype: str) -> list[_Leaf]:
     # flax: the kernel is initialised as (prod(in), prod(out)) and reshaped; the bias flat.
     inp, out = r.integers("in_features"), r.integers("features")
     kernel = _Leaf(
-        "kernel", r.init("kernel_init", LECUN_NORMAL), inp + out, dtype,
-        init_shape=(math.prod(inp), math.prod(out)), torch=("weight", "flat_t"),
+        "kernel",
+        r.init("kernel_init", LECUN_NORMAL),
+        inp + out,
+        dtype,
+        init_shape=(math.prod(inp), math.prod(out)),
+        torch=("weight", "flat_t"),
     )
     leaves = [kernel]
     if r.flag("use_bias", True):
@@ -356,8 +358,9 @@ def _conv(r: _Reader, dtype: str) -> list[_Leaf]:
             f"{r.where}: in_features {_quote(inp)} and features {_quote(out)} must both be multiples of "
             f"feature_group_count {_quote(groups)}"
         )
-    kernel = _Leaf("kernel", r.init("kernel_init", LECUN_NORMAL), (*size, inp // groups, out), dtype,
-                   torch=("weight", "conv"))
+    kernel = _Leaf(
+        "kernel", r.init("kernel_init", LECUN_NORMAL), (*size, inp // groups, out), dtype, torch=("weight", "conv")
+    )
     leaves = [kernel]
     if r.flag("use_bias", True):
         leaves.append(_Leaf("bias", r.init("bias_init", ZEROS), (out,), dtype, torch=("bias", "")))
@@ -391,8 +394,10 @@ def _norm(*, bias: bool, groups: bool = False) -> Callable[[_Reader, str], list[
 def _param(r: _Reader, dtype: str) -> list[_Leaf]:
     name = r.node.get("name")
     shape = r._get("shape", None)
-    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence) or not all(
-        _is_int(d) and d >= 0 for d in shape
+    if (
+        isinstance(shape, (str, bytes))
+        or not isinstance(shape, Sequence)
+        or not all(_is_int(d) and d >= 0 for d in shape)
     ):
         raise InvalidArgument(f"{r.where}: 'shape' must be a list of non-negative ints, got {_quote(shape)}")
     value = r._get("initializer", None)
@@ -497,9 +502,7 @@ def _attention(r: _Reader, dtype: str, depth: int) -> list[tuple[str, _Leaf | _N
     qkv = r.integer("qkv_features", inp)
     out = r.integer("out_features", inp)
     if qkv % heads:
-        raise InvalidArgument(
-            f"{r.where}: qkv_features {_quote(qkv)} must be a multiple of num_heads {_quote(heads)}"
-        )
+        raise InvalidArgument(f"{r.where}: qkv_features {_quote(qkv)} must be a multiple of num_heads {_quote(heads)}")
     shared = {k: r.node[k] for k in ("use_bias", "kernel_init", "bias_init") if k in r.node}
     r.used.update(shared)
     head_dim = qkv // heads
@@ -630,9 +633,7 @@ def _raw(description: Mapping[str, Any], dtype: str) -> _Node:
         # At most MAX_PATH_COMPONENTS + 1 parts: however long the path, the split is bounded.
         parts = path.split(".", MAX_PATH_COMPONENTS) if isinstance(path, str) else [""]
         if any(not part for part in parts):
-            raise InvalidArgument(
-                f"{where}: 'path' must be a dotted name such as 'encoder.kernel', got {_quote(path)}"
-            )
+            raise InvalidArgument(f"{where}: 'path' must be a dotted name such as 'encoder.kernel', got {_quote(path)}")
         if len(parts) > MAX_PATH_COMPONENTS:
             raise InvalidArgument(
                 f"{where}: 'path' has more than {MAX_PATH_COMPONENTS} dotted components, got {_quote(path)}"
@@ -643,8 +644,15 @@ def _raw(description: Mapping[str, Any], dtype: str) -> _Node:
                     f"{where}: each name in 'path' has at most {MAX_NAME_CHARS} characters, got {_quote(part)}"
                 )
         *modules, name = parts
-        r = _Reader({**{k: v for k, v in entry.items() if k not in ("path", "dtype")}, "type": "Param",
-                     "name": name, **({"param_dtype": entry["dtype"]} if "dtype" in entry else {})}, where)
+        r = _Reader(
+            {
+                **{k: v for k, v in entry.items() if k not in ("path", "dtype")},
+                "type": "Param",
+                "name": name,
+                **({"param_dtype": entry["dtype"]} if "dtype" in entry else {}),
+            },
+            where,
+        )
         leaf = _param(r, r.dtype(dtype))[0]
         r.done()
         node = root
@@ -772,8 +780,14 @@ def model_canonical(layout: str, tensors: Sequence[tuple[str, str]]) -> tuple[st
 
 
 def file_metadata(
-    identity: Mapping[str, Any], *, mode: str, layout: str, root: Key, threefry_partitionable: bool,
-    enable_x64: bool, model_digest: str,
+    identity: Mapping[str, Any],
+    *,
+    mode: str,
+    layout: str,
+    root: Key,
+    threefry_partitionable: bool,
+    enable_x64: bool,
+    model_digest: str,
 ) -> dict[str, str]:
     """The string metadata of a model file (safetensors ``__metadata__``): what produced it.
 
@@ -781,8 +795,10 @@ def file_metadata(
     """
     return {
         "format": "pt" if layout == "torch" else "flax",
-        **{k: str(identity.get(k, "")) for k in ("jaxinit_version", "jax_version", "jaxlib_version", "backend",
-                                                  "device_kind")},
+        **{
+            k: str(identity.get(k, ""))
+            for k in ("jaxinit_version", "jax_version", "jaxlib_version", "backend", "device_kind")
+        },
         "mode": mode,
         "layout": layout,
         "root_key": json.dumps(root.to_json(), separators=(",", ":")),

@@ -51,9 +51,7 @@ class Key:
 
     def __post_init__(self) -> None:
         if self.impl not in KEY_IMPLS:
-            raise InvalidArgument(
-                f"unknown key implementation {repr(self.impl)[:40]}; known: {', '.join(KEY_IMPLS)}"
-            )
+            raise InvalidArgument(f"unknown key implementation {repr(self.impl)[:40]}; known: {', '.join(KEY_IMPLS)}")
         if (self.seed is None) == (self.data is None):
             raise InvalidArgument("a key needs exactly one of a seed or key data")
         if self.seed is not None:
@@ -65,9 +63,7 @@ class Key:
                 )
         if self.data is not None:
             words = KEY_IMPLS[self.impl]
-            if len(self.data) != words or not all(
-                isinstance(w, int) and 0 <= w < 2**32 for w in self.data
-            ):
+            if len(self.data) != words or not all(isinstance(w, int) and 0 <= w < 2**32 for w in self.data):
                 raise InvalidArgument(
                     f"{self.impl} key data must be {words} uint32 words, got {repr(list(self.data))[:80]}"
                 )
@@ -79,7 +75,6 @@ class Key:
                 f"fold_in must be at most {MAX_FOLD_IN} uint32 values (0 <= x < 2**32), got "
                 f"{len(folds)} values: {repr(list(folds))[:80]}"
             )
-
 
     def to_json(self) -> dict[str, Any]:
         """The key as the REST API and canonical requests write it.
@@ -103,9 +98,7 @@ def wrap_key_data(data: Any, *, impl: str | None = None) -> Key:
     """Like ``jax.random.wrap_key_data(data, impl=impl)``: a key from raw uint32 words."""
     words = np.asarray(data)
     if words.ndim != 1 or words.dtype.kind not in "ui":
-        raise InvalidArgument(
-            f"key data must be a 1-D sequence of uint32 words, got {data!r}"
-        )
+        raise InvalidArgument(f"key data must be a 1-D sequence of uint32 words, got {data!r}")
     return Key(data=tuple(int(w) for w in words.tolist()), impl=impl or DEFAULT_IMPL)
 
 

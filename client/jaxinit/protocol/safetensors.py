@@ -55,9 +55,7 @@ def st_dtype(dtype: str) -> str:
     """
     name = ST_DTYPES.get(dtype_name(dtype))
     if name is None:
-        raise InvalidArgument(
-            f"safetensors has no dtype for {dtype}; ask for .npz or single tensors instead"
-        )
+        raise InvalidArgument(f"safetensors has no dtype for {dtype}; ask for .npz or single tensors instead")
     return name
 
 

@@ -46,8 +46,13 @@ class Admission:
     ``Service.admit``); work admitted without one counts only against the server's caps."""
 
     def __init__(
-        self, max_streams: int, max_bytes: int, retry_after: float = 1.0, *,
-        max_caller_streams: int | None = None, max_caller_bytes: int | None = None,
+        self,
+        max_streams: int,
+        max_bytes: int,
+        retry_after: float = 1.0,
+        *,
+        max_caller_streams: int | None = None,
+        max_caller_bytes: int | None = None,
     ) -> None:
         self.max_streams = max_streams
         self.max_bytes = max_bytes
@@ -72,19 +77,25 @@ class Admission:
             if caller is not None and self.max_caller_streams is not None and held[0] >= self.max_caller_streams:
                 raise Overloaded(
                     f"this caller ({_shown(caller)}) already has {held[0]} requests in flight, its limit "
-                    f"(--max-caller-streams); {retry}, after one of them ends", retry_after=self.retry_after,
+                    f"(--max-caller-streams); {retry}, after one of them ends",
+                    retry_after=self.retry_after,
                 )
-            if (caller is not None and self.max_caller_bytes is not None and held[0]
-                    and held[1] + nbytes > self.max_caller_bytes):
+            if (
+                caller is not None
+                and self.max_caller_bytes is not None
+                and held[0]
+                and held[1] + nbytes > self.max_caller_bytes
+            ):
                 raise Overloaded(
                     f"this caller ({_shown(caller)}) holds {held[1]} bytes in flight and this request adds "
                     f"{nbytes}, over its share of {self.max_caller_bytes} (--max-caller-bytes); {retry}, "
-                    "after one of its requests ends", retry_after=self.retry_after,
+                    "after one of its requests ends",
+                    retry_after=self.retry_after,
                 )
             if self.streams >= self.max_streams:
                 raise Overloaded(
-                    f"the server is answering {self.streams} requests, its limit; {retry} or use another "
-                    "replica", retry_after=self.retry_after,
+                    f"the server is answering {self.streams} requests, its limit; {retry} or use another replica",
+                    retry_after=self.retry_after,
                 )
             if self.streams and self.bytes + nbytes > self.max_bytes:
                 raise Overloaded(

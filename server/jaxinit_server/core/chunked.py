@@ -137,11 +137,19 @@ def _only_bits(*args: Any, **kwargs: Any) -> Any:
 
 
 OFFSET_IMPL = define_prng_impl(
-    key_shape=(4,), seed=_only_bits, split=_only_bits, random_bits=_offset_bits, fold_in=_only_bits,
+    key_shape=(4,),
+    seed=_only_bits,
+    split=_only_bits,
+    random_bits=_offset_bits,
+    fold_in=_only_bits,
     name="jaxinit_threefry2x32_offset",
 )
 LEGACY_IMPL = define_prng_impl(
-    key_shape=(6,), seed=_only_bits, split=_only_bits, random_bits=_legacy_bits, fold_in=_only_bits,
+    key_shape=(6,),
+    seed=_only_bits,
+    split=_only_bits,
+    random_bits=_legacy_bits,
+    fold_in=_only_bits,
     name="jaxinit_threefry2x32_legacy_offset",
 )
 

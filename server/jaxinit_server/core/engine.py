@@ -29,8 +29,19 @@ from jaxinit_server.core.registry import build
 from jaxinit_server.core.request import Resolved
 
 __all__ = [
-    "CHUNKED", "EMPTY", "FILL", "WHOLE", "Cost", "Generation", "check", "prepare", "price", "route", "run",
-    "self_check", "validate",
+    "CHUNKED",
+    "EMPTY",
+    "FILL",
+    "WHOLE",
+    "Cost",
+    "Generation",
+    "check",
+    "prepare",
+    "price",
+    "route",
+    "run",
+    "self_check",
+    "validate",
 ]
 
 log = logging.getLogger("jaxinit_server.engine")
@@ -90,8 +101,9 @@ def price(resolved: Resolved, *, gathered: bool = False) -> Cost:
     elif kind == WHOLE:
         # The worker makes the whole tensor, whatever range is asked.
         name = resolved.spec.name
-        factor = WHOLE_FACTOR.get(name, WHOLE_FACTOR_COMPLEX if resolved.out_dtype.startswith("complex")
-                                  else WHOLE_FACTOR_DEFAULT)
+        factor = WHOLE_FACTOR.get(
+            name, WHOLE_FACTOR_COMPLEX if resolved.out_dtype.startswith("complex") else WHOLE_FACTOR_DEFAULT
+        )
         memory += total * itemsize * factor
         flops = total * 64
         if name in ("orthogonal", "delta_orthogonal") and resolved.shape:
@@ -125,7 +137,7 @@ def _fill_period(resolved: Resolved) -> int | None:
         return 1
     if len(value_shape) > len(resolved.shape):
         return None  # JAX refuses it (whole path: JAX's own message)
-    period = math.prod(resolved.shape[-len(value_shape):])
+    period = math.prod(resolved.shape[-len(value_shape) :])
     return period if period <= MAX_FILL_PATTERN else None
 
 
@@ -334,8 +346,7 @@ def run(resolved: Resolved) -> tuple[np.ndarray, tuple[int, ...]]:
         raise JaxError(str(exc)) from exc
     if array.shape != resolved.shape or dtype_name(array.dtype) != resolved.out_dtype:
         raise InternalError(
-            f"JAX returned {array.dtype}{list(array.shape)}, expected "
-            f"{resolved.out_dtype}{list(resolved.shape)}"
+            f"JAX returned {array.dtype}{list(array.shape)}, expected {resolved.out_dtype}{list(resolved.shape)}"
         )
     return array, key_data
 
@@ -394,8 +405,9 @@ def _chunk_problem(name: str, args: dict[str, Any], dtype: str, partitionable: b
     from jaxinit_server.core.request import GenerateParams, Limits, PrngDefaults, resolve
 
     where = f"{dtype}, threefry_partitionable={partitionable}"
-    params = GenerateParams(name, CHECK_SHAPE, args=args, dtype=dtype, key=Key(seed=7), offset=CHECK_START,
-                            count=CHECK_COUNT)
+    params = GenerateParams(
+        name, CHECK_SHAPE, args=args, dtype=dtype, key=Key(seed=7), offset=CHECK_START, count=CHECK_COUNT
+    )
     try:
         resolved = resolve(params, Limits(), PrngDefaults(partitionable, False))
         with _config(resolved):

@@ -178,9 +178,7 @@ def _range(offset: Any, count: Any, total: int) -> tuple[int, int]:
         raise InvalidArgument(f"offset {start} is past the end of a tensor of {total} elements")
     stop = total if count is None else start + int(count)
     if stop > total:
-        raise InvalidArgument(
-            f"offset {start} + count {stop - start} is past the end of a tensor of {total} elements"
-        )
+        raise InvalidArgument(f"offset {start} + count {stop - start} is past the end of a tensor of {total} elements")
     return start, stop
 
 

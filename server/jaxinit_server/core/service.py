@@ -265,8 +265,14 @@ class Service:
     """
 
     def __init__(
-        self, limits: Limits | None = None, *, workers: int = 4, whole_workers: int = 2,
-        compilation_cache_dir: str | None = None, worker_rss_bytes: int = 2**30, stall_seconds: float = 60.0,
+        self,
+        limits: Limits | None = None,
+        *,
+        workers: int = 4,
+        whole_workers: int = 2,
+        compilation_cache_dir: str | None = None,
+        worker_rss_bytes: int = 2**30,
+        stall_seconds: float = 60.0,
         log_level: str | None = None,
     ) -> None:
         if compilation_cache_dir:
@@ -276,8 +282,10 @@ class Service:
             jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)  # type: ignore[no-untyped-call]
         self.limits = limits or Limits()
         self.admission = Admission(
-            self.limits.max_streams, self.limits.max_inflight_bytes,
-            max_caller_streams=self.limits.max_caller_streams, max_caller_bytes=self.limits.caller_bytes,
+            self.limits.max_streams,
+            self.limits.max_inflight_bytes,
+            max_caller_streams=self.limits.max_caller_streams,
+            max_caller_bytes=self.limits.caller_bytes,
         )
         self.identity: ServerIdentity = server_identity()
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jaxinit-jax")
@@ -286,8 +294,11 @@ class Service:
         self._model_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jaxinit-models")
         # Whole-tensor requests run in worker processes, never in this one (see whole.py).
         self.whole = WholePool(
-            whole_workers, hard_rss=worker_rss_bytes, soft_rss=worker_rss_bytes // 2,
-            compilation_cache_dir=compilation_cache_dir, log_level=log_level,
+            whole_workers,
+            hard_rss=worker_rss_bytes,
+            soft_rss=worker_rss_bytes // 2,
+            compilation_cache_dir=compilation_cache_dir,
+            log_level=log_level,
         )
         self.stalls = StallWatch(stall_seconds) if stall_seconds else None
         self.ready = False
@@ -355,8 +366,12 @@ class Service:
         """String metadata for a model file: what produced it (safetensors ``__metadata__``)."""
         keyed = next((r for r in model.requests if r.key is not None), model.requests[0])
         return file_metadata(
-            self.identity.as_dict(), mode=model.mode, layout=model.layout, root=model.root,
-            threefry_partitionable=keyed.threefry_partitionable, enable_x64=keyed.enable_x64,
+            self.identity.as_dict(),
+            mode=model.mode,
+            layout=model.layout,
+            root=model.root,
+            threefry_partitionable=keyed.threefry_partitionable,
+            enable_x64=keyed.enable_x64,
             model_digest=model.digest,
         )
 
@@ -369,8 +384,15 @@ class Service:
             seen = set()
             for out, request in zip(model.outputs, model.requests, strict=True):
                 # The key changes the values, never what JAX accepts.
-                what = (request.spec.name, repr(request.args), request.shape, request.dtype, request.enable_x64,
-                        request.threefry_partitionable, request.key.impl if request.key else None)
+                what = (
+                    request.spec.name,
+                    repr(request.args),
+                    request.shape,
+                    request.dtype,
+                    request.enable_x64,
+                    request.threefry_partitionable,
+                    request.key.impl if request.key else None,
+                )
                 if what not in seen:
                     seen.add(what)
                     try:
@@ -435,8 +457,11 @@ class Service:
             raise TooLarge(
                 f"{what} {how} and needs ~{_gib(cost.memory)} of working memory, over this server's "
                 f"{_gib(limits.max_inflight_bytes)} for all requests (--max-inflight-bytes)"
-                + ("; ask for a chunked family, or binary data instead of JSON" if cost.route != engine.WHOLE
-                   or resolved.spec.name not in ("orthogonal", "delta_orthogonal") else "")
+                + (
+                    "; ask for a chunked family, or binary data instead of JSON"
+                    if cost.route != engine.WHOLE or resolved.spec.name not in ("orthogonal", "delta_orthogonal")
+                    else ""
+                )
             )
         if cost.route == engine.WHOLE and cost.flops > limits.max_whole_flops:
             raise TooLarge(
@@ -455,8 +480,14 @@ class Service:
         return self.admission.admit(cost.memory, caller)
 
     async def generate(
-        self, resolved: Resolved, *, output: Output | None = None, ticket: Ticket | None = None,
-        gathered: bool = False, caller: str | None = None, release_with_tensor: bool = False,
+        self,
+        resolved: Resolved,
+        *,
+        output: Output | None = None,
+        ticket: Ticket | None = None,
+        gathered: bool = False,
+        caller: str | None = None,
+        release_with_tensor: bool = False,
     ) -> Tensor:
         """Get the tensor ready to stream. Raises domain errors, and :class:`Overloaded` at
         once when the server is at its limits (``ticket``: capacity taken already, as a
@@ -486,8 +517,11 @@ class Service:
                 job = await self.whole.run(resolved)
                 timings["generate"] = time.perf_counter() - submitted
                 generation = engine.Generation(
-                    resolved, job.key_data, route=engine.WHOLE,
-                    pieces=lambda: job.pieces(self.limits.chunk_bytes), close=job.close,
+                    resolved,
+                    job.key_data,
+                    route=engine.WHOLE,
+                    pieces=lambda: job.pieces(self.limits.chunk_bytes),
+                    close=job.close,
                 )
             else:
                 generation = await loop.run_in_executor(self._executor, prepare)
@@ -496,8 +530,16 @@ class Service:
                 ticket.release()
             raise
         provenance = self._provenance(resolved, generation.key_data)
-        return Tensor(resolved, generation, provenance, output=output, timings=timings,
-                      ticket=ticket if owned else None, aborted=self.aborted, watch=self.stalls)
+        return Tensor(
+            resolved,
+            generation,
+            provenance,
+            output=output,
+            timings=timings,
+            ticket=ticket if owned else None,
+            aborted=self.aborted,
+            watch=self.stalls,
+        )
 
     def warm_up(self) -> None:
         """Check the chunked families against eager JAX (disabling any that differs), then run
@@ -524,11 +566,15 @@ class Service:
             # Families the warm-up self-check found to differ from this JAX: they run whole.
             "chunking": {"disabled": chunked.disabled(), "disabled_count": len(chunked.disabled())},
             "stalled_readers_disconnected": self.stalls.disconnected if self.stalls else 0,
-            "admission": {"streams": self.admission.streams, "max_streams": self.admission.max_streams,
-                          "bytes": self.admission.bytes, "max_bytes": self.admission.max_bytes,
-                          "callers": len(self.admission.callers),
-                          "max_caller_streams": self.admission.max_caller_streams,
-                          "max_caller_bytes": self.admission.max_caller_bytes},
+            "admission": {
+                "streams": self.admission.streams,
+                "max_streams": self.admission.max_streams,
+                "bytes": self.admission.bytes,
+                "max_bytes": self.admission.max_bytes,
+                "callers": len(self.admission.callers),
+                "max_caller_streams": self.admission.max_caller_streams,
+                "max_caller_bytes": self.admission.max_caller_bytes,
+            },
         }
 
     @property
@@ -565,4 +611,3 @@ class Service:
             canonical_request=resolved.canonical,
             request_digest=resolved.digest,
         )
-

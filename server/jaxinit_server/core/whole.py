@@ -46,7 +46,10 @@ class _Worker:
     def __init__(self, env: dict[str, str]) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "jaxinit_server.core._worker"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            bufsize=0,
         )
         assert self.process.stdin is not None and self.process.stdout is not None
         self.stdin, self.stdout = self.process.stdin, self.process.stdout
@@ -175,8 +178,13 @@ class WholePool:
     """
 
     def __init__(
-        self, size: int, *, hard_rss: int = 2 * 2**30, soft_rss: int = 768 * 2**20,
-        compilation_cache_dir: str | None = None, log_level: str | None = None,
+        self,
+        size: int,
+        *,
+        hard_rss: int = 2 * 2**30,
+        soft_rss: int = 768 * 2**20,
+        compilation_cache_dir: str | None = None,
+        log_level: str | None = None,
     ) -> None:
         self.size = size
         self.hard_rss = hard_rss
@@ -314,8 +322,13 @@ class WholePool:
 
     def state(self) -> dict[str, Any]:
         """The pool as readiness and metrics show it."""
-        return {"size": self.size, "busy": self.busy, "waiting": self.waiting, "replaced": self.replaced,
-                "killed": self.killed}
+        return {
+            "size": self.size,
+            "busy": self.busy,
+            "waiting": self.waiting,
+            "replaced": self.replaced,
+            "killed": self.killed,
+        }
 
     def close(self) -> None:
         """Kill every worker (a running job ends with ServerUnavailable)."""

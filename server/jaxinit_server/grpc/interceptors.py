@@ -41,17 +41,24 @@ class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             try:
                 return parse(data)
             except Exception as exc:  # DecodeError, or anything a parser raises on bytes
-                return Malformed(InvalidArgument(f"the request message does not parse as {details.method}'s "
-                                                 f"request type ({type(exc).__name__})"))
+                return Malformed(
+                    InvalidArgument(
+                        f"the request message does not parse as {details.method}'s request type ({type(exc).__name__})"
+                    )
+                )
 
         codecs = {"request_deserializer": safe, "response_serializer": handler.response_serializer}
         if handler.request_streaming:
-            kind = grpc.stream_stream_rpc_method_handler if handler.response_streaming else \
-                grpc.stream_unary_rpc_method_handler
+            kind = (
+                grpc.stream_stream_rpc_method_handler
+                if handler.response_streaming
+                else grpc.stream_unary_rpc_method_handler
+            )
             return kind(handler.stream_stream or handler.stream_unary, **codecs)
         behavior = handler.unary_stream or handler.unary_unary
 
         if handler.response_streaming:
+
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 if isinstance(request, Malformed):
                     await abort(context, request.error)

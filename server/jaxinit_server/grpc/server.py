@@ -21,8 +21,14 @@ __all__ = ["create_grpc_server", "set_serving"]
 
 
 def create_grpc_server(
-    service: Service, host: str, port: int, *, telemetry: Telemetry | None = None, keyring: KeyRing | None = None,
-    tls: tuple[bytes, bytes] | None = None, max_message_bytes: int = 16 * 2**20,
+    service: Service,
+    host: str,
+    port: int,
+    *,
+    telemetry: Telemetry | None = None,
+    keyring: KeyRing | None = None,
+    tls: tuple[bytes, bytes] | None = None,
+    max_message_bytes: int = 16 * 2**20,
 ) -> tuple[grpc.aio.Server, int, Any]:
     """A gRPC server with the jaxinit service, health and reflection, bound to ``host:port``;
     with ``tls`` (PEM certificate chain, PEM private key), over TLS only.
@@ -43,8 +49,12 @@ def create_grpc_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, kserve.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME),
+        (
+            SERVICE_NAME,
+            kserve.SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
         server,
     )
     if tls is None:
@@ -58,8 +68,6 @@ def create_grpc_server(
 
 
 async def set_serving(health_servicer: Any, serving: bool) -> None:
-    status = (
-        health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-    )
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, status)

@@ -53,9 +53,7 @@ def params_from_proto(request: pb.GenerateRequest) -> GenerateParams:
         args={name: value_from_proto(v) for name, v in request.args.items()},
         dtype=request.dtype or None,
         key=key_from_proto(request.key) if request.HasField("key") else None,
-        threefry_partitionable=(
-            prng.threefry_partitionable if prng.HasField("threefry_partitionable") else None
-        ),
+        threefry_partitionable=(prng.threefry_partitionable if prng.HasField("threefry_partitionable") else None),
         enable_x64=prng.enable_x64 if prng.HasField("enable_x64") else None,
         request_id=request.request_id,
         offset=request.offset if request.HasField("offset") else None,
@@ -279,8 +277,12 @@ class InitializersServicer(pb_grpc.InitializersServicer):  # type: ignore[misc]
         return pb.ListInitializersResponse(
             initializers=[
                 pb.InitializerSpec(
-                    name=i["name"], kind=i["kind"], source=i["source"], summary=i["summary"],
-                    uses_key=i["uses_key"], arguments=[pb.ArgumentSpec(**a) for a in i["arguments"]],
+                    name=i["name"],
+                    kind=i["kind"],
+                    source=i["source"],
+                    summary=i["summary"],
+                    uses_key=i["uses_key"],
+                    arguments=[pb.ArgumentSpec(**a) for a in i["arguments"]],
                 )
                 for i in described["initializers"]
             ],
@@ -288,5 +290,3 @@ class InitializersServicer(pb_grpc.InitializersServicer):  # type: ignore[misc]
             key_impls=described["key_impls"],
             server=pb.Provenance(**described["server"]),
         )
-
-

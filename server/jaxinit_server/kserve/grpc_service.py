@@ -83,7 +83,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         except Exception as exc:
             await abort(context, domain_error(exc))
         return pb.ModelMetadataResponse(
-            name=meta["name"], versions=meta["versions"], platform=meta["platform"],
+            name=meta["name"],
+            versions=meta["versions"],
+            platform=meta["platform"],
             inputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["inputs"]],
             outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in meta["outputs"]],
         )
@@ -112,8 +114,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
                 blob = bytes(data)
                 data.clear()  # one copy held at a time
                 return pb.ModelInferResponse(
-                    model_name=request.model_name, model_version=request.model_version, id=request.id,
-                    outputs=[output], raw_output_contents=[blob],
+                    model_name=request.model_name,
+                    model_version=request.model_version,
+                    id=request.id,
+                    outputs=[output],
+                    raw_output_contents=[blob],
                 )
 
             answer = await asyncio.to_thread(response)

@@ -31,20 +31,47 @@ from jaxinit.protocol.keys import DEFAULT_IMPL, Key
 from jaxinit_server.core import GenerateParams
 
 __all__ = [
-    "DATATYPES", "MAX_JSON_DEPTH", "MAX_QUOTE_CHARS", "OUTPUT", "Input", "datatype_of", "json_depth",
-    "model_metadata", "params_from_v2", "quote",
+    "DATATYPES",
+    "MAX_JSON_DEPTH",
+    "MAX_QUOTE_CHARS",
+    "OUTPUT",
+    "Input",
+    "datatype_of",
+    "json_depth",
+    "model_metadata",
+    "params_from_v2",
+    "quote",
 ]
 
 OUTPUT = "output"
 # jaxinit dtype -> v2 datatype. The protocol has no names for complex or float8 types.
 DATATYPES: dict[str, str] = {
-    "bool": "BOOL", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64",
-    "int8": "INT8", "int16": "INT16", "int32": "INT32", "int64": "INT64",
-    "float16": "FP16", "float32": "FP32", "float64": "FP64", "bfloat16": "BF16",
+    "bool": "BOOL",
+    "uint8": "UINT8",
+    "uint16": "UINT16",
+    "uint32": "UINT32",
+    "uint64": "UINT64",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "float16": "FP16",
+    "float32": "FP32",
+    "float64": "FP64",
+    "bfloat16": "BF16",
 }
 _FROM_DATATYPE = {v: k for k, v in DATATYPES.items()}
-_RESERVED = {"dtype", "key_impl", "threefry_partitionable", "enable_x64", "offset", "count",
-             "binary_data_output", "binary_data", "binary_data_size"}
+_RESERVED = {
+    "dtype",
+    "key_impl",
+    "threefry_partitionable",
+    "enable_x64",
+    "offset",
+    "count",
+    "binary_data_output",
+    "binary_data",
+    "binary_data_size",
+}
 # The deepest JSON a request may hold (a document, or an argument given as a JSON literal):
 # jaxinit's own documents are a few levels deep; Python's parser recurses once a level.
 MAX_JSON_DEPTH = 64
@@ -142,9 +169,7 @@ def datatype_of(dtype: str) -> str:
     """The v2 datatype of a jaxinit dtype. Raises InvalidArgument when the protocol has none."""
     datatype = DATATYPES.get(dtype)
     if datatype is None:
-        raise InvalidArgument(
-            f"the KServe v2 protocol has no datatype for {dtype}; use jaxinit's own API for it"
-        )
+        raise InvalidArgument(f"the KServe v2 protocol has no datatype for {dtype}; use jaxinit's own API for it")
     return datatype
 
 

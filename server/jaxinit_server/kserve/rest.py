@@ -39,8 +39,16 @@ from jaxinit_server.kserve.mapping import (
 from jaxinit_server.telemetry import Call
 
 __all__ = [
-    "HEADER_LENGTH", "V2_ERRORS", "InferRequest", "TensorStream", "V2ModelReady", "V2Ready", "binary_body",
-    "error_response", "json_answer", "read_request",
+    "HEADER_LENGTH",
+    "V2_ERRORS",
+    "InferRequest",
+    "TensorStream",
+    "V2ModelReady",
+    "V2Ready",
+    "binary_body",
+    "error_response",
+    "json_answer",
+    "read_request",
 ]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -130,8 +138,12 @@ def _read(document: Any, binary: memoryview) -> InferRequest:
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidArgument(f"'id' must be a string, got {quote(request_id)}")
     parameters = _object(document.get("parameters"), "the request's 'parameters'")
-    return InferRequest(request_id, parameters, _inputs(document.get("inputs"), binary),
-                        _binary_output(document.get("outputs"), parameters))
+    return InferRequest(
+        request_id,
+        parameters,
+        _inputs(document.get("inputs"), binary),
+        _binary_output(document.get("outputs"), parameters),
+    )
 
 
 def _inputs(inputs: Any, binary: memoryview) -> list[Input]:
@@ -222,8 +234,9 @@ class TensorStream(StreamingResponse):
     """A streamed answer that gives its tensor back however it ends: sent, failed, the
     client gone, or never started."""
 
-    def __init__(self, body: AsyncIterator[bytes | memoryview], tensor: Tensor, call: Call,
-                 headers: Mapping[str, str]) -> None:
+    def __init__(
+        self, body: AsyncIterator[bytes | memoryview], tensor: Tensor, call: Call, headers: Mapping[str, str]
+    ) -> None:
         super().__init__(body, media_type=OCTET, headers=headers)
         self._body, self._tensor, self._call = body, tensor, call
 

@@ -18,7 +18,11 @@ __all__ = ["create_app"]
 
 
 def create_app(
-    service: Service, *, title: str = "jaxinit", telemetry: Telemetry | None = None, keyring: KeyRing | None = None,
+    service: Service,
+    *,
+    title: str = "jaxinit",
+    telemetry: Telemetry | None = None,
+    keyring: KeyRing | None = None,
     max_body_bytes: int = 16 * 2**20,
 ) -> FastAPI:
     """The REST gateway over ``service``.

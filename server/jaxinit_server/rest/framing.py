@@ -134,8 +134,14 @@ def _json_body(tensor: Tensor, array: np.ndarray) -> dict[str, Any]:
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         data = _map_nested(data, lambda x: x if np.isfinite(x) else repr(x))
     resolved = tensor.resolved
-    return {"shape": list(tensor.shape), "dtype": tensor.dtype, "offset": resolved.start,
-            "count": resolved.stop - resolved.start, "data": data, "provenance": tensor.provenance.as_dict()}
+    return {
+        "shape": list(tensor.shape),
+        "dtype": tensor.dtype,
+        "offset": resolved.start,
+        "count": resolved.stop - resolved.start,
+        "data": data,
+        "provenance": tensor.provenance.as_dict(),
+    }
 
 
 def _map_nested(data: Any, fn: Any) -> Any:

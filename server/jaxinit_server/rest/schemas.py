@@ -38,9 +38,7 @@ class GenerateBody(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={
-            "examples": [{"initializer": "lecun_normal", "shape": [784, 256], "key": {"seed": 42}}]
-        },
+        json_schema_extra={"examples": [{"initializer": "lecun_normal", "shape": [784, 256], "key": {"seed": 42}}]},
     )
     initializer: str
     shape: list[StrictInt]
@@ -76,11 +74,14 @@ class ModelBody(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "model": {"type": "Sequential", "layers": [
-                        {"type": "Dense", "in_features": 784, "features": 256},
-                        {"type": "Function", "fn": "relu"},
-                        {"type": "Dense", "in_features": 256, "features": 10},
-                    ]},
+                    "model": {
+                        "type": "Sequential",
+                        "layers": [
+                            {"type": "Dense", "in_features": 784, "features": 256},
+                            {"type": "Function", "fn": "relu"},
+                            {"type": "Dense", "in_features": 256, "features": 10},
+                        ],
+                    },
                     "key": {"seed": 0},
                     "mode": "linen",
                     "layout": "torch",

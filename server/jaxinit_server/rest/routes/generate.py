@@ -27,8 +27,16 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 IMMUTABLE_PRIVATE = "private, max-age=31536000, immutable"
 # Query parameters of the GET form that are not initializer arguments.
 RESERVED = {
-    "shape", "dtype", "seed", "key_data", "key_impl", "key_fold_in", "threefry_partitionable", "enable_x64",
-    "offset", "count",
+    "shape",
+    "dtype",
+    "seed",
+    "key_data",
+    "key_impl",
+    "key_fold_in",
+    "threefry_partitionable",
+    "enable_x64",
+    "offset",
+    "count",
 }
 
 
@@ -86,7 +94,9 @@ async def generate_get(
             words = _int_list("key_data", key_data) if key_data is not None else None
             folds = tuple(_int_list("key_fold_in", key_fold_in)) if key_fold_in else ()
             key = Key(
-                seed=seed, data=None if words is None else tuple(words), impl=key_impl or DEFAULT_IMPL,
+                seed=seed,
+                data=None if words is None else tuple(words),
+                impl=key_impl or DEFAULT_IMPL,
                 fold_in=folds,
             )
         text_args = {k: v for k, v in request.query_params.items() if k not in RESERVED}
@@ -119,8 +129,12 @@ async def _respond(
 ) -> Response:
     call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
     if media == JSON:
-        check_json_size(service.limits, resolved, nested=True,
-                        instead="Ask for application/octet-stream or application/x-npy, or a range.")
+        check_json_size(
+            service.limits,
+            resolved,
+            nested=True,
+            instead="Ask for application/octet-stream or application/x-npy, or a range.",
+        )
     tensor = await service.generate(resolved, gathered=media == JSON, caller=caller)
     call.timings = tensor.timings
     return await tensor_response(tensor, media, headers, service.limits.chunk_bytes)

@@ -25,7 +25,11 @@ async def readyz(service: ServiceDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
-            responses={200: {"content": {METRICS_CONTENT_TYPE: {}}}})
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {METRICS_CONTENT_TYPE: {}}}},
+)
 async def metrics(telemetry: TelemetryDep) -> Response:
     return Response(telemetry.exposition(), media_type=METRICS_CONTENT_TYPE)

@@ -49,14 +49,16 @@ async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/v2/health/ready", summary="KServe v2: readiness", response_model=V2Ready,
-            responses={503: {"model": V2Ready}})
+@router.get(
+    "/v2/health/ready", summary="KServe v2: readiness", response_model=V2Ready, responses={503: {"model": V2Ready}}
+)
 async def ready(service: ServiceDep) -> JSONResponse:
     return JSONResponse({"ready": service.ready}, status_code=200 if service.ready else 503)
 
 
-@router.get("/v2/models/{name}", summary="KServe v2: model metadata (every initializer is a model)",
-            responses=V2_ERRORS)
+@router.get(
+    "/v2/models/{name}", summary="KServe v2: model metadata (every initializer is a model)", responses=V2_ERRORS
+)
 async def metadata(name: str, service: ServiceDep) -> Response:
     try:
         return JSONResponse(model_metadata(name, service.identity.jax_version))
@@ -64,8 +66,12 @@ async def metadata(name: str, service: ServiceDep) -> Response:
         return error_response(exc)
 
 
-@router.get("/v2/models/{name}/ready", summary="KServe v2: model readiness", response_model=V2ModelReady,
-            responses={404: {"model": V2ModelReady}, 503: {"model": V2ModelReady}})
+@router.get(
+    "/v2/models/{name}/ready",
+    summary="KServe v2: model readiness",
+    response_model=V2ModelReady,
+    responses={404: {"model": V2ModelReady}, 503: {"model": V2ModelReady}},
+)
 async def model_ready(name: str, service: ServiceDep) -> JSONResponse:
     ok = service.ready and name in CATALOG
     return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else (503 if name in CATALOG else 404))
@@ -88,8 +94,12 @@ async def infer(
         call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
         datatype = datatype_of(resolved.out_dtype)
         if not v2.binary_output:
-            check_json_size(service.limits, resolved, nested=False,
-                            instead="Ask for binary data (the binary_data output parameter).")
+            check_json_size(
+                service.limits,
+                resolved,
+                nested=False,
+                instead="Ask for binary data (the binary_data output parameter).",
+            )
         tensor = await unless_disconnected(
             request, service.generate(resolved, gathered=not v2.binary_output, caller=caller)
         )
