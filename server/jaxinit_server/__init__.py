@@ -2,5 +2,6 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from jaxinit.protocol import __version__  # one version for client and server
+
 __all__ = ["__version__"]

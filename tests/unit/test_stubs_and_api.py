@@ -5,6 +5,8 @@ import pathlib
 import sys
 import types
 
+import jaxinit
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -23,9 +25,9 @@ def test_generated_stubs_are_current(tmp_path: pathlib.Path) -> None:
 def test_public_api_is_pinned() -> None:
     """Every public name the package shows is in ``__all__`` and every name in ``__all__``
     resolves (httpx's tests/test_exported_members.py), for the facade and the protocol."""
-    import jaxinit.protocol
+    from jaxinit import protocol
 
-    for package in (jaxinit, jaxinit.protocol):
+    for package in (jaxinit, protocol):
         for name in package.__all__:  # loads the lazy names
             assert getattr(package, name) is not None, name
         shown = {
@@ -38,3 +40,34 @@ def test_public_api_is_pinned() -> None:
         assert shown == set(package.__all__) - {"__version__"}, sorted(shown ^ set(package.__all__))
         assert len(package.__all__) == len(set(package.__all__))
     assert sys.modules["jaxinit"] is jaxinit
+
+
+def test_every_package_is_in_the_distribution() -> None:
+    """pyproject.toml lists packages explicitly: a new package left out would be missing from
+    a wheel (and an image) although an editable install finds it."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = set()
+    for top, where in (
+        ("jaxinit", ROOT / "client" / "jaxinit"),
+        ("jaxinit_server", ROOT / "server" / "jaxinit_server"),
+    ):
+        for init in where.rglob("__init__.py"):
+            found.add(".".join([top, *init.parent.relative_to(where).parts]))
+    assert found == listed, sorted(found ^ listed)
+
+
+def test_one_version() -> None:
+    import jaxinit_server
+    from jaxinit import protocol
+
+    assert jaxinit.__version__ == jaxinit_server.__version__ == protocol.__version__
+    assert "version" not in tomllib_project()  # read from jaxinit.protocol, not written twice
+
+
+def tomllib_project() -> dict[str, object]:
+    import tomllib
+
+    project: dict[str, object] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return project

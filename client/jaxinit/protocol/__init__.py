@@ -25,6 +25,10 @@ True
 
 from __future__ import annotations
 
+# The one version of the distribution (client and server ship together); pyproject.toml
+# reads it from here.
+__version__ = "0.1.0"
+
 from jaxinit.protocol import catalog, codec, digest, errors, expansion, keys, provenance, safetensors, wire
 from jaxinit.protocol.catalog import CATALOG, InitializerSpec, bind_arguments, lookup
 from jaxinit.protocol.codec import DTYPE_NAMES, DTYPES
@@ -34,6 +38,7 @@ from jaxinit.protocol.provenance import Provenance
 
 __all__ = [
     "CATALOG",
+    "__version__",
     "DEFAULT_IMPL",
     "DTYPES",
     "DTYPE_NAMES",
