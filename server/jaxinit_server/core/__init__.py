@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from jaxinit_server.core.models import ModelParams, ResolvedModel
 from jaxinit_server.core.request import GenerateParams, Limits, Resolved
-from jaxinit_server.core.service import Service, Tensor
+from jaxinit_server.core.service import Service
+from jaxinit_server.core.stream import TensorStream
 
-__all__ = ["GenerateParams", "Limits", "ModelParams", "Resolved", "ResolvedModel", "Service", "Tensor"]
+__all__ = ["GenerateParams", "Limits", "ModelParams", "Resolved", "ResolvedModel", "Service", "TensorStream"]

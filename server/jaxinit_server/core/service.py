@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import jax
-import numpy as np
 
 from jaxinit.protocol.catalog import CATALOG
-from jaxinit.protocol.codec import DTYPE_NAMES, DTYPES, to_wire_bytes
-from jaxinit.protocol.digest import ALGORITHM as DIGEST_ALGORITHM
-from jaxinit.protocol.digest import new_hasher
-from jaxinit.protocol.errors import JaxinitError, ServerUnavailable, TooLarge
+from jaxinit.protocol.codec import DTYPE_NAMES
+from jaxinit.protocol.errors import JaxinitError, TooLarge
 from jaxinit.protocol.expansion import Output, file_metadata
 from jaxinit.protocol.keys import KEY_IMPLS, Key
 from jaxinit.protocol.provenance import Provenance
@@ -29,231 +24,16 @@ from jaxinit_server.core.admission import Admission, Ticket
 from jaxinit_server.core.models import ModelParams, ResolvedModel, resolve_model
 from jaxinit_server.core.provenance import ServerIdentity, server_identity
 from jaxinit_server.core.request import GenerateParams, Limits, Resolved, resolve
+from jaxinit_server.core.stream import StallWatch, TensorStream, gather, stopping
 from jaxinit_server.core.whole import WholePool
 
-__all__ = ["Service", "StallWatch", "Tensor"]
+__all__ = ["Service"]
 
 log = logging.getLogger("jaxinit_server.service")
 
 
-_END = object()
-
-
-@dataclass(frozen=True)
-class Tensor:
-    """A tensor ready to stream: header fields and provenance now, bytes as they are made."""
-
-    resolved: Resolved
-    generation: engine.Generation
-    provenance: Provenance
-    pipeline_depth: int = 2
-    output: Output | None = None  # a model's tensor: its name, delivered shape and layout
-    # Seconds spent waiting for a JAX worker ("queue") and in JAX ("generate", which grows
-    # as chunks are made while the tensor streams).
-    timings: dict[str, float] = field(default_factory=dict)
-    # Its share of the server's capacity, given back once it is sent (or dropped).
-    ticket: Ticket | None = None
-    digest_algorithm: str = DIGEST_ALGORITHM
-    # Set when the server gives up on its in-flight work (shutdown past its grace).
-    aborted: threading.Event | None = None
-    # Disconnects a reader that stops taking bytes (see StallWatch).
-    watch: StallWatch | None = None
-    _digest: list[bytes] = field(default_factory=list)
-
-    def digest(self) -> bytes:
-        """The digest of every byte :meth:`chunks` yielded, once it has yielded them all."""
-        if not self._digest:
-            raise RuntimeError("the digest is known once every chunk has been sent")
-        return self._digest[0]
-
-    def close(self) -> None:
-        """Stop making the tensor and give its capacity back (after sending; idempotent)."""
-        self.generation.close()
-        if self.ticket is not None:
-            self.ticket.release()
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.output.shape if self.output else self.resolved.shape
-
-    @property
-    def dtype(self) -> str:
-        return self.resolved.out_dtype
-
-    @property
-    def nbytes(self) -> int:
-        return self.resolved.nbytes
-
-    async def chunks(self, chunk_bytes: int) -> AsyncIterator[tuple[int, memoryview]]:
-        """(byte offset, bytes) pieces of at most ``chunk_bytes``, little-endian, in order.
-
-        Chunked generations are made on a producer thread at most ``pipeline_depth``
-        pieces ahead of the sender, so memory stays bounded whatever the tensor's size.
-        """
-        offset = 0
-        hasher = new_hasher()
-        token = self.watch.start() if self.watch is not None else None
-        try:
-            async for piece in self._pieces():
-                if self.aborted is not None and self.aborted.is_set():
-                    raise _stopping()
-                data = to_wire_bytes(piece)
-                hasher.update(data)
-                for start in range(0, len(data), chunk_bytes):
-                    yield offset + start, data[start : start + chunk_bytes]
-                    if token is not None:  # the reader took it: progress
-                        self.watch.progress(token)  # type: ignore[union-attr]
-                offset += len(data)
-            self._digest.append(hasher.digest())
-        finally:
-            if token is not None:
-                self.watch.end(token)  # type: ignore[union-attr]
-            self.close()
-
-    @property
-    def sent_shape(self) -> tuple[int, ...]:
-        """The shape of what is sent: the tensor's, or (count,) for a range."""
-        resolved = self.resolved
-        return (resolved.stop - resolved.start,) if resolved.is_range else self.shape
-
-    async def array(self) -> np.ndarray:
-        """What is sent, in memory (for answers that need it whole, such as JSON)."""
-        try:
-            if self.generation.array is not None and not self._rearranged:
-                return self.generation.array.reshape(self.sent_shape)
-            pieces = [piece async for piece in self._pieces()]
-            flat = np.concatenate(pieces) if pieces else np.empty(0, DTYPES[self.dtype])
-            return flat.reshape(self.sent_shape)
-        finally:
-            self.close()
-
-    @property
-    def _rearranged(self) -> bool:
-        return self.output is not None and self.output.needs_whole
-
-    async def _pieces(self) -> AsyncIterator[np.ndarray]:
-        """What is sent, piece by piece: made already, or made on a producer thread."""
-        if self._rearranged:  # a transpose (PyTorch layout) needs the whole array
-            assert self.output is not None
-            yield self.output.finish(await self._generated()).reshape(-1)
-            return
-        if self.generation.array is not None:
-            yield self.generation.array
-            return
-        async for piece in _pipelined(self._timed(self.generation.produce()), self.pipeline_depth):
-            yield piece
-
-    def _timed(self, produce: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
-        """``produce``, adding the time spent making each piece to ``timings["generate"]``."""
-        try:
-            while True:
-                start = time.perf_counter()
-                piece = next(produce, None)
-                self.timings["generate"] = self.timings.get("generate", 0.0) + time.perf_counter() - start
-                if piece is None:
-                    return
-                yield piece
-        finally:
-            produce.close()  # type: ignore[attr-defined]
-
-    async def _generated(self) -> np.ndarray:
-        if self.generation.array is not None:
-            return self.generation.array
-        pieces = [piece async for piece in _pipelined(self._timed(self.generation.produce()), self.pipeline_depth)]
-        return np.concatenate(pieces) if pieces else np.empty(0, DTYPES[self.dtype])
-
-
-def _stopping() -> ServerUnavailable:
-    return ServerUnavailable("the server is shutting down; retry on another replica")
-
-
 def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.0f} MiB"
-
-
-class StallWatch:
-    """Cuts off readers that stop taking bytes: a stream that makes no progress for
-    ``seconds`` has the task that sends it cancelled, which stops its work and frees its
-    capacity (an idle socket must not hold a share of the server forever). An HTTP
-    connection is closed; a gRPC call, whose pending message gRPC cannot take back, holds
-    nothing more and ends at its deadline or when its caller goes."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.disconnected = 0
-        self._streams: dict[int, list[Any]] = {}
-        self._next = 0
-
-    def start(self) -> int:
-        """Watch the stream sent by the current task; returns its token."""
-        self._next += 1
-        self._streams[self._next] = [time.monotonic(), asyncio.current_task()]
-        return self._next
-
-    def progress(self, token: int) -> None:
-        if (entry := self._streams.get(token)) is not None:
-            entry[0] = time.monotonic()
-
-    def end(self, token: int) -> None:
-        self._streams.pop(token, None)
-
-    async def run(self) -> None:
-        """Check the streams forever (a task)."""
-        while True:
-            await asyncio.sleep(max(0.05, min(1.0, self.seconds / 4)))
-            now = time.monotonic()
-            for token, (last, task) in list(self._streams.items()):
-                if now - last > self.seconds and task is not None and not task.done():
-                    log.warning("disconnecting a reader that took no bytes for %.0f s", now - last)
-                    self._streams.pop(token, None)
-                    self.disconnected += 1
-                    task.cancel()
-
-
-class _Failure:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
-async def _pipelined(produce: Iterator[np.ndarray], depth: int) -> AsyncIterator[np.ndarray]:
-    """Run a blocking producer on its own thread, at most ``depth`` items ahead of the consumer.
-
-    When the consumer stops early (a client went away), the producer stops too.
-    """
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Queue[Any] = asyncio.Queue()
-    slots = threading.Semaphore(depth)
-    stop = threading.Event()
-
-    def hand_over(item: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
-            loop.call_soon_threadsafe(ready.put_nowait, item)
-
-    def run() -> None:
-        try:
-            for item in produce:
-                while not slots.acquire(timeout=0.1):
-                    if stop.is_set():
-                        return
-                if stop.is_set():
-                    return
-                hand_over(item)
-        except BaseException as exc:  # delivered to the consumer, raised there
-            hand_over(_Failure(exc))
-            return
-        finally:
-            produce.close()  # type: ignore[attr-defined]
-        hand_over(_END)
-
-    threading.Thread(target=run, name="jaxinit-producer", daemon=True).start()
-    try:
-        while (item := await ready.get()) is not _END:
-            if isinstance(item, _Failure):
-                raise item.exc
-            yield item
-            slots.release()
-    finally:
-        stop.set()
 
 
 class Service:
@@ -408,7 +188,7 @@ class Service:
         the memory of the ``ahead + 1`` costliest tensors it holds at once (a tensor laid
         out for PyTorch is gathered and transposed: twice its bytes more). Raises Overloaded."""
         if self.stopping:
-            raise _stopping()
+            raise stopping()
         costs = []
         for out, request in zip(model.outputs, model.requests, strict=True):
             memory = engine.price(request).memory
@@ -417,12 +197,12 @@ class Service:
 
     async def generate_model(
         self, model: ResolvedModel, *, ahead: int = 2, ticket: Ticket | None = None
-    ) -> AsyncIterator[tuple[str, Tensor | JaxinitError]]:
+    ) -> AsyncIterator[tuple[str, TensorStream | JaxinitError]]:
         """(name, tensor) of the model in order, each made at most ``ahead`` tensors before
         it is sent; a tensor JAX refuses comes as its domain error, and the others follow.
         ``ticket`` (from :meth:`admit_model`) is released when the stream ends.
         """
-        pending: list[tuple[str, asyncio.Future[Tensor]]] = []
+        pending: list[tuple[str, asyncio.Future[TensorStream]]] = []
         items = iter(zip(model.outputs, model.requests, strict=True))
         held = ticket or self.admission.admit(0)
         try:
@@ -476,7 +256,7 @@ class Service:
         the connection, or the API key), charged against its own share too."""
         cost = self.price(resolved, gathered=gathered)
         if self.stopping:
-            raise _stopping()
+            raise stopping()
         return self.admission.admit(cost.memory, caller)
 
     async def generate(
@@ -488,7 +268,7 @@ class Service:
         gathered: bool = False,
         caller: str | None = None,
         release_with_tensor: bool = False,
-    ) -> Tensor:
+    ) -> TensorStream:
         """Get the tensor ready to stream. Raises domain errors, and :class:`Overloaded` at
         once when the server is at its limits (``ticket``: capacity taken already, as a
         model stream does, released by whoever took it unless ``release_with_tensor``;
@@ -525,16 +305,25 @@ class Service:
                 )
             else:
                 generation = await loop.run_in_executor(self._executor, prepare)
+            if output is not None and output.needs_whole:
+                # A model's tensor in the PyTorch layout (a transpose): rearranged here, where
+                # the model is streamed, so the byte stream below only sends.
+                try:
+                    made = await gather(generation, timings)
+                finally:
+                    generation.close()
+                generation = engine.Generation(
+                    resolved, generation.key_data, route=generation.route, array=output.finish(made).reshape(-1)
+                )
         except BaseException:
             if owned:
                 ticket.release()
             raise
-        provenance = self._provenance(resolved, generation.key_data)
-        return Tensor(
+        return TensorStream(
             resolved,
             generation,
-            provenance,
-            output=output,
+            self._provenance(resolved, generation.key_data),
+            shape=output.shape if output is not None else None,
             timings=timings,
             ticket=ticket if owned else None,
             aborted=self.aborted,

@@ -15,7 +15,7 @@ from jaxinit.v1 import jaxinit_pb2 as pb
 from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
 from jaxinit_server import jsonio
 from jaxinit_server.auth import KeyRing
-from jaxinit_server.core import GenerateParams, ModelParams, Service, Tensor
+from jaxinit_server.core import GenerateParams, ModelParams, Service, TensorStream
 from jaxinit_server.grpc.interceptors import Malformed
 from jaxinit_server.grpc.status import abort, caller_of, domain_error, echo_request_id
 from jaxinit_server.telemetry import Call, Telemetry
@@ -27,8 +27,8 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Initializers"].full_name
 MANY_WINDOW = 4
 
 
-def _failed(error: BaseException) -> asyncio.Future[Tensor]:
-    future: asyncio.Future[Tensor] = asyncio.get_running_loop().create_future()
+def _failed(error: BaseException) -> asyncio.Future[TensorStream]:
+    future: asyncio.Future[TensorStream] = asyncio.get_running_loop().create_future()
     future.set_exception(error)
     return future
 
@@ -92,7 +92,7 @@ def value_from_proto(value: pb.Value) -> Any:
     return getattr(value, kind)  # kind is one of the oneof's own field names
 
 
-def header_to_proto(tensor: Tensor, chunk_bytes: int) -> pb.TensorHeader:
+def header_to_proto(tensor: TensorStream, chunk_bytes: int) -> pb.TensorHeader:
     return pb.TensorHeader(
         shape=tensor.shape,
         dtype=tensor.dtype,
@@ -106,7 +106,7 @@ def header_to_proto(tensor: Tensor, chunk_bytes: int) -> pb.TensorHeader:
     )
 
 
-async def frames(tensor: Tensor, request_id: str, chunk_bytes: int, call: Call) -> AsyncIterator[pb.TensorChunk]:
+async def frames(tensor: TensorStream, request_id: str, chunk_bytes: int, call: Call) -> AsyncIterator[pb.TensorChunk]:
     """The messages that carry one tensor: its header, its bytes, then their digest."""
     call.timings = tensor.timings
     yield pb.TensorChunk(request_id=request_id, header=header_to_proto(tensor, chunk_bytes))
@@ -163,7 +163,7 @@ class InitializersServicer(pb_grpc.InitializersServicer):  # type: ignore[misc]
         # opportunistic: a request refused for capacity while others are ahead of it waits
         # until they are sent, and is then judged alone (its caller's own read-ahead never
         # makes it a 429).
-        pending: asyncio.Queue[tuple[str, asyncio.Future[Tensor], Call] | None] = asyncio.Queue(MANY_WINDOW)
+        pending: asyncio.Queue[tuple[str, asyncio.Future[TensorStream], Call] | None] = asyncio.Queue(MANY_WINDOW)
         # Each item is a request of its own: "<stream id>/<item id>".
         stream_id = await echo_request_id(context, self._telemetry.replica)
         who = caller_of(context, self._keyring)
@@ -227,7 +227,7 @@ class InitializersServicer(pb_grpc.InitializersServicer):  # type: ignore[misc]
 
     async def _start_one(
         self, request: pb.GenerateRequest, call: Call, who: str, all_sent: asyncio.Event
-    ) -> asyncio.Future[Tensor]:
+    ) -> asyncio.Future[TensorStream]:
         """One GenerateMany item's generation, started; its errors come out of the future."""
         try:
             resolved = self._service.prepare(params_from_proto(request))

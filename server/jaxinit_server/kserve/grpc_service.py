@@ -17,7 +17,7 @@ import grpc
 from jaxinit.protocol.catalog import CATALOG
 from jaxinit.protocol.errors import TooLarge
 from jaxinit_server.auth import KeyRing
-from jaxinit_server.core import Service, Tensor
+from jaxinit_server.core import Service, TensorStream
 from jaxinit_server.grpc.status import abort, caller_of, domain_error
 from jaxinit_server.kserve import grpc_predict_v2_pb2 as pb
 from jaxinit_server.kserve import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -131,7 +131,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             call.close(error)
 
 
-async def _gathered(tensor: Tensor, chunk_bytes: int) -> bytearray:
+async def _gathered(tensor: TensorStream, chunk_bytes: int) -> bytearray:
     """The tensor's bytes, gathered piece by piece as they are made (no piece larger than
     ``chunk_bytes`` is copied on the loop); the tensor is given back however this ends."""
     data = bytearray(tensor.nbytes)
@@ -153,5 +153,5 @@ def add_to_server(
 
 
 def _generator(chunks: AsyncIterator[tuple[int, memoryview]]) -> AsyncGenerator[tuple[int, memoryview], None]:
-    """``Tensor.chunks`` as the async generator it is, for ``contextlib.aclosing``."""
+    """``TensorStream.chunks`` as the async generator it is, for ``contextlib.aclosing``."""
     return cast("AsyncGenerator[tuple[int, memoryview], None]", chunks)

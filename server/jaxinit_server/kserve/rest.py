@@ -26,7 +26,7 @@ from starlette.types import Receive, Scope, Send
 from jaxinit.protocol.errors import InternalError, InvalidArgument, JaxinitError, mapping_for
 from jaxinit.protocol.wire import OCTET
 from jaxinit_server import jsonio
-from jaxinit_server.core import Tensor
+from jaxinit_server.core import TensorStream
 from jaxinit_server.kserve.mapping import (
     MAX_JSON_DEPTH,
     OUTPUT,
@@ -42,7 +42,7 @@ __all__ = [
     "HEADER_LENGTH",
     "V2_ERRORS",
     "InferRequest",
-    "TensorStream",
+    "TensorResponse",
     "V2ModelReady",
     "V2Ready",
     "binary_body",
@@ -230,12 +230,12 @@ def json_answer(head: dict[str, Any], output: dict[str, Any], array: np.ndarray)
         del output["data"]
 
 
-class TensorStream(StreamingResponse):
+class TensorResponse(StreamingResponse):
     """A streamed answer that gives its tensor back however it ends: sent, failed, the
     client gone, or never started."""
 
     def __init__(
-        self, body: AsyncIterator[bytes | memoryview], tensor: Tensor, call: Call, headers: Mapping[str, str]
+        self, body: AsyncIterator[bytes | memoryview], tensor: TensorStream, call: Call, headers: Mapping[str, str]
     ) -> None:
         super().__init__(body, media_type=OCTET, headers=headers)
         self._body, self._tensor, self._call = body, tensor, call
@@ -250,7 +250,9 @@ class TensorStream(StreamingResponse):
             self._call.close(asyncio.CancelledError())  # a no-op when the body recorded its end
 
 
-async def binary_body(head: bytes, tensor: Tensor, chunk_bytes: int, call: Call) -> AsyncIterator[bytes | memoryview]:
+async def binary_body(
+    head: bytes, tensor: TensorStream, chunk_bytes: int, call: Call
+) -> AsyncIterator[bytes | memoryview]:
     try:
         yield head
         async with contextlib.aclosing(_generator(tensor.chunks(chunk_bytes))) as chunks:
@@ -287,5 +289,5 @@ V2_ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def _generator(chunks: AsyncIterator[tuple[int, memoryview]]) -> AsyncGenerator[tuple[int, memoryview], None]:
-    """``Tensor.chunks`` as the async generator it is, for ``contextlib.aclosing``."""
+    """``TensorStream.chunks`` as the async generator it is, for ``contextlib.aclosing``."""
     return cast("AsyncGenerator[tuple[int, memoryview], None]", chunks)

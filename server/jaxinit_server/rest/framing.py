@@ -21,7 +21,7 @@ from jaxinit.protocol.digest import DIGEST_BYTES
 from jaxinit.protocol.errors import InvalidArgument, JaxinitError, NotAcceptable, TooLarge
 from jaxinit.protocol.wire import DIGESTED, JSON, NPY, NPZ, OCTET, SAFETENSORS
 from jaxinit_server import jsonio
-from jaxinit_server.core import Limits, Resolved, ResolvedModel, Service, Tensor
+from jaxinit_server.core import Limits, Resolved, ResolvedModel, Service, TensorStream
 from jaxinit_server.core.admission import Ticket
 
 __all__ = [
@@ -79,7 +79,7 @@ def check_json_size(limits: Limits, resolved: Resolved, *, nested: bool, instead
         )
 
 
-def tensor_headers(tensor: Tensor) -> dict[str, str]:
+def tensor_headers(tensor: TensorStream) -> dict[str, str]:
     return {
         wire.SHAPE_HEADER: ",".join(str(d) for d in tensor.shape),
         wire.DTYPE_HEADER: tensor.dtype,
@@ -91,7 +91,7 @@ def tensor_headers(tensor: Tensor) -> dict[str, str]:
     }
 
 
-async def tensor_response(tensor: Tensor, media: str, headers: dict[str, str], chunk_bytes: int) -> Response:
+async def tensor_response(tensor: TensorStream, media: str, headers: dict[str, str], chunk_bytes: int) -> Response:
     """``tensor`` written as ``media``, with its headers after ``headers``."""
     headers = {**headers, **tensor_headers(tensor)}
     if media == JSON:
@@ -108,7 +108,9 @@ async def tensor_response(tensor: Tensor, media: str, headers: dict[str, str], c
     return StreamingResponse(_bytes(tensor, chunk_bytes, prefix, suffix), media_type=media, headers=headers)
 
 
-async def _bytes(tensor: Tensor, chunk_bytes: int, prefix: bytes, digest: bool) -> AsyncIterator[bytes | memoryview]:
+async def _bytes(
+    tensor: TensorStream, chunk_bytes: int, prefix: bytes, digest: bool
+) -> AsyncIterator[bytes | memoryview]:
     if prefix:
         yield prefix
     async for _, data in tensor.chunks(chunk_bytes):
@@ -117,7 +119,7 @@ async def _bytes(tensor: Tensor, chunk_bytes: int, prefix: bytes, digest: bool) 
         yield tensor.digest()
 
 
-def _npy_header(tensor: Tensor) -> bytes:
+def _npy_header(tensor: TensorStream) -> bytes:
     buffer = io.BytesIO()
     descr = np.lib.format.dtype_to_descr(DTYPES[tensor.dtype].newbyteorder("<"))
     header = {"descr": descr, "fortran_order": False, "shape": tensor.sent_shape}
@@ -125,7 +127,7 @@ def _npy_header(tensor: Tensor) -> bytes:
     return buffer.getvalue()
 
 
-def _json_body(tensor: Tensor, array: np.ndarray) -> dict[str, Any]:
+def _json_body(tensor: TensorStream, array: np.ndarray) -> dict[str, Any]:
     """Nested lists; complex numbers as [real, imag]; non-finite floats as "nan"/"inf"/"-inf"."""
     array = jsonio.json_numbers(array)
     if array.dtype.kind == "c":

@@ -17,13 +17,13 @@ from starlette.requests import ClientDisconnect
 from jaxinit.protocol.catalog import CATALOG
 from jaxinit.protocol.errors import JaxinitError
 from jaxinit.protocol.wire import JSON, REQUEST_ID_HEADER
-from jaxinit_server.core import Tensor
+from jaxinit_server.core import TensorStream
 from jaxinit_server.disconnects import unless_disconnected
 from jaxinit_server.kserve.mapping import OUTPUT, datatype_of, model_metadata, params_from_v2
 from jaxinit_server.kserve.rest import (
     HEADER_LENGTH,
     V2_ERRORS,
-    TensorStream,
+    TensorResponse,
     V2ModelReady,
     V2Ready,
     binary_body,
@@ -86,7 +86,7 @@ async def infer(
     name: str, request: Request, service: ServiceDep, telemetry: TelemetryDep, caller: CallerDep
 ) -> Response:
     call = telemetry.call("http", "v2_infer", request.headers.get(REQUEST_ID_HEADER))
-    tensor: Tensor | None = None
+    tensor: TensorStream | None = None
     try:
         body = await request.body()
         v2 = await asyncio.to_thread(read_request, body, request.headers.get(HEADER_LENGTH))
@@ -114,7 +114,7 @@ async def infer(
             text = json.dumps(head, separators=(",", ":")).encode()
             headers.update({HEADER_LENGTH: str(len(text)), "Content-Length": str(len(text) + tensor.nbytes)})
             body_stream = binary_body(text, tensor, service.limits.chunk_bytes, call)
-            response = TensorStream(body_stream, tensor, call, headers)
+            response = TensorResponse(body_stream, tensor, call, headers)
             tensor = None  # the response gives it back
             return response
         array = await tensor.array()  # at most max_json_elements; gives the tensor back
