@@ -19,10 +19,8 @@ import numpy as np
 import pytest
 
 from helpers import local_jax
-from jaxinit.protocol.errors import Overloaded
 from jaxinit.v1 import jaxinit_pb2 as pb
 from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
-from jaxinit_server.core.admission import Admission
 from jaxinit_server.testing import ServerProcess, running_server
 
 BIG = [4096, 4096]  # 64 MiB of float32: a stream that stays open while its reader waits
@@ -173,27 +171,3 @@ def test_a_caller_holds_at_most_its_share_of_memory() -> None:
             second.cancel()
             _until(srv, 0)
         assert srv.process.poll() is None
-
-
-def test_admission_accounts_each_caller() -> None:
-    """The bookkeeping: shares by caller, the server's caps on top, a caller holding nothing is
-    admitted whatever its request's size, and everything returns to zero."""
-    admission = Admission(4, 100, max_caller_streams=2, max_caller_bytes=30)
-    a1 = admission.admit(20, "a")
-    with pytest.raises(Overloaded, match="--max-caller-bytes"):
-        admission.admit(20, "a")
-    a2 = admission.admit(10, "a")
-    with pytest.raises(Overloaded, match="--max-caller-streams"):
-        admission.admit(0, "a")
-    b1 = admission.admit(60, "b")  # over its share, but it holds nothing
-    with pytest.raises(Overloaded, match="bytes in flight"):
-        admission.admit(20, "c")  # the server's cap: 90 + 20 > 100
-    anonymous = admission.admit(5)  # no caller: only the server's caps
-    assert (admission.streams, admission.bytes) == (4, 95)
-    assert admission.callers == {"a": [2, 30], "b": [1, 60]}
-    with pytest.raises(Overloaded, match="its limit"):
-        admission.admit(0, "d")  # the server's stream cap
-    for ticket in (a1, a2, b1, anonymous):
-        ticket.release()
-        ticket.release()  # idempotent
-    assert (admission.streams, admission.bytes, admission.callers) == (0, 0, {})

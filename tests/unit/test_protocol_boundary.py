@@ -36,26 +36,41 @@ def test_server_imports_only_the_protocol_and_stubs_of_the_client_package() -> N
     assert not bad, "\n".join(bad)
 
 
-def test_importing_the_server_core_loads_no_client_facade_or_transport() -> None:
-    code = (
-        "import sys, jaxinit_server.core, jaxinit_server.core.engine;"
-        "bad = [m for m in sys.modules if m.startswith('jaxinit.') and not m.startswith(('jaxinit.protocol',))"
-        " or m in ('grpc', 'fastapi', 'starlette', 'uvicorn', 'httpx', 'pydantic_settings', 'google.protobuf')];"
-        "print(bad); raise SystemExit(1 if bad else 0)"
-    )
+TRANSPORTS = ("grpc", "fastapi", "starlette", "uvicorn", "httpx", "pydantic_settings", "google.protobuf")
+
+
+def _loaded_after(statement: str, bad: str) -> list[str]:
+    """The modules ``bad`` (a Python expression over ``m``, a module name) picks out of what a
+    fresh interpreter has loaded after running ``statement``."""
+    code = f"import sys\n{statement}\nprint([m for m in sys.modules if {bad}])"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 0, result.stderr
+    return list(ast.literal_eval(result.stdout.strip().splitlines()[-1]))
+
+
+def test_importing_the_server_core_loads_no_client_facade_or_transport() -> None:
+    loaded = _loaded_after(
+        "import jaxinit_server.core, jaxinit_server.core.engine",
+        f"m.startswith('jaxinit.') and not m.startswith('jaxinit.protocol') or m.split('.')[0] in {TRANSPORTS!r}"
+        " or m == 'google.protobuf'",
+    )
+    assert loaded == [], loaded
 
 
 def test_the_protocol_imports_no_jax_and_no_transport() -> None:
-    code = (
-        "import sys; sys.modules['jax'] = None; import jaxinit.protocol;"
-        "bad = [m for m in sys.modules if m.startswith(('jaxlib', 'grpc', 'httpx', 'fastapi', 'jaxinit._'))"
-        " or m == 'jaxinit.models'];"
-        "print(bad); raise SystemExit(1 if bad else 0)"
+    loaded = _loaded_after(
+        "sys.modules['jax'] = None\nimport jaxinit.protocol",
+        "m.startswith(('jaxlib', 'grpc', 'httpx', 'fastapi', 'jaxinit._')) or m == 'jaxinit.models'",
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert loaded == [], loaded
+
+
+def test_the_client_imports_without_jax_or_server_transports() -> None:
+    loaded = _loaded_after(
+        "sys.modules['jax'] = None\nimport jaxinit\nc = jaxinit.Client('http://127.0.0.1:9')\nc.close()",
+        "m.split('.')[0] in ('jaxlib', 'grpc', 'fastapi') and sys.modules[m] is not None",
+    )
+    assert loaded == [], loaded
 
 
 def _module_name(path: pathlib.Path) -> str:
