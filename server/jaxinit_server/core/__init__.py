@@ -6,9 +6,9 @@ settings code; a test holds it to that.
 
 from __future__ import annotations
 
-from jaxinit_server.core.models import ModelParams, ResolvedModel
+from jaxinit_server.core.model_init import InitModelParams, ResolvedModel
 from jaxinit_server.core.request import GenerateParams, Limits, Resolved
 from jaxinit_server.core.service import Service
 from jaxinit_server.core.stream import TensorStream
 
-__all__ = ["GenerateParams", "Limits", "ModelParams", "Resolved", "ResolvedModel", "Service", "TensorStream"]
+__all__ = ["GenerateParams", "Limits", "InitModelParams", "Resolved", "ResolvedModel", "Service", "TensorStream"]

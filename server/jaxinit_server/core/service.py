@@ -21,7 +21,7 @@ from jaxinit.protocol.keys import KEY_IMPLS, Key
 from jaxinit.protocol.provenance import Provenance
 from jaxinit_server.core import chunked, engine
 from jaxinit_server.core.admission import Admission, Ticket
-from jaxinit_server.core.models import ModelParams, ResolvedModel, resolve_model
+from jaxinit_server.core.model_init import InitModelParams, ResolvedModel, resolve_model
 from jaxinit_server.core.provenance import ServerIdentity, server_identity
 from jaxinit_server.core.request import GenerateParams, Limits, Resolved, resolve
 from jaxinit_server.core.stream import StallWatch, TensorStream, gather, stopping
@@ -128,7 +128,7 @@ class Service:
         text = f"{resolved.canonical}\n{self.identity.fingerprint}"
         return '"' + hashlib.sha256(text.encode()).hexdigest()[:40] + '"'
 
-    async def prepare_model(self, params: ModelParams, *, caller: str | None = None) -> ResolvedModel:
+    async def prepare_model(self, params: InitModelParams, *, caller: str | None = None) -> ResolvedModel:
         """Expand and validate a whole-model request (no JAX work, but linear in its size: on
         a worker thread, never on the event loop). Raises domain errors."""
         loop = asyncio.get_running_loop()

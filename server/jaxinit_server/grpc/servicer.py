@@ -15,7 +15,7 @@ from jaxinit.v1 import jaxinit_pb2 as pb
 from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
 from jaxinit_server import jsonio
 from jaxinit_server.auth import KeyRing
-from jaxinit_server.core import GenerateParams, ModelParams, Service, TensorStream
+from jaxinit_server.core import GenerateParams, InitModelParams, Service, TensorStream
 from jaxinit_server.grpc.interceptors import Malformed
 from jaxinit_server.grpc.status import abort, caller_of, domain_error, echo_request_id
 from jaxinit_server.telemetry import Call, Telemetry
@@ -61,7 +61,7 @@ def params_from_proto(request: pb.GenerateRequest) -> GenerateParams:
     )
 
 
-def model_params_from_proto(request: pb.InitModelRequest) -> ModelParams:
+def model_params_from_proto(request: pb.InitModelRequest) -> InitModelParams:
     try:
         model = jsonio.loads(request.model_json)
     except ValueError as exc:
@@ -69,7 +69,7 @@ def model_params_from_proto(request: pb.InitModelRequest) -> ModelParams:
     except RecursionError:
         raise InvalidArgument("model_json is nested too deeply to read") from None
     prng = request.prng
-    return ModelParams(
+    return InitModelParams(
         model=model,
         key=key_from_proto(request.key) if request.HasField("key") else None,
         mode=request.mode or "linen",

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from jaxinit.protocol.keys import DEFAULT_IMPL, Key
-from jaxinit_server.core import GenerateParams, ModelParams
+from jaxinit_server.core import GenerateParams, InitModelParams
 
 __all__ = ["ErrorResponse", "GenerateBody", "KeyBody", "ModelBody", "PrngBody", "key_from_body"]
 
@@ -97,9 +97,9 @@ class ModelBody(BaseModel):
     param_dtype: str = Field("float32", description="default param_dtype of every module")
     prng: PrngBody | None = None
 
-    def params(self) -> ModelParams:
+    def params(self) -> InitModelParams:
         prng = self.prng or PrngBody()
-        return ModelParams(
+        return InitModelParams(
             model=self.model,
             key=key_from_body(self.key),
             mode=self.mode,

@@ -16,11 +16,11 @@ from jaxinit.protocol.expansion import Output, expand, model_canonical, outputs
 from jaxinit.protocol.keys import Key
 from jaxinit_server.core.request import GenerateParams, Limits, PrngDefaults, Resolved, resolve
 
-__all__ = ["ModelParams", "ResolvedModel", "resolve_model"]
+__all__ = ["InitModelParams", "ResolvedModel", "resolve_model"]
 
 
 @dataclass(frozen=True)
-class ModelParams:
+class InitModelParams:
     """A whole-model request as an adapter hands it over: plain values, not yet checked."""
 
     model: Any
@@ -68,7 +68,7 @@ class ResolvedModel:
         ]
 
 
-def resolve_model(params: ModelParams, limits: Limits, defaults: PrngDefaults) -> ResolvedModel:
+def resolve_model(params: InitModelParams, limits: Limits, defaults: PrngDefaults) -> ResolvedModel:
     """Expand and validate a model request; every tensor's request is resolved.
 
     Raises:
