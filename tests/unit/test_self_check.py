@@ -99,3 +99,20 @@ def test_jax_refusing_the_request_is_still_its_own_error() -> None:
     with pytest.raises(JaxError):
         engine.prepare(resolved)
     assert chunked.disabled() == {}
+
+
+def test_a_broken_legacy_mode_is_disabled_as_a_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The legacy mode draws its bits its own way for every family: a difference there
+    (here: every legacy plan's scale doubled) disables chunking in that mode only."""
+    plan = chunked.plan
+
+    def broken(resolved):  # type: ignore[no-untyped-def]
+        made = plan(resolved)
+        return made if made is None or made.total is None else dataclasses.replace(made, scale=made.scale * 2)
+
+    monkeypatch.setattr(chunked, "plan", broken)
+    disabled = engine.self_check()
+    assert set(disabled) == {chunked.LEGACY}, disabled
+    legacy = resolve(GenerateParams("lecun_normal", (64, 64), key=Key(seed=3)), Limits(), PrngDefaults(False, False))
+    assert engine.route(legacy) == engine.WHOLE
+    assert engine.route(_resolved("lecun_normal")) == engine.CHUNKED

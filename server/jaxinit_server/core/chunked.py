@@ -44,7 +44,7 @@ from jaxinit.protocol.codec import DTYPES
 from jaxinit_server.core._jax_compat import UINT_DTYPES, compute_fans, iota_2x32_shape
 from jaxinit_server.core.request import Resolved
 
-__all__ = ["FAMILIES", "MAX_CHUNK", "Plan", "bucket", "chunkable", "chunks", "disable", "disabled", "plan"]
+__all__ = ["FAMILIES", "LEGACY", "MAX_CHUNK", "Plan", "bucket", "chunkable", "chunks", "disable", "disabled", "plan"]
 
 MIN_CHUNK = 2**12
 MAX_CHUNK = 2**20
@@ -170,7 +170,8 @@ class Plan:
 # Families chunked when nothing disabled them; the warm-up self-check disables one whose
 # chunk differs from eager JAX (engine.self_check), and it then runs whole.
 FAMILIES = frozenset(SAMPLERS | set(VARIANCE_FAMILY) | {"variance_scaling"})
-_disabled: dict[str, str] = {}  # family -> why
+_disabled: dict[str, str] = {}  # family (or LEGACY: the whole legacy mode) -> why
+LEGACY = "threefry_partitionable=false"
 
 
 def disable(family: str, why: str) -> None:
@@ -195,8 +196,10 @@ def chunkable(resolved: Resolved) -> bool:
     name = resolved.spec.name
     if name not in FAMILIES or name in _disabled:
         return False
+    if resolved.threefry_partitionable:
+        return True
     # Legacy mode: JAX splits the key into blocks for 2**32 - 1 words or more.
-    return resolved.threefry_partitionable or -(-LEGACY_BITS[resolved.out_dtype] * total // 32) < 2**32 - 1
+    return LEGACY not in _disabled and -(-LEGACY_BITS[resolved.out_dtype] * total // 32) < 2**32 - 1
 
 
 def plan(resolved: Resolved) -> Plan | None:
