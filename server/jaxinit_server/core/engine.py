@@ -26,7 +26,7 @@ from jaxinit.protocol.errors import InternalError, JaxError, ServerUnavailable, 
 from jaxinit.protocol.keys import Key
 from jaxinit_server.core import chunked
 from jaxinit_server.core.registry import build
-from jaxinit_server.core.request import Resolved
+from jaxinit_server.core.request import GenerateParams, Limits, PrngDefaults, Resolved, resolve
 
 __all__ = [
     "CHUNKED",
@@ -413,8 +413,6 @@ def _disable(what: str, problem: str) -> None:
 
 def _chunk_problem(name: str, args: dict[str, Any], dtype: str, partitionable: bool) -> str | None:
     """Why a chunk of ``name`` is not eager JAX's bytes, or None when it is."""
-    from jaxinit_server.core.request import GenerateParams, Limits, PrngDefaults, resolve
-
     where = f"{dtype}, threefry_partitionable={partitionable}"
     params = GenerateParams(
         name, CHECK_SHAPE, args=args, dtype=dtype, key=Key(seed=7), offset=CHECK_START, count=CHECK_COUNT
