@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from jaxinit._types import Provenance, Request, Tensor
+from jaxinit._types import ModelRequest, Provenance, Request, Tensor
 from jaxinit.protocol import safetensors
 from jaxinit.protocol.catalog import CATALOG, InitializerSpec, bind_arguments
 from jaxinit.protocol.errors import (
@@ -40,8 +40,7 @@ from jaxinit.protocol.errors import (
     ProtocolError,
     ServerUnavailable,
 )
-from jaxinit.protocol.expansion import Output, expand, file_metadata, model_canonical, nest, outputs
-from jaxinit.protocol.keys import Key, as_key
+from jaxinit.protocol.expansion import file_metadata, model_canonical, nest
 
 __all__ = ["AsyncClient", "AsyncInitializer", "Client", "Initializer", "ModelParams"]
 
@@ -156,7 +155,28 @@ def join(request: Request, pieces: list[Tensor]) -> Tensor:
     return Tensor(array, pieces[0].provenance, request.request_id, start, tuple(request.shape))
 
 
-class _Resumption:
+class _Backoff:
+    """How long to wait before the next try of a call the server did not decide (it could
+    not be reached, was overloaded, or a stream broke), and when to give up."""
+
+    def __init__(self, retries: int, backoff: float) -> None:
+        self.retries = retries
+        self.backoff = backoff
+        self.failures = 0
+
+    def failed(self, error: ServerUnavailable | Overloaded) -> float:
+        """Seconds to wait before the next try (at least an overloaded server's
+        Retry-After); re-raises ``error`` when out of tries."""
+        self.failures += 1
+        if self.failures > self.retries:
+            raise error
+        wait = self.backoff * 2 ** (self.failures - 1) * (0.5 + random.random())
+        if isinstance(error, Overloaded):
+            wait = max(wait, error.retry_after or 0.0)
+        return float(wait)
+
+
+class _Resumption(_Backoff):
     """What a fetch has so far, and what to ask for next, across retries.
 
     A failure the server did not decide (it could not be reached, or a stream broke) is
@@ -166,11 +186,9 @@ class _Resumption:
     """
 
     def __init__(self, request: Request, retries: int, backoff: float) -> None:
+        super().__init__(retries, backoff)
         self.request = request
-        self.retries = retries
-        self.backoff = backoff
         self.pieces: list[Tensor] = []
-        self.failures = 0
         self._start, self._end = _span(request)
         self._next = self._start
 
@@ -190,17 +208,9 @@ class _Resumption:
         return join(self.request, self.pieces)
 
     def failed(self, error: ServerUnavailable | Overloaded) -> float:
-        """Seconds to wait before the next try (at least an overloaded server's
-        Retry-After); re-raises ``error`` when out of tries."""
         if isinstance(error, Interrupted) and error.partial is not None:
             self._keep(error.partial)
-        self.failures += 1
-        if self.failures > self.retries:
-            raise error
-        wait = self.backoff * 2 ** (self.failures - 1) * (0.5 + random.random())
-        if isinstance(error, Overloaded):
-            wait = max(wait, error.retry_after or 0.0)
-        return float(wait)
+        return super().failed(error)
 
 
 def _open_transport(
@@ -383,25 +393,19 @@ class _BaseClient:
             self._transport.on_progress = None
             bar.close()
 
-    def _model_requests(
+    def _model_request(
         self, model: Any, key: Any, mode: str, layout: str, fix_rng_separator: bool, param_dtype: Any
-    ) -> tuple[list[Output], list[Request]]:
-        root = as_key(key)
-        outs = outputs(expand(model, mode=mode, fix_rng_separator=fix_rng_separator, param_dtype=param_dtype), layout)
-        requests = [
-            Request(
-                o.param.initializer,
-                o.key(root),
-                o.param.init_shape,
-                o.param.dtype,
-                o.param.args,
-                threefry_partitionable=self.threefry_partitionable if o.keyed else None,
-                enable_x64=self.enable_x64 if o.keyed else None,
-                request_id=o.name,
-            )
-            for o in outs
-        ]
-        return outs, requests
+    ) -> ModelRequest:
+        return ModelRequest(
+            model,
+            key,
+            mode,
+            layout,
+            fix_rng_separator,
+            param_dtype,
+            threefry_partitionable=self.threefry_partitionable,
+            enable_x64=self.enable_x64,
+        )
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -524,10 +528,15 @@ class Client(_BaseClient):
             A :class:`ModelParams`: a dict of arrays (nested, or flat with ``flat=True``),
             with the provenance of every tensor in ``.provenance``.
         """
-        outs, requests = self._model_requests(model, key, mode, layout, fix_rng_separator, param_dtype)
-        with self._showing_progress(progress, "model"):
-            received = _collect(outs, self.generate_many(requests))
-        return _model_result(outs, received, as_key(key), mode, layout, flat, path)
+        request = self._model_request(model, key, mode, layout, fix_rng_separator, param_dtype)
+        state = _Backoff(self.retries, self.retry_backoff)
+        while True:
+            try:
+                with self._showing_progress(progress, "model"):
+                    tensors = _collect(self._transport.init_model(request))
+                return _model_result(tensors, request, flat, path)
+            except (ServerUnavailable, Overloaded) as exc:
+                time.sleep(state.failed(exc))
 
     def list_initializers(self) -> dict[str, Any]:
         """The server's registry: initializers, arguments, dtypes, key impls, server identity."""
@@ -601,10 +610,15 @@ class AsyncClient(_BaseClient):
         progress: bool | None = None,
     ) -> ModelParams:
         """See :meth:`Client.init_model`."""
-        outs, requests = self._model_requests(model, key, mode, layout, fix_rng_separator, param_dtype)
-        with self._showing_progress(progress, "model"):
-            received = [item async for item in self.generate_many(requests)]
-        return _model_result(outs, _collect(outs, received), as_key(key), mode, layout, flat, path)
+        request = self._model_request(model, key, mode, layout, fix_rng_separator, param_dtype)
+        state = _Backoff(self.retries, self.retry_backoff)
+        while True:
+            try:
+                with self._showing_progress(progress, "model"):
+                    tensors = _collect([item async for item in self._transport.init_model(request)])
+                return _model_result(tensors, request, flat, path)
+            except (ServerUnavailable, Overloaded) as exc:
+                await asyncio.sleep(state.failed(exc))
 
     async def list_initializers(self) -> dict[str, Any]:
         return await self._transport.list_initializers()  # type: ignore[no-any-return]
@@ -627,38 +641,32 @@ class ModelParams(dict[str, Any]):
     metadata: dict[str, str]
 
 
-def _collect(outs: list[Output], received: Iterable[Tensor | JaxinitError]) -> dict[str, Tensor]:
-    """The streamed tensors by name; the first failure raised, naming its tensor."""
-    tensors: dict[str, Tensor] = {}
-    for out, item in zip(outs, received, strict=False):
+def _collect(received: Iterable[Tensor | JaxinitError]) -> list[Tensor]:
+    """The model's tensors, in order; the first failure raised (it names its tensor)."""
+    tensors: list[Tensor] = []
+    for item in received:
         if isinstance(item, JaxinitError):
-            raise type(item)(f"{out.name}: {item.message}")
-        if item.request_id != out.name:
-            raise ProtocolError(f"expected tensor {out.name!r}, got {item.request_id!r}")
-        tensors[out.name] = item
-    if len(tensors) != len(outs):
-        raise ProtocolError(f"the stream ended after {len(tensors)} of {len(outs)} tensors")
+            raise item
+        tensors.append(item)
+    names = [t.request_id for t in tensors]
+    if not tensors or len(set(names)) != len(names):
+        raise ProtocolError(f"the server's model answer names {len(names)} tensors, {len(set(names))} distinct")
     return tensors
 
 
 def _model_result(
-    outs: list[Output],
-    tensors: dict[str, Tensor],
-    root: Key,
-    mode: str,
-    layout: str,
-    flat: bool,
-    path: str | os.PathLike[str] | None,
+    tensors: list[Tensor], request: ModelRequest, flat: bool, path: str | os.PathLike[str] | None
 ) -> ModelParams:
-    arrays = {o.name: o.finish(tensors[o.name].array) for o in outs}
-    first = tensors[outs[0].name].provenance
-    keyed = next((tensors[o.name].provenance for o in outs if o.keyed), first)
-    _, digest = model_canonical(layout, [(o.name, tensors[o.name].provenance.request_digest) for o in outs])
+    arrays = {t.request_id: t.array for t in tensors}
+    first = tensors[0].provenance
+    # The settings of the model are those of its first keyed tensor, as the server says them.
+    keyed = next((t.provenance for t in tensors if t.provenance.key_impl), first)
+    _, digest = model_canonical(request.layout, [(t.request_id, t.provenance.request_digest) for t in tensors])
     metadata = file_metadata(
         dataclasses.asdict(first),
-        mode=mode,
-        layout=layout,
-        root=root,
+        mode=request.mode,
+        layout=request.layout,
+        root=request.key,
         threefry_partitionable=keyed.threefry_partitionable,
         enable_x64=keyed.enable_x64,
         model_digest=digest,
@@ -666,7 +674,7 @@ def _model_result(
     if path is not None:
         write_arrays(os.fspath(path), arrays, metadata)
     result = ModelParams(arrays if flat else nest(arrays))
-    result.provenance = {name: t.provenance for name, t in tensors.items()}
+    result.provenance = {t.request_id: t.provenance for t in tensors}
     result.metadata = metadata
     return result
 

@@ -11,7 +11,7 @@ import grpc
 import grpc.aio
 from google.protobuf.json_format import MessageToDict
 
-from jaxinit._types import Assembler, Progress, Request, Tensor
+from jaxinit._types import Assembler, ModelRequest, Progress, Request, Tensor, enumerate_async
 from jaxinit.protocol.errors import (
     Interrupted,
     JaxinitError,
@@ -21,6 +21,7 @@ from jaxinit.protocol.errors import (
     error_from_wire,
     retry_after_seconds,
 )
+from jaxinit.protocol.keys import Key
 from jaxinit.protocol.provenance import Provenance
 from jaxinit.protocol.wire import ERROR_TYPE_KEY, RETRY_AFTER_KEY
 from jaxinit.v1 import jaxinit_pb2 as pb
@@ -38,6 +39,22 @@ CHANNEL_OPTIONS = [
 ]
 
 
+def _key_to_proto(message: pb.Key, key: Key) -> None:
+    if key.seed is not None:
+        message.seed = key.seed
+    else:
+        message.data.words.extend(key.data or ())
+    message.impl = key.impl
+    message.fold_in.extend(key.fold_in)
+
+
+def _prng_to_proto(message: pb.PrngSettings, threefry_partitionable: bool | None, enable_x64: bool | None) -> None:
+    if threefry_partitionable is not None:
+        message.threefry_partitionable = threefry_partitionable
+    if enable_x64 is not None:
+        message.enable_x64 = enable_x64
+
+
 def request_to_proto(request: Request, index: int = 0) -> pb.GenerateRequest:
     message = pb.GenerateRequest(
         request_id=request.request_id or str(index),
@@ -46,22 +63,26 @@ def request_to_proto(request: Request, index: int = 0) -> pb.GenerateRequest:
         dtype=request.dtype or "",
         args={name: value_to_proto(v) for name, v in request.args.items()},
     )
-    key = request.key
-    if key is not None:
-        if key.seed is not None:
-            message.key.seed = key.seed
-        else:
-            message.key.data.words.extend(key.data)
-        message.key.impl = key.impl
-        message.key.fold_in.extend(key.fold_in)
-    if request.threefry_partitionable is not None:
-        message.prng.threefry_partitionable = request.threefry_partitionable
-    if request.enable_x64 is not None:
-        message.prng.enable_x64 = request.enable_x64
+    if request.key is not None:
+        _key_to_proto(message.key, request.key)
+    _prng_to_proto(message.prng, request.threefry_partitionable, request.enable_x64)
     if request.offset is not None:
         message.offset = request.offset
     if request.count is not None:
         message.count = request.count
+    return message
+
+
+def model_request_to_proto(request: ModelRequest) -> pb.InitModelRequest:
+    message = pb.InitModelRequest(
+        model_json=json.dumps(request.model, separators=(",", ":")),
+        mode=request.mode,
+        layout=request.layout,
+        fix_rng_separator=request.fix_rng_separator,
+        param_dtype=request.param_dtype,
+    )
+    _key_to_proto(message.key, request.key)
+    _prng_to_proto(message.prng, request.threefry_partitionable, request.enable_x64)
     return message
 
 
@@ -189,67 +210,97 @@ def _as_dict(message: pb.ListInitializersResponse) -> dict[str, Any]:
     return cast("dict[str, Any]", as_dict)
 
 
-class GrpcTransport:
-    """Blocking gRPC transport."""
+class _OneTensor:
+    """The one tensor a Generate call answers, read to the end of the call: its status is
+    part of the answer, and a call left open is a cancelled call on the server."""
+
+    def __init__(self, on_progress: Progress | None) -> None:
+        self.collector = _Collector(on_progress)
+        self.tensor: Tensor | None = None
+
+    def feed(self, chunk: pb.TensorChunk) -> None:
+        if self.tensor is not None:
+            raise ProtocolError("the server sent more after the tensor was complete")
+        result = self.collector.feed(chunk)
+        if isinstance(result, JaxinitError):
+            raise result
+        self.tensor = result
+
+    def failed(self, exc: grpc.RpcError, target: str) -> JaxinitError:
+        return interrupted(translate(exc, target), self.collector)
+
+    def result(self) -> Tensor:
+        if self.tensor is not None:
+            return self.tensor
+        self.collector.close()
+        raise ProtocolError("stream ended without a tensor")
+
+
+def _named(request_id: str, item: Tensor | JaxinitError) -> Tensor | JaxinitError:
+    """A model's failed tensor says which one it is."""
+    return type(item)(f"{request_id}: {item.message}") if isinstance(item, JaxinitError) else item
+
+
+class _Transport:
+    """What the blocking and the asyncio transports share: the channel, the stub, the call options."""
+
+    _secure_channel: Any = staticmethod(grpc.secure_channel)
+    _insecure_channel: Any = staticmethod(grpc.insecure_channel)
 
     def __init__(
         self,
         target: str,
         *,
         timeout: float | None,
-        channel: grpc.Channel | None = None,
+        channel: Any = None,
         token: str | None = None,
         tls: bool = False,
         ca_bundle: str | None = None,
     ) -> None:
         self.target = target
-        self._metadata = _auth_metadata(token)
         self.on_progress: Progress | None = None  # set by the client while a call shows progress
-        self._timeout = timeout
+        self._options: dict[str, Any] = {"timeout": timeout, "metadata": _auth_metadata(token)}
         if channel is None and tls:
-            channel = grpc.secure_channel(target, _credentials(ca_bundle), options=CHANNEL_OPTIONS)
-        self._channel = channel or grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+            channel = self._secure_channel(target, _credentials(ca_bundle), options=CHANNEL_OPTIONS)
+        self._channel = channel or self._insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.InitializersStub(self._channel)
 
-    def generate(self, request: Request) -> Tensor:
-        collector = _Collector(self.on_progress)
-        try:
-            message = request_to_proto(request)
-            # Read to the end of the call, past the last byte: its status is part of the answer,
-            # and a call left open is a cancelled call on the server.
-            tensor: Tensor | None = None
-            for chunk in self._stub.Generate(message, timeout=self._timeout, metadata=self._metadata):
-                if tensor is not None:
-                    raise ProtocolError("the server sent more after the tensor was complete")
-                result = collector.feed(chunk)
-                if isinstance(result, JaxinitError):
-                    raise result
-                tensor = result
-        except grpc.RpcError as exc:
-            raise interrupted(translate(exc, self.target), collector) from exc
-        if tensor is not None:
-            return tensor
-        collector.close()
-        raise ProtocolError("stream ended without a tensor")
 
-    def generate_many(self, requests: Iterable[Request]) -> Iterator[Tensor | JaxinitError]:
-        messages = (request_to_proto(r, i) for i, r in zip(itertools.count(), requests))
+class GrpcTransport(_Transport):
+    """Blocking gRPC transport."""
+
+    def generate(self, request: Request) -> Tensor:
+        one = _OneTensor(self.on_progress)
+        try:
+            for chunk in self._stub.Generate(request_to_proto(request), **self._options):
+                one.feed(chunk)
+        except grpc.RpcError as exc:
+            raise one.failed(exc, self.target) from exc
+        return one.result()
+
+    def _tensors(self, call: Any) -> Iterator[tuple[str, Tensor | JaxinitError]]:
         collector = _Collector(self.on_progress)
         try:
-            for chunk in self._stub.GenerateMany(messages, timeout=self._timeout, metadata=self._metadata):
-                result = collector.feed(chunk)
-                if result is not None:
-                    yield result
+            for chunk in call:
+                if (result := collector.feed(chunk)) is not None:
+                    yield chunk.request_id, result
         except grpc.RpcError as exc:
             raise translate(exc, self.target) from exc
         collector.close()
 
+    def generate_many(self, requests: Iterable[Request]) -> Iterator[Tensor | JaxinitError]:
+        messages = (request_to_proto(r, i) for i, r in zip(itertools.count(), requests))
+        for _, item in self._tensors(self._stub.GenerateMany(messages, **self._options)):
+            yield item
+
+    def init_model(self, request: ModelRequest) -> Iterator[Tensor | JaxinitError]:
+        """The model's tensors in order, as the server expands it (``InitModel``)."""
+        for name, item in self._tensors(self._stub.InitModel(model_request_to_proto(request), **self._options)):
+            yield _named(name, item)
+
     def list_initializers(self) -> dict[str, Any]:
         try:
-            reply = self._stub.ListInitializers(
-                pb.ListInitializersRequest(), timeout=self._timeout, metadata=self._metadata
-            )
-            return _as_dict(reply)
+            return _as_dict(self._stub.ListInitializers(pb.ListInitializersRequest(), **self._options))
         except grpc.RpcError as exc:
             raise translate(exc, self.target) from exc
 
@@ -257,79 +308,47 @@ class GrpcTransport:
         self._channel.close()
 
 
-class AsyncGrpcTransport:
+class AsyncGrpcTransport(_Transport):
     """asyncio gRPC transport."""
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        timeout: float | None,
-        channel: grpc.aio.Channel | None = None,
-        token: str | None = None,
-        tls: bool = False,
-        ca_bundle: str | None = None,
-    ) -> None:
-        self.target = target
-        self._metadata = _auth_metadata(token)
-        self.on_progress: Progress | None = None  # set by the client while a call shows progress
-        self._timeout = timeout
-        if channel is None and tls:
-            channel = grpc.aio.secure_channel(target, _credentials(ca_bundle), options=CHANNEL_OPTIONS)
-        self._channel = channel or grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-        self._stub = pb_grpc.InitializersStub(self._channel)
+    _secure_channel = staticmethod(grpc.aio.secure_channel)
+    _insecure_channel = staticmethod(grpc.aio.insecure_channel)
 
     async def generate(self, request: Request) -> Tensor:
-        collector = _Collector(self.on_progress)
+        one = _OneTensor(self.on_progress)
         try:
-            message = request_to_proto(request)
-            # Read to the end of the call, past the last byte: its status is part of the answer,
-            # and a call left open is a cancelled call on the server.
-            tensor: Tensor | None = None
-            async for chunk in self._stub.Generate(message, timeout=self._timeout, metadata=self._metadata):
-                if tensor is not None:
-                    raise ProtocolError("the server sent more after the tensor was complete")
-                result = collector.feed(chunk)
-                if isinstance(result, JaxinitError):
-                    raise result
-                tensor = result
+            async for chunk in self._stub.Generate(request_to_proto(request), **self._options):
+                one.feed(chunk)
         except grpc.RpcError as exc:
-            raise interrupted(translate(exc, self.target), collector) from exc
-        if tensor is not None:
-            return tensor
-        collector.close()
-        raise ProtocolError("stream ended without a tensor")
+            raise one.failed(exc, self.target) from exc
+        return one.result()
 
-    async def generate_many(
-        self, requests: Iterable[Request] | AsyncIterable[Request]
-    ) -> AsyncIterator[Tensor | JaxinitError]:
-        async def messages() -> AsyncIterator[pb.GenerateRequest]:
-            index = 0
-            if isinstance(requests, AsyncIterable):
-                async for r in requests:
-                    yield request_to_proto(r, index)
-                    index += 1
-            else:
-                for r in requests:
-                    yield request_to_proto(r, index)
-                    index += 1
-
+    async def _tensors(self, call: Any) -> AsyncIterator[tuple[str, Tensor | JaxinitError]]:
         collector = _Collector(self.on_progress)
         try:
-            async for chunk in self._stub.GenerateMany(messages(), timeout=self._timeout, metadata=self._metadata):
-                result = collector.feed(chunk)
-                if result is not None:
-                    yield result
+            async for chunk in call:
+                if (result := collector.feed(chunk)) is not None:
+                    yield chunk.request_id, result
         except grpc.RpcError as exc:
             raise translate(exc, self.target) from exc
         collector.close()
 
+    async def generate_many(
+        self, requests: Iterable[Request] | AsyncIterable[Request]
+    ) -> AsyncIterator[Tensor | JaxinitError]:
+        messages = (request_to_proto(r, i) async for i, r in enumerate_async(requests))
+        async for _, item in self._tensors(self._stub.GenerateMany(messages, **self._options)):
+            yield item
+
+    async def init_model(self, request: ModelRequest) -> AsyncIterator[Tensor | JaxinitError]:
+        """The model's tensors in order, as the server expands it (``InitModel``)."""
+        call = self._stub.InitModel(model_request_to_proto(request), **self._options)
+        async for name, item in self._tensors(call):
+            yield _named(name, item)
+
     async def list_initializers(self) -> dict[str, Any]:
         try:
-            reply = await self._stub.ListInitializers(
-                pb.ListInitializersRequest(), timeout=self._timeout, metadata=self._metadata
-            )
-            return _as_dict(reply)
+            return _as_dict(await self._stub.ListInitializers(pb.ListInitializersRequest(), **self._options))
         except grpc.RpcError as exc:
             raise translate(exc, self.target) from exc
 

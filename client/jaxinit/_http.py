@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
@@ -10,7 +11,7 @@ from urllib.parse import quote, urlencode
 
 import httpx
 
-from jaxinit._types import Assembler, Progress, Request, Tensor
+from jaxinit._types import Assembler, ModelRequest, Progress, Request, Tensor, enumerate_async
 from jaxinit.protocol import wire
 from jaxinit.protocol.codec import num_bytes
 from jaxinit.protocol.digest import DIGEST_BYTES
@@ -24,6 +25,7 @@ from jaxinit.protocol.errors import (
     error_from_wire,
     retry_after_seconds,
 )
+from jaxinit.protocol.expansion import Output
 from jaxinit.protocol.provenance import Provenance
 from jaxinit.protocol.wire import DIGESTED
 
@@ -174,15 +176,70 @@ def _interrupted(exc: httpx.TransportError, url: str, assembler: Assembler) -> I
     )
 
 
-class HttpTransport:
-    """Blocking HTTP transport (httpx)."""
+def _json_answer(response: httpx.Response) -> Any:
+    if response.status_code != 200:
+        raise error_from_response(response, response.content)
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise ProtocolError(f"the server's answer is not JSON: {exc}") from None
+
+
+def model_plan_call(request: ModelRequest) -> dict[str, Any]:
+    """The HTTP call that asks the server for a model's plan: every tensor, how it is made."""
+    return {"method": "POST", "url": "/v1/models/init", "json": request.to_json(), "headers": {"Accept": wire.JSON}}
+
+
+def planned(plan: Any, request: ModelRequest) -> list[tuple[Output, Request, str]]:
+    """The server's plan of a model as (tensor, its request, the server's digest of that
+    request): the client fetches the tensors the server's expansion names, nothing of its own."""
+    try:
+        entries = plan["tensors"]
+        digests = [str(e["request_digest"]) for e in entries]
+    except (KeyError, TypeError) as exc:
+        raise ProtocolError(f"the server's model plan lacks {exc}") from None
+    out = []
+    for entry, digest in zip(entries, digests, strict=True):
+        o = Output.from_description(entry)
+        keyed = o.keyed
+        tensor = Request(
+            o.param.initializer,
+            o.key(request.key),
+            o.param.init_shape,
+            o.dtype,
+            o.param.args,
+            threefry_partitionable=request.threefry_partitionable if keyed else None,
+            enable_x64=request.enable_x64 if keyed else None,
+            request_id=o.name,
+        )
+        out.append((o, tensor, digest))
+    return out
+
+
+def finish_planned(out: Output, digest: str, item: Tensor | JaxinitError) -> Tensor | JaxinitError:
+    """A fetched tensor of a plan as the model holds it (its layout applied), once its
+    request is proved to be the one the server planned."""
+    if isinstance(item, JaxinitError):
+        return type(item)(f"{out.name}: {item.message}")
+    if item.provenance.request_digest != digest:
+        raise ProtocolError(
+            f"{out.name}: the server answered request {item.provenance.request_digest}, its plan named {digest} "
+            "(replicas on different versions behind one address?)"
+        )
+    return dataclasses.replace(item, array=out.finish(item.array), tensor_shape=out.shape)
+
+
+class _Transport:
+    """What the blocking and the asyncio transports share."""
+
+    _client_class: Any = httpx.Client
 
     def __init__(
         self,
         base_url: str,
         *,
         timeout: float | None,
-        transport: httpx.BaseTransport | None = None,
+        transport: Any = None,
         token: str | None = None,
         cacheable: bool = False,
         ca_bundle: str | None = None,
@@ -190,13 +247,17 @@ class HttpTransport:
         self.target = base_url
         self.cacheable = cacheable
         self.on_progress: Progress | None = None  # set by the client while a call shows progress
-        self._http = httpx.Client(
+        self._http = self._client_class(
             base_url=base_url,
             timeout=timeout,
             transport=transport,
             headers=_auth_headers(token),
             verify=_verify(ca_bundle),
         )
+
+
+class HttpTransport(_Transport):
+    """Blocking HTTP transport (httpx)."""
 
     def generate(self, request: Request) -> Tensor:
         try:
@@ -223,42 +284,30 @@ class HttpTransport:
             except JaxinitError as exc:
                 yield exc
 
-    def list_initializers(self) -> dict[str, Any]:
+    def init_model(self, request: ModelRequest) -> Iterator[Tensor | JaxinitError]:
+        """The model's tensors in order: the server's plan, fetched tensor by tensor (each
+        with its own provenance and digest), laid out as the plan says."""
+        plan = planned(self._call(model_plan_call(request)), request)
+        for (out, _, digest), item in zip(plan, self.generate_many(r for _, r, _ in plan), strict=True):
+            yield finish_planned(out, digest, item)
+
+    def _call(self, call: dict[str, Any]) -> Any:
         try:
-            response = self._http.get("/v1/initializers")
+            return _json_answer(self._http.request(**call))
         except httpx.TransportError as exc:
             raise _unavailable(exc, self.target) from exc
-        if response.status_code != 200:
-            raise error_from_response(response, response.content)
-        return response.json()  # type: ignore[no-any-return]
+
+    def list_initializers(self) -> dict[str, Any]:
+        return self._call({"method": "GET", "url": "/v1/initializers"})  # type: ignore[no-any-return]
 
     def close(self) -> None:
         self._http.close()
 
 
-class AsyncHttpTransport:
+class AsyncHttpTransport(_Transport):
     """asyncio HTTP transport (httpx)."""
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        timeout: float | None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        token: str | None = None,
-        cacheable: bool = False,
-        ca_bundle: str | None = None,
-    ) -> None:
-        self.target = base_url
-        self.cacheable = cacheable
-        self.on_progress: Progress | None = None  # set by the client while a call shows progress
-        self._http = httpx.AsyncClient(
-            base_url=base_url,
-            timeout=timeout,
-            transport=transport,
-            headers=_auth_headers(token),
-            verify=_verify(ca_bundle),
-        )
+    _client_class = httpx.AsyncClient
 
     async def generate(self, request: Request) -> Tensor:
         try:
@@ -279,15 +328,7 @@ class AsyncHttpTransport:
     async def generate_many(
         self, requests: Iterable[Request] | AsyncIterable[Request]
     ) -> AsyncIterator[Tensor | JaxinitError]:
-        async def each() -> AsyncIterator[Request]:
-            if isinstance(requests, AsyncIterable):
-                async for r in requests:
-                    yield r
-            else:
-                for r in requests:
-                    yield r
-
-        async for request in each():
+        async for _, request in enumerate_async(requests):
             try:
                 yield await self.generate(request)
             except ServerUnavailable:
@@ -295,14 +336,28 @@ class AsyncHttpTransport:
             except JaxinitError as exc:
                 yield exc
 
-    async def list_initializers(self) -> dict[str, Any]:
+    async def init_model(self, request: ModelRequest) -> AsyncIterator[Tensor | JaxinitError]:
+        """See :meth:`HttpTransport.init_model`."""
+        plan = planned(await self._call(model_plan_call(request)), request)
+        items = self.generate_many(r for _, r, _ in plan)
+        async for (out, _, digest), item in _zip_async(plan, items):
+            yield finish_planned(out, digest, item)
+
+    async def _call(self, call: dict[str, Any]) -> Any:
         try:
-            response = await self._http.get("/v1/initializers")
+            return _json_answer(await self._http.request(**call))
         except httpx.TransportError as exc:
             raise _unavailable(exc, self.target) from exc
-        if response.status_code != 200:
-            raise error_from_response(response, response.content)
-        return response.json()  # type: ignore[no-any-return]
+
+    async def list_initializers(self) -> dict[str, Any]:
+        return await self._call({"method": "GET", "url": "/v1/initializers"})  # type: ignore[no-any-return]
 
     async def close(self) -> None:
         await self._http.aclose()
+
+
+async def _zip_async(
+    plan: list[tuple[Output, Request, str]], items: AsyncIterator[Tensor | JaxinitError]
+) -> AsyncIterator[tuple[tuple[Output, Request, str], Tensor | JaxinitError]]:
+    for entry in plan:
+        yield entry, await anext(items)

@@ -3,11 +3,12 @@ assembler that writes streamed bytes into one preallocated buffer."""
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -16,10 +17,20 @@ from jaxinit.protocol.codec import ITEMSIZE, array_from_buffer, dtype_name, num_
 from jaxinit.protocol.digest import ALGORITHM as DIGEST_ALGORITHM
 from jaxinit.protocol.digest import new_hasher
 from jaxinit.protocol.errors import IntegrityError, InvalidArgument, ProtocolError
-from jaxinit.protocol.keys import as_key
+from jaxinit.protocol.keys import Key, as_key
 from jaxinit.protocol.provenance import Provenance
 
-__all__ = ["Assembler", "Progress", "Provenance", "Request", "Tensor"]
+__all__ = [
+    "Assembler",
+    "ModelRequest",
+    "Progress",
+    "Provenance",
+    "Request",
+    "Tensor",
+    "enumerate_async",
+]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,67 @@ class Request:
         object.__setattr__(self, "shape", _shape(self.shape))
         if self.dtype is not None:
             object.__setattr__(self, "dtype", dtype_name(self.dtype))
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """A whole model to initialise: the server expands it (one model path for every client)."""
+
+    model: Mapping[str, Any]  # a description: a module, or the raw form {"params": [...]}
+    key: Key
+    mode: str = "linen"
+    layout: str = "flax"
+    fix_rng_separator: bool = False
+    param_dtype: str = "float32"
+    threefry_partitionable: bool | None = None
+    enable_x64: bool | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, Mapping):
+            raise InvalidArgument(
+                f"model must be a description (a dict such as jaxinit.models.Dense(784, 256)), got {self.model!r:.80}"
+            )
+        try:  # plain JSON data, as it travels (numpy numbers and dtypes as JSON's)
+            model = json.loads(json.dumps(self.model, default=_plain, allow_nan=False))
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise InvalidArgument(f"model: the description is not JSON data: {exc}") from None
+        object.__setattr__(self, "model", model)
+        object.__setattr__(self, "key", as_key(self.key))
+        object.__setattr__(self, "param_dtype", dtype_name(self.param_dtype))
+        for name in ("mode", "layout"):
+            if not isinstance(getattr(self, name), str):
+                raise InvalidArgument(f"{name} must be a string, got {getattr(self, name)!r}")
+        if not isinstance(self.fix_rng_separator, bool):
+            raise InvalidArgument(f"fix_rng_separator must be true or false, got {self.fix_rng_separator!r}")
+
+    @property
+    def prng(self) -> dict[str, bool]:
+        """The PRNG settings given (the server's defaults for the others)."""
+        settings = (("threefry_partitionable", self.threefry_partitionable), ("enable_x64", self.enable_x64))
+        return {name: value for name, value in settings if value is not None}
+
+    def to_json(self) -> dict[str, Any]:
+        """The body of ``POST /v1/models/init``."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "key": self.key.to_json(),
+            "mode": self.mode,
+            "layout": self.layout,
+            "fix_rng_separator": self.fix_rng_separator,
+            "param_dtype": self.param_dtype,
+        }
+        if self.prng:
+            body["prng"] = self.prng
+        return body
+
+
+def _plain(value: Any) -> Any:
+    """A numpy number, array or dtype in a description, as the JSON value it stands for."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.dtype) or (isinstance(value, type) and issubclass(value, np.generic)):
+        return dtype_name(value)
+    raise TypeError(f"{type(value).__name__} {value!r:.60} is not JSON data")
 
 
 def _shape(shape: Any) -> tuple[int, ...]:
@@ -188,3 +260,16 @@ class Assembler:
             raise IntegrityError(f"the {self.digest_algorithm} digest the server announced never came")
         array = array_from_buffer(self._buffer, self.shape, self.dtype)
         return Tensor(array, self.provenance, self.request_id, self.offset, self.tensor_shape)
+
+
+async def enumerate_async(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[tuple[int, T]]:
+    """(index, item) of a plain or an async iterable."""
+    index = 0
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield index, item
+            index += 1
+    else:
+        for item in items:
+            yield index, item
+            index += 1

@@ -251,9 +251,43 @@ def test_other_request_errors(server: Any) -> None:
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_client_validates_before_sending(server: Any) -> None:
-    with jaxinit.Client(server.grpc_url) as client:
+def test_client_model_errors_name_the_place(url: str) -> None:
+    with jaxinit.Client(url) as client:
         with pytest.raises(jaxinit.InvalidArgument, match="in_features"):
             client.init_model({"type": "Dense", "features": 3}, 0)
         with pytest.raises(jaxinit.JaxError, match="Dense_0.bias"):
             client.init_model(m.Module(m.Dense(4, 2, bias_init="orthogonal")), 0)
+        with pytest.raises(jaxinit.InvalidArgument, match="not JSON data"):
+            client.init_model(m.Dense(4, object()), 0)  # type: ignore[arg-type]
+        with pytest.raises(jaxinit.InvalidArgument, match="model must be a description"):
+            client.init_model([m.Dense(4, 2)], 0)
+
+
+def _model_calls(server: Any) -> dict[str, float]:
+    """The server's count of model requests and of tensor requests, by transport."""
+    text = httpx.get(f"{server.http_url}/metrics").text
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        found = re.match(r"jaxinit_requests_total\{(.*)\} (\S+)", line)
+        if found:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', found.group(1)))
+            what = f"{labels['transport']}:{labels['method']}"
+            counts[what] = counts.get(what, 0) + float(found.group(2))
+    return counts
+
+
+def test_the_client_asks_the_server_to_expand(server: Any) -> None:
+    """One model path: the client sends the description, never expands it itself. Over gRPC
+    that is one InitModel call; over HTTP the server's plan, then its tensors one by one."""
+    desc = m.Sequential(m.Dense(4, 8), m.Function("relu"), m.Dense(8, 3))
+    before = _model_calls(server)
+    with jaxinit.Client(server.grpc_url) as client:
+        client.init_model(desc, 0, layout="torch")
+    after = _model_calls(server)
+    grew = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    assert grew == {"grpc:InitModel": 1}, grew
+    with jaxinit.Client(server.http_url) as client:
+        client.init_model(desc, 0, layout="torch")
+    final = _model_calls(server)
+    grew = {k: final[k] - after.get(k, 0) for k in final if final[k] != after.get(k, 0)}
+    assert grew == {"http:init_model": 1, "http:generate": 4}, grew

@@ -3,6 +3,7 @@ safetensors package itself."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import ml_dtypes
@@ -12,7 +13,7 @@ import pytest
 from jaxinit import InvalidArgument, ProtocolError, UnknownInitializer
 from jaxinit import models as m
 from jaxinit.protocol import safetensors as st
-from jaxinit.protocol.expansion import expand, outputs
+from jaxinit.protocol.expansion import Output, expand, outputs
 
 
 def test_linen_fold_in_is_flax_hashing() -> None:
@@ -139,3 +140,38 @@ def test_reader_rejects_malformed_files(data: bytes) -> None:
 def test_dtypes_without_a_safetensors_name() -> None:
     with pytest.raises(InvalidArgument, match="no dtype for complex128"):
         st.header([("z", "complex128", (1,))])
+
+
+def test_a_plan_entry_reads_back_as_the_same_tensor() -> None:
+    """The server's plan is what the HTTP client fetches: every field it needs round-trips,
+    in both layouts, through JSON."""
+    import json
+
+    desc = m.Sequential(m.Conv(3, 8, (3, 3)), m.BatchNorm(8), m.DenseGeneral((4, 2), 6), m.Dense(6, 2))
+    for layout in ("flax", "torch"):
+        for out in outputs(expand(desc), layout):
+            entry = json.loads(json.dumps(out.describe()))
+            assert Output.from_description(entry) == dataclasses.replace(
+                out, param=dataclasses.replace(out.param, torch=("", ""))
+            )
+            generated = np.arange(int(np.prod(out.param.init_shape)), dtype=np.float32).reshape(out.param.init_shape)
+            assert Output.from_description(entry).finish(generated).tobytes() == out.finish(generated).tobytes()
+    entry = outputs(expand(m.Dense(2, 3)))[0].describe()
+    for broken in ({**entry, "convert": "rot90"}, {k: v for k, v in entry.items() if k != "param_shape"}):
+        with pytest.raises(ProtocolError, match="plan entry"):
+            Output.from_description(broken)
+
+
+def test_the_http_client_refuses_an_answer_its_plan_did_not_name() -> None:
+    from jaxinit._http import finish_planned
+    from jaxinit._types import Tensor
+    from jaxinit.protocol import Provenance
+
+    out = outputs(expand(m.Dense(2, 3)), "torch")[0]
+    tensor = Tensor(np.zeros((2, 3), np.float32), Provenance(request_digest="a" * 64), out.name)
+    with pytest.raises(ProtocolError, match="plan named"):
+        finish_planned(out, "b" * 64, tensor)
+    laid_out = finish_planned(out, "a" * 64, tensor)
+    assert isinstance(laid_out, Tensor) and laid_out.array.shape == (3, 2)
+    failed = finish_planned(out, "a" * 64, InvalidArgument("bad"))
+    assert isinstance(failed, InvalidArgument) and failed.message == f"{out.name}: bad"

@@ -35,7 +35,7 @@ import numpy as np
 
 from jaxinit.protocol.catalog import bind_arguments, lookup
 from jaxinit.protocol.codec import dtype_name
-from jaxinit.protocol.errors import InvalidArgument
+from jaxinit.protocol.errors import InvalidArgument, ProtocolError
 from jaxinit.protocol.keys import Key
 
 __all__ = [
@@ -685,6 +685,9 @@ def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
     return tree
 
 
+_CONVERSIONS = ("", "t", "conv", "flat_t", "flat")
+
+
 @dataclass(frozen=True)
 class Output:
     """One tensor of the result: which parameter makes it, its name and shape there, and
@@ -694,7 +697,7 @@ class Output:
     name: str
     param: Param
     shape: tuple[int, ...]
-    convert: str = ""  # "", "t", "conv", "flat_t", "flat"
+    convert: str = ""  # one of _CONVERSIONS
 
     @property
     def dtype(self) -> str:
@@ -715,6 +718,52 @@ class Output:
     def needs_whole(self) -> bool:
         """True when the bytes are rearranged (a transpose), not merely reshaped."""
         return self.convert in ("t", "conv", "flat_t")
+
+    def describe(self) -> dict[str, Any]:
+        """This tensor as plain data (an entry of a model's plan): what it is, how it is
+        made, and how the generated array becomes it. :meth:`from_description` reads it back."""
+        p = self.param
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "dtype": p.dtype,
+            "initializer": p.initializer,
+            "args": p.args,
+            "init_shape": list(p.init_shape),
+            "param": p.name,
+            "param_shape": list(p.shape),
+            "fold_in": p.fold_in,
+            "module": p.module,
+            "role": p.role,
+            "convert": self.convert,
+        }
+
+    @classmethod
+    def from_description(cls, entry: Mapping[str, Any]) -> Output:
+        """The tensor a plan entry describes (a server's plan, or :meth:`describe`'s).
+
+        Raises:
+            ProtocolError: the entry is not a plan entry this version understands.
+        """
+        try:
+            fold_in = entry["fold_in"]
+            param = Param(
+                path=tuple(str(entry["param"]).split(".")),
+                initializer=str(entry["initializer"]),
+                args=dict(entry["args"]),
+                shape=tuple(int(d) for d in entry["param_shape"]),
+                init_shape=tuple(int(d) for d in entry["init_shape"]),
+                dtype=str(entry["dtype"]),
+                fold_in=None if fold_in is None else int(fold_in),
+                module=str(entry["module"]),
+                role=str(entry["role"]),
+            )
+            convert = str(entry["convert"])
+            if convert not in _CONVERSIONS:
+                raise ValueError(f"unknown conversion {convert!r}")
+            return cls(str(entry["name"]), param, tuple(int(d) for d in entry["shape"]), convert)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"a model plan entry this client cannot read ({exc!r}): {dict(entry)!r:.200}") from None
 
     def finish(self, generated: np.ndarray) -> np.ndarray:
         """The delivered array from what the initializer returned (its ``init_shape``)."""

@@ -51,21 +51,7 @@ class ResolvedModel:
 
     def plan(self) -> list[dict[str, Any]]:
         """The tensors as plain data: what each one is and how it is made."""
-        return [
-            {
-                "name": o.name,
-                "shape": list(o.shape),
-                "dtype": o.dtype,
-                "initializer": o.param.initializer,
-                "args": o.param.args,
-                "init_shape": list(o.param.init_shape),
-                "fold_in": o.param.fold_in,
-                "module": o.param.module,
-                "convert": o.convert,
-                "request_digest": r.digest,
-            }
-            for o, r in zip(self.outputs, self.requests, strict=True)
-        ]
+        return [{**o.describe(), "request_digest": r.digest} for o, r in zip(self.outputs, self.requests, strict=True)]
 
 
 def resolve_model(params: InitModelParams, limits: Limits, defaults: PrngDefaults) -> ResolvedModel:
