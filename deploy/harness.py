@@ -18,7 +18,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -27,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from jaxinit_server.testing import server_command
 
 ROOT = Path(__file__).resolve().parent.parent
 LB_CONFIG = ROOT / "deploy" / "nginx" / "jaxinit.conf"
@@ -89,22 +90,7 @@ class Replica:
     _ready: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
-        command = [
-            sys.executable,
-            "-m",
-            "jaxinit_server.main",
-            "--host",
-            "127.0.0.1",
-            "--grpc-port",
-            str(self.grpc_port),
-            "--http-port",
-            str(self.http_port),
-            "--replica",
-            self.name,
-            "--log-level",
-            "warning",
-            *self.args,
-        ]
+        command = server_command("--replica", self.name, *self.args, grpc_port=self.grpc_port, http_port=self.http_port)
         self._ready = threading.Event()
         self.process = process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         ready = self._ready

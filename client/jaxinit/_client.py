@@ -22,9 +22,9 @@ import os
 import random
 import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -45,6 +45,8 @@ from jaxinit.protocol.expansion import file_metadata, model_canonical, nest
 __all__ = ["AsyncClient", "AsyncInitializer", "Client", "Initializer", "ModelParams"]
 
 DEFAULT_TIMEOUT = 300.0
+TensorT = TypeVar("TensorT")
+ModelT = TypeVar("ModelT")
 
 
 class _BaseInitializer:
@@ -259,7 +261,10 @@ def _open_transport(
     raise InvalidArgument(f"unsupported URL {url!r}: use grpc(s)://HOST:PORT or http(s)://HOST:PORT")
 
 
-class _BaseClient:
+class _BaseClient(Generic[TensorT, ModelT]):
+    """What :class:`Client` and :class:`AsyncClient` share; ``TensorT``/``ModelT`` are what
+    their calls return (the value, or an awaitable of it)."""
+
     _initializer_class: type[_BaseInitializer]
 
     def __init__(
@@ -393,6 +398,69 @@ class _BaseClient:
             self._transport.on_progress = None
             bar.close()
 
+    def generate(
+        self,
+        initializer: str,
+        key: Any,
+        shape: Any,
+        dtype: Any = None,
+        *,
+        args: Mapping[str, Any] | None = None,
+        offset: int | None = None,
+        count: int | None = None,
+        parallel: int | None = None,
+        progress: bool | None = None,
+    ) -> TensorT:
+        """One tensor, with its provenance: ``init(key, shape, dtype)`` of ``initializer(**args)``.
+
+        ``offset``/``count``: only that range of flat elements (a flat array).
+        ``parallel``: fetch it as that many ranges at once (default: the client's
+        ``parallel``, used for tensors of at least 2**22 elements).
+        ``progress``: show a progress bar (default: the client's ``progress``, off).
+        """
+        request = self.request(initializer, key, shape, dtype, args=args, offset=offset, count=count)
+        return self._fetch(request, parallel, progress)
+
+    def init_model(
+        self,
+        model: Any,
+        key: Any,
+        *,
+        mode: str = "linen",
+        layout: str = "flax",
+        fix_rng_separator: bool = False,
+        param_dtype: Any = "float32",
+        flat: bool = False,
+        path: str | os.PathLike[str] | None = None,
+        progress: bool | None = None,
+    ) -> ModelT:
+        """A whole model's initial parameters, bit-identical to Flax's ``init``.
+
+        Args:
+            model: a description (``jaxinit.models.Dense(784, 256)``, a dict, or the raw
+                form ``{"params": [...]}``); see the README's model section.
+            key: the root key, as given to ``model.init`` (linen) or ``nnx.Rngs`` (nnx).
+            mode: ``"linen"`` (keys from module paths) or ``"nnx"`` (keys in creation order).
+            layout: ``"flax"`` (Flax's tree) or ``"torch"`` (``state_dict`` names and layouts).
+            flat: return ``{"Dense_0.kernel": array}`` rather than a nested dict.
+            path: also write the parameters there, as ``.safetensors`` or ``.npz``.
+            progress: show a progress bar (default: the client's ``progress``, off).
+
+        Returns:
+            A :class:`ModelParams`: a dict of arrays (nested, or flat with ``flat=True``),
+            with the provenance of every tensor in ``.provenance``.
+        """
+        request = self._model_request(model, key, mode, layout, fix_rng_separator, param_dtype)
+        return self._init_model(request, flat, path, progress)
+
+    def _fetch(self, request: Request, parallel: int | None, progress: bool | None) -> TensorT:
+        raise NotImplementedError
+
+    def _init_model(
+        self, request: ModelRequest, flat: bool, path: str | os.PathLike[str] | None, progress: bool | None
+    ) -> ModelT:
+        raise NotImplementedError
+
     def _model_request(
         self, model: Any, key: Any, mode: str, layout: str, fix_rng_separator: bool, param_dtype: Any
     ) -> ModelRequest:
@@ -422,7 +490,7 @@ def _unknown(name: str) -> str:
     return f"no initializer named {name!r}.{hint} Available: {', '.join(sorted(CATALOG))}"
 
 
-class Client(_BaseClient):
+class Client(_BaseClient[Tensor, "ModelParams"]):
     """A blocking client. ``url``: ``grpc://host:port`` or ``http://host:port``; over TLS,
     ``grpcs://`` or ``https://``.
 
@@ -452,29 +520,6 @@ class Client(_BaseClient):
 
     _initializer_class = Initializer
 
-    def generate(
-        self,
-        initializer: str,
-        key: Any,
-        shape: Any,
-        dtype: Any = None,
-        *,
-        args: Mapping[str, Any] | None = None,
-        offset: int | None = None,
-        count: int | None = None,
-        parallel: int | None = None,
-        progress: bool | None = None,
-    ) -> Tensor:
-        """One tensor, with its provenance: ``init(key, shape, dtype)`` of ``initializer(**args)``.
-
-        ``offset``/``count``: only that range of flat elements (a flat array).
-        ``parallel``: fetch it as that many ranges at once (default: the client's
-        ``parallel``, used for tensors of at least 2**22 elements).
-        ``progress``: show a progress bar (default: the client's ``progress``, off).
-        """
-        request = self.request(initializer, key, shape, dtype, args=args, offset=offset, count=count)
-        return self._fetch(request, parallel, progress)
-
     def _fetch(self, request: Request, parallel: int | None = None, progress: bool | None = None) -> Tensor:
         ranges = self._ranges(request, parallel)
         with self._showing_progress(progress, request.initializer):
@@ -499,36 +544,9 @@ class Client(_BaseClient):
         error (an exception instance) in its place; the others still arrive."""
         return self._transport.generate_many(requests)  # type: ignore[no-any-return]
 
-    def init_model(
-        self,
-        model: Any,
-        key: Any,
-        *,
-        mode: str = "linen",
-        layout: str = "flax",
-        fix_rng_separator: bool = False,
-        param_dtype: Any = "float32",
-        flat: bool = False,
-        path: str | os.PathLike[str] | None = None,
-        progress: bool | None = None,
+    def _init_model(
+        self, request: ModelRequest, flat: bool, path: str | os.PathLike[str] | None, progress: bool | None
     ) -> ModelParams:
-        """A whole model's initial parameters, bit-identical to Flax's ``init``.
-
-        Args:
-            model: a description (``jaxinit.models.Dense(784, 256)``, a dict, or the raw
-                form ``{"params": [...]}``); see the README's model section.
-            key: the root key, as given to ``model.init`` (linen) or ``nnx.Rngs`` (nnx).
-            mode: ``"linen"`` (keys from module paths) or ``"nnx"`` (keys in creation order).
-            layout: ``"flax"`` (Flax's tree) or ``"torch"`` (``state_dict`` names and layouts).
-            flat: return ``{"Dense_0.kernel": array}`` rather than a nested dict.
-            path: also write the parameters there, as ``.safetensors`` or ``.npz``.
-            progress: show a progress bar (default: the client's ``progress``, off).
-
-        Returns:
-            A :class:`ModelParams`: a dict of arrays (nested, or flat with ``flat=True``),
-            with the provenance of every tensor in ``.provenance``.
-        """
-        request = self._model_request(model, key, mode, layout, fix_rng_separator, param_dtype)
         state = _Backoff(self.retries, self.retry_backoff)
         while True:
             try:
@@ -552,26 +570,10 @@ class Client(_BaseClient):
         self.close()
 
 
-class AsyncClient(_BaseClient):
+class AsyncClient(_BaseClient[Coroutine[Any, Any, Tensor], Coroutine[Any, Any, "ModelParams"]]):
     """The asyncio twin of :class:`Client`: every call is awaited."""
 
     _initializer_class = AsyncInitializer
-
-    async def generate(
-        self,
-        initializer: str,
-        key: Any,
-        shape: Any,
-        dtype: Any = None,
-        *,
-        args: Mapping[str, Any] | None = None,
-        offset: int | None = None,
-        count: int | None = None,
-        parallel: int | None = None,
-        progress: bool | None = None,
-    ) -> Tensor:
-        request = self.request(initializer, key, shape, dtype, args=args, offset=offset, count=count)
-        return await self._fetch(request, parallel, progress)
 
     async def _fetch(self, request: Request, parallel: int | None = None, progress: bool | None = None) -> Tensor:
         ranges = self._ranges(request, parallel)
@@ -596,21 +598,9 @@ class AsyncClient(_BaseClient):
     ) -> AsyncIterator[Tensor | JaxinitError]:
         return self._transport.generate_many(requests)  # type: ignore[no-any-return]
 
-    async def init_model(
-        self,
-        model: Any,
-        key: Any,
-        *,
-        mode: str = "linen",
-        layout: str = "flax",
-        fix_rng_separator: bool = False,
-        param_dtype: Any = "float32",
-        flat: bool = False,
-        path: str | os.PathLike[str] | None = None,
-        progress: bool | None = None,
+    async def _init_model(
+        self, request: ModelRequest, flat: bool, path: str | os.PathLike[str] | None, progress: bool | None
     ) -> ModelParams:
-        """See :meth:`Client.init_model`."""
-        request = self._model_request(model, key, mode, layout, fix_rng_separator, param_dtype)
         state = _Backoff(self.retries, self.retry_backoff)
         while True:
             try:
@@ -722,7 +712,7 @@ def _factory_method(spec: InitializerSpec) -> Any:
     signature = _signature(spec)
     axes_first = bool(spec.arguments) and spec.arguments[0].type == "axes"
 
-    def method(self: _BaseClient, *args: Any, **kwargs: Any) -> Any:
+    def method(self: _BaseClient[Any, Any], *args: Any, **kwargs: Any) -> Any:
         hint = (
             f"{spec.name}() builds an initializer; it does not take (key, shape). "
             f"Call it first: client.{spec.name}()(key, shape)"
@@ -759,7 +749,7 @@ class _BoundInitializerAttribute:
         self._spec = spec
         self.__doc__ = f"{spec.name}: {spec.summary}. An initializer itself: client.{spec.name}(key, shape, dtype)."
 
-    def __get__(self, client: _BaseClient | None, owner: type) -> Any:
+    def __get__(self, client: _BaseClient[Any, Any] | None, owner: type) -> Any:
         if client is None:
             return self
         return client._initializer_class(client, self._spec, {})

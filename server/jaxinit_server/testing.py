@@ -36,23 +36,28 @@ class ServerProcess:
         return self.process.wait(timeout)
 
 
-@contextlib.contextmanager
-def running_server(*args: str, env: Mapping[str, str] | None = None, timeout: float = 120) -> Iterator[ServerProcess]:
-    """Start ``jaxinit-server`` on free loopback ports; yield once it reports ready; stop it."""
-    command = [
+def server_command(*args: str, grpc_port: int = 0, http_port: int = 0) -> list[str]:
+    """The command line of a server on loopback (port 0: a free one, reported when ready)."""
+    return [
         sys.executable,
         "-m",
         "jaxinit_server.main",
         "--host",
         "127.0.0.1",
         "--grpc-port",
-        "0",
+        str(grpc_port),
         "--http-port",
-        "0",
+        str(http_port),
         "--log-level",
         "warning",
         *args,
     ]
+
+
+@contextlib.contextmanager
+def running_server(*args: str, env: Mapping[str, str] | None = None, timeout: float = 120) -> Iterator[ServerProcess]:
+    """Start ``jaxinit-server`` on free loopback ports; yield once it reports ready; stop it."""
+    command = server_command(*args)
     process = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,

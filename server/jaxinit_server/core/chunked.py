@@ -136,22 +136,15 @@ def _only_bits(*args: Any, **kwargs: Any) -> Any:
     raise NotImplementedError("jaxinit offset keys only draw bits")
 
 
-OFFSET_IMPL = define_prng_impl(
-    key_shape=(4,),
-    seed=_only_bits,
-    split=_only_bits,
-    random_bits=_offset_bits,
-    fold_in=_only_bits,
-    name="jaxinit_threefry2x32_offset",
-)
-LEGACY_IMPL = define_prng_impl(
-    key_shape=(6,),
-    seed=_only_bits,
-    split=_only_bits,
-    random_bits=_legacy_bits,
-    fold_in=_only_bits,
-    name="jaxinit_threefry2x32_legacy_offset",
-)
+def _bits_impl(name: str, words: int, random_bits: Any) -> Any:
+    """A key implementation of ``words`` words that can only draw bits."""
+    return define_prng_impl(
+        key_shape=(words,), seed=_only_bits, split=_only_bits, random_bits=random_bits, fold_in=_only_bits, name=name
+    )
+
+
+OFFSET_IMPL = _bits_impl("jaxinit_threefry2x32_offset", 4, _offset_bits)
+LEGACY_IMPL = _bits_impl("jaxinit_threefry2x32_legacy_offset", 6, _legacy_bits)
 
 
 @dataclass(frozen=True)

@@ -265,16 +265,24 @@ class WholePool:
         with self._lock:
             worker = self._idle.pop() if self._idle else None
         if worker is None:
-            worker = self._spawn()
             try:
-                worker.hello()
+                worker = self._started()
             except JaxinitError:
-                worker.kill()
-                self._forget(worker)
                 with self._lock:
                     self.busy -= 1
                 self._release()
                 raise
+        return worker
+
+    def _started(self) -> _Worker:
+        """A new worker that has loaded JAX; on failure none is left behind (raises JaxinitError)."""
+        worker = self._spawn()
+        try:
+            worker.hello()
+        except JaxinitError:
+            worker.kill()
+            self._forget(worker)
+            raise
         return worker
 
     def _done(self, worker: _Worker, *, healthy: bool) -> None:
@@ -301,12 +309,9 @@ class WholePool:
         with self._lock:
             if len(self._all) >= self.size:
                 return
-        worker = self._spawn()
         try:
-            worker.hello()
+            worker = self._started()
         except JaxinitError:
-            worker.kill()
-            self._forget(worker)
             return
         with self._lock:
             keep = self.open and len(self._idle) < self.size

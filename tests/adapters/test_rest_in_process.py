@@ -1,0 +1,137 @@
+"""The REST adapter in this process (httpx's ASGI transport, no socket): the routes, the
+framing, the one error table and the KServe v2 routes, each answer compared with local JAX.
+
+Process behaviour (signals, worker crashes, slow clients over real sockets, deployment)
+stays in tests/integration with a server process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import httpx
+import jax
+import numpy as np
+import pytest
+from flax_models import EXAMPLES, flax_params
+
+import jaxinit
+from jaxinit.protocol import Provenance, safetensors, wire
+from jaxinit.protocol.digest import DIGEST_BYTES, new_hasher
+from jaxinit_server.core import Limits, Service
+from jaxinit_server.rest.app import create_app
+
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+def app() -> Iterator[Any]:
+    service = Service(Limits(max_tensor_bytes=2**26))
+    try:
+        yield create_app(service)
+    finally:
+        service.close()
+
+
+def call(app: Any, work: Callable[[httpx.AsyncClient], Awaitable[T]]) -> T:
+    async def main() -> T:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://in-process") as http:
+            return await work(http)
+
+    return asyncio.run(main())
+
+
+def lecun(seed: int, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
+    return np.asarray(jax.nn.initializers.lecun_normal()(jax.random.key(seed), shape, dtype))
+
+
+def test_get_and_post_forms_are_jax_bytes(app: Any) -> None:
+    async def work(http: httpx.AsyncClient) -> list[httpx.Response]:
+        get = http.get("/v1/generate/lecun_normal?shape=3,5&seed=7", headers={"Accept": wire.OCTET})
+        body = {"initializer": "lecun_normal", "shape": [3, 5], "key": {"seed": 7}, "dtype": "bfloat16"}
+        post = http.post("/v1/generate", json=body, headers={"Accept": wire.DIGESTED})
+        return list(await asyncio.gather(get, post))
+
+    get, post = call(app, work)
+    assert get.status_code == 200, get.text
+    assert get.content == lecun(7, (3, 5)).tobytes()
+    assert get.headers[wire.SHAPE_HEADER] == "3,5" and get.headers[wire.DTYPE_HEADER] == "float32"
+    provenance = Provenance.from_mapping(json.loads(get.headers[wire.PROVENANCE_HEADER]))
+    assert provenance.jax_version == jax.__version__ and provenance.key_impl == "threefry2x32"
+    data, digest = post.content[:-DIGEST_BYTES], post.content[-DIGEST_BYTES:]
+    assert data == lecun(7, (3, 5), jax.numpy.bfloat16).tobytes()
+    hasher = new_hasher()
+    hasher.update(data)
+    assert hasher.digest() == digest
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body", "status", "error_type", "message"),
+    [
+        ("GET", "/v1/generate/lecun_normall?shape=2&seed=0", None, 404, "UnknownInitializer", "lecun_normal"),
+        ("GET", "/v1/generate/lecun_normal?shape=2,x&seed=0", None, 400, "InvalidArgument", "shape"),
+        ("GET", "/v1/generate/lecun_normal?shape=4096,8192&seed=0", None, 413, "TooLarge", "limit"),
+        ("POST", "/v1/generate", {"initializer": "normal", "shape": [2]}, 400, "InvalidArgument", "key"),
+        ("POST", "/v1/generate", {"initializer": "orthogonal", "shape": [4], "key": {"seed": 0}}, 400, "JaxError", ""),
+        ("POST", "/v1/models/init", {"model": {"type": "Dense"}, "key": {"seed": 0}}, 400, "InvalidArgument", "model"),
+    ],
+)
+def test_errors_come_from_the_one_table(
+    app: Any, method: str, url: str, body: Any, status: int, error_type: str, message: str
+) -> None:
+    response = call(app, lambda http: http.request(method, url, json=body))
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["type"] == error_type and message in error["message"], error
+
+
+def test_content_negotiation(app: Any) -> None:
+    url = "/v1/generate/ones?shape=2,2"
+
+    async def work(http: httpx.AsyncClient) -> list[httpx.Response]:
+        accepts = ["application/x-npy", wire.JSON, "image/png"]
+        return list(await asyncio.gather(*(http.get(url, headers={"Accept": a}) for a in accepts)))
+
+    npy, as_json, png = call(app, work)
+    assert npy.status_code == 200 and npy.content.startswith(b"\x93NUMPY")
+    assert as_json.json()["data"] == [[1.0, 1.0], [1.0, 1.0]]
+    assert png.status_code == 406 and png.json()["error"]["type"] == "NotAcceptable"
+
+
+def test_model_download_and_client_over_asgi(app: Any) -> None:
+    model, *_ = EXAMPLES["cnn"]
+    want = flax_params("cnn", "linen", 3)
+
+    async def work(http: httpx.AsyncClient) -> tuple[httpx.Response, dict[str, np.ndarray]]:
+        file = await http.post("/v1/models/init", json={"model": model, "key": {"seed": 3}})
+        transport = httpx.ASGITransport(app=app)
+        async with jaxinit.AsyncClient("http://in-process", transport=transport) as client:
+            params = await client.init_model(model, 3, flat=True)
+        return file, dict(params)
+
+    file, params = call(app, work)
+    assert file.status_code == 200 and file.headers["content-type"] == wire.SAFETENSORS
+    arrays, metadata = safetensors.loads(file.content)
+    assert metadata["jax_version"] == jax.__version__
+    for name, array in want.items():
+        assert arrays[name].tobytes() == array.tobytes() == params[name].tobytes(), name
+
+
+def test_kserve_v2_infer_and_its_error_body(app: Any) -> None:
+    inputs = [
+        {"name": "shape", "datatype": "INT64", "shape": [2], "data": [2, 3]},
+        {"name": "seed", "datatype": "INT64", "shape": [1], "data": [0]},
+    ]
+
+    async def work(http: httpx.AsyncClient) -> list[httpx.Response]:
+        good = http.post("/v2/models/lecun_normal/infer", json={"inputs": inputs, "id": "r1"})
+        bad = http.post("/v2/models/lecun_normal/infer", json={"inputs": []})
+        return list(await asyncio.gather(good, bad))
+
+    good, bad = call(app, work)
+    answer = good.json()
+    assert answer["id"] == "r1" and answer["outputs"][0]["shape"] == [2, 3]
+    assert np.asarray(answer["outputs"][0]["data"], np.float32).tobytes() == lecun(0, (2, 3)).tobytes()
+    assert bad.status_code == 400 and isinstance(bad.json()["error"], str)
