@@ -31,6 +31,7 @@ T = TypeVar("T")
 @pytest.fixture(scope="module")
 def service() -> Iterator[Service]:
     service = Service(Limits(max_tensor_bytes=2**26))
+    service.ready = True  # warming up is the process's part (tests/integration); these test the adapter
     try:
         yield service
     finally:
@@ -142,3 +143,32 @@ def test_a_bad_model_is_refused_before_any_byte(service: Service) -> None:
     received, error = call(service, work)
     assert received == 0 and error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "Dense_0.bias" in (error.details() or "")
+
+
+def test_kserve_v2_versions_over_grpc(service: Service) -> None:
+    from jaxinit_server.kserve import grpc_predict_v2_pb2 as v2
+    from jaxinit_server.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
+
+    def infer(version: str) -> v2.ModelInferRequest:
+        request = v2.ModelInferRequest(model_name="lecun_normal", model_version=version)
+        request.inputs.add(name="shape", datatype="INT64", shape=[2]).contents.int64_contents.extend([3, 2])
+        request.inputs.add(name="seed", datatype="INT64", shape=[1]).contents.int64_contents.extend([4])
+        return request
+
+    async def work(target: str) -> tuple[Any, ...]:
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = v2_grpc.GRPCInferenceServiceStub(channel)
+            ready = await stub.ModelReady(v2.ModelReadyRequest(name="lecun_normal", version="1"))
+            not_ready = await stub.ModelReady(v2.ModelReadyRequest(name="lecun_normal", version="2"))
+            answer = await stub.ModelInfer(infer("1"))
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.ModelInfer(infer("2"))
+            with pytest.raises(grpc.aio.AioRpcError) as meta:
+                await stub.ModelMetadata(v2.ModelMetadataRequest(name="lecun_normal", version="7"))
+            return ready.ready, not_ready.ready, answer, info.value, meta.value
+
+    ready, not_ready, answer, error, meta_error = call(service, work)
+    assert ready and not not_ready
+    assert answer.model_version == "1" and answer.raw_output_contents[0] == lecun(4, (3, 2)).tobytes()
+    assert error.code() == grpc.StatusCode.NOT_FOUND and "no version '2'" in (error.details() or "")
+    assert meta_error.code() == grpc.StatusCode.NOT_FOUND

@@ -29,6 +29,7 @@ T = TypeVar("T")
 @pytest.fixture(scope="module")
 def app() -> Iterator[Any]:
     service = Service(Limits(max_tensor_bytes=2**26))
+    service.ready = True  # warming up is the process's part (tests/integration); these test the adapter
     try:
         yield create_app(service)
     finally:
@@ -135,3 +136,46 @@ def test_kserve_v2_infer_and_its_error_body(app: Any) -> None:
     assert answer["id"] == "r1" and answer["outputs"][0]["shape"] == [2, 3]
     assert np.asarray(answer["outputs"][0]["data"], np.float32).tobytes() == lecun(0, (2, 3)).tobytes()
     assert bad.status_code == 400 and isinstance(bad.json()["error"], str)
+
+
+def test_kserve_v2_versions_and_the_protocols_error_body_everywhere(app: Any) -> None:
+    """Model version "1" (the one advertised) answers on every versioned route; any other
+    version, an unknown /v2 path, a wrong method and a malformed body answer the protocol's
+    {"error": "<string>"}, which tritonclient prints, never jaxinit's own error object."""
+    inputs = [
+        {"name": "shape", "datatype": "INT64", "shape": [1], "data": [4]},
+        {"name": "seed", "datatype": "INT64", "shape": [1], "data": [0]},
+    ]
+
+    async def work(http: httpx.AsyncClient) -> dict[str, httpx.Response]:
+        calls = {
+            "meta": http.get("/v2/models/lecun_normal/versions/1"),
+            "ready": http.get("/v2/models/lecun_normal/versions/1/ready"),
+            "infer": http.post("/v2/models/normal/versions/1/infer", json={"inputs": inputs}),
+            "meta2": http.get("/v2/models/lecun_normal/versions/2"),
+            "ready2": http.get("/v2/models/lecun_normal/versions/2/ready"),
+            "infer2": http.post("/v2/models/normal/versions/2/infer", json={"inputs": inputs}),
+            "index": http.post("/v2/repository/index"),
+            "nowhere": http.get("/v2/models/lecun_normal/statistics"),
+            "method": http.delete("/v2/models/lecun_normal"),
+            "bad_json": http.post(
+                "/v2/models/normal/infer", content=b"{", headers={"Content-Type": "application/json"}
+            ),
+        }
+        return dict(zip(calls, await asyncio.gather(*calls.values()), strict=True))
+
+    got = call(app, work)
+    assert got["meta"].json()["versions"] == ["1"] and got["ready"].json()["ready"] is True
+    want = np.asarray(jax.nn.initializers.normal()(jax.random.key(0), (4,)))
+    assert np.asarray(got["infer"].json()["outputs"][0]["data"], np.float32).tobytes() == want.tobytes()
+    assert got["infer"].json()["model_version"] == "1"
+    assert got["ready2"].status_code == 404 and got["ready2"].json()["ready"] is False
+    index = got["index"].json()
+    assert {"name": "lecun_normal", "version": "1", "state": "READY"} in index and len(index) == len(jaxinit.CATALOG)
+    for name, status in [("meta2", 404), ("infer2", 404), ("nowhere", 404), ("method", 405), ("bad_json", 400)]:
+        response = got[name]
+        assert response.status_code == status, (name, response.text)
+        assert set(response.json()) == {"error"} and isinstance(response.json()["error"], str), (name, response.text)
+    assert "no version '2'" in got["infer2"].json()["error"]
+    not_v2 = call(app, lambda http: http.get("/v1/nowhere"))
+    assert not_v2.status_code == 404 and isinstance(not_v2.json()["error"], dict)  # jaxinit's own body

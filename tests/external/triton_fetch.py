@@ -35,6 +35,11 @@ def main() -> None:
                 for i in _inputs_of(client.get_model_metadata("lecun_normal"))
             ),
         }
+        report[kind]["version_ready"] = client.is_model_ready("lecun_normal", "1")
+        report[kind]["version_2_ready"] = client.is_model_ready("lecun_normal", "2")
+        report[kind]["version_inputs"] = len(_inputs_of(client.get_model_metadata("lecun_normal", "1")))
+        if module is httpclient:  # the repository extension is on HTTP only
+            report[kind]["index"] = [m["name"] for m in client.get_model_repository_index()]
         for case in cases:
             inputs = []
             for name, datatype, values in case["inputs"]:
@@ -46,6 +51,7 @@ def main() -> None:
                 result = client.infer(
                     case["model"],
                     inputs,
+                    model_version=case.get("version", ""),
                     outputs=[module.InferRequestedOutput("output")],
                     parameters=case.get("parameters") or None,
                 )

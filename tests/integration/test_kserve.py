@@ -17,6 +17,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+import jaxinit
 from jaxinit_server.kserve import grpc_predict_v2_pb2 as pb
 from jaxinit_server.kserve import grpc_predict_v2_pb2_grpc as pb_grpc
 
@@ -44,6 +45,18 @@ CASES = [
         "inputs": [["shape", "INT64", [5, 4, 3]], ["seed", "INT64", [1]]],
         "parameters": {"scale": 1.0, "mode": "fan_in", "distribution": "normal", "in_axis": "[0, 1]"},
     },
+    {
+        "id": "lecun_v1",
+        "model": "lecun_normal",
+        "version": "1",
+        "inputs": [["shape", "INT64", [784, 256]], ["seed", "INT64", [42]]],
+    },
+    {
+        "id": "version_2",
+        "model": "lecun_normal",
+        "version": "2",
+        "inputs": [["shape", "INT64", [2]], ["seed", "INT64", [0]]],
+    },
     {"id": "unknown_model", "model": "lecun_normel", "inputs": [["shape", "INT64", [2]], ["seed", "INT64", [0]]]},
     {
         "id": "bad_arg",
@@ -56,7 +69,7 @@ CASES = [
 
 def _want(case_id: str) -> np.ndarray:
     init = jax.nn.initializers
-    if case_id == "lecun":
+    if case_id in ("lecun", "lecun_v1"):
         return np.asarray(init.lecun_normal()(jax.random.key(42), (784, 256)))
     if case_id == "vs_bf16":
         f = init.variance_scaling(2.0, "fan_out", "uniform")
@@ -110,14 +123,17 @@ def test_tritonclient_fetches_bit_exact_weights(
         got = report[transport]
         assert got["live"] and got["ready"] and got["model_ready"]
         assert got["metadata_inputs"] == ["fold_in", "key_data", "seed", "shape"]
-        for case_id in ("lecun", "vs_bf16", "keydata", "axes"):
+        assert got["version_ready"] and not got["version_2_ready"] and got["version_inputs"] == 4
+        for case_id in ("lecun", "lecun_v1", "vs_bf16", "keydata", "axes"):
             want = _want(case_id)
             array = np.load(tmp_path / f"{transport}-{case_id}.npy")
             assert array.dtype == want.dtype and array.shape == want.shape, (transport, case_id)
             assert array.tobytes() == want.tobytes(), (transport, case_id)
         assert got["lecun"]["datatype"] == "FP32" and got["vs_bf16"]["datatype"] == "BF16"
         assert "unknown model" in got["unknown_model"]["error"]
+        assert "no version '2'" in got["version_2"]["error"]
         assert "unexpected argument" in got["bad_arg"]["error"]
+    assert "lecun_normal" in report["http"]["index"] and len(report["http"]["index"]) == len(jaxinit.CATALOG)
 
 
 def test_v2_http_forms_and_errors(server: Any) -> None:

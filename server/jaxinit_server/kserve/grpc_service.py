@@ -14,7 +14,6 @@ from typing import Any, cast
 
 import grpc
 
-from jaxinit.protocol.catalog import CATALOG
 from jaxinit.protocol.errors import TooLarge
 from jaxinit_server.auth import KeyRing
 from jaxinit_server.core import Service, TensorStream
@@ -23,10 +22,12 @@ from jaxinit_server.kserve import grpc_predict_v2_pb2 as pb
 from jaxinit_server.kserve import grpc_predict_v2_pb2_grpc as pb_grpc
 from jaxinit_server.kserve.mapping import (
     OUTPUT,
+    VERSION,
     Input,
     datatype_of,
     input_from_bytes,
     input_from_values,
+    known,
     model_metadata,
     params_from_v2,
 )
@@ -72,14 +73,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return pb.ServerReadyResponse(ready=self._service.ready)
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> Any:
-        return pb.ModelReadyResponse(ready=self._service.ready and request.name in CATALOG)
+        return pb.ModelReadyResponse(ready=self._service.ready and known(request.name, request.version))
 
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name="jaxinit", version=self._service.identity.jaxinit_version)
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext) -> Any:
         try:
-            meta = model_metadata(request.name, self._service.identity.jax_version)
+            meta = model_metadata(request.name, self._service.identity.jax_version, request.version)
         except Exception as exc:
             await abort(context, domain_error(exc))
         return pb.ModelMetadataResponse(
@@ -95,7 +96,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         error: BaseException | None = None
         try:
             parameters = {k: _parameter(v) for k, v in request.parameters.items()}
-            params = params_from_v2(request.model_name, _inputs(request), parameters)
+            params = params_from_v2(request.model_name, _inputs(request), parameters, request.model_version)
             resolved = self._service.prepare(params)
             call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
             datatype = datatype_of(resolved.out_dtype)
@@ -115,7 +116,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
                 data.clear()  # one copy held at a time
                 return pb.ModelInferResponse(
                     model_name=request.model_name,
-                    model_version=request.model_version,
+                    model_version=VERSION,
                     id=request.id,
                     outputs=[output],
                     raw_output_contents=[blob],

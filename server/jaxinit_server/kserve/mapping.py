@@ -35,7 +35,10 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "MAX_QUOTE_CHARS",
     "OUTPUT",
+    "VERSION",
     "Input",
+    "check_model",
+    "known",
     "datatype_of",
     "json_depth",
     "model_metadata",
@@ -181,14 +184,15 @@ def _ints(item: Input, kinds: tuple[str, ...]) -> list[int]:
     return [int(v) for v in item.values]
 
 
-def params_from_v2(model: str, inputs: Sequence[Input], parameters: Mapping[str, Any]) -> GenerateParams:
+def params_from_v2(
+    model: str, inputs: Sequence[Input], parameters: Mapping[str, Any], version: str = ""
+) -> GenerateParams:
     """The jaxinit request a v2 inference request means (see the module docstring).
 
     Raises:
-        UnknownInitializer: no such model. InvalidArgument: inputs or parameters that do not fit.
+        UnknownInitializer: no such model or version. InvalidArgument: inputs or parameters that do not fit.
     """
-    if model not in CATALOG:
-        raise UnknownInitializer(f"unknown model {quote(model)}: every jaxinit initializer is a model")
+    check_model(model, version)
     by_name: dict[str, Input] = {}
     for item in inputs:
         if item.name in by_name:
@@ -249,13 +253,30 @@ def _flag(parameters: Mapping[str, Any], name: str) -> bool | None:
     raise InvalidArgument(f"parameter {name} must be a bool, got {quote(value)}")
 
 
-def model_metadata(model: str, jax_version: str) -> dict[str, Any]:
-    """A model's v2 metadata: its inputs and its one output (shape -1: any)."""
+# Every model (initializer) has one version: what this server's JAX makes.
+VERSION = "1"
+
+
+def check_model(model: str, version: str = "") -> None:
+    """Raise UnknownInitializer unless ``model`` is an initializer and ``version`` (empty:
+    the default) is its version."""
     if model not in CATALOG:
         raise UnknownInitializer(f"unknown model {quote(model)}: every jaxinit initializer is a model")
+    if not known(model, version):
+        raise UnknownInitializer(f"model {quote(model)} has no version {quote(version)}; its one version is {VERSION}")
+
+
+def known(model: str, version: str = "") -> bool:
+    """``model`` is an initializer and ``version`` (empty: the default) its version."""
+    return model in CATALOG and version in ("", VERSION)
+
+
+def model_metadata(model: str, jax_version: str, version: str = "") -> dict[str, Any]:
+    """A model's v2 metadata: its inputs and its one output (shape -1: any)."""
+    check_model(model, version)
     return {
         "name": model,
-        "versions": ["1"],
+        "versions": [VERSION],
         "platform": f"jax-{jax_version}",
         "inputs": [
             {"name": "shape", "datatype": "INT64", "shape": [-1]},

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
-from jaxinit.protocol.errors import InternalError, InvalidArgument, JaxinitError, mapping_for
+from jaxinit.protocol.errors import InternalError, InvalidArgument, JaxinitError
 from jaxinit.protocol.wire import OCTET
 from jaxinit_server import jsonio
 from jaxinit_server.core import TensorStream
@@ -36,6 +36,7 @@ from jaxinit_server.kserve.mapping import (
     json_depth,
     quote,
 )
+from jaxinit_server.rest import errors as rest_errors
 from jaxinit_server.telemetry import Call
 
 __all__ = [
@@ -66,7 +67,7 @@ def error_response(exc: BaseException) -> JSONResponse:
     if not isinstance(exc, JaxinitError):
         log.error("internal error in a v2 request", exc_info=exc)
     error = exc if isinstance(exc, JaxinitError) else InternalError("internal server error")
-    return JSONResponse({"error": error.message}, status_code=mapping_for(error).http_status)
+    return rest_errors.error_response(error, path="/v2")
 
 
 @dataclass(frozen=True)

@@ -15,24 +15,33 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from jaxinit.protocol.errors import InternalError, InvalidArgument, JaxinitError, error_from_wire, mapping_for
 from jaxinit_server.core.errors import as_domain_error
 
-__all__ = ["error_body", "error_response", "install_error_handlers"]
+__all__ = ["error_body", "error_response", "install_error_handlers", "is_v2"]
 
 log = logging.getLogger("jaxinit_server.rest")
 
 
-def error_body(error: JaxinitError) -> dict[str, Any]:
+def is_v2(path: str) -> bool:
+    """A KServe v2 path: its errors are the protocol's ``{"error": "<message>"}``, which its
+    clients (tritonclient) print as a string."""
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def error_body(error: JaxinitError, path: str = "") -> dict[str, Any]:
+    """The one error body: jaxinit's (code, type, message), or the v2 protocol's on a v2 path."""
+    if is_v2(path):
+        return {"error": error.message}
     return {"error": {"code": mapping_for(error).grpc_code, "type": type(error).__name__, "message": error.message}}
 
 
 def error_response(
-    error: JaxinitError, headers: dict[str, str] | None = None, status_code: int | None = None
+    error: JaxinitError, headers: dict[str, str] | None = None, status_code: int | None = None, path: str = ""
 ) -> JSONResponse:
-    """``error`` as its status (the table's, unless ``status_code``) and body; an Overloaded's
-    retry-after as ``Retry-After`` in whole seconds."""
+    """``error`` as its status (the table's, unless ``status_code``) and the body for ``path``;
+    an Overloaded's retry-after as ``Retry-After`` in whole seconds."""
     if (retry_after := getattr(error, "retry_after", None)) is not None:
         headers = {**(headers or {}), "Retry-After": str(max(1, math.ceil(retry_after)))}
     status = status_code if status_code is not None else mapping_for(error).http_status
-    return JSONResponse(error_body(error), status_code=status, headers=headers)
+    return JSONResponse(error_body(error, path), status_code=status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -41,7 +50,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(JaxinitError)
     async def _domain_error(request: Request, exc: JaxinitError) -> JSONResponse:
-        return error_response(exc)
+        return error_response(exc, path=request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -50,18 +59,19 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         if request.method == "POST" and "json" not in request.headers.get("content-type", ""):
             problems += "; send the body as JSON, with the header Content-Type: application/json"
-        return error_response(InvalidArgument(f"invalid request: {problems}"))
+        return error_response(InvalidArgument(f"invalid request: {problems}"), path=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _framework_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # Refusals the framework makes before a handler (a body that is not JSON, an unknown
         # path, a wrong method) in jaxinit's error body, with their own status.
         error = error_from_wire(str(exc.detail), http_status=exc.status_code)
-        return error_response(error, headers=getattr(exc, "headers", None), status_code=exc.status_code)
+        headers = getattr(exc, "headers", None)
+        return error_response(error, headers=headers, status_code=exc.status_code, path=request.url.path)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         if (error := as_domain_error(exc)) is not None:  # e.g. a body nested past the stack
-            return error_response(error)
+            return error_response(error, path=request.url.path)
         log.error("internal error on %s", request.url.path, exc_info=exc)
-        return error_response(InternalError("internal server error"))
+        return error_response(InternalError("internal server error"), path=request.url.path)

@@ -26,7 +26,7 @@ class BearerAuth:
             try:
                 self.keyring.check(token)
             except JaxinitError as exc:
-                response = error_response(exc, headers={"WWW-Authenticate": "Bearer"})
+                response = error_response(exc, headers={"WWW-Authenticate": "Bearer"}, path=scope["path"])
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -49,7 +49,9 @@ class BodyLimit:
             return
         length = dict(scope.get("headers") or ()).get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_bytes:
-            await error_response(self._error(), headers={"Connection": "close"})(scope, receive, send)
+            await error_response(self._error(), headers={"Connection": "close"}, path=scope["path"])(
+                scope, receive, send
+            )
             return
         seen, over = 0, False
 
@@ -73,7 +75,9 @@ class BodyLimit:
             if not over:
                 raise
         if over:
-            await error_response(self._error(), headers={"Connection": "close"})(scope, receive, send)
+            await error_response(self._error(), headers={"Connection": "close"}, path=scope["path"])(
+                scope, receive, send
+            )
 
 
 class ReplicaHeader:

@@ -19,7 +19,7 @@ from jaxinit.protocol.errors import JaxinitError
 from jaxinit.protocol.wire import JSON, REQUEST_ID_HEADER
 from jaxinit_server.core import TensorStream
 from jaxinit_server.disconnects import unless_disconnected
-from jaxinit_server.kserve.mapping import OUTPUT, datatype_of, model_metadata, params_from_v2
+from jaxinit_server.kserve.mapping import OUTPUT, VERSION, datatype_of, known, model_metadata, params_from_v2
 from jaxinit_server.kserve.rest import (
     HEADER_LENGTH,
     V2_ERRORS,
@@ -60,37 +60,79 @@ async def ready(service: ServiceDep) -> JSONResponse:
     "/v2/models/{name}", summary="KServe v2: model metadata (every initializer is a model)", responses=V2_ERRORS
 )
 async def metadata(name: str, service: ServiceDep) -> Response:
+    return _metadata(name, "", service)
+
+
+@router.get("/v2/models/{name}/versions/{version}", summary="KServe v2: model metadata", responses=V2_ERRORS)
+async def metadata_of_version(name: str, version: str, service: ServiceDep) -> Response:
+    return _metadata(name, version, service)
+
+
+def _metadata(name: str, version: str, service: ServiceDep) -> Response:
     try:
-        return JSONResponse(model_metadata(name, service.identity.jax_version))
+        return JSONResponse(model_metadata(name, service.identity.jax_version, version))
     except JaxinitError as exc:
         return error_response(exc)
 
 
-@router.get(
-    "/v2/models/{name}/ready",
-    summary="KServe v2: model readiness",
-    response_model=V2ModelReady,
-    responses={404: {"model": V2ModelReady}, 503: {"model": V2ModelReady}},
-)
+@router.post("/v2/repository/index", summary="KServe v2 (Triton's repository extension): every model")
+async def repository_index(service: ServiceDep) -> list[dict[str, str]]:
+    state = "READY" if service.ready else "UNAVAILABLE"
+    return [{"name": name, "version": VERSION, "state": state} for name in sorted(CATALOG)]
+
+
+_READY = {
+    "response_model": V2ModelReady,
+    "responses": {404: {"model": V2ModelReady}, 503: {"model": V2ModelReady}},
+}
+
+
+@router.get("/v2/models/{name}/ready", summary="KServe v2: model readiness", **_READY)  # type: ignore[arg-type]
 async def model_ready(name: str, service: ServiceDep) -> JSONResponse:
-    ok = service.ready and name in CATALOG
-    return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else (503 if name in CATALOG else 404))
+    return _ready(name, "", service)
 
 
-@router.post(
-    "/v2/models/{name}/infer",
-    summary="KServe v2: generate (inputs shape and seed or key_data; arguments as parameters)",
-    responses=V2_ERRORS,
+@router.get(
+    "/v2/models/{name}/versions/{version}/ready",
+    summary="KServe v2: model readiness",
+    **_READY,  # type: ignore[arg-type]
 )
+async def model_version_ready(name: str, version: str, service: ServiceDep) -> JSONResponse:
+    return _ready(name, version, service)
+
+
+def _ready(name: str, version: str, service: ServiceDep) -> JSONResponse:
+    found = known(name, version)
+    ok = service.ready and found
+    return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else (503 if found else 404))
+
+
+_INFER = "KServe v2: generate (inputs shape and seed or key_data; arguments as parameters)"
+
+
+@router.post("/v2/models/{name}/infer", summary=_INFER, responses=V2_ERRORS)
 async def infer(
     name: str, request: Request, service: ServiceDep, telemetry: TelemetryDep, caller: CallerDep
+) -> Response:
+    return await _infer(name, "", request, service, telemetry, caller)
+
+
+@router.post("/v2/models/{name}/versions/{version}/infer", summary=_INFER, responses=V2_ERRORS)
+async def infer_version(
+    name: str, version: str, request: Request, service: ServiceDep, telemetry: TelemetryDep, caller: CallerDep
+) -> Response:
+    return await _infer(name, version, request, service, telemetry, caller)
+
+
+async def _infer(
+    name: str, version: str, request: Request, service: ServiceDep, telemetry: TelemetryDep, caller: CallerDep
 ) -> Response:
     call = telemetry.call("http", "v2_infer", request.headers.get(REQUEST_ID_HEADER))
     tensor: TensorStream | None = None
     try:
         body = await request.body()
         v2 = await asyncio.to_thread(read_request, body, request.headers.get(HEADER_LENGTH))
-        resolved = service.prepare(params_from_v2(name, v2.inputs, v2.parameters))
+        resolved = service.prepare(params_from_v2(name, v2.inputs, v2.parameters, version))
         call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
         datatype = datatype_of(resolved.out_dtype)
         if not v2.binary_output:
@@ -105,7 +147,7 @@ async def infer(
         )
         call.timings = tensor.timings
         output: dict[str, Any] = {"name": OUTPUT, "datatype": datatype, "shape": list(tensor.sent_shape)}
-        head: dict[str, Any] = {"model_name": name, "model_version": "1", "outputs": [output]}
+        head: dict[str, Any] = {"model_name": name, "model_version": VERSION, "outputs": [output]}
         if v2.id is not None:
             head["id"] = v2.id
         headers = {REQUEST_ID_HEADER: call.request_id}
