@@ -60,7 +60,7 @@ def test_thin_install_on_numpy_1_26(server: Any, thin_python: pathlib.Path, tmp_
         with np.load(tmp_path / f"{transport}-model.npz") as model:
             key = jax.random.fold_in(jax.random.key(0), np.uint32(_linen_hash((1,))))
             assert model["kernel"].tobytes() == np.asarray(jax.nn.initializers.lecun_normal()(key, (8, 4))).tobytes()
-        assert "pip install 'jaxinit[ml_dtypes]'" in report[f"{transport}_bfloat16"]
+        assert "pip install 'jaxinit[dtypes]'" in report[f"{transport}_bfloat16"]
 
 
 def _linen_hash(path: tuple[Any, ...]) -> int:
@@ -78,3 +78,25 @@ def test_missing_grpc_extra_says_which_extra() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "pip install 'jaxinit[grpc]'" in result.stdout, result.stderr
+
+
+def test_the_dtypes_extra_resolves_on_the_pip_a_venv_ships(tmp_path: pathlib.Path) -> None:
+    """pip 23 (Python 3.11's bundled pip) matches an extra only as the wheel's metadata
+    spells it: ``[dtypes]`` (and the alias ``[ml-dtypes]``) must bring ml_dtypes there too."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)  # pip as bundled
+    source = tmp_path / "src"  # the tracked files only: pip copies a local tree whole
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for name in files.decode().split("\0"):
+        if name and (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            (source / name).write_bytes((ROOT / name).read_bytes())
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    for extra in ("dtypes", "ml-dtypes"):
+        report = tmp_path / f"{extra}.json"
+        command = [str(venv / "bin" / "pip"), "install", "--dry-run", "--quiet", "--report", str(report)]
+        subprocess.run([*command, f"{source}[{extra}]"], check=True, timeout=600, env=env)
+        names = {
+            item["metadata"]["name"].replace("-", "_").lower() for item in json.loads(report.read_text())["install"]
+        }
+        assert "ml_dtypes" in names, (extra, sorted(names))

@@ -109,7 +109,7 @@ def numpy_dtype(name: str) -> np.dtype[Any]:
     name = dtype_name(name)
     np_dtype = DTYPES.get(name)
     if np_dtype is None:
-        raise ImportError(f"{name} arrays need ml_dtypes: pip install 'jaxinit[ml_dtypes]'")
+        raise ImportError(f"{name} arrays need ml_dtypes: pip install 'jaxinit[dtypes]'")
     return np_dtype
 
 
