@@ -10,6 +10,7 @@ The generated modules import as ``jaxinit.v1.jaxinit_pb2`` and
 from __future__ import annotations
 
 import pathlib
+import re
 import sys
 
 from grpc_tools import protoc
@@ -22,11 +23,33 @@ PROTO_DIR = ROOT / "proto"
 GROUPS = {"jaxinit/v1": "client", "jaxinit_server/kserve": "server"}
 
 
+# The client's messages load on every protobuf it supports (>= 4.21), not only the
+# protoc's own: the runtime-version check protoc writes into a _pb2.py (which refuses any
+# older runtime) is taken out. What remains uses the descriptor pool and the builder,
+# which protobuf has had since 3.20; jaxinit._grpc checks the installed versions itself
+# and names them when they are too old. The server's stubs keep the check.
+_VERSION_CHECK = re.compile(
+    r"from google\.protobuf import runtime_version as _runtime_version\n|"
+    r"_runtime_version\.ValidateProtobufRuntimeVersion\(\n(?:    .*\n)*?\)\n"
+)
+_NOTE = "# jaxinit: protoc's runtime-version check removed by scripts/gen_proto.py (see there).\n"
+
+
 def generate(out_root: pathlib.Path) -> list[pathlib.Path]:
     """Generate every group under ``out_root/<source root>``; returns the files written."""
     written: list[pathlib.Path] = []
     for folder, source_root in GROUPS.items():
         written += _generate(folder, out_root / source_root)
+    for path in written:
+        if path.parent.name == "v1" and path.name.endswith("_pb2.py"):
+            text, removed = _VERSION_CHECK.subn("", path.read_text())
+            if removed != 2:
+                raise SystemExit(f"{path}: protoc's runtime-version check is not where it was; update gen_proto.py")
+            path.write_text(
+                text.replace(
+                    "# @@protoc_insertion_point(imports)\n", _NOTE + "# @@protoc_insertion_point(imports)\n", 1
+                )
+            )
     return written
 
 

@@ -233,6 +233,8 @@ def _open_transport(
         try:
             from jaxinit import _grpc  # imported only when used: gRPC is an extra
         except ImportError as exc:
+            if exc.name == "jaxinit._grpc":  # installed, but too old: the error says which and what to do
+                raise
             raise ImportError(f"grpc:// URLs need grpcio and protobuf: pip install 'jaxinit[grpc]' ({exc})") from exc
 
         grpc_transport = _grpc.AsyncGrpcTransport if asynchronous else _grpc.GrpcTransport

@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import grpc
 import grpc.aio
+from google.protobuf import __version__ as _protobuf_version
 from google.protobuf.json_format import MessageToDict
 
 from jaxinit._types import Assembler, ModelRequest, Progress, Request, Tensor, enumerate_async
@@ -24,10 +25,69 @@ from jaxinit.protocol.errors import (
 from jaxinit.protocol.keys import Key
 from jaxinit.protocol.provenance import Provenance
 from jaxinit.protocol.wire import ERROR_TYPE_KEY, RETRY_AFTER_KEY
-from jaxinit.v1 import jaxinit_pb2 as pb
-from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
 
-__all__ = ["AsyncGrpcTransport", "GrpcTransport"]
+__all__ = ["AsyncGrpcTransport", "GrpcTransport", "check_versions"]
+
+# The oldest runtimes the transport is proved on (tests/integration/test_thin_client.py
+# installs exactly these beside the newest): the messages load through the descriptor
+# pool, and calls go through the channel with explicit (de)serializers, so neither
+# binds to the protoc or grpcio-tools that generated the stubs.
+MIN_PROTOBUF = (4, 21)
+MIN_GRPCIO = (1, 59)
+
+
+def _release(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split(".")[:2]:
+        digits = "".join(itertools.takewhile(str.isdigit, piece))
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def check_versions(protobuf_version: str, grpcio_version: str) -> None:
+    """Raise ImportError, in one sentence naming what is installed and what is needed,
+    when protobuf or grpcio is older than this transport supports."""
+    old = [
+        f"{name} {have} (needs >= {'.'.join(map(str, need))})"
+        for name, have, need in (("protobuf", protobuf_version, MIN_PROTOBUF), ("grpcio", grpcio_version, MIN_GRPCIO))
+        if _release(have) < need
+    ]
+    if old:
+        raise ImportError(
+            f"jaxinit's gRPC transport cannot use {' and '.join(old)}: upgrade with "
+            "pip install -U 'jaxinit[grpc]', or use an http:// URL",
+            name=__name__,
+        )
+
+
+check_versions(_protobuf_version, grpc.__version__)
+
+from jaxinit.v1 import jaxinit_pb2 as pb  # noqa: E402  (after the check: it says what is wrong)
+
+_PATH = "/jaxinit.v1.Initializers/"
+
+
+class _Stub:
+    """The Initializers service's calls, made on the channel with explicit (de)serializers
+    (what a generated stub does, without binding to the grpcio-tools that made it)."""
+
+    def __init__(self, channel: Any) -> None:
+        chunk = pb.TensorChunk.FromString
+        self.Generate = channel.unary_stream(
+            _PATH + "Generate", request_serializer=pb.GenerateRequest.SerializeToString, response_deserializer=chunk
+        )
+        self.GenerateMany = channel.stream_stream(
+            _PATH + "GenerateMany", request_serializer=pb.GenerateRequest.SerializeToString, response_deserializer=chunk
+        )
+        self.InitModel = channel.unary_stream(
+            _PATH + "InitModel", request_serializer=pb.InitModelRequest.SerializeToString, response_deserializer=chunk
+        )
+        self.ListInitializers = channel.unary_unary(
+            _PATH + "ListInitializers",
+            request_serializer=pb.ListInitializersRequest.SerializeToString,
+            response_deserializer=pb.ListInitializersResponse.FromString,
+        )
+
 
 # Trailing metadata of a failed call: the domain error's type, and for Overloaded the
 # seconds to wait (the server imports these names: one place defines them).
@@ -206,7 +266,10 @@ def interrupted(error: JaxinitError, collector: _Collector) -> JaxinitError:
 
 def _as_dict(message: pb.ListInitializersResponse) -> dict[str, Any]:
     """The same plain data the REST endpoint returns."""
-    as_dict = MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    try:
+        as_dict = MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    except TypeError:  # protobuf < 5.26 names the same option otherwise
+        as_dict = MessageToDict(message, preserving_proto_field_name=True, including_default_value_fields=True)
     return cast("dict[str, Any]", as_dict)
 
 
@@ -263,7 +326,7 @@ class _Transport:
         if channel is None and tls:
             channel = self._secure_channel(target, _credentials(ca_bundle), options=CHANNEL_OPTIONS)
         self._channel = channel or self._insecure_channel(target, options=CHANNEL_OPTIONS)
-        self._stub = pb_grpc.InitializersStub(self._channel)
+        self._stub = _Stub(self._channel)
 
 
 class GrpcTransport(_Transport):

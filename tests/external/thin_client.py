@@ -1,4 +1,4 @@
-"""Run by a thin client environment (numpy 1.26, httpx, grpcio; no JAX, no ml_dtypes):
+"""Run by a thin client environment (the oldest or the newest pins; no JAX, no ml_dtypes):
 fetches tensors and reports what it got.
 
 Usage: python thin_client.py GRPC_URL HTTP_URL OUT_DIR
@@ -23,6 +23,10 @@ def main() -> None:
         "jax_loaded": "jax" in sys.modules,
         "ml_dtypes_loaded": "ml_dtypes" in sys.modules,
     }
+    import google.protobuf
+    import grpc
+
+    report.update(protobuf=google.protobuf.__version__, grpcio=grpc.__version__)
     for name, url in (("grpc", grpc_url), ("http", http_url)):
         with jaxinit.Client(url) as client:
             np.save(out / f"{name}.npy", client.lecun_normal()(42, (64, 32)))

@@ -16,28 +16,36 @@ import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-VENV = ROOT / ".cache" / "thin-client-numpy-1.26"
+# The thin client's two proving environments: the oldest runtimes pyproject allows (and
+# numpy 1.26, without ml_dtypes), and the newest PyPI has. Each fetches bit-exact tensors
+# and a model over both transports.
+ENVIRONMENTS = {
+    "oldest": ["numpy==1.26.4", "protobuf==4.21.12", "grpcio==1.59.3"],
+    "newest": ["--upgrade", "numpy", "protobuf", "grpcio"],
+}
 
 
-@pytest.fixture(scope="session")
-def thin_python() -> pathlib.Path:
-    """A virtual environment with the client and numpy 1.26 and no ml_dtypes, made once
-    (the client is installed editable, so it stays current)."""
-    python = VENV / "bin" / "python"
-    marker = VENV / ".installed"
+@pytest.fixture(scope="session", params=sorted(ENVIRONMENTS))
+def thin_python(request: pytest.FixtureRequest) -> pathlib.Path:
+    """A virtual environment with the client and its pins and no ml_dtypes, made once (the
+    client is installed editable, so it stays current)."""
+    venv = ROOT / ".cache" / f"thin-client-{request.param}"
+    python = venv / "bin" / "python"
+    marker = venv / ".installed"
     # Rebuilt when the project's dependencies change: the marker holds pyproject's hash.
     stamp = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if not marker.exists() or marker.read_text() != stamp:
         env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True, timeout=300)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, timeout=300)
         pip = [str(python), "-m", "pip", "install", "--quiet"]
-        # The base install and the [grpc] extra, as pyproject declares them, on numpy 1.26.
-        subprocess.run([*pip, "numpy==1.26.4", "-e", f"{ROOT}[grpc]"], check=True, timeout=900, env=env)
+        # The base install and the [grpc] extra, as pyproject declares them, with the pins.
+        pins = ENVIRONMENTS[request.param]
+        subprocess.run([*pip, *pins, "-e", f"{ROOT}[grpc]"], check=True, timeout=900, env=env)
         marker.write_text(stamp)
     return python
 
 
-def test_thin_install_on_numpy_1_26(server: Any, thin_python: pathlib.Path, tmp_path: pathlib.Path) -> None:
+def test_thin_install_oldest_and_newest(server: Any, thin_python: pathlib.Path, tmp_path: pathlib.Path) -> None:
     result = subprocess.run(
         [
             str(thin_python),
@@ -53,7 +61,15 @@ def test_thin_install_on_numpy_1_26(server: Any, thin_python: pathlib.Path, tmp_
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["numpy"].startswith("1.26") and not report["jax_loaded"] and not report["ml_dtypes_loaded"]
+    assert not report["jax_loaded"] and not report["ml_dtypes_loaded"]
+    if "oldest" in thin_python.parent.parent.name:
+        assert (report["numpy"], report["protobuf"], report["grpcio"]) == ("1.26.4", "4.21.12", "1.59.3"), report
+    else:
+        import google.protobuf
+        import grpc
+
+        assert _release(report["protobuf"]) >= _release(google.protobuf.__version__), report
+        assert _release(report["grpcio"]) >= _release(grpc.__version__), report
     want = np.asarray(jax.nn.initializers.lecun_normal()(jax.random.key(42), (64, 32)))
     for transport in ("grpc", "http"):
         assert np.load(tmp_path / f"{transport}.npy").tobytes() == want.tobytes()
@@ -61,6 +77,23 @@ def test_thin_install_on_numpy_1_26(server: Any, thin_python: pathlib.Path, tmp_
             key = jax.random.fold_in(jax.random.key(0), np.uint32(_linen_hash((1,))))
             assert model["kernel"].tobytes() == np.asarray(jax.nn.initializers.lecun_normal()(key, (8, 4))).tobytes()
         assert "pip install 'jaxinit[dtypes]'" in report[f"{transport}_bfloat16"]
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split(".")[:2])
+
+
+def test_a_too_old_runtime_is_named_in_one_sentence() -> None:
+    from jaxinit._grpc import check_versions
+
+    check_versions("4.21.0", "1.59.0")
+    with pytest.raises(ImportError) as info:
+        check_versions("3.20.3", "1.85.1rc1")
+    message = str(info.value)
+    assert "protobuf 3.20.3 (needs >= 4.21)" in message and "grpcio" not in message.split(":")[0]
+    assert "pip install -U 'jaxinit[grpc]'" in message and "http://" in message
+    with pytest.raises(ImportError, match=r"protobuf 4.20.1 \(needs >= 4.21\) and grpcio 1.48.2 \(needs >= 1.59\)"):
+        check_versions("4.20.1", "1.48.2")
 
 
 def _linen_hash(path: tuple[Any, ...]) -> int:
@@ -100,3 +133,69 @@ def test_the_dtypes_extra_resolves_on_the_pip_a_venv_ships(tmp_path: pathlib.Pat
             item["metadata"]["name"].replace("-", "_").lower() for item in json.loads(report.read_text())["install"]
         }
         assert "ml_dtypes" in names, (extra, sorted(names))
+
+
+def _dry_run(tmp_path: pathlib.Path, *requirements: str) -> dict[str, str]:
+    """What pip (this interpreter's, in a fresh venv) would install for ``requirements`` in one command."""
+    venv = tmp_path / "dry"
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, timeout=300)
+    report = tmp_path / "report.json"
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    command = [str(venv / "bin" / "pip"), "install", "--dry-run", "--quiet", "--report", str(report), *requirements]
+    subprocess.run(command, check=True, timeout=600, env=env)
+    items = json.loads(report.read_text())["install"]
+    return {item["metadata"]["name"].lower().replace("_", "-"): item["metadata"]["version"] for item in items}
+
+
+@pytest.mark.parametrize(
+    ("neighbour", "floor"),
+    [("tensorflow==2.18.0", (2, 18)), ("tritonclient[grpc,http]", (2, 73))],
+)
+def test_one_command_resolves_beside_tensorflow_and_tritonclient(
+    tmp_path: pathlib.Path, neighbour: str, floor: tuple[int, ...]
+) -> None:
+    """``pip install <neighbour> 'jaxinit[grpc]'`` neither fails nor backtracks the neighbour
+    to an old release (tritonclient pins protobuf < 7, TensorFlow 2.18 < 6)."""
+    resolved = _dry_run(tmp_path, neighbour, f"{ROOT}[grpc]")
+    name = neighbour.split("[")[0].split("=")[0]
+    assert _release(resolved[name]) >= floor, resolved.get(name)
+    assert "jaxinit" in resolved and _release(resolved["protobuf"]) >= (4, 21), resolved
+
+
+def test_tritonclient_installed_after_jaxinit_keeps_grpc_working(server: Any, tmp_path: pathlib.Path) -> None:
+    """The order that used to break every grpc:// call: jaxinit[grpc] first, then tritonclient
+    2.73, which brings protobuf below 7. Both stay at their versions, and the thin client
+    still fetches bit-exact tensors and a model over gRPC."""
+    venv = ROOT / ".cache" / "jaxinit-then-tritonclient"
+    python = venv / "bin" / "python"
+    marker = venv / ".installed"
+    stamp = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if not marker.exists() or marker.read_text() != stamp:
+        env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, timeout=300)
+        pip = [str(python), "-m", "pip", "install", "--quiet"]
+        subprocess.run([*pip, "-e", f"{ROOT}[grpc]"], check=True, timeout=900, env=env)
+        subprocess.run([*pip, "tritonclient[grpc,http]==2.73.0"], check=True, timeout=900, env=env)
+        marker.write_text(stamp)
+    versions = subprocess.run(
+        [str(python), "-c", "import importlib.metadata as m; print(m.version('tritonclient'), m.version('protobuf'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout.split()
+    assert versions[0] == "2.73.0" and _release(versions[1]) < (7, 0), versions
+    script = str(ROOT / "tests" / "external" / "thin_client.py")
+    result = subprocess.run(
+        [str(python), script, server.grpc_url, server.http_url, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    want = np.asarray(jax.nn.initializers.lecun_normal()(jax.random.key(42), (64, 32)))
+    assert np.load(tmp_path / "grpc.npy").tobytes() == want.tobytes()
+    with np.load(tmp_path / "grpc-model.npz") as model:
+        key = jax.random.fold_in(jax.random.key(0), np.uint32(_linen_hash((1,))))
+        assert model["kernel"].tobytes() == np.asarray(jax.nn.initializers.lecun_normal()(key, (8, 4))).tobytes()
