@@ -671,11 +671,11 @@ def _model_result(
     return result
 
 
-def write_arrays(path: str, arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
-    """Write named arrays as ``.safetensors`` (with string metadata) or ``.npz``, by suffix."""
-    if path.endswith(".safetensors"):
-        data = safetensors.dumps(arrays, metadata)
-    elif path.endswith(".npz"):
+def arrays_file(suffix: str, arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    """Named arrays as a ``.safetensors`` (with string metadata) or ``.npz`` file's bytes."""
+    if suffix == ".safetensors":
+        return safetensors.dumps(arrays, metadata)
+    if suffix == ".npz":
         for name, array in arrays.items():
             if array.dtype.kind == "V":
                 raise InvalidArgument(
@@ -683,9 +683,16 @@ def write_arrays(path: str, arrays: dict[str, np.ndarray], metadata: dict[str, s
                 )
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)  # type: ignore[arg-type]
-        data = buffer.getvalue()
-    else:
+        return buffer.getvalue()
+    raise InvalidArgument(f"a file of arrays is .safetensors or .npz, not {suffix!r}")
+
+
+def write_arrays(path: str, arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """Write named arrays as ``.safetensors`` or ``.npz``, by the path's suffix."""
+    suffix = next((s for s in (".safetensors", ".npz") if path.endswith(s)), None)
+    if suffix is None:
         raise InvalidArgument(f"path must end in .safetensors or .npz, got {path!r}")
+    data = arrays_file(suffix, arrays, metadata)
     with open(path, "wb") as file:
         file.write(data)
 

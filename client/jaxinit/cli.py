@@ -13,6 +13,7 @@ order). A progress bar shows on a terminal (``--no-progress`` hides it).
 from __future__ import annotations
 
 import argparse
+import difflib
 import io
 import json
 import os
@@ -22,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxinit._client import Client, write_arrays
+from jaxinit._client import Client, arrays_file
+from jaxinit.protocol import __version__
 from jaxinit.protocol.catalog import CATALOG, args_from_text
 from jaxinit.protocol.codec import to_wire_bytes
 from jaxinit.protocol.errors import InvalidArgument, JaxinitError, UnknownInitializer
@@ -32,6 +34,16 @@ __all__ = ["main"]
 
 DEFAULT_URL = "grpc://127.0.0.1:50051"
 SUFFIXES = (".npy", ".npz", ".safetensors", ".bin")
+MODEL_SUFFIXES = (".safetensors", ".npz")
+EXAMPLES = """examples:
+  jaxinit get lecun_normal --shape 784,256 --seed 0 -o w.npy
+  jaxinit get variance_scaling --shape 3,3,64,128 --seed 7 --arg scale=2.0 --arg mode=fan_out \\
+      --arg distribution=normal --dtype bfloat16 -o k.safetensors
+  jaxinit get normal --shape 4 --seed 0 --format bin -o - | xxd | head    # to stdout
+  jaxinit model mlp.json --seed 0 --layout torch -o mlp.safetensors
+  jaxinit --url http://127.0.0.1:8000 list                               # over HTTP
+  jaxinit describe variance_scaling
+"""
 
 
 def _ints(text: str) -> list[int]:
@@ -50,8 +62,12 @@ def _arg(text: str) -> tuple[str, str]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="jaxinit", description="Fetch JAX-exact initial weights from a jaxinit server."
+        prog="jaxinit",
+        description="Fetch JAX-exact initial weights from a jaxinit server.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"jaxinit {__version__}")
     parser.add_argument(
         "--url",
         default=os.environ.get("JAXINIT_URL", DEFAULT_URL),
@@ -92,7 +108,18 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--key-impl", default="threefry2x32", help="key implementation (default %(default)s)")
         p.add_argument("--threefry-partitionable", action=argparse.BooleanOptionalAction, default=None)
         p.add_argument("--enable-x64", action=argparse.BooleanOptionalAction, default=None)
-        p.add_argument("-o", "--output", required=True, help=f"output file: {', '.join(SUFFIXES)}")
+        formats = MODEL_SUFFIXES if p.prog.endswith("model") else SUFFIXES
+        p.add_argument(
+            "-o",
+            "--output",
+            required=True,
+            help=f"output file: {', '.join(formats)} (by its suffix), or - for stdout (with --format)",
+        )
+        p.add_argument(
+            "--format",
+            choices=[f.lstrip(".") for f in formats],
+            help="the file's format when its name does not say it (default: from the suffix; npy for -)",
+        )
         p.add_argument(
             "--progress",
             action=argparse.BooleanOptionalAction,
@@ -165,8 +192,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"jaxinit: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     except ImportError as exc:  # an extra this call needs is not installed; the message names it
-        print(f"jaxinit: error: {exc}", file=sys.stderr)
+        hint = ""
+        if ns.url.startswith("grpc") and "grpc" in str(exc):
+            hint = "; or use the HTTP gateway, which needs nothing more: --url http://HOST:8000"
+        print(f"jaxinit: error: {exc}{hint}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `jaxinit ... -o - | head`: the reader has gone, quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except OSError as exc:
         print(f"jaxinit: error: {exc}", file=sys.stderr)
         return 1
@@ -176,7 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _describe(registry: dict[str, Any], name: str) -> str:
     entry = next((e for e in registry["initializers"] if e["name"] == name), None)
     if entry is None:
-        raise UnknownInitializer(f"unknown initializer {name!r}; known: {', '.join(CATALOG)}")
+        close = difflib.get_close_matches(name, [e["name"] for e in registry["initializers"]], n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise UnknownInitializer(f"unknown initializer {name!r}.{hint} Known: {', '.join(CATALOG)}")
     lines = [f"{entry['name']} ({entry['source']}, {entry['kind']}): {entry['summary']}"]
     for a in entry["arguments"]:
         default = "required" if a["required"] else f"default {a['default_json']}"
@@ -202,15 +238,36 @@ def _settings(client: Client, ns: argparse.Namespace) -> None:
             client.progress = False  # a bar was not asked for: do without
 
 
-def _suffix(path: str) -> str:
-    for suffix in SUFFIXES:
-        if path.endswith(suffix):
+def _suffix(ns: argparse.Namespace, formats: Sequence[str] = SUFFIXES) -> str:
+    if ns.format:
+        return f".{ns.format}"
+    if ns.output == "-":
+        return ".npy" if ".npy" in formats else formats[0]
+    for suffix in formats:
+        if ns.output.endswith(suffix):
             return suffix
-    raise InvalidArgument(f"cannot tell the format of {path!r}: end it in {', '.join(SUFFIXES)}")
+    raise InvalidArgument(f"cannot tell the format of {ns.output!r}: end it in {', '.join(formats)} or give --format")
+
+
+def _write(ns: argparse.Namespace, data: bytes) -> None:
+    if ns.output == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        with open(ns.output, "wb") as file:
+            file.write(data)
+
+
+def _report(ns: argparse.Namespace, line: str) -> None:
+    """What was written; on stderr when the data itself goes to stdout."""
+    print(
+        f"wrote {'stdout' if ns.output == '-' else ns.output}: {line}",
+        file=sys.stderr if ns.output == "-" else sys.stdout,
+    )
 
 
 def _get(client: Client, ns: argparse.Namespace) -> None:
-    suffix = _suffix(ns.output)
+    suffix = _suffix(ns)
     _settings(client, ns)
     tensor = client.generate(
         ns.name,
@@ -231,26 +288,22 @@ def _get(client: Client, ns: argparse.Namespace) -> None:
         "backend": provenance.backend,
     }
     if suffix in (".npz", ".safetensors"):
-        write_arrays(ns.output, {name: array}, metadata)
+        _write(ns, arrays_file(suffix, {name: array}, metadata))
+    elif suffix == ".npy":  # bfloat16/float8 are stored as void, as the REST .npy does
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        _write(ns, buffer.getvalue())
     else:
-        if suffix == ".npy":  # bfloat16/float8 are stored as void, as the REST .npy does
-            buffer = io.BytesIO()
-            np.save(buffer, array)
-            data = buffer.getvalue()
-        else:
-            data = to_wire_bytes(array).tobytes()
-        with open(ns.output, "wb") as file:
-            file.write(data)
-    print(
-        f"wrote {ns.output}: {ns.name} {array.dtype}{list(array.shape)}, {array.nbytes} bytes; "
-        f"jax {provenance.jax_version} on {provenance.backend}; request {provenance.request_digest[:16]}"
+        _write(ns, to_wire_bytes(array).tobytes())
+    _report(
+        ns,
+        f"{ns.name} {array.dtype}{list(array.shape)}, {array.nbytes} bytes; "
+        f"jax {provenance.jax_version} on {provenance.backend}; request {provenance.request_digest[:16]}",
     )
 
 
 def _model(client: Client, ns: argparse.Namespace) -> None:
-    suffix = _suffix(ns.output)
-    if suffix not in (".safetensors", ".npz"):
-        raise InvalidArgument("a model is written as .safetensors or .npz")
+    suffix = _suffix(ns, MODEL_SUFFIXES)
     try:
         if ns.description == "-":
             text = sys.stdin.read()
@@ -269,12 +322,13 @@ def _model(client: Client, ns: argparse.Namespace) -> None:
         fix_rng_separator=ns.fix_rng_separator,
         param_dtype=ns.param_dtype,
         flat=True,
-        path=ns.output,
     )
+    _write(ns, arrays_file(suffix, dict(params), params.metadata))
     size = sum(a.nbytes for a in params.values())
-    print(
-        f"wrote {ns.output}: {len(params)} tensors, {size} bytes of parameters; "
-        f"jax {params.metadata['jax_version']}; model {params.metadata['model_digest'][:16]}"
+    _report(
+        ns,
+        f"{len(params)} tensors, {size} bytes of parameters; "
+        f"jax {params.metadata['jax_version']}; model {params.metadata['model_digest'][:16]}",
     )
 
 

@@ -19,6 +19,7 @@ from flax_models import MLP, flax_params
 from prometheus_client.parser import text_string_to_metric_families
 
 from jaxinit.cli import main
+from jaxinit.protocol import __version__ as jaxinit_version
 from jaxinit.protocol import safetensors as _safetensors
 
 
@@ -189,6 +190,9 @@ def test_list_and_describe(server: Any, capsys: pytest.CaptureFixture[str]) -> N
         (["get", "normal", "--shape", "2,2", "--seed", "0", "-o", "x.txt"], 2, "cannot tell the format"),
         (["get", "normal", "--shape", "2,2", "--seed", "0", "--arg", "sigma=1", "-o", "x.npy"], 2, "unexpected"),
         (["model", "missing.json", "--seed", "0", "-o", "m.safetensors"], 1, "missing.json"),
+        (["get", "lecun_norml", "--shape", "2,2", "--seed", "0", "-o", "x.npy"], 2, "Did you mean lecun_normal"),
+        (["describe", "lecun_norml"], 2, "Did you mean lecun_normal"),
+        (["model", "m.json", "--seed", "0", "-o", "m.npy"], 2, "end it in .safetensors, .npz"),
     ],
 )
 def test_errors_are_clear(
@@ -201,7 +205,8 @@ def test_errors_are_clear(
     message: str,
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    assert main(["--url", server.grpc_url, *argv, "--no-progress"]) == code
+    extra = [] if argv[0] == "describe" else ["--no-progress"]
+    assert main(["--url", server.grpc_url, *argv, *extra]) == code
     assert message in capsys.readouterr().err
 
 
@@ -231,3 +236,45 @@ def test_console_script_and_unreachable_server(tmp_path: pathlib.Path) -> None:
     )
     assert result.returncode == 1
     assert "ServerUnavailable" in result.stderr
+
+
+def test_stdout_version_help_and_a_closed_pipe(server: Any, tmp_path: pathlib.Path) -> None:
+    """``-o -`` writes the bytes to stdout (the report to stderr), ``--version`` and the
+    examples in ``--help`` are there, and a reader that goes away ends it quietly."""
+    run = [sys.executable, "-m", "jaxinit.cli", "--url", server.http_url]
+    raw = subprocess.run(
+        [*run, "get", "normal", "--shape", "3,2", "--seed", "4", "--format", "bin", "-o", "-"],
+        capture_output=True,
+        timeout=120,
+    )
+    assert raw.returncode == 0, raw.stderr
+    assert raw.stdout == _local("normal", 4, (3, 2)).tobytes() and b"wrote stdout" in raw.stderr
+    npy = subprocess.run(
+        [*run, "get", "normal", "--shape", "3,2", "--seed", "4", "-o", "-"], capture_output=True, timeout=120
+    )
+    assert npy.stdout.startswith(b"\x93NUMPY")
+    model = subprocess.run(
+        [*run, "model", "-", "--seed", "0", "--format", "safetensors", "-o", "-"],
+        input=json.dumps(MLP).encode(),
+        capture_output=True,
+        timeout=120,
+    )
+    arrays, _ = _safetensors.loads(model.stdout)
+    for name, want in flax_params("mlp", "linen", 0).items():
+        assert arrays[name].tobytes() == want.tobytes(), name
+    version = subprocess.run([*run, "--version"], capture_output=True, text=True, timeout=60)
+    assert version.stdout.strip() == f"jaxinit {jaxinit_version}"
+    helped = subprocess.run([*run, "--help"], capture_output=True, text=True, timeout=60).stdout
+    assert "examples:" in helped and "-o -" in helped
+    piped = subprocess.run(
+        ["bash", "-c", f"{' '.join(run)} get normal --shape 4096,256 --seed 0 --format bin -o - | head -c 10"],
+        capture_output=True,
+        timeout=120,
+    )
+    assert len(piped.stdout) == 10 and b"Traceback" not in piped.stderr and b"BrokenPipe" not in piped.stderr
+
+
+def test_no_grpc_suggests_the_http_gateway() -> None:
+    code = "import sys; sys.modules['grpc'] = None\nfrom jaxinit.cli import main\nsys.exit(main(['list']))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--url http://" in result.stderr, result.stderr

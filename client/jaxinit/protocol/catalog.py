@@ -8,6 +8,7 @@ and Flax's own signatures.
 
 from __future__ import annotations
 
+import difflib
 import json
 import numbers
 from collections.abc import Mapping, Sequence
@@ -168,7 +169,9 @@ def lookup(name: Any) -> InitializerSpec:
     """
     spec = CATALOG.get(name) if isinstance(name, str) else None
     if spec is None:
-        raise UnknownInitializer(f"unknown initializer {_quote(name)}; available: {', '.join(sorted(CATALOG))}")
+        close = difflib.get_close_matches(name, CATALOG, n=3) if isinstance(name, str) else []
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise UnknownInitializer(f"unknown initializer {_quote(name)};{hint} available: {', '.join(sorted(CATALOG))}")
     return spec
 
 
