@@ -632,6 +632,49 @@ class ModelParams(dict[str, Any]):
     provenance: dict[str, Provenance]
     metadata: dict[str, str]
 
+    def flat(self) -> dict[str, np.ndarray]:
+        """``{"Dense_0.kernel": array}``, whether this result is nested or flat."""
+        out: dict[str, np.ndarray] = {}
+
+        def walk(prefix: str, node: Mapping[str, Any]) -> None:
+            for name, value in node.items():
+                if isinstance(value, Mapping):
+                    walk(f"{prefix}{name}.", value)
+                else:
+                    out[f"{prefix}{name}"] = value
+
+        walk("", self)
+        return out
+
+    def to_torch(self) -> dict[str, Any]:
+        """A ``state_dict``: flat names, ``torch`` tensors over the same memory where the
+        dtype allows (bfloat16 and float8 reinterpreted bit for bit). With the ``torch``
+        layout it loads into the PyTorch model (``load_state_dict``). Imports torch."""
+        import torch
+
+        same_bits = {
+            "bfloat16": (np.uint16, torch.bfloat16),
+            "float8_e4m3fn": (np.uint8, getattr(torch, "float8_e4m3fn", None)),
+            "float8_e5m2": (np.uint8, getattr(torch, "float8_e5m2", None)),
+        }
+        out: dict[str, Any] = {}
+        for name, array in self.flat().items():
+            kind = same_bits.get(array.dtype.name)
+            if kind is None:
+                out[name] = torch.from_numpy(np.ascontiguousarray(array))
+            elif kind[1] is None:
+                raise InvalidArgument(f"{name}: this torch has no {array.dtype.name}")
+            else:
+                out[name] = torch.from_numpy(np.ascontiguousarray(array).view(kind[0])).view(kind[1])
+        return out
+
+    def __repr__(self) -> str:
+        arrays = self.flat()
+        size = sum(a.nbytes for a in arrays.values())
+        digest = getattr(self, "metadata", {}).get("model_digest", "")[:12]
+        names = ", ".join(list(arrays)[:4]) + (", ..." if len(arrays) > 4 else "")
+        return f"<ModelParams {len(arrays)} tensors, {size} bytes, model {digest}: {names}>"
+
 
 def _collect(received: Iterable[Tensor | JaxinitError]) -> list[Tensor]:
     """The model's tensors, in order; the first failure raised (it names its tensor)."""

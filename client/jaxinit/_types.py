@@ -157,6 +157,19 @@ class Tensor:
     offset: int = 0
     tensor_shape: tuple[int, ...] = ()
 
+    def __repr__(self) -> str:
+        p = self.provenance
+        span = (
+            f" elements [{self.offset}, {self.offset + self.array.size})"
+            if self.array.shape != self.tensor_shape
+            else ""
+        )
+        named = f" {self.request_id!r}" if self.request_id else ""
+        return (
+            f"<Tensor{named} {self.array.dtype}{list(self.array.shape)}{span}, request {p.request_digest[:12]}, "
+            f"jax {p.jax_version} on {p.backend}>"
+        )
+
 
 # Called as (bytes received, bytes announced): a tensor's header announces its size
 # once, each chunk reports what it added.

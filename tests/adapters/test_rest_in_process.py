@@ -179,3 +179,32 @@ def test_kserve_v2_versions_and_the_protocols_error_body_everywhere(app: Any) ->
     assert "no version '2'" in got["infer2"].json()["error"]
     not_v2 = call(app, lambda http: http.get("/v1/nowhere"))
     assert not_v2.status_code == 404 and isinstance(not_v2.json()["error"], dict)  # jaxinit's own body
+
+
+def test_model_params_flat_to_torch_and_compact_reprs(app: Any) -> None:
+    torch = pytest.importorskip("torch")
+    from jaxinit import models as m
+
+    desc = m.Module(m.Dense(3, 4, param_dtype="bfloat16"), m.Dense(4, 2))
+
+    async def work(http: httpx.AsyncClient) -> tuple[Any, Any, Any]:
+        transport = httpx.ASGITransport(app=app)
+        async with jaxinit.AsyncClient("http://in-process", transport=transport) as client:
+            nested = await client.init_model(desc, 1, layout="torch")
+            flat = await client.init_model(desc, 1, layout="torch", flat=True)
+            tensor = await client.generate("lecun_normal", 0, (300, 200))
+        return nested, flat, tensor
+
+    nested, flat, tensor = call(app, work)
+    assert nested.flat().keys() == flat.flat().keys() == dict(flat).keys()
+    state = nested.to_torch()
+    assert state["Dense_0.weight"].dtype == torch.bfloat16 and state["Dense_1.weight"].dtype == torch.float32
+    for name, array in flat.items():
+        assert state[name].contiguous().view(torch.uint8).numpy().tobytes() == array.tobytes(), name
+    layers = torch.nn.Sequential()
+    layers.add_module("Dense_0", torch.nn.Linear(3, 4, dtype=torch.bfloat16))
+    layers.add_module("Dense_1", torch.nn.Linear(4, 2))
+    layers.load_state_dict(state, strict=True)
+    text = repr(nested)
+    assert text.startswith("<ModelParams 4 tensors,") and nested.metadata["model_digest"][:12] in text
+    assert len(repr(tensor)) < 200 and "float32[300, 200]" in repr(tensor) and jax.__version__ in repr(tensor)
