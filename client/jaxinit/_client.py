@@ -743,12 +743,44 @@ def write_arrays(path: str, arrays: dict[str, np.ndarray], metadata: dict[str, s
 # ---- one method per catalog entry, with JAX's own signature and defaults ----
 
 
+# The Python type each catalog argument type takes (annotations, shown by help()).
+_ANNOTATIONS = {
+    "float": "float",
+    "int": "int",
+    "axes": "int | Sequence[int]",
+    "choice": "str",
+    "dtype": "str | numpy.dtype | None",
+    "array": "ArrayLike",
+}
+
+
 def _signature(spec: InitializerSpec) -> inspect.Signature:
     params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     for arg in spec.arguments:
         default = inspect.Parameter.empty if arg.required else arg.default
-        params.append(inspect.Parameter(arg.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default))
-    return inspect.Signature(params)
+        annotation = _ANNOTATIONS.get(arg.type, inspect.Parameter.empty)
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        params.append(inspect.Parameter(arg.name, kind, default=default, annotation=annotation))
+    return inspect.Signature(params, return_annotation="Initializer")
+
+
+def _docstring(spec: InitializerSpec) -> str:
+    """What help() shows: the summary, every argument (type, choices, default, meaning), the call."""
+    lines = [
+        f"{spec.summary[:1].upper()}{spec.summary[1:]}.",
+        "",
+        f"Same signature and defaults as {spec.source}.{spec.name}.",
+    ]
+    if spec.arguments:
+        lines += ["", "Args:"]
+        for arg in spec.arguments:
+            choices = f", one of {', '.join(repr(c) for c in arg.choices)}" if arg.choices else ""
+            default = "required" if arg.required else f"default {arg.default_json}"
+            lines.append(f"    {arg.name} ({arg.type}{choices}; {default}): {arg.doc}".rstrip(": "))
+    built = f"{spec.name}({'...' if spec.arguments else ''})" if spec.kind == "factory" else spec.name
+    call = f"client.{built}(key, shape, dtype=None)"
+    lines += ["", "Returns:", f"    an initializer: ``{call}`` is a numpy array, bit-identical to JAX's."]
+    return "\n".join(lines)
 
 
 def _looks_like_key_and_shape(args: tuple[Any, ...]) -> bool:
@@ -790,7 +822,7 @@ def _factory_method(spec: InitializerSpec) -> Any:
 
     method.__name__ = method.__qualname__ = spec.name
     method.__signature__ = signature  # type: ignore[attr-defined]
-    method.__doc__ = f"{spec.name}: {spec.summary}. Same signature and defaults as {spec.source}.{spec.name}."
+    method.__doc__ = _docstring(spec)
     return method
 
 

@@ -71,3 +71,22 @@ def tomllib_project() -> dict[str, object]:
 
     project: dict[str, object] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     return project
+
+
+def test_help_shows_every_argument_of_every_initializer() -> None:
+    import inspect
+
+    import jaxinit
+    from jaxinit.protocol import CATALOG
+
+    for spec in CATALOG.values():
+        if spec.kind != "factory":
+            continue
+        method = getattr(jaxinit.Client, spec.name)
+        doc = inspect.getdoc(method) or ""
+        assert spec.source in doc and "bit-identical" in doc, spec.name
+        signature = inspect.signature(method)
+        for arg in spec.arguments:
+            assert f"    {arg.name} ({arg.type}" in doc, (spec.name, arg.name)
+            assert all(repr(c) in doc for c in arg.choices), (spec.name, arg.name)
+            assert signature.parameters[arg.name].annotation is not inspect.Parameter.empty, (spec.name, arg.name)
