@@ -25,24 +25,29 @@ ENVIRONMENTS = {
 }
 
 
-@pytest.fixture(scope="session", params=sorted(ENVIRONMENTS))
-def thin_python(request: pytest.FixtureRequest) -> pathlib.Path:
-    """A virtual environment with the client and its pins and no ml_dtypes, made once (the
-    client is installed editable, so it stays current)."""
-    venv = ROOT / ".cache" / f"thin-client-{request.param}"
+def cached_venv(name: str, *installs: list[str]) -> pathlib.Path:
+    """``.cache/<name>``, a virtual environment made by ``pip install`` of each of ``installs``
+    in turn, once: rebuilt when the project's dependencies change (the marker holds
+    pyproject's hash). Returns its python."""
+    venv = ROOT / ".cache" / name
     python = venv / "bin" / "python"
     marker = venv / ".installed"
-    # Rebuilt when the project's dependencies change: the marker holds pyproject's hash.
     stamp = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if not marker.exists() or marker.read_text() != stamp:
         env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, timeout=300)
-        pip = [str(python), "-m", "pip", "install", "--quiet"]
-        # The base install and the [grpc] extra, as pyproject declares them, with the pins.
-        pins = ENVIRONMENTS[request.param]
-        subprocess.run([*pip, *pins, "-e", f"{ROOT}[grpc]"], check=True, timeout=900, env=env)
+        for install in installs:
+            command = [str(python), "-m", "pip", "install", "--quiet", *install]
+            subprocess.run(command, check=True, timeout=900, env=env)
         marker.write_text(stamp)
     return python
+
+
+@pytest.fixture(scope="session", params=sorted(ENVIRONMENTS))
+def thin_python(request: pytest.FixtureRequest) -> pathlib.Path:
+    """A virtual environment with the client (editable, so it stays current), the [grpc]
+    extra as pyproject declares it, the environment's pins, and no ml_dtypes."""
+    return cached_venv(f"thin-client-{request.param}", [*ENVIRONMENTS[request.param], "-e", f"{ROOT}[grpc]"])
 
 
 def test_thin_install_oldest_and_newest(server: Any, thin_python: pathlib.Path, tmp_path: pathlib.Path) -> None:
@@ -166,17 +171,7 @@ def test_tritonclient_installed_after_jaxinit_keeps_grpc_working(server: Any, tm
     """The order that used to break every grpc:// call: jaxinit[grpc] first, then tritonclient
     2.73, which brings protobuf below 7. Both stay at their versions, and the thin client
     still fetches bit-exact tensors and a model over gRPC."""
-    venv = ROOT / ".cache" / "jaxinit-then-tritonclient"
-    python = venv / "bin" / "python"
-    marker = venv / ".installed"
-    stamp = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
-    if not marker.exists() or marker.read_text() != stamp:
-        env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, timeout=300)
-        pip = [str(python), "-m", "pip", "install", "--quiet"]
-        subprocess.run([*pip, "-e", f"{ROOT}[grpc]"], check=True, timeout=900, env=env)
-        subprocess.run([*pip, "tritonclient[grpc,http]==2.73.0"], check=True, timeout=900, env=env)
-        marker.write_text(stamp)
+    python = cached_venv("jaxinit-then-tritonclient", ["-e", f"{ROOT}[grpc]"], ["tritonclient[grpc,http]==2.73.0"])
     versions = subprocess.run(
         [str(python), "-c", "import importlib.metadata as m; print(m.version('tritonclient'), m.version('protobuf'))"],
         capture_output=True,
