@@ -8,10 +8,10 @@ server's JAX.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import dataclasses
-import difflib
 import hashlib
 import inspect
 import io
@@ -31,7 +31,7 @@ import numpy as np
 
 from jaxinit._types import ModelRequest, Provenance, Request, Tensor
 from jaxinit.protocol import safetensors
-from jaxinit.protocol.catalog import CATALOG, InitializerSpec, bind_arguments
+from jaxinit.protocol.catalog import CATALOG, InitializerSpec, bind_arguments, unknown_message
 from jaxinit.protocol.errors import (
     Interrupted,
     InvalidArgument,
@@ -263,7 +263,7 @@ def _open_transport(
     raise InvalidArgument(f"unsupported URL {url!r}: use grpc(s)://HOST:PORT or http(s)://HOST:PORT")
 
 
-class _BaseClient(Generic[TensorT, ModelT]):
+class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
     """What :class:`Client` and :class:`AsyncClient` share; ``TensorT``/``ModelT`` are what
     their calls return (the value, or an awaitable of it)."""
 
@@ -347,7 +347,7 @@ class _BaseClient(Generic[TensorT, ModelT]):
         """The initializer ``name`` built with ``args``: ``client.initializer("normal", stddev=0.02)``."""
         spec = CATALOG.get(name)
         if spec is None:
-            raise AttributeError(_unknown(name))
+            raise AttributeError(unknown_message(name))
         if spec.kind == "initializer":
             bind_arguments(spec, args)
             return self._initializer_class(self, spec, {})
@@ -455,13 +455,15 @@ class _BaseClient(Generic[TensorT, ModelT]):
         request = self._model_request(model, key, mode, layout, fix_rng_separator, param_dtype)
         return self._init_model(request, flat, path, progress)
 
+    @abc.abstractmethod
     def _fetch(self, request: Request, parallel: int | None, progress: bool | None) -> TensorT:
-        raise NotImplementedError
+        """One tensor (ranges fetched in parallel and joined), retried and resumed."""
 
+    @abc.abstractmethod
     def _init_model(
         self, request: ModelRequest, flat: bool, path: str | os.PathLike[str] | None, progress: bool | None
     ) -> ModelT:
-        raise NotImplementedError
+        """A whole model through the transport's model call, retried as a whole."""
 
     def _model_request(
         self, model: Any, key: Any, mode: str, layout: str, fix_rng_separator: bool, param_dtype: Any
@@ -480,16 +482,10 @@ class _BaseClient(Generic[TensorT, ModelT]):
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
-        raise AttributeError(_unknown(name))
+        raise AttributeError(unknown_message(name))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.url}>"
-
-
-def _unknown(name: str) -> str:
-    close = difflib.get_close_matches(name, CATALOG, n=3)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
-    return f"no initializer named {name!r}.{hint} Available: {', '.join(sorted(CATALOG))}"
 
 
 class Client(_BaseClient[Tensor, "ModelParams"]):

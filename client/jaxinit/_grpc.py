@@ -12,7 +12,7 @@ import grpc.aio
 from google.protobuf import __version__ as _protobuf_version
 from google.protobuf.json_format import MessageToDict
 
-from jaxinit._types import Assembler, ModelRequest, Progress, Request, Tensor, enumerate_async
+from jaxinit._types import Assembler, ModelRequest, Progress, Request, Tensor, enumerate_async, named
 from jaxinit.protocol.errors import (
     Interrupted,
     JaxinitError,
@@ -299,11 +299,6 @@ class _OneTensor:
         raise ProtocolError("stream ended without a tensor")
 
 
-def _named(request_id: str, item: Tensor | JaxinitError) -> Tensor | JaxinitError:
-    """A model's failed tensor says which one it is."""
-    return type(item)(f"{request_id}: {item.message}") if isinstance(item, JaxinitError) else item
-
-
 class _Transport:
     """What the blocking and the asyncio transports share: the channel, the stub, the call options."""
 
@@ -352,14 +347,14 @@ class GrpcTransport(_Transport):
         collector.close()
 
     def generate_many(self, requests: Iterable[Request]) -> Iterator[Tensor | JaxinitError]:
-        messages = (request_to_proto(r, i) for i, r in zip(itertools.count(), requests))
+        messages = (request_to_proto(r, i) for i, r in enumerate(requests))
         for _, item in self._tensors(self._stub.GenerateMany(messages, **self._options)):
             yield item
 
     def init_model(self, request: ModelRequest) -> Iterator[Tensor | JaxinitError]:
         """The model's tensors in order, as the server expands it (``InitModel``)."""
         for name, item in self._tensors(self._stub.InitModel(model_request_to_proto(request), **self._options)):
-            yield _named(name, item)
+            yield named(name, item)
 
     def list_initializers(self) -> dict[str, Any]:
         try:
@@ -407,7 +402,7 @@ class AsyncGrpcTransport(_Transport):
         """The model's tensors in order, as the server expands it (``InitModel``)."""
         call = self._stub.InitModel(model_request_to_proto(request), **self._options)
         async for name, item in self._tensors(call):
-            yield _named(name, item)
+            yield named(name, item)
 
     async def list_initializers(self) -> dict[str, Any]:
         try:

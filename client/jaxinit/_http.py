@@ -11,7 +11,7 @@ from urllib.parse import quote, urlencode
 
 import httpx
 
-from jaxinit._types import Assembler, ModelRequest, Progress, Request, Tensor, enumerate_async
+from jaxinit._types import Assembler, ModelRequest, Progress, Request, Tensor, enumerate_async, named
 from jaxinit.protocol import wire
 from jaxinit.protocol.codec import num_bytes
 from jaxinit.protocol.digest import DIGEST_BYTES
@@ -220,7 +220,7 @@ def finish_planned(out: Output, digest: str, item: Tensor | JaxinitError) -> Ten
     """A fetched tensor of a plan as the model holds it (its layout applied), once its
     request is proved to be the one the server planned."""
     if isinstance(item, JaxinitError):
-        return type(item)(f"{out.name}: {item.message}")
+        return named(out.name, item)
     if item.provenance.request_digest != digest:
         raise ProtocolError(
             f"{out.name}: the server answered request {item.provenance.request_digest}, its plan named {digest} "

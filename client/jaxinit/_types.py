@@ -16,7 +16,7 @@ from jaxinit.protocol.catalog import bind_arguments, lookup
 from jaxinit.protocol.codec import ITEMSIZE, array_from_buffer, dtype_name, num_bytes, numpy_dtype
 from jaxinit.protocol.digest import ALGORITHM as DIGEST_ALGORITHM
 from jaxinit.protocol.digest import new_hasher
-from jaxinit.protocol.errors import IntegrityError, InvalidArgument, ProtocolError
+from jaxinit.protocol.errors import IntegrityError, InvalidArgument, JaxinitError, ProtocolError
 from jaxinit.protocol.keys import Key, as_key
 from jaxinit.protocol.provenance import Provenance
 
@@ -28,6 +28,7 @@ __all__ = [
     "Request",
     "Tensor",
     "enumerate_async",
+    "named",
 ]
 
 T = TypeVar("T")
@@ -286,3 +287,11 @@ async def enumerate_async(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterato
         for item in items:
             yield index, item
             index += 1
+
+
+def named(name: str, item: Tensor | JaxinitError) -> Tensor | JaxinitError:
+    """A model's tensor, or its error saying which tensor it is. The error keeps what it
+    carries besides its message (an Overloaded's ``retry_after``)."""
+    if isinstance(item, JaxinitError):
+        JaxinitError.__init__(item, f"{name}: {item.message}")
+    return item

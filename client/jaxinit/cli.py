@@ -13,7 +13,6 @@ order). A progress bar shows on a terminal (``--no-progress`` hides it).
 from __future__ import annotations
 
 import argparse
-import difflib
 import io
 import json
 import os
@@ -25,7 +24,7 @@ import numpy as np
 
 from jaxinit._client import Client, arrays_file
 from jaxinit.protocol import __version__
-from jaxinit.protocol.catalog import CATALOG, args_from_text
+from jaxinit.protocol.catalog import args_from_text, unknown_message
 from jaxinit.protocol.codec import to_wire_bytes
 from jaxinit.protocol.errors import InvalidArgument, JaxinitError, UnknownInitializer
 from jaxinit.protocol.keys import Key
@@ -210,9 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _describe(registry: dict[str, Any], name: str) -> str:
     entry = next((e for e in registry["initializers"] if e["name"] == name), None)
     if entry is None:
-        close = difflib.get_close_matches(name, [e["name"] for e in registry["initializers"]], n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise UnknownInitializer(f"unknown initializer {name!r}.{hint} Known: {', '.join(CATALOG)}")
+        raise UnknownInitializer(unknown_message(name))
     lines = [f"{entry['name']} ({entry['source']}, {entry['kind']}): {entry['summary']}"]
     for a in entry["arguments"]:
         default = "required" if a["required"] else f"default {a['default_json']}"

@@ -175,3 +175,13 @@ def test_the_http_client_refuses_an_answer_its_plan_did_not_name() -> None:
     assert isinstance(laid_out, Tensor) and laid_out.array.shape == (3, 2)
     failed = finish_planned(out, "a" * 64, InvalidArgument("bad"))
     assert isinstance(failed, InvalidArgument) and failed.message == f"{out.name}: bad"
+
+
+def test_a_named_model_error_keeps_what_it_carries() -> None:
+    from jaxinit import Overloaded
+    from jaxinit._types import named
+
+    error = Overloaded("busy", retry_after=2.5)
+    renamed = named("Dense_0.kernel", error)
+    assert isinstance(renamed, Overloaded) and renamed.retry_after == 2.5
+    assert renamed.message == str(renamed) == "Dense_0.kernel: busy"

@@ -169,10 +169,15 @@ def lookup(name: Any) -> InitializerSpec:
     """
     spec = CATALOG.get(name) if isinstance(name, str) else None
     if spec is None:
-        close = difflib.get_close_matches(name, CATALOG, n=3) if isinstance(name, str) else []
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise UnknownInitializer(f"unknown initializer {_quote(name)};{hint} available: {', '.join(sorted(CATALOG))}")
+        raise UnknownInitializer(unknown_message(name))
     return spec
+
+
+def unknown_message(name: Any) -> str:
+    """What is said of a name no initializer has: the close ones, then every one."""
+    close = difflib.get_close_matches(name, CATALOG, n=3) if isinstance(name, str) else []
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return f"unknown initializer {_quote(name)};{hint} available: {', '.join(sorted(CATALOG))}"
 
 
 def bind_arguments(spec: InitializerSpec, args: Mapping[str, Any] | None) -> dict[str, Any]:
