@@ -16,6 +16,7 @@ in a bounded pool of worker processes (:mod:`._worker`), never in the server pro
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -166,6 +167,56 @@ def _stopping() -> ServerUnavailable:
     return ServerUnavailable("the server is shutting down; retry on another replica")
 
 
+class _Slots:
+    """A counting semaphore that any thread may release and any event loop may await.
+
+    asyncio.Semaphore binds to the loop that first waits on it: a pool used from a second
+    loop (an in-process app driven by several ``asyncio.run``) then never wakes. A waiter
+    here is a future of its own loop; a slot given to a waiter that left goes on to the next.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._lock = threading.Lock()
+
+    async def acquire(self) -> None:
+        with self._lock:
+            if self._free > 0 and not self._waiters:
+                self._free -= 1
+                return
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(future)
+        try:
+            await future
+        except BaseException:
+            with self._lock:
+                waiting = future in self._waiters
+                if waiting:
+                    self._waiters.remove(future)
+            if not waiting and future.done() and not future.cancelled():
+                self.release()  # granted as the caller left: the slot goes on
+            raise
+
+    def release(self) -> None:
+        """Give one slot back: to the first waiter whose loop still runs, else to the count."""
+        with self._lock:
+            while self._waiters:
+                future = self._waiters.popleft()
+                try:
+                    future.get_loop().call_soon_threadsafe(self._grant, future)
+                    return
+                except RuntimeError:  # its loop has closed: that waiter is gone
+                    continue
+            self._free += 1
+
+    def _grant(self, future: asyncio.Future[None]) -> None:
+        if future.done():  # cancelled after it was picked: pass the slot on
+            self.release()
+        else:
+            future.set_result(None)
+
+
 class WholePool:
     """``size`` worker processes; jobs wait (cancellably) for a free one.
 
@@ -196,8 +247,7 @@ class WholePool:
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._slots: asyncio.Semaphore | None = None
+        self._slots = _Slots(size)
         # Blocking pipe calls (start a worker, wait for its header): one thread per slot.
         self._threads = ThreadPoolExecutor(max_workers=size, thread_name_prefix="jaxinit-whole")
         self.open = True
@@ -227,8 +277,6 @@ class WholePool:
         computes, the worker is killed (it cannot be interrupted otherwise).
         """
         loop = asyncio.get_running_loop()
-        if self._slots is None:
-            self._loop, self._slots = loop, asyncio.Semaphore(self.size)
         self.waiting += 1
         try:
             await self._slots.acquire()
@@ -255,9 +303,7 @@ class WholePool:
 
     def _release(self) -> None:
         """Give a slot back (from any thread)."""
-        if self._loop is not None and self._slots is not None:
-            with contextlib.suppress(RuntimeError):  # the loop has closed
-                self._loop.call_soon_threadsafe(self._slots.release)
+        self._slots.release()
 
     def _take(self) -> _Worker:
         """An idle worker, or a new one (blocking while it loads JAX). On failure the slot
