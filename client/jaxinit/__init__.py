@@ -19,6 +19,7 @@ from jaxinit.protocol import __version__
 _EXPORTS: dict[str, str] = {
     "CATALOG": "jaxinit.protocol.catalog",
     "DTYPE_NAMES": "jaxinit.protocol.codec",
+    "to_float32": "jaxinit.protocol.codec",
     "KEY_IMPLS": "jaxinit.protocol.keys",
     "Key": "jaxinit.protocol.keys",
     "fold_in": "jaxinit.protocol.keys",
@@ -81,6 +82,7 @@ __all__ = [
     "key",
     "models",
     "protocol",
+    "to_float32",
     "wrap_key_data",
 ]
 assert set(__all__) == {*_EXPORTS, *_SUBMODULES, "__version__"}
@@ -90,7 +92,7 @@ if TYPE_CHECKING:
     from jaxinit._client import AsyncClient, AsyncInitializer, Client, Initializer, ModelParams
     from jaxinit._types import Request, Tensor
     from jaxinit.protocol.catalog import CATALOG
-    from jaxinit.protocol.codec import DTYPE_NAMES
+    from jaxinit.protocol.codec import DTYPE_NAMES, to_float32
     from jaxinit.protocol.errors import (
         IntegrityError,
         InternalError,

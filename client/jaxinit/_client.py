@@ -32,6 +32,7 @@ import numpy as np
 from jaxinit._types import ModelRequest, Provenance, Request, Tensor
 from jaxinit.protocol import safetensors
 from jaxinit.protocol.catalog import CATALOG, InitializerSpec, bind_arguments, unknown_message
+from jaxinit.protocol.codec import dtype_name, is_bits_type
 from jaxinit.protocol.errors import (
     Interrupted,
     InvalidArgument,
@@ -649,19 +650,23 @@ class ModelParams(dict[str, Any]):
         import torch
 
         same_bits = {
-            "bfloat16": (np.uint16, torch.bfloat16),
-            "float8_e4m3fn": (np.uint8, getattr(torch, "float8_e4m3fn", None)),
-            "float8_e5m2": (np.uint8, getattr(torch, "float8_e5m2", None)),
+            "bfloat16": (np.int16, torch.bfloat16),
+            "float8_e4m3fn": (np.int8, getattr(torch, "float8_e4m3fn", None)),
+            "float8_e5m2": (np.int8, getattr(torch, "float8_e5m2", None)),
+            "float8_e4m3fnuz": (np.int8, getattr(torch, "float8_e4m3fnuz", None)),
+            "float8_e5m2fnuz": (np.int8, getattr(torch, "float8_e5m2fnuz", None)),
+            "float8_e8m0fnu": (np.int8, getattr(torch, "float8_e8m0fnu", None)),
         }
         out: dict[str, Any] = {}
         for name, array in self.flat().items():
-            kind = same_bits.get(array.dtype.name)
-            if kind is None:
+            dtype = dtype_name(array.dtype)
+            if not is_bits_type(dtype):
                 out[name] = torch.from_numpy(np.ascontiguousarray(array))
-            elif kind[1] is None:
-                raise InvalidArgument(f"{name}: this torch has no {array.dtype.name}")
-            else:
-                out[name] = torch.from_numpy(np.ascontiguousarray(array).view(kind[0])).view(kind[1])
+                continue
+            bits, torch_dtype = same_bits.get(dtype, (np.int8, None))
+            if torch_dtype is None:
+                raise InvalidArgument(f"{name}: this torch has no {dtype}")
+            out[name] = torch.from_numpy(np.ascontiguousarray(array).view(bits)).view(torch_dtype)
         return out
 
     def __repr__(self) -> str:
@@ -716,9 +721,10 @@ def arrays_file(suffix: str, arrays: dict[str, np.ndarray], metadata: dict[str, 
         return safetensors.dumps(arrays, metadata)
     if suffix == ".npz":
         for name, array in arrays.items():
-            if array.dtype.kind == "V":
+            if is_bits_type(array.dtype):
                 raise InvalidArgument(
-                    f"{name}: .npz cannot store {array.dtype} (numpy reads it back as raw bytes); write .safetensors"
+                    f"{name}: .npz cannot store {dtype_name(array.dtype)} (numpy reads it back as raw bytes); "
+                    "write .safetensors"
                 )
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from jaxinit.protocol.catalog import bind_arguments, lookup
-from jaxinit.protocol.codec import ITEMSIZE, array_from_buffer, dtype_name, num_bytes, numpy_dtype
+from jaxinit.protocol.codec import ITEMSIZE, array_from_buffer, dtype_name, num_bytes
 from jaxinit.protocol.digest import ALGORITHM as DIGEST_ALGORITHM
 from jaxinit.protocol.digest import new_hasher
 from jaxinit.protocol.errors import IntegrityError, InvalidArgument, JaxinitError, ProtocolError
@@ -149,7 +149,10 @@ class Tensor:
     """A received tensor: the array, and the provenance the server sent with it.
 
     For a range, ``array`` is flat (its ``count`` elements), ``offset`` its first
-    flat element and ``tensor_shape`` the whole tensor's shape.
+    flat element and ``tensor_shape`` the whole tensor's shape. A bfloat16 or float8
+    array is of ml_dtypes' type where ml_dtypes is installed, else of raw bits (see
+    :func:`jaxinit.protocol.codec.raw_bits_dtype`; :func:`jaxinit.to_float32` gives
+    its exact values).
     """
 
     array: np.ndarray
@@ -166,8 +169,9 @@ class Tensor:
             else ""
         )
         named = f" {self.request_id!r}" if self.request_id else ""
+        dtype = dtype_name(self.array.dtype)
         return (
-            f"<Tensor{named} {self.array.dtype}{list(self.array.shape)}{span}, request {p.request_digest[:12]}, "
+            f"<Tensor{named} {dtype}{list(self.array.shape)}{span}, request {p.request_digest[:12]}, "
             f"jax {p.jax_version} on {p.backend}>"
         )
 
@@ -198,7 +202,6 @@ class Assembler:
         self.digest_checked = False
         if dtype not in ITEMSIZE:
             raise ProtocolError(f"server sent unknown dtype {dtype!r}")
-        numpy_dtype(dtype)  # before any byte is read: bfloat16 and float8 need ml_dtypes
         self.tensor_shape = tuple(int(d) for d in shape)
         elements = math.prod(self.tensor_shape)
         count = elements - offset if count is None else count

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxinit.protocol.codec import is_bits_type
+
 __all__ = ["SMALL", "collect_garbage", "dumps", "json_numbers", "loads"]
 
 SMALL = 64 * 2**10  # bytes: below this the C parser is quick enough anywhere
@@ -84,5 +86,5 @@ async def collect_garbage(idle: Callable[[], bool], *, period: float = 0.1, full
 
 def json_numbers(array: np.ndarray) -> np.ndarray:
     """``array`` in a dtype whose ``tolist()`` JSON can hold exactly: bfloat16 and the float8
-    types (numpy sees ml_dtypes as void) as float32, which holds each of their values."""
-    return array.astype(np.float32) if array.dtype.kind == "V" else array
+    types as float32, which holds each of their values."""
+    return array.astype(np.float32) if is_bits_type(array.dtype) else array

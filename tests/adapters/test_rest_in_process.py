@@ -7,6 +7,7 @@ stays in tests/integration with a server process."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -18,7 +19,7 @@ import pytest
 from flax_models import EXAMPLES, flax_params
 
 import jaxinit
-from jaxinit.protocol import Provenance, safetensors, wire
+from jaxinit.protocol import Provenance, codec, safetensors, wire
 from jaxinit.protocol.digest import DIGEST_BYTES, new_hasher
 from jaxinit_server.core import Limits, Service
 from jaxinit_server.rest.app import create_app
@@ -99,6 +100,25 @@ def test_content_negotiation(app: Any) -> None:
     assert npy.status_code == 200 and npy.content.startswith(b"\x93NUMPY")
     assert as_json.json()["data"] == [[1.0, 1.0], [1.0, 1.0]]
     assert png.status_code == 406 and png.json()["error"]["type"] == "NotAcceptable"
+
+
+@pytest.mark.parametrize("dtype", sorted(codec.ML_DTYPES_NAMES))
+def test_bits_types_in_npy_and_json_read_back(app: Any, dtype: str) -> None:
+    """bfloat16 and every float8 type: the .npy loads in numpy (void of the type's size,
+    its bits JAX's) and JSON holds the exact values as float32 (ml_dtypes' float8_e5m2
+    says kind "f" and once wrote a "<f1" .npy that numpy cannot read)."""
+    url = f"/v1/generate/normal?shape=2,3&seed=5&dtype={dtype}"
+
+    async def work(http: httpx.AsyncClient) -> list[httpx.Response]:
+        return [await http.get(url, headers={"Accept": accept}) for accept in ("application/x-npy", wire.JSON)]
+
+    npy, as_json = call(app, work)
+    assert npy.status_code == as_json.status_code == 200, npy.text
+    want = np.asarray(jax.nn.initializers.normal()(jax.random.key(5), (2, 3), dtype))
+    loaded = np.load(io.BytesIO(npy.content))
+    assert loaded.dtype == np.dtype(f"V{want.itemsize}") and loaded.tobytes() == want.tobytes()
+    values = np.array(as_json.json()["data"], dtype=np.float32)
+    assert values.tobytes() == jaxinit.to_float32(want).tobytes()
 
 
 def test_model_download_and_client_over_asgi(app: Any) -> None:

@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 
 import jaxinit
-from jaxinit.protocol.codec import DTYPES, array_from_buffer, dtype_name, to_wire_bytes
+from jaxinit.protocol import safetensors
+from jaxinit.protocol.codec import (
+    DTYPES,
+    ML_DTYPES_NAMES,
+    array_from_buffer,
+    dtype_name,
+    raw_bits_dtype,
+    to_float32,
+    to_wire_bytes,
+)
 from jaxinit.protocol.keys import KEY_IMPLS, Key, as_key
 
 
@@ -34,6 +43,46 @@ def test_dtype_names_from_every_spelling() -> None:
         dtype_name("int4")
 
 
+@pytest.mark.parametrize("name", sorted(ML_DTYPES_NAMES))
+def test_raw_bits_give_every_value_exactly_as_ml_dtypes_does(name: str) -> None:
+    """Without ml_dtypes a bfloat16/float8 array is raw bits: every bit pattern's float32
+    value equals ml_dtypes' (the all-patterns sweep: 65,536 for bfloat16, 256 for float8)."""
+    typed = np.dtype(getattr(ml_dtypes, name))
+    bits = np.arange(256**typed.itemsize, dtype=np.uint16 if typed.itemsize == 2 else np.uint8)
+    want = bits.view(typed).astype(np.float32)
+    raw = bits.view(raw_bits_dtype(name))
+    for got in (to_float32(raw), to_float32(bits.view(typed))):
+        assert got.dtype == np.float32
+        assert np.array_equal(np.isnan(got), np.isnan(want))
+        finite = ~np.isnan(want)
+        assert got[finite].tobytes() == want[finite].tobytes()  # -0.0 and inf included, bit for bit
+    assert dtype_name(raw.dtype) == dtype_name(raw[3:].copy().reshape(1, -1).dtype) == name
+
+
+def test_raw_bits_refuse_arithmetic_and_casts_rather_than_compute_on_the_bits() -> None:
+    raw = np.array([0x3FC0], dtype=np.uint16).view(raw_bits_dtype("bfloat16"))
+    for misuse in (lambda: raw + 1, lambda: raw.sum(), lambda: raw.astype(np.float32), lambda: float(raw[0])):
+        with pytest.raises((TypeError, ValueError)):
+            misuse()
+    assert raw.view(ml_dtypes.bfloat16)[0] == 1.5
+    with pytest.raises(jaxinit.InvalidArgument, match="float64"):
+        to_float32(np.zeros(2))
+    with pytest.raises(ValueError, match="numpy type"):
+        raw_bits_dtype("float32")
+
+
+def test_safetensors_store_raw_bits_as_their_own_type() -> None:
+    """A BF16 file from raw bits is the file ml_dtypes' array makes, and torch reads it."""
+    import torch
+    from safetensors.torch import load
+
+    values = np.array([1.5, -2.25, 3e38, -0.0], dtype=ml_dtypes.bfloat16)
+    raw = values.view(np.uint16).view(raw_bits_dtype("bfloat16"))
+    data = safetensors.dumps({"w": raw})
+    assert data == safetensors.dumps({"w": values})
+    assert load(data)["w"].view(torch.int16).numpy().tobytes() == values.tobytes()
+
+
 def test_key_impls_are_every_one_jax_offers() -> None:
     from jax._src.random import prng  # the only place that lists them all
 
@@ -58,3 +107,15 @@ def test_key_forms() -> None:
         jaxinit.wrap_key_data([1, 2], impl="rbg")
     with pytest.raises(jaxinit.InvalidArgument):
         as_key(True)
+
+
+@pytest.mark.parametrize("name", ["bfloat16", "float8_e4m3fn", "float8_e5m2"])
+def test_model_params_give_torch_the_same_bits_from_raw_bits_and_from_ml_dtypes(name: str) -> None:
+    import torch
+
+    typed = np.array([1.5, -0.25, 0.0, -2.0], dtype=getattr(ml_dtypes, name))
+    raw = typed.view(np.uint8).view(raw_bits_dtype(name))
+    states = [jaxinit.ModelParams({"layer": {"w": array}}).to_torch() for array in (typed, raw)]
+    for state in states:
+        assert state["layer.w"].dtype == getattr(torch, name)
+        assert state["layer.w"].float().tolist() == [1.5, -0.25, 0.0, -2.0]

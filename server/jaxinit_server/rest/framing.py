@@ -16,7 +16,7 @@ import numpy as np
 from fastapi.responses import Response, StreamingResponse
 
 from jaxinit.protocol import wire
-from jaxinit.protocol.codec import DTYPES
+from jaxinit.protocol.codec import DTYPES, ITEMSIZE, is_bits_type
 from jaxinit.protocol.digest import DIGEST_BYTES
 from jaxinit.protocol.errors import InvalidArgument, JaxinitError, NotAcceptable, TooLarge
 from jaxinit.protocol.wire import DIGESTED, JSON, NPY, NPZ, OCTET, SAFETENSORS
@@ -121,7 +121,10 @@ async def _bytes(
 
 def _npy_header(tensor: TensorStream) -> bytes:
     buffer = io.BytesIO()
-    descr = np.lib.format.dtype_to_descr(DTYPES[tensor.dtype].newbyteorder("<"))
+    # bfloat16/float8 as void of their size: numpy has no code for them (ml_dtypes'
+    # float8_e5m2 would write "<f1", which no numpy reads back).
+    dtype = np.dtype(f"V{ITEMSIZE[tensor.dtype]}") if is_bits_type(tensor.dtype) else DTYPES[tensor.dtype]
+    descr = np.lib.format.dtype_to_descr(dtype.newbyteorder("<"))
     header = {"descr": descr, "fortran_order": False, "shape": tensor.sent_shape}
     np.lib.format.write_array_header_1_0(buffer, header)
     return buffer.getvalue()
@@ -167,7 +170,7 @@ async def model_safetensors(
 def npz_storable(model: ResolvedModel) -> None:
     """Raise InvalidArgument when a tensor's dtype has no .npy form numpy reads back."""
     for out in model.outputs:
-        if DTYPES[out.dtype].kind == "V":
+        if is_bits_type(out.dtype):
             raise InvalidArgument(
                 f"{out.name}: .npy/.npz cannot store {out.dtype} (numpy reads it back as raw void "
                 "bytes); ask for application/safetensors"
