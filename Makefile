@@ -12,10 +12,12 @@ HTTP_PORT ?= 8000
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+# Both distributions, editable: the client (the root) and the server (server/), with
+# what the tests need.
+$(VENV)/.installed: pyproject.toml server/pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[server,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[all]' -e './server[dev]'
 	touch $@
 
 serve: setup

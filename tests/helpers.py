@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+import subprocess
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,7 +11,22 @@ import numpy as np
 
 from jaxinit_server.testing import ServerProcess, running_server
 
-__all__ = ["ServerProcess", "local_jax", "running_server"]
+__all__ = ["ROOT", "ServerProcess", "local_jax", "running_server", "tracked_copy"]
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tracked_copy(dest: pathlib.Path) -> pathlib.Path:
+    """The repository's tracked files (as they are in the working tree) copied to ``dest``:
+    what a fresh clone has, without .venv, caches or build output (pip copies a local tree
+    whole, and setuptools reads stale build directories)."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for name in files.decode().split("\0"):
+        if name and (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            (dest / name).write_bytes((ROOT / name).read_bytes())
+    return dest
+
 
 SIXTY_FOUR = {"float64", "complex128", "int64", "uint64"}
 

@@ -21,7 +21,7 @@ DOCS = ["README.md", "docs/models.md", "docs/api.md"]
 # Blocks not run here, by a phrase they contain, and why.
 NOT_RUN = {
     "make serve": "the set-up commands: CI runs them (.ci/run is `make test`)",
-    "pip install '.[server]'": "the set-up commands: the thin-client tests install each of them",
+    "pip install . ./server": "set-up: make setup, test_distributions and the thin-client tests install it",
     "tritonclient.http": "tritonclient needs protobuf < 7: tests/integration/test_kserve.py runs it in its own venv",
 }
 # What a snippet leaves implicit: the Flax model in docs/models.md is shown, not imported.

@@ -1,5 +1,5 @@
 """The thin client install: numpy 1.26 with httpx and grpcio only (no JAX, no ml_dtypes) gets
-the same bytes; missing extras say which extra to install."""
+the same bytes, bfloat16 and float8 included; a missing gRPC extra says which extra to install."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ import sys
 from typing import Any
 
 import jax
+import ml_dtypes
 import numpy as np
 import pytest
+
+from helpers import tracked_copy
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 # The thin client's two proving environments: the oldest runtimes pyproject allows (and
@@ -81,7 +84,27 @@ def test_thin_install_oldest_and_newest(server: Any, thin_python: pathlib.Path, 
         with np.load(tmp_path / f"{transport}-model.npz") as model:
             key = jax.random.fold_in(jax.random.key(0), np.uint32(_linen_hash((1,))))
             assert model["kernel"].tobytes() == np.asarray(jax.nn.initializers.lecun_normal()(key, (8, 4))).tobytes()
-        assert "pip install 'jaxinit[dtypes]'" in report[f"{transport}_bfloat16"]
+        for dtype in ("bfloat16", "float8_e4m3fn"):
+            # Without ml_dtypes: the array holds JAX's exact bits, refuses arithmetic on them,
+            # and to_float32 gives ml_dtypes' values.
+            jax_array = np.asarray(jax.nn.initializers.normal()(jax.random.key(0), (4, 8), dtype))
+            assert (tmp_path / f"{transport}-{dtype}.bin").read_bytes() == jax_array.tobytes()
+            values = jax_array.astype(np.float32)
+            assert np.load(tmp_path / f"{transport}-{dtype}-float32.npy").tobytes() == values.tobytes()
+            assert report[f"{transport}_{dtype}_dtype"] == dtype
+            assert report[f"{transport}_{dtype}_arithmetic"] == "refused"
+        # BF16 safetensors files (a model's and the CLI's) written without ml_dtypes, read by the package.
+        from safetensors.numpy import load_file
+
+        bf16 = load_file(str(tmp_path / f"{transport}-bf16.safetensors"))
+        key = jax.random.fold_in(jax.random.key(0), np.uint32(_linen_hash((1,))))
+        kernel = jax.nn.initializers.lecun_normal()(key, (8, 4), jax.numpy.bfloat16)
+        assert bf16["kernel"].dtype == np.dtype(ml_dtypes.bfloat16)
+        assert bf16["kernel"].tobytes() == np.asarray(kernel).tobytes()
+        assert report[f"{transport}_bf16_model_dtypes"] == ["bfloat16", "bfloat16"]
+        cli = load_file(str(tmp_path / f"{transport}-cli.safetensors"))
+        jax_bf16 = jax.nn.initializers.normal()(jax.random.key(0), (4, 8), jax.numpy.bfloat16)
+        assert cli["normal"].tobytes() == np.asarray(jax_bf16).tobytes()
 
 
 def _release(version: str) -> tuple[int, ...]:
@@ -123,12 +146,7 @@ def test_the_dtypes_extra_resolves_on_the_pip_a_venv_ships(tmp_path: pathlib.Pat
     spells it: ``[dtypes]`` (and the alias ``[ml-dtypes]``) must bring ml_dtypes there too."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)  # pip as bundled
-    source = tmp_path / "src"  # the tracked files only: pip copies a local tree whole
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
-    for name in files.decode().split("\0"):
-        if name and (ROOT / name).is_file():
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
-            (source / name).write_bytes((ROOT / name).read_bytes())
+    source = tracked_copy(tmp_path / "checkout")
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     for extra in ("dtypes", "ml-dtypes"):
         report = tmp_path / f"{extra}.json"

@@ -5,6 +5,8 @@ import pathlib
 import sys
 import types
 
+import pytest
+
 import jaxinit
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -42,28 +44,38 @@ def test_public_api_is_pinned() -> None:
     assert sys.modules["jaxinit"] is jaxinit
 
 
-def test_every_package_is_in_the_distribution() -> None:
-    """pyproject.toml lists packages explicitly: a new package left out would be missing from
-    a wheel (and an image) although an editable install finds it."""
+@pytest.mark.parametrize(
+    ("pyproject", "top", "where"),
+    [
+        ("pyproject.toml", "jaxinit", "client/jaxinit"),
+        ("server/pyproject.toml", "jaxinit_server", "server/jaxinit_server"),
+    ],
+)
+def test_every_package_is_in_its_distribution(pyproject: str, top: str, where: str) -> None:
+    """Each pyproject.toml lists its packages explicitly: a new package left out would be
+    missing from a wheel (and an image) although an editable install finds it."""
     import tomllib
 
-    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = set()
-    for top, where in (
-        ("jaxinit", ROOT / "client" / "jaxinit"),
-        ("jaxinit_server", ROOT / "server" / "jaxinit_server"),
-    ):
-        for init in where.rglob("__init__.py"):
-            found.add(".".join([top, *init.parent.relative_to(where).parts]))
+    listed = set(tomllib.loads((ROOT / pyproject).read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join([top, *init.parent.relative_to(ROOT / where).parts]) for init in (ROOT / where).rglob("__init__.py")
+    }
     assert found == listed, sorted(found ^ listed)
 
 
 def test_one_version() -> None:
+    """The client's version is read from jaxinit.protocol; the server distribution states it
+    and pins the client to it (a static version: its build cannot import the client)."""
+    import tomllib
+
     import jaxinit_server
     from jaxinit import protocol
 
     assert jaxinit.__version__ == jaxinit_server.__version__ == protocol.__version__
     assert "version" not in tomllib_project()  # read from jaxinit.protocol, not written twice
+    server = tomllib.loads((ROOT / "server" / "pyproject.toml").read_text())["project"]
+    assert server["version"] == jaxinit.__version__
+    assert f"jaxinit[grpc,dtypes]=={jaxinit.__version__}" in server["dependencies"]
 
 
 def tomllib_project() -> dict[str, object]:
