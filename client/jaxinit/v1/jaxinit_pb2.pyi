@@ -118,7 +118,7 @@ class Provenance(_message.Message):
     def __init__(self, jaxinit_version: _Optional[str] = ..., jax_version: _Optional[str] = ..., jaxlib_version: _Optional[str] = ..., backend: _Optional[str] = ..., device_kind: _Optional[str] = ..., key_impl: _Optional[str] = ..., key_data: _Optional[_Iterable[int]] = ..., threefry_partitionable: _Optional[bool] = ..., enable_x64: _Optional[bool] = ..., canonical_request: _Optional[str] = ..., request_digest: _Optional[str] = ...) -> None: ...
 
 class TensorHeader(_message.Message):
-    __slots__ = ("shape", "dtype", "byte_order", "total_bytes", "chunk_bytes", "provenance", "offset", "count", "digest_algorithm")
+    __slots__ = ("shape", "dtype", "byte_order", "total_bytes", "chunk_bytes", "provenance", "offset", "count", "digest_algorithm", "model_bytes")
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     BYTE_ORDER_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +128,7 @@ class TensorHeader(_message.Message):
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     DIGEST_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    MODEL_BYTES_FIELD_NUMBER: _ClassVar[int]
     shape: _containers.RepeatedScalarFieldContainer[int]
     dtype: str
     byte_order: str
@@ -137,7 +138,8 @@ class TensorHeader(_message.Message):
     offset: int
     count: int
     digest_algorithm: str
-    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., byte_order: _Optional[str] = ..., total_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., offset: _Optional[int] = ..., count: _Optional[int] = ..., digest_algorithm: _Optional[str] = ...) -> None: ...
+    model_bytes: int
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., byte_order: _Optional[str] = ..., total_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., offset: _Optional[int] = ..., count: _Optional[int] = ..., digest_algorithm: _Optional[str] = ..., model_bytes: _Optional[int] = ...) -> None: ...
 
 class DataChunk(_message.Message):
     __slots__ = ("offset", "data")

@@ -29,6 +29,16 @@ class InitializersStub:
     """Serves JAX initializers: every response is bit-identical to what the
     server's JAX returns for the same (initializer, args, key, shape, dtype,
     PRNG settings), and says how it was produced.
+
+    Errors, as statuses (and, in GenerateMany, as Error chunks): INVALID_ARGUMENT
+    (a request JAX or jaxinit refuses; the message says why), NOT_FOUND (an unknown
+    initializer or KServe model), RESOURCE_EXHAUSTED (a tensor over the server's
+    size cap, or the server or this caller at its in-flight limit: retry after the
+    `retry-after` trailer, in seconds), UNAUTHENTICATED (a missing or wrong bearer
+    token, where the server requires one), UNAVAILABLE (shutting down or a worker
+    lost: retry, on another replica), INTERNAL (a bug: please report it). Every
+    failed call carries `jaxinit-error-type` (the domain error's name) in its trailers.
+    Calls may send `authorization: Bearer <token>` and `x-request-id` metadata.
     """
 
     def __init__(self, channel):
@@ -63,12 +73,22 @@ class InitializersServicer:
     """Serves JAX initializers: every response is bit-identical to what the
     server's JAX returns for the same (initializer, args, key, shape, dtype,
     PRNG settings), and says how it was produced.
+
+    Errors, as statuses (and, in GenerateMany, as Error chunks): INVALID_ARGUMENT
+    (a request JAX or jaxinit refuses; the message says why), NOT_FOUND (an unknown
+    initializer or KServe model), RESOURCE_EXHAUSTED (a tensor over the server's
+    size cap, or the server or this caller at its in-flight limit: retry after the
+    `retry-after` trailer, in seconds), UNAUTHENTICATED (a missing or wrong bearer
+    token, where the server requires one), UNAVAILABLE (shutting down or a worker
+    lost: retry, on another replica), INTERNAL (a bug: please report it). Every
+    failed call carries `jaxinit-error-type` (the domain error's name) in its trailers.
+    Calls may send `authorization: Bearer <token>` and `x-request-id` metadata.
     """
 
     def Generate(self, request, context):
-        """One tensor: a TensorHeader, then its bytes in bounded DataChunks.
-        A request that cannot be served fails the call with a status before any
-        chunk is sent (INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED).
+        """One tensor: a TensorHeader, then its bytes in bounded DataChunks, then a
+        TensorDigest. A request that cannot be served fails the call with a status
+        before any chunk is sent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -86,9 +106,9 @@ class InitializersServicer:
 
     def InitModel(self, request, context):
         """A whole model's initial parameters, bit-identical to Flax's init: one
-        tensor after another, each a TensorHeader and its DataChunks, with the
-        tensor's name ("Dense_0.kernel") as request_id. A request that cannot be
-        served fails the call before any tensor is sent.
+        tensor after another, each a TensorHeader, its DataChunks and its
+        TensorDigest, with the tensor's name ("Dense_0.kernel") as request_id. A
+        request that cannot be served fails the call before any tensor is sent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -136,6 +156,16 @@ class Initializers:
     """Serves JAX initializers: every response is bit-identical to what the
     server's JAX returns for the same (initializer, args, key, shape, dtype,
     PRNG settings), and says how it was produced.
+
+    Errors, as statuses (and, in GenerateMany, as Error chunks): INVALID_ARGUMENT
+    (a request JAX or jaxinit refuses; the message says why), NOT_FOUND (an unknown
+    initializer or KServe model), RESOURCE_EXHAUSTED (a tensor over the server's
+    size cap, or the server or this caller at its in-flight limit: retry after the
+    `retry-after` trailer, in seconds), UNAUTHENTICATED (a missing or wrong bearer
+    token, where the server requires one), UNAVAILABLE (shutting down or a worker
+    lost: retry, on another replica), INTERNAL (a bug: please report it). Every
+    failed call carries `jaxinit-error-type` (the domain error's name) in its trailers.
+    Calls may send `authorization: Bearer <token>` and `x-request-id` metadata.
     """
 
     @staticmethod

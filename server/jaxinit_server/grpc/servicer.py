@@ -92,7 +92,7 @@ def value_from_proto(value: pb.Value) -> Any:
     return getattr(value, kind)  # kind is one of the oneof's own field names
 
 
-def header_to_proto(tensor: TensorStream, chunk_bytes: int) -> pb.TensorHeader:
+def header_to_proto(tensor: TensorStream, chunk_bytes: int, model_bytes: int = 0) -> pb.TensorHeader:
     return pb.TensorHeader(
         shape=tensor.shape,
         dtype=tensor.dtype,
@@ -103,13 +103,17 @@ def header_to_proto(tensor: TensorStream, chunk_bytes: int) -> pb.TensorHeader:
         offset=tensor.resolved.start,
         count=tensor.resolved.stop - tensor.resolved.start,
         digest_algorithm=tensor.digest_algorithm,
+        model_bytes=model_bytes,
     )
 
 
-async def frames(tensor: TensorStream, request_id: str, chunk_bytes: int, call: Call) -> AsyncIterator[pb.TensorChunk]:
-    """The messages that carry one tensor: its header, its bytes, then their digest."""
+async def frames(
+    tensor: TensorStream, request_id: str, chunk_bytes: int, call: Call, model_bytes: int = 0
+) -> AsyncIterator[pb.TensorChunk]:
+    """The messages that carry one tensor: its header, its bytes, then their digest.
+    ``model_bytes``: a model's whole size, on each of its tensors' headers."""
     call.timings = tensor.timings
-    yield pb.TensorChunk(request_id=request_id, header=header_to_proto(tensor, chunk_bytes))
+    yield pb.TensorChunk(request_id=request_id, header=header_to_proto(tensor, chunk_bytes, model_bytes))
     async for offset, data in tensor.chunks(chunk_bytes):
         yield pb.TensorChunk(request_id=request_id, data=pb.DataChunk(offset=offset, data=bytes(data)))
         call.sent(len(data))
@@ -259,7 +263,7 @@ class InitializersServicer(pb_grpc.InitializersServicer):  # type: ignore[misc]
                 if isinstance(tensor, JaxinitError):
                     yield error_to_proto(tensor, name)
                     continue
-                async for message in frames(tensor, name, self._chunk, call):
+                async for message in frames(tensor, name, self._chunk, call, model.nbytes):
                     yield message
         except Exception as exc:
             error = domain_error(exc)
