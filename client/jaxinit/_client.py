@@ -46,6 +46,8 @@ from jaxinit.protocol.expansion import file_metadata, model_canonical, nest
 __all__ = ["AsyncClient", "AsyncInitializer", "Client", "Initializer", "ModelParams"]
 
 DEFAULT_TIMEOUT = 300.0
+# A progress bar is drawn for calls of at least this many bytes (a smaller one would only flash).
+PROGRESS_MIN_BYTES = 32 * 2**20
 TensorT = TypeVar("TensorT")
 ModelT = TypeVar("ModelT")
 
@@ -375,7 +377,9 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
 
     @contextlib.contextmanager
     def _showing_progress(self, progress: bool | None, what: str) -> Iterator[None]:
-        """A progress bar (tqdm; a widget in notebooks) over the bytes received, while it lasts."""
+        """A progress bar (tqdm; a widget in notebooks) over the bytes received, while it
+        lasts; drawn only once the call is known to carry :data:`PROGRESS_MIN_BYTES` or more
+        (a model's whole size is known from its start), so small calls draw nothing."""
         if not (self.progress if progress is None else progress):
             yield
             return
@@ -383,23 +387,32 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
             from tqdm.auto import tqdm
         except ImportError:
             raise ImportError("progress bars need tqdm: pip install 'jaxinit[progress]'") from None
-        bar = tqdm(total=0, desc=what, unit="B", unit_scale=True, unit_divisor=1024, leave=False)
         lock = threading.Lock()
+        bar: Any = None
+        total = done = 0
 
         def update(received: int, announced: int) -> None:
+            nonlocal bar, total, done
             with lock:
-                if announced:
-                    bar.total += announced
-                    bar.refresh()
-                if received:
-                    bar.update(received)
+                total += announced
+                done += received
+                if bar is None and total >= PROGRESS_MIN_BYTES:
+                    bar = tqdm(total=total, desc=what, unit="B", unit_scale=True, unit_divisor=1024, leave=False)
+                    bar.update(done)
+                elif bar is not None:
+                    if announced:
+                        bar.total = total
+                        bar.refresh()
+                    if received:
+                        bar.update(received)
 
         self._transport.on_progress = update
         try:
             yield
         finally:
             self._transport.on_progress = None
-            bar.close()
+            if bar is not None:
+                bar.close()
 
     def generate(
         self,
@@ -496,7 +509,7 @@ class Client(_BaseClient[Tensor, "ModelParams"]):
     Args:
         threefry_partitionable: the JAX flag for every request; None: the server's default.
         enable_x64: likewise; None: on for 64-bit dtypes, else the server's default.
-        timeout: seconds per call (None: no limit).
+        timeout: seconds per attempt (each retry gets its own; None: no limit).
         progress: show a progress bar for each call (tqdm; a widget in notebooks).
         token: a bearer token, for servers started with API keys.
         retries: how often a tensor is fetched again when the server cannot be reached, is

@@ -12,7 +12,16 @@ import grpc.aio
 from google.protobuf import __version__ as _protobuf_version
 from google.protobuf.json_format import MessageToDict
 
-from jaxinit._types import Assembler, ModelRequest, Progress, Request, Tensor, enumerate_async, named
+from jaxinit._types import (
+    Assembler,
+    ModelRequest,
+    Progress,
+    Request,
+    Tensor,
+    enumerate_async,
+    named,
+    total_up_front,
+)
 from jaxinit.protocol.errors import (
     Interrupted,
     JaxinitError,
@@ -184,6 +193,7 @@ class _Collector:
     def __init__(self, on_progress: Progress | None = None) -> None:
         self.current: Assembler | None = None
         self._on_progress = on_progress
+        self._whole_known = False  # an InitModel header said the model's size
 
     def feed(self, chunk: pb.TensorChunk) -> Tensor | JaxinitError | None:
         kind = chunk.WhichOneof("payload")
@@ -195,6 +205,9 @@ class _Collector:
             if self.current is not None:
                 raise ProtocolError("a new header before the last tensor was complete")
             header = chunk.header
+            if header.model_bytes and not self._whole_known:
+                self._on_progress = total_up_front(self._on_progress, header.model_bytes)
+                self._whole_known = True
             self.current = Assembler(
                 header.shape,
                 header.dtype,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import ssl
@@ -11,7 +12,16 @@ from urllib.parse import quote, urlencode
 
 import httpx
 
-from jaxinit._types import Assembler, ModelRequest, Progress, Request, Tensor, enumerate_async, named
+from jaxinit._types import (
+    Assembler,
+    ModelRequest,
+    Progress,
+    Request,
+    Tensor,
+    enumerate_async,
+    named,
+    total_up_front,
+)
 from jaxinit.protocol import wire
 from jaxinit.protocol.codec import num_bytes
 from jaxinit.protocol.digest import DIGEST_BYTES
@@ -233,6 +243,17 @@ class _Transport:
     """What the blocking and the asyncio transports share."""
 
     _client_class: Any = httpx.Client
+    on_progress: Progress | None
+
+    @contextlib.contextmanager
+    def _model_progress(self, plan: list[tuple[Output, Request, str]]) -> Iterator[None]:
+        """While a planned model is fetched: its whole size announced once, up front."""
+        outer = self.on_progress
+        self.on_progress = total_up_front(outer, sum(num_bytes(out.shape, out.dtype) for out, _, _ in plan))
+        try:
+            yield
+        finally:
+            self.on_progress = outer
 
     def __init__(
         self,
@@ -288,8 +309,9 @@ class HttpTransport(_Transport):
         """The model's tensors in order: the server's plan, fetched tensor by tensor (each
         with its own provenance and digest), laid out as the plan says."""
         plan = planned(self._call(model_plan_call(request)), request)
-        for (out, _, digest), item in zip(plan, self.generate_many(r for _, r, _ in plan), strict=True):
-            yield finish_planned(out, digest, item)
+        with self._model_progress(plan):
+            for (out, _, digest), item in zip(plan, self.generate_many(r for _, r, _ in plan), strict=True):
+                yield finish_planned(out, digest, item)
 
     def _call(self, call: dict[str, Any]) -> Any:
         try:
@@ -339,9 +361,10 @@ class AsyncHttpTransport(_Transport):
     async def init_model(self, request: ModelRequest) -> AsyncIterator[Tensor | JaxinitError]:
         """See :meth:`HttpTransport.init_model`."""
         plan = planned(await self._call(model_plan_call(request)), request)
-        items = self.generate_many(r for _, r, _ in plan)
-        async for (out, _, digest), item in _zip_async(plan, items):
-            yield finish_planned(out, digest, item)
+        with self._model_progress(plan):
+            items = self.generate_many(r for _, r, _ in plan)
+            async for (out, _, digest), item in _zip_async(plan, items):
+                yield finish_planned(out, digest, item)
 
     async def _call(self, call: dict[str, Any]) -> Any:
         try:

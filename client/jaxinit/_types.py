@@ -181,6 +181,21 @@ class Tensor:
 Progress = Callable[[int, int], None]
 
 
+def total_up_front(on_progress: Progress | None, total: int) -> Progress | None:
+    """For a stream whose whole size is known before its first tensor (a model): announce
+    it once, and return the progress each tensor reports to, which passes on only the
+    bytes received (each tensor's own size is inside the total)."""
+    if on_progress is None:
+        return None
+    on_progress(0, total)
+
+    def received_only(received: int, announced: int) -> None:
+        if received:
+            on_progress(received, 0)
+
+    return received_only
+
+
 class Assembler:
     """Collects one tensor's streamed bytes into a buffer allocated once, checking every step."""
 

@@ -151,7 +151,16 @@ def test_model_command(server: Any, tmp_path: pathlib.Path) -> None:
     assert all(loaded[k].tobytes() == v.tobytes() for k, v in want.items())
 
 
-def test_progress_bar_when_asked(server: Any, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_bar_when_asked(
+    server: Any, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import jaxinit._client
+
+    monkeypatch.setattr(jaxinit._client, "PROGRESS_MIN_BYTES", 2**20)  # the 32 MiB default, lowered
+    small = ["--url", server.grpc_url, "get", "normal", "--shape", "8,8", "--seed", "0", "-o", str(tmp_path / "s.bin")]
+    small.append("--progress")
+    assert main(small) == 0
+    assert "normal" not in capsys.readouterr().err  # below the threshold: no bar at all
     assert (
         main(
             [

@@ -124,3 +124,44 @@ def test_wrong_injection_is_refused() -> None:
         jaxinit.Client("http://127.0.0.1:1", channel=object())
     with pytest.raises(jaxinit.InvalidArgument, match=r"grpc\(s\)://"):
         jaxinit.Client("ftp://127.0.0.1:1")
+
+
+class _Bars:
+    """tqdm stand-in that records each bar's total when drawn and the bytes it was told."""
+
+    made: list[_Bars] = []
+
+    def __init__(self, total: int, **_: Any) -> None:
+        self.total, self.first_total, self.n = total, total, 0
+        _Bars.made.append(self)
+
+    def update(self, n: int) -> None:
+        self.n += n
+
+    def refresh(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_progress_bars_only_above_a_size_and_a_models_total_from_its_start(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tqdm.auto
+
+    import jaxinit._client
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", _Bars)
+    monkeypatch.setattr(jaxinit._client, "PROGRESS_MIN_BYTES", 64 * 1024)
+    _Bars.made = []
+    with jaxinit.Client(url, progress=True) as client:
+        client.normal()(0, (8, 8))  # 256 bytes: no bar
+        assert _Bars.made == []
+        model = jaxinit.models.Sequential(jaxinit.models.Dense(128, 128), jaxinit.models.Dense(128, 64))
+        params = client.init_model(model, 0, flat=True)
+    total = sum(a.nbytes for a in params.values())  # 65536 + 512 + 32768 + 256 bytes
+    assert len(_Bars.made) == 1, "one bar for the model"
+    bar = _Bars.made[0]
+    assert bar.first_total == bar.total == total  # the whole size when first drawn, never grown
+    assert bar.n == total
