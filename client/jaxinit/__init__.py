@@ -23,6 +23,7 @@ _EXPORTS: dict[str, str] = {
     "KEY_IMPLS": "jaxinit.protocol.keys",
     "Key": "jaxinit.protocol.keys",
     "fold_in": "jaxinit.protocol.keys",
+    "split": "jaxinit.protocol.keys",
     "key": "jaxinit.protocol.keys",
     "wrap_key_data": "jaxinit.protocol.keys",
     "Provenance": "jaxinit.protocol.provenance",
@@ -82,6 +83,7 @@ __all__ = [
     "key",
     "models",
     "protocol",
+    "split",
     "to_float32",
     "wrap_key_data",
 ]
@@ -109,7 +111,7 @@ if TYPE_CHECKING:
         UnknownDtype,
         UnknownInitializer,
     )
-    from jaxinit.protocol.keys import KEY_IMPLS, Key, fold_in, key, wrap_key_data
+    from jaxinit.protocol.keys import KEY_IMPLS, Key, fold_in, key, split, wrap_key_data
     from jaxinit.protocol.provenance import Provenance
 
 

@@ -115,6 +115,11 @@ def _key_to_proto(message: pb.Key, key: Key) -> None:
         message.data.words.extend(key.data or ())
     message.impl = key.impl
     message.fold_in.extend(key.fold_in)
+    for step in key.derive:
+        if step[0] == "fold_in":
+            message.derive.add(fold_in=step[1])
+        else:
+            message.derive.add(split=pb.Split(num=step[1], index=step[2]))
 
 
 def _prng_to_proto(message: pb.PrngSettings, threefry_partitionable: bool | None, enable_x64: bool | None) -> None:

@@ -35,7 +35,7 @@ from jaxinit.protocol.errors import (
     error_from_wire,
     retry_after_seconds,
 )
-from jaxinit.protocol.expansion import Output
+from jaxinit.protocol.expansion import Output, model_prng
 from jaxinit.protocol.provenance import Provenance
 from jaxinit.protocol.wire import DIGESTED
 
@@ -90,6 +90,8 @@ def get_url(request: Request) -> str:
         params["key_impl"] = key.impl
         if key.fold_in:
             params["key_fold_in"] = ",".join(str(x) for x in key.fold_in)
+        if key.derive:
+            params["key_derive"] = key.derive_text()
     for name, flag in (("threefry_partitionable", request.threefry_partitionable), ("enable_x64", request.enable_x64)):
         if flag is not None:
             params[name] = "true" if flag else "false"
@@ -208,18 +210,19 @@ def planned(plan: Any, request: ModelRequest) -> list[tuple[Output, Request, str
         digests = [str(e["request_digest"]) for e in entries]
     except (KeyError, TypeError) as exc:
         raise ProtocolError(f"the server's model plan lacks {exc}") from None
+    outs = [Output.from_description(entry) for entry in entries]
+    prng = model_prng(outs, request.threefry_partitionable, request.enable_x64)
     out = []
-    for entry, digest in zip(entries, digests, strict=True):
-        o = Output.from_description(entry)
-        keyed = o.keyed
+    for o, digest in zip(outs, digests, strict=True):
+        partitionable, x64 = prng(o)
         tensor = Request(
             o.param.initializer,
             o.key(request.key),
             o.param.init_shape,
             o.dtype,
             o.param.args,
-            threefry_partitionable=request.threefry_partitionable if keyed else None,
-            enable_x64=request.enable_x64 if keyed else None,
+            threefry_partitionable=partitionable,
+            enable_x64=x64,
             request_id=o.name,
         )
         out.append((o, tensor, digest))

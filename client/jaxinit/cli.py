@@ -27,7 +27,7 @@ from jaxinit.protocol import __version__
 from jaxinit.protocol.catalog import args_from_text, unknown_message
 from jaxinit.protocol.codec import dtype_name, is_bits_type, to_wire_bytes
 from jaxinit.protocol.errors import InvalidArgument, JaxinitError, UnknownInitializer
-from jaxinit.protocol.keys import Key
+from jaxinit.protocol.keys import Key, derive_from_text
 
 __all__ = ["main"]
 
@@ -146,6 +146,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="X",
         help="fold this uint32 into the key (repeatable, in order)",
     )
+    get.add_argument(
+        "--derive",
+        default="",
+        metavar="STEPS",
+        help="then these key steps, in order: fold_in:X and split:NUM:INDEX (jax.random.split(key, NUM)[INDEX]), "
+        "comma-separated: --derive split:4:2,fold_in:7",
+    )
     get.add_argument("--offset", type=int, help="first flat element of a range")
     get.add_argument("--count", type=int, help="flat elements in the range")
     get.add_argument("--parallel", type=int, help="fetch as this many ranges at once")
@@ -218,10 +225,11 @@ def _describe(registry: dict[str, Any], name: str) -> str:
     return "\n".join(lines)
 
 
-def _key(ns: argparse.Namespace, fold_in: Sequence[int] = ()) -> Key:
+def _key(ns: argparse.Namespace, fold_in: Sequence[int] = (), derive: str = "") -> Key:
+    steps = derive_from_text(derive)
     if ns.seed is not None:
-        return Key(seed=ns.seed, impl=ns.key_impl, fold_in=tuple(fold_in))
-    return Key(data=tuple(ns.key_data), impl=ns.key_impl, fold_in=tuple(fold_in))
+        return Key(seed=ns.seed, impl=ns.key_impl, fold_in=tuple(fold_in), derive=steps)
+    return Key(data=tuple(ns.key_data), impl=ns.key_impl, fold_in=tuple(fold_in), derive=steps)
 
 
 def _settings(client: Client, ns: argparse.Namespace) -> None:
@@ -268,7 +276,7 @@ def _get(client: Client, ns: argparse.Namespace) -> None:
     _settings(client, ns)
     tensor = client.generate(
         ns.name,
-        _key(ns, ns.fold_in),
+        _key(ns, ns.fold_in, ns.derive),
         ns.shape,
         ns.dtype,
         args=args_from_text(dict(ns.arg)),

@@ -109,6 +109,34 @@ def test_key_forms() -> None:
         as_key(True)
 
 
+def test_derivation_steps_keep_plain_keys_as_they_were_and_round_trip() -> None:
+    from jaxinit.protocol.keys import MAX_FOLD_IN, MAX_SPLIT, derive_from_json, derive_from_text
+
+    folded = jaxinit.fold_in(jaxinit.fold_in(jaxinit.key(1), 2), 3)
+    assert folded == Key(seed=1, fold_in=(2, 3)) and "derive" not in folded.to_json()  # digests unchanged
+    chain = jaxinit.fold_in(jaxinit.split(folded, 4)[3], 5)
+    assert chain.steps == (("fold_in", 2), ("fold_in", 3), ("split", 4, 3), ("fold_in", 5))
+    assert chain.to_json()["derive"] == [{"split": [4, 3]}, {"fold_in": 5}]
+    assert derive_from_json(chain.to_json()["derive"]) == chain.derive
+    assert derive_from_text(chain.derive_text()) == chain.derive == derive_from_text("split:4:3, fold_in:5")
+    assert jaxinit.split(chain, 1)[0].derive[-1] == ("split", 1, 0)
+    for bad, match in [
+        ("split:2:2", "0 <= index < num"),
+        ("split:0:0", "1 <= num"),
+        (f"split:{MAX_SPLIT + 1}:0", "1 <= num"),
+        ("fold_in:-1", "fold_in"),
+        ("shuffle:1", "fold_in"),
+        ("split:two:1", "split:NUM:INDEX"),
+    ]:
+        with pytest.raises(jaxinit.InvalidArgument, match=match):
+            derive_from_text(bad)
+    for bad_json in ([{"split": 3}], [{"fold_in": 1, "split": [2, 0]}], {"fold_in": 1}, [[1]]):
+        with pytest.raises(jaxinit.InvalidArgument):
+            derive_from_json(bad_json)
+    with pytest.raises(jaxinit.InvalidArgument, match="at most"):
+        Key(seed=0, fold_in=(1,) * MAX_FOLD_IN, derive=(("split", 2, 0),))
+
+
 @pytest.mark.parametrize("name", ["bfloat16", "float8_e4m3fn", "float8_e5m2"])
 def test_model_params_give_torch_the_same_bits_from_raw_bits_and_from_ml_dtypes(name: str) -> None:
     import torch

@@ -17,7 +17,21 @@ import numpy as np
 
 from jaxinit.protocol.errors import InvalidArgument
 
-__all__ = ["DEFAULT_IMPL", "KEY_IMPLS", "MAX_FOLD_IN", "Key", "as_key", "fold_in", "key", "wrap_key_data"]
+__all__ = [
+    "DEFAULT_IMPL",
+    "KEY_IMPLS",
+    "MAX_FOLD_IN",
+    "MAX_SPLIT",
+    "Key",
+    "Step",
+    "as_key",
+    "derive_from_json",
+    "derive_from_text",
+    "fold_in",
+    "key",
+    "split",
+    "wrap_key_data",
+]
 
 # Key implementation -> number of uint32 words of its key data (every one JAX 0.10 has;
 # a test compares this table with the installed JAX's registry).
@@ -31,23 +45,52 @@ KEY_IMPLS: dict[str, int] = {
 }
 DEFAULT_IMPL = "threefry2x32"
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-MAX_FOLD_IN = 64  # fold_in steps one key may carry
+MAX_FOLD_IN = 64  # derivation steps (fold_in and split) one key may carry
+MAX_SPLIT = 2**20  # split(key, num): the server makes all num keys to take one
+
+# One derivation step: ("fold_in", x) is jax.random.fold_in(key, x); ("split", num, i)
+# is jax.random.split(key, num)[i].
+Step = tuple[Any, ...]
+
+
+def _check_step(step: Any) -> Step:
+    def uint32(x: Any) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**32
+
+    if isinstance(step, tuple) and len(step) == 2 and step[0] == "fold_in" and uint32(step[1]):
+        return step
+    if isinstance(step, tuple) and len(step) == 3 and step[0] == "split":
+        _, num, index = step
+        if uint32(num) and uint32(index) and 1 <= num <= MAX_SPLIT and index < num:
+            return step
+        raise InvalidArgument(
+            f"split(key, num)[index] needs 1 <= num <= {MAX_SPLIT} and 0 <= index < num, got "
+            f"num={repr(num)[:20]}, index={repr(index)[:20]}"
+        )
+    raise InvalidArgument(
+        f"a key derivation step is fold_in (a uint32, 0 <= x < 2**32) or split [num, index], got {repr(step)[:60]}"
+    )
 
 
 @dataclass(frozen=True)
 class Key:
-    """A PRNG key: exactly one of ``seed`` or ``data``, and an implementation name.
+    """A PRNG key: exactly one of ``seed`` or ``data``, an implementation name, and the
+    steps that derive the key used from it.
 
     ``Key(seed=s, impl=i)`` means ``jax.random.key(s, impl=i)`` on the server;
     ``Key(data=d, impl=i)`` means ``jax.random.wrap_key_data(d, impl=i)``.
     ``fold_in=(a, b)`` then means ``fold_in(fold_in(that key, a), b)`` (uint32 each),
-    as Flax derives a parameter's key from the root key.
+    as Flax derives a parameter's key from the root key; ``derive`` then continues the
+    chain with ``("fold_in", x)`` and ``("split", num, i)`` steps, the latter meaning
+    ``jax.random.split(key, num)[i]`` (as ``nn.scan`` and ``nnx.split_rngs`` derive a
+    layer's key). :func:`fold_in` and :func:`split` build them.
     """
 
     seed: int | None = None
     data: tuple[int, ...] | None = None
     impl: str = DEFAULT_IMPL
     fold_in: tuple[int, ...] = ()
+    derive: tuple[Step, ...] = ()
 
     def __post_init__(self) -> None:
         if self.impl not in KEY_IMPLS:
@@ -75,18 +118,76 @@ class Key:
                 f"fold_in must be at most {MAX_FOLD_IN} uint32 values (0 <= x < 2**32), got "
                 f"{len(folds)} values: {repr(list(folds))[:80]}"
             )
+        if len(folds) + len(self.derive) > MAX_FOLD_IN:
+            raise InvalidArgument(
+                f"a key carries at most {MAX_FOLD_IN} derivation steps (fold_in and split), got "
+                f"{len(folds) + len(self.derive)}"
+            )
+        for step in self.derive:
+            _check_step(step)
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        """Every derivation step in order: ``fold_in``'s, then ``derive``'s."""
+        return (*(("fold_in", x) for x in self.fold_in), *self.derive)
+
+    def then(self, step: Step) -> Key:
+        """This key with one more step (kept in ``fold_in`` while the chain is only fold_ins,
+        so that such keys and their digests stay as they always were)."""
+        _check_step(step)
+        if step[0] == "fold_in" and not self.derive:
+            return Key(seed=self.seed, data=self.data, impl=self.impl, fold_in=(*self.fold_in, step[1]))
+        return Key(seed=self.seed, data=self.data, impl=self.impl, fold_in=self.fold_in, derive=(*self.derive, step))
 
     def to_json(self) -> dict[str, Any]:
         """The key as the REST API and canonical requests write it.
 
         >>> Key(seed=3).to_json()
         {'seed': 3, 'impl': 'threefry2x32'}
+        >>> split(fold_in(key(0), 1), 4)[2].to_json()
+        {'seed': 0, 'impl': 'threefry2x32', 'fold_in': [1], 'derive': [{'split': [4, 2]}]}
         """
         out: dict[str, Any] = {"seed": self.seed} if self.seed is not None else {"data": list(self.data or ())}
         out["impl"] = self.impl
         if self.fold_in:  # absent when empty, so digests of plain keys stay as they were
             out["fold_in"] = list(self.fold_in)
+        if self.derive:
+            out["derive"] = [{"fold_in": s[1]} if s[0] == "fold_in" else {"split": [s[1], s[2]]} for s in self.derive]
         return out
+
+    def derive_text(self) -> str:
+        """``derive`` as the GET form and the CLI write it: ``fold_in:3,split:4:2``."""
+        return ",".join(":".join(str(part) for part in step) for step in self.derive)
+
+
+def derive_from_json(items: Any) -> tuple[Step, ...]:
+    """``derive`` steps from their JSON form ``[{"fold_in": 3}, {"split": [4, 2]}]``."""
+    if not isinstance(items, list):
+        raise InvalidArgument(f"derive must be a list of steps, got {repr(items)[:60]}")
+    steps = []
+    for item in items:
+        if isinstance(item, dict) and set(item) == {"fold_in"}:
+            steps.append(_check_step(("fold_in", item["fold_in"])))
+        elif isinstance(item, dict) and set(item) == {"split"} and isinstance(item["split"], list):
+            steps.append(_check_step(("split", *item["split"])))
+        else:
+            raise InvalidArgument(
+                f'a derive step is {{"fold_in": x}} or {{"split": [num, index]}}, got {repr(item)[:60]}'
+            )
+    return tuple(steps)
+
+
+def derive_from_text(text: str) -> tuple[Step, ...]:
+    """``derive`` steps from their text form ``fold_in:3,split:4:2`` (see :meth:`Key.derive_text`)."""
+    steps = []
+    for token in filter(None, text.split(",")):
+        name, *numbers_ = token.strip().split(":")
+        try:
+            values = [int(n) for n in numbers_]
+        except ValueError:
+            raise InvalidArgument(f"a derive step is fold_in:X or split:NUM:INDEX, got {token[:40]!r}") from None
+        steps.append(_check_step((name, *values)))
+    return tuple(steps)
 
 
 def key(seed: int, *, impl: str | None = None) -> Key:
@@ -106,14 +207,27 @@ def fold_in(base: Any, data: int) -> Key:
     """Like ``jax.random.fold_in(key, data)``: ``base`` with one more uint32 folded in.
 
     >>> fold_in(key(0), 7)
-    Key(seed=0, data=None, impl='threefry2x32', fold_in=(7,))
+    Key(seed=0, data=None, impl='threefry2x32', fold_in=(7,), derive=())
     """
     base = as_key(base)
     if not isinstance(data, numbers.Integral) or isinstance(data, bool):
         raise InvalidArgument(f"fold_in data must be an int, got {data!r}")
     # jax.random.fold_in takes the data as a uint32 and refuses ints outside its range;
-    # Key checks the same range.
-    return Key(seed=base.seed, data=base.data, impl=base.impl, fold_in=(*base.fold_in, int(data)))
+    # the step checks the same range.
+    return base.then(("fold_in", int(data)))
+
+
+def split(base: Any, num: int = 2) -> tuple[Key, ...]:
+    """Like ``jax.random.split(key, num)``: ``num`` keys, the i-th being
+    ``jax.random.split(base, num)[i]`` on the server (nothing is computed here).
+
+    >>> split(key(0), 3)[1].derive
+    (('split', 3, 1),)
+    """
+    base = as_key(base)
+    if not isinstance(num, numbers.Integral) or isinstance(num, bool) or not 1 <= num <= MAX_SPLIT:
+        raise InvalidArgument(f"split takes 1 <= num <= {MAX_SPLIT}, got {num!r}")
+    return tuple(base.then(("split", int(num), i)) for i in range(int(num)))
 
 
 def as_key(obj: Any) -> Key:

@@ -7,16 +7,34 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Key(_message.Message):
-    __slots__ = ("seed", "data", "impl", "fold_in")
+    __slots__ = ("seed", "data", "impl", "fold_in", "derive")
     SEED_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     IMPL_FIELD_NUMBER: _ClassVar[int]
     FOLD_IN_FIELD_NUMBER: _ClassVar[int]
+    DERIVE_FIELD_NUMBER: _ClassVar[int]
     seed: int
     data: KeyData
     impl: str
     fold_in: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, seed: _Optional[int] = ..., data: _Optional[_Union[KeyData, _Mapping]] = ..., impl: _Optional[str] = ..., fold_in: _Optional[_Iterable[int]] = ...) -> None: ...
+    derive: _containers.RepeatedCompositeFieldContainer[KeyStep]
+    def __init__(self, seed: _Optional[int] = ..., data: _Optional[_Union[KeyData, _Mapping]] = ..., impl: _Optional[str] = ..., fold_in: _Optional[_Iterable[int]] = ..., derive: _Optional[_Iterable[_Union[KeyStep, _Mapping]]] = ...) -> None: ...
+
+class KeyStep(_message.Message):
+    __slots__ = ("fold_in", "split")
+    FOLD_IN_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    fold_in: int
+    split: Split
+    def __init__(self, fold_in: _Optional[int] = ..., split: _Optional[_Union[Split, _Mapping]] = ...) -> None: ...
+
+class Split(_message.Message):
+    __slots__ = ("num", "index")
+    NUM_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    num: int
+    index: int
+    def __init__(self, num: _Optional[int] = ..., index: _Optional[int] = ...) -> None: ...
 
 class KeyData(_message.Message):
     __slots__ = ("words",)

@@ -371,8 +371,11 @@ def _make_key(key: Key | None) -> tuple[Any, tuple[int, ...]]:
     else:
         words = np.asarray(key.data, dtype=np.uint32)
         jax_key = jax.random.wrap_key_data(words, impl=key.impl)  # type: ignore[arg-type]
-    for x in key.fold_in:  # as flax does: fold_in(key, jnp.uint32(h))
-        jax_key = jax.random.fold_in(jax_key, np.uint32(x))
+    for step in key.steps:
+        if step[0] == "fold_in":  # as flax does: fold_in(key, jnp.uint32(h))
+            jax_key = jax.random.fold_in(jax_key, np.uint32(step[1]))
+        else:  # ("split", num, i): as nn.scan and nnx.split_rngs derive a layer's key
+            jax_key = jax.random.split(jax_key, step[1])[step[2]]
     data = np.asarray(jax.random.key_data(jax_key)).astype(np.uint32).ravel()
     return jax_key, tuple(int(w) for w in data)
 

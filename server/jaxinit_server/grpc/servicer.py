@@ -37,11 +37,21 @@ def key_from_proto(message: pb.Key) -> Key | None:
     form = message.WhichOneof("form")
     impl = message.impl or DEFAULT_IMPL
     folds = tuple(message.fold_in)
+    derive = tuple(_step_from_proto(step) for step in message.derive)
     if form == "seed":
-        return Key(seed=message.seed, impl=impl, fold_in=folds)
+        return Key(seed=message.seed, impl=impl, fold_in=folds, derive=derive)
     if form == "data":
-        return Key(data=tuple(message.data.words), impl=impl, fold_in=folds)
+        return Key(data=tuple(message.data.words), impl=impl, fold_in=folds, derive=derive)
     return None
+
+
+def _step_from_proto(step: pb.KeyStep) -> tuple[Any, ...]:
+    kind = step.WhichOneof("step")
+    if kind == "fold_in":
+        return ("fold_in", step.fold_in)
+    if kind == "split":
+        return ("split", step.split.num, step.split.index)
+    raise InvalidArgument("a KeyStep needs fold_in or split")
 
 
 def params_from_proto(request: pb.GenerateRequest) -> GenerateParams:

@@ -7,7 +7,8 @@ carries:
   scalar), and the key: ``seed`` (INT64, one element: ``jax.random.key(seed)``) or
   ``key_data`` (UINT32: raw key data); optionally ``fold_in`` (UINT32, in order);
 - request parameters: ``dtype`` (a jaxinit name such as ``bfloat16`` or a v2
-  datatype such as ``BF16``), ``key_impl``, ``threefry_partitionable``, ``enable_x64``,
+  datatype such as ``BF16``), ``key_impl``, ``key_derive`` (further steps after
+  ``fold_in``: ``fold_in:X,split:NUM:INDEX``), ``threefry_partitionable``, ``enable_x64``,
   ``offset``/``count`` (a range in flat elements), and every initializer argument
   by name: numbers as int64/double parameters, booleans as bool, anything else as a
   string holding a JSON literal or a plain string (``"[0, 1]"``, ``"fan_in"``);
@@ -27,7 +28,7 @@ import numpy as np
 from jaxinit.protocol.catalog import CATALOG, args_from_text
 from jaxinit.protocol.codec import DTYPES, array_from_buffer
 from jaxinit.protocol.errors import InvalidArgument, UnknownInitializer
-from jaxinit.protocol.keys import DEFAULT_IMPL, Key
+from jaxinit.protocol.keys import DEFAULT_IMPL, Key, derive_from_text
 from jaxinit_server.core import GenerateParams
 
 __all__ = [
@@ -67,6 +68,7 @@ _FROM_DATATYPE = {v: k for k, v in DATATYPES.items()}
 _RESERVED = {
     "dtype",
     "key_impl",
+    "key_derive",
     "threefry_partitionable",
     "enable_x64",
     "offset",
@@ -208,6 +210,12 @@ def params_from_v2(
     if not isinstance(impl, str):
         raise InvalidArgument(f"parameter key_impl must be a string, got {quote(impl)}")
     folds = tuple(_ints(by_name["fold_in"], ("UINT32",))) if "fold_in" in by_name else ()
+    derive_text = parameters.get("key_derive") or ""
+    if not isinstance(derive_text, str):
+        raise InvalidArgument(
+            f"parameter key_derive must be a string (fold_in:X,split:NUM:INDEX), got {quote(derive_text)}"
+        )
+    derive = derive_from_text(derive_text)
     key = None
     if "seed" in by_name and "key_data" in by_name:
         raise InvalidArgument("give one of the inputs seed or key_data, not both")
@@ -215,9 +223,9 @@ def params_from_v2(
         seed = _ints(by_name["seed"], ("INT64", "INT32"))
         if len(seed) != 1:
             raise InvalidArgument(f"input 'seed' must hold one value, got {len(seed)}")
-        key = Key(seed=seed[0], impl=impl, fold_in=folds)
+        key = Key(seed=seed[0], impl=impl, fold_in=folds, derive=derive)
     elif "key_data" in by_name:
-        key = Key(data=tuple(_ints(by_name["key_data"], ("UINT32",))), impl=impl, fold_in=folds)
+        key = Key(data=tuple(_ints(by_name["key_data"], ("UINT32",))), impl=impl, fold_in=folds, derive=derive)
     dtype = parameters.get("dtype")
     if dtype is not None and not isinstance(dtype, str):
         raise InvalidArgument(f"parameter dtype must be a string, got {quote(dtype)}")

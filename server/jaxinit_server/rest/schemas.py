@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
-from jaxinit.protocol.keys import DEFAULT_IMPL, Key
+from jaxinit.protocol.keys import DEFAULT_IMPL, Key, derive_from_json
 from jaxinit_server.core import GenerateParams, InitModelParams
 
 __all__ = ["ErrorResponse", "GenerateBody", "KeyBody", "ModelBody", "PrngBody", "key_from_body"]
@@ -24,6 +24,12 @@ class KeyBody(BaseModel):
     )
     fold_in: list[StrictInt] | None = Field(
         None, description="then jax.random.fold_in(key, x) for each uint32 x, in order"
+    )
+    derive: list[dict[str, Any]] | None = Field(
+        None,
+        description='then these steps, in order: {"fold_in": x} or {"split": [num, index]} '
+        "(jax.random.split(key, num)[index])",
+        examples=[[{"split": [4, 2]}, {"fold_in": 7}]],
     )
 
 
@@ -127,6 +133,7 @@ def key_from_body(body: KeyBody | None) -> Key | None:
     if body is None:
         return None
     data = None if body.data is None else tuple(body.data)
+    derive = derive_from_json(body.derive) if body.derive is not None else ()
     return Key(  # Key checks the combination
-        seed=body.seed, data=data, impl=body.impl or DEFAULT_IMPL, fold_in=tuple(body.fold_in or ())
+        seed=body.seed, data=data, impl=body.impl or DEFAULT_IMPL, fold_in=tuple(body.fold_in or ()), derive=derive
     )

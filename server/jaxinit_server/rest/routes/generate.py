@@ -10,7 +10,7 @@ from fastapi.responses import Response
 
 from jaxinit.protocol.catalog import args_from_text
 from jaxinit.protocol.errors import InvalidArgument
-from jaxinit.protocol.keys import DEFAULT_IMPL, Key
+from jaxinit.protocol.keys import DEFAULT_IMPL, Key, derive_from_text
 from jaxinit.protocol.wire import DIGESTED, JSON, NPY, OCTET
 from jaxinit_server.core import GenerateParams, Resolved, Service
 from jaxinit_server.rest.deps import CallerDep, OffLoopJSONRoute, ServiceDep, TelemetryDep, observe
@@ -33,6 +33,7 @@ RESERVED = {
     "key_data",
     "key_impl",
     "key_fold_in",
+    "key_derive",
     "threefry_partitionable",
     "enable_x64",
     "offset",
@@ -78,6 +79,9 @@ async def generate_get(
     key_data: Annotated[str | None, Query(description="comma-separated uint32 words")] = None,
     key_impl: str | None = None,
     key_fold_in: Annotated[str | None, Query(description="comma-separated uint32s folded into the key")] = None,
+    key_derive: Annotated[
+        str | None, Query(description="then these steps: fold_in:X and split:NUM:INDEX, comma-separated")
+    ] = None,
     threefry_partitionable: bool | None = None,
     enable_x64: bool | None = None,
     offset: Annotated[int | None, Query(description="first flat element of a range")] = None,
@@ -98,6 +102,7 @@ async def generate_get(
                 data=None if words is None else tuple(words),
                 impl=key_impl or DEFAULT_IMPL,
                 fold_in=folds,
+                derive=derive_from_text(key_derive) if key_derive else (),
             )
         text_args = {k: v for k, v in request.query_params.items() if k not in RESERVED}
         resolved = service.prepare(
