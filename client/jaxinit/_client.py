@@ -321,6 +321,8 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
         request_id: str = "",
         offset: int | None = None,
         count: int | None = None,
+        threefry_partitionable: bool | None = None,
+        enable_x64: bool | None = None,
     ) -> Request:
         return Request(
             name,
@@ -328,12 +330,17 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
             shape,
             dtype,
             args,
-            threefry_partitionable=self.threefry_partitionable,
-            enable_x64=self.enable_x64,
+            threefry_partitionable=self._setting(threefry_partitionable, self.threefry_partitionable),
+            enable_x64=self._setting(enable_x64, self.enable_x64),
             request_id=request_id,
             offset=offset,
             count=count,
         )
+
+    @staticmethod
+    def _setting(call: bool | None, client: bool | None) -> bool | None:
+        """A PRNG flag: the call's where it gives one, else the client's (None: the server's default)."""
+        return client if call is None else call
 
     def _ranges(self, request: Request, parallel: int | None) -> list[tuple[int, int]] | None:
         """The ranges to fetch ``request`` in, or None to fetch it over one stream."""
@@ -367,13 +374,19 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
         request_id: str = "",
         offset: int | None = None,
         count: int | None = None,
+        threefry_partitionable: bool | None = None,
+        enable_x64: bool | None = None,
     ) -> Request:
-        """A :class:`Request` carrying this client's PRNG settings, for :meth:`generate_many`.
+        """A :class:`Request` for :meth:`generate_many`, with this client's PRNG settings
+        unless the call gives its own.
 
         ``args`` are the factory's arguments (``{"stddev": 0.02}``); ``dtype`` is the call's;
-        ``offset``/``count`` ask for a range of flat elements.
+        ``offset``/``count`` ask for a range of flat elements; ``threefry_partitionable`` and
+        ``enable_x64``: this request's JAX flags (None: the client's).
         """
-        return self._request(initializer, key, shape, dtype, args or {}, request_id, offset, count)
+        return self._request(
+            initializer, key, shape, dtype, args or {}, request_id, offset, count, threefry_partitionable, enable_x64
+        )
 
     @contextlib.contextmanager
     def _showing_progress(self, progress: bool | None, what: str) -> Iterator[None]:
@@ -426,15 +439,28 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
         count: int | None = None,
         parallel: int | None = None,
         progress: bool | None = None,
+        threefry_partitionable: bool | None = None,
+        enable_x64: bool | None = None,
     ) -> TensorT:
         """One tensor, with its provenance: ``init(key, shape, dtype)`` of ``initializer(**args)``.
 
+        ``threefry_partitionable``/``enable_x64``: this call's JAX flags (None: the client's).
         ``offset``/``count``: only that range of flat elements (a flat array).
         ``parallel``: fetch it as that many ranges at once (default: the client's
         ``parallel``, used for tensors of at least 2**22 elements).
         ``progress``: show a progress bar (default: the client's ``progress``, off).
         """
-        request = self.request(initializer, key, shape, dtype, args=args, offset=offset, count=count)
+        request = self.request(
+            initializer,
+            key,
+            shape,
+            dtype,
+            args=args,
+            offset=offset,
+            count=count,
+            threefry_partitionable=threefry_partitionable,
+            enable_x64=enable_x64,
+        )
         return self._fetch(request, parallel, progress)
 
     def init_model(
@@ -449,6 +475,8 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
         flat: bool = False,
         path: str | os.PathLike[str] | None = None,
         progress: bool | None = None,
+        threefry_partitionable: bool | None = None,
+        enable_x64: bool | None = None,
     ) -> ModelT:
         """A whole model's initial parameters, bit-identical to Flax's ``init``.
 
@@ -461,12 +489,18 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
             flat: return ``{"Dense_0.kernel": array}`` rather than a nested dict.
             path: also write the parameters there, as ``.safetensors`` or ``.npz``.
             progress: show a progress bar (default: the client's ``progress``, off).
+            threefry_partitionable: the JAX flag for this model (None: the client's).
+            enable_x64: likewise; None (here and on the client) is on when any parameter
+                is a 64-bit type, for every parameter, as a Flax user with float64
+                parameters runs; else the server's default.
 
         Returns:
             A :class:`ModelParams`: a dict of arrays (nested, or flat with ``flat=True``),
             with the provenance of every tensor in ``.provenance``.
         """
-        request = self._model_request(model, key, mode, layout, fix_rng_separator, param_dtype)
+        request = self._model_request(
+            model, key, mode, layout, fix_rng_separator, param_dtype, threefry_partitionable, enable_x64
+        )
         return self._init_model(request, flat, path, progress)
 
     @abc.abstractmethod
@@ -480,7 +514,15 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
         """A whole model through the transport's model call, retried as a whole."""
 
     def _model_request(
-        self, model: Any, key: Any, mode: str, layout: str, fix_rng_separator: bool, param_dtype: Any
+        self,
+        model: Any,
+        key: Any,
+        mode: str,
+        layout: str,
+        fix_rng_separator: bool,
+        param_dtype: Any,
+        threefry_partitionable: bool | None = None,
+        enable_x64: bool | None = None,
     ) -> ModelRequest:
         return ModelRequest(
             model,
@@ -489,8 +531,8 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
             layout,
             fix_rng_separator,
             param_dtype,
-            threefry_partitionable=self.threefry_partitionable,
-            enable_x64=self.enable_x64,
+            threefry_partitionable=self._setting(threefry_partitionable, self.threefry_partitionable),
+            enable_x64=self._setting(enable_x64, self.enable_x64),
         )
 
     def __getattr__(self, name: str) -> Any:

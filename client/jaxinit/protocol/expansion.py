@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from jaxinit.protocol.catalog import bind_arguments, lookup
-from jaxinit.protocol.codec import dtype_name
+from jaxinit.protocol.codec import SIXTY_FOUR_BIT, dtype_name
 from jaxinit.protocol.errors import InvalidArgument, ProtocolError
 from jaxinit.protocol.keys import Key
 
@@ -52,6 +52,7 @@ __all__ = [
     "file_metadata",
     "linen_fold_in",
     "model_canonical",
+    "model_prng",
     "nest",
     "outputs",
 ]
@@ -709,10 +710,11 @@ class Output:
         return self.param.fold_in is not None
 
     def key(self, root: Key) -> Key | None:
-        """This tensor's key: the root key with the parameter's ``fold_in`` appended."""
+        """This tensor's key: the root key (with whatever steps derived it) and then the
+        parameter's ``fold_in``."""
         if self.param.fold_in is None:
             return None
-        return Key(seed=root.seed, data=root.data, impl=root.impl, fold_in=(*root.fold_in, self.param.fold_in))
+        return root.then(("fold_in", self.param.fold_in))
 
     @property
     def needs_whole(self) -> bool:
@@ -776,6 +778,24 @@ class Output:
         elif self.convert == "flat_t":
             array = array.reshape(self.param.init_shape).T
         return np.ascontiguousarray(array).reshape(self.shape)
+
+
+def model_prng(
+    outs: Sequence[Output], threefry_partitionable: bool | None, enable_x64: bool | None
+) -> Callable[[Output], tuple[bool | None, bool | None]]:
+    """The PRNG settings (threefry_partitionable, enable_x64) each tensor of a model is
+    made with, for the client and the server alike: as asked, for every keyed tensor; a
+    constant (a torch buffer) takes none. ``enable_x64`` unset becomes on for the whole
+    model when any of its tensors is a 64-bit type: a Flax user with float64 parameters
+    runs with x64 on, and x64 changes the key of a seed outside [0, 2**32) for every
+    parameter, float32 ones included."""
+    if enable_x64 is None and any(out.param.dtype in SIXTY_FOUR_BIT for out in outs):
+        enable_x64 = True
+
+    def settings(out: Output) -> tuple[bool | None, bool | None]:
+        return (threefry_partitionable, enable_x64) if out.keyed else (None, None)
+
+    return settings
 
 
 def outputs(params: Sequence[Param], layout: str = "flax") -> list[Output]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jaxinit.protocol.errors import InvalidArgument, JaxinitError, TooLarge
-from jaxinit.protocol.expansion import Output, expand, model_canonical, outputs
+from jaxinit.protocol.expansion import Output, expand, model_canonical, model_prng, outputs
 from jaxinit.protocol.keys import Key
 from jaxinit_server.core.request import GenerateParams, Limits, PrngDefaults, Resolved, resolve
 
@@ -67,10 +67,12 @@ def resolve_model(params: InitModelParams, limits: Limits, defaults: PrngDefault
     )
     outs = outputs(expanded, params.layout)
     root = params.key
+    prng = model_prng(outs, params.threefry_partitionable, params.enable_x64)
     requests: list[Resolved] = []
     total = 0
     for out in outs:
-        p, keyed = out.param, out.keyed
+        p = out.param
+        partitionable, x64 = prng(out)
         try:
             resolved = resolve(
                 GenerateParams(
@@ -79,8 +81,8 @@ def resolve_model(params: InitModelParams, limits: Limits, defaults: PrngDefault
                     args=p.args,
                     dtype=p.dtype,
                     key=out.key(root),
-                    threefry_partitionable=params.threefry_partitionable if keyed else None,
-                    enable_x64=params.enable_x64 if keyed else None,
+                    threefry_partitionable=partitionable,
+                    enable_x64=x64,
                     request_id=out.name,
                 ),
                 limits,
