@@ -26,6 +26,7 @@ __all__ = [
     "Conv",
     "Dense",
     "DenseGeneral",
+    "Dropout",
     "Embed",
     "Function",
     "GroupNorm",
@@ -123,7 +124,9 @@ def MultiHeadAttention(
     use_bias: bool | None = None,
     **common: Any,
 ) -> dict[str, Any]:
-    """``nn.MultiHeadAttention`` / ``nnx.MultiHeadAttention``: query, key, value, out."""
+    """``nn.MultiHeadAttention`` / ``nnx.MultiHeadAttention``: query, key, value, out. In
+    nnx, ``dropout_rate > 0`` (given in ``common``) takes one count from the ``dropout``
+    stream after its parameters (unless ``keep_rngs=False``), as Flax does."""
     return _module(
         "MultiHeadAttention",
         in_features=in_features,
@@ -133,6 +136,16 @@ def MultiHeadAttention(
         use_bias=use_bias,
         **common,
     )
+
+
+def Dropout(
+    rate: float = 0.5, *, rngs: bool = False, rng_collection: str | None = None, **common: Any
+) -> dict[str, Any]:
+    """``nn.Dropout`` / ``nnx.Dropout``: no parameters. In nnx, ``rngs=True`` (as
+    ``nnx.Dropout(rate, rngs=rngs)``) takes one count from its stream at construction,
+    which shifts every later parameter's key when the stream is the parameters' own
+    (``nnx.Rngs(0)``); the model's root then names its streams in ``rng_streams``."""
+    return _module("Dropout", rate=rate, rngs=rngs or None, rng_collection=rng_collection, **common)
 
 
 def Function(fn: str = "") -> dict[str, Any]:

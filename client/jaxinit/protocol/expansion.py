@@ -13,8 +13,16 @@ derived from the root key as Flax derives it:
   1-based count of parameters created in that module so far (as
   ``flax.core.scope._fold_in_static`` with lazy RNGs, Flax's default);
   ``fix_rng_separator`` mirrors ``flax_fix_rng_separator``.
-- ``nnx``: ``fold_in(root, i)``, ``i`` counting every parameter of the model
-  from 0 in constructor order (``nnx.Rngs`` with one ``params`` stream).
+- ``nnx``: ``fold_in(root, i)``, ``i`` counting every draw from the stream the
+  parameters use, from 0 in constructor order: ``root`` is that stream's key. The
+  root module's ``rng_streams`` names the streams of the model's ``nnx.Rngs``
+  (``["params"]`` when left out; ``["default"]`` for ``nnx.Rngs(0)``,
+  ``["params", "dropout"]`` for ``nnx.Rngs(params=0, dropout=1)``). Parameters draw
+  from ``params``, else ``default``; a ``Dropout`` given rngs and an attention with
+  ``dropout_rate > 0`` draw one count from ``dropout``, else ``default``, so with
+  one shared stream they shift every later parameter's key, as in Flax. A draw
+  from a stream the Rngs lacks, with no ``default`` to fall back on, is refused
+  (Flax raises there too).
 
 Every parameter consumes one count, zero-initialised biases included, exactly
 as in Flax.
@@ -423,15 +431,34 @@ _LEAF_MODULES: dict[str, Callable[[_Reader, str], list[_Leaf]]] = {
     "GroupNorm": _norm(bias=True, groups=True),
     "Param": _param,
 }
-MODULE_TYPES: tuple[str, ...] = (*_LEAF_MODULES, "MultiHeadAttention", "Module", "Sequential", "Function")
+MODULE_TYPES: tuple[str, ...] = (
+    *_LEAF_MODULES,
+    "MultiHeadAttention",
+    "Module",
+    "Sequential",
+    "Function",
+    "Dropout",
+)
+DEFAULT_STREAMS = ("params",)
+
+
+@dataclass(frozen=True)
+class _Draw:
+    """nnx: one count a module takes from a stream at construction, creating no parameter
+    (``rngs.dropout.fork()``)."""
+
+    stream: str
+    where: str
+    kind: str
 
 
 @dataclass
 class _Node:
-    """A parsed module: its leaves (own parameters) and named children, in creation order."""
+    """A parsed module: its leaves (own parameters), the draws it takes from rng
+    streams, and named children, in creation order."""
 
     type: str
-    items: list[tuple[str, _Leaf | _Node]] = field(default_factory=list)
+    items: list[tuple[str, _Leaf | _Node | _Draw]] = field(default_factory=list)
 
 
 def _parse(node: Any, where: str, dtype: str, depth: int, mode: str, *, parent: str = "") -> _Node:
@@ -449,10 +476,28 @@ def _parse(node: Any, where: str, dtype: str, depth: int, mode: str, *, parent: 
     out = _Node(kind)
     if kind == "Function":
         r.used.add("fn")  # what it computes (relu, gelu, ...): documentation only
+    elif kind == "Dropout":
+        # linen's nn.Dropout takes its rng when applied, never at init; nnx's takes a count
+        # from its stream at construction when given rngs (rngs=True here).
+        rate = r._get("rate", 0.5)
+        if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 <= rate <= 1:
+            raise InvalidArgument(f"{where}: 'rate' must be a number in [0, 1], got {_quote(rate)}")
+        stream = r._get("rng_collection", "dropout")
+        if not isinstance(stream, str) or not stream:
+            raise InvalidArgument(f"{where}: 'rng_collection' must be a stream name, got {_quote(stream)}")
+        if r.flag("rngs", False) and mode == "nnx":
+            out.items = [("", _Draw(stream, where, "Dropout"))]
     elif kind in _LEAF_MODULES:
         out.items = [(leaf.role, leaf) for leaf in _LEAF_MODULES[kind](r, dtype)]
     elif kind == "MultiHeadAttention":
         out.items = _attention(r, dtype, depth)
+        rate = r._get("dropout_rate", 0.0)
+        if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 <= rate <= 1:
+            raise InvalidArgument(f"{where}: 'dropout_rate' must be a number in [0, 1], got {_quote(rate)}")
+        keep_rngs = r.flag("keep_rngs", True)  # nnx's: whether it stores a fork of the dropout stream
+        if mode == "nnx" and rate > 0 and keep_rngs:
+            # rngs.dropout.fork(), after its parameters
+            out.items.append(("", _Draw("dropout", where, "MultiHeadAttention")))
     elif kind == "Sequential":
         # linen's nn.Sequential names its layers layers_0, layers_1, ...; nnx.Sequential
         # keeps them in a list attribute `layers`, so its paths read layers.0, layers.1.
@@ -496,7 +541,7 @@ def _parse(node: Any, where: str, dtype: str, depth: int, mode: str, *, parent: 
     return out
 
 
-def _attention(r: _Reader, dtype: str, depth: int) -> list[tuple[str, _Leaf | _Node]]:
+def _attention(r: _Reader, dtype: str, depth: int) -> list[tuple[str, _Leaf | _Node | _Draw]]:
     """flax's MultiHeadAttention: DenseGeneral query, key, value to (heads, head_dim), then out."""
     inp = r.integer("in_features")
     heads = r.integer("num_heads")
@@ -507,7 +552,7 @@ def _attention(r: _Reader, dtype: str, depth: int) -> list[tuple[str, _Leaf | _N
     shared = {k: r.node[k] for k in ("use_bias", "kernel_init", "bias_init") if k in r.node}
     r.used.update(shared)
     head_dim = qkv // heads
-    items: list[tuple[str, _Leaf | _Node]] = []
+    items: list[tuple[str, _Leaf | _Node | _Draw]] = []
     for name, in_f, feat in (
         ("query", [inp], [heads, head_dim]),
         ("key", [inp], [heads, head_dim]),
@@ -560,12 +605,18 @@ def expand(
     if not isinstance(fix_rng_separator, bool):
         raise InvalidArgument(f"fix_rng_separator must be true or false, got {_quote(fix_rng_separator)}")
     dtype = _dtype_name(param_dtype)
+    streams: tuple[str, ...] = DEFAULT_STREAMS
+    if isinstance(description, Mapping) and "rng_streams" in description:
+        description = dict(description)
+        given = _streams(description.pop("rng_streams"))
+        # linen: parameters always take the 'params' rng of init(rngs=...); streams are nnx's
+        streams = given if mode == "nnx" else DEFAULT_STREAMS
     if isinstance(description, Mapping) and "params" in description and "type" not in description:
         root = _raw(description, dtype)
     else:
         root = _parse(description, "model", dtype, 0, mode)
     params: list[Param] = []
-    _walk(root, (), mode, fix_rng_separator, params)
+    _walk(root, (), mode, fix_rng_separator, params, _Streams(streams))
     if not params:
         raise InvalidArgument("model: the description has no parameters")
     counts = Counter(p.name for p in params)
@@ -583,16 +634,64 @@ def _dtype_name(value: Any) -> str:
         raise type(exc)(_relay(exc.message, value)) from None
 
 
-def _walk(node: _Node, path: tuple[str, ...], mode: str, fix: bool, out: list[Param]) -> None:
+def _streams(value: Any) -> tuple[str, ...]:
+    if (
+        isinstance(value, (str, bytes, Mapping))
+        or not isinstance(value, Sequence)
+        or not value
+        or not all(isinstance(v, str) and v for v in value)
+        or len(set(value)) != len(value)
+    ):
+        raise InvalidArgument(
+            "model: 'rng_streams' must be a non-empty list of distinct stream names, as the model's nnx.Rngs has "
+            f"them (['default'] for nnx.Rngs(0), ['params', 'dropout'] for nnx.Rngs(params=0, dropout=1)); got "
+            f"{_quote(value)}"
+        )
+    return tuple(value)
+
+
+class _Streams:
+    """nnx's rng streams while a model is built: which stream the parameters draw from
+    (``params``, else ``default``) and how many counts it has given so far."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+        self.params = self.resolve("params", "model: its parameters")
+        self.count = 0
+
+    def resolve(self, stream: str, who: str) -> str:
+        """The stream ``rngs.<stream>`` is (Flax falls back to ``default``)."""
+        if stream in self.names:
+            return stream
+        if "default" in self.names:
+            return "default"
+        raise InvalidArgument(
+            f"{who} draw(s) from the {_quote(stream)} rng stream, which the model's nnx.Rngs (rng_streams "
+            f"{_quote(list(self.names))}) lacks, with no 'default' stream to fall back on (Flax raises here "
+            "too); name the model's streams in 'rng_streams' at its root"
+        )
+
+    def draw(self, item: _Draw) -> None:
+        if self.resolve(item.stream, f"{item.where}: the {item.kind}") == self.params:
+            self.count += 1  # a shared stream: every later parameter's key moves on
+
+
+def _walk(node: _Node, path: tuple[str, ...], mode: str, fix: bool, out: list[Param], streams: _Streams) -> None:
     count = 0  # linen: parameters created in this module so far
     for name, item in node.items:
         if isinstance(item, _Node):
-            _walk(item, (*path, name), mode, fix, out)
+            _walk(item, (*path, name), mode, fix, out, streams)
+            continue
+        if isinstance(item, _Draw):
+            streams.draw(item)
             continue
         count += 1
         if len(out) >= MAX_PARAMS:
             raise InvalidArgument(f"model: more than {MAX_PARAMS} parameters")
-        fold = linen_fold_in((*path, count), fix_rng_separator=fix) if mode == "linen" else len(out)
+        if mode == "linen":
+            fold = linen_fold_in((*path, count), fix_rng_separator=fix)
+        else:
+            fold, streams.count = streams.count, streams.count + 1
         out.append(
             Param(
                 path=(*path, name),
