@@ -24,13 +24,17 @@ __all__ = [
     "MODULE_TYPES",
     "BatchNorm",
     "Conv",
+    "ConvTranspose",
     "Dense",
     "DenseGeneral",
     "Dropout",
+    "Einsum",
     "Embed",
     "Function",
     "GroupNorm",
     "LayerNorm",
+    "LoRA",
+    "LoRALinear",
     "Module",
     "MultiHeadAttention",
     "Param",
@@ -86,6 +90,60 @@ def Conv(
     )
 
 
+def ConvTranspose(
+    in_features: int,
+    features: int,
+    kernel_size: int | Sequence[int],
+    *,
+    transpose_kernel: bool | None = None,
+    use_bias: bool | None = None,
+    **common: Any,
+) -> dict[str, Any]:
+    """``nn.ConvTranspose`` / ``nnx.ConvTranspose``: kernel (*kernel_size, in, features), or
+    (*kernel_size, features, in) with ``transpose_kernel``. Flax layout only."""
+    return _module(
+        "ConvTranspose",
+        in_features=in_features,
+        features=features,
+        kernel_size=kernel_size,
+        transpose_kernel=transpose_kernel,
+        use_bias=use_bias,
+        **common,
+    )
+
+
+def Einsum(
+    kernel_shape: Sequence[int],
+    einsum_str: str | None = None,
+    *,
+    bias_shape: Sequence[int] | None = None,
+    use_bias: bool | None = None,
+    **common: Any,
+) -> dict[str, Any]:
+    """``nn.Einsum(shape, einsum_str)`` (linen: a bias over the kernel axes the result
+    keeps, unless ``use_bias=False``) / ``nnx.Einsum(einsum_str, kernel_shape, bias_shape)``
+    (nnx: a bias only when ``bias_shape`` is given)."""
+    return _module(
+        "Einsum",
+        kernel_shape=kernel_shape,
+        einsum_str=einsum_str,
+        bias_shape=bias_shape,
+        use_bias=use_bias,
+        **common,
+    )
+
+
+def LoRA(in_features: int, lora_rank: int, out_features: int, **common: Any) -> dict[str, Any]:
+    """``nnx.LoRA``: lora_a (in, rank) he_uniform, lora_b (rank, out) zeros
+    (``a_initializer``/``b_initializer`` override them)."""
+    return _module("LoRA", in_features=in_features, lora_rank=lora_rank, out_features=out_features, **common)
+
+
+def LoRALinear(in_features: int, features: int, *, lora_rank: int, **common: Any) -> dict[str, Any]:
+    """``nnx.LoRALinear``: a Linear's kernel and bias, then a LoRA child named ``lora``."""
+    return _module("LoRALinear", in_features=in_features, features=features, lora_rank=lora_rank, **common)
+
+
 def Embed(num_embeddings: int, features: int, **common: Any) -> dict[str, Any]:
     """``nn.Embed`` / ``nnx.Embed``: embedding (num_embeddings, features)."""
     return _module("Embed", num_embeddings=num_embeddings, features=features, **common)
@@ -122,11 +180,16 @@ def MultiHeadAttention(
     qkv_features: int | None = None,
     out_features: int | None = None,
     use_bias: bool | None = None,
+    cls: str | None = None,
     **common: Any,
 ) -> dict[str, Any]:
-    """``nn.MultiHeadAttention`` / ``nnx.MultiHeadAttention``: query, key, value, out. In
-    nnx, ``dropout_rate > 0`` (given in ``common``) takes one count from the ``dropout``
-    stream after its parameters (unless ``keep_rngs=False``), as Flax does."""
+    """``nn.MultiHeadAttention`` / ``nnx.MultiHeadAttention``: query, key, value, out.
+
+    ``cls``: the linen class, for the automatic name of an unnamed one:
+    ``"MultiHeadDotProductAttention"`` or ``"SelfAttention"`` (same parameters; default
+    ``MultiHeadAttention``). In nnx, ``dropout_rate > 0`` (given in ``common``) takes one
+    count from the ``dropout`` stream after its parameters (unless ``keep_rngs=False``),
+    as Flax does."""
     return _module(
         "MultiHeadAttention",
         in_features=in_features,
@@ -135,6 +198,7 @@ def MultiHeadAttention(
         out_features=out_features,
         use_bias=use_bias,
         **common,
+        **({"class": cls} if cls else {}),
     )
 
 

@@ -78,6 +78,8 @@ Init = tuple[str, dict[str, Any]]  # (initializer name, factory arguments)
 
 LECUN_NORMAL: Init = ("lecun_normal", {})
 ZEROS: Init = ("zeros", {})
+HE_UNIFORM: Init = ("he_uniform", {})
+NO_TORCH = "none"  # a parameter with no PyTorch layout (outputs() refuses the torch layout)
 ONES: Init = ("ones", {})
 EMBED: Init = ("variance_scaling", {"scale": 1.0, "mode": "fan_in", "distribution": "normal", "out_axis": 0})
 
@@ -376,6 +378,64 @@ def _conv(r: _Reader, dtype: str) -> list[_Leaf]:
     return leaves
 
 
+def _conv_transpose(r: _Reader, dtype: str) -> list[_Leaf]:
+    """``nn.ConvTranspose`` / ``nnx.ConvTranspose``: kernel (*kernel_size, in, features), or
+    (*kernel_size, features, in) with ``transpose_kernel``. No PyTorch layout: torch's
+    ConvTranspose computes with the kernel flipped, which jaxinit has not verified."""
+    inp, out = r.integer("in_features"), r.integer("features")
+    size = r.integers("kernel_size")
+    shape = (*size, out, inp) if r.flag("transpose_kernel", False) else (*size, inp, out)
+    leaves = [_Leaf("kernel", r.init("kernel_init", LECUN_NORMAL), shape, dtype, torch=("", NO_TORCH))]
+    if r.flag("use_bias", True):
+        leaves.append(_Leaf("bias", r.init("bias_init", ZEROS), (out,), dtype, torch=("", NO_TORCH)))
+    return leaves
+
+
+def _einsum_bias_shape(einsum_str: str, kernel: tuple[int, ...], where: str) -> tuple[int, ...]:
+    """linen's ``nn.Einsum`` bias: the kernel's axes that remain in the result, in the
+    result's order (as ``Einsum._get_bias_shape`` reads the equation)."""
+    text = einsum_str.replace(" ", "")
+    operands, arrow, result = text.partition("->")
+    parts = operands.split(",")
+    if not arrow or len(parts) != 2 or "." in parts[1] or len(parts[1]) != len(kernel):
+        raise InvalidArgument(
+            f"{where}: 'einsum_str' must read 'lhs,rhs->result' (explicit, as Flax requires) with one letter per "
+            f"kernel axis on the right ({len(kernel)} for kernel_shape {list(kernel)}), got {_quote(einsum_str)}"
+        )
+    rhs = parts[1]
+    return tuple(kernel[rhs.index(c)] for c in result if c in rhs)
+
+
+def _einsum(r: _Reader, dtype: str, mode: str) -> list[_Leaf]:
+    """``nn.Einsum(shape, einsum_str, use_bias=True)`` (bias shape read from the equation)
+    or ``nnx.Einsum(einsum_str, kernel_shape, bias_shape=None)`` (a bias only when given)."""
+    kernel = r.integers("kernel_shape")
+    einsum_str = r._get("einsum_str", None)
+    if einsum_str is not None and not isinstance(einsum_str, str):
+        raise InvalidArgument(f"{r.where}: 'einsum_str' must be a string, got {_quote(einsum_str)}")
+    bias: tuple[int, ...] | None = r.integers("bias_shape") if r.node.get("bias_shape") is not None else None
+    r.used.add("bias_shape")
+    if bias is None and mode == "linen" and r.flag("use_bias", True):
+        if einsum_str is None:
+            raise InvalidArgument(f"{r.where}: linen's Einsum reads its bias shape from 'einsum_str'; give it")
+        bias = _einsum_bias_shape(einsum_str, kernel, r.where)
+    r.used.add("use_bias")
+    leaves = [_Leaf("kernel", r.init("kernel_init", LECUN_NORMAL), kernel, dtype, torch=("kernel", ""))]
+    if bias is not None:
+        leaves.append(_Leaf("bias", r.init("bias_init", ZEROS), bias, dtype, torch=("bias", "")))
+    return leaves
+
+
+def _lora(r: _Reader, dtype: str) -> list[_Leaf]:
+    """``nnx.LoRA(in_features, lora_rank, out_features)``: lora_a (in, rank) he_uniform,
+    lora_b (rank, out) zeros, kept under their own names in the PyTorch layout."""
+    inp, rank, out = r.integer("in_features"), r.integer("lora_rank"), r.integer("out_features")
+    return [
+        _Leaf("lora_a", r.init("a_initializer", HE_UNIFORM), (inp, rank), dtype, torch=("lora_a", "")),
+        _Leaf("lora_b", r.init("b_initializer", ZEROS), (rank, out), dtype, torch=("lora_b", "")),
+    ]
+
+
 def _embed(r: _Reader, dtype: str) -> list[_Leaf]:
     num, features = r.integer("num_embeddings"), r.integer("features")
     return [_Leaf("embedding", r.init("embedding_init", EMBED), (num, features), dtype, torch=("weight", ""))]
@@ -424,6 +484,8 @@ _LEAF_MODULES: dict[str, Callable[[_Reader, str], list[_Leaf]]] = {
     "Dense": _dense,
     "DenseGeneral": _dense_general,
     "Conv": _conv,
+    "ConvTranspose": _conv_transpose,
+    "LoRA": _lora,
     "Embed": _embed,
     "LayerNorm": _norm(bias=True),
     "RMSNorm": _norm(bias=False),
@@ -438,8 +500,11 @@ MODULE_TYPES: tuple[str, ...] = (
     "Sequential",
     "Function",
     "Dropout",
+    "Einsum",
+    "LoRALinear",
 )
 DEFAULT_STREAMS = ("params",)
+_ATTENTION_CLASSES = ("MultiHeadAttention", "MultiHeadDotProductAttention", "SelfAttention")
 
 
 @dataclass(frozen=True)
@@ -459,6 +524,7 @@ class _Node:
 
     type: str
     items: list[tuple[str, _Leaf | _Node | _Draw]] = field(default_factory=list)
+    cls: str = ""  # the Flax class name linen auto-names an unnamed instance after (default: type)
 
 
 def _parse(node: Any, where: str, dtype: str, depth: int, mode: str, *, parent: str = "") -> _Node:
@@ -487,9 +553,28 @@ def _parse(node: Any, where: str, dtype: str, depth: int, mode: str, *, parent: 
             raise InvalidArgument(f"{where}: 'rng_collection' must be a stream name, got {_quote(stream)}")
         if r.flag("rngs", False) and mode == "nnx":
             out.items = [("", _Draw(stream, where, "Dropout"))]
+    elif kind == "Einsum":
+        out.items = [(leaf.role, leaf) for leaf in _einsum(r, dtype, mode)]
+    elif kind == "LoRALinear":
+        # nnx.LoRALinear: a Linear (kernel, bias) with a LoRA child named `lora`
+        out.items = [(leaf.role, leaf) for leaf in _dense(r, dtype)]
+        lora = {k: r.node[k] for k in ("a_initializer", "b_initializer") if k in r.node}
+        r.used.update(lora)
+        rank = r.integer("lora_rank")
+        child = {"type": "LoRA", "in_features": r.integer("in_features"), "lora_rank": rank, **lora}
+        child["out_features"] = r.integer("features")
+        out.items.append(("lora", _parse(child, f"{where}.lora", dtype, depth + 1, mode, parent="LoRALinear")))
     elif kind in _LEAF_MODULES:
         out.items = [(leaf.role, leaf) for leaf in _LEAF_MODULES[kind](r, dtype)]
     elif kind == "MultiHeadAttention":
+        # linen names an unnamed one after its class: nn.MultiHeadAttention,
+        # nn.MultiHeadDotProductAttention and nn.SelfAttention make the same parameters.
+        out.cls = r._get("class", "MultiHeadAttention")
+        if out.cls not in _ATTENTION_CLASSES:
+            raise InvalidArgument(
+                f"{where}: 'class' is one of {', '.join(_ATTENTION_CLASSES)} (the linen class, for its "
+                f"automatic name), got {_quote(out.cls)}"
+            )
         out.items = _attention(r, dtype, depth)
         rate = r._get("dropout_rate", 0.0)
         if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 <= rate <= 1:
@@ -521,7 +606,7 @@ def _parse(node: Any, where: str, dtype: str, depth: int, mode: str, *, parent: 
                 out.items.append((name, parsed.items[0][1]))
                 continue
             if name is None:
-                cls = child.get("class", parsed.type) if parsed.type == "Module" else parsed.type
+                cls = child.get("class", parsed.type) if parsed.type == "Module" else parsed.cls or parsed.type
                 name = f"{cls}_{counts.get(cls, 0)}"
                 counts[cls] = counts.get(cls, 0) + 1
             out.items.append((name, parsed))
@@ -917,6 +1002,11 @@ def outputs(params: Sequence[Param], layout: str = "flax") -> list[Output]:
     buffers_done: set[str] = set()
     for p in params:
         leaf, how = p.torch
+        if how == NO_TORCH:
+            raise InvalidArgument(
+                f"{p.name}: a {p.module}'s parameters have no PyTorch layout jaxinit has verified; ask for "
+                "layout 'flax' and arrange them yourself"
+            )
         dot = ".".join(p.path[:-1]) + "." if len(p.path) > 1 else ""
         shape = p.shape
         if how == "t":
