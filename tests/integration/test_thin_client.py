@@ -185,11 +185,15 @@ def test_one_command_resolves_beside_tensorflow_and_tritonclient(
     assert "jaxinit" in resolved and _release(resolved["protobuf"]) >= (4, 21), resolved
 
 
-def test_tritonclient_installed_after_jaxinit_keeps_grpc_working(server: Any, tmp_path: pathlib.Path) -> None:
-    """The order that used to break every grpc:// call: jaxinit[grpc] first, then tritonclient
-    2.73, which brings protobuf below 7. Both stay at their versions, and the thin client
-    still fetches bit-exact tensors and a model over gRPC."""
-    python = cached_venv("jaxinit-then-tritonclient", ["-e", f"{ROOT}[grpc]"], ["tritonclient[grpc,http]==2.73.0"])
+@pytest.mark.parametrize("order", ["jaxinit-then-tritonclient", "tritonclient-then-jaxinit"])
+def test_tritonclient_and_jaxinit_in_either_order_keep_grpc_working(
+    server: Any, tmp_path: pathlib.Path, order: str
+) -> None:
+    """jaxinit[grpc] first, then tritonclient 2.73 (which brings protobuf below 7: the order
+    that used to break every grpc:// call), and the other way round. Both stay at their
+    versions, and the thin client still fetches bit-exact tensors and a model over gRPC."""
+    installs = [["-e", f"{ROOT}[grpc]"], ["tritonclient[grpc,http]==2.73.0"]]
+    python = cached_venv(order, *(installs if order.startswith("jaxinit") else installs[::-1]))
     versions = subprocess.run(
         [str(python), "-c", "import importlib.metadata as m; print(m.version('tritonclient'), m.version('protobuf'))"],
         capture_output=True,
