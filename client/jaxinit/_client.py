@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from jaxinit._types import ModelRequest, Provenance, Request, Tensor
+from jaxinit._types import ModelRequest, Provenance, Request, Tensor, check_derived, enumerate_async
 from jaxinit.protocol import safetensors
 from jaxinit.protocol.catalog import CATALOG, InitializerSpec, bind_arguments, unknown_message
 from jaxinit.protocol.codec import dtype_name, is_bits_type
@@ -207,6 +207,7 @@ class _Resumption(_Backoff):
         self._next = piece.offset + piece.array.size
 
     def done(self, piece: Tensor) -> Tensor:
+        check_derived(self.request.key, piece)
         if not self.pieces:
             return piece
         self._keep(piece)
@@ -596,7 +597,10 @@ class Client(_BaseClient[Tensor, "ModelParams"]):
     def generate_many(self, requests: Iterable[Request]) -> Iterator[Tensor | JaxinitError]:
         """Many tensors over one stream, in request order. A request that fails yields its
         error (an exception instance) in its place; the others still arrive."""
-        return self._transport.generate_many(requests)  # type: ignore[no-any-return]
+        sent: list[Request] = []
+        answers = self._transport.generate_many(_tap(requests, sent))
+        for index, item in enumerate(answers):
+            yield check_derived(sent[index].key, item) if isinstance(item, Tensor) else item
 
     def _init_model(
         self, request: ModelRequest, flat: bool, path: str | os.PathLike[str] | None, progress: bool | None
@@ -647,10 +651,21 @@ class AsyncClient(_BaseClient[Coroutine[Any, Any, Tensor], Coroutine[Any, Any, "
             except (ServerUnavailable, Overloaded) as exc:
                 await asyncio.sleep(state.failed(exc))
 
-    def generate_many(
+    async def generate_many(
         self, requests: Iterable[Request] | AsyncIterable[Request]
     ) -> AsyncIterator[Tensor | JaxinitError]:
-        return self._transport.generate_many(requests)  # type: ignore[no-any-return]
+        """See :meth:`Client.generate_many`."""
+        sent: list[Request] = []
+
+        async def tapped() -> AsyncIterator[Request]:
+            async for _, request in enumerate_async(requests):
+                sent.append(request)
+                yield request
+
+        index = 0
+        async for item in self._transport.generate_many(tapped()):
+            yield check_derived(sent[index].key, item) if isinstance(item, Tensor) else item
+            index += 1
 
     async def _init_model(
         self, request: ModelRequest, flat: bool, path: str | os.PathLike[str] | None, progress: bool | None
@@ -732,6 +747,13 @@ class ModelParams(dict[str, Any]):
         return f"<ModelParams {len(arrays)} tensors, {size} bytes, model {digest}: {names}>"
 
 
+def _tap(requests: Iterable[Request], sent: list[Request]) -> Iterator[Request]:
+    """``requests`` as they are sent, each kept in ``sent`` (answers come in request order)."""
+    for request in requests:
+        sent.append(request)
+        yield request
+
+
 def _collect(received: Iterable[Tensor | JaxinitError]) -> list[Tensor]:
     """The model's tensors, in order; the first failure raised (it names its tensor)."""
     tensors: list[Tensor] = []
@@ -748,6 +770,9 @@ def _collect(received: Iterable[Tensor | JaxinitError]) -> list[Tensor]:
 def _model_result(
     tensors: list[Tensor], request: ModelRequest, flat: bool, path: str | os.PathLike[str] | None
 ) -> ModelParams:
+    for tensor in tensors:  # a model's keyed tensors carry the root's derive steps first
+        if tensor.provenance.key_impl:
+            check_derived(request.key, tensor)
     arrays = {t.request_id: t.array for t in tensors}
     first = tensors[0].provenance
     # The settings of the model are those of its first keyed tensor, as the server says them.

@@ -307,6 +307,29 @@ async def enumerate_async(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterato
             index += 1
 
 
+def check_derived(key: Key | None, tensor: Tensor) -> Tensor:
+    """``tensor``, once its canonical request shows the server applied ``key``'s derive
+    steps (split and fold_in after the fold_in list). A server older than the steps drops
+    them as an unknown field and answers for another key: refused, never returned.
+
+    Raises:
+        ProtocolError: the server's key does not carry the steps asked for.
+    """
+    if key is None or not key.derive:
+        return tensor
+    try:
+        answered = json.loads(tensor.provenance.canonical_request)["key"] or {}
+    except (ValueError, KeyError, TypeError):
+        answered = {}
+    want = key.to_json()["derive"]
+    if answered.get("derive", [])[: len(want)] != want:
+        raise ProtocolError(
+            f"the server answered for key {answered or None}, without the derive steps {want} asked for: "
+            "a server older than this client? (derive steps need a jaxinit-server >= 0.2.0)"
+        )
+    return tensor
+
+
 def named(name: str, item: Tensor | JaxinitError) -> Tensor | JaxinitError:
     """A model's tensor, or its error saying which tensor it is. The error keeps what it
     carries besides its message (an Overloaded's ``retry_after``)."""

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import jax
 import ml_dtypes
 import numpy as np
@@ -135,6 +139,46 @@ def test_derivation_steps_keep_plain_keys_as_they_were_and_round_trip() -> None:
             derive_from_json(bad_json)
     with pytest.raises(jaxinit.InvalidArgument, match="at most"):
         Key(seed=0, fold_in=(1,) * MAX_FOLD_IN, derive=(("split", 2, 0),))
+    with pytest.raises(jaxinit.InvalidArgument, match="split steps"):
+        Key(seed=0, derive=(("split", 2, 0),) * 9)
+
+
+def test_an_answer_without_the_derive_steps_asked_for_is_refused() -> None:
+    """A server older than derive steps drops them (an unknown proto field) and answers for
+    the plain key: the client refuses the tensor rather than return other values."""
+    from jaxinit._types import check_derived
+
+    key = jaxinit.split(jaxinit.key(3), 4)[1]
+
+    def answer(answered: Key) -> jaxinit.Tensor:
+        canonical = json.dumps({"key": answered.to_json()})
+        provenance = jaxinit.Provenance(canonical_request=canonical)
+        return jaxinit.Tensor(np.zeros(1, np.float32), provenance)
+
+    assert check_derived(key, answer(key)).array.shape == (1,)
+    assert check_derived(jaxinit.key(3), answer(jaxinit.key(3)))  # no steps: nothing to check
+    with pytest.raises(jaxinit.ProtocolError, match="older than this client"):
+        check_derived(key, answer(jaxinit.key(3)))
+    model_tensor = answer(jaxinit.fold_in(key, 9))  # a model's tensor: the root's steps, then its own
+    assert check_derived(key, model_tensor) is model_tensor
+
+
+def test_without_ml_dtypes_only_named_raw_bits_are_bfloat16_or_float8() -> None:
+    """A plain |V1 (as .npy stores any float8) is no float8 type in particular: refused."""
+    code = (
+        "import sys; sys.modules['ml_dtypes'] = None\n"
+        "import numpy as np\n"
+        "from jaxinit.protocol.codec import dtype_name, raw_bits_dtype\n"
+        "from jaxinit.protocol.errors import UnknownDtype\n"
+        "assert dtype_name(raw_bits_dtype('float8_e5m2')) == 'float8_e5m2'\n"
+        "for plain in ('V1', 'V2'):\n"
+        "    try:\n"
+        "        dtype_name(np.dtype(plain)); print('accepted', plain)\n"
+        "    except UnknownDtype:\n"
+        "        print('refused', plain)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["refused", "V1", "refused", "V2"], out.stderr
 
 
 @pytest.mark.parametrize("name", ["bfloat16", "float8_e4m3fn", "float8_e5m2"])
