@@ -87,14 +87,54 @@ def test_nnx_conv_transpose_einsum_lora(url: str) -> None:
         _same(client.init_model(NNX, 7, mode="nnx", flat=True), want)
 
 
+def test_nnx_refuses_what_its_einsum_does_not_take(url: str) -> None:
+    with jaxinit.Client(url) as client, pytest.raises(jaxinit.InvalidArgument, match="no 'use_bias'"):
+        client.init_model(m.Einsum((4, 3), "ab,bc->ac", use_bias=False), 0, mode="nnx")
+
+
+def test_lora_linear_keeps_its_lora_in_float32_as_flax_does(url: str) -> None:
+    """nnx.LoRALinear(param_dtype=bfloat16): kernel and bias bfloat16, lora_a/lora_b in
+    lora_param_dtype (Flax's default float32), unless given."""
+    import jax.numpy as jnp
+
+    class Net(nnx.Module):
+        def __init__(self, rngs: nnx.Rngs) -> None:
+            self.a = nnx.LoRALinear(4, 3, lora_rank=2, param_dtype=jnp.bfloat16, rngs=rngs)
+            self.b = nnx.LoRALinear(4, 3, lora_rank=2, lora_param_dtype=jnp.bfloat16, rngs=rngs)
+
+    want = _flat(nnx.to_pure_dict(nnx.state(Net(nnx.Rngs(2)), nnx.Param)))
+    assert want["a.lora.lora_a"].dtype == np.float32 and want["a.kernel"].dtype == jnp.bfloat16
+    description = m.Module(
+        m.LoRALinear(4, 3, lora_rank=2, param_dtype="bfloat16", name="a"),
+        m.LoRALinear(4, 3, lora_rank=2, lora_param_dtype="bfloat16", name="b"),
+    )
+    with jaxinit.Client(url) as client:
+        _same(client.init_model(description, 2, mode="nnx", flat=True), want)
+
+
+def test_torch_buffers_do_not_turn_x64_on(url: str) -> None:
+    """A BatchNorm's int64 num_batches_tracked buffer (torch layout) is a constant, not a
+    64-bit parameter: a float32 model keeps x64 off, whatever the seed."""
+    model = m.Module(m.Conv(3, 4, (3, 3)), m.BatchNorm(4))
+    with jaxinit.Client(url) as client:
+        torch_layout = client.init_model(model, -1, layout="torch", flat=True)
+        flax_layout = client.init_model(model, -1, flat=True)
+    assert not any(p.enable_x64 for p in torch_layout.provenance.values() if p.key_impl)  # buffers are unkeyed
+    kernel = flax_layout["Conv_0.kernel"]
+    assert torch_layout["Conv_0.weight"].tobytes() == np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)).tobytes()
+
+
 @pytest.mark.parametrize(
     ("model", "message"),
     [
         (m.ConvTranspose(3, 8, (3, 3)), "no PyTorch layout"),
-        (m.Einsum((4, 3)), "bias shape from 'einsum_str'"),
+        (m.Einsum((4, 3)), "needs 'einsum_str'"),
         (m.Einsum((4, 3), "ab,bcd->ac"), "one letter per kernel axis"),
         (m.Einsum((4, 3), "ab,bc"), "explicit, as Flax requires"),
         (m.MultiHeadAttention(4, 2, cls="Attention"), "'class' is one of"),
+        (m.Einsum((4, 3), "ab,bc->ac", bias_shape=(3,)), "no 'bias_shape'"),
+        (m.Einsum((4, 4), "ab,bb->ab"), "must differ"),
+        (m.LoRA(4, 2, 3), "an nnx module"),
     ],
 )
 def test_what_cannot_be_exact_is_refused(url: str, model: dict[str, Any], message: str) -> None:

@@ -10,13 +10,22 @@ from jaxinit_server.core.whole import _Slots
 
 
 def test_a_second_event_loop_gets_slots_released_from_another_thread() -> None:
-    """asyncio.Semaphore bound the pool to the first loop; the fourth asyncio.run hung."""
+    """asyncio.Semaphore bound the pool to the first loop; the fourth asyncio.run hung.
+    Each loop here waits (the slot is held) until a thread releases it."""
     slots = _Slots(1)
-    for _ in range(5):
-        asyncio.run(slots.acquire())
+    asyncio.run(slots.acquire())  # held by the first loop
+
+    async def wait_for_a_thread() -> None:
+        waiter = asyncio.ensure_future(slots.acquire())
+        await asyncio.sleep(0)
+        assert not waiter.done()  # waiting: the slot is held
         releaser = threading.Thread(target=slots.release)
         releaser.start()
+        await asyncio.wait_for(waiter, timeout=60)  # woken on this loop by the other thread
         releaser.join()
+
+    for _ in range(5):  # each a new loop; each leaves the slot held for the next
+        asyncio.run(wait_for_a_thread())
 
 
 def test_a_waiter_that_leaves_after_being_granted_passes_the_slot_on() -> None:

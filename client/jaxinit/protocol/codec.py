@@ -135,6 +135,8 @@ def dtype_name(dtype: Any) -> str:
             return str(raw)
         raise UnknownDtype(f"unknown dtype {dtype!r} (raw bits named {raw!r})")
     for name, known in DTYPES.items():
+        if known.kind == "V" and known.metadata is not None and RAW_BITS_KEY in known.metadata:
+            continue  # raw bits match by their metadata only: a plain |V1 is no float8 in particular
         if np_dtype == known and np_dtype.kind == known.kind:
             return name
     raise UnknownDtype(f"unknown dtype {dtype!r}; known dtypes: {', '.join(DTYPE_NAMES)}")

@@ -403,6 +403,8 @@ def _einsum_bias_shape(einsum_str: str, kernel: tuple[int, ...], where: str) -> 
             f"kernel axis on the right ({len(kernel)} for kernel_shape {list(kernel)}), got {_quote(einsum_str)}"
         )
     rhs = parts[1]
+    if len(set(rhs)) != len(rhs):
+        raise InvalidArgument(f"{where}: the kernel's letters in 'einsum_str' must differ, got {_quote(einsum_str)}")
     return tuple(kernel[rhs.index(c)] for c in result if c in rhs)
 
 
@@ -413,13 +415,21 @@ def _einsum(r: _Reader, dtype: str, mode: str) -> list[_Leaf]:
     einsum_str = r._get("einsum_str", None)
     if einsum_str is not None and not isinstance(einsum_str, str):
         raise InvalidArgument(f"{r.where}: 'einsum_str' must be a string, got {_quote(einsum_str)}")
-    bias: tuple[int, ...] | None = r.integers("bias_shape") if r.node.get("bias_shape") is not None else None
-    r.used.add("bias_shape")
-    if bias is None and mode == "linen" and r.flag("use_bias", True):
+    bias: tuple[int, ...] | None = None
+    if mode == "linen":
+        if r.node.get("bias_shape") is not None:
+            raise InvalidArgument(f"{r.where}: linen's Einsum has no 'bias_shape' (it reads it from 'einsum_str')")
         if einsum_str is None:
-            raise InvalidArgument(f"{r.where}: linen's Einsum reads its bias shape from 'einsum_str'; give it")
-        bias = _einsum_bias_shape(einsum_str, kernel, r.where)
-    r.used.add("use_bias")
+            raise InvalidArgument(f"{r.where}: linen's Einsum needs 'einsum_str'")
+        shape = _einsum_bias_shape(einsum_str, kernel, r.where)  # checked whether or not there is a bias
+        bias = shape if r.flag("use_bias", True) else None
+    else:
+        if r.node.get("use_bias") is not None:
+            raise InvalidArgument(f"{r.where}: nnx's Einsum has no 'use_bias'; it has a bias when given 'bias_shape'")
+        if einsum_str is not None:
+            _einsum_bias_shape(einsum_str, kernel, r.where)
+        bias = r.integers("bias_shape") if r.node.get("bias_shape") is not None else None
+    r.used.update(("bias_shape", "use_bias"))
     leaves = [_Leaf("kernel", r.init("kernel_init", LECUN_NORMAL), kernel, dtype, torch=("kernel", ""))]
     if bias is not None:
         leaves.append(_Leaf("bias", r.init("bias_init", ZEROS), bias, dtype, torch=("bias", "")))
@@ -536,6 +546,8 @@ def _parse(node: Any, where: str, dtype: str, depth: int, mode: str, *, parent: 
         raise InvalidArgument(f"{where}: unknown module type {_quote(kind)}; known: {', '.join(MODULE_TYPES)}")
     if kind == "Param" and parent != "Module":
         raise InvalidArgument(f"{where}: a Param belongs among the children of a Module")
+    if kind in ("LoRA", "LoRALinear") and mode == "linen":
+        raise InvalidArgument(f"{where}: {kind} is an nnx module (linen has none); describe it with mode 'nnx'")
     if kind == "Function" and parent != "Sequential":
         raise InvalidArgument(f"{where}: a Function (a parameter-free layer) belongs in a Sequential's layers")
     dtype = r.dtype(dtype)
@@ -556,13 +568,15 @@ def _parse(node: Any, where: str, dtype: str, depth: int, mode: str, *, parent: 
     elif kind == "Einsum":
         out.items = [(leaf.role, leaf) for leaf in _einsum(r, dtype, mode)]
     elif kind == "LoRALinear":
-        # nnx.LoRALinear: a Linear (kernel, bias) with a LoRA child named `lora`
+        # nnx.LoRALinear: a Linear (kernel, bias) with a LoRA child named `lora`, whose
+        # parameters take lora_param_dtype (Flax's default float32), not the Linear's dtype
         out.items = [(leaf.role, leaf) for leaf in _dense(r, dtype)]
         lora = {k: r.node[k] for k in ("a_initializer", "b_initializer") if k in r.node}
         r.used.update(lora)
         rank = r.integer("lora_rank")
         child = {"type": "LoRA", "in_features": r.integer("in_features"), "lora_rank": rank, **lora}
         child["out_features"] = r.integer("features")
+        child["param_dtype"] = r._get("lora_param_dtype", None) or "float32"
         out.items.append(("lora", _parse(child, f"{where}.lora", dtype, depth + 1, mode, parent="LoRALinear")))
     elif kind in _LEAF_MODULES:
         out.items = [(leaf.role, leaf) for leaf in _LEAF_MODULES[kind](r, dtype)]
@@ -973,7 +987,8 @@ def model_prng(
     model when any of its tensors is a 64-bit type: a Flax user with float64 parameters
     runs with x64 on, and x64 changes the key of a seed outside [0, 2**32) for every
     parameter, float32 ones included."""
-    if enable_x64 is None and any(out.param.dtype in SIXTY_FOUR_BIT for out in outs):
+    # keyed tensors only: torch's int64 num_batches_tracked buffer is a constant, not a parameter
+    if enable_x64 is None and any(out.keyed and out.param.dtype in SIXTY_FOUR_BIT for out in outs):
         enable_x64 = True
 
     def settings(out: Output) -> tuple[bool | None, bool | None]:

@@ -22,6 +22,7 @@ __all__ = [
     "KEY_IMPLS",
     "MAX_FOLD_IN",
     "MAX_SPLIT",
+    "MAX_SPLIT_STEPS",
     "Key",
     "Step",
     "as_key",
@@ -46,7 +47,8 @@ KEY_IMPLS: dict[str, int] = {
 DEFAULT_IMPL = "threefry2x32"
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_FOLD_IN = 64  # derivation steps (fold_in and split) one key may carry
-MAX_SPLIT = 2**20  # split(key, num): the server makes all num keys to take one
+MAX_SPLIT = 2**16  # split(key, num): the server makes all num keys to take one
+MAX_SPLIT_STEPS = 8  # split steps one key may carry (each compiles JAX's split for its num)
 
 # One derivation step: ("fold_in", x) is jax.random.fold_in(key, x); ("split", num, i)
 # is jax.random.split(key, num)[i].
@@ -125,6 +127,8 @@ class Key:
             )
         for step in self.derive:
             _check_step(step)
+        if sum(step[0] == "split" for step in self.derive) > MAX_SPLIT_STEPS:
+            raise InvalidArgument(f"a key carries at most {MAX_SPLIT_STEPS} split steps")
 
     @property
     def steps(self) -> tuple[Step, ...]:

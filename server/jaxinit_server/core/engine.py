@@ -111,6 +111,11 @@ def price(resolved: Resolved, *, gathered: bool = False) -> Cost:
             flops = max(flops, 4 * max(m, n) * min(m, n) ** 2)
     if gathered:
         memory += count * (itemsize + 64)
+    if resolved.key is not None:  # split(key, num) makes all num keys to take one
+        for step in resolved.key.derive:
+            if step[0] == "split":
+                memory += step[1] * 16
+                flops += step[1] * 64
     return Cost(kind, memory, flops)
 
 
