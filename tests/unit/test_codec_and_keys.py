@@ -124,6 +124,9 @@ def test_derivation_steps_keep_plain_keys_as_they_were_and_round_trip() -> None:
     assert derive_from_json(chain.to_json()["derive"]) == chain.derive
     assert derive_from_text(chain.derive_text()) == chain.derive == derive_from_text("split:4:3, fold_in:5")
     assert jaxinit.split(chain, 1)[0].derive[-1] == ("split", 1, 0)
+    # one spelling per key: leading fold_in steps of derive join the fold_in list
+    assert Key(seed=1, fold_in=(2,), derive=(("fold_in", 3), ("split", 2, 1))) == jaxinit.split(folded, 2)[1]
+    assert Key(seed=1, derive=(("fold_in", 2), ("fold_in", 3))) == folded
     for bad, match in [
         ("split:2:2", "0 <= index < num"),
         ("split:0:0", "1 <= num"),

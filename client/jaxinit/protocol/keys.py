@@ -129,6 +129,12 @@ class Key:
             _check_step(step)
         if sum(step[0] == "split" for step in self.derive) > MAX_SPLIT_STEPS:
             raise InvalidArgument(f"a key carries at most {MAX_SPLIT_STEPS} split steps")
+        # One spelling per key (one canonical request, one digest): fold_ins that lead the
+        # derive steps belong to the fold_in list.
+        lead = next((i for i, step in enumerate(self.derive) if step[0] != "fold_in"), len(self.derive))
+        if lead:
+            object.__setattr__(self, "fold_in", (*folds, *(step[1] for step in self.derive[:lead])))
+            object.__setattr__(self, "derive", tuple(self.derive[lead:]))
 
     @property
     def steps(self) -> tuple[Step, ...]:
@@ -166,8 +172,8 @@ class Key:
 
 def derive_from_json(items: Any) -> tuple[Step, ...]:
     """``derive`` steps from their JSON form ``[{"fold_in": 3}, {"split": [4, 2]}]``."""
-    if not isinstance(items, list):
-        raise InvalidArgument(f"derive must be a list of steps, got {repr(items)[:60]}")
+    if not isinstance(items, list) or len(items) > MAX_FOLD_IN:
+        raise InvalidArgument(f"derive must be a list of at most {MAX_FOLD_IN} steps, got {repr(items)[:60]}")
     steps = []
     for item in items:
         if isinstance(item, dict) and set(item) == {"fold_in"}:
