@@ -25,7 +25,7 @@ import numpy as np
 from jaxinit._client import Client, arrays_file
 from jaxinit.protocol import __version__
 from jaxinit.protocol.catalog import args_from_text, unknown_message
-from jaxinit.protocol.codec import dtype_name, is_bits_type, to_wire_bytes
+from jaxinit.protocol.codec import dtype_name, npy_dtype, to_wire_bytes
 from jaxinit.protocol.errors import InvalidArgument, JaxinitError, UnknownInitializer
 from jaxinit.protocol.keys import Key, derive_from_text
 
@@ -296,7 +296,7 @@ def _get(client: Client, ns: argparse.Namespace) -> None:
         _write(ns, arrays_file(suffix, {name: array}, metadata))
     elif suffix == ".npy":  # bfloat16/float8 are stored as void, as the REST .npy does
         buffer = io.BytesIO()
-        np.save(buffer, array.view(f"V{array.dtype.itemsize}") if is_bits_type(array.dtype) else array)
+        np.save(buffer, array.view(npy_dtype(array.dtype)))
         _write(ns, buffer.getvalue())
     else:
         _write(ns, to_wire_bytes(array).tobytes())

@@ -28,6 +28,7 @@ __all__ = [
     "array_from_buffer",
     "dtype_name",
     "is_bits_type",
+    "npy_dtype",
     "num_bytes",
     "numpy_dtype",
     "raw_bits_dtype",
@@ -151,6 +152,18 @@ def is_bits_type(dtype: Any) -> bool:
     (True, False)
     """
     return dtype_name(dtype) in ML_DTYPES_NAMES
+
+
+def npy_dtype(dtype: Any) -> np.dtype[Any]:
+    """The dtype a ``.npy`` file stores for ``dtype``: bfloat16 and float8 as plain void of
+    their size (numpy has no code for them, and ml_dtypes' float8_e5m2 would write "<f1",
+    which no numpy reads back), anything else as itself.
+
+    >>> npy_dtype("bfloat16"), npy_dtype("float32")
+    (dtype('V2'), dtype('float32'))
+    """
+    name = dtype_name(dtype)
+    return np.dtype(f"V{ITEMSIZE[name]}") if name in ML_DTYPES_NAMES else DTYPES[name]
 
 
 def numpy_dtype(name: str) -> np.dtype[Any]:

@@ -152,6 +152,13 @@ class _Reader:
             )
         return tuple(int(v) for v in items)
 
+    def fraction(self, key: str, default: float) -> float:
+        """A number in [0, 1] (a dropout rate)."""
+        value = self._get(key, default)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+            raise InvalidArgument(f"{self.where}: '{key}' must be a number in [0, 1], got {_quote(value)}")
+        return float(value)
+
     def flag(self, key: str, default: bool) -> bool:
         value = self._get(key, default)
         if not isinstance(value, bool):
@@ -557,9 +564,7 @@ def _parse(node: Any, where: str, dtype: str, depth: int, mode: str, *, parent: 
     elif kind == "Dropout":
         # linen's nn.Dropout takes its rng when applied, never at init; nnx's takes a count
         # from its stream at construction when given rngs (rngs=True here).
-        rate = r._get("rate", 0.5)
-        if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 <= rate <= 1:
-            raise InvalidArgument(f"{where}: 'rate' must be a number in [0, 1], got {_quote(rate)}")
+        r.fraction("rate", 0.5)  # what it drops when applied: checked, no part in init
         stream = r._get("rng_collection", "dropout")
         if not isinstance(stream, str) or not stream:
             raise InvalidArgument(f"{where}: 'rng_collection' must be a stream name, got {_quote(stream)}")
@@ -590,9 +595,7 @@ def _parse(node: Any, where: str, dtype: str, depth: int, mode: str, *, parent: 
                 f"automatic name), got {_quote(out.cls)}"
             )
         out.items = _attention(r, dtype, depth)
-        rate = r._get("dropout_rate", 0.0)
-        if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 <= rate <= 1:
-            raise InvalidArgument(f"{where}: 'dropout_rate' must be a number in [0, 1], got {_quote(rate)}")
+        rate = r.fraction("dropout_rate", 0.0)
         keep_rngs = r.flag("keep_rngs", True)  # nnx's: whether it stores a fork of the dropout stream
         if mode == "nnx" and rate > 0 and keep_rngs:
             # rngs.dropout.fork(), after its parameters

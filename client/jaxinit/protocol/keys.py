@@ -142,11 +142,8 @@ class Key:
         return (*(("fold_in", x) for x in self.fold_in), *self.derive)
 
     def then(self, step: Step) -> Key:
-        """This key with one more step (kept in ``fold_in`` while the chain is only fold_ins,
-        so that such keys and their digests stay as they always were)."""
-        _check_step(step)
-        if step[0] == "fold_in" and not self.derive:
-            return Key(seed=self.seed, data=self.data, impl=self.impl, fold_in=(*self.fold_in, step[1]))
+        """This key with one more step (checked, and a leading fold_in kept in the
+        ``fold_in`` list, by the key itself)."""
         return Key(seed=self.seed, data=self.data, impl=self.impl, fold_in=self.fold_in, derive=(*self.derive, step))
 
     def to_json(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import numpy as np
 from fastapi.responses import Response, StreamingResponse
 
 from jaxinit.protocol import wire
-from jaxinit.protocol.codec import DTYPES, ITEMSIZE, is_bits_type
+from jaxinit.protocol.codec import is_bits_type, npy_dtype
 from jaxinit.protocol.digest import DIGEST_BYTES
 from jaxinit.protocol.errors import InvalidArgument, JaxinitError, NotAcceptable, TooLarge
 from jaxinit.protocol.wire import DIGESTED, JSON, NPY, NPZ, OCTET, SAFETENSORS
@@ -121,10 +121,7 @@ async def _bytes(
 
 def _npy_header(tensor: TensorStream) -> bytes:
     buffer = io.BytesIO()
-    # bfloat16/float8 as void of their size: numpy has no code for them (ml_dtypes'
-    # float8_e5m2 would write "<f1", which no numpy reads back).
-    dtype = np.dtype(f"V{ITEMSIZE[tensor.dtype]}") if is_bits_type(tensor.dtype) else DTYPES[tensor.dtype]
-    descr = np.lib.format.dtype_to_descr(dtype.newbyteorder("<"))
+    descr = np.lib.format.dtype_to_descr(npy_dtype(tensor.dtype).newbyteorder("<"))
     header = {"descr": descr, "fortran_order": False, "shape": tensor.sent_shape}
     np.lib.format.write_array_header_1_0(buffer, header)
     return buffer.getvalue()
