@@ -24,6 +24,7 @@ _EXPORTS: dict[str, str] = {
     "Key": "jaxinit.protocol.keys",
     "fold_in": "jaxinit.protocol.keys",
     "split": "jaxinit.protocol.keys",
+    "stacked": "jaxinit.protocol.keys",
     "key": "jaxinit.protocol.keys",
     "wrap_key_data": "jaxinit.protocol.keys",
     "Provenance": "jaxinit.protocol.provenance",
@@ -84,6 +85,7 @@ __all__ = [
     "models",
     "protocol",
     "split",
+    "stacked",
     "to_float32",
     "wrap_key_data",
 ]
@@ -111,7 +113,7 @@ if TYPE_CHECKING:
         UnknownDtype,
         UnknownInitializer,
     )
-    from jaxinit.protocol.keys import KEY_IMPLS, Key, fold_in, key, split, wrap_key_data
+    from jaxinit.protocol.keys import KEY_IMPLS, Key, fold_in, key, split, stacked, wrap_key_data
     from jaxinit.protocol.provenance import Provenance
 
 

@@ -118,6 +118,8 @@ def _key_to_proto(message: pb.Key, key: Key) -> None:
     for step in key.derive:
         if step[0] == "fold_in":
             message.derive.add(fold_in=step[1])
+        elif step[0] == "stack":
+            message.derive.add(stack=step[1])
         else:
             message.derive.add(split=pb.Split(num=step[1], index=step[2]))
 

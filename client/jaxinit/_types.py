@@ -309,7 +309,7 @@ async def enumerate_async(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterato
 
 def check_derived(key: Key | None, tensor: Tensor) -> Tensor:
     """``tensor``, once its canonical request shows the server applied ``key``'s derive
-    steps (split and fold_in after the fold_in list). A server older than the steps drops
+    steps (split, stack and fold_in after the fold_in list). A server older than the steps drops
     them as an unknown field and answers for another key: refused, never returned.
 
     Raises:
@@ -318,14 +318,16 @@ def check_derived(key: Key | None, tensor: Tensor) -> Tensor:
     if key is None or not key.derive:
         return tensor
     try:
-        answered = json.loads(tensor.provenance.canonical_request)["key"] or {}
+        answered = json.loads(tensor.provenance.canonical_request)["key"]
     except (ValueError, KeyError, TypeError):
         answered = {}
+    if answered is None:  # an initializer that takes no key (zeros, constant): none was used
+        return tensor
     want = key.to_json()["derive"]
     if answered.get("derive", [])[: len(want)] != want:
         raise ProtocolError(
             f"the server answered for key {answered or None}, without the derive steps {want} asked for: "
-            "a server older than this client? (derive steps need a jaxinit-server >= 0.2.0)"
+            "a server older than this client? (split steps need a jaxinit-server >= 0.2.0, stack steps >= 0.3.0)"
         )
     return tensor
 

@@ -150,7 +150,8 @@ def _parser() -> argparse.ArgumentParser:
         "--derive",
         default="",
         metavar="STEPS",
-        help="then these key steps, in order: fold_in:X and split:NUM:INDEX (jax.random.split(key, NUM)[INDEX]), "
+        help="then these key steps, in order: fold_in:X, split:NUM:INDEX (jax.random.split(key, NUM)[INDEX]) and "
+        "stack:NUM (every key of the split, a batch: the shape starts with NUM, one slice per key), "
         "comma-separated: --derive split:4:2,fold_in:7",
     )
     get.add_argument("--offset", type=int, help="first flat element of a range")

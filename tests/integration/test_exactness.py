@@ -216,6 +216,85 @@ def test_derived_keys_over_the_get_form_and_kserve(server: Any) -> None:
     assert bad.status_code == 400 and "0 <= index < num" in bad.json()["error"]["message"]
 
 
+def _stacked_reference(init: Any, base: Any, steps: list[tuple[Any, ...]], shape: tuple[int, ...]) -> np.ndarray:
+    """What a stacked key means, spelled out with jax.random: a stack step is every key of
+    split(key, num), the later steps applied to each, the slices stacked in order."""
+    if not steps:
+        return np.asarray(init(base, shape))
+    step, rest = steps[0], steps[1:]
+    if step[0] == "stack":
+        return np.stack([_stacked_reference(init, k, rest, shape) for k in jax.random.split(base, step[1])])
+    return _stacked_reference(init, _derived(base, [step]), rest, shape)
+
+
+STACK_CHAIN = [("fold_in", 5), ("stack", 3), ("fold_in", 2**31 + 7), ("split", 4, 3), ("stack", 2), ("fold_in", 1)]
+
+
+@pytest.mark.parametrize("partitionable", MODES)
+@pytest.mark.parametrize("impl", ["threefry2x32", "rbg", "unsafe_rbg", "threefry4x32", "philox2x32", "philox4x32"])
+def test_stacked_keys_make_one_slice_per_key(url: str, impl: str, partitionable: bool) -> None:
+    """A stack step makes the key a batch (all of jax.random.split(key, num)), each later
+    step applied to every key of it: the tensor is the slices made with each key, stacked
+    on leading axes, in every key implementation and both PRNG modes. A range of it is
+    those bytes. The provenance holds the data of the key the first stack step splits."""
+    key = jaxinit.Key(seed=9, impl=impl, derive=tuple(STACK_CHAIN))
+    assert key.stack == (3, 2)
+    init = jax.nn.initializers.lecun_normal()
+    with jax.threefry_partitionable(partitionable):
+        want = _stacked_reference(init, jax.random.key(9, impl=impl), STACK_CHAIN, (6, 5))
+        head = np.asarray(jax.random.key_data(jax.random.fold_in(jax.random.key(9, impl=impl), 5))).ravel()
+    with jaxinit.Client(url, threefry_partitionable=partitionable) as client:
+        tensor = client.generate("lecun_normal", key, (3, 2, 6, 5))
+        assert tensor.array.shape == (3, 2, 6, 5)
+        assert tensor.array.tobytes() == want.tobytes()
+        assert list(tensor.provenance.key_data) == head.tolist()
+        part = client.generate("lecun_normal", key, (3, 2, 6, 5), offset=41, count=77)
+        assert part.array.tobytes() == want.reshape(-1)[41:118].tobytes()
+
+
+@pytest.mark.parametrize("name", ["orthogonal", "normal", "truncated_normal", "glorot_uniform", "zeros"])
+def test_stacked_keys_are_jax_vmap_of_the_initializer(url: str, name: str) -> None:
+    """What nn.scan and nnx.vmap do to initialise stacked layers, jax.vmap of the initializer
+    over split keys, is the stacked key's tensor, for chunked families, whole ones (a QR
+    per slice) and keyless ones; large enough that the chunked route streams its slices."""
+    init = getattr(jax.nn.initializers, name)
+    init = init if name == "zeros" else init()
+    shape = (4, 300, 600) if name == "normal" else (4, 12, 8)
+    want = np.asarray(
+        jax.vmap(lambda k: init(jax.random.fold_in(k, 3), shape[1:], jax.numpy.float32))(
+            jax.random.split(jax.random.key(2), 4)
+        )
+    )
+    with jaxinit.Client(url) as client:
+        got = client.generate(name, jaxinit.fold_in(jaxinit.stacked(jaxinit.key(2), 4), 3), shape)
+    assert got.array.tobytes() == want.tobytes()
+
+
+def test_stacked_keys_over_the_get_form_and_their_refusals(server: Any) -> None:
+    """``key_derive=stack:N`` in a GET URL; a shape that does not start with the stack sizes,
+    too many slices, and a slice shape JAX refuses are each refused with what to change."""
+    import httpx
+
+    want = np.asarray(
+        jax.vmap(lambda k: jax.nn.initializers.he_normal()(k, (5, 3)))(jax.random.split(jax.random.key(1), 2))
+    )
+    base = f"{server.http_url}/v1/generate/he_normal"
+    ok = httpx.get(f"{base}?shape=2,5,3&seed=1&key_derive=stack:2", headers={"Accept": "application/x-npy"}, timeout=60)
+    assert ok.status_code == 200, ok.text
+    assert np.load(__import__("io").BytesIO(ok.content)).tobytes() == want.tobytes()
+    for query, words in [
+        ("shape=3,5,3&seed=1&key_derive=stack:2", "shape starts with [2]"),
+        ("shape=65,64,5,5&seed=1&key_derive=stack:65,stack:64", "at most 4096 slices"),
+        ("shape=2,5&seed=1&key_derive=stack:2", "at least 2D"),
+        ("shape=2,5&seed=1&key_derive=stack:0", "1 <= num <= 4096"),
+    ]:
+        bad = httpx.get(f"{base}?{query}", timeout=60)
+        assert bad.status_code == 400, (query, bad.text)
+        assert words in bad.json()["error"]["message"], (query, bad.text)
+    with jaxinit.Client(server.grpc_url) as client, pytest.raises(jaxinit.InvalidArgument, match="shape starts with"):
+        client.generate("he_normal", jaxinit.stacked(1, 2), (5, 3))
+
+
 def test_jax_keys_when_jax_is_installed(url: str) -> None:
     """A JAX key object, typed or legacy, is accepted and means what it means in JAX."""
     keys = [

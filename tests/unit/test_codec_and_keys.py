@@ -20,7 +20,7 @@ from jaxinit.protocol.codec import (
     to_float32,
     to_wire_bytes,
 )
-from jaxinit.protocol.keys import KEY_IMPLS, Key, as_key
+from jaxinit.protocol.keys import KEY_IMPLS, Key, as_key, derive_from_json, derive_from_text
 
 
 @pytest.mark.parametrize("name", list(DTYPES))
@@ -142,8 +142,29 @@ def test_derivation_steps_keep_plain_keys_as_they_were_and_round_trip() -> None:
             derive_from_json(bad_json)
     with pytest.raises(jaxinit.InvalidArgument, match="at most"):
         Key(seed=0, fold_in=(1,) * MAX_FOLD_IN, derive=(("split", 2, 0),))
-    with pytest.raises(jaxinit.InvalidArgument, match="split steps"):
+    with pytest.raises(jaxinit.InvalidArgument, match="split and stack steps"):
         Key(seed=0, derive=(("split", 2, 0),) * 9)
+
+
+def test_stack_steps_make_a_batch_key() -> None:
+    """``stacked`` adds a stack step: the key's ``stack`` names the leading axes of what it
+    makes, and the step has a JSON and a text form that read back to it."""
+    batch = jaxinit.fold_in(jaxinit.stacked(jaxinit.fold_in(jaxinit.key(1), 2), 3), 4)
+    assert batch.stack == (3,) and batch.fold_in == (2,)
+    assert batch.to_json()["derive"] == [{"stack": 3}, {"fold_in": 4}]
+    assert derive_from_json(batch.to_json()["derive"]) == batch.derive
+    assert batch.derive_text() == "stack:3,fold_in:4" and derive_from_text(batch.derive_text()) == batch.derive
+    assert jaxinit.stacked(batch, 5).stack == (3, 5)
+    assert jaxinit.key(1).stack == ()
+    for bad, match in [("stack:0", "1 <= num"), ("stack:4097", "1 <= num"), ("stack:2:1", "stack num")]:
+        with pytest.raises(jaxinit.InvalidArgument, match=match):
+            derive_from_text(bad)
+    with pytest.raises(jaxinit.InvalidArgument, match="at most 4096 slices"):
+        jaxinit.stacked(jaxinit.stacked(0, 64), 65)
+    with pytest.raises(jaxinit.InvalidArgument):
+        derive_from_json([{"stack": [2]}])
+    with pytest.raises(jaxinit.InvalidArgument, match="stacked takes"):
+        jaxinit.stacked(0, True)
 
 
 def test_an_answer_without_the_derive_steps_asked_for_is_refused() -> None:

@@ -7,6 +7,7 @@ JAX-free. Turns whatever a user passes as ``key`` (an int seed, a
 
 from __future__ import annotations
 
+import math
 import numbers
 import sys
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ __all__ = [
     "MAX_FOLD_IN",
     "MAX_SPLIT",
     "MAX_SPLIT_STEPS",
+    "MAX_STACK",
     "Key",
     "Step",
     "as_key",
@@ -31,6 +33,7 @@ __all__ = [
     "fold_in",
     "key",
     "split",
+    "stacked",
     "wrap_key_data",
 ]
 
@@ -48,10 +51,14 @@ DEFAULT_IMPL = "threefry2x32"
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_FOLD_IN = 64  # derivation steps (fold_in and split) one key may carry
 MAX_SPLIT = 2**16  # split(key, num): the server makes all num keys to take one
-MAX_SPLIT_STEPS = 8  # split steps one key may carry (each compiles JAX's split for its num)
+MAX_SPLIT_STEPS = 8  # split and stack steps one key may carry (each compiles JAX's split for its num)
+MAX_STACK = 4096  # slices a stacked key makes (the product of its stack steps' nums)
 
 # One derivation step: ("fold_in", x) is jax.random.fold_in(key, x); ("split", num, i)
-# is jax.random.split(key, num)[i].
+# is jax.random.split(key, num)[i]; ("stack", num) is all of jax.random.split(key, num),
+# a batch: every later step applies to each of its keys, and the tensor made with the
+# key has one slice per key, stacked on a leading axis of size num (as jax.vmap of the
+# initializer over the batch, as nn.scan and nnx.vmap initialise stacked layers).
 Step = tuple[Any, ...]
 
 
@@ -69,8 +76,13 @@ def _check_step(step: Any) -> Step:
             f"split(key, num)[index] needs 1 <= num <= {MAX_SPLIT} and 0 <= index < num, got "
             f"num={repr(num)[:20]}, index={repr(index)[:20]}"
         )
+    if isinstance(step, tuple) and len(step) == 2 and step[0] == "stack":
+        if uint32(step[1]) and 1 <= step[1] <= MAX_STACK:
+            return step
+        raise InvalidArgument(f"a stack step takes 1 <= num <= {MAX_STACK}, got {repr(step[1])[:20]}")
     raise InvalidArgument(
-        f"a key derivation step is fold_in (a uint32, 0 <= x < 2**32) or split [num, index], got {repr(step)[:60]}"
+        "a key derivation step is fold_in (a uint32, 0 <= x < 2**32), split [num, index] or stack num, got "
+        f"{repr(step)[:60]}"
     )
 
 
@@ -85,7 +97,11 @@ class Key:
     as Flax derives a parameter's key from the root key; ``derive`` then continues the
     chain with ``("fold_in", x)`` and ``("split", num, i)`` steps, the latter meaning
     ``jax.random.split(key, num)[i]`` (as ``nn.scan`` and ``nnx.split_rngs`` derive a
-    layer's key). :func:`fold_in` and :func:`split` build them.
+    layer's key). A ``("stack", num)`` step makes the key a batch, all of
+    ``jax.random.split(key, num)``, each later step applying to every key of it: a tensor
+    made with a batch key has shape ``(num, *shape)``, slice ``i`` made with key ``i``
+    (``jax.vmap`` of the initializer over the keys; how ``nn.scan`` and ``nnx.vmap``
+    initialise stacked layers). :func:`fold_in`, :func:`split` and :func:`stacked` build them.
     """
 
     seed: int | None = None
@@ -127,14 +143,24 @@ class Key:
             )
         for step in self.derive:
             _check_step(step)
-        if sum(step[0] == "split" for step in self.derive) > MAX_SPLIT_STEPS:
-            raise InvalidArgument(f"a key carries at most {MAX_SPLIT_STEPS} split steps")
+        if sum(step[0] != "fold_in" for step in self.derive) > MAX_SPLIT_STEPS:
+            raise InvalidArgument(f"a key carries at most {MAX_SPLIT_STEPS} split and stack steps")
+        if math.prod(self.stack) > MAX_STACK:
+            raise InvalidArgument(
+                f"a key's stack steps make at most {MAX_STACK} slices in all, got {' x '.join(map(str, self.stack))}"
+            )
         # One spelling per key (one canonical request, one digest): fold_ins that lead the
         # derive steps belong to the fold_in list.
         lead = next((i for i, step in enumerate(self.derive) if step[0] != "fold_in"), len(self.derive))
         if lead:
             object.__setattr__(self, "fold_in", (*folds, *(step[1] for step in self.derive[:lead])))
             object.__setattr__(self, "derive", tuple(self.derive[lead:]))
+
+    @property
+    def stack(self) -> tuple[int, ...]:
+        """The leading axes a tensor made with this key has: each stack step's num, in order
+        (empty for a single key)."""
+        return tuple(step[1] for step in self.derive if step[0] == "stack")
 
     @property
     def steps(self) -> tuple[Step, ...]:
@@ -159,7 +185,7 @@ class Key:
         if self.fold_in:  # absent when empty, so digests of plain keys stay as they were
             out["fold_in"] = list(self.fold_in)
         if self.derive:
-            out["derive"] = [{"fold_in": s[1]} if s[0] == "fold_in" else {"split": [s[1], s[2]]} for s in self.derive]
+            out["derive"] = [_step_json(s) for s in self.derive]
         return out
 
     def derive_text(self) -> str:
@@ -167,8 +193,14 @@ class Key:
         return ",".join(":".join(str(part) for part in step) for step in self.derive)
 
 
+def _step_json(step: Step) -> dict[str, Any]:
+    if step[0] == "split":
+        return {"split": [step[1], step[2]]}
+    return {step[0]: step[1]}
+
+
 def derive_from_json(items: Any) -> tuple[Step, ...]:
-    """``derive`` steps from their JSON form ``[{"fold_in": 3}, {"split": [4, 2]}]``."""
+    """``derive`` steps from their JSON form ``[{"fold_in": 3}, {"split": [4, 2]}, {"stack": 8}]``."""
     if not isinstance(items, list) or len(items) > MAX_FOLD_IN:
         raise InvalidArgument(f"derive must be a list of at most {MAX_FOLD_IN} steps, got {repr(items)[:60]}")
     steps = []
@@ -177,22 +209,27 @@ def derive_from_json(items: Any) -> tuple[Step, ...]:
             steps.append(_check_step(("fold_in", item["fold_in"])))
         elif isinstance(item, dict) and set(item) == {"split"} and isinstance(item["split"], list):
             steps.append(_check_step(("split", *item["split"])))
+        elif isinstance(item, dict) and set(item) == {"stack"}:
+            steps.append(_check_step(("stack", item["stack"])))
         else:
             raise InvalidArgument(
-                f'a derive step is {{"fold_in": x}} or {{"split": [num, index]}}, got {repr(item)[:60]}'
+                f'a derive step is {{"fold_in": x}}, {{"split": [num, index]}} or {{"stack": num}}, got '
+                f"{repr(item)[:60]}"
             )
     return tuple(steps)
 
 
 def derive_from_text(text: str) -> tuple[Step, ...]:
-    """``derive`` steps from their text form ``fold_in:3,split:4:2`` (see :meth:`Key.derive_text`)."""
+    """``derive`` steps from their text form ``fold_in:3,split:4:2,stack:8`` (see :meth:`Key.derive_text`)."""
     steps = []
     for token in filter(None, text.split(",")):
         name, *numbers_ = token.strip().split(":")
         try:
             values = [int(n) for n in numbers_]
         except ValueError:
-            raise InvalidArgument(f"a derive step is fold_in:X or split:NUM:INDEX, got {token[:40]!r}") from None
+            raise InvalidArgument(
+                f"a derive step is fold_in:X, split:NUM:INDEX or stack:NUM, got {token[:40]!r}"
+            ) from None
         steps.append(_check_step((name, *values)))
     return tuple(steps)
 
@@ -235,6 +272,23 @@ def split(base: Any, num: int = 2) -> tuple[Key, ...]:
     if not isinstance(num, numbers.Integral) or isinstance(num, bool) or not 1 <= num <= MAX_SPLIT:
         raise InvalidArgument(f"split takes 1 <= num <= {MAX_SPLIT}, got {num!r}")
     return tuple(base.then(("split", int(num), i)) for i in range(int(num)))
+
+
+def stacked(base: Any, num: int) -> Key:
+    """The ``num`` keys of ``jax.random.split(base, num)`` as one batch key: an initializer
+    called with it and shape ``(num, *shape)`` makes ``num`` slices, slice ``i`` being
+    ``init(jax.random.split(base, num)[i], shape, dtype)``, as
+    ``jax.vmap(init, in_axes=(0, None, None))`` does over the split keys. Later
+    :func:`fold_in` and :func:`split` steps apply to every key of the batch, and a second
+    :func:`stacked` adds a second leading axis.
+
+    >>> stacked(key(0), 4).stack
+    (4,)
+    """
+    base = as_key(base)
+    if not isinstance(num, numbers.Integral) or isinstance(num, bool) or not 1 <= num <= MAX_STACK:
+        raise InvalidArgument(f"stacked takes 1 <= num <= {MAX_STACK}, got {num!r}")
+    return base.then(("stack", int(num)))
 
 
 def as_key(obj: Any) -> Key:

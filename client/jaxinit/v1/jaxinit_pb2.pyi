@@ -21,12 +21,14 @@ class Key(_message.Message):
     def __init__(self, seed: _Optional[int] = ..., data: _Optional[_Union[KeyData, _Mapping]] = ..., impl: _Optional[str] = ..., fold_in: _Optional[_Iterable[int]] = ..., derive: _Optional[_Iterable[_Union[KeyStep, _Mapping]]] = ...) -> None: ...
 
 class KeyStep(_message.Message):
-    __slots__ = ("fold_in", "split")
+    __slots__ = ("fold_in", "split", "stack")
     FOLD_IN_FIELD_NUMBER: _ClassVar[int]
     SPLIT_FIELD_NUMBER: _ClassVar[int]
+    STACK_FIELD_NUMBER: _ClassVar[int]
     fold_in: int
     split: Split
-    def __init__(self, fold_in: _Optional[int] = ..., split: _Optional[_Union[Split, _Mapping]] = ...) -> None: ...
+    stack: int
+    def __init__(self, fold_in: _Optional[int] = ..., split: _Optional[_Union[Split, _Mapping]] = ..., stack: _Optional[int] = ...) -> None: ...
 
 class Split(_message.Message):
     __slots__ = ("num", "index")

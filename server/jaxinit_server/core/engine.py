@@ -12,6 +12,7 @@ produced in chunks that replay the same eager sequence (see :mod:`chunked`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ import numpy as np
 
 from jaxinit.protocol.codec import DTYPES, dtype_name
 from jaxinit.protocol.errors import InternalError, JaxError, ServerUnavailable, TooLarge
-from jaxinit.protocol.keys import Key
+from jaxinit.protocol.keys import KEY_IMPLS, Key
 from jaxinit_server.core import chunked
 from jaxinit_server.core.registry import build
 from jaxinit_server.core.request import GenerateParams, Limits, PrngDefaults, Resolved, resolve
@@ -76,6 +77,8 @@ def route(resolved: Resolved) -> str:
     """The one producer for ``resolved`` (cheap: no JAX work)."""
     if resolved.stop == resolved.start:
         return EMPTY
+    if _stacked(resolved):
+        return route(_template(resolved))
     if chunked.chunkable(resolved):
         return CHUNKED
     if resolved.spec.name in FILL_FAMILIES and _fill_period(resolved) is not None:
@@ -90,6 +93,14 @@ def price(resolved: Resolved, *, gathered: bool = False) -> Cost:
     itemsize = DTYPES[resolved.out_dtype].itemsize
     count = resolved.stop - resolved.start
     total = math.prod(resolved.shape)
+    if _stacked(resolved) and kind != EMPTY:
+        # One slice at a time: a chunked slice's pipeline, or a worker that keeps the slices
+        # made so far (the whole stacked tensor) beside the working set of the next one.
+        one = price(_template(resolved))
+        memory = one.memory + (total * itemsize if kind == WHOLE else 0)
+        memory += count * (itemsize + 64) if gathered else 0
+        slices = math.prod(_stack(resolved))
+        return Cost(kind, memory + slices * 64, one.flops * slices if kind == WHOLE else count * 64)
     memory, flops = 64 * 2**10, count
     if kind == CHUNKED:
         chunk = min(chunked.bucket(count), count)
@@ -113,10 +124,107 @@ def price(resolved: Resolved, *, gathered: bool = False) -> Cost:
         memory += count * (itemsize + 64)
     if resolved.key is not None:  # split(key, num) makes all num keys to take one
         for step in resolved.key.derive:
-            if step[0] == "split":
+            if step[0] != "fold_in":
                 memory += step[1] * 16
                 flops += step[1] * 64
     return Cost(kind, memory, flops)
+
+
+# --- stacked keys: one slice per key of a batch ----------------------------------------------
+
+
+def _stack(resolved: Resolved) -> tuple[int, ...]:
+    """The leading axes of a stacked request, one slice per key (empty: not stacked)."""
+    return () if resolved.key is None else resolved.key.stack
+
+
+def _stacked(resolved: Resolved) -> bool:
+    return bool(_stack(resolved))
+
+
+def _the_key(resolved: Resolved) -> Key:
+    assert resolved.key is not None
+    return resolved.key
+
+
+def _slice(resolved: Resolved, key: Key, start: int, stop: int) -> Resolved:
+    """One slice of a stacked request: the initializer on the rest of the shape, with one
+    key of the batch (as its raw data: wrap_key_data(key_data(k)) is k), elements [start, stop)."""
+    shape = resolved.shape[len(_stack(resolved)) :]
+    itemsize = DTYPES[resolved.out_dtype].itemsize
+    return dataclasses.replace(
+        resolved,
+        shape=shape,
+        key=key,
+        nbytes=(stop - start) * itemsize,
+        canonical="",
+        digest="",
+        start=start,
+        stop=stop,
+    )
+
+
+def _template(resolved: Resolved) -> Resolved:
+    """A whole slice with a stand-in key: for what does not depend on the key's value (the
+    route, the price, what JAX accepts)."""
+    impl = _the_key(resolved).impl
+    size = math.prod(resolved.shape[len(_stack(resolved)) :])
+    return _slice(resolved, Key(data=(0,) * KEY_IMPLS[impl], impl=impl), 0, size)
+
+
+def _batch_keys(key: Key) -> tuple[tuple[int, ...], list[Key]]:
+    """A stacked key's slices' keys, in C order of its stack axes, and the data of the key
+    its first stack step splits (the provenance's key data). Under the current config.
+
+    Each key of the batch is derived eagerly on its own, as a single key is: jax.vmap of
+    fold_in and split is not the same for every key implementation (unsafe_rbg's differ)."""
+    first = next(i for i, step in enumerate(key.derive) if step[0] == "stack")
+    head = Key(seed=key.seed, data=key.data, impl=key.impl, fold_in=key.fold_in, derive=key.derive[:first])
+    jax_key, head_data = _make_key(head)
+    batch = [jax_key]
+    for step in key.derive[first:]:
+        if step[0] == "fold_in":
+            batch = [jax.random.fold_in(k, np.uint32(step[1])) for k in batch]
+        elif step[0] == "split":
+            batch = [jax.random.split(k, step[1])[step[2]] for k in batch]
+        else:
+            batch = [part for k in batch for part in jax.random.split(k, step[1])]
+    words = np.asarray(jax.random.key_data(jax.numpy.stack(batch))).astype(np.uint32).reshape(len(batch), -1)
+    return head_data, [Key(data=tuple(int(w) for w in row), impl=key.impl) for row in words.tolist()]
+
+
+def _slices(resolved: Resolved, keys: list[Key]) -> list[Resolved]:
+    """The slices the range [start, stop) of a stacked request touches, each with its range."""
+    size = math.prod(resolved.shape[len(_stack(resolved)) :])
+    out = []
+    for i, key in enumerate(keys):
+        lo, hi = max(resolved.start, i * size), min(resolved.stop, (i + 1) * size)
+        if lo < hi:
+            out.append(_slice(resolved, key, lo - i * size, hi - i * size))
+    return out
+
+
+def _prepare_stacked(resolved: Resolved, kind: str) -> Generation:
+    """A stacked request on the chunked route (or empty): its slices one after another."""
+    if kind == EMPTY:
+        check(_template(resolved))
+    with _config(resolved):
+        head_data, keys = _batch_keys(_the_key(resolved))
+    if kind == EMPTY:
+        return Generation(resolved, head_data, route=kind, array=np.empty(0, DTYPES[resolved.out_dtype]))
+    subs = _slices(resolved, keys)
+
+    def pieces() -> Iterator[np.ndarray]:
+        for sub in subs:
+            generation = prepare(sub)
+            try:
+                yield from generation.produce()
+            finally:
+                generation.close()
+
+    if resolved.stop - resolved.start <= chunked.MAX_CHUNK:  # small: make it now
+        return Generation(resolved, head_data, route=kind, array=np.concatenate(list(pieces())))
+    return Generation(resolved, head_data, route=kind, pieces=pieces)
 
 
 def _qr_dims(resolved: Resolved) -> tuple[int, int]:
@@ -203,6 +311,8 @@ def prepare(resolved: Resolved) -> Generation:
     """
     kind = route(resolved)
     dtype = DTYPES[resolved.out_dtype]
+    if _stacked(resolved) and kind != WHOLE:
+        return _prepare_stacked(resolved, kind)
     if kind == EMPTY:
         check(resolved)
         with _config(resolved):
@@ -302,6 +412,8 @@ def validate(resolved: Resolved) -> None:
     Raises:
         JaxError: JAX refused the request; its message, verbatim.
     """
+    if _stacked(resolved):
+        resolved = _template(resolved)  # every slice is the same call but for its key
     kind = route(resolved)
     if kind == CHUNKED:
         with _config(resolved):
@@ -321,6 +433,8 @@ def check(resolved: Resolved) -> None:
     Raises:
         JaxError: JAX refused the request; its message, verbatim.
     """
+    if _stacked(resolved):
+        resolved = _template(resolved)
     try:
         with _config(resolved):
             jax.eval_shape(_call(resolved), _make_key(resolved.key)[0])
@@ -335,6 +449,13 @@ def run(resolved: Resolved) -> tuple[np.ndarray, tuple[int, ...]]:
         JaxError: JAX refused the request; its message, verbatim.
         TooLarge: XLA ran out of memory.
     """
+    if _stacked(resolved):
+        with _config(resolved):
+            head_data, keys = _batch_keys(_the_key(resolved))
+        whole = np.empty((len(keys), *resolved.shape[len(_stack(resolved)) :]), DTYPES[resolved.out_dtype])
+        for i, key in enumerate(keys):
+            whole[i] = run(_slice(resolved, key, 0, whole[i].size))[0]
+        return whole.reshape(resolved.shape), head_data
     try:
         with _config(resolved):
             key, key_data = _make_key(resolved.key)

@@ -137,6 +137,12 @@ def resolve(params: GenerateParams, limits: Limits, defaults: PrngDefaults) -> R
             f"is {limits.max_tensor_bytes} bytes per tensor"
         )
     start, stop = _range(params.offset, params.count, math.prod(shape))
+    if params.key is not None and shape[: len(params.key.stack)] != params.key.stack:
+        stack = list(params.key.stack)
+        raise InvalidArgument(
+            f"a key with stack steps {stack} makes a tensor whose shape starts with {stack} (one slice per key, "
+            f"the initializer called with the rest of the shape), got shape {_dims(shape)}"
+        )
     key = params.key if spec.uses_key else None
     fields: dict[str, Any] = {
         "initializer": spec.name,

@@ -51,7 +51,9 @@ def _step_from_proto(step: pb.KeyStep) -> tuple[Any, ...]:
         return ("fold_in", step.fold_in)
     if kind == "split":
         return ("split", step.split.num, step.split.index)
-    raise InvalidArgument("a KeyStep needs fold_in or split")
+    if kind == "stack":
+        return ("stack", step.stack)
+    raise InvalidArgument("a KeyStep needs fold_in, split or stack")
 
 
 def params_from_proto(request: pb.GenerateRequest) -> GenerateParams:

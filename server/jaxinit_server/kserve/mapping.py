@@ -8,7 +8,7 @@ carries:
   ``key_data`` (UINT32: raw key data); optionally ``fold_in`` (UINT32, in order);
 - request parameters: ``dtype`` (a jaxinit name such as ``bfloat16`` or a v2
   datatype such as ``BF16``), ``key_impl``, ``key_derive`` (further steps after
-  ``fold_in``: ``fold_in:X,split:NUM:INDEX``), ``threefry_partitionable``, ``enable_x64``,
+  ``fold_in``: ``fold_in:X,split:NUM:INDEX,stack:NUM``), ``threefry_partitionable``, ``enable_x64``,
   ``offset``/``count`` (a range in flat elements), and every initializer argument
   by name: numbers as int64/double parameters, booleans as bool, anything else as a
   string holding a JSON literal or a plain string (``"[0, 1]"``, ``"fan_in"``);
@@ -213,7 +213,7 @@ def params_from_v2(
     derive_text = parameters.get("key_derive") or ""
     if not isinstance(derive_text, str):
         raise InvalidArgument(
-            f"parameter key_derive must be a string (fold_in:X,split:NUM:INDEX), got {quote(derive_text)}"
+            f"parameter key_derive must be a string (fold_in:X,split:NUM:INDEX,stack:NUM), got {quote(derive_text)}"
         )
     derive = derive_from_text(derive_text)
     key = None

@@ -27,8 +27,9 @@ class KeyBody(BaseModel):
     )
     derive: list[dict[str, Any]] | None = Field(
         None,
-        description='then these steps, in order: {"fold_in": x} or {"split": [num, index]} '
-        "(jax.random.split(key, num)[index])",
+        description='then these steps, in order: {"fold_in": x}, {"split": [num, index]} '
+        '(jax.random.split(key, num)[index]) or {"stack": num} (every key of jax.random.split(key, num), '
+        "a batch: the tensor's shape starts with num, one slice per key, as jax.vmap of the initializer)",
         examples=[[{"split": [4, 2]}, {"fold_in": 7}]],
     )
 

@@ -80,7 +80,7 @@ async def generate_get(
     key_impl: str | None = None,
     key_fold_in: Annotated[str | None, Query(description="comma-separated uint32s folded into the key")] = None,
     key_derive: Annotated[
-        str | None, Query(description="then these steps: fold_in:X and split:NUM:INDEX, comma-separated")
+        str | None, Query(description="then these steps: fold_in:X, split:NUM:INDEX and stack:NUM, comma-separated")
     ] = None,
     threefry_partitionable: bool | None = None,
     enable_x64: bool | None = None,
