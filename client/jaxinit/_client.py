@@ -207,7 +207,7 @@ class _Resumption(_Backoff):
         self._next = piece.offset + piece.array.size
 
     def done(self, piece: Tensor) -> Tensor:
-        check_derived(self.request.key, piece)
+        check_derived(self.request.key, piece, jit=self.request.jit)
         if not self.pieces:
             return piece
         self._keep(piece)
@@ -600,7 +600,7 @@ class Client(_BaseClient[Tensor, "ModelParams"]):
         sent: list[Request] = []
         answers = self._transport.generate_many(_tap(requests, sent))
         for index, item in enumerate(answers):
-            yield check_derived(sent[index].key, item) if isinstance(item, Tensor) else item
+            yield check_derived(sent[index].key, item, jit=sent[index].jit) if isinstance(item, Tensor) else item
 
     def _init_model(
         self, request: ModelRequest, flat: bool, path: str | os.PathLike[str] | None, progress: bool | None
@@ -664,7 +664,7 @@ class AsyncClient(_BaseClient[Coroutine[Any, Any, Tensor], Coroutine[Any, Any, "
 
         index = 0
         async for item in self._transport.generate_many(tapped()):
-            yield check_derived(sent[index].key, item) if isinstance(item, Tensor) else item
+            yield check_derived(sent[index].key, item, jit=sent[index].jit) if isinstance(item, Tensor) else item
             index += 1
 
     async def _init_model(

@@ -142,6 +142,7 @@ def request_to_proto(request: Request, index: int = 0) -> pb.GenerateRequest:
     if request.key is not None:
         _key_to_proto(message.key, request.key)
     _prng_to_proto(message.prng, request.threefry_partitionable, request.enable_x64)
+    message.prng.jit = request.jit
     if request.offset is not None:
         message.offset = request.offset
     if request.count is not None:

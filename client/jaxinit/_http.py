@@ -59,6 +59,7 @@ def request_to_json(request: Request) -> dict[str, Any]:
         for name, value in (
             ("threefry_partitionable", request.threefry_partitionable),
             ("enable_x64", request.enable_x64),
+            ("jit", request.jit or None),
         )
         if value is not None
     }
@@ -92,7 +93,11 @@ def get_url(request: Request) -> str:
             params["key_fold_in"] = ",".join(str(x) for x in key.fold_in)
         if key.derive:
             params["key_derive"] = key.derive_text()
-    for name, flag in (("threefry_partitionable", request.threefry_partitionable), ("enable_x64", request.enable_x64)):
+    for name, flag in (
+        ("threefry_partitionable", request.threefry_partitionable),
+        ("enable_x64", request.enable_x64),
+        ("jit", request.jit or None),
+    ):
         if flag is not None:
             params[name] = "true" if flag else "false"
     if request.offset is not None:
@@ -224,6 +229,7 @@ def planned(plan: Any, request: ModelRequest) -> list[tuple[Output, Request, str
             threefry_partitionable=partitionable,
             enable_x64=x64,
             request_id=o.name,
+            jit=o.param.jit,
         )
         out.append((o, tensor, digest))
     return out

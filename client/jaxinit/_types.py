@@ -52,8 +52,11 @@ class Request:
     request_id: str = ""
     offset: int | None = None  # a range in flat elements: [offset, offset + count)
     count: int | None = None
+    jit: bool = False  # the values jax.jit(init) gives (as inside nn.scan or a jitted model.init)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.jit, bool):
+            raise InvalidArgument(f"jit must be true or false, got {self.jit!r}")
         for name in ("offset", "count"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0):
@@ -307,21 +310,28 @@ async def enumerate_async(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterato
             index += 1
 
 
-def check_derived(key: Key | None, tensor: Tensor) -> Tensor:
+def check_derived(key: Key | None, tensor: Tensor, *, jit: bool = False) -> Tensor:
     """``tensor``, once its canonical request shows the server applied ``key``'s derive
-    steps (split, stack and fold_in after the fold_in list). A server older than the steps drops
-    them as an unknown field and answers for another key: refused, never returned.
+    steps (split, stack and fold_in after the fold_in list) and, asked for, ``jit``. A
+    server older than these drops them as unknown fields and answers another request:
+    refused, never returned.
 
     Raises:
-        ProtocolError: the server's key does not carry the steps asked for.
+        ProtocolError: the server's request lacks the steps or the jit asked for.
     """
-    if key is None or not key.derive:
+    if (key is None or not key.derive) and not jit:
         return tensor
     try:
-        answered = json.loads(tensor.provenance.canonical_request)["key"]
+        canonical = json.loads(tensor.provenance.canonical_request)
+        answered = canonical["key"]
     except (ValueError, KeyError, TypeError):
-        answered = {}
-    if answered is None:  # an initializer that takes no key (zeros, constant): none was used
+        canonical, answered = {}, {}
+    if jit and canonical.get("jit") is not True:
+        raise ProtocolError(
+            "the server answered with eager values where jit values were asked for: a server older than this "
+            "client? (jit needs a jaxinit-server >= 0.3.0)"
+        )
+    if answered is None or key is None or not key.derive:  # no key used (zeros, constant), or none to check
         return tensor
     want = key.to_json()["derive"]
     if answered.get("derive", [])[: len(want)] != want:

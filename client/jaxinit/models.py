@@ -39,6 +39,7 @@ __all__ = [
     "MultiHeadAttention",
     "Param",
     "RMSNorm",
+    "Scan",
     "Sequential",
     "expand",
     "init",
@@ -220,6 +221,16 @@ def Function(fn: str = "") -> dict[str, Any]:
 def Sequential(*layers: dict[str, Any], **common: Any) -> dict[str, Any]:
     """``nn.Sequential`` (layers named layers_0, ...) / ``nnx.Sequential`` (layers.0, ...)."""
     return _module("Sequential", layers=list(layers), **common)
+
+
+def Scan(module: dict[str, Any], length: int, **common: Any) -> dict[str, Any]:
+    """``length`` copies of ``module`` stacked on a leading axis of every parameter.
+
+    linen: ``nn.scan(Block, variable_axes={'params': 0}, split_rngs={'params': True},
+    length=length)`` (unnamed: ``ScanBlock_0``); nnx: the layers a constructor makes under
+    ``nnx.split_rngs(splits=length)`` and ``nnx.vmap``. In the torch layout each layer is
+    its own module, ``<scan>.<i>.<...>``, as an ``nn.ModuleList`` holds it."""
+    return _module("Scan", module=module, length=length, **common)
 
 
 def Module(*children: dict[str, Any], cls: str | None = None, **common: Any) -> dict[str, Any]:

@@ -26,10 +26,28 @@ derived from the root key as Flax derives it:
 
 Every parameter consumes one count, zero-initialised biases included, exactly
 as in Flax.
+
+A ``Scan`` stacks ``length`` copies of its module on a leading axis of every
+parameter; each parameter is then one request with a stacked key (see
+:func:`jaxinit.stacked`):
+
+- ``linen`` (``nn.scan(Block, variable_axes={'params': 0}, split_rngs={'params':
+  True}, length=L)``): layer ``i``'s key is ``fold_in(split(root, L)[i], H(*path,
+  n))``, ``path`` the full path (the scan's name included), and ``n`` the count
+  in its module offset by the module's own number of parameters (Flax traces the
+  scanned body twice at init, so the counts of the first trace are spent). The
+  body is compiled, so each parameter has ``jit`` values (``jax.jit(init)``'s).
+- ``nnx`` (a block built by ``nnx.split_rngs(splits=L)`` over ``nnx.vmap`` of its
+  constructor): the parameters' stream gives one count ``n`` to the split, and
+  layer ``i``'s parameters count from 0 on the key ``split(fold_in(root, n), L)[i]``;
+  eager, as vmap is.
+
+Nested scans are refused (their key derivation is not verified).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -44,7 +62,7 @@ import numpy as np
 from jaxinit.protocol.catalog import bind_arguments, lookup
 from jaxinit.protocol.codec import SIXTY_FOUR_BIT, dtype_name
 from jaxinit.protocol.errors import InvalidArgument, ProtocolError
-from jaxinit.protocol.keys import Key
+from jaxinit.protocol.keys import Key, Step, derive_from_json, step_json
 
 __all__ = [
     "LAYOUTS",
@@ -103,6 +121,11 @@ class Param:
     module: str  # the module type that owns it ("Dense", "Conv", "Param", ...)
     role: str  # "kernel", "bias", "scale", "embedding", or the raw parameter's name
     torch: tuple[str, str] = ("", "")  # (leaf name, conversion) in the PyTorch layout
+    # Key steps from the root before fold_in (a stacked layer's: ("stack", L), ...), so
+    # the key is root.then(*key_prefix, ("fold_in", fold_in)); shape then starts with L.
+    key_prefix: tuple[Step, ...] = ()
+    jit: bool = False  # made as jax.jit(init) makes it (inside nn.scan: compiled)
+    stack_at: int = 0  # a stacked parameter: how many names of its path precede the layer index
 
     @property
     def name(self) -> str:
@@ -519,7 +542,9 @@ MODULE_TYPES: tuple[str, ...] = (
     "Dropout",
     "Einsum",
     "LoRALinear",
+    "Scan",
 )
+MAX_SCAN_LENGTH = 4096  # layers one Scan stacks (a stacked key's slices)
 DEFAULT_STREAMS = ("params",)
 _ATTENTION_CLASSES = ("MultiHeadAttention", "MultiHeadDotProductAttention", "SelfAttention")
 
@@ -542,6 +567,7 @@ class _Node:
     type: str
     items: list[tuple[str, _Leaf | _Node | _Draw]] = field(default_factory=list)
     cls: str = ""  # the Flax class name linen auto-names an unnamed instance after (default: type)
+    length: int = 0  # a Scan: how many layers it stacks
 
 
 def _parse(node: Any, where: str, dtype: str, depth: int, mode: str, *, parent: str = "") -> _Node:
@@ -585,6 +611,24 @@ def _parse(node: Any, where: str, dtype: str, depth: int, mode: str, *, parent: 
         out.items.append(("lora", _parse(child, f"{where}.lora", dtype, depth + 1, mode, parent="LoRALinear")))
     elif kind in _LEAF_MODULES:
         out.items = [(leaf.role, leaf) for leaf in _LEAF_MODULES[kind](r, dtype)]
+    elif kind == "Scan":
+        # Its module's parameters and children, each stacked: the scan's scope is the
+        # module's (linen names an unnamed one Scan<Class>_i).
+        out.length = r.integer("length")
+        if out.length > MAX_SCAN_LENGTH:
+            raise InvalidArgument(f"{where}: a Scan stacks at most {MAX_SCAN_LENGTH} layers, got {out.length}")
+        inner_desc = r._get("module", None)
+        r.used.add("module")
+        if not isinstance(inner_desc, Mapping):
+            raise InvalidArgument(f"{where}: a Scan needs the 'module' it stacks (a module description)")
+        inner = _parse(inner_desc, f"{where}.module", dtype, depth + 1, mode, parent="Scan")
+        if _has_scan(inner):
+            raise InvalidArgument(f"{where}: a Scan inside a Scan is not supported (its keys are not verified)")
+        if inner.type in ("Param", "Function"):
+            raise InvalidArgument(f"{where}: a Scan stacks a module with parameters, not a {inner.type}")
+        out.items = list(inner.items)  # a scanned Dense's kernel and bias are the scan's own
+        inner_cls = inner_desc.get("class", inner.type) if inner.type == "Module" else inner.cls or inner.type
+        out.cls = f"Scan{inner_cls}"
     elif kind == "MultiHeadAttention":
         # linen names an unnamed one after its class: nn.MultiHeadAttention,
         # nn.MultiHeadDotProductAttention and nn.SelfAttention make the same parameters.
@@ -641,6 +685,10 @@ def _parse(node: Any, where: str, dtype: str, depth: int, mode: str, *, parent: 
             raise InvalidArgument(f"{where}: names must be unique among siblings; repeated: {_quote(dup)}")
     r.done()
     return out
+
+
+def _has_scan(node: _Node) -> bool:
+    return node.type == "Scan" or any(isinstance(item, _Node) and _has_scan(item) for _, item in node.items)
 
 
 def _attention(r: _Reader, dtype: str, depth: int) -> list[tuple[str, _Leaf | _Node | _Draw]]:
@@ -778,11 +826,35 @@ class _Streams:
             self.count += 1  # a shared stream: every later parameter's key moves on
 
 
-def _walk(node: _Node, path: tuple[str, ...], mode: str, fix: bool, out: list[Param], streams: _Streams) -> None:
+@dataclass(frozen=True)
+class _Stacked:
+    """Inside a Scan: the key steps before each parameter's fold_in, whether its values are
+    compiled ones, and where the layer index goes in a PyTorch name."""
+
+    prefix: tuple[Step, ...]
+    jit: bool
+    stack_at: int
+
+
+def _walk(
+    node: _Node,
+    path: tuple[str, ...],
+    mode: str,
+    fix: bool,
+    out: list[Param],
+    streams: _Streams,
+    stacked: _Stacked | None = None,
+) -> None:
+    if node.type == "Scan":
+        _walk_scan(node, path, mode, fix, out, streams)
+        return
     count = 0  # linen: parameters created in this module so far
+    if stacked is not None and mode == "linen":
+        # Flax traces a scanned body twice at init: each module's first-trace counts are spent
+        count = sum(isinstance(item, _Leaf) for _, item in node.items)
     for name, item in node.items:
         if isinstance(item, _Node):
-            _walk(item, (*path, name), mode, fix, out, streams)
+            _walk(item, (*path, name), mode, fix, out, streams, stacked)
             continue
         if isinstance(item, _Draw):
             streams.draw(item)
@@ -794,20 +866,39 @@ def _walk(node: _Node, path: tuple[str, ...], mode: str, fix: bool, out: list[Pa
             fold = linen_fold_in((*path, count), fix_rng_separator=fix)
         else:
             fold, streams.count = streams.count, streams.count + 1
+        layers = tuple(step[1] for step in stacked.prefix if step[0] == "stack") if stacked else ()
         out.append(
             Param(
                 path=(*path, name),
                 initializer=item.init[0],
                 args=item.init[1],
-                shape=item.shape,
-                init_shape=item.init_shape or item.shape,
+                shape=(*layers, *item.shape),
+                init_shape=(*layers, *(item.init_shape or item.shape)),
                 dtype=item.dtype,
                 fold_in=fold,
                 module=node.type,
                 role=item.role,
                 torch=item.torch,
+                key_prefix=stacked.prefix if stacked else (),
+                jit=stacked.jit if stacked else False,
+                stack_at=stacked.stack_at if stacked else 0,
             )
         )
+
+
+def _walk_scan(node: _Node, path: tuple[str, ...], mode: str, fix: bool, out: list[Param], streams: _Streams) -> None:
+    """A Scan's layers: linen splits the root key (the path hash then tells the parameters
+    apart); nnx splits one key drawn from the parameters' stream, counting from 0 in each layer."""
+    inner = _Node("Module", node.items, node.cls)
+    if mode == "linen":
+        _walk(inner, path, mode, fix, out, streams, _Stacked((("stack", node.length),), True, len(path)))
+        return
+    drawn = streams.count
+    streams.count = 0
+    _walk(
+        inner, path, mode, fix, out, streams, _Stacked((("fold_in", drawn), ("stack", node.length)), False, len(path))
+    )
+    streams.count = drawn + 1
 
 
 def _raw(description: Mapping[str, Any], dtype: str) -> _Node:
@@ -911,10 +1002,12 @@ class Output:
         return self.param.fold_in is not None
 
     def key(self, root: Key) -> Key | None:
-        """This tensor's key: the root key (with whatever steps derived it) and then the
-        parameter's ``fold_in``."""
+        """This tensor's key: the root key (with whatever steps derived it), the parameter's
+        ``key_prefix`` (a stacked layer's split), and then its ``fold_in``."""
         if self.param.fold_in is None:
             return None
+        for step in self.param.key_prefix:
+            root = root.then(step)
         return root.then(("fold_in", self.param.fold_in))
 
     @property
@@ -939,6 +1032,8 @@ class Output:
             "module": p.module,
             "role": p.role,
             "convert": self.convert,
+            "key_prefix": [step_json(step) for step in p.key_prefix],
+            "jit": p.jit,
         }
 
     @classmethod
@@ -960,12 +1055,14 @@ class Output:
                 fold_in=None if fold_in is None else int(fold_in),
                 module=str(entry["module"]),
                 role=str(entry["role"]),
+                key_prefix=derive_from_json(list(entry.get("key_prefix", []))),
+                jit=bool(entry.get("jit", False)),
             )
             convert = str(entry["convert"])
             if convert not in _CONVERSIONS:
                 raise ValueError(f"unknown conversion {convert!r}")
             return cls(str(entry["name"]), param, tuple(int(d) for d in entry["shape"]), convert)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, InvalidArgument) as exc:
             raise ProtocolError(f"a model plan entry this client cannot read ({exc!r}): {dict(entry)!r:.200}") from None
 
     def finish(self, generated: np.ndarray) -> np.ndarray:
@@ -1018,7 +1115,7 @@ def outputs(params: Sequence[Param], layout: str = "flax") -> list[Output]:
         return [Output(p.name, p, p.shape) for p in params]
     out: list[Output] = []
     buffers_done: set[str] = set()
-    for p in params:
+    for p in _unstacked(params):
         leaf, how = p.torch
         if how == NO_TORCH:
             raise InvalidArgument(
@@ -1046,6 +1143,28 @@ def outputs(params: Sequence[Param], layout: str = "flax") -> list[Output]:
                 buffer = Param((*p.path[:-1], name), init, {}, bshape, bshape, dtype, None, "BatchNorm", name)
                 out.append(Output(dot + name, buffer, bshape))
     return out
+
+
+def _unstacked(params: Sequence[Param]) -> Iterator[Param]:
+    """PyTorch holds stacked layers as a ModuleList: a stacked parameter becomes one
+    parameter per layer, its index after the Scan's name (``layers.0.Dense_0.kernel``),
+    its key the layer's own (split(..., L)[i] for the stack step)."""
+    for p in params:
+        stacks = [i for i, step in enumerate(p.key_prefix) if step[0] == "stack"]
+        if not stacks:
+            yield p
+            continue
+        where = stacks[0]  # one stack step: nested scans are refused by the expansion
+        length = p.key_prefix[where][1]
+        for i in range(length):
+            yield dataclasses.replace(
+                p,
+                path=(*p.path[: p.stack_at], str(i), *p.path[p.stack_at :]),
+                shape=p.shape[1:],
+                init_shape=p.init_shape[1:],
+                key_prefix=(*p.key_prefix[:where], ("split", length, i), *p.key_prefix[where + 1 :]),
+                stack_at=0,
+            )
 
 
 def model_canonical(layout: str, tensors: Sequence[tuple[str, str]]) -> tuple[str, str]:

@@ -34,6 +34,7 @@ __all__ = [
     "key",
     "split",
     "stacked",
+    "step_json",
     "wrap_key_data",
 ]
 
@@ -185,7 +186,7 @@ class Key:
         if self.fold_in:  # absent when empty, so digests of plain keys stay as they were
             out["fold_in"] = list(self.fold_in)
         if self.derive:
-            out["derive"] = [_step_json(s) for s in self.derive]
+            out["derive"] = [step_json(s) for s in self.derive]
         return out
 
     def derive_text(self) -> str:
@@ -193,7 +194,8 @@ class Key:
         return ",".join(":".join(str(part) for part in step) for step in self.derive)
 
 
-def _step_json(step: Step) -> dict[str, Any]:
+def step_json(step: Step) -> dict[str, Any]:
+    """One step in the JSON form of ``derive``: ``{"fold_in": x}``, ``{"split": [num, i]}``, ``{"stack": num}``."""
     if step[0] == "split":
         return {"split": [step[1], step[2]]}
     return {step[0]: step[1]}

@@ -45,12 +45,14 @@ class KeyData(_message.Message):
     def __init__(self, words: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PrngSettings(_message.Message):
-    __slots__ = ("threefry_partitionable", "enable_x64")
+    __slots__ = ("threefry_partitionable", "enable_x64", "jit")
     THREEFRY_PARTITIONABLE_FIELD_NUMBER: _ClassVar[int]
     ENABLE_X64_FIELD_NUMBER: _ClassVar[int]
+    JIT_FIELD_NUMBER: _ClassVar[int]
     threefry_partitionable: bool
     enable_x64: bool
-    def __init__(self, threefry_partitionable: _Optional[bool] = ..., enable_x64: _Optional[bool] = ...) -> None: ...
+    jit: bool
+    def __init__(self, threefry_partitionable: _Optional[bool] = ..., enable_x64: _Optional[bool] = ..., jit: _Optional[bool] = ...) -> None: ...
 
 class Value(_message.Message):
     __slots__ = ("float_value", "int_value", "string_value", "bool_value", "int_list", "list_value", "null_value")

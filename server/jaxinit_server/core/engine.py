@@ -6,7 +6,9 @@ whole call in one ``jax.jit`` is not equivalent: XLA then fuses e.g. the
 ``* stddev`` of ``normal`` into the sampler and the bits change (seen with JAX
 0.10.2 on CPU for ``normal`` in every dtype and for complex ``lecun_normal``).
 Eager JAX compiles and caches each op's program itself. Elementwise families are
-produced in chunks that replay the same eager sequence (see :mod:`chunked`).
+produced in chunks that replay the same eager sequence (see :mod:`chunked`). A request
+with ``jit`` asks for the compiled values (what the initializer gives inside ``nn.scan``
+or a jitted ``model.init``): it runs whole, as ``jax.jit(init)(key)``.
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ def route(resolved: Resolved) -> str:
         return EMPTY
     if _stacked(resolved):
         return route(_template(resolved))
+    if resolved.jit and resolved.key is not None:
+        return WHOLE  # the chunks replay the eager program; a compiled one is made whole
     if chunked.chunkable(resolved):
         return CHUNKED
     if resolved.spec.name in FILL_FAMILIES and _fill_period(resolved) is not None:
@@ -459,7 +463,8 @@ def run(resolved: Resolved) -> tuple[np.ndarray, tuple[int, ...]]:
     try:
         with _config(resolved):
             key, key_data = _make_key(resolved.key)
-            array = np.asarray(_call(resolved)(key))
+            call = _call(resolved)
+            array = np.asarray(jax.jit(call)(key) if resolved.jit else call(key))
     except Exception as exc:
         # The request was validated, so what JAX raises here is JAX refusing this
         # request (1-D fans, unsupported dtypes, bad axes: ValueError, TypeError,

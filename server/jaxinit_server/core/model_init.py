@@ -31,6 +31,7 @@ class InitModelParams:
     param_dtype: Any = "float32"
     threefry_partitionable: bool | None = None
     enable_x64: bool | None = None
+    jit: Any = False  # a jitted model.init: every tensor as jax.jit(init) makes it
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,8 @@ def resolve_model(params: InitModelParams, limits: Limits, defaults: PrngDefault
     """
     if params.key is None:
         raise InvalidArgument("a model needs a root key: give a seed or key data")
+    if not isinstance(params.jit, bool):
+        raise InvalidArgument(f"jit must be true or false, got {repr(params.jit)[:40]}")
     expanded = expand(
         params.model, mode=params.mode, fix_rng_separator=params.fix_rng_separator, param_dtype=params.param_dtype
     )
@@ -83,6 +86,7 @@ def resolve_model(params: InitModelParams, limits: Limits, defaults: PrngDefault
                     key=out.key(root),
                     threefry_partitionable=partitionable,
                     enable_x64=x64,
+                    jit=params.jit is True or out.param.jit,
                     request_id=out.name,
                 ),
                 limits,

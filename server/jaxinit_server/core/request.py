@@ -73,6 +73,7 @@ class GenerateParams:
     request_id: str = ""
     offset: Any = None  # a range, in flat elements: [offset, offset + count)
     count: Any = None
+    jit: Any = False  # the values jax.jit(init) gives (inside nn.scan, a jitted init)
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ class Resolved:
     request_id: str = ""
     start: int = 0  # the flat range [start, stop) sent
     stop: int = 0
+    jit: bool = False  # made as jax.jit(init) makes it (see GenerateParams.jit)
 
     @property
     def is_range(self) -> bool:
@@ -153,6 +155,10 @@ def resolve(params: GenerateParams, limits: Limits, defaults: PrngDefaults) -> R
         "threefry_partitionable": partitionable,
         "enable_x64": x64,
     }
+    if not isinstance(params.jit, bool):
+        raise InvalidArgument(f"jit must be true or false, got {repr(params.jit)[:40]}")
+    if params.jit:  # absent when false, so digests of eager requests stay as they were
+        fields["jit"] = True
     if params.offset is not None or params.count is not None:
         fields["range"] = [start, stop]
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
@@ -171,6 +177,7 @@ def resolve(params: GenerateParams, limits: Limits, defaults: PrngDefaults) -> R
         request_id=params.request_id,
         start=start,
         stop=stop,
+        jit=params.jit,
     )
 
 

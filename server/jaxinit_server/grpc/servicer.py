@@ -67,6 +67,7 @@ def params_from_proto(request: pb.GenerateRequest) -> GenerateParams:
         key=key_from_proto(request.key) if request.HasField("key") else None,
         threefry_partitionable=(prng.threefry_partitionable if prng.HasField("threefry_partitionable") else None),
         enable_x64=prng.enable_x64 if prng.HasField("enable_x64") else None,
+        jit=prng.jit,
         request_id=request.request_id,
         offset=request.offset if request.HasField("offset") else None,
         count=request.count if request.HasField("count") else None,
@@ -90,6 +91,7 @@ def model_params_from_proto(request: pb.InitModelRequest) -> InitModelParams:
         param_dtype=request.param_dtype or "float32",
         threefry_partitionable=prng.threefry_partitionable if prng.HasField("threefry_partitionable") else None,
         enable_x64=prng.enable_x64 if prng.HasField("enable_x64") else None,
+        jit=prng.jit,
     )
 
 

@@ -8,7 +8,7 @@ carries:
   ``key_data`` (UINT32: raw key data); optionally ``fold_in`` (UINT32, in order);
 - request parameters: ``dtype`` (a jaxinit name such as ``bfloat16`` or a v2
   datatype such as ``BF16``), ``key_impl``, ``key_derive`` (further steps after
-  ``fold_in``: ``fold_in:X,split:NUM:INDEX,stack:NUM``), ``threefry_partitionable``, ``enable_x64``,
+  ``fold_in``: ``fold_in:X,split:NUM:INDEX,stack:NUM``), ``threefry_partitionable``, ``enable_x64``, ``jit``,
   ``offset``/``count`` (a range in flat elements), and every initializer argument
   by name: numbers as int64/double parameters, booleans as bool, anything else as a
   string holding a JSON literal or a plain string (``"[0, 1]"``, ``"fan_in"``);
@@ -71,6 +71,7 @@ _RESERVED = {
     "key_derive",
     "threefry_partitionable",
     "enable_x64",
+    "jit",
     "offset",
     "count",
     "binary_data_output",
@@ -249,6 +250,7 @@ def params_from_v2(
         key=key,
         threefry_partitionable=_flag(parameters, "threefry_partitionable"),
         enable_x64=_flag(parameters, "enable_x64"),
+        jit=bool(_flag(parameters, "jit")),
         offset=parameters.get("offset"),
         count=parameters.get("count"),
     )

@@ -38,6 +38,11 @@ class PrngBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     threefry_partitionable: StrictBool | None = None
     enable_x64: StrictBool | None = Field(None, description="unset: true for 64-bit dtypes")
+    jit: StrictBool = Field(
+        False,
+        description="the values jax.jit(init) gives, as inside nn.scan or a jitted model.init (XLA's fusion "
+        "changes some bits of e.g. normal); false: the eager call's",
+    )
 
 
 class GenerateBody(BaseModel):
@@ -67,6 +72,7 @@ class GenerateBody(BaseModel):
             key=key_from_body(self.key),
             threefry_partitionable=prng.threefry_partitionable,
             enable_x64=prng.enable_x64,
+            jit=prng.jit,
             request_id=self.request_id,
             offset=self.offset,
             count=self.count,
@@ -115,6 +121,7 @@ class ModelBody(BaseModel):
             param_dtype=self.param_dtype,
             threefry_partitionable=prng.threefry_partitionable,
             enable_x64=prng.enable_x64,
+            jit=prng.jit,
         )
 
 

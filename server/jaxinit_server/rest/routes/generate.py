@@ -36,6 +36,7 @@ RESERVED = {
     "key_derive",
     "threefry_partitionable",
     "enable_x64",
+    "jit",
     "offset",
     "count",
 }
@@ -84,6 +85,7 @@ async def generate_get(
     ] = None,
     threefry_partitionable: bool | None = None,
     enable_x64: bool | None = None,
+    jit: Annotated[bool, Query(description="the values jax.jit(init) gives (as inside nn.scan)")] = False,
     offset: Annotated[int | None, Query(description="first flat element of a range")] = None,
     count: Annotated[int | None, Query(description="flat elements in the range")] = None,
     if_none_match: Annotated[str | None, Header()] = None,
@@ -114,6 +116,7 @@ async def generate_get(
                 key=key,
                 threefry_partitionable=threefry_partitionable,
                 enable_x64=enable_x64,
+                jit=jit,
                 offset=offset,
                 count=count,
             )
