@@ -324,6 +324,7 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
         count: int | None = None,
         threefry_partitionable: bool | None = None,
         enable_x64: bool | None = None,
+        jit: bool = False,
     ) -> Request:
         return Request(
             name,
@@ -336,6 +337,7 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
             request_id=request_id,
             offset=offset,
             count=count,
+            jit=jit,
         )
 
     @staticmethod
@@ -377,16 +379,28 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
         count: int | None = None,
         threefry_partitionable: bool | None = None,
         enable_x64: bool | None = None,
+        jit: bool = False,
     ) -> Request:
         """A :class:`Request` for :meth:`generate_many`, with this client's PRNG settings
         unless the call gives its own.
 
         ``args`` are the factory's arguments (``{"stddev": 0.02}``); ``dtype`` is the call's;
         ``offset``/``count`` ask for a range of flat elements; ``threefry_partitionable`` and
-        ``enable_x64``: this request's JAX flags (None: the client's).
+        ``enable_x64``: this request's JAX flags (None: the client's); ``jit``: the values
+        ``jax.jit(init)`` gives (as inside ``nn.scan``), not the eager call's.
         """
         return self._request(
-            initializer, key, shape, dtype, args or {}, request_id, offset, count, threefry_partitionable, enable_x64
+            initializer,
+            key,
+            shape,
+            dtype,
+            args or {},
+            request_id,
+            offset,
+            count,
+            threefry_partitionable,
+            enable_x64,
+            jit,
         )
 
     @contextlib.contextmanager
@@ -442,10 +456,13 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
         progress: bool | None = None,
         threefry_partitionable: bool | None = None,
         enable_x64: bool | None = None,
+        jit: bool = False,
     ) -> TensorT:
         """One tensor, with its provenance: ``init(key, shape, dtype)`` of ``initializer(**args)``.
 
         ``threefry_partitionable``/``enable_x64``: this call's JAX flags (None: the client's).
+        ``jit``: the values ``jax.jit(init)`` gives (as inside ``nn.scan`` or a jitted
+        ``model.init``; XLA's fusion changes some bits of e.g. ``normal``), not the eager call's.
         ``offset``/``count``: only that range of flat elements (a flat array).
         ``parallel``: fetch it as that many ranges at once (default: the client's
         ``parallel``, used for tensors of at least 2**22 elements).
@@ -461,6 +478,7 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
             count=count,
             threefry_partitionable=threefry_partitionable,
             enable_x64=enable_x64,
+            jit=jit,
         )
         return self._fetch(request, parallel, progress)
 

@@ -295,6 +295,55 @@ def test_stacked_keys_over_the_get_form_and_their_refusals(server: Any) -> None:
         client.generate("he_normal", jaxinit.stacked(1, 2), (5, 3))
 
 
+@pytest.mark.parametrize("partitionable", MODES)
+def test_jit_values_are_jax_jit_of_the_initializer(url: str, partitionable: bool) -> None:
+    """``jit`` asks for what jax.jit(init) gives (inside nn.scan, a jitted model.init):
+    XLA fuses normal's scale into the sampler and some bits differ from the eager call's.
+    Both are exact, each to its own JAX call; only the jit request says jit in its
+    canonical form, so eager digests stay as they were. A stacked key composes with it."""
+    init = jax.nn.initializers.normal(0.01)
+    key = jax.random.key(8)
+    with jax.threefry_partitionable(partitionable):
+        eager = np.asarray(init(key, (64, 64)))
+        compiled = np.asarray(jax.jit(lambda k: init(k, (64, 64)))(key))
+        stacked = np.asarray(
+            jax.jit(jax.vmap(lambda k: init(jax.random.fold_in(k, 1), (8, 8))))(jax.random.split(key, 3))
+        )
+    assert eager.tobytes() != compiled.tobytes()  # else this test shows nothing
+    with jaxinit.Client(url, threefry_partitionable=partitionable) as client:
+        got = client.generate("normal", 8, (64, 64), args={"stddev": 0.01}, jit=True)
+        plain = client.generate("normal", 8, (64, 64), args={"stddev": 0.01})
+        batch = client.generate(
+            "normal", jaxinit.fold_in(jaxinit.stacked(8, 3), 1), (3, 8, 8), args={"stddev": 0.01}, jit=True
+        )
+    assert got.array.tobytes() == compiled.tobytes()
+    assert plain.array.tobytes() == eager.tobytes()
+    assert batch.array.tobytes() == stacked.tobytes()
+    assert '"jit":true' in got.provenance.canonical_request and "jit" not in plain.provenance.canonical_request
+
+
+def test_jit_over_the_get_form_and_kserve(server: Any) -> None:
+    import httpx
+
+    init = jax.nn.initializers.normal(0.01)
+    want = np.asarray(jax.jit(lambda k: init(k, (64, 64)))(jax.random.key(8)))
+    url = f"{server.http_url}/v1/generate/normal?shape=64,64&seed=8&stddev=0.01&jit=true"
+    answer = httpx.get(url, headers={"Accept": "application/octet-stream"}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert answer.content == want.tobytes()
+    body = {
+        "inputs": [
+            {"name": "shape", "datatype": "INT64", "shape": [2], "data": [64, 64]},
+            {"name": "seed", "datatype": "INT64", "shape": [1], "data": [8]},
+        ],
+        "parameters": {"jit": True, "stddev": 0.01},
+    }
+    answer = httpx.post(f"{server.http_url}/v2/models/normal/infer", json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    got = np.array(answer.json()["outputs"][0]["data"], dtype=np.float32).reshape(64, 64)
+    assert got.tobytes() == want.tobytes()
+
+
 def test_jax_keys_when_jax_is_installed(url: str) -> None:
     """A JAX key object, typed or legacy, is accepted and means what it means in JAX."""
     keys = [

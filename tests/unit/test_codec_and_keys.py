@@ -185,6 +185,12 @@ def test_an_answer_without_the_derive_steps_asked_for_is_refused() -> None:
         check_derived(key, answer(jaxinit.key(3)))
     model_tensor = answer(jaxinit.fold_in(key, 9))  # a model's tensor: the root's steps, then its own
     assert check_derived(key, model_tensor) is model_tensor
+    # jit asked of a server that predates it: it answers eagerly, its canonical request says no jit
+    eager = jaxinit.Tensor(np.zeros(1, np.float32), jaxinit.Provenance(canonical_request='{"key": null}'))
+    with pytest.raises(jaxinit.ProtocolError, match="eager values where jit values"):
+        check_derived(None, eager, jit=True)
+    compiled = jaxinit.Tensor(np.zeros(1, np.float32), jaxinit.Provenance(canonical_request='{"jit":true,"key":null}'))
+    assert check_derived(None, compiled, jit=True) is compiled
 
 
 def test_without_ml_dtypes_only_named_raw_bits_are_bfloat16_or_float8() -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 # The one version of the distribution (client and server ship together); pyproject.toml
 # reads it from here.
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from jaxinit.protocol import catalog, codec, digest, errors, expansion, keys, provenance, safetensors, wire
 from jaxinit.protocol.catalog import CATALOG, InitializerSpec, bind_arguments, lookup
