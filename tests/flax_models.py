@@ -123,3 +123,59 @@ def flax_params(example: str, mode: str, seed: int) -> dict[str, np.ndarray]:
     else:
         tree = nnx.to_pure_dict(nnx.state(nnx_cls(nnx.Rngs(seed)), nnx.Param))
     return {".".join(str(k) for k in path): np.asarray(v) for path, v in flatten_dict(tree).items()}
+
+
+# --- stacked layers (nn.scan) ---------------------------------------------------------------
+
+SMALL = nn.initializers.normal(0.02)
+
+
+class MlpBlock(nn.Module):
+    @nn.compact
+    def __call__(self, x: Any, _: Any) -> Any:
+        x = nn.Dense(16, kernel_init=SMALL)(x)
+        x = nn.Dense(8, use_bias=False)(x)
+        return nn.LayerNorm()(x), None
+
+
+class TransformerBlock(nn.Module):
+    @nn.compact
+    def __call__(self, x: Any, _: Any) -> Any:
+        y = nn.LayerNorm()(x)
+        x = x + nn.SelfAttention(num_heads=2, kernel_init=SMALL)(y)
+        y = nn.RMSNorm()(x)
+        y = nn.Dense(32, name="up")(y)
+        x = x + nn.Dense(8, kernel_init=SMALL, name="down")(y)
+        return x, None
+
+
+class LinenScanNet(nn.Module):
+    @nn.compact
+    def __call__(self, x: Any) -> Any:
+        x = nn.Embed(11, 8, embedding_init=SMALL)(x)
+        stack = {"variable_axes": {"params": 0}, "split_rngs": {"params": True}}
+        x, _ = nn.scan(MlpBlock, length=3, **stack)()(x, None)
+        x, _ = nn.scan(TransformerBlock, length=4, **stack)(name="layers")(x, None)
+        return nn.Dense(5)(x)
+
+
+MLP = m.Module(
+    m.Dense(8, 16, kernel_init=m.init("normal", stddev=0.02)),
+    m.Dense(16, 8, use_bias=False),
+    m.LayerNorm(8),
+    cls="MlpBlock",
+)
+TRANSFORMER = m.Module(
+    m.LayerNorm(8),
+    m.MultiHeadAttention(8, 2, cls="SelfAttention", kernel_init=m.init("normal", stddev=0.02)),
+    m.RMSNorm(8),
+    m.Dense(8, 32, name="up"),
+    m.Dense(32, 8, kernel_init=m.init("normal", stddev=0.02), name="down"),
+    cls="TransformerBlock",
+)
+LINEN_SCAN = m.Module(
+    m.Embed(11, 8, embedding_init=m.init("normal", stddev=0.02)),
+    m.Scan(MLP, 3),
+    m.Scan(TRANSFORMER, 4, name="layers"),
+    m.Dense(8, 5),
+)

@@ -12,65 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import linen as nn
 from flax import nnx
 from flax.traverse_util import flatten_dict
+from flax_models import LINEN_SCAN, LinenScanNet
 
 import jaxinit
 from jaxinit import models as m
-
-SMALL = nn.initializers.normal(0.02)
-
-
-class MlpBlock(nn.Module):
-    @nn.compact
-    def __call__(self, x: Any, _: Any) -> Any:
-        x = nn.Dense(16, kernel_init=SMALL)(x)
-        x = nn.Dense(8, use_bias=False)(x)
-        return nn.LayerNorm()(x), None
-
-
-class TransformerBlock(nn.Module):
-    @nn.compact
-    def __call__(self, x: Any, _: Any) -> Any:
-        y = nn.LayerNorm()(x)
-        x = x + nn.SelfAttention(num_heads=2, kernel_init=SMALL)(y)
-        y = nn.RMSNorm()(x)
-        y = nn.Dense(32, name="up")(y)
-        x = x + nn.Dense(8, kernel_init=SMALL, name="down")(y)
-        return x, None
-
-
-class LinenNet(nn.Module):
-    @nn.compact
-    def __call__(self, x: Any) -> Any:
-        x = nn.Embed(11, 8, embedding_init=SMALL)(x)
-        stack = {"variable_axes": {"params": 0}, "split_rngs": {"params": True}}
-        x, _ = nn.scan(MlpBlock, length=3, **stack)()(x, None)
-        x, _ = nn.scan(TransformerBlock, length=4, **stack)(name="layers")(x, None)
-        return nn.Dense(5)(x)
-
-
-MLP = m.Module(
-    m.Dense(8, 16, kernel_init=m.init("normal", stddev=0.02)),
-    m.Dense(16, 8, use_bias=False),
-    m.LayerNorm(8),
-    cls="MlpBlock",
-)
-TRANSFORMER = m.Module(
-    m.LayerNorm(8),
-    m.MultiHeadAttention(8, 2, cls="SelfAttention", kernel_init=m.init("normal", stddev=0.02)),
-    m.RMSNorm(8),
-    m.Dense(8, 32, name="up"),
-    m.Dense(32, 8, kernel_init=m.init("normal", stddev=0.02), name="down"),
-    cls="TransformerBlock",
-)
-LINEN = m.Module(
-    m.Embed(11, 8, embedding_init=m.init("normal", stddev=0.02)),
-    m.Scan(MLP, 3),
-    m.Scan(TRANSFORMER, 4, name="layers"),
-    m.Dense(8, 5),
-)
 
 
 def _flat(tree: Any) -> dict[str, np.ndarray]:
@@ -86,11 +33,11 @@ def _same(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
 @pytest.mark.parametrize("partitionable", [True, False])
 def test_linen_scan_over_mlp_and_transformer_blocks(url: str, partitionable: bool) -> None:
     with jax.threefry_partitionable(partitionable):
-        want = _flat(LinenNet().init(jax.random.key(3), jnp.zeros((1, 6), jnp.int32))["params"])
+        want = _flat(LinenScanNet().init(jax.random.key(3), jnp.zeros((1, 6), jnp.int32))["params"])
     assert want["layers.SelfAttention_0.query.kernel"].shape == (4, 8, 2, 4)
     assert "ScanMlpBlock_0.Dense_0.kernel" in want
     with jaxinit.Client(url, threefry_partitionable=partitionable) as client:
-        got = client.init_model(LINEN, 3, flat=True)
+        got = client.init_model(LINEN_SCAN, 3, flat=True)
     _same(got, want)
     jitted = [name for name, p in got.provenance.items() if '"jit":true' in p.canonical_request]
     assert "layers.up.kernel" in jitted and "Embed_0.embedding" not in jitted
@@ -98,9 +45,9 @@ def test_linen_scan_over_mlp_and_transformer_blocks(url: str, partitionable: boo
 
 def test_linen_scan_in_the_torch_layout_is_a_module_list(url: str) -> None:
     """Each layer its own module, ``layers.<i>.<...>``: layer i's Flax slice, laid out for torch."""
-    want = _flat(LinenNet().init(jax.random.key(5), jnp.zeros((1, 6), jnp.int32))["params"])
+    want = _flat(LinenScanNet().init(jax.random.key(5), jnp.zeros((1, 6), jnp.int32))["params"])
     with jaxinit.Client(url) as client:
-        got = client.init_model(LINEN, 5, layout="torch", flat=True)
+        got = client.init_model(LINEN_SCAN, 5, layout="torch", flat=True)
     for i in range(4):
         kernel = want["layers.up.kernel"][i]
         assert got[f"layers.{i}.up.weight"].tobytes() == np.ascontiguousarray(kernel.T).tobytes()

@@ -361,6 +361,11 @@ class _Leaf:
     dtype: str
     init_shape: tuple[int, ...] | None = None
     torch: tuple[str, str] = ("", "")
+    # The raw form's explicit key (an exporter's plan): steps from the root, the last a fold_in
+    key: tuple[Step, ...] | None = None
+    jit: bool = False
+    stack_at: int = 0
+    module: str = ""
 
 
 def _dense(r: _Reader, dtype: str) -> list[_Leaf]:
@@ -862,6 +867,25 @@ def _walk(
         count += 1
         if len(out) >= MAX_PARAMS:
             raise InvalidArgument(f"model: more than {MAX_PARAMS} parameters")
+        if item.key is not None:  # explicit (the raw form of an exported plan): as written
+            out.append(
+                Param(
+                    path=(*path, name),
+                    initializer=item.init[0],
+                    args=item.init[1],
+                    shape=item.shape,
+                    init_shape=item.init_shape or item.shape,
+                    dtype=item.dtype,
+                    fold_in=item.key[-1][1],
+                    module=item.module or node.type,
+                    role=item.role,
+                    torch=item.torch,
+                    key_prefix=item.key[:-1],
+                    jit=item.jit,
+                    stack_at=item.stack_at,
+                )
+            )
+            continue
         if mode == "linen":
             fold = linen_fold_in((*path, count), fix_rng_separator=fix)
         else:
@@ -901,6 +925,66 @@ def _walk_scan(node: _Node, path: tuple[str, ...], mode: str, fix: bool, out: li
     streams.count = drawn + 1
 
 
+_EXPLICIT = ("key", "jit", "init_shape", "torch", "stack_at", "module")
+
+
+def _explicit(entry: Mapping[str, Any], leaf: _Leaf, where: str) -> bool:
+    """An exported plan's fields of a raw entry, onto its leaf: ``key`` (the steps from the
+    root key, the last a fold_in), ``jit``, ``init_shape`` (the shape the initializer is
+    called with), ``torch`` ([name, conversion]), ``stack_at`` and ``module``. True when it
+    has a ``key``."""
+    if "init_shape" in entry:
+        init_shape = entry["init_shape"]
+        if not isinstance(init_shape, list) or not all(_is_int(d) and d >= 0 for d in init_shape):
+            raise InvalidArgument(
+                f"{where}: 'init_shape' must be a list of non-negative ints, got {_quote(init_shape)}"
+            )
+        if math.prod(init_shape) != math.prod(leaf.shape):
+            raise InvalidArgument(f"{where}: 'init_shape' {_quote(init_shape)} has another size than 'shape'")
+        leaf.init_shape = tuple(int(d) for d in init_shape)
+    if "torch" in entry:
+        torch = entry["torch"]
+        if not (
+            isinstance(torch, list)
+            and len(torch) == 2
+            and isinstance(torch[0], str)
+            and torch[0]
+            and torch[1] in (*_CONVERSIONS, NO_TORCH)
+        ):
+            raise InvalidArgument(
+                f"{where}: 'torch' is [name, conversion], conversion one of {_CONVERSIONS + (NO_TORCH,)}, "
+                f"got {_quote(torch)}"
+            )
+        leaf.torch = (torch[0], torch[1])
+    if "module" in entry:
+        if entry["module"] not in MODULE_TYPES:
+            raise InvalidArgument(
+                f"{where}: 'module' is one of {', '.join(MODULE_TYPES)}, got {_quote(entry['module'])}"
+            )
+        leaf.module = entry["module"]
+    jit = entry.get("jit", False)
+    if not isinstance(jit, bool):
+        raise InvalidArgument(f"{where}: 'jit' must be true or false, got {_quote(jit)}")
+    leaf.jit = jit
+    stack_at = entry.get("stack_at", 0)
+    if not _is_int(stack_at) or not 0 <= stack_at < MAX_PATH_COMPONENTS:
+        raise InvalidArgument(f"{where}: 'stack_at' must be a small non-negative int, got {_quote(stack_at)}")
+    leaf.stack_at = int(stack_at)
+    if "key" not in entry:
+        return False
+    steps = derive_from_json(entry["key"])
+    if not steps or steps[-1][0] != "fold_in":
+        raise InvalidArgument(
+            f"{where}: 'key' is the steps from the root key, the last a fold_in; got {_quote(entry['key'])}"
+        )
+    Key(seed=0, derive=steps)  # its limits (steps, split and stack counts)
+    stack = tuple(step[1] for step in steps if step[0] == "stack")
+    if (leaf.init_shape or leaf.shape)[: len(stack)] != stack:
+        raise InvalidArgument(f"{where}: a key with stack steps {list(stack)} needs a shape that starts with them")
+    leaf.key = steps
+    return True
+
+
 def _raw(description: Mapping[str, Any], dtype: str) -> _Node:
     """The raw form as a tree of plain modules whose leaves are Params, in the order listed."""
     unknown = _names(set(description) - {"params", "param_dtype"})
@@ -918,6 +1002,7 @@ def _raw(description: Mapping[str, Any], dtype: str) -> _Node:
     # scan of its items in order would find: (id of the module, name) -> item. Every module
     # stays in the tree, so no id is reused while this lives.
     found_by_name: dict[tuple[int, str], _Leaf | _Node] = {}
+    explicit_first = False
     for i, entry in enumerate(entries):
         where = f"model.params[{i}]"
         if not isinstance(entry, Mapping):
@@ -939,7 +1024,7 @@ def _raw(description: Mapping[str, Any], dtype: str) -> _Node:
         *modules, name = parts
         r = _Reader(
             {
-                **{k: v for k, v in entry.items() if k not in ("path", "dtype")},
+                **{k: v for k, v in entry.items() if k not in ("path", "dtype", *_EXPLICIT)},
                 "type": "Param",
                 "name": name,
                 **({"param_dtype": entry["dtype"]} if "dtype" in entry else {}),
@@ -948,6 +1033,10 @@ def _raw(description: Mapping[str, Any], dtype: str) -> _Node:
         )
         leaf = _param(r, r.dtype(dtype))[0]
         r.done()
+        explicit = _explicit(entry, leaf, where)
+        if i and explicit != explicit_first:
+            raise InvalidArgument(f"{where}: give every parameter of the raw form a 'key', or none")
+        explicit_first = explicit
         node = root
         for module in modules:
             found = found_by_name.get((id(node), module))

@@ -1,0 +1,379 @@
+"""Export a real Flax model's parameters as a jaxinit plan: run once where JAX and Flax
+are installed, realise anywhere (any client, curl) with no JAX.
+
+:func:`export` traces ``model.init`` shape-only (``jax.eval_shape``: no parameter is
+made, so a 7-billion-parameter model exports on a laptop) and records, for every
+parameter, its path, shape, dtype, the JAX initializer and arguments it was made with
+(recognised from the call into ``jax.nn.initializers``; anything else is refused, naming
+the parameter) and its key as steps from the root key (``fold_in`` of Flax's path hash,
+and for ``nn.scan``-stacked layers a stack step). The plan is the raw form of a model
+description with explicit keys::
+
+    plan = jaxinit.flax.export(Transformer(cfg), jnp.zeros((1, 128), jnp.int32))
+    client.init_model(plan, 0, layout="torch", path="init.safetensors")
+
+The keys are steps from the root, so one plan serves every seed and both PRNG modes.
+Only linen models for now (``mode="linen"``); nnx models are described with
+:mod:`jaxinit.models`.
+
+JAX and Flax are imported only when :func:`export` runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from jaxinit.protocol.catalog import bind_arguments, lookup
+from jaxinit.protocol.codec import dtype_name
+from jaxinit.protocol.errors import InvalidArgument
+from jaxinit.protocol.expansion import linen_fold_in
+from jaxinit.protocol.keys import Step, step_json
+
+__all__ = ["export"]
+
+# JAX initializer (the function's qualified name in jax._src.nn.initializers) -> the
+# registry name and the closure variables that are its factory's arguments.
+_INITIALIZERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "variance_scaling.<locals>.init": (
+        "variance_scaling",
+        ("scale", "mode", "distribution", "in_axis", "out_axis", "batch_axis"),
+    ),
+    "normal.<locals>.init": ("normal", ("stddev",)),
+    "uniform.<locals>.init": ("uniform", ("scale",)),
+    "truncated_normal.<locals>.init": ("truncated_normal", ("stddev", "lower", "upper")),
+    "orthogonal.<locals>.init": ("orthogonal", ("scale", "column_axis")),
+    "delta_orthogonal.<locals>.init": ("delta_orthogonal", ("scale", "column_axis")),
+    "constant.<locals>.init": ("constant", ("value",)),
+    "zeros": ("zeros", ()),
+    "ones": ("ones", ()),
+}
+# Flax module class -> {parameter: (PyTorch name, conversion)}: as jaxinit's own module
+# types lay them out (see jaxinit.protocol.expansion.outputs).
+_TORCH: dict[str, dict[str, tuple[str, str]]] = {
+    "Dense": {"kernel": ("weight", "t"), "bias": ("bias", "")},
+    "Conv": {"kernel": ("weight", "conv"), "bias": ("bias", "")},
+    "DenseGeneral": {"kernel": ("weight", "flat_t"), "bias": ("bias", "flat")},
+    "Embed": {"embedding": ("weight", "")},
+    "LayerNorm": {"scale": ("weight", ""), "bias": ("bias", "")},
+    "RMSNorm": {"scale": ("weight", "")},
+    "GroupNorm": {"scale": ("weight", ""), "bias": ("bias", "")},
+    "BatchNorm": {"scale": ("weight", ""), "bias": ("bias", "")},
+}
+
+_calls: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("jaxinit_export_calls", default=None)
+
+
+def export(
+    module: Any,
+    *sample_inputs: Any,
+    mode: str = "linen",
+    method: Any = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """The plan of ``module``'s parameters (the raw form, explicit keys): what
+    ``module.init(key, *sample_inputs, **kwargs)["params"]`` makes, for any key.
+
+    ``sample_inputs`` may be arrays or ``jax.ShapeDtypeStruct``\\ s (only their shapes and
+    dtypes are used). The values come from :meth:`jaxinit.Client.init_model` with the
+    plan and a root key; ``layout="torch"`` lays Dense, Conv, DenseGeneral, Embed and norm
+    parameters out as PyTorch does, and stacked (``nn.scan``) layers as one module each.
+
+    Raises:
+        InvalidArgument: a parameter made by something other than a JAX initializer, or
+            whose key jaxinit cannot follow (a transform other than ``nn.scan``), named.
+        ImportError: JAX or Flax is not installed here.
+    """
+    if mode != "linen":
+        raise InvalidArgument(
+            f"export reads linen models (mode='linen'), got {mode!r}; describe an nnx model with jaxinit.models"
+        )
+    import jax
+
+    recorder = _LinenRecorder()
+    with recorder.active():
+
+        def init(key: Any, *inputs: Any) -> Any:
+            recorder.root(key)
+            call = {"method": method} if method is not None else {}
+            return module.init(key, *inputs, **call, **kwargs)
+
+        variables = jax.eval_shape(init, jax.random.key(0), *sample_inputs)
+    params = variables.get("params", {}) if isinstance(variables, Mapping) else {}
+    return recorder.plan(params, type(module).__name__)
+
+
+class _LinenRecorder:
+    """Hooks into linen while ``model.init`` is traced: every key's steps from the root, and
+    every parameter's initializer call."""
+
+    def __init__(self) -> None:
+        self.chains: dict[int, tuple[Step, ...] | None] = {}
+        self.alive: list[Any] = []  # the tracers whose ids the chains name, kept alive
+        self.records: dict[tuple[str, ...], dict[str, Any]] = {}
+        self.scans = 0  # how deep inside nn.scan's body the trace is
+        self.owner: list[str] = []  # the Flax class of the module creating a parameter
+        self.fix_separator = False
+
+    def root(self, key: Any) -> None:
+        self._chain(key, ())
+
+    def _chain(self, value: Any, steps: tuple[Step, ...] | None) -> None:
+        self.chains[id(value)] = steps
+        self.alive.append(value)
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        import flax
+        import jax
+        from flax import linen
+        from flax.core import axes_scan
+        from flax.core import scope as fscope
+
+        self.fix_separator = bool(getattr(flax.config, "flax_fix_rng_separator", False))
+        patches = [
+            (jax.random, "split", self._split(jax.random.split)),
+            (jax.random, "clone", self._clone(jax.random.clone)),
+            (axes_scan, "scan", self._scan(axes_scan.scan)),
+            (fscope.Scope, "make_rng", self._make_rng(fscope.Scope.make_rng, fscope.LazyRng)),
+            (fscope.Scope, "param", self._param(fscope.Scope.param)),
+            (linen.Module, "param", self._module_param(linen.Module.param)),
+        ]
+        saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+        try:
+            for owner, name, new in patches:
+                setattr(owner, name, new)
+            yield
+        finally:
+            for owner, name, old in saved:
+                setattr(owner, name, old)
+
+    # --- key steps ---------------------------------------------------------------------------
+
+    def _split(self, original: Any) -> Any:
+        def split(key: Any, num: Any = 2, *args: Any, **kwargs: Any) -> Any:
+            out = original(key, num, *args, **kwargs)
+            base = self.chains.get(id(key))
+            if base is not None and isinstance(num, int):
+                self._chain(out, (*base, ("split_all", num)))  # a batch: a scan slices it
+            return out
+
+        return split
+
+    def _clone(self, original: Any) -> Any:
+        def clone(key: Any) -> Any:
+            out = original(key)
+            if id(key) in self.chains:
+                self._chain(out, self.chains[id(key)])
+            return out
+
+        return clone
+
+    def _scan(self, original: Any) -> Any:
+        """axes_scan.scan, linen's scan: inside the body, a slice of a split key is one key
+        of a stack, and a broadcast key the key itself. The body is compiled."""
+        recorder = self
+
+        def scan(fn: Any, *args: Any, **kwargs: Any) -> Any:
+            outer: list[Any] = []
+
+            def body(broadcast: Any, carry: Any, *xs: Any) -> Any:
+                import jax
+
+                for inner_x, outer_x in zip(xs, outer[0] if outer else (), strict=False):
+                    inner_leaves = jax.tree_util.tree_leaves(inner_x)
+                    outer_leaves = jax.tree_util.tree_leaves(outer_x)
+                    if len(inner_leaves) != len(outer_leaves):
+                        continue
+                    for a, b in zip(inner_leaves, outer_leaves, strict=True):
+                        chain = recorder.chains.get(id(b))
+                        if chain is None:
+                            continue
+                        if chain and chain[-1][0] == "split_all" and tuple(a.shape) == tuple(b.shape[1:]):
+                            recorder._chain(a, (*chain[:-1], ("stack", chain[-1][1])))
+                        elif tuple(a.shape) == tuple(b.shape):
+                            recorder._chain(a, chain)
+                recorder.scans += 1
+                try:
+                    return fn(broadcast, carry, *xs)
+                finally:
+                    recorder.scans -= 1
+
+            scanned = original(body, *args, **kwargs)
+
+            def call(broadcast: Any, init: Any, *xs: Any) -> Any:
+                outer[:] = [xs]
+                return scanned(broadcast, init, *xs)
+
+            return call
+
+        return scan
+
+    def _make_rng(self, original: Any, lazy_rng: Any) -> Any:
+        recorder = self
+
+        def make_rng(scope: Any, name: str = "params") -> Any:
+            key = original(scope, name)
+            used = name if scope.has_rng(name) else "params"
+            rng = scope.rngs[used]
+            raw, suffix = (rng.rng, tuple(rng.suffix)) if isinstance(rng, lazy_rng) else (rng, ())
+            base = recorder.chains.get(id(raw))
+            fold = linen_fold_in((*suffix, scope.rng_counters[used]), fix_rng_separator=recorder.fix_separator)
+            recorder._chain(key, None if base is None else (*base, ("fold_in", fold)))
+            return key
+
+        return make_rng
+
+    # --- parameters ----------------------------------------------------------------------------
+
+    def _module_param(self, original: Any) -> Any:
+        recorder = self
+
+        def param(module: Any, *args: Any, **kwargs: Any) -> Any:
+            recorder.owner.append(type(module).__name__)
+            try:
+                return original(module, *args, **kwargs)
+            finally:
+                recorder.owner.pop()
+
+        return param
+
+    def _param(self, original: Any) -> Any:
+        recorder = self
+
+        def param(scope: Any, name: str, init_fn: Any, *init_args: Any, **kwargs: Any) -> Any:
+            if scope.has_variable("params", name) or not scope.is_mutable_collection("params"):
+                return original(scope, name, init_fn, *init_args, **kwargs)
+            path = (*scope.path, name)
+
+            def recording(key: Any, *args: Any, **kw: Any) -> Any:
+                calls: list[Any] = []
+                token = _calls.set(calls)
+                previous = sys.getprofile()
+                sys.setprofile(_profiler(calls))
+                try:
+                    value = init_fn(key, *args, **kw)
+                finally:
+                    sys.setprofile(previous)
+                    _calls.reset(token)
+                recorder.records[path] = {
+                    "key": recorder.chains.get(id(key)),
+                    "calls": calls,
+                    "jit": recorder.scans > 0,
+                    "owner": recorder.owner[-1] if recorder.owner else "",
+                    "value": value,
+                }
+                return value
+
+            return original(scope, name, recording, *init_args, **kwargs)
+
+        return param
+
+    # --- the plan ------------------------------------------------------------------------------
+
+    def plan(self, params: Any, cls: str) -> dict[str, Any]:
+        import jax
+        from flax.core import meta
+
+        params = meta.unbox(params)  # nn.with_partitioning's boxes: the arrays inside
+        flat = {
+            tuple(str(getattr(k, "key", k)) for k in path): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+        }
+        entries = []
+        for path, record in self.records.items():
+            if path not in flat:
+                continue  # made, then not kept (a parameter of a discarded trace)
+            name = ".".join(path)
+            leaf = flat[path]
+            shape, dtype = tuple(int(d) for d in leaf.shape), dtype_name(leaf.dtype)
+            initializer, args, call_shape = _initializer(record["calls"], name)
+            steps = record["key"]
+            if steps is None:
+                raise InvalidArgument(
+                    f"{name}: its key comes through a Flax transform jaxinit cannot follow (it follows plain "
+                    "modules and nn.scan with split_rngs={'params': True}); describe it with jaxinit.models"
+                )
+            stack = tuple(step[1] for step in steps if step[0] == "stack")
+            if shape[: len(stack)] != stack or math.prod(shape) != math.prod(stack) * math.prod(call_shape):
+                raise InvalidArgument(
+                    f"{name}: a stacked parameter of shape {list(shape)} whose layers are {list(call_shape)}: only "
+                    "variable_axes={'params': 0} is followed"
+                )
+            entry: dict[str, Any] = {
+                "path": name,
+                "initializer": initializer,
+                "args": args,
+                "shape": list(shape),
+                "dtype": dtype,
+                "key": [step_json(step) for step in steps],
+            }
+            init_shape = [*stack, *call_shape]
+            if tuple(init_shape) != shape:
+                entry["init_shape"] = init_shape
+            if record["jit"]:
+                entry["jit"] = True
+            if stack:
+                entry["stack_at"] = _stack_at(path, flat, stack)
+            owner = record["owner"]
+            torch = _TORCH.get(owner, {}).get(path[-1])
+            if torch is not None and len(stack) <= 1:
+                entry["torch"] = list(torch)
+                entry["module"] = owner
+            entries.append(entry)
+        if not entries:
+            raise InvalidArgument(f"{cls}: init made no parameters")
+        return {"params": entries}
+
+
+def _stack_at(path: tuple[str, ...], flat: Mapping[tuple[str, ...], Any], stack: tuple[int, ...]) -> int:
+    """Where the layer index goes in a PyTorch name: after the scanned module's name, the
+    longest prefix of the path whose parameters are all stacked."""
+    for depth in range(1, len(path)):
+        prefix = path[:depth]
+        under = [leaf for p, leaf in flat.items() if p[:depth] == prefix]
+        if all(tuple(leaf.shape[: len(stack)]) == stack for leaf in under):
+            return depth
+    return len(path) - 1
+
+
+def _profiler(calls: list[Any]) -> Any:
+    """A profile function that records the outermost call into jax.nn.initializers."""
+    from jax._src.nn import initializers
+
+    file = initializers.__file__
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and not calls and frame.f_code.co_filename == file:
+            calls.append((frame.f_code.co_qualname, dict(frame.f_locals)))
+
+    return profile
+
+
+def _initializer(calls: Sequence[Any], name: str) -> tuple[str, dict[str, Any], tuple[int, ...]]:
+    """(registry name, factory arguments, the call's shape) of a recorded JAX initializer call."""
+    if not calls or calls[0][0] not in _INITIALIZERS:
+        what = calls[0][0] if calls else "a function outside jax.nn.initializers"
+        raise InvalidArgument(
+            f"{name}: made by {what}, not a JAX initializer jaxinit serves (jax.nn.initializers / "
+            "flax.nnx.initializers); give the module a registry initializer"
+        )
+    qualname, local = calls[0]
+    registry, names = _INITIALIZERS[qualname]
+    args = {arg: _plain(local[arg]) for arg in names}
+    spec = lookup(registry)
+    bind_arguments(spec, args)
+    return registry, args, tuple(int(d) for d in local["shape"])
+
+
+def _plain(value: Any) -> Any:
+    """A factory argument as JSON data (tuples as lists, numpy scalars as numbers)."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value

@@ -1,0 +1,148 @@
+"""The exporter: real Flax code traced shape-only into a plan with explicit keys, realised by
+the server byte for byte equal to ``model.init``, for Flax's own example models (ResNet
+from examples/imagenet, the lm1b language model, the wmt encoder-decoder; vendored in
+tests/flax_examples) and a model with nn.scan-stacked MLP and transformer blocks; any
+seed, both PRNG modes, both transports. What it cannot follow is refused by name."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+from flax.core import meta
+from flax.traverse_util import flatten_dict
+from flax_examples import imagenet_models, lm1b_models, wmt_models
+from flax_models import LinenScanNet
+
+import jaxinit
+import jaxinit.flax
+
+
+def _flat(tree: Any) -> dict[str, np.ndarray]:
+    return {".".join(str(k) for k in path): np.asarray(v) for path, v in flatten_dict(tree).items()}
+
+
+def _same(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+    assert sorted(got) == sorted(want)
+    wrong = [name for name in want if got[name].tobytes() != want[name].tobytes()]
+    assert not wrong, wrong
+
+
+def _lm_config(**extra: Any) -> Any:
+    return lm1b_models.TransformerConfig(
+        vocab_size=50,
+        output_vocab_size=50,
+        emb_dim=16,
+        num_heads=2,
+        num_layers=2,
+        qkv_dim=16,
+        mlp_dim=32,
+        max_len=32,
+        deterministic=True,
+        **extra,
+    )
+
+
+def _wmt_config() -> Any:
+    return wmt_models.TransformerConfig(
+        vocab_size=40, output_vocab_size=40, emb_dim=16, num_heads=2, num_layers=2, qkv_dim=16, mlp_dim=32,
+        max_len=32, deterministic=True,
+    )  # fmt: skip
+
+
+TOKENS = jax.ShapeDtypeStruct((1, 8), jnp.int32)
+IMAGE = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+CASES = {
+    "resnet18": (lambda: imagenet_models.ResNet18(num_classes=10), (IMAGE,), {"train": False}),
+    "lm1b": (lambda: lm1b_models.TransformerLM(_lm_config()), (TOKENS,), {}),
+    "wmt": (lambda: wmt_models.Transformer(_wmt_config()), (TOKENS, TOKENS), {}),
+    "scanned": (LinenScanNet, (jax.ShapeDtypeStruct((1, 6), jnp.int32),), {}),
+}  # fmt: skip
+
+
+def _init(name: str, seed: int) -> dict[str, np.ndarray]:
+    make, inputs, kwargs = CASES[name]
+    zeros = [jnp.zeros(x.shape, x.dtype) for x in inputs]
+    return _flat(meta.unbox(make().init(jax.random.key(seed), *zeros, **kwargs)["params"]))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_exported_flax_examples_are_model_init(url: str, name: str) -> None:
+    make, inputs, kwargs = CASES[name]
+    plan = jaxinit.flax.export(make(), *inputs, **kwargs)
+    json.dumps(plan)  # plain data: a file, a request body
+    with jaxinit.Client(url) as client:
+        for seed in (0, 2**33 + 5):
+            _same(client.init_model(plan, seed, flat=True), _init(name, seed))
+
+
+@pytest.mark.parametrize("partitionable", [True, False])
+def test_one_plan_serves_both_prng_modes(url: str, partitionable: bool) -> None:
+    """The keys are steps from the root: the plan exported once gives the legacy mode's
+    values too, scanned layers included."""
+    plan = jaxinit.flax.export(LinenScanNet(), *CASES["scanned"][1])
+    with jax.threefry_partitionable(partitionable):
+        want = _init("scanned", 4)
+    with jaxinit.Client(url, threefry_partitionable=partitionable) as client:
+        _same(client.init_model(plan, 4, flat=True), want)
+
+
+def test_an_exported_plan_in_the_torch_layout(url: str) -> None:
+    """Dense kernels transposed, norms' scale as weight, stacked layers one module each,
+    a BatchNorm with PyTorch's buffers."""
+    want = _init("scanned", 1)
+    plan = jaxinit.flax.export(LinenScanNet(), *CASES["scanned"][1])
+    resnet = jaxinit.flax.export(CASES["resnet18"][0](), *CASES["resnet18"][1], train=False)
+    with jaxinit.Client(url) as client:
+        got = client.init_model(plan, 1, layout="torch", flat=True)
+        torch_resnet = client.init_model(resnet, 1, layout="torch", flat=True)
+    assert got["layers.2.up.weight"].tobytes() == np.ascontiguousarray(want["layers.up.kernel"][2].T).tobytes()
+    assert got["layers.0.RMSNorm_0.weight"].tobytes() == want["layers.RMSNorm_0.scale"][0].tobytes()
+    assert got["Embed_0.weight"].tobytes() == want["Embed_0.embedding"].tobytes()
+    flax_resnet = _init("resnet18", 1)
+    conv = flax_resnet["conv_init.kernel"]
+    assert torch_resnet["conv_init.weight"].tobytes() == np.ascontiguousarray(conv.transpose(3, 2, 0, 1)).tobytes()
+    assert torch_resnet["bn_init.running_var"].tobytes() == np.ones(64, np.float32).tobytes()
+
+
+class Custom(nn.Module):
+    @nn.compact
+    def __call__(self, x: Any) -> Any:
+        x = nn.Dense(4)(x)
+        return nn.Dense(3, kernel_init=lambda key, shape, dtype=jnp.float32: jnp.eye(*shape, dtype=dtype), name="eye")(
+            x
+        )
+
+
+class Vmapped(nn.Module):
+    @nn.compact
+    def __call__(self, x: Any) -> Any:
+        dense = nn.vmap(nn.Dense, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=0)
+        return dense(3)(x)
+
+
+def test_what_cannot_be_exported_is_refused_by_name() -> None:
+    x = jax.ShapeDtypeStruct((1, 5), jnp.float32)
+    with pytest.raises(jaxinit.InvalidArgument, match=r"eye\.kernel: made by .*not a JAX initializer"):
+        jaxinit.flax.export(Custom(), x)
+    with pytest.raises(jaxinit.InvalidArgument, match=r"Dense_0\.kernel: its key comes through a Flax transform"):
+        jaxinit.flax.export(Vmapped(), jax.ShapeDtypeStruct((2, 1, 5), jnp.float32))
+    with pytest.raises(jaxinit.InvalidArgument, match="linen"):
+        jaxinit.flax.export(Custom(), x, mode="nnx")
+
+
+def test_export_makes_no_parameter() -> None:
+    """Shape-only: a model of 2**32 float32 parameters (16 GiB) exports without them."""
+
+    class Huge(nn.Module):
+        @nn.compact
+        def __call__(self, x: Any) -> Any:
+            return nn.Dense(2**16)(nn.Dense(2**16)(x))  # 2 x 4 Gi elements
+
+    plan = jaxinit.flax.export(Huge(), jax.ShapeDtypeStruct((1, 2**16), jnp.float32))
+    assert [p["shape"] for p in plan["params"]] == [[2**16, 2**16], [2**16], [2**16, 2**16], [2**16]]
