@@ -2,6 +2,7 @@
 
     jaxinit get lecun_normal --shape 784,256 --seed 0 --dtype bfloat16 -o w.npy
     jaxinit model mlp.json --seed 0 --layout torch -o mlp.safetensors
+    jaxinit export mypkg.models:Transformer --input-shape 1,128 --input-dtype int32 -o plan.json
     jaxinit list
     jaxinit describe variance_scaling
 
@@ -40,6 +41,8 @@ EXAMPLES = """examples:
       --arg distribution=normal --dtype bfloat16 -o k.safetensors
   jaxinit get normal --shape 4 --seed 0 --format bin -o - | xxd | head    # to stdout
   jaxinit model mlp.json --seed 0 --layout torch -o mlp.safetensors
+  jaxinit export mypkg.models:Transformer --input-shape 1,128 --input-dtype int32 -o plan.json  # needs JAX, Flax
+  jaxinit model plan.json --seed 0 --layout torch -o init.safetensors    # anywhere, no JAX
   jaxinit --url http://127.0.0.1:8000 list                               # over HTTP
   jaxinit describe variance_scaling
 """
@@ -167,6 +170,26 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument("--fix-rng-separator", action="store_true")
     model.add_argument("--param-dtype", default="float32")
     key_options(model)
+
+    export = commands.add_parser(
+        "export",
+        help="trace a linen model shape-only into a plan (needs JAX and Flax here; `jaxinit model` realises it)",
+    )
+    export.add_argument("target", help="MODULE:NAME: a linen Module class or instance, or a function making one")
+    export.add_argument(
+        "--input-shape",
+        action="append",
+        type=_ints,
+        default=[],
+        metavar="DIMS",
+        help="a sample input's shape, one per input of __call__ (repeat): --input-shape 1,128",
+    )
+    export.add_argument(
+        "--input-dtype", action="append", default=[], metavar="DTYPE", help="each input's dtype (default float32)"
+    )
+    export.add_argument("--module-kwargs", default="{}", metavar="JSON", help="arguments for the class or function")
+    export.add_argument("--init-kwargs", default="{}", metavar="JSON", help='more arguments of init: {"train": false}')
+    export.add_argument("-o", "--output", default="-", help="the plan's JSON file (default: stdout)")
     return parser
 
 
@@ -174,6 +197,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit status (0 ok, 1 server/transport error, 2 bad usage)."""
     parser = _parser()
     ns = parser.parse_args(argv)
+    if ns.command == "export":  # needs no server
+        try:
+            _export(ns)
+        except (InvalidArgument, ValueError, TypeError, ImportError, AttributeError) as exc:
+            print(f"jaxinit: error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     try:
         with Client(
             ns.url,
@@ -212,6 +242,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"jaxinit: error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _export(ns: argparse.Namespace) -> None:
+    import importlib
+
+    module_name, sep, attr = ns.target.partition(":")
+    if not sep or not module_name or not attr:
+        raise InvalidArgument(f"the target is MODULE:NAME (mypkg.models:Transformer), got {ns.target!r}")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` finds the caller's own packages
+    target: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        target = getattr(target, part)
+    import jax
+    import jax.numpy as jnp
+    from flax import linen
+
+    module_kwargs, init_kwargs = json.loads(ns.module_kwargs), json.loads(ns.init_kwargs)
+    module = target if isinstance(target, linen.Module) else target(**module_kwargs)
+    if not isinstance(module, linen.Module):
+        raise InvalidArgument(f"{ns.target} made a {type(module).__name__}, not a linen Module")
+    dtypes = ns.input_dtype or []
+    if len(dtypes) > len(ns.input_shape):
+        raise InvalidArgument("more --input-dtype than --input-shape")
+    inputs = [
+        jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtypes[i] if i < len(dtypes) else "float32"))  # type: ignore[no-untyped-call]
+        for i, shape in enumerate(ns.input_shape)
+    ]
+    from jaxinit.flax import export
+
+    plan = export(module, *inputs, **init_kwargs)
+    text = json.dumps(plan, indent=1)
+    if ns.output == "-":
+        print(text)
+    else:
+        with open(ns.output, "w") as out:
+            out.write(text + "\n")
+        print(f"{ns.output}: {len(plan['params'])} parameters", file=sys.stderr)
 
 
 def _describe(registry: dict[str, Any], name: str) -> str:

@@ -146,3 +146,49 @@ def test_export_makes_no_parameter() -> None:
 
     plan = jaxinit.flax.export(Huge(), jax.ShapeDtypeStruct((1, 2**16), jnp.float32))
     assert [p["shape"] for p in plan["params"]] == [[2**16, 2**16], [2**16], [2**16, 2**16], [2**16]]
+
+
+MY_MODELS = """
+import flax.linen as nn
+
+class Block(nn.Module):
+    width: int
+
+    @nn.compact
+    def __call__(self, x, _):
+        return nn.LayerNorm()(nn.Dense(self.width, kernel_init=nn.initializers.normal(0.02))(x)), None
+
+class Net(nn.Module):
+    width: int = 8
+    layers: int = 3
+
+    @nn.compact
+    def __call__(self, tokens):
+        x = nn.Embed(10, self.width)(tokens)
+        scan = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True}, length=self.layers)
+        x, _ = scan(self.width, name="layers")(x, None)
+        return nn.Dense(10)(x)
+"""
+
+
+def test_the_export_command_then_the_model_command(server: Any, tmp_path: Any, monkeypatch: Any) -> None:
+    """``jaxinit export pkg:Class`` writes the plan; ``jaxinit model plan.json`` (anywhere,
+    no JAX needed) realises it, equal to model.init; a target that is no model is refused."""
+    import safetensors.numpy
+
+    from jaxinit.cli import main
+
+    (tmp_path / "my_models.py").write_text(MY_MODELS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    argv = ["export", "my_models:Net", "--input-shape", "1,5", "--input-dtype", "int32", "-o", "plan.json"]
+    assert main([*argv, "--module-kwargs", '{"layers": 4}']) == 0
+    out = tmp_path / "init.safetensors"
+    assert main(["--url", server.grpc_url, "model", "plan.json", "--seed", "9", "-o", str(out), "--no-progress"]) == 0
+    import my_models
+
+    want = _flat(my_models.Net(layers=4).init(jax.random.key(9), jnp.zeros((1, 5), jnp.int32))["params"])
+    _same(safetensors.numpy.load_file(str(out)), want)
+    assert want["layers.Dense_0.kernel"].shape == (4, 8, 8)
+    assert main(["export", "my_models:nn", "--input-shape", "1,5"]) == 2
+    assert main(["export", "my_models", "--input-shape", "1,5"]) == 2
