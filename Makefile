@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 GRPC_PORT ?= 50051
 HTTP_PORT ?= 8000
 
-.PHONY: setup system-tools serve test bench bench-robustness bench-memory load lint typecheck proto clean
+.PHONY: setup system-tools serve test bench bench-export bench-robustness bench-memory load lint typecheck proto clean
 
 setup: $(VENV)/.installed
 
@@ -42,6 +42,9 @@ bench: setup
 	$(PY) bench/run.py --json bench/results.json
 
 # Small-request latency beside heavy requests, and peak RSS per request class (~7.5 min, one server).
+bench-export: setup
+	$(PY) bench/export_7b.py --json bench/export_7b.json
+
 bench-robustness: setup
 	$(PY) bench/robustness.py --json bench/robustness.json
 
