@@ -22,7 +22,6 @@ JAX and Flax are imported only when :func:`export` runs.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import math
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -64,8 +63,6 @@ _TORCH: dict[str, dict[str, tuple[str, str]]] = {
     "GroupNorm": {"scale": ("weight", ""), "bias": ("bias", "")},
     "BatchNorm": {"scale": ("weight", ""), "bias": ("bias", "")},
 }
-
-_calls: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar("jaxinit_export_calls", default=None)
 
 
 def export(
@@ -252,20 +249,20 @@ class _LinenRecorder:
 
             def recording(key: Any, *args: Any, **kw: Any) -> Any:
                 calls: list[Any] = []
-                token = _calls.set(calls)
                 previous = sys.getprofile()
                 sys.setprofile(_profiler(calls))
                 try:
                     value = init_fn(key, *args, **kw)
                 finally:
                     sys.setprofile(previous)
-                    _calls.reset(token)
                 recorder.records[path] = {
                     "key": recorder.chains.get(id(key)),
                     "calls": calls,
                     "jit": recorder.scans > 0,
                     "owner": recorder.owner[-1] if recorder.owner else "",
-                    "value": value,
+                    # The initializer's own result is the parameter (or a Flax wrapper that only
+                    # reshapes or boxes it made it): else the values are not the initializer's.
+                    "made_by": _made_by(init_fn, value, calls),
                 }
                 return value
 
@@ -291,6 +288,12 @@ class _LinenRecorder:
             name = ".".join(path)
             leaf = flat[path]
             shape, dtype = tuple(int(d) for d in leaf.shape), dtype_name(leaf.dtype)
+            if record["made_by"] is not None:
+                raise InvalidArgument(
+                    f"{name}: made by {record['made_by']}, not a JAX initializer jaxinit serves (jax.nn.initializers "
+                    "/ flax.nnx.initializers, possibly wrapped by Flax's DenseGeneral reshape or with_partitioning); "
+                    "give the module a registry initializer"
+                )
             initializer, args, call_shape = _initializer(record["calls"], name)
             steps = record["key"]
             if steps is None:
@@ -342,16 +345,57 @@ def _stack_at(path: tuple[str, ...], flat: Mapping[tuple[str, ...], Any], stack:
 
 
 def _profiler(calls: list[Any]) -> Any:
-    """A profile function that records the outermost call into jax.nn.initializers."""
+    """A profile function that records the outermost call into jax.nn.initializers: its
+    qualified name, its locals at the call (arguments, closure) and what it returned."""
     from jax._src.nn import initializers
 
     file = initializers.__file__
 
     def profile(frame: Any, event: str, arg: Any) -> None:
-        if event == "call" and not calls and frame.f_code.co_filename == file:
-            calls.append((frame.f_code.co_qualname, dict(frame.f_locals)))
+        if frame.f_code.co_filename != file:
+            return
+        if event == "call" and not calls:
+            calls.append([frame.f_code.co_qualname, dict(frame.f_locals), None, frame])
+        elif event == "return" and calls and calls[0][3] is frame:
+            calls[0][2] = arg
+            calls[0][3] = None  # done: later calls (none should come) change nothing
 
     return profile
+
+
+def _made_by(init_fn: Any, value: Any, calls: Sequence[Any]) -> str | None:
+    """None when ``value`` is what the recorded JAX initializer returned, called by
+    ``init_fn`` itself or through a Flax wrapper that only reshapes or boxes its result;
+    else what made it (for the refusal)."""
+    import flax
+    from jax._src.nn import initializers
+
+    flax_dir = flax.__file__.rsplit("/", 1)[0]
+    fn = init_fn
+    for _ in range(4):  # with_partitioning(DenseGeneral's wrap(...)): a few levels at most
+        code = getattr(fn, "__code__", None)
+        if code is None:
+            break
+        if code.co_filename == initializers.__file__:
+            if code.co_qualname not in _INITIALIZERS or not calls or calls[0][0] != code.co_qualname:
+                break
+            if fn is init_fn and calls[0][2] is not value:
+                break  # called, then its result changed
+            return None
+        boxes = (f"{flax_dir}/core/meta.py", f"{flax_dir}/linen/spmd.py")
+        if code.co_filename in boxes and code.co_name == "wrapper":
+            # nn.with_partitioning, nn.with_logical_partitioning: the initializer's result, boxed
+            fn = getattr(fn, "__wrapped__", None)
+        elif code.co_filename == f"{flax_dir}/linen/linear.py" and code.co_name in (
+            "kernel_init_wrap",
+            "bias_init_wrap",
+        ):
+            cells = dict(zip(code.co_freevars, (c.cell_contents for c in fn.__closure__ or ()), strict=True))
+            owner = cells.get("self")  # DenseGeneral: its kernel_init / bias_init, reshaped
+            fn = getattr(owner, "kernel_init" if code.co_name == "kernel_init_wrap" else "bias_init", None)
+        else:
+            break
+    return getattr(init_fn, "__qualname__", type(init_fn).__name__)
 
 
 def _initializer(calls: Sequence[Any], name: str) -> tuple[str, dict[str, Any], tuple[int, ...]]:
@@ -362,7 +406,7 @@ def _initializer(calls: Sequence[Any], name: str) -> tuple[str, dict[str, Any], 
             f"{name}: made by {what}, not a JAX initializer jaxinit serves (jax.nn.initializers / "
             "flax.nnx.initializers); give the module a registry initializer"
         )
-    qualname, local = calls[0]
+    qualname, local = calls[0][0], calls[0][1]
     registry, names = _INITIALIZERS[qualname]
     args = {arg: _plain(local[arg]) for arg in names}
     spec = lookup(registry)

@@ -119,6 +119,15 @@ class Custom(nn.Module):
         )
 
 
+class Scaled(nn.Module):
+    @nn.compact
+    def __call__(self, x: Any) -> Any:
+        twice = lambda key, shape, dtype=jnp.float32: 2 * nn.initializers.normal()(key, shape, dtype)  # noqa: E731
+        boxed = nn.with_partitioning(nn.initializers.lecun_normal(), ("a", "b"))
+        x = nn.Dense(4, kernel_init=boxed, name="boxed")(x)  # a box around the same bytes: fine
+        return nn.Dense(3, kernel_init=twice, name="twice")(x)
+
+
 class Vmapped(nn.Module):
     @nn.compact
     def __call__(self, x: Any) -> Any:
@@ -130,6 +139,8 @@ def test_what_cannot_be_exported_is_refused_by_name() -> None:
     x = jax.ShapeDtypeStruct((1, 5), jnp.float32)
     with pytest.raises(jaxinit.InvalidArgument, match=r"eye\.kernel: made by .*not a JAX initializer"):
         jaxinit.flax.export(Custom(), x)
+    with pytest.raises(jaxinit.InvalidArgument, match=r"twice\.kernel: made by Scaled.*<lambda>"):
+        jaxinit.flax.export(Scaled(), x)  # it calls a JAX initializer, then changes the values
     with pytest.raises(jaxinit.InvalidArgument, match=r"Dense_0\.kernel: its key comes through a Flax transform"):
         jaxinit.flax.export(Vmapped(), jax.ShapeDtypeStruct((2, 1, 5), jnp.float32))
     with pytest.raises(jaxinit.InvalidArgument, match="linen"):
