@@ -175,7 +175,18 @@ def _parser() -> argparse.ArgumentParser:
         "export",
         help="trace a linen model shape-only into a plan (needs JAX and Flax here; `jaxinit model` realises it)",
     )
-    export.add_argument("target", help="MODULE:NAME: a linen Module class or instance, or a function making one")
+    export.add_argument(
+        "target",
+        help="MODULE:NAME: linen, a Module class or instance, or a function making one; nnx, a Module class or "
+        "function called with rngs=nnx.Rngs(...)",
+    )
+    export.add_argument("--mode", default="linen", choices=["linen", "nnx"])
+    export.add_argument(
+        "--rng-streams",
+        default="params",
+        metavar="NAMES",
+        help="nnx: the streams of the model's nnx.Rngs, comma-separated (default params; default for nnx.Rngs(0))",
+    )
     export.add_argument(
         "--input-shape",
         action="append",
@@ -260,6 +271,13 @@ def _export(ns: argparse.Namespace) -> None:
     from flax import linen
 
     module_kwargs, init_kwargs = json.loads(ns.module_kwargs), json.loads(ns.init_kwargs)
+    from jaxinit.flax import export
+
+    if ns.mode == "nnx":
+        streams = [s for s in ns.rng_streams.split(",") if s]
+        plan = export(lambda rngs: target(rngs=rngs, **module_kwargs), mode="nnx", rng_streams=streams)
+        _write_plan(plan, ns.output)
+        return
     module = target if isinstance(target, linen.Module) else target(**module_kwargs)
     if not isinstance(module, linen.Module):
         raise InvalidArgument(f"{ns.target} made a {type(module).__name__}, not a linen Module")
@@ -270,16 +288,17 @@ def _export(ns: argparse.Namespace) -> None:
         jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtypes[i] if i < len(dtypes) else "float32"))  # type: ignore[no-untyped-call]
         for i, shape in enumerate(ns.input_shape)
     ]
-    from jaxinit.flax import export
+    _write_plan(export(module, *inputs, **init_kwargs), ns.output)
 
-    plan = export(module, *inputs, **init_kwargs)
+
+def _write_plan(plan: dict[str, Any], output: str) -> None:
     text = json.dumps(plan, indent=1)
-    if ns.output == "-":
+    if output == "-":
         print(text)
     else:
-        with open(ns.output, "w") as out:
+        with open(output, "w") as out:
             out.write(text + "\n")
-        print(f"{ns.output}: {len(plan['params'])} parameters", file=sys.stderr)
+        print(f"{output}: {len(plan['params'])} parameters", file=sys.stderr)
 
 
 def _describe(registry: dict[str, Any], name: str) -> str:

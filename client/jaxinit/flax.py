@@ -13,8 +13,11 @@ description with explicit keys::
     client.init_model(plan, 0, layout="torch", path="init.safetensors")
 
 The keys are steps from the root, so one plan serves every seed and both PRNG modes.
-Only linen models for now (``mode="linen"``); nnx models are described with
-:mod:`jaxinit.models`.
+nnx (``mode="nnx"``): ``export(Model, mode="nnx", rng_streams=["default"])`` builds
+``Model(nnx.Rngs(...))`` under ``nnx.eval_shape``, follows each stream's counts (forks by
+Dropout and attention included) and matches every ``nnx.Param`` to the initializer call
+that returned it; layers stacked by ``nnx.vmap``/``nnx.scan`` are refused (describe them
+with :func:`jaxinit.models.Scan`).
 
 JAX and Flax are imported only when :func:`export` runs.
 """
@@ -73,7 +76,10 @@ def export(
     **kwargs: Any,
 ) -> dict[str, Any]:
     """The plan of ``module``'s parameters (the raw form, explicit keys): what
-    ``module.init(key, *sample_inputs, **kwargs)["params"]`` makes, for any key.
+    ``module.init(key, *sample_inputs, **kwargs)["params"]`` makes, for any key; for
+    ``mode="nnx"``, what ``module(nnx.Rngs(...), **kwargs)`` holds as ``nnx.Param``
+    (``rng_streams``: the Rngs' streams; the key is the ``params`` stream's, else
+    ``default``'s).
 
     ``sample_inputs`` may be arrays or ``jax.ShapeDtypeStruct``\\ s (only their shapes and
     dtypes are used). The values come from :meth:`jaxinit.Client.init_model` with the
@@ -85,10 +91,10 @@ def export(
             whose key jaxinit cannot follow (a transform other than ``nn.scan``), named.
         ImportError: JAX or Flax is not installed here.
     """
+    if mode == "nnx":
+        return _export_nnx(module, rng_streams=kwargs.pop("rng_streams", ("params",)), **kwargs)
     if mode != "linen":
-        raise InvalidArgument(
-            f"export reads linen models (mode='linen'), got {mode!r}; describe an nnx model with jaxinit.models"
-        )
+        raise InvalidArgument(f"mode is 'linen' or 'nnx', got {mode!r}")
     import jax
 
     recorder = _LinenRecorder()
@@ -421,3 +427,145 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     return value
+
+
+# --- nnx -------------------------------------------------------------------------------------
+
+
+def _export_nnx(build: Any, *, rng_streams: Sequence[str] = ("params",), **kwargs: Any) -> dict[str, Any]:
+    """nnx: ``build(rngs, **kwargs)`` makes the model from an ``nnx.Rngs`` whose streams
+    are ``rng_streams``; the root key is the parameters' stream's (``params``, else
+    ``default``). Constructed under ``nnx.eval_shape``: no parameter is made."""
+    import jax
+    from flax import linen, nnx
+    from flax.nnx import rnglib
+
+    if isinstance(build, linen.Module):
+        raise InvalidArgument(f"{type(build).__name__} is a linen Module: export it with mode='linen'")
+    if not callable(build):
+        raise InvalidArgument(f"nnx: export takes a function of an nnx.Rngs (a Module class), got {build!r:.80}")
+    streams = tuple(rng_streams)
+    if not streams or not all(isinstance(s, str) and s for s in streams) or len(set(streams)) != len(streams):
+        raise InvalidArgument(f"rng_streams must be distinct stream names, got {rng_streams!r}")
+    params_stream = "params" if "params" in streams else "default" if "default" in streams else None
+    if params_stream is None:
+        raise InvalidArgument(
+            f"rng_streams {list(streams)} has neither 'params' nor 'default': no stream makes parameters"
+        )
+    chains: dict[int, tuple[Step, ...]] = {}
+    alive: list[Any] = []
+    counts: dict[int, int] = {}  # RngStream (by id) -> counts drawn so far: nnx's own are traced
+    calls: list[list[Any]] = []  # every outermost initializer call: [qualname, locals, result, frame]
+    original_init, original_call = rnglib.RngStream.__init__, rnglib.RngStream.__call__
+
+    def stream_init(stream: Any, key: Any, **kw: Any) -> None:
+        original_init(stream, key, **kw)
+        counts[id(stream)] = 0
+        alive.append(stream)
+
+    def stream_call(stream: Any) -> Any:
+        base = chains.get(id(stream.key[...]))
+        n = counts.get(id(stream))
+        out = original_call(stream)
+        if n is not None:
+            counts[id(stream)] = n + 1
+        if base is not None and n is not None and not (base and base[-1][0] == "split_all"):
+            chains[id(out)] = (*base, ("fold_in", n))
+            alive.append(out)
+        return out
+
+    import flax
+    from jax._src.nn import initializers
+
+    file = initializers.__file__
+    # Flax's wrappers that only reshape an initializer's result (LinearGeneral's): what they
+    # return is that call's tensor, the same bytes.
+    reshaping = (flax.__file__.rsplit("/", 1)[0] + "/nnx/nn/linear.py", ("kernel_init_wrap", "bias_init_wrap"))
+    wrappers: list[tuple[Any, int]] = []  # (the wrapper's frame, calls recorded before it)
+    reshaped: dict[int, list[Any]] = {}  # id(a wrapper's result) -> the initializer call inside
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        code = frame.f_code
+        if code.co_filename == reshaping[0] and code.co_name in reshaping[1]:
+            if event == "call":
+                wrappers.append((frame, len(calls)))
+            elif event == "return" and wrappers and wrappers[-1][0] is frame:
+                _, before = wrappers.pop()
+                if len(calls) == before + 1 and arg is not None:
+                    reshaped[id(arg)] = calls[-1]
+                    alive.append(arg)
+            return
+        if code.co_filename != file:
+            return
+        if event == "call" and not (calls and calls[-1][3] is not None):
+            calls.append([code.co_qualname, dict(frame.f_locals), None, frame])
+        elif event == "return" and calls and calls[-1][3] is frame:
+            calls[-1][2] = arg
+            calls[-1][3] = None
+
+    found: dict[str, Any] = {}
+
+    def make() -> Any:
+        root = jax.random.key(0)
+        chains[id(root)] = ()
+        alive.append(root)
+        keys = {s: root if s == params_stream else jax.random.key(i + 1) for i, s in enumerate(streams)}
+        previous = sys.getprofile()
+        sys.setprofile(profile)
+        try:
+            model = build(nnx.Rngs(**keys), **kwargs)
+        finally:
+            sys.setprofile(previous)
+        if not isinstance(model, nnx.Module):
+            raise InvalidArgument(f"nnx: the function made a {type(model).__name__}, not an nnx.Module")
+        by_result = {id(call[2]): call for call in calls if call[2] is not None}
+        by_result.update(reshaped)
+        for path, value in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(model, nnx.Param)))[0]:
+            name = ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+            call = by_result.get(id(value))
+            found[name] = (
+                tuple(int(d) for d in value.shape),
+                dtype_name(value.dtype),
+                None if call is None else (call[0], call[1], chains.get(id(call[1].get("key")))),
+            )
+        return model
+
+    setattr(rnglib.RngStream, "__init__", stream_init)  # noqa: B010
+    setattr(rnglib.RngStream, "__call__", stream_call)  # noqa: B010
+    try:
+        nnx.eval_shape(make)
+    finally:
+        setattr(rnglib.RngStream, "__init__", original_init)  # noqa: B010
+        setattr(rnglib.RngStream, "__call__", original_call)  # noqa: B010
+    entries = []
+    for name, (shape, dtype, call) in found.items():
+        if call is None:
+            raise InvalidArgument(
+                f"{name}: its value is not what a JAX initializer returned (a custom function, a result changed "
+                "afterwards, or layers stacked by nnx.vmap/nnx.scan, which the exporter does not follow yet); give "
+                "the module a registry initializer, or describe it with jaxinit.models (Scan for stacked layers)"
+            )
+        initializer, args, call_shape = _initializer([call], name)
+        steps = call[2]
+        if steps is None:
+            raise InvalidArgument(
+                f"{name}: its key comes from a stream or transform jaxinit cannot follow (it follows the parameters' "
+                "stream of plain modules, forks included, not nnx.vmap/nnx.scan/split_rngs); describe it with "
+                "jaxinit.models (Scan)"
+            )
+        if math.prod(call_shape) != math.prod(shape):
+            raise InvalidArgument(f"{name}: made with shape {list(call_shape)}, held as {list(shape)}")
+        entry: dict[str, Any] = {
+            "path": name,
+            "initializer": initializer,
+            "args": args,
+            "shape": list(shape),
+            "dtype": dtype,
+            "key": [step_json(step) for step in steps],
+        }
+        if tuple(call_shape) != shape:
+            entry["init_shape"] = list(call_shape)
+        entries.append(entry)
+    if not entries:
+        raise InvalidArgument("the model has no nnx.Param")
+    return {"params": entries}

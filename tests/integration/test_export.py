@@ -14,9 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
+from flax import nnx
 from flax.core import meta
 from flax.traverse_util import flatten_dict
-from flax_examples import imagenet_models, lm1b_models, wmt_models
+from flax_examples import imagenet_models, lm1b_models, mnist_cnn, wmt_models
 from flax_models import LinenScanNet
 
 import jaxinit
@@ -143,8 +144,10 @@ def test_what_cannot_be_exported_is_refused_by_name() -> None:
         jaxinit.flax.export(Scaled(), x)  # it calls a JAX initializer, then changes the values
     with pytest.raises(jaxinit.InvalidArgument, match=r"Dense_0\.kernel: its key comes through a Flax transform"):
         jaxinit.flax.export(Vmapped(), jax.ShapeDtypeStruct((2, 1, 5), jnp.float32))
-    with pytest.raises(jaxinit.InvalidArgument, match="linen"):
+    with pytest.raises(jaxinit.InvalidArgument, match="a linen Module: export it with mode='linen'"):
         jaxinit.flax.export(Custom(), x, mode="nnx")
+    with pytest.raises(jaxinit.InvalidArgument, match="mode is 'linen' or 'nnx'"):
+        jaxinit.flax.export(Custom(), x, mode="haiku")
 
 
 def test_export_makes_no_parameter() -> None:
@@ -179,6 +182,14 @@ class Net(nn.Module):
         scan = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True}, length=self.layers)
         x, _ = scan(self.width, name="layers")(x, None)
         return nn.Dense(10)(x)
+
+from flax import nnx
+
+class NnxNet(nnx.Module):
+    def __init__(self, rngs, width=8):
+        self.embed = nnx.Embed(10, width, rngs=rngs)
+        self.drop = nnx.Dropout(0.1, rngs=rngs)
+        self.out = nnx.Linear(width, 10, rngs=rngs)
 """
 
 
@@ -201,5 +212,71 @@ def test_the_export_command_then_the_model_command(server: Any, tmp_path: Any, m
     want = _flat(my_models.Net(layers=4).init(jax.random.key(9), jnp.zeros((1, 5), jnp.int32))["params"])
     _same(safetensors.numpy.load_file(str(out)), want)
     assert want["layers.Dense_0.kernel"].shape == (4, 8, 8)
+    nnx_argv = ["export", "my_models:NnxNet", "--mode", "nnx", "--rng-streams", "default", "-o", "nnx.json"]
+    assert main([*nnx_argv, "--module-kwargs", '{"width": 6}']) == 0
+    nnx_out = tmp_path / "nnx.safetensors"
+    assert (
+        main(["--url", server.grpc_url, "model", "nnx.json", "--seed", "2", "-o", str(nnx_out), "--no-progress"]) == 0
+    )
+    _same(safetensors.numpy.load_file(str(nnx_out)), _nnx_params(my_models.NnxNet(nnx.Rngs(2), width=6)))
     assert main(["export", "my_models:nn", "--input-shape", "1,5"]) == 2
     assert main(["export", "my_models", "--input-shape", "1,5"]) == 2
+
+
+# --- nnx --------------------------------------------------------------------------------------
+
+
+class NnxTutorial(nnx.Module):
+    """The nnx MNIST tutorial's model: Dropout and attention dropout on the shared Rngs."""
+
+    def __init__(self, rngs: nnx.Rngs) -> None:
+        self.conv = nnx.Conv(1, 8, kernel_size=(3, 3), rngs=rngs)
+        self.drop = nnx.Dropout(0.1, rngs=rngs)
+        self.attn = nnx.MultiHeadAttention(2, 8, 8, decode=False, dropout_rate=0.1, rngs=rngs)
+        self.norm = nnx.LayerNorm(8, rngs=rngs)
+        self.head = nnx.Linear(8, 10, kernel_init=nnx.initializers.normal(0.02), rngs=rngs)
+
+
+def _nnx_params(model: Any) -> dict[str, np.ndarray]:
+    return _flat(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+
+
+@pytest.mark.parametrize("partitionable", [True, False])
+@pytest.mark.parametrize("streams", [["default"], ["params", "dropout"]])
+def test_exported_nnx_models_are_their_construction(url: str, partitionable: bool, streams: list[str]) -> None:
+    """Flax's own MNIST CNN (examples/mnist) and the tutorial's shared-stream model: one
+    plan each, any seed, both PRNG modes; with one shared stream the Dropout's and the
+    attention's forks shift later keys, with separate streams they do not."""
+    for make in (mnist_cnn.CNN, NnxTutorial):
+        plan = jaxinit.flax.export(make, mode="nnx", rng_streams=streams)
+        with jaxinit.Client(url, threefry_partitionable=partitionable) as client:
+            got = client.init_model(plan, 5, flat=True)
+        seeds = {"default": 5} if streams == ["default"] else {"params": 5, "dropout": 77}
+        with jax.threefry_partitionable(partitionable):
+            want = _nnx_params(make(nnx.Rngs(**seeds)))
+        _same(got, want)
+
+
+class NnxCustom(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs) -> None:
+        self.ok = nnx.Linear(3, 4, rngs=rngs)
+        self.scaled = nnx.Param(2 * nnx.initializers.lecun_normal()(rngs.params(), (4, 4)))
+
+
+class NnxStacked(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs) -> None:
+        @nnx.split_rngs(splits=2)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def layers(rngs: nnx.Rngs) -> nnx.Linear:
+            return nnx.Linear(4, 4, rngs=rngs)
+
+        self.layers = layers(rngs)
+
+
+def test_what_cannot_be_exported_from_nnx_is_refused_by_name() -> None:
+    with pytest.raises(jaxinit.InvalidArgument, match=r"scaled: its value is not what a JAX initializer returned"):
+        jaxinit.flax.export(NnxCustom, mode="nnx")
+    with pytest.raises(jaxinit.InvalidArgument, match=r"layers\.(bias|kernel): .*stacked by nnx.vmap"):
+        jaxinit.flax.export(NnxStacked, mode="nnx")
+    with pytest.raises(jaxinit.InvalidArgument, match="neither 'params' nor 'default'"):
+        jaxinit.flax.export(NnxCustom, mode="nnx", rng_streams=["dropout"])
