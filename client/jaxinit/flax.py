@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -37,6 +38,9 @@ from jaxinit.protocol.expansion import linen_fold_in
 from jaxinit.protocol.keys import Step, step_json
 
 __all__ = ["export"]
+
+# The exporter patches JAX and Flax functions while it traces: one export at a time.
+_EXPORTING = threading.Lock()
 
 # JAX initializer (the function's qualified name in jax._src.nn.initializers) -> the
 # registry name and the closure variables that are its factory's arguments.
@@ -98,7 +102,7 @@ def export(
     import jax
 
     recorder = _LinenRecorder()
-    with recorder.active():
+    with _EXPORTING, recorder.active():
 
         def init(key: Any, *inputs: Any) -> Any:
             recorder.root(key)
@@ -119,6 +123,7 @@ class _LinenRecorder:
         self.alive: list[Any] = []  # the tracers whose ids the chains name, kept alive
         self.records: dict[tuple[str, ...], dict[str, Any]] = {}
         self.scans = 0  # how deep inside nn.scan's body the trace is
+        self.off_axis: list[bool] = []  # for each scan the trace is in: whether it stacks on an axis but 0
         self.owner: list[str] = []  # the Flax class of the module creating a parameter
         self.fix_separator = False
 
@@ -184,7 +189,7 @@ class _LinenRecorder:
         def scan(fn: Any, *args: Any, **kwargs: Any) -> Any:
             outer: list[Any] = []
 
-            def body(broadcast: Any, carry: Any, *xs: Any) -> Any:
+            def linked(broadcast: Any, carry: Any, *xs: Any) -> Any:
                 import jax
 
                 for inner_x, outer_x in zip(xs, outer[0] if outer else (), strict=False):
@@ -205,6 +210,20 @@ class _LinenRecorder:
                     return fn(broadcast, carry, *xs)
                 finally:
                     recorder.scans -= 1
+
+            import jax
+
+            axes = kwargs.get("out_axes", args[1] if len(args) > 1 else None)
+            variable_axes = axes[1] if isinstance(axes, tuple) and len(axes) == 2 else None
+            # the scanned variable groups' axes (variable_axes): jaxinit stacks on axis 0 only
+            off_axis = variable_axes is None or any(a != 0 for a in jax.tree_util.tree_leaves(variable_axes))
+
+            def body(*a: Any) -> Any:
+                recorder.off_axis.append(off_axis)
+                try:
+                    return linked(*a)
+                finally:
+                    recorder.off_axis.pop()
 
             scanned = original(body, *args, **kwargs)
 
@@ -265,6 +284,7 @@ class _LinenRecorder:
                     "key": recorder.chains.get(id(key)),
                     "calls": calls,
                     "jit": recorder.scans > 0,
+                    "off_axis": any(recorder.off_axis),
                     "owner": recorder.owner[-1] if recorder.owner else "",
                     # The initializer's own result is the parameter (or a Flax wrapper that only
                     # reshapes or boxes it made it): else the values are not the initializer's.
@@ -287,6 +307,12 @@ class _LinenRecorder:
             tuple(str(getattr(k, "key", k)) for k in path): leaf
             for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
         }
+        unmade = [".".join(path) for path in flat if path not in self.records]
+        if unmade:
+            raise InvalidArgument(
+                f"{unmade[0]}: a parameter not made by self.param (self.variable('params', ...) or put_variable); "
+                "the exporter follows self.param only"
+            )
         entries = []
         for path, record in self.records.items():
             if path not in flat:
@@ -308,6 +334,11 @@ class _LinenRecorder:
                     "modules and nn.scan with split_rngs={'params': True}); describe it with jaxinit.models"
                 )
             stack = tuple(step[1] for step in steps if step[0] == "stack")
+            if record["off_axis"]:
+                raise InvalidArgument(
+                    f"{name}: made in an nn.scan whose variable_axes stack on an axis other than 0; jaxinit stacks "
+                    "layers on axis 0 only"
+                )
             if shape[: len(stack)] != stack or math.prod(shape) != math.prod(stack) * math.prod(call_shape):
                 raise InvalidArgument(
                     f"{name}: a stacked parameter of shape {list(shape)} whose layers are {list(call_shape)}: only "
@@ -530,13 +561,8 @@ def _export_nnx(build: Any, *, rng_streams: Sequence[str] = ("params",), **kwarg
             )
         return model
 
-    setattr(rnglib.RngStream, "__init__", stream_init)  # noqa: B010
-    setattr(rnglib.RngStream, "__call__", stream_call)  # noqa: B010
-    try:
-        nnx.eval_shape(make)
-    finally:
-        setattr(rnglib.RngStream, "__init__", original_init)  # noqa: B010
-        setattr(rnglib.RngStream, "__call__", original_call)  # noqa: B010
+    with _EXPORTING:
+        _run_patched(rnglib.RngStream, stream_init, stream_call, lambda: nnx.eval_shape(make))
     entries = []
     for name, (shape, dtype, call) in found.items():
         if call is None:
@@ -569,3 +595,15 @@ def _export_nnx(build: Any, *, rng_streams: Sequence[str] = ("params",), **kwarg
     if not entries:
         raise InvalidArgument("the model has no nnx.Param")
     return {"params": entries}
+
+
+def _run_patched(cls: Any, init: Any, call: Any, run: Any) -> Any:
+    """``run()`` with ``cls.__init__`` and ``cls.__call__`` replaced, restored however it ends."""
+    original = cls.__dict__["__init__"], cls.__dict__["__call__"]
+    setattr(cls, "__init__", init)  # noqa: B010
+    setattr(cls, "__call__", call)  # noqa: B010
+    try:
+        return run()
+    finally:
+        setattr(cls, "__init__", original[0])  # noqa: B010
+        setattr(cls, "__call__", original[1])  # noqa: B010

@@ -322,6 +322,18 @@ def test_jit_values_are_jax_jit_of_the_initializer(url: str, partitionable: bool
     assert '"jit":true' in got.provenance.canonical_request and "jit" not in plain.provenance.canonical_request
 
 
+def test_jit_applies_to_keyless_initializers_too(url: str) -> None:
+    """A constant's value is converted by XLA under jit: an out-of-range float into int32
+    saturates one way eagerly and another way compiled. jit asks for the compiled one."""
+    init = jax.nn.initializers.constant(1e10)
+    eager = np.asarray(init(None, (3,), jax.numpy.int32))
+    compiled = np.asarray(jax.jit(lambda: init(None, (3,), jax.numpy.int32))())
+    with jaxinit.Client(url) as client:
+        got = client.generate("constant", None, (3,), "int32", args={"value": 1e10}, jit=True)
+        plain = client.generate("constant", None, (3,), "int32", args={"value": 1e10})
+    assert got.array.tobytes() == compiled.tobytes() and plain.array.tobytes() == eager.tobytes()
+
+
 def test_jit_over_the_get_form_and_kserve(server: Any) -> None:
     import httpx
 

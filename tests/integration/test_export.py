@@ -280,3 +280,30 @@ def test_what_cannot_be_exported_from_nnx_is_refused_by_name() -> None:
         jaxinit.flax.export(NnxStacked, mode="nnx")
     with pytest.raises(jaxinit.InvalidArgument, match="neither 'params' nor 'default'"):
         jaxinit.flax.export(NnxCustom, mode="nnx", rng_streams=["dropout"])
+
+
+class OffAxis(nn.Module):
+    @nn.compact
+    def __call__(self, x: Any) -> Any:
+        def body(module: Any, carry: Any, _: Any) -> Any:
+            return nn.Dense(4)(carry), None
+
+        scan = nn.scan(body, variable_axes={"params": 1}, split_rngs={"params": True}, length=4)
+        return scan(self, x, None)[0]
+
+
+class PutVariable(nn.Module):
+    @nn.compact
+    def __call__(self, x: Any) -> Any:
+        w = self.variable("params", "w", lambda: jnp.ones((5, 2)))
+        return nn.Dense(2)(x) + x @ w.value
+
+
+def test_what_the_linen_exporter_cannot_follow_is_refused() -> None:
+    """A scan stacking on another axis than 0 (jaxinit stacks on 0; a square kernel would
+    look the same), and a parameter made without self.param."""
+    x = jax.ShapeDtypeStruct((1, 4), jnp.float32)
+    with pytest.raises(jaxinit.InvalidArgument, match="variable_axes stack on an axis other than 0"):
+        jaxinit.flax.export(OffAxis(), x)
+    with pytest.raises(jaxinit.InvalidArgument, match=r"^w: a parameter not made by self.param"):
+        jaxinit.flax.export(PutVariable(), jax.ShapeDtypeStruct((1, 5), jnp.float32))

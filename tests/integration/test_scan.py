@@ -121,3 +121,11 @@ def test_nnx_vmap_stacked_layers(url: str, partitionable: bool, streams: list[st
 def test_what_a_scan_cannot_be_is_refused(url: str, model: dict[str, Any], message: str) -> None:
     with jaxinit.Client(url) as client, pytest.raises(jaxinit.InvalidArgument, match=message):
         client.init_model(model, 0)
+
+
+def test_unstacking_for_torch_is_bounded_before_it_is_done(url: str) -> None:
+    """4096 layers of 30 parameters are 122,880 tensors in the torch layout: refused before
+    any is planned (the flax layout keeps 30 stacked tensors)."""
+    block = m.Module(*(m.Dense(2, 2, name=f"d{i}") for i in range(15)))
+    with jaxinit.Client(url) as client, pytest.raises(jaxinit.InvalidArgument, match="122880 tensors"):
+        client.init_model(m.Scan(block, 4096), 0, layout="torch")

@@ -1204,6 +1204,12 @@ def outputs(params: Sequence[Param], layout: str = "flax") -> list[Output]:
         return [Output(p.name, p, p.shape) for p in params]
     out: list[Output] = []
     buffers_done: set[str] = set()
+    tensors = sum(math.prod(step[1] for step in p.key_prefix if step[0] == "stack") for p in params)
+    if tensors > MAX_PARAMS:  # before any is made: each stacked layer is a tensor of its own here
+        raise InvalidArgument(
+            f"model: in the torch layout its stacked layers make {tensors} tensors, more than {MAX_PARAMS}; "
+            "ask for layout 'flax'"
+        )
     for p in _unstacked(params):
         leaf, how = p.torch
         if how == NO_TORCH:
@@ -1243,7 +1249,9 @@ def _unstacked(params: Sequence[Param]) -> Iterator[Param]:
         if not stacks:
             yield p
             continue
-        where = stacks[0]  # one stack step: nested scans are refused by the expansion
+        if len(stacks) > 1:
+            raise InvalidArgument(f"{p.name}: stacked twice (a scan in a scan) has no PyTorch layout; ask for 'flax'")
+        where = stacks[0]
         length = p.key_prefix[where][1]
         for i in range(length):
             yield dataclasses.replace(

@@ -13,6 +13,7 @@ or a jitted ``model.init``): it runs whole, as ``jax.jit(init)(key)``.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -81,8 +82,10 @@ def route(resolved: Resolved) -> str:
         return EMPTY
     if _stacked(resolved):
         return route(_template(resolved))
-    if resolved.jit and resolved.key is not None:
-        return WHOLE  # the chunks replay the eager program; a compiled one is made whole
+    if resolved.jit:
+        # The chunks and fills replay the eager program (a fill converts its value eagerly, and
+        # XLA converts e.g. an out-of-range float to int otherwise): compiled ones run whole.
+        return WHOLE
     if chunked.chunkable(resolved):
         return CHUNKED
     if resolved.spec.name in FILL_FAMILIES and _fill_period(resolved) is not None:
@@ -104,7 +107,11 @@ def price(resolved: Resolved, *, gathered: bool = False) -> Cost:
         memory = one.memory + (total * itemsize if kind == WHOLE else 0)
         memory += count * (itemsize + 64) if gathered else 0
         slices = math.prod(_stack(resolved))
-        return Cost(kind, memory + slices * 64, one.flops * slices if kind == WHOLE else count * 64)
+        key = _the_key(resolved)
+        # deriving the batch: every step after the first stack, for every key (a split makes num)
+        derive = slices * sum(step[1] if step[0] != "fold_in" else 1 for step in key.derive) * 64
+        flops = (one.flops * slices if kind == WHOLE else count * 64) + derive
+        return Cost(kind, memory + slices * 64 + derive // 4, flops)
     memory, flops = 64 * 2**10, count
     if kind == CHUNKED:
         chunk = min(chunked.bucket(count), count)
@@ -176,24 +183,38 @@ def _template(resolved: Resolved) -> Resolved:
     return _slice(resolved, Key(data=(0,) * KEY_IMPLS[impl], impl=impl), 0, size)
 
 
+# Key implementations whose fold_in and split under jax.vmap give each key's own eager result
+# (integer programs; the test suite compares every implementation): their batches are derived
+# in one vmapped program. rbg and unsafe_rbg are derived key by key (unsafe_rbg's differ).
+VMAP_IMPLS = frozenset({"threefry2x32", "threefry4x32", "philox2x32", "philox4x32"})
+
+
 def _batch_keys(key: Key) -> tuple[tuple[int, ...], list[Key]]:
     """A stacked key's slices' keys, in C order of its stack axes, and the data of the key
-    its first stack step splits (the provenance's key data). Under the current config.
-
-    Each key of the batch is derived eagerly on its own, as a single key is: jax.vmap of
-    fold_in and split is not the same for every key implementation (unsafe_rbg's differ)."""
+    its first stack step splits (the provenance's key data). Under the current config."""
     first = next(i for i, step in enumerate(key.derive) if step[0] == "stack")
     head = Key(seed=key.seed, data=key.data, impl=key.impl, fold_in=key.fold_in, derive=key.derive[:first])
     jax_key, head_data = _make_key(head)
-    batch = [jax_key]
-    for step in key.derive[first:]:
-        if step[0] == "fold_in":
-            batch = [jax.random.fold_in(k, np.uint32(step[1])) for k in batch]
-        elif step[0] == "split":
-            batch = [jax.random.split(k, step[1])[step[2]] for k in batch]
-        else:
-            batch = [part for k in batch for part in jax.random.split(k, step[1])]
-    words = np.asarray(jax.random.key_data(jax.numpy.stack(batch))).astype(np.uint32).reshape(len(batch), -1)
+    if key.impl in VMAP_IMPLS:
+        batch = jax_key[None]
+        for step in key.derive[first:]:
+            if step[0] == "fold_in":
+                batch = jax.vmap(lambda k, x=step[1]: jax.random.fold_in(k, np.uint32(x)))(batch)
+            elif step[0] == "split":
+                batch = jax.vmap(lambda k, n=step[1], i=step[2]: jax.random.split(k, n)[i])(batch)
+            else:
+                batch = jax.vmap(lambda k, n=step[1]: jax.random.split(k, n))(batch).reshape(-1)
+        words = np.asarray(jax.random.key_data(batch)).astype(np.uint32).reshape(batch.shape[0], -1)
+    else:
+        keys = [jax_key]
+        for step in key.derive[first:]:
+            if step[0] == "fold_in":
+                keys = [jax.random.fold_in(k, np.uint32(step[1])) for k in keys]
+            elif step[0] == "split":
+                keys = [jax.random.split(k, step[1])[step[2]] for k in keys]
+            else:
+                keys = [part for k in keys for part in jax.random.split(k, step[1])]
+        words = np.asarray(jax.random.key_data(jax.numpy.stack(keys))).astype(np.uint32).reshape(len(keys), -1)
     return head_data, [Key(data=tuple(int(w) for w in row), impl=key.impl) for row in words.tolist()]
 
 
@@ -463,8 +484,7 @@ def run(resolved: Resolved) -> tuple[np.ndarray, tuple[int, ...]]:
     try:
         with _config(resolved):
             key, key_data = _make_key(resolved.key)
-            call = _call(resolved)
-            array = np.asarray(jax.jit(call)(key) if resolved.jit else call(key))
+            array = np.asarray(_jitted(resolved)(key) if resolved.jit else _call(resolved)(key))
     except Exception as exc:
         # The request was validated, so what JAX raises here is JAX refusing this
         # request (1-D fans, unsupported dtypes, bad axes: ValueError, TypeError,
@@ -480,6 +500,30 @@ def run(resolved: Resolved) -> tuple[np.ndarray, tuple[int, ...]]:
             f"JAX returned {array.dtype}{list(array.shape)}, expected {resolved.out_dtype}{list(resolved.shape)}"
         )
     return array, key_data
+
+
+_JITTED: collections.OrderedDict[tuple[Any, ...], Callable[[Any], Any]] = collections.OrderedDict()
+MAX_JITTED = 64  # compiled initializers kept (jax.jit caches per function object)
+
+
+def _jitted(resolved: Resolved) -> Callable[[Any], Any]:
+    """``jax.jit`` of the initializer call, one per (initializer, arguments, shape, dtype,
+    PRNG settings), so that repeats and a stacked request's slices compile once."""
+    what = (
+        resolved.spec.name,
+        repr(sorted(resolved.args.items())),
+        resolved.shape,
+        resolved.dtype,
+        resolved.threefry_partitionable,
+        resolved.enable_x64,
+    )
+    fn = _JITTED.get(what)
+    if fn is None:
+        fn = _JITTED[what] = jax.jit(_call(resolved))
+        while len(_JITTED) > MAX_JITTED:
+            _JITTED.popitem(last=False)
+    _JITTED.move_to_end(what)
+    return fn
 
 
 def _call(resolved: Resolved, shape: tuple[int, ...] | None = None) -> Callable[[Any], Any]:

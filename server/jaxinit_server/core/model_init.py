@@ -52,7 +52,10 @@ class ResolvedModel:
 
     def plan(self) -> list[dict[str, Any]]:
         """The tensors as plain data: what each one is and how it is made."""
-        return [{**o.describe(), "request_digest": r.digest} for o, r in zip(self.outputs, self.requests, strict=True)]
+        return [
+            {**o.describe(), "jit": r.jit, "request_digest": r.digest}  # jit: as made (a jitted model.init too)
+            for o, r in zip(self.outputs, self.requests, strict=True)
+        ]
 
 
 def resolve_model(params: InitModelParams, limits: Limits, defaults: PrngDefaults) -> ResolvedModel:

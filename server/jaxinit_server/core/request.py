@@ -22,6 +22,7 @@ MAX_RANK = 64
 # dimensions of a 0-size shape, must stay below 2**63.
 MAX_INDEX = 2**63 - 1
 MAX_REQUEST_ID = 256  # characters; it is echoed in every chunk
+MAX_KEY_BY_KEY_STEPS = 2**14  # derivation steps of an rbg batch key (slices x steps): ~1 s of eager JAX
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,15 @@ def resolve(params: GenerateParams, limits: Limits, defaults: PrngDefaults) -> R
             f"the initializer called with the rest of the shape), got shape {_dims(shape)}"
         )
     key = params.key if spec.uses_key else None
+    if key is not None and key.stack and key.impl in ("rbg", "unsafe_rbg"):
+        # their batches are derived key by key, in eager steps (see engine.VMAP_IMPLS)
+        work = math.prod(key.stack) * len(key.derive)
+        if work > MAX_KEY_BY_KEY_STEPS:
+            raise TooLarge(
+                f"a stacked {key.impl} key of {math.prod(key.stack)} slices and {len(key.derive)} steps is derived "
+                f"key by key: {work} steps, over this server's {MAX_KEY_BY_KEY_STEPS}; use fewer slices or steps, "
+                "or a threefry or philox key"
+            )
     fields: dict[str, Any] = {
         "initializer": spec.name,
         "args": args,

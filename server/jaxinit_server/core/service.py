@@ -172,6 +172,7 @@ class Service:
                     request.enable_x64,
                     request.threefry_partitionable,
                     request.key.impl if request.key else None,
+                    request.jit,
                 )
                 if what not in seen:
                     seen.add(what)
