@@ -384,9 +384,7 @@ def _stack_at(path: tuple[str, ...], flat: Mapping[tuple[str, ...], Any], stack:
 def _profiler(calls: list[Any]) -> Any:
     """A profile function that records the outermost call into jax.nn.initializers: its
     qualified name, its locals at the call (arguments, closure) and what it returned."""
-    from jax._src.nn import initializers
-
-    file = initializers.__file__
+    file = _initializers_file()
 
     def profile(frame: Any, event: str, arg: Any) -> None:
         if frame.f_code.co_filename != file:
@@ -405,15 +403,14 @@ def _made_by(init_fn: Any, value: Any, calls: Sequence[Any]) -> str | None:
     ``init_fn`` itself or through a Flax wrapper that only reshapes or boxes its result;
     else what made it (for the refusal)."""
     import flax
-    from jax._src.nn import initializers
-
+    initializers_file = _initializers_file()
     flax_dir = flax.__file__.rsplit("/", 1)[0]
     fn = init_fn
     for _ in range(4):  # with_partitioning(DenseGeneral's wrap(...)): a few levels at most
         code = getattr(fn, "__code__", None)
         if code is None:
             break
-        if code.co_filename == initializers.__file__:
+        if code.co_filename == initializers_file:
             if code.co_qualname not in _INITIALIZERS or not calls or calls[0][0] != code.co_qualname:
                 break
             if fn is init_fn and calls[0][2] is not value:
@@ -506,9 +503,7 @@ def _export_nnx(build: Any, *, rng_streams: Sequence[str] = ("params",), **kwarg
         return out
 
     import flax
-    from jax._src.nn import initializers
-
-    file = initializers.__file__
+    file = _initializers_file()
     # Flax's wrappers that only reshape an initializer's result (LinearGeneral's): what they
     # return is that call's tensor, the same bytes.
     reshaping = (flax.__file__.rsplit("/", 1)[0] + "/nnx/nn/linear.py", ("kernel_init_wrap", "bias_init_wrap"))
@@ -607,3 +602,11 @@ def _run_patched(cls: Any, init: Any, call: Any, run: Any) -> Any:
     finally:
         setattr(cls, "__init__", original[0])  # noqa: B010
         setattr(cls, "__call__", original[1])  # noqa: B010
+
+
+def _initializers_file() -> str:
+    """The source file of JAX's initializers (where jax.nn.initializers' closures live),
+    read from a public one rather than imported from JAX's internals."""
+    import jax
+
+    return str(jax.nn.initializers.normal.__code__.co_filename)
