@@ -159,13 +159,13 @@ class LinenScanNet(nn.Module):
         return nn.Dense(5)(x)
 
 
-MLP = m.Module(
+SCAN_MLP = m.Module(
     m.Dense(8, 16, kernel_init=m.init("normal", stddev=0.02)),
     m.Dense(16, 8, use_bias=False),
     m.LayerNorm(8),
     cls="MlpBlock",
 )
-TRANSFORMER = m.Module(
+SCAN_TRANSFORMER = m.Module(
     m.LayerNorm(8),
     m.MultiHeadAttention(8, 2, cls="SelfAttention", kernel_init=m.init("normal", stddev=0.02)),
     m.RMSNorm(8),
@@ -175,7 +175,7 @@ TRANSFORMER = m.Module(
 )
 LINEN_SCAN = m.Module(
     m.Embed(11, 8, embedding_init=m.init("normal", stddev=0.02)),
-    m.Scan(MLP, 3),
-    m.Scan(TRANSFORMER, 4, name="layers"),
+    m.Scan(SCAN_MLP, 3),
+    m.Scan(SCAN_TRANSFORMER, 4, name="layers"),
     m.Dense(8, 5),
 )
