@@ -403,6 +403,7 @@ def _made_by(init_fn: Any, value: Any, calls: Sequence[Any]) -> str | None:
     ``init_fn`` itself or through a Flax wrapper that only reshapes or boxes its result;
     else what made it (for the refusal)."""
     import flax
+
     initializers_file = _initializers_file()
     flax_dir = flax.__file__.rsplit("/", 1)[0]
     fn = init_fn
@@ -503,6 +504,7 @@ def _export_nnx(build: Any, *, rng_streams: Sequence[str] = ("params",), **kwarg
         return out
 
     import flax
+
     file = _initializers_file()
     # Flax's wrappers that only reshape an initializer's result (LinearGeneral's): what they
     # return is that call's tensor, the same bytes.

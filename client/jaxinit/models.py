@@ -229,7 +229,8 @@ def Scan(module: dict[str, Any], length: int, **common: Any) -> dict[str, Any]:
     linen: ``nn.scan(Block, variable_axes={'params': 0}, split_rngs={'params': True},
     length=length)`` (unnamed: ``ScanBlock_0``); nnx: the layers a constructor makes under
     ``nnx.split_rngs(splits=length)`` and ``nnx.vmap``. In the torch layout each layer is
-    its own module, ``<scan>.<i>.<...>``, as an ``nn.ModuleList`` holds it."""
+    its own module, ``<scan>.<i>.<...>``, as an ``nn.ModuleList`` holds it. linen's
+    ``nn.vmap`` (same arguments): ``transform="vmap"``."""
     return _module("Scan", module=module, length=length, **common)
 
 

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 from flax import nnx
 from flax.traverse_util import flatten_dict
 from flax_models import LINEN_SCAN, LinenScanNet
@@ -129,3 +130,27 @@ def test_unstacking_for_torch_is_bounded_before_it_is_done(url: str) -> None:
     block = m.Module(*(m.Dense(2, 2, name=f"d{i}") for i in range(15)))
     with jaxinit.Client(url) as client, pytest.raises(jaxinit.InvalidArgument, match="122880 tensors"):
         client.init_model(m.Scan(block, 4096), 0, layout="torch")
+
+
+class LinenEnsemble(nn.Module):
+    @nn.compact
+    def __call__(self, x: Any) -> Any:
+        dense = nn.vmap(nn.Dense, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=0, out_axes=0)
+        x = dense(6, kernel_init=nn.initializers.normal(0.01), name="ensemble")(x)
+        return nn.Dense(2)(x)
+
+
+@pytest.mark.parametrize("partitionable", [True, False])
+def test_linen_vmap_ensemble(url: str, partitionable: bool) -> None:
+    """nn.vmap-stacked members (an ensemble): the same split keys as nn.scan, plain counts,
+    eager values."""
+    with jax.threefry_partitionable(partitionable):
+        want = _flat(LinenEnsemble().init(jax.random.key(6), jnp.zeros((5, 1, 4)))["params"])
+    model = m.Module(
+        m.Scan(m.Dense(4, 6, kernel_init=m.init("normal", stddev=0.01)), 5, transform="vmap", name="ensemble"),
+        m.Dense(6, 2),
+    )
+    with jaxinit.Client(url, threefry_partitionable=partitionable) as client:
+        _same(client.init_model(model, 6, flat=True), want)
+    with jaxinit.Client(url) as client, pytest.raises(jaxinit.InvalidArgument, match="'transform' is one of vmap"):
+        client.init_model(m.Scan(m.Dense(2, 2), 2, transform="scan"), 0, mode="nnx")

@@ -37,6 +37,8 @@ parameter; each parameter is then one request with a stacked key (see
   in its module offset by the module's own number of parameters (Flax traces the
   scanned body twice at init, so the counts of the first trace are spent). The
   body is compiled, so each parameter has ``jit`` values (``jax.jit(init)``'s).
+  ``"transform": "vmap"`` is linen's ``nn.vmap`` with the same arguments: the same keys
+  with the plain counts, eager values.
 - ``nnx`` (a block built by ``nnx.split_rngs(splits=L)`` over ``nnx.vmap`` of its
   constructor): the parameters' stream gives one count ``n`` to the split, and
   layer ``i``'s parameters count from 0 on the key ``split(fold_in(root, n), L)[i]``;
@@ -573,6 +575,7 @@ class _Node:
     items: list[tuple[str, _Leaf | _Node | _Draw]] = field(default_factory=list)
     cls: str = ""  # the Flax class name linen auto-names an unnamed instance after (default: type)
     length: int = 0  # a Scan: how many layers it stacks
+    transform: str = ""  # a Scan: linen's "scan" or "vmap", nnx's "vmap"
 
 
 def _parse(node: Any, where: str, dtype: str, depth: int, mode: str, *, parent: str = "") -> _Node:
@@ -620,6 +623,13 @@ def _parse(node: Any, where: str, dtype: str, depth: int, mode: str, *, parent: 
         # Its module's parameters and children, each stacked: the scan's scope is the
         # module's (linen names an unnamed one Scan<Class>_i).
         out.length = r.integer("length")
+        out.transform = r._get("transform", "scan" if mode == "linen" else "vmap")
+        allowed = ("scan", "vmap") if mode == "linen" else ("vmap",)
+        if out.transform not in allowed:
+            raise InvalidArgument(
+                f"{where}: a Scan's 'transform' is one of {', '.join(allowed)} in {mode} (linen: nn.scan or nn.vmap; "
+                f"nnx: split_rngs + nnx.vmap), got {_quote(out.transform)}"
+            )
         if out.length > MAX_SCAN_LENGTH:
             raise InvalidArgument(f"{where}: a Scan stacks at most {MAX_SCAN_LENGTH} layers, got {out.length}")
         inner_desc = r._get("module", None)
@@ -839,6 +849,7 @@ class _Stacked:
     prefix: tuple[Step, ...]
     jit: bool
     stack_at: int
+    traced_twice: bool = False  # linen's nn.scan: the first trace's counts are spent
 
 
 def _walk(
@@ -854,7 +865,7 @@ def _walk(
         _walk_scan(node, path, mode, fix, out, streams)
         return
     count = 0  # linen: parameters created in this module so far
-    if stacked is not None and mode == "linen":
+    if stacked is not None and stacked.traced_twice:
         # Flax traces a scanned body twice at init: each module's first-trace counts are spent
         count = sum(isinstance(item, _Leaf) for _, item in node.items)
     for name, item in node.items:
@@ -915,7 +926,8 @@ def _walk_scan(node: _Node, path: tuple[str, ...], mode: str, fix: bool, out: li
     apart); nnx splits one key drawn from the parameters' stream, counting from 0 in each layer."""
     inner = _Node("Module", node.items, node.cls)
     if mode == "linen":
-        _walk(inner, path, mode, fix, out, streams, _Stacked((("stack", node.length),), True, len(path)))
+        scan = node.transform == "scan"  # nn.scan: compiled, traced twice; nn.vmap: eager, once
+        _walk(inner, path, mode, fix, out, streams, _Stacked((("stack", node.length),), scan, len(path), scan))
         return
     drawn = streams.count
     streams.count = 0
