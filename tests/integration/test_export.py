@@ -1,7 +1,8 @@
 """The exporter: real Flax code traced shape-only into a plan with explicit keys, realised by
-the server byte for byte equal to ``model.init``, for Flax's own example models (ResNet
-from examples/imagenet, the lm1b language model, the wmt encoder-decoder; vendored in
-tests/flax_examples) and a model with nn.scan-stacked MLP and transformer blocks; any
+the server byte for byte equal to ``model.init``, for Flax's own example models (ResNet-18
+and ResNet-50 from examples/imagenet, the lm1b language model, the wmt encoder-decoder, the
+nnx MNIST CNN; vendored in tests/flax_examples), a ViT, and a model with nn.scan-stacked
+MLP and transformer blocks; any
 seed, both PRNG modes, both transports. What it cannot follow is refused by name."""
 
 from __future__ import annotations
@@ -56,12 +57,35 @@ def _wmt_config() -> Any:
     )  # fmt: skip
 
 
+class ViT(nn.Module):
+    """A small Vision Transformer (as in google-research/vision_transformer): patch embedding
+    by a strided Conv, a class token and learned position embeddings made by self.param,
+    pre-norm encoder blocks with an MLP whose biases are normal(1e-6)."""
+
+    @nn.compact
+    def __call__(self, images: Any) -> Any:
+        x = nn.Conv(32, (4, 4), strides=(4, 4), padding="VALID", name="embedding")(images)
+        b, h, w, c = x.shape
+        x = x.reshape(b, h * w, c)
+        cls = self.param("cls", nn.initializers.zeros, (1, 1, c))
+        x = jnp.concatenate([jnp.tile(cls, (b, 1, 1)), x], axis=1)
+        x = x + self.param("pos_embedding", nn.initializers.normal(stddev=0.02), (1, h * w + 1, c))
+        for i in range(2):
+            y = nn.LayerNorm(name=f"block{i}_ln1")(x)
+            x = x + nn.MultiHeadDotProductAttention(num_heads=4, name=f"block{i}_attn")(y, y)
+            y = nn.LayerNorm(name=f"block{i}_ln2")(x)
+            y = nn.Dense(64, bias_init=nn.initializers.normal(stddev=1e-6), name=f"block{i}_mlp_in")(y)
+            x = x + nn.Dense(c, kernel_init=nn.initializers.xavier_uniform(), name=f"block{i}_mlp_out")(nn.gelu(y))
+        return nn.Dense(10, kernel_init=nn.initializers.zeros, name="head")(nn.LayerNorm(name="encoder_norm")(x[:, 0]))
+
+
 TOKENS = jax.ShapeDtypeStruct((1, 8), jnp.int32)
 IMAGE = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
 CASES = {
     "resnet18": (lambda: imagenet_models.ResNet18(num_classes=10), (IMAGE,), {"train": False}),
     "lm1b": (lambda: lm1b_models.TransformerLM(_lm_config()), (TOKENS,), {}),
     "wmt": (lambda: wmt_models.Transformer(_wmt_config()), (TOKENS, TOKENS), {}),
+    "vit": (ViT, (IMAGE,), {}),
     "scanned": (LinenScanNet, (jax.ShapeDtypeStruct((1, 6), jnp.int32),), {}),
 }  # fmt: skip
 
@@ -80,6 +104,15 @@ def test_exported_flax_examples_are_model_init(url: str, name: str) -> None:
     with jaxinit.Client(url) as client:
         for seed in (0, 2**33 + 5):
             _same(client.init_model(plan, seed, flat=True), _init(name, seed))
+
+
+def test_exported_resnet50_is_model_init(server: Any) -> None:
+    """Flax's ResNet-50 (bottleneck blocks, 25 M parameters), one seed, over gRPC."""
+    model = imagenet_models.ResNet50(num_classes=10)
+    plan = jaxinit.flax.export(model, IMAGE, train=False)
+    want = _flat(model.init(jax.random.key(3), jnp.zeros(IMAGE.shape), train=False)["params"])
+    with jaxinit.Client(server.grpc_url) as client:
+        _same(client.init_model(plan, 3, flat=True), want)
 
 
 @pytest.mark.parametrize("partitionable", [True, False])
