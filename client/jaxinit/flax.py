@@ -96,6 +96,8 @@ def export(
         ImportError: JAX or Flax is not installed here.
     """
     if mode == "nnx":
+        if sample_inputs:
+            raise InvalidArgument("nnx: a model's parameters are made when it is built; export takes no sample inputs")
         return _export_nnx(module, rng_streams=kwargs.pop("rng_streams", ("params",)), **kwargs)
     if mode != "linen":
         raise InvalidArgument(f"mode is 'linen' or 'nnx', got {mode!r}")

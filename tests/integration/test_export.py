@@ -311,6 +311,8 @@ def test_what_cannot_be_exported_from_nnx_is_refused_by_name() -> None:
         jaxinit.flax.export(NnxCustom, mode="nnx")
     with pytest.raises(jaxinit.InvalidArgument, match=r"layers\.(bias|kernel): .*stacked by nnx.vmap"):
         jaxinit.flax.export(NnxStacked, mode="nnx")
+    with pytest.raises(jaxinit.InvalidArgument, match="takes no sample inputs"):
+        jaxinit.flax.export(NnxCustom, jax.ShapeDtypeStruct((1, 3), jnp.float32), mode="nnx")
     with pytest.raises(jaxinit.InvalidArgument, match="neither 'params' nor 'default'"):
         jaxinit.flax.export(NnxCustom, mode="nnx", rng_streams=["dropout"])
 
