@@ -96,9 +96,7 @@ def export(
         ImportError: JAX or Flax is not installed here.
     """
     if mode == "nnx":
-        if sample_inputs:
-            raise InvalidArgument("nnx: a model's parameters are made when it is built; export takes no sample inputs")
-        return _export_nnx(module, rng_streams=kwargs.pop("rng_streams", ("params",)), **kwargs)
+        return _export_nnx(module, sample_inputs, rng_streams=kwargs.pop("rng_streams", ("params",)), **kwargs)
     if mode != "linen":
         raise InvalidArgument(f"mode is 'linen' or 'nnx', got {mode!r}")
     import jax
@@ -463,7 +461,7 @@ def _plain(value: Any) -> Any:
 # --- nnx -------------------------------------------------------------------------------------
 
 
-def _export_nnx(build: Any, *, rng_streams: Sequence[str] = ("params",), **kwargs: Any) -> dict[str, Any]:
+def _export_nnx(build: Any, sample_inputs: tuple[Any, ...], *, rng_streams: Sequence[str] = ("params",), **kwargs: Any) -> dict[str, Any]:
     """nnx: ``build(rngs, **kwargs)`` makes the model from an ``nnx.Rngs`` whose streams
     are ``rng_streams``; the root key is the parameters' stream's (``params``, else
     ``default``). Constructed under ``nnx.eval_shape``: no parameter is made."""
@@ -473,6 +471,8 @@ def _export_nnx(build: Any, *, rng_streams: Sequence[str] = ("params",), **kwarg
 
     if isinstance(build, linen.Module):
         raise InvalidArgument(f"{type(build).__name__} is a linen Module: export it with mode='linen'")
+    if sample_inputs:
+        raise InvalidArgument("nnx: a model's parameters are made when it is built; export takes no sample inputs")
     if not callable(build):
         raise InvalidArgument(f"nnx: export takes a function of an nnx.Rngs (a Module class), got {build!r:.80}")
     streams = tuple(rng_streams)
