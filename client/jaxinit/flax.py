@@ -461,7 +461,9 @@ def _plain(value: Any) -> Any:
 # --- nnx -------------------------------------------------------------------------------------
 
 
-def _export_nnx(build: Any, sample_inputs: tuple[Any, ...], *, rng_streams: Sequence[str] = ("params",), **kwargs: Any) -> dict[str, Any]:
+def _export_nnx(
+    build: Any, sample_inputs: tuple[Any, ...], *, rng_streams: Sequence[str] = ("params",), **kwargs: Any
+) -> dict[str, Any]:
     """nnx: ``build(rngs, **kwargs)`` makes the model from an ``nnx.Rngs`` whose streams
     are ``rng_streams``; the root key is the parameters' stream's (``params``, else
     ``default``). Constructed under ``nnx.eval_shape``: no parameter is made."""
