@@ -155,9 +155,12 @@ def join(request: Request, pieces: list[Tensor]) -> Tensor:
         covered += piece.array.size
     if covered != array.size:
         raise ProtocolError(f"ranges cover {covered} of {array.size} elements")
+    caches = {piece.cache for piece in pieces}
+    cache = caches.pop() if len(caches) == 1 else ""
+    shared = all(piece.shared_memory for piece in pieces)
     if request.offset is None and request.count is None:
-        return Tensor(array.reshape(request.shape), whole, request.request_id, 0, tuple(request.shape))
-    return Tensor(array, pieces[0].provenance, request.request_id, start, tuple(request.shape))
+        return Tensor(array.reshape(request.shape), whole, request.request_id, 0, tuple(request.shape), cache, shared)
+    return Tensor(array, pieces[0].provenance, request.request_id, start, tuple(request.shape), cache, shared)
 
 
 class _Backoff:
@@ -229,6 +232,7 @@ def _open_transport(
     token: str | None,
     cacheable: bool,
     ca_bundle: str | None,
+    shared_memory: bool | None = None,
 ) -> Any:
     parts = urlsplit(url)
     if parts.scheme in ("grpc", "grpcs"):
@@ -249,6 +253,7 @@ def _open_transport(
             token=token,
             tls=parts.scheme == "grpcs",
             ca_bundle=ca_bundle,
+            shared_memory=shared_memory,
         )
     if parts.scheme in ("http", "https"):
         if channel is not None:
@@ -263,6 +268,7 @@ def _open_transport(
             token=token,
             cacheable=cacheable,
             ca_bundle=ca_bundle,
+            shared_memory=shared_memory,
         )
     raise InvalidArgument(f"unsupported URL {url!r}: use grpc(s)://HOST:PORT or http(s)://HOST:PORT")
 
@@ -289,7 +295,10 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
         ca_bundle: str | None = None,
         channel: Any = None,
         transport: Any = None,
+        shared_memory: bool | None = None,
     ) -> None:
+        if shared_memory not in (None, True, False):
+            raise InvalidArgument(f"shared_memory must be True, False or None, got {shared_memory!r}")
         if not isinstance(parallel, int) or parallel < 1:
             raise InvalidArgument(f"parallel must be an int >= 1, got {parallel!r}")
         if not isinstance(retries, int) or retries < 0:
@@ -310,6 +319,7 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
             token=token,
             cacheable=cacheable,
             ca_bundle=ca_bundle,
+            shared_memory=shared_memory,
         )
 
     def _request(
@@ -584,6 +594,12 @@ class Client(_BaseClient[Tensor, "ModelParams"]):
             ``https://`` (default: the system's roots).
         channel: a ready ``grpc.Channel`` to use instead of opening one.
         transport: an ``httpx`` transport to use (e.g. to reach an in-process app).
+        shared_memory: take tensors through same-host shared memory where the server offers
+            it (``--shared-memory``) and this process can read its token (the server's user,
+            on its host): the server writes each tensor into a region this client maps, no
+            socket in between. None (default): for servers on a loopback address; True: for
+            any address (a sidecar reached by name); False: never. Elsewhere, and whenever
+            the server refuses, tensors come in the stream.
 
     Example (a server on loopback)::
 

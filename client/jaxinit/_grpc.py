@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
@@ -12,6 +13,7 @@ import grpc.aio
 from google.protobuf import __version__ as _protobuf_version
 from google.protobuf.json_format import MessageToDict
 
+from jaxinit._shm import SharedMemory
 from jaxinit._types import (
     Assembler,
     ModelRequest,
@@ -26,6 +28,7 @@ from jaxinit.protocol.errors import (
     Interrupted,
     JaxinitError,
     Overloaded,
+    PermissionDenied,
     ProtocolError,
     ServerUnavailable,
     error_from_wire,
@@ -131,8 +134,9 @@ def _prng_to_proto(message: pb.PrngSettings, threefry_partitionable: bool | None
         message.enable_x64 = enable_x64
 
 
-def request_to_proto(request: Request, index: int = 0) -> pb.GenerateRequest:
+def request_to_proto(request: Request, index: int = 0, shared_memory: str | None = None) -> pb.GenerateRequest:
     message = pb.GenerateRequest(
+        shared_memory=shared_memory or "",
         request_id=request.request_id or str(index),
         initializer=request.initializer,
         shape=request.shape,
@@ -150,8 +154,9 @@ def request_to_proto(request: Request, index: int = 0) -> pb.GenerateRequest:
     return message
 
 
-def model_request_to_proto(request: ModelRequest) -> pb.InitModelRequest:
+def model_request_to_proto(request: ModelRequest, shared_memory: str | None = None) -> pb.InitModelRequest:
     message = pb.InitModelRequest(
+        shared_memory=shared_memory or "",
         model_json=json.dumps(request.model, separators=(",", ":")),
         mode=request.mode,
         layout=request.layout,
@@ -198,9 +203,10 @@ def provenance_from_proto(message: pb.Provenance) -> Provenance:
 class _Collector:
     """Turns a stream of TensorChunks into Tensors (or errors), one request at a time."""
 
-    def __init__(self, on_progress: Progress | None = None) -> None:
+    def __init__(self, on_progress: Progress | None = None, shared: SharedMemory | None = None) -> None:
         self.current: Assembler | None = None
         self._on_progress = on_progress
+        self._shared = shared
         self._whole_known = False  # an InitModel header said the model's size
 
     def feed(self, chunk: pb.TensorChunk) -> Tensor | JaxinitError | None:
@@ -226,7 +232,12 @@ class _Collector:
                 header.count if header.HasField("count") else None,
                 self._on_progress,
                 header.digest_algorithm,
+                header.cache,
             )
+            if header.region:  # the bytes are in shared memory; only the digest follows
+                if self._shared is None:
+                    raise ProtocolError("the server answered in shared memory, which this client did not ask for")
+                self.current.use_region(self._shared.map(header.region, header.total_bytes))
         elif kind == "data":
             if self.current is None:
                 raise ProtocolError("data chunk before any header")
@@ -298,8 +309,8 @@ class _OneTensor:
     """The one tensor a Generate call answers, read to the end of the call: its status is
     part of the answer, and a call left open is a cancelled call on the server."""
 
-    def __init__(self, on_progress: Progress | None) -> None:
-        self.collector = _Collector(on_progress)
+    def __init__(self, on_progress: Progress | None, shared: SharedMemory | None = None) -> None:
+        self.collector = _Collector(on_progress, shared)
         self.tensor: Tensor | None = None
 
     def feed(self, chunk: pb.TensorChunk) -> None:
@@ -335,8 +346,10 @@ class _Transport:
         token: str | None = None,
         tls: bool = False,
         ca_bundle: str | None = None,
+        shared_memory: bool | None = None,
     ) -> None:
         self.target = target
+        self.shared = SharedMemory(shared_memory, target.rsplit(":", 1)[0])
         self.on_progress: Progress | None = None  # set by the client while a call shows progress
         self._options: dict[str, Any] = {"timeout": timeout, "metadata": _auth_metadata(token)}
         if channel is None and tls:
@@ -348,17 +361,34 @@ class _Transport:
 class GrpcTransport(_Transport):
     """Blocking gRPC transport."""
 
+    def _token(self) -> str | None:
+        if not self.shared.discovered:
+            with contextlib.suppress(JaxinitError):
+                self.shared.discover(self.list_initializers())
+            self.shared.discovered = True
+        return self.shared.token
+
     def generate(self, request: Request) -> Tensor:
-        one = _OneTensor(self.on_progress)
+        token = self._token()
         try:
-            for chunk in self._stub.Generate(request_to_proto(request), **self._options):
+            return self._generate(request, token)
+        except PermissionDenied:
+            if token is None:
+                raise
+            self.shared.refused()  # another replica, or a restarted one: the stream
+            return self._generate(request, None)
+
+    def _generate(self, request: Request, token: str | None) -> Tensor:
+        one = _OneTensor(self.on_progress, self.shared)
+        try:
+            for chunk in self._stub.Generate(request_to_proto(request, shared_memory=token), **self._options):
                 one.feed(chunk)
         except grpc.RpcError as exc:
             raise one.failed(exc, self.target) from exc
         return one.result()
 
     def _tensors(self, call: Any) -> Iterator[tuple[str, Tensor | JaxinitError]]:
-        collector = _Collector(self.on_progress)
+        collector = _Collector(self.on_progress, self.shared)
         try:
             for chunk in call:
                 if (result := collector.feed(chunk)) is not None:
@@ -368,14 +398,37 @@ class GrpcTransport(_Transport):
         collector.close()
 
     def generate_many(self, requests: Iterable[Request]) -> Iterator[Tensor | JaxinitError]:
-        messages = (request_to_proto(r, i) for i, r in enumerate(requests))
-        for _, item in self._tensors(self._stub.GenerateMany(messages, **self._options)):
+        token = self._token()
+        sent: dict[str, list[Request]] = {}
+
+        def messages() -> Iterator[pb.GenerateRequest]:
+            for i, r in enumerate(requests):
+                message = request_to_proto(r, i, token)
+                sent.setdefault(message.request_id, []).append(r)
+                yield message
+
+        for request_id, item in self._tensors(self._stub.GenerateMany(messages(), **self._options)):
+            request = sent[request_id].pop(0) if sent.get(request_id) else None
+            if isinstance(item, PermissionDenied) and token is not None and request is not None:
+                self.shared.refused()  # the token is not this replica's: this one in the stream
+                item = self._generate(request, None)
             yield item
 
     def init_model(self, request: ModelRequest) -> Iterator[Tensor | JaxinitError]:
         """The model's tensors in order, as the server expands it (``InitModel``)."""
-        for name, item in self._tensors(self._stub.InitModel(model_request_to_proto(request), **self._options)):
-            yield named(name, item)
+        token = self._token()
+        started = False
+        try:
+            call = self._stub.InitModel(model_request_to_proto(request, token), **self._options)
+            for name, item in self._tensors(call):
+                started = True
+                yield named(name, item)
+        except PermissionDenied:
+            if token is None or started:
+                raise
+            self.shared.refused()
+            for name, item in self._tensors(self._stub.InitModel(model_request_to_proto(request), **self._options)):
+                yield named(name, item)
 
     def list_initializers(self) -> dict[str, Any]:
         try:
@@ -393,17 +446,34 @@ class AsyncGrpcTransport(_Transport):
     _secure_channel = staticmethod(grpc.aio.secure_channel)
     _insecure_channel = staticmethod(grpc.aio.insecure_channel)
 
+    async def _token(self) -> str | None:
+        if not self.shared.discovered:
+            with contextlib.suppress(JaxinitError):
+                self.shared.discover(await self.list_initializers())
+            self.shared.discovered = True
+        return self.shared.token
+
     async def generate(self, request: Request) -> Tensor:
-        one = _OneTensor(self.on_progress)
+        token = await self._token()
         try:
-            async for chunk in self._stub.Generate(request_to_proto(request), **self._options):
+            return await self._generate(request, token)
+        except PermissionDenied:
+            if token is None:
+                raise
+            self.shared.refused()
+            return await self._generate(request, None)
+
+    async def _generate(self, request: Request, token: str | None) -> Tensor:
+        one = _OneTensor(self.on_progress, self.shared)
+        try:
+            async for chunk in self._stub.Generate(request_to_proto(request, shared_memory=token), **self._options):
                 one.feed(chunk)
         except grpc.RpcError as exc:
             raise one.failed(exc, self.target) from exc
         return one.result()
 
     async def _tensors(self, call: Any) -> AsyncIterator[tuple[str, Tensor | JaxinitError]]:
-        collector = _Collector(self.on_progress)
+        collector = _Collector(self.on_progress, self.shared)
         try:
             async for chunk in call:
                 if (result := collector.feed(chunk)) is not None:
@@ -415,15 +485,38 @@ class AsyncGrpcTransport(_Transport):
     async def generate_many(
         self, requests: Iterable[Request] | AsyncIterable[Request]
     ) -> AsyncIterator[Tensor | JaxinitError]:
-        messages = (request_to_proto(r, i) async for i, r in enumerate_async(requests))
-        async for _, item in self._tensors(self._stub.GenerateMany(messages, **self._options)):
+        token = await self._token()
+        sent: dict[str, list[Request]] = {}
+
+        async def messages() -> AsyncIterator[pb.GenerateRequest]:
+            async for i, r in enumerate_async(requests):
+                message = request_to_proto(r, i, token)
+                sent.setdefault(message.request_id, []).append(r)
+                yield message
+
+        async for request_id, item in self._tensors(self._stub.GenerateMany(messages(), **self._options)):
+            request = sent[request_id].pop(0) if sent.get(request_id) else None
+            if isinstance(item, PermissionDenied) and token is not None and request is not None:
+                self.shared.refused()
+                item = await self._generate(request, None)
             yield item
 
     async def init_model(self, request: ModelRequest) -> AsyncIterator[Tensor | JaxinitError]:
         """The model's tensors in order, as the server expands it (``InitModel``)."""
-        call = self._stub.InitModel(model_request_to_proto(request), **self._options)
-        async for name, item in self._tensors(call):
-            yield named(name, item)
+        token = await self._token()
+        started = False
+        try:
+            call = self._stub.InitModel(model_request_to_proto(request, token), **self._options)
+            async for name, item in self._tensors(call):
+                started = True
+                yield named(name, item)
+        except PermissionDenied:
+            if token is None or started:
+                raise
+            self.shared.refused()
+            call = self._stub.InitModel(model_request_to_proto(request), **self._options)
+            async for name, item in self._tensors(call):
+                yield named(name, item)
 
     async def list_initializers(self) -> dict[str, Any]:
         try:

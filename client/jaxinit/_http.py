@@ -8,10 +8,11 @@ import json
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
 
+from jaxinit._shm import SharedMemory
 from jaxinit._types import (
     Assembler,
     ModelRequest,
@@ -30,6 +31,7 @@ from jaxinit.protocol.errors import (
     Interrupted,
     JaxinitError,
     Overloaded,
+    PermissionDenied,
     ProtocolError,
     ServerUnavailable,
     error_from_wire,
@@ -134,7 +136,8 @@ def assembler_for(response: httpx.Response, request_id: str, on_progress: Progre
         count = int(headers[wire.COUNT_HEADER]) if wire.COUNT_HEADER in headers else None
         total = num_bytes(shape, dtype) if count is None else num_bytes((count,), dtype)
         algorithm = headers.get(wire.DIGEST_ALGORITHM_HEADER, "")
-        return Assembler(shape, dtype, total, provenance, request_id, offset, count, on_progress, algorithm)
+        cache = headers.get(wire.CACHE_HEADER, "")
+        return Assembler(shape, dtype, total, provenance, request_id, offset, count, on_progress, algorithm, cache)
     except (KeyError, ValueError) as exc:
         raise ProtocolError(f"response lacks valid jaxinit headers: {exc}") from exc
 
@@ -154,12 +157,30 @@ def take(assembler: Assembler, trailer: bytearray, data: bytes) -> None:
         raise ProtocolError(f"the body runs {len(trailer)} bytes past the tensor")
 
 
-def tensor_call(request: Request, cacheable: bool) -> dict[str, Any]:
+def tensor_call(request: Request, cacheable: bool, shared_memory: str | None = None) -> dict[str, Any]:
     """The HTTP call that fetches ``request``: the GET form (cacheable) or the POST form,
-    asking for the bytes followed by their digest."""
+    asking for the bytes followed by their digest (or, with a ``shared_memory`` token, for
+    them in a shared-memory region)."""
+    headers = {"Accept": DIGESTED}
+    if shared_memory:
+        headers[wire.SHARED_MEMORY_HEADER] = shared_memory
     if cacheable:
-        return {"method": "GET", "url": get_url(request), "headers": {"Accept": DIGESTED}}
-    return {"method": "POST", "url": "/v1/generate", "json": request_to_json(request), "headers": {"Accept": DIGESTED}}
+        return {"method": "GET", "url": get_url(request), "headers": headers}
+    return {"method": "POST", "url": "/v1/generate", "json": request_to_json(request), "headers": headers}
+
+
+def from_region(response: httpx.Response, assembler: Assembler, shared: SharedMemory) -> bytearray:
+    """An answer in shared memory: the region mapped into ``assembler``; returns the digest
+    the headers carry, as a body's trailer would (empty: not such an answer)."""
+    region = response.headers.get(wire.REGION_HEADER)
+    if region is None:
+        return bytearray()
+    try:
+        digest = bytearray(bytes.fromhex(response.headers.get(wire.DIGEST_HEADER, "")))
+    except ValueError:
+        raise ProtocolError("a shared-memory answer without a valid digest header") from None
+    assembler.use_region(shared.map(region, assembler.total))
+    return digest
 
 
 def finished(assembler: Assembler, trailer: bytearray, target: str) -> Tensor:
@@ -273,9 +294,11 @@ class _Transport:
         token: str | None = None,
         cacheable: bool = False,
         ca_bundle: str | None = None,
+        shared_memory: bool | None = None,
     ) -> None:
         self.target = base_url
         self.cacheable = cacheable
+        self.shared = SharedMemory(shared_memory, urlsplit(base_url).hostname or "")
         self.on_progress: Progress | None = None  # set by the client while a call shows progress
         self._http = self._client_class(
             base_url=base_url,
@@ -290,12 +313,26 @@ class HttpTransport(_Transport):
     """Blocking HTTP transport (httpx)."""
 
     def generate(self, request: Request) -> Tensor:
+        if not self.shared.discovered:
+            with contextlib.suppress(JaxinitError):
+                self.shared.discover(self.list_initializers())
+            self.shared.discovered = True
+        token = self.shared.token
         try:
-            with self._http.stream(**tensor_call(request, self.cacheable)) as response:
+            return self._generate(request, token)
+        except PermissionDenied:
+            if token is None:
+                raise
+            self.shared.refused()  # another replica, or a restarted one: the stream
+            return self._generate(request, None)
+
+    def _generate(self, request: Request, token: str | None) -> Tensor:
+        try:
+            with self._http.stream(**tensor_call(request, self.cacheable, token)) as response:
                 if response.status_code != 200:
                     raise error_from_response(response, response.read())
                 assembler = assembler_for(response, request.request_id, self.on_progress)
-                trailer = bytearray()
+                trailer = from_region(response, assembler, self.shared)
                 try:
                     for data in response.iter_bytes():
                         take(assembler, trailer, data)
@@ -341,12 +378,26 @@ class AsyncHttpTransport(_Transport):
     _client_class = httpx.AsyncClient
 
     async def generate(self, request: Request) -> Tensor:
+        if not self.shared.discovered:
+            with contextlib.suppress(JaxinitError):
+                self.shared.discover(await self.list_initializers())
+            self.shared.discovered = True
+        token = self.shared.token
         try:
-            async with self._http.stream(**tensor_call(request, self.cacheable)) as response:
+            return await self._generate(request, token)
+        except PermissionDenied:
+            if token is None:
+                raise
+            self.shared.refused()
+            return await self._generate(request, None)
+
+    async def _generate(self, request: Request, token: str | None) -> Tensor:
+        try:
+            async with self._http.stream(**tensor_call(request, self.cacheable, token)) as response:
                 if response.status_code != 200:
                     raise error_from_response(response, await response.aread())
                 assembler = assembler_for(response, request.request_id, self.on_progress)
-                trailer = bytearray()
+                trailer = from_region(response, assembler, self.shared)
                 try:
                     async for data in response.aiter_bytes():
                         take(assembler, trailer, data)

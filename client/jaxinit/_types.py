@@ -163,6 +163,11 @@ class Tensor:
     request_id: str = ""
     offset: int = 0
     tensor_shape: tuple[int, ...] = ()
+    # How the server made it: "miss", "shared", "hit", "disk" or "none" ("" from servers
+    # before 0.4.0); the bytes are the same whichever it is.
+    cache: str = ""
+    # Its bytes came through same-host shared memory, not the stream.
+    shared_memory: bool = False
 
     def __repr__(self) -> str:
         p = self.provenance
@@ -213,6 +218,7 @@ class Assembler:
         count: int | None = None,
         on_progress: Progress | None = None,
         digest_algorithm: str = "",
+        cache: str = "",
     ) -> None:
         if digest_algorithm not in ("", DIGEST_ALGORITHM):
             raise ProtocolError(f"the server announced a digest this client cannot check: {digest_algorithm!r}")
@@ -238,6 +244,8 @@ class Assembler:
         self.request_id = request_id
         self._buffer = np.empty(total_bytes, dtype=np.uint8)
         self.received = 0
+        self.cache = cache
+        self.shared_memory = False
         self._on_progress = on_progress
         if on_progress is not None:
             on_progress(0, total_bytes)
@@ -267,6 +275,16 @@ class Assembler:
             )
         self.digest_checked = True
 
+    def use_region(self, region: np.ndarray) -> None:
+        """Every byte at once: a shared-memory region holding them (uint8, mapped)."""
+        if self.received or region.nbytes != self.total:
+            raise ProtocolError(f"a shared-memory region of {region.nbytes} bytes for {self.total} announced")
+        self._buffer = region
+        self.received = self.total
+        self.shared_memory = True
+        if self._on_progress is not None:
+            self._on_progress(self.total, 0)
+
     def add(self, offset: int, data: bytes | memoryview) -> None:
         """Write one chunk; chunks must arrive in order, without gaps or overlap."""
         size = len(data)
@@ -286,7 +304,7 @@ class Assembler:
         if elements == 0:
             return None
         array = array_from_buffer(self._buffer[: elements * ITEMSIZE[self.dtype]], (elements,), self.dtype)
-        return Tensor(array, self.provenance, self.request_id, self.offset, self.tensor_shape)
+        return Tensor(array, self.provenance, self.request_id, self.offset, self.tensor_shape, self.cache)
 
     def finish(self) -> Tensor:
         if not self.done:
@@ -294,7 +312,9 @@ class Assembler:
         if not self.complete:
             raise IntegrityError(f"the {self.digest_algorithm} digest the server announced never came")
         array = array_from_buffer(self._buffer, self.shape, self.dtype)
-        return Tensor(array, self.provenance, self.request_id, self.offset, self.tensor_shape)
+        return Tensor(
+            array, self.provenance, self.request_id, self.offset, self.tensor_shape, self.cache, self.shared_memory
+        )
 
 
 async def enumerate_async(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[tuple[int, T]]:

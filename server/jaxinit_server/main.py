@@ -90,6 +90,12 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         compilation_cache_dir=settings.compilation_cache_dir,
         stall_seconds=settings.stall_seconds,
         log_level=settings.log_level,
+        cache_bytes=settings.cache_bytes,
+        cache_dir=settings.cache_dir,
+        cache_dir_bytes=settings.cache_dir_bytes,
+        shared_memory_dir=settings.shared_memory_dir if settings.shared_memory else None,
+        shared_memory_lease=settings.shared_memory_lease,
+        shared_memory_bytes=settings.shared_memory_bytes,
     )
     telemetry = Telemetry(log_requests=settings.request_log, replica=settings.replica)
     keyring = KeyRing((settings.api_keys or "").split(","), settings.api_keys_file)
@@ -130,6 +136,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     telemetry.watch(service.state)
     lag = asyncio.ensure_future(telemetry.watch_loop())
     stalls = asyncio.ensure_future(service.stalls.run()) if service.stalls else None
+    sweeper = asyncio.ensure_future(service.regions.run()) if service.regions else None
     collector = asyncio.ensure_future(collect_garbage(lambda: service.idle and not telemetry.calls_in_flight))
     stopper = asyncio.ensure_future(stop.wait())
     await asyncio.wait({stopper, http_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -151,6 +158,8 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     collector.cancel()
     if stalls is not None:
         stalls.cancel()
+    if sweeper is not None:
+        sweeper.cancel()
     service.close()
     telemetry.close()
 

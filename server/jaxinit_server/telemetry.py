@@ -19,6 +19,8 @@ from typing import Any
 
 import jax.monitoring
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from jaxinit.protocol.errors import JaxinitError, mapping_for
 from jaxinit.protocol.wire import REPLICA_HEADER, REQUEST_ID_HEADER
@@ -157,6 +159,7 @@ class Telemetry:
                 return float(value)
 
             self._gauges[name].set_function(read)
+        self.registry.register(_ResultsCollector(lambda: state()["results"]))
 
     async def watch_loop(self, period: float = 0.02) -> None:
         """Measure the event loop's lag forever (a task): how late a short sleep wakes up."""
@@ -225,3 +228,40 @@ class Telemetry:
         if error is not None:
             line["error"] = type(error).__name__
         log.info(json.dumps(line, separators=(",", ":")))
+
+
+class _ResultsCollector(Collector):
+    """The shared answers (core/results.py): how each answer was made, as counters, and
+    what the cache holds, as gauges."""
+
+    def __init__(self, state: Callable[[], dict[str, Any]]) -> None:
+        self._state = state
+
+    def collect(self) -> Any:
+        state = self._state()
+        answers = CounterMetricFamily(
+            "jaxinit_result_cache_answers",
+            "Tensor answers by how they were made: hit (memory cache), disk (disk cache), shared (joined an "
+            "identical request's generation), miss (made and shared), none (made alone)",
+            labels=["result"],
+        )
+        for result in ("hit", "disk", "shared", "miss", "none"):
+            answers.add_metric([result], state[f"{result}_total"])
+        yield answers
+        yield CounterMetricFamily(
+            "jaxinit_result_cache_evictions", "Cached tensors dropped for room", value=state["evicted_total"]
+        )
+        yield CounterMetricFamily(
+            "jaxinit_result_cache_disk_rejected",
+            "Disk cache entries deleted unread (digest, size or origin wrong)",
+            value=state["disk_rejected_total"],
+        )
+        yield GaugeMetricFamily("jaxinit_result_cache_bytes", "Bytes of cached tensors", value=state["cached_bytes"])
+        yield GaugeMetricFamily(
+            "jaxinit_result_cache_tensors", "Tensors in the memory cache", value=state["cached_tensors"]
+        )
+        yield GaugeMetricFamily(
+            "jaxinit_result_cache_reserved_bytes",
+            "Bytes reserved by shared generations in flight",
+            value=state["reserved_bytes"],
+        )

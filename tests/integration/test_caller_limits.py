@@ -45,12 +45,15 @@ def _channel(srv: ServerProcess) -> grpc.Channel:
     return grpc.insecure_channel(srv.grpc_target, options=[("grpc.use_local_subchannel_pool", 1)])
 
 
-def _held_grpc(channel: grpc.Channel) -> grpc.Call:
+def _held_grpc(channel: grpc.Channel, seed: int = 1, cache: str | None = None) -> grpc.Call:
     """A Generate stream of BIG whose header has arrived and whose data nobody reads."""
     call = pb_grpc.InitializersStub(channel).Generate(
-        pb.GenerateRequest(initializer="normal", shape=BIG, key=pb.Key(seed=1)), timeout=120
+        pb.GenerateRequest(initializer="normal", shape=BIG, key=pb.Key(seed=seed)), timeout=120
     )
-    assert next(call).WhichOneof("payload") == "header"
+    first = next(call)
+    assert first.WhichOneof("payload") == "header"
+    if cache is not None:
+        assert first.header.cache == cache
     return call
 
 
@@ -157,17 +160,20 @@ def test_with_auth_the_key_is_the_caller() -> None:
 
 def test_a_caller_holds_at_most_its_share_of_memory() -> None:
     """--max-inflight-bytes 200 MiB: a caller's share is 50 MiB. A chunked float32 stream is
-    priced ~28 MiB, so a channel holds one, and a second is refused; another channel is not."""
+    priced ~28 MiB, so a channel holds one, and a second is refused; another channel is not.
+    The same tensor again costs only its sending: it shares the generation under way."""
     with running_server("--no-warm-up", "--max-inflight-bytes", str(200 * MiB)) as srv:
         with _channel(srv) as greedy, _channel(srv) as other:
-            held = _held_grpc(greedy)
+            held = _held_grpc(greedy, cache="miss")
             with pytest.raises(grpc.RpcError) as refused:
-                _held_grpc(greedy)
+                _held_grpc(greedy, seed=2)
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "--max-caller-bytes" in refused.value.details(), refused.value.details()
-            second = _held_grpc(other)
-            assert _admission(srv)["streams"] == 2 and _admission(srv)["callers"] == 2
+            same = _held_grpc(greedy, cache="shared")
+            second = _held_grpc(other, seed=3)
+            assert _admission(srv)["streams"] == 3 and _admission(srv)["callers"] == 2
             held.cancel()
+            same.cancel()
             second.cancel()
             _until(srv, 0)
         assert srv.process.poll() is None

@@ -22,6 +22,7 @@ __all__ = [
     "JaxinitError",
     "NotAcceptable",
     "Overloaded",
+    "PermissionDenied",
     "ProtocolError",
     "ServerUnavailable",
     "TooLarge",
@@ -78,6 +79,10 @@ class Unauthenticated(JaxinitError):
     """The server wants a bearer token and got none, or one it does not know."""
 
 
+class PermissionDenied(JaxinitError):
+    """The caller may not use what it asked for (shared memory without this server's token)."""
+
+
 class ServerUnavailable(JaxinitError):
     """The server cannot be reached, is not ready, or is shutting down."""
 
@@ -131,6 +136,7 @@ ERROR_TABLE: dict[type[JaxinitError], ErrorMapping] = {
     UnknownInitializer: ErrorMapping(404, "NOT_FOUND"),
     NotAcceptable: ErrorMapping(406, "INVALID_ARGUMENT"),
     Unauthenticated: ErrorMapping(401, "UNAUTHENTICATED"),
+    PermissionDenied: ErrorMapping(403, "PERMISSION_DENIED"),
     TooLarge: ErrorMapping(413, "RESOURCE_EXHAUSTED"),
     Overloaded: ErrorMapping(429, "RESOURCE_EXHAUSTED"),
     ServerUnavailable: ErrorMapping(503, "UNAVAILABLE"),
@@ -146,6 +152,7 @@ _BY_NAME: dict[str, type[JaxinitError]] = {cls.__name__: cls for cls in ERROR_TA
 _BY_HTTP: dict[int, type[JaxinitError]] = {
     400: InvalidArgument,
     401: Unauthenticated,
+    403: PermissionDenied,
     404: UnknownInitializer,
     406: NotAcceptable,
     413: TooLarge,
@@ -160,6 +167,7 @@ _BY_GRPC: dict[str, type[JaxinitError]] = {
     "NOT_FOUND": UnknownInitializer,
     "RESOURCE_EXHAUSTED": TooLarge,
     "UNAUTHENTICATED": Unauthenticated,
+    "PERMISSION_DENIED": PermissionDenied,
     "UNAVAILABLE": ServerUnavailable,
     "DEADLINE_EXCEEDED": ServerUnavailable,
     "DATA_LOSS": IntegrityError,

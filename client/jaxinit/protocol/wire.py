@@ -48,6 +48,12 @@ REQUEST_DIGEST_HEADER = "x-jaxinit-request-digest"  # the canonical request's SH
 PROVENANCE_HEADER = "x-jaxinit-provenance"  # jaxinit.protocol.Provenance as compact JSON
 DIGEST_ALGORITHM_HEADER = "x-jaxinit-digest-algorithm"  # of the DIGESTED trailer
 MODEL_DIGEST_HEADER = "x-jaxinit-model-digest"  # a whole model's canonical description's digest
+CACHE_HEADER = "x-jaxinit-cache"  # how the answer was made: miss, shared, hit, disk or none
+# Same-host shared memory: the caller's token (request), the region holding the bytes and
+# their digest, hex (response; the body is then empty).
+SHARED_MEMORY_HEADER = "x-jaxinit-shared-memory"
+REGION_HEADER = "x-jaxinit-region"
+DIGEST_HEADER = "x-jaxinit-digest"
 
 # Both transports (HTTP header and gRPC metadata key).
 REQUEST_ID_HEADER = "x-request-id"

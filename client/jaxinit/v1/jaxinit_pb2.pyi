@@ -85,7 +85,7 @@ class NestedList(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[Value, _Mapping]]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "initializer", "args", "shape", "dtype", "key", "prng", "offset", "count")
+    __slots__ = ("request_id", "initializer", "args", "shape", "dtype", "key", "prng", "offset", "count", "shared_memory")
     class ArgsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +102,7 @@ class GenerateRequest(_message.Message):
     PRNG_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     initializer: str
     args: _containers.MessageMap[str, Value]
@@ -111,7 +112,8 @@ class GenerateRequest(_message.Message):
     prng: PrngSettings
     offset: int
     count: int
-    def __init__(self, request_id: _Optional[str] = ..., initializer: _Optional[str] = ..., args: _Optional[_Mapping[str, Value]] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., key: _Optional[_Union[Key, _Mapping]] = ..., prng: _Optional[_Union[PrngSettings, _Mapping]] = ..., offset: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
+    shared_memory: str
+    def __init__(self, request_id: _Optional[str] = ..., initializer: _Optional[str] = ..., args: _Optional[_Mapping[str, Value]] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., key: _Optional[_Union[Key, _Mapping]] = ..., prng: _Optional[_Union[PrngSettings, _Mapping]] = ..., offset: _Optional[int] = ..., count: _Optional[int] = ..., shared_memory: _Optional[str] = ...) -> None: ...
 
 class Provenance(_message.Message):
     __slots__ = ("jaxinit_version", "jax_version", "jaxlib_version", "backend", "device_kind", "key_impl", "key_data", "threefry_partitionable", "enable_x64", "canonical_request", "request_digest")
@@ -140,7 +142,7 @@ class Provenance(_message.Message):
     def __init__(self, jaxinit_version: _Optional[str] = ..., jax_version: _Optional[str] = ..., jaxlib_version: _Optional[str] = ..., backend: _Optional[str] = ..., device_kind: _Optional[str] = ..., key_impl: _Optional[str] = ..., key_data: _Optional[_Iterable[int]] = ..., threefry_partitionable: _Optional[bool] = ..., enable_x64: _Optional[bool] = ..., canonical_request: _Optional[str] = ..., request_digest: _Optional[str] = ...) -> None: ...
 
 class TensorHeader(_message.Message):
-    __slots__ = ("shape", "dtype", "byte_order", "total_bytes", "chunk_bytes", "provenance", "offset", "count", "digest_algorithm", "model_bytes")
+    __slots__ = ("shape", "dtype", "byte_order", "total_bytes", "chunk_bytes", "provenance", "offset", "count", "digest_algorithm", "model_bytes", "cache", "region")
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     BYTE_ORDER_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +153,8 @@ class TensorHeader(_message.Message):
     COUNT_FIELD_NUMBER: _ClassVar[int]
     DIGEST_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     MODEL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
     shape: _containers.RepeatedScalarFieldContainer[int]
     dtype: str
     byte_order: str
@@ -161,7 +165,9 @@ class TensorHeader(_message.Message):
     count: int
     digest_algorithm: str
     model_bytes: int
-    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., byte_order: _Optional[str] = ..., total_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., offset: _Optional[int] = ..., count: _Optional[int] = ..., digest_algorithm: _Optional[str] = ..., model_bytes: _Optional[int] = ...) -> None: ...
+    cache: str
+    region: str
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., byte_order: _Optional[str] = ..., total_bytes: _Optional[int] = ..., chunk_bytes: _Optional[int] = ..., provenance: _Optional[_Union[Provenance, _Mapping]] = ..., offset: _Optional[int] = ..., count: _Optional[int] = ..., digest_algorithm: _Optional[str] = ..., model_bytes: _Optional[int] = ..., cache: _Optional[str] = ..., region: _Optional[str] = ...) -> None: ...
 
 class DataChunk(_message.Message):
     __slots__ = ("offset", "data")
@@ -204,7 +210,7 @@ class TensorChunk(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., header: _Optional[_Union[TensorHeader, _Mapping]] = ..., data: _Optional[_Union[DataChunk, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., digest: _Optional[_Union[TensorDigest, _Mapping]] = ...) -> None: ...
 
 class InitModelRequest(_message.Message):
-    __slots__ = ("model_json", "key", "mode", "layout", "fix_rng_separator", "param_dtype", "prng")
+    __slots__ = ("model_json", "key", "mode", "layout", "fix_rng_separator", "param_dtype", "prng", "shared_memory")
     MODEL_JSON_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -212,6 +218,7 @@ class InitModelRequest(_message.Message):
     FIX_RNG_SEPARATOR_FIELD_NUMBER: _ClassVar[int]
     PARAM_DTYPE_FIELD_NUMBER: _ClassVar[int]
     PRNG_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     model_json: str
     key: Key
     mode: str
@@ -219,7 +226,8 @@ class InitModelRequest(_message.Message):
     fix_rng_separator: bool
     param_dtype: str
     prng: PrngSettings
-    def __init__(self, model_json: _Optional[str] = ..., key: _Optional[_Union[Key, _Mapping]] = ..., mode: _Optional[str] = ..., layout: _Optional[str] = ..., fix_rng_separator: _Optional[bool] = ..., param_dtype: _Optional[str] = ..., prng: _Optional[_Union[PrngSettings, _Mapping]] = ...) -> None: ...
+    shared_memory: str
+    def __init__(self, model_json: _Optional[str] = ..., key: _Optional[_Union[Key, _Mapping]] = ..., mode: _Optional[str] = ..., layout: _Optional[str] = ..., fix_rng_separator: _Optional[bool] = ..., param_dtype: _Optional[str] = ..., prng: _Optional[_Union[PrngSettings, _Mapping]] = ..., shared_memory: _Optional[str] = ...) -> None: ...
 
 class ListInitializersRequest(_message.Message):
     __slots__ = ()
@@ -258,13 +266,15 @@ class InitializerSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., arguments: _Optional[_Iterable[_Union[ArgumentSpec, _Mapping]]] = ..., source: _Optional[str] = ..., summary: _Optional[str] = ..., uses_key: _Optional[bool] = ...) -> None: ...
 
 class ListInitializersResponse(_message.Message):
-    __slots__ = ("initializers", "dtypes", "key_impls", "server")
+    __slots__ = ("initializers", "dtypes", "key_impls", "server", "shared_memory_directory")
     INITIALIZERS_FIELD_NUMBER: _ClassVar[int]
     DTYPES_FIELD_NUMBER: _ClassVar[int]
     KEY_IMPLS_FIELD_NUMBER: _ClassVar[int]
     SERVER_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MEMORY_DIRECTORY_FIELD_NUMBER: _ClassVar[int]
     initializers: _containers.RepeatedCompositeFieldContainer[InitializerSpec]
     dtypes: _containers.RepeatedScalarFieldContainer[str]
     key_impls: _containers.RepeatedScalarFieldContainer[str]
     server: Provenance
-    def __init__(self, initializers: _Optional[_Iterable[_Union[InitializerSpec, _Mapping]]] = ..., dtypes: _Optional[_Iterable[str]] = ..., key_impls: _Optional[_Iterable[str]] = ..., server: _Optional[_Union[Provenance, _Mapping]] = ...) -> None: ...
+    shared_memory_directory: str
+    def __init__(self, initializers: _Optional[_Iterable[_Union[InitializerSpec, _Mapping]]] = ..., dtypes: _Optional[_Iterable[str]] = ..., key_impls: _Optional[_Iterable[str]] = ..., server: _Optional[_Union[Provenance, _Mapping]] = ..., shared_memory_directory: _Optional[str] = ...) -> None: ...

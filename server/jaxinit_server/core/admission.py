@@ -12,10 +12,14 @@ run the process out of memory.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from jaxinit.protocol.errors import Overloaded
 
-__all__ = ["Admission", "Ticket"]
+__all__ = ["UNSET", "Admission", "Ticket"]
+
+UNSET: Any = object()  # a ticket not priced against the shared answers
 
 
 class Ticket:
@@ -29,15 +33,40 @@ class Ticket:
         self._admission = admission
         self.nbytes = nbytes
         self.caller = caller
+        self.share: Any = UNSET  # what it was priced as a share of (see Service.admit)
         self._released = False
+        self._let_go = False  # release() was called
+        self._holds = 0
 
     def release(self) -> None:
-        if not self._released:
+        """Give the share back, now or, while something holds it (:meth:`hold`), then."""
+        self._let_go = True
+        self._maybe_release()
+
+    def hold(self) -> Callable[[], None]:
+        """Keep the share past :meth:`release` until the callable returned is called: a
+        generation the ticket paid for that other callers still stream from."""
+        self._holds += 1
+        done = False
+
+        def let_go() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                self._holds -= 1
+                self._maybe_release()
+
+        return let_go
+
+    def _maybe_release(self) -> None:
+        if self._let_go and not self._holds and not self._released:
             self._released = True
             self._admission._release(self.nbytes, self.caller)
 
     def __del__(self) -> None:
-        self.release()
+        if not self._released:
+            self._released = True
+            self._admission._release(self.nbytes, self.caller)
 
 
 class Admission:

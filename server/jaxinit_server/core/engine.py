@@ -18,7 +18,7 @@ import contextlib
 import dataclasses
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -283,7 +283,7 @@ class Generation:
     """A request ready to produce its bytes: the elements made already, or a producer
     that makes them piece by piece (a chunk plan, a fill pattern, a worker's pipe)."""
 
-    __slots__ = ("_close", "_pieces", "array", "key_data", "resolved", "route")
+    __slots__ = ("_close", "_pieces", "array", "feed", "key_data", "resolved", "route")
 
     def __init__(
         self,
@@ -293,6 +293,7 @@ class Generation:
         route: str,
         array: np.ndarray | None = None,
         pieces: Callable[[], Iterator[np.ndarray]] | None = None,
+        feed: Callable[[], AsyncIterator[np.ndarray]] | None = None,
         close: Callable[[], None] | None = None,
     ) -> None:
         self.resolved = resolved
@@ -300,6 +301,9 @@ class Generation:
         self.route = route
         self.array = array  # exactly the elements to send, flat, when made already
         self._pieces = pieces
+        # The elements as another caller's generation makes them, on the event loop
+        # (see results.Flight); produce() is not used then.
+        self.feed = feed
         self._close = close
 
     def produce(self) -> Iterator[np.ndarray]:

@@ -14,15 +14,16 @@ from typing import Any
 import jax
 
 from jaxinit.protocol.catalog import CATALOG
-from jaxinit.protocol.codec import DTYPE_NAMES
-from jaxinit.protocol.errors import JaxinitError, TooLarge
+from jaxinit.protocol.codec import DTYPE_NAMES, DTYPES
+from jaxinit.protocol.errors import JaxinitError, PermissionDenied, TooLarge
 from jaxinit.protocol.expansion import Output, file_metadata
 from jaxinit.protocol.keys import KEY_IMPLS, Key
 from jaxinit.protocol.provenance import Provenance
-from jaxinit_server.core import chunked, engine
-from jaxinit_server.core.admission import Admission, Ticket
+from jaxinit_server.core import chunked, engine, results
+from jaxinit_server.core.admission import UNSET, Admission, Ticket
 from jaxinit_server.core.model_init import InitModelParams, ResolvedModel, resolve_model
 from jaxinit_server.core.provenance import ServerIdentity, server_identity
+from jaxinit_server.core.regions import Regions
 from jaxinit_server.core.request import GenerateParams, Limits, Resolved, resolve
 from jaxinit_server.core.stream import StallWatch, TensorStream, gather, stopping
 from jaxinit_server.core.whole import WholePool
@@ -30,6 +31,8 @@ from jaxinit_server.core.whole import WholePool
 __all__ = ["Service"]
 
 log = logging.getLogger("jaxinit_server.service")
+
+SEND_BYTES = 64 * 2**10  # what streaming a tensor made already holds, besides its chunks in transit
 
 
 def _gib(n: int) -> str:
@@ -42,6 +45,12 @@ class Service:
     Args:
         limits: caps checked before any work.
         workers: threads that run JAX, so that the event loop never blocks on it.
+        cache_bytes: memory for tensors shared between identical requests and kept for
+            repeats (0: every request is made on its own).
+        cache_dir: a directory where made tensors are also kept (at most
+            ``cache_dir_bytes``), surviving restarts; None: none.
+        shared_memory_dir: where to offer same-host callers shared-memory regions
+            (``/dev/shm``); None: not offered (see :mod:`regions`).
     """
 
     def __init__(
@@ -54,6 +63,12 @@ class Service:
         worker_rss_bytes: int = 2**30,
         stall_seconds: float = 60.0,
         log_level: str | None = None,
+        cache_bytes: int = 256 * 2**20,
+        cache_dir: str | None = None,
+        cache_dir_bytes: int = 8 * 2**30,
+        shared_memory_dir: str | None = None,
+        shared_memory_lease: float = 60.0,
+        shared_memory_bytes: int = 2**32,
     ) -> None:
         if compilation_cache_dir:
             # Every program, however quick to compile, so a restart compiles nothing it had.
@@ -68,6 +83,14 @@ class Service:
             max_caller_bytes=self.limits.caller_bytes,
         )
         self.identity: ServerIdentity = server_identity()
+        # Identical requests share one generation; repeats come from memory or disk.
+        self.results = results.Results(
+            cache_bytes,
+            f"{self.identity.fingerprint}/jaxinit {self.identity.jaxinit_version}",
+            make=self._generation,
+            directory=cache_dir,
+            directory_bytes=cache_dir_bytes,
+        )
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jaxinit-jax")
         # Model expansion and checks: linear in a model's size, so seconds for a big one; on
         # threads of their own, so small requests never queue behind them.
@@ -81,6 +104,11 @@ class Service:
             log_level=log_level,
         )
         self.stalls = StallWatch(stall_seconds) if stall_seconds else None
+        self.regions = (
+            Regions(shared_memory_dir, lease_seconds=shared_memory_lease, max_bytes=shared_memory_bytes)
+            if shared_memory_dir
+            else None
+        )
         self.ready = False
         self.stopping = False  # no new work is taken
         self.preparing = 0  # model requests being expanded (not admitted yet)
@@ -117,7 +145,18 @@ class Service:
                 "threefry_partitionable": self.identity.defaults.threefry_partitionable,
                 "enable_x64": self.identity.defaults.enable_x64,
             },
+            "shared_memory": {"directory": str(self.regions.directory)} if self.regions else None,
         }
+
+    def shared_memory(self, token: str) -> Regions:
+        """The regions a caller with ``token`` may have answers written into; PermissionDenied
+        when this server offers none or the token is not its own."""
+        if self.regions is None:
+            raise PermissionDenied(
+                "this server offers no shared memory (start it with --shared-memory); fetch the bytes in the stream"
+            )
+        self.regions.check(token)
+        return self.regions
 
     def prepare(self, params: GenerateParams) -> Resolved:
         """Validate and resolve a request (cheap, no JAX work). Raises domain errors."""
@@ -254,11 +293,26 @@ class Service:
     def admit(self, resolved: Resolved, *, gathered: bool = False, caller: str | None = None) -> Ticket:
         """``resolved``'s share of capacity, priced first. Raises TooLarge or Overloaded, and
         ServerUnavailable while the server stops. ``caller``: who asks (an adapter's name for
-        the connection, or the API key), charged against its own share too."""
+        the connection, or the API key), charged against its own share too. A tensor made
+        already or being made for another caller costs only its sending (see :mod:`results`)."""
         cost = self.price(resolved, gathered=gathered)
         if self.stopping:
             raise stopping()
-        return self.admission.admit(cost.memory, caller)
+        share = self.results.share(resolved)
+        memory = cost.memory
+        if share is not None and share.how in (results.HIT, results.SHARED):
+            # Made already, or paid for by the caller making it: what sending it holds.
+            count = resolved.stop - resolved.start
+            itemsize = DTYPES[resolved.out_dtype].itemsize
+            memory = SEND_BYTES + 2 * self.limits.chunk_bytes + (count * (itemsize + 64) if gathered else 0)
+        try:
+            ticket = self.admission.admit(memory, caller)
+        except BaseException:
+            if share is not None:
+                share.release()
+            raise
+        ticket.share = share
+        return ticket
 
     async def generate(
         self,
@@ -275,37 +329,24 @@ class Service:
         model stream does, released by whoever took it unless ``release_with_tensor``;
         ``gathered``: the answer will be built whole, as JSON is).
 
+        An identical tensor made already or being made is shared (see :mod:`results`).
         Whole-tensor requests are made by a worker process here, so JAX's errors for them
         arrive before any byte is sent. If the caller goes away, the work stops.
         """
         owned = ticket is None or release_with_tensor
         if ticket is None:
             ticket = self.admit(resolved, gathered=gathered, caller=caller)
-        loop = asyncio.get_running_loop()
+        share = ticket.share
+        ticket.share = UNSET  # taken over here
+        if share is UNSET:  # a ticket priced without looking (a model's): look now
+            share = self.results.share(resolved)
         submitted = time.perf_counter()
         timings: dict[str, float] = {}
-
-        def prepare() -> engine.Generation:
-            started = time.perf_counter()
-            timings["queue"] = started - submitted
-            try:
-                return engine.prepare(resolved)
-            finally:
-                timings["generate"] = time.perf_counter() - started
-
         try:
-            if engine.route(resolved) == engine.WHOLE:
-                job = await self.whole.run(resolved)
-                timings["generate"] = time.perf_counter() - submitted
-                generation = engine.Generation(
-                    resolved,
-                    job.key_data,
-                    route=engine.WHOLE,
-                    pieces=lambda: job.pieces(self.limits.chunk_bytes),
-                    close=job.close,
-                )
+            if share is None:
+                generation = await self._generation(resolved, timings)
             else:
-                generation = await loop.run_in_executor(self._executor, prepare)
+                generation = await self._shared(share, resolved, ticket, timings)
             if output is not None and output.needs_whole:
                 # A model's tensor in the PyTorch layout (a transpose): rearranged here, where
                 # the model is streamed, so the byte stream below only sends.
@@ -317,9 +358,12 @@ class Service:
                     resolved, generation.key_data, route=generation.route, array=output.finish(made).reshape(-1)
                 )
         except BaseException:
+            if share is not None:
+                share.release()
             if owned:
                 ticket.release()
             raise
+        timings.setdefault("generate", time.perf_counter() - submitted)
         return TensorStream(
             resolved,
             generation,
@@ -329,6 +373,52 @@ class Service:
             ticket=ticket if owned else None,
             aborted=self.aborted,
             watch=self.stalls,
+            cache=share.how if share is not None else results.NONE,
+        )
+
+    async def _generation(self, resolved: Resolved, timings: dict[str, float] | None = None) -> engine.Generation:
+        """``resolved`` ready to produce, by its route: a worker process for a whole tensor,
+        a JAX thread for the others."""
+        submitted = time.perf_counter()
+        timings = {} if timings is None else timings
+        if engine.route(resolved) == engine.WHOLE:
+            job = await self.whole.run(resolved)
+            timings["generate"] = time.perf_counter() - submitted
+            return engine.Generation(
+                resolved,
+                job.key_data,
+                route=engine.WHOLE,
+                pieces=lambda: job.pieces(self.limits.chunk_bytes),
+                close=job.close,
+            )
+
+        def prepare() -> engine.Generation:
+            started = time.perf_counter()
+            timings["queue"] = started - submitted
+            try:
+                return engine.prepare(resolved)
+            finally:
+                timings["generate"] = time.perf_counter() - started
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, prepare)
+
+    async def _shared(
+        self, share: results.Share, resolved: Resolved, ticket: Ticket, timings: dict[str, float]
+    ) -> engine.Generation:
+        """``resolved`` from a shared answer: a slice of a cached tensor, or a flight's
+        elements as they are made (started here if nobody has; the ticket of the caller that
+        made it a flight pays for making it, and is held until it is made)."""
+        start, stop = resolved.start, resolved.stop
+        if share.entry is not None:
+            return engine.Generation(resolved, share.entry.key_data, route="cache", array=share.entry.array[start:stop])
+        flight = share.flight
+        assert flight is not None
+        began = time.perf_counter()
+        self.results.start(flight, ticket.hold() if share.how in (results.MISS, results.DISK) else None)
+        key_data = await flight.key()
+        timings["generate"] = time.perf_counter() - began
+        return engine.Generation(
+            resolved, key_data, route="shared", feed=lambda: flight.pieces(start, stop), close=share.release
         )
 
     def warm_up(self) -> None:
@@ -356,6 +446,8 @@ class Service:
             # Families the warm-up self-check found to differ from this JAX: they run whole.
             "chunking": {"disabled": chunked.disabled(), "disabled_count": len(chunked.disabled())},
             "stalled_readers_disconnected": self.stalls.disconnected if self.stalls else 0,
+            "results": self.results.state(),
+            "shared_memory": self.regions.state() if self.regions else None,
             "admission": {
                 "streams": self.admission.streams,
                 "max_streams": self.admission.max_streams,
@@ -388,6 +480,8 @@ class Service:
         """Stop: whole-tensor workers are killed (their callers get ServerUnavailable)."""
         self.stop_accepting()
         self.whole.close()
+        if self.regions is not None:
+            self.regions.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._model_executor.shutdown(wait=False, cancel_futures=True)
 

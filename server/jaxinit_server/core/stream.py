@@ -21,6 +21,7 @@ from jaxinit.protocol.errors import ServerUnavailable
 from jaxinit.protocol.provenance import Provenance
 from jaxinit_server.core import engine
 from jaxinit_server.core.admission import Ticket
+from jaxinit_server.core.regions import Regions
 from jaxinit_server.core.request import Resolved
 
 __all__ = ["StallWatch", "TensorStream", "gather", "stopping"]
@@ -48,6 +49,7 @@ class TensorStream:
         aborted: threading.Event | None = None,
         watch: StallWatch | None = None,
         pipeline_depth: int = 2,
+        cache: str = "none",
     ) -> None:
         self.resolved = resolved
         self.provenance = provenance
@@ -62,6 +64,9 @@ class TensorStream:
         self._watch = watch  # disconnects a reader that stops taking bytes
         self._depth = pipeline_depth
         self._digest: bytes | None = None
+        # How it was made: "miss" (made here, shared with identical requests meanwhile),
+        # "shared" (another caller's generation), "hit" / "disk" (cached), "none" (alone).
+        self.cache = cache
 
     @property
     def dtype(self) -> str:
@@ -116,6 +121,35 @@ class TensorStream:
                 self._watch.end(token)
             self.close()
 
+    async def to_region(self, regions: Regions) -> str:
+        """Write the bytes into a new shared-memory region instead of sending them, and
+        return its name; :meth:`digest` is then known. A region left half-written (an error,
+        the caller gone) is deleted."""
+        region = regions.create(self.nbytes)
+        hasher = new_hasher()
+
+        def write(data: memoryview) -> None:
+            hasher.update(data)
+            region.write(data)
+
+        try:
+            async for piece in self._pieces():
+                if self._aborted is not None and self._aborted.is_set():
+                    raise stopping()
+                data = to_wire_bytes(piece)
+                if len(data) <= 2**16:
+                    write(data)
+                else:
+                    await asyncio.to_thread(write, data)
+            regions.written_whole(region)
+        except BaseException:
+            region.delete()
+            raise
+        finally:
+            self.close()
+        self._digest = hasher.digest()
+        return region.name
+
     async def array(self) -> np.ndarray:
         """What is sent, in memory (for answers that need it whole, such as JSON)."""
         try:
@@ -127,6 +161,10 @@ class TensorStream:
         if self._generation.array is not None:  # made already: no thread hop
             yield self._generation.array
             return
+        if self._generation.feed is not None:  # another caller's generation, as it is made
+            async for piece in self._generation.feed():
+                yield piece
+            return
         async for piece in _pipelined(_timed(self._generation.produce(), self.timings), self._depth):
             yield piece
 
@@ -135,6 +173,9 @@ async def gather(generation: engine.Generation, timings: dict[str, float], depth
     """Every element ``generation`` makes, as one flat array (pipelined on a thread)."""
     if generation.array is not None:
         return generation.array
+    if generation.feed is not None:
+        shared = [piece async for piece in generation.feed()]
+        return np.concatenate(shared) if shared else np.empty(0, DTYPES[generation.resolved.out_dtype])
     pieces = [piece async for piece in _pipelined(_timed(generation.produce(), timings), depth)]
     return np.concatenate(pieces) if pieces else np.empty(0, DTYPES[generation.resolved.out_dtype])
 

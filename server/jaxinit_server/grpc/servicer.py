@@ -16,6 +16,7 @@ from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
 from jaxinit_server import jsonio
 from jaxinit_server.auth import KeyRing
 from jaxinit_server.core import GenerateParams, InitModelParams, Service, TensorStream
+from jaxinit_server.core.regions import Regions
 from jaxinit_server.grpc.interceptors import Malformed
 from jaxinit_server.grpc.status import abort, caller_of, domain_error, echo_request_id
 from jaxinit_server.telemetry import Call, Telemetry
@@ -106,7 +107,7 @@ def value_from_proto(value: pb.Value) -> Any:
     return getattr(value, kind)  # kind is one of the oneof's own field names
 
 
-def header_to_proto(tensor: TensorStream, chunk_bytes: int, model_bytes: int = 0) -> pb.TensorHeader:
+def header_to_proto(tensor: TensorStream, chunk_bytes: int, model_bytes: int = 0, region: str = "") -> pb.TensorHeader:
     return pb.TensorHeader(
         shape=tensor.shape,
         dtype=tensor.dtype,
@@ -118,15 +119,34 @@ def header_to_proto(tensor: TensorStream, chunk_bytes: int, model_bytes: int = 0
         count=tensor.resolved.stop - tensor.resolved.start,
         digest_algorithm=tensor.digest_algorithm,
         model_bytes=model_bytes,
+        cache=tensor.cache,
+        region=region,
     )
 
 
 async def frames(
-    tensor: TensorStream, request_id: str, chunk_bytes: int, call: Call, model_bytes: int = 0
+    tensor: TensorStream,
+    request_id: str,
+    chunk_bytes: int,
+    call: Call,
+    model_bytes: int = 0,
+    regions: Regions | None = None,
 ) -> AsyncIterator[pb.TensorChunk]:
     """The messages that carry one tensor: its header, its bytes, then their digest.
-    ``model_bytes``: a model's whole size, on each of its tensors' headers."""
+    ``model_bytes``: a model's whole size, on each of its tensors' headers. With
+    ``regions`` (a same-host caller's shared memory), the bytes go into a region the
+    header names, and only the digest follows it."""
     call.timings = tensor.timings
+    if regions is not None and tensor.nbytes:
+        region = await tensor.to_region(regions)
+        yield pb.TensorChunk(
+            request_id=request_id, header=header_to_proto(tensor, chunk_bytes, model_bytes, region=region)
+        )
+        call.sent(tensor.nbytes)
+        yield pb.TensorChunk(
+            request_id=request_id, digest=pb.TensorDigest(algorithm=tensor.digest_algorithm, digest=tensor.digest())
+        )
+        return
     yield pb.TensorChunk(request_id=request_id, header=header_to_proto(tensor, chunk_bytes, model_bytes))
     async for offset, data in tensor.chunks(chunk_bytes):
         yield pb.TensorChunk(request_id=request_id, data=pb.DataChunk(offset=offset, data=bytes(data)))
@@ -149,6 +169,10 @@ class InitializersServicer(pb_grpc.InitializersServicer):  # type: ignore[misc]
         self._keyring = keyring
         self._chunk = service.limits.chunk_bytes
 
+    def _regions(self, token: str) -> Regions | None:
+        """The shared memory a request with ``token`` is answered in (None: the stream)."""
+        return self._service.shared_memory(token) if token else None
+
     async def _open(self, context: grpc.aio.ServicerContext, method: str) -> Call:
         """A telemetry record for the call, its request id echoed in the initial metadata."""
         return self._telemetry.call("grpc", method, await echo_request_id(context, self._telemetry.replica))
@@ -159,10 +183,11 @@ class InitializersServicer(pb_grpc.InitializersServicer):  # type: ignore[misc]
         call = await self._open(context, "Generate")
         error: BaseException | None = None
         try:
+            regions = self._regions(request.shared_memory)
             resolved = self._service.prepare(params_from_proto(request))
             call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
             tensor = await self._service.generate(resolved, caller=caller_of(context, self._keyring))
-            async for message in frames(tensor, request.request_id, self._chunk, call):
+            async for message in frames(tensor, request.request_id, self._chunk, call, regions=regions):
                 yield message
         except Exception as exc:
             error = domain_error(exc)
@@ -181,7 +206,9 @@ class InitializersServicer(pb_grpc.InitializersServicer):  # type: ignore[misc]
         # opportunistic: a request refused for capacity while others are ahead of it waits
         # until they are sent, and is then judged alone (its caller's own read-ahead never
         # makes it a 429).
-        pending: asyncio.Queue[tuple[str, asyncio.Future[TensorStream], Call] | None] = asyncio.Queue(MANY_WINDOW)
+        pending: asyncio.Queue[tuple[str, asyncio.Future[TensorStream], Call, Regions | None] | None] = asyncio.Queue(
+            MANY_WINDOW
+        )
         # Each item is a request of its own: "<stream id>/<item id>".
         stream_id = await echo_request_id(context, self._telemetry.replica)
         who = caller_of(context, self._keyring)
@@ -193,17 +220,23 @@ class InitializersServicer(pb_grpc.InitializersServicer):  # type: ignore[misc]
             nonlocal unsent
             try:
                 async for request in request_iterator:
+                    regions = None
                     if isinstance(request, Malformed):  # its error in the stream; the others go on
                         call = self._telemetry.call("grpc", "GenerateMany", f"{stream_id}/?")
                         future = _failed(request.error)
                         request_id = ""
                     else:
                         call = self._telemetry.call("grpc", "GenerateMany", f"{stream_id}/{request.request_id}")
-                        future = await self._start_one(request, call, who, all_sent)
+                        try:
+                            regions = self._regions(request.shared_memory)
+                        except JaxinitError as exc:
+                            future = _failed(exc)
+                        else:
+                            future = await self._start_one(request, call, who, all_sent)
                         request_id = request.request_id
                     unsent += 1
                     all_sent.clear()
-                    await pending.put((request_id, future, call))
+                    await pending.put((request_id, future, call, regions))
             finally:
                 await pending.put(None)
 
@@ -216,13 +249,29 @@ class InitializersServicer(pb_grpc.InitializersServicer):  # type: ignore[misc]
         reader = asyncio.ensure_future(read())
         try:
             while (item := await pending.get()) is not None:
-                request_id, future, call = item
+                request_id, future, call, regions = item
                 try:
                     tensor = await future
                 except Exception as exc:
                     call.close(error := domain_error(exc))
                     sent()
                     yield error_to_proto(error, request_id)
+                    continue
+                if regions is not None:  # written whole before its header: its errors are the item's
+                    try:
+                        messages = [m async for m in frames(tensor, request_id, self._chunk, call, regions=regions)]
+                    except JaxinitError as exc:
+                        call.close(exc)
+                        sent()
+                        yield error_to_proto(exc, request_id)
+                        continue
+                    except BaseException as exc:
+                        call.close(exc)
+                        raise
+                    for message in messages:
+                        yield message
+                    call.close()
+                    sent()
                     continue
                 try:
                     async for message in frames(tensor, request_id, self._chunk, call):
@@ -267,6 +316,7 @@ class InitializersServicer(pb_grpc.InitializersServicer):  # type: ignore[misc]
         call = await self._open(context, "InitModel")
         error: BaseException | None = None
         try:
+            regions = self._regions(request.shared_memory)
             params = await asyncio.to_thread(model_params_from_proto, request)  # a big JSON text
             who = caller_of(context, self._keyring)
             model = await self._service.prepare_model(params, caller=who)
@@ -277,7 +327,7 @@ class InitializersServicer(pb_grpc.InitializersServicer):  # type: ignore[misc]
                 if isinstance(tensor, JaxinitError):
                     yield error_to_proto(tensor, name)
                     continue
-                async for message in frames(tensor, name, self._chunk, call, model.nbytes):
+                async for message in frames(tensor, name, self._chunk, call, model.nbytes, regions=regions):
                     yield message
         except Exception as exc:
             error = domain_error(exc)
@@ -307,4 +357,5 @@ class InitializersServicer(pb_grpc.InitializersServicer):  # type: ignore[misc]
             dtypes=described["dtypes"],
             key_impls=described["key_impls"],
             server=pb.Provenance(**described["server"]),
+            shared_memory_directory=(described["shared_memory"] or {}).get("directory", ""),
         )

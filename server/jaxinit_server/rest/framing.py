@@ -23,6 +23,7 @@ from jaxinit.protocol.wire import DIGESTED, JSON, NPY, NPZ, OCTET, SAFETENSORS
 from jaxinit_server import jsonio
 from jaxinit_server.core import Limits, Resolved, ResolvedModel, Service, TensorStream
 from jaxinit_server.core.admission import Ticket
+from jaxinit_server.core.regions import Regions
 
 __all__ = [
     "MEDIA_TYPES",
@@ -32,6 +33,7 @@ __all__ = [
     "model_safetensors",
     "negotiate",
     "npz_storable",
+    "region_response",
     "tensor_headers",
     "tensor_response",
 ]
@@ -88,6 +90,7 @@ def tensor_headers(tensor: TensorStream) -> dict[str, str]:
         wire.COUNT_HEADER: str(tensor.resolved.stop - tensor.resolved.start),
         wire.REQUEST_DIGEST_HEADER: tensor.provenance.request_digest,
         wire.PROVENANCE_HEADER: json.dumps(tensor.provenance.as_dict(), separators=(",", ":")),
+        wire.CACHE_HEADER: tensor.cache,
     }
 
 
@@ -106,6 +109,20 @@ async def tensor_response(tensor: TensorStream, media: str, headers: dict[str, s
         headers[wire.DIGEST_ALGORITHM_HEADER] = tensor.digest_algorithm
     headers["Content-Length"] = str(len(prefix) + tensor.nbytes + (DIGEST_BYTES if suffix else 0))
     return StreamingResponse(_bytes(tensor, chunk_bytes, prefix, suffix), media_type=media, headers=headers)
+
+
+async def region_response(tensor: TensorStream, regions: Regions, headers: dict[str, str]) -> Response:
+    """``tensor`` written into a shared-memory region: its headers, the region's name and
+    the digest of its bytes; no body."""
+    name = await tensor.to_region(regions)
+    headers = {
+        **headers,
+        **tensor_headers(tensor),
+        wire.REGION_HEADER: name,
+        wire.DIGEST_ALGORITHM_HEADER: tensor.digest_algorithm,
+        wire.DIGEST_HEADER: tensor.digest().hex(),
+    }
+    return Response(b"", media_type=OCTET, headers=headers)
 
 
 async def _bytes(

@@ -11,10 +11,11 @@ from fastapi.responses import Response
 from jaxinit.protocol.catalog import args_from_text
 from jaxinit.protocol.errors import InvalidArgument
 from jaxinit.protocol.keys import DEFAULT_IMPL, Key, derive_from_text
-from jaxinit.protocol.wire import DIGESTED, JSON, NPY, OCTET
+from jaxinit.protocol.wire import DIGESTED, JSON, NPY, OCTET, SHARED_MEMORY_HEADER
 from jaxinit_server.core import GenerateParams, Resolved, Service
+from jaxinit_server.core.regions import Regions
 from jaxinit_server.rest.deps import CallerDep, OffLoopJSONRoute, ServiceDep, TelemetryDep, observe
-from jaxinit_server.rest.framing import check_json_size, negotiate, tensor_response
+from jaxinit_server.rest.framing import check_json_size, negotiate, region_response, tensor_response
 from jaxinit_server.rest.schemas import GenerateBody
 from jaxinit_server.telemetry import Call
 
@@ -57,7 +58,8 @@ async def generate(
 
     async def answer() -> Response:
         media = negotiate(request.headers.get("accept"))
-        return await _respond(service, service.prepare(body.params()), media, {}, call, caller)
+        regions = _regions(service, request)
+        return await _respond(service, service.prepare(body.params()), media, {}, call, caller, regions)
 
     return await observe(call, answer(), request)
 
@@ -95,6 +97,7 @@ async def generate_get(
 
     async def answer() -> Response:
         media = negotiate(request.headers.get("accept"))
+        regions = _regions(service, request)
         key = None
         if seed is not None or key_data is not None:
             words = _int_list("key_data", key_data) if key_data is not None else None
@@ -127,24 +130,40 @@ async def generate_get(
         if if_none_match and (if_none_match.strip() == "*" or etag in _etags(if_none_match)):
             call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
             return Response(status_code=304, headers=headers)
-        return await _respond(service, resolved, media, headers, call, caller)
+        if regions is not None:  # a region is for this caller once: never cached on the way
+            headers = {"Cache-Control": "no-store"}
+        return await _respond(service, resolved, media, headers, call, caller, regions)
 
     return await observe(call, answer(), request)
 
 
+def _regions(service: Service, request: Request) -> Regions | None:
+    """The shared memory the caller asked to be answered in (its token's header), if any."""
+    token = request.headers.get(SHARED_MEMORY_HEADER)
+    return service.shared_memory(token) if token is not None else None
+
+
 async def _respond(
-    service: Service, resolved: Resolved, media: str, headers: dict[str, str], call: Call, caller: str
+    service: Service,
+    resolved: Resolved,
+    media: str,
+    headers: dict[str, str],
+    call: Call,
+    caller: str,
+    regions: Regions | None = None,
 ) -> Response:
     call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
-    if media == JSON:
+    if media == JSON and regions is None:
         check_json_size(
             service.limits,
             resolved,
             nested=True,
             instead="Ask for application/octet-stream or application/x-npy, or a range.",
         )
-    tensor = await service.generate(resolved, gathered=media == JSON, caller=caller)
+    tensor = await service.generate(resolved, gathered=media == JSON and regions is None, caller=caller)
     call.timings = tensor.timings
+    if regions is not None and tensor.nbytes:
+        return await region_response(tensor, regions, headers)
     return await tensor_response(tensor, media, headers, service.limits.chunk_bytes)
 
 
