@@ -220,6 +220,9 @@ class Results:
             self.counts[HIT] += 1
             return Share(self, HIT, entry=entry)
         if (flight := self._flights.get(identity)) is not None:
+            if flight.error is None and flight.key_data is not None and flight.filled == len(flight.buffer):
+                self.counts[HIT] += 1  # made whole, its producer not yet wound up
+                return Share(self, HIT, entry=Entry(identity, flight.buffer, flight.key_data))
             self.counts[SHARED] += 1
             return Share(self, SHARED, flight=flight)
         whole = _whole(resolved)
@@ -262,8 +265,10 @@ class Results:
 
     def _left(self, flight: Flight) -> None:
         flight.callers -= 1
-        if flight.callers <= 0 and not flight.done:
-            flight.stop.set()  # nobody wants it: stop making it
+        if flight.callers <= 0 and not flight.done and flight.filled < len(flight.buffer):
+            flight.stop.set()  # nobody wants it: stop making it; a caller that comes now starts anew
+            if self._flights.get(flight.identity) is flight:
+                del self._flights[flight.identity]
             if not flight.started:  # never begun: give its reservation back now
                 flight.finish(RuntimeError("abandoned before it began"))
                 self._ended(flight)
@@ -305,6 +310,9 @@ class Results:
             if flight.how == DISK and await asyncio.to_thread(self._read, flight):
                 pass  # read and checked: every element is there
             else:
+                if flight.how == DISK:  # unreadable or wrong on disk: made instead
+                    self.counts[DISK] -= 1
+                    self.counts[MISS] += 1
                 flight.how = MISS
                 generation = await self._make(flight.resolved)
                 try:

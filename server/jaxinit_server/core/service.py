@@ -416,6 +416,8 @@ class Service:
         began = time.perf_counter()
         self.results.start(flight, ticket.hold() if share.how in (results.MISS, results.DISK) else None)
         key_data = await flight.key()
+        if share.how == results.DISK:
+            share.how = flight.how  # a disk entry found wrong is made instead: a miss
         timings["generate"] = time.perf_counter() - began
         return engine.Generation(
             resolved, key_data, route="shared", feed=lambda: flight.pieces(start, stop), close=share.release

@@ -125,7 +125,11 @@ class TensorStream:
         """Write the bytes into a new shared-memory region instead of sending them, and
         return its name; :meth:`digest` is then known. A region left half-written (an error,
         the caller gone) is deleted."""
-        region = regions.create(self.nbytes)
+        try:
+            region = regions.create(self.nbytes)
+        except BaseException:
+            self.close()
+            raise
         hasher = new_hasher()
 
         def write(data: memoryview) -> None:
