@@ -45,7 +45,8 @@ def _directory(srv: ServerProcess) -> pathlib.Path:
 
 
 def _regions(directory: pathlib.Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if p.name != "token") if directory.exists() else []
+    """The regions written for callers (m-* files are cached tensors' buffers, the token the token)."""
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith("r-")) if directory.exists() else []
 
 
 def _until(what: Any, timeout: float = 120) -> None:
@@ -245,7 +246,7 @@ def test_unclaimed_regions_expire_and_are_bounded(tmp_path: pathlib.Path) -> Non
         "--shared-memory-lease",
         "2",
         "--shared-memory-bytes",
-        str(2**20),
+        str(2 * 2**20),
     ) as srv:
         directory = _directory(srv)
         token = (directory / "token").read_text()
@@ -254,11 +255,20 @@ def test_unclaimed_regions_expire_and_are_bounded(tmp_path: pathlib.Path) -> Non
         first = httpx.post(srv.http_url + "/v1/generate", json=body, headers=headers, timeout=30)
         assert first.status_code == 200 and first.content == b""
         assert _regions(directory) == [first.headers["x-jaxinit-region"]]
-        refused = httpx.post(srv.http_url + "/v1/generate", json=body, headers=headers, timeout=30)
+        # The same tensor again: a link to the one buffer (no copy, no more memory), same bytes.
+        same = httpx.post(srv.http_url + "/v1/generate", json=body, headers=headers, timeout=30)
+        assert same.status_code == 200 and same.headers["x-jaxinit-cache"] == "hit"
+        regions = [directory / first.headers["x-jaxinit-region"], directory / same.headers["x-jaxinit-region"]]
+        assert regions[0].stat().st_ino == regions[1].stat().st_ino
+        expected = np.asarray(local_jax("uniform", {}, 4, (200, 1000), None)).tobytes()
+        assert regions[0].read_bytes() == regions[1].read_bytes() == expected
+        assert same.headers["x-jaxinit-digest"] == first.headers["x-jaxinit-digest"]
+        other = {**body, "key": {"seed": 5}}  # another tensor: 800 KB more, over the 2 MiB
+        refused = httpx.post(srv.http_url + "/v1/generate", json=other, headers=headers, timeout=30)
         assert refused.status_code == 429 and "retry-after" in refused.headers
         _until(lambda: _regions(directory) == [])  # the lease ran out
-        assert httpx.get(srv.http_url + "/readyz", timeout=30).json()["shared_memory"]["expired"] == 1
-        again = httpx.post(srv.http_url + "/v1/generate", json=body, headers=headers, timeout=30)
+        assert httpx.get(srv.http_url + "/readyz", timeout=30).json()["shared_memory"]["expired"] == 2
+        again = httpx.post(srv.http_url + "/v1/generate", json=other, headers=headers, timeout=30)
         assert again.status_code == 200
 
 

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import mmap
 import os
 import secrets
 import shutil
@@ -33,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from jaxinit.protocol.errors import Overloaded, PermissionDenied
 
@@ -103,6 +106,50 @@ class Regions:
 
     def create(self, nbytes: int) -> Region:
         """A new region for ``nbytes``; Overloaded while unclaimed regions hold too much."""
+        self._room(nbytes)
+        region = Region(self, f"r-{secrets.token_hex(12)}", nbytes)
+        self._unclaimed[region.name] = (time.monotonic() + self.lease_seconds, nbytes)
+        return region
+
+    def master(self, nbytes: int) -> tuple[Path, np.ndarray] | None:
+        """A new file of ``nbytes`` in the directory, mapped (uint8): the buffer of a tensor
+        made for several callers, which same-host callers are then given links to
+        (:meth:`link`). Its memory is taken now (an error, not a crash, when the directory
+        is full); None when it cannot be."""
+        if nbytes <= 0:
+            return None
+        path = self.directory / f"m-{secrets.token_hex(12)}"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError:
+            return None
+        try:
+            os.posix_fallocate(fd, 0, nbytes)
+            mapped = mmap.mmap(fd, nbytes)
+        except (OSError, ValueError) as exc:
+            log.warning("no shared-memory buffer of %d bytes (%s): this tensor is copied into regions", nbytes, exc)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            return None
+        finally:
+            os.close(fd)
+        return path, np.frombuffer(mapped, dtype=np.uint8)
+
+    def link(self, master: Path, nbytes: int) -> str | None:
+        """A new region that is ``master`` (a hard link: no copy); None when it is gone.
+        Overloaded while unclaimed regions hold too much (a link holds its pages once the
+        cache lets them go)."""
+        self._room(nbytes)
+        name = f"r-{secrets.token_hex(12)}"
+        try:
+            os.link(master, self.directory / name)
+        except OSError:
+            return None
+        self.written += 1
+        self._unclaimed[name] = (time.monotonic() + self.lease_seconds, nbytes)
+        return name
+
+    def _room(self, nbytes: int) -> None:
         self.sweep()
         if self._unclaimed and self.unclaimed_bytes + nbytes > self.max_bytes:
             raise Overloaded(
@@ -110,9 +157,6 @@ class Regions:
                 f"--shared-memory-bytes ({self.max_bytes}); retry once callers map theirs",
                 retry_after=1.0,
             )
-        region = Region(self, f"r-{secrets.token_hex(12)}", nbytes)
-        self._unclaimed[region.name] = (time.monotonic() + self.lease_seconds, nbytes)
-        return region
 
     def written_whole(self, region: Region) -> None:
         """``region`` is complete: its lease starts now."""

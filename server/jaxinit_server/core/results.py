@@ -40,6 +40,7 @@ import numpy as np
 from jaxinit.protocol.codec import DTYPES
 from jaxinit.protocol.digest import new_hasher
 from jaxinit_server.core import engine
+from jaxinit_server.core.regions import Regions
 from jaxinit_server.core.request import Resolved
 
 __all__ = ["DISK", "HIT", "MISS", "NONE", "SHARED", "Entry", "Flight", "Results", "Share"]
@@ -64,15 +65,33 @@ def whole_identity(resolved: Resolved, fingerprint: str) -> str:
 
 
 class Entry:
-    """A whole tensor made already: its flat elements and the key data that made them."""
+    """A whole tensor made already: its flat elements and the key data that made them; with
+    shared memory on, the file its elements live in and their digest."""
 
-    __slots__ = ("array", "identity", "key_data", "nbytes")
+    __slots__ = ("array", "digest", "flight", "identity", "key_data", "master", "nbytes")
 
-    def __init__(self, identity: str, array: np.ndarray, key_data: tuple[int, ...]) -> None:
+    def __init__(
+        self,
+        identity: str,
+        array: np.ndarray,
+        key_data: tuple[int, ...],
+        *,
+        master: Path | None = None,
+        digest: bytes | None = None,
+        flight: Flight | None = None,
+    ) -> None:
         self.identity = identity
         self.array = array
         self.key_data = key_data
         self.nbytes = array.nbytes
+        self.master = master
+        self.digest = digest
+        self.flight = flight  # made whole by this flight, not yet wound up (its digest may be due)
+
+    def unlink(self) -> None:
+        if self.master is not None:
+            with contextlib.suppress(OSError):
+                self.master.unlink()
 
 
 class Flight:
@@ -80,12 +99,22 @@ class Flight:
     that asks for it meanwhile. Callers :meth:`join`; when the last one leaves before it is
     done, making it stops."""
 
-    def __init__(self, identity: str, resolved: Resolved, how: str) -> None:
+    def __init__(self, identity: str, resolved: Resolved, how: str, regions: Regions | None = None) -> None:
         self.identity = identity
         self.resolved = resolved  # the whole tensor's request
         self.how = how  # MISS or DISK, what its first caller is told
         count = resolved.stop - resolved.start
-        self.buffer = np.empty(count, DTYPES[resolved.out_dtype])
+        dtype = DTYPES[resolved.out_dtype]
+        # With shared memory on, the buffer is a file of its directory: same-host callers are
+        # then given links to it, not copies (see regions.Regions.master).
+        made = regions.master(count * dtype.itemsize) if regions is not None else None
+        self.master: Path | None = None
+        if made is not None:
+            self.master, raw = made
+            self.buffer = raw.view(dtype)
+        else:
+            self.buffer = np.empty(count, dtype)
+        self.digest: bytes | None = None  # of the whole buffer, once made (with a master only)
         self.nbytes = self.buffer.nbytes
         self.filled = 0  # elements made so far
         self.key_data: tuple[int, ...] | None = None
@@ -110,6 +139,16 @@ class Flight:
         self.error = error
         self.done = True
         self._wake()
+
+    async def ended(self) -> None:
+        """Wait until making it has ended (its digest is known then, with a master)."""
+        while not self.done:
+            await self._changed.wait()
+
+    def unlink(self) -> None:
+        if self.master is not None:
+            with contextlib.suppress(OSError):
+                self.master.unlink()
 
     def _wake(self) -> None:
         self._changed.set()
@@ -189,6 +228,7 @@ class Results:
         make: Callable[[Resolved], Awaitable[engine.Generation]],
         directory: str | None = None,
         directory_bytes: int = 8 * 2**30,
+        regions: Regions | None = None,
     ) -> None:
         self.capacity = capacity
         self.fingerprint = fingerprint
@@ -197,6 +237,7 @@ class Results:
         if self.directory is not None:
             self.directory.mkdir(parents=True, exist_ok=True)
         self._make = make
+        self._regions = regions
         self._entries: collections.OrderedDict[str, Entry] = collections.OrderedDict()
         self._flights: dict[str, Flight] = {}
         self.cached_bytes = 0  # of the entries
@@ -222,7 +263,7 @@ class Results:
         if (flight := self._flights.get(identity)) is not None:
             if flight.error is None and flight.key_data is not None and flight.filled == len(flight.buffer):
                 self.counts[HIT] += 1  # made whole, its producer not yet wound up
-                return Share(self, HIT, entry=Entry(identity, flight.buffer, flight.key_data))
+                return Share(self, HIT, entry=Entry(identity, flight.buffer, flight.key_data, flight=flight))
             self.counts[SHARED] += 1
             return Share(self, SHARED, flight=flight)
         whole = _whole(resolved)
@@ -232,7 +273,7 @@ class Results:
         if nbytes > self.capacity or not self._reserve(nbytes):
             return self._unshared()
         how = DISK if self._on_disk(identity) else MISS
-        flight = Flight(identity, whole, how)
+        flight = Flight(identity, whole, how, self._regions)
         self._flights[identity] = flight
         self.counts[how] += 1
         return Share(self, how, flight=flight)
@@ -256,6 +297,7 @@ class Results:
     def _reserve(self, nbytes: int) -> bool:
         while self.cached_bytes + self.reserved_bytes + nbytes > self.capacity and self._entries:
             _, old = self._entries.popitem(last=False)
+            old.unlink()  # callers holding links to it keep theirs
             self.cached_bytes -= old.nbytes
             self.counts["evicted"] += 1
         if self.cached_bytes + self.reserved_bytes + nbytes > self.capacity:
@@ -279,17 +321,36 @@ class Results:
             del self._flights[flight.identity]
         self.reserved_bytes -= flight.nbytes
         if flight.error is None and flight.key_data is not None and flight.filled == len(flight.buffer):
-            entry = Entry(flight.identity, flight.buffer, flight.key_data)
+            entry = Entry(flight.identity, flight.buffer, flight.key_data, master=flight.master, digest=flight.digest)
             if self._reserve(entry.nbytes):  # room again, as the reservation just went back
                 self.reserved_bytes -= entry.nbytes
                 self._entries[entry.identity] = entry
                 self.cached_bytes += entry.nbytes
+            else:
+                entry.unlink()
             if self.directory is not None and flight.how == MISS:
                 threading.Thread(target=self._write, args=(entry, flight.resolved), daemon=True).start()
+        else:
+            flight.unlink()
 
     def clear(self) -> None:
+        for entry in self._entries.values():
+            entry.unlink()
         self._entries.clear()
         self.cached_bytes = 0
+
+    async def shared_file(self, share: Share) -> tuple[Path, bytes] | None:
+        """The file holding ``share``'s whole tensor and its digest, once it is made (with
+        shared memory on; None otherwise, or when it failed)."""
+        entry, flight = share.entry, share.flight
+        source: Entry | Flight | None = flight or (entry.flight if entry is not None else None) or entry
+        if isinstance(source, Flight):
+            await source.ended()
+            if source.error is not None:
+                return None
+        if source is None or source.master is None or source.digest is None:
+            return None
+        return source.master, source.digest
 
     def state(self) -> dict[str, Any]:
         return {
@@ -367,6 +428,8 @@ class Results:
             os.utime(meta)  # recently used: evicted last
         flight.key_data = key_data
         flight.filled = len(flight.buffer)
+        if flight.master is not None:
+            flight.digest = hasher.digest()
         return True
 
     def _write(self, entry: Entry, resolved: Resolved) -> None:
@@ -449,4 +512,8 @@ def _fill(flight: Flight, generation: engine.Generation, loop: asyncio.AbstractE
                 break
     finally:
         produce.close()  # type: ignore[attr-defined]
+    if flight.master is not None and filled == len(flight.buffer) and not flight.stop.is_set():
+        hasher = new_hasher()
+        hasher.update(flight.buffer.view(np.uint8).data)
+        flight.digest = hasher.digest()  # for the links same-host callers get
     return filled

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import threading
@@ -83,6 +84,11 @@ class Service:
             max_caller_bytes=self.limits.caller_bytes,
         )
         self.identity: ServerIdentity = server_identity()
+        self.regions = (
+            Regions(shared_memory_dir, lease_seconds=shared_memory_lease, max_bytes=shared_memory_bytes)
+            if shared_memory_dir
+            else None
+        )
         # Identical requests share one generation; repeats come from memory or disk.
         self.results = results.Results(
             cache_bytes,
@@ -90,6 +96,7 @@ class Service:
             make=self._generation,
             directory=cache_dir,
             directory_bytes=cache_dir_bytes,
+            regions=self.regions,
         )
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jaxinit-jax")
         # Model expansion and checks: linear in a model's size, so seconds for a big one; on
@@ -104,11 +111,6 @@ class Service:
             log_level=log_level,
         )
         self.stalls = StallWatch(stall_seconds) if stall_seconds else None
-        self.regions = (
-            Regions(shared_memory_dir, lease_seconds=shared_memory_lease, max_bytes=shared_memory_bytes)
-            if shared_memory_dir
-            else None
-        )
         self.ready = False
         self.stopping = False  # no new work is taken
         self.preparing = 0  # model requests being expanded (not admitted yet)
@@ -409,8 +411,13 @@ class Service:
         elements as they are made (started here if nobody has; the ticket of the caller that
         made it a flight pays for making it, and is held until it is made)."""
         start, stop = resolved.start, resolved.stop
+        # A whole tensor, with shared memory on: same-host callers get links to its file.
+        shared_file = None if resolved.is_range else functools.partial(self.results.shared_file, share)
         if share.entry is not None:
-            return engine.Generation(resolved, share.entry.key_data, route="cache", array=share.entry.array[start:stop])
+            array = share.entry.array[start:stop]
+            return engine.Generation(
+                resolved, share.entry.key_data, route="cache", array=array, shared_file=shared_file
+            )
         flight = share.flight
         assert flight is not None
         began = time.perf_counter()
@@ -420,7 +427,12 @@ class Service:
             share.how = flight.how  # a disk entry found wrong is made instead: a miss
         timings["generate"] = time.perf_counter() - began
         return engine.Generation(
-            resolved, key_data, route="shared", feed=lambda: flight.pieces(start, stop), close=share.release
+            resolved,
+            key_data,
+            route="shared",
+            feed=lambda: flight.pieces(start, stop),
+            close=share.release,
+            shared_file=shared_file,
         )
 
     def warm_up(self) -> None:
