@@ -4,7 +4,7 @@ same on both sides: the server fills it, every transport carries it, the client 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 __all__ = ["Provenance"]
@@ -36,6 +36,10 @@ class Provenance:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data (``key_data`` a list): what JSON and ``pb.Provenance(**...)`` take."""
-        out = asdict(self)
+        # Field by field (dataclasses.asdict deep-copies, which shows on small requests).
+        out = {name: getattr(self, name) for name in _FIELDS}
         out["key_data"] = list(self.key_data)
         return out
+
+
+_FIELDS = tuple(f.name for f in fields(Provenance))

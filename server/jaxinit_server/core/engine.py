@@ -575,6 +575,7 @@ def self_check() -> dict[str, str]:
     disabling the whole legacy mode if it differs (every family draws its bits the same way).
     Blocking (compiles a few programs, most of which warm-up needs anyway): run at warm-up.
     Returns what is disabled."""
+    chunked.forget_plans()
     # fan_in and fan_avg with each distribution are the named families; this adds fan_out.
     variants = {"variance_scaling": {"scale": 1.5, "mode": "fan_out", "distribution": "normal"}}
     for name in sorted(chunked.FAMILIES - set(chunked.disabled())):

@@ -96,6 +96,7 @@ class Resolved:
     start: int = 0  # the flat range [start, stop) sent
     stop: int = 0
     jit: bool = False  # made as jax.jit(init) makes it (see GenerateParams.jit)
+    tensor_digest: str = ""  # sha256 of the canonical request without its range: the whole tensor's
 
     @property
     def is_range(self) -> bool:
@@ -169,9 +170,13 @@ def resolve(params: GenerateParams, limits: Limits, defaults: PrngDefaults) -> R
         raise InvalidArgument(f"jit must be true or false, got {repr(params.jit)[:40]}")
     if params.jit:  # absent when false, so digests of eager requests stay as they were
         fields["jit"] = True
+    whole = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    tensor_digest = hashlib.sha256(whole.encode()).hexdigest()
     if params.offset is not None or params.count is not None:
         fields["range"] = [start, stop]
-    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    else:
+        canonical = whole
     return Resolved(
         spec=spec,
         args=args,
@@ -183,11 +188,12 @@ def resolve(params: GenerateParams, limits: Limits, defaults: PrngDefaults) -> R
         enable_x64=x64,
         nbytes=(stop - start) * itemsize,
         canonical=canonical,
-        digest=hashlib.sha256(canonical.encode()).hexdigest(),
+        digest=tensor_digest if canonical is whole else hashlib.sha256(canonical.encode()).hexdigest(),
         request_id=params.request_id,
         start=start,
         stop=stop,
         jit=params.jit,
+        tensor_digest=tensor_digest,
     )
 
 

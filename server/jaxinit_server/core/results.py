@@ -46,6 +46,7 @@ from jaxinit_server.core.request import Resolved
 __all__ = ["DISK", "HIT", "MISS", "NONE", "SHARED", "Entry", "Flight", "Results", "Share"]
 
 log = logging.getLogger("jaxinit_server.results")
+INLINE_COPY_BYTES = 2**20  # a tensor made already and at most this big is copied on the event loop
 
 # How an answer was made, as the answer says (X-Jaxinit-Cache, TensorHeader.cache).
 NONE = "none"  # not shareable (a range of a tensor nobody is making, cache off, too large)
@@ -58,10 +59,12 @@ DISK = "disk"  # from the disk cache (read and checked once, then shared like a 
 def whole_identity(resolved: Resolved, fingerprint: str) -> str:
     """The key of ``resolved``'s whole tensor: its canonical request without the range,
     and what besides the request the bytes depend on."""
-    fields = json.loads(resolved.canonical)
-    fields.pop("range", None)
-    text = json.dumps(fields, sort_keys=True, separators=(",", ":")) + "\n" + fingerprint
-    return hashlib.sha256(text.encode()).hexdigest()
+    if not resolved.tensor_digest:  # made by hand, not by resolve()
+        fields = json.loads(resolved.canonical)
+        fields.pop("range", None)
+        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+        resolved = dataclasses.replace(resolved, tensor_digest=hashlib.sha256(canonical.encode()).hexdigest())
+    return hashlib.sha256(f"{resolved.tensor_digest}\n{fingerprint}".encode()).hexdigest()
 
 
 class Entry:
@@ -378,7 +381,17 @@ class Results:
                 generation = await self._make(flight.resolved)
                 try:
                     flight.ready(generation.key_data)
-                    flight.advance(await asyncio.to_thread(_fill, flight, generation, loop))
+                    made = generation.array
+                    fits = made is not None and (made.shape, made.dtype) == (flight.buffer.shape, flight.buffer.dtype)
+                    if made is not None and fits and flight.master is None:
+                        # made already (one chunk): it is the buffer, no copy and no thread hop
+                        flight.buffer = made
+                        flight.advance(len(made))
+                    elif made is not None and made.nbytes <= INLINE_COPY_BYTES:
+                        # made already and small: copied here, no thread hop (microseconds)
+                        flight.advance(_fill(flight, generation, loop))
+                    else:
+                        flight.advance(await asyncio.to_thread(_fill, flight, generation, loop))
                 finally:
                     generation.close()
             flight.finish(None if flight.filled == len(flight.buffer) else RuntimeError("stopped"))
@@ -487,13 +500,15 @@ def _whole(resolved: Resolved) -> Resolved:
     fields.pop("range", None)
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     total = math.prod(resolved.shape)
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
     return dataclasses.replace(
         resolved,
         start=0,
         stop=total,
         nbytes=total * DTYPES[resolved.out_dtype].itemsize,
         canonical=canonical,
-        digest=hashlib.sha256(canonical.encode()).hexdigest(),
+        digest=digest,
+        tensor_digest=digest,
     )
 
 

@@ -108,6 +108,10 @@ async def tensor_response(tensor: TensorStream, media: str, headers: dict[str, s
         suffix = True
         headers[wire.DIGEST_ALGORITHM_HEADER] = tensor.digest_algorithm
     headers["Content-Length"] = str(len(prefix) + tensor.nbytes + (DIGEST_BYTES if suffix else 0))
+    if tensor.nbytes <= chunk_bytes:
+        # One chunk: the whole body at once (one write instead of a stream's several).
+        body = b"".join([bytes(data) async for data in _bytes(tensor, chunk_bytes, prefix, suffix)])
+        return Response(body, media_type=media, headers=headers)
     return StreamingResponse(_bytes(tensor, chunk_bytes, prefix, suffix), media_type=media, headers=headers)
 
 
