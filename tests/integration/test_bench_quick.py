@@ -21,7 +21,8 @@ def test_bench_quick_mode_runs(tmp_path: pathlib.Path) -> None:
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     results = json.loads(out.read_text())
     assert results["mode"] == "quick"
-    assert {"1_new_shape_latency", "2_warm_small_256x256", "3_large", "4_memory", "5_concurrency_64x64"} <= set(results)
+    expected = {"1_new_shape_latency", "2_warm_small_256x256", "3_large", "4_memory", "5_concurrency_64x64"}
+    assert expected | {"6_fan_out", "7_small_breakdown_256x256"} <= set(results)
     assert results["4_memory"]["tensor_gib"] == 1024 * 1024 * 4 / 2**30
     for transport in ("grpc", "rest"):
         assert results["5_concurrency_64x64"][transport]["errors"] == 0
