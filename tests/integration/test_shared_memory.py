@@ -246,12 +246,12 @@ def test_unclaimed_regions_expire_and_are_bounded(tmp_path: pathlib.Path) -> Non
         "--shared-memory-lease",
         "2",
         "--shared-memory-bytes",
-        str(2 * 2**20),
+        str(3 * 2**20),
     ) as srv:
         directory = _directory(srv)
         token = (directory / "token").read_text()
         headers = {"x-jaxinit-shared-memory": token}
-        body = {"initializer": "uniform", "shape": [200, 1000], "key": {"seed": 4}}  # 800 KB
+        body = {"initializer": "uniform", "shape": [300, 1000], "key": {"seed": 4}}  # 1.2 MB
         first = httpx.post(srv.http_url + "/v1/generate", json=body, headers=headers, timeout=30)
         assert first.status_code == 200 and first.content == b""
         assert _regions(directory) == [first.headers["x-jaxinit-region"]]
@@ -260,10 +260,10 @@ def test_unclaimed_regions_expire_and_are_bounded(tmp_path: pathlib.Path) -> Non
         assert same.status_code == 200 and same.headers["x-jaxinit-cache"] == "hit"
         regions = [directory / first.headers["x-jaxinit-region"], directory / same.headers["x-jaxinit-region"]]
         assert regions[0].stat().st_ino == regions[1].stat().st_ino
-        expected = np.asarray(local_jax("uniform", {}, 4, (200, 1000), None)).tobytes()
+        expected = np.asarray(local_jax("uniform", {}, 4, (300, 1000), None)).tobytes()
         assert regions[0].read_bytes() == regions[1].read_bytes() == expected
         assert same.headers["x-jaxinit-digest"] == first.headers["x-jaxinit-digest"]
-        other = {**body, "key": {"seed": 5}}  # another tensor: 800 KB more, over the 2 MiB
+        other = {**body, "key": {"seed": 5}}  # another tensor: 1.2 MB more, over the 3 MiB
         refused = httpx.post(srv.http_url + "/v1/generate", json=other, headers=headers, timeout=30)
         assert refused.status_code == 429 and "retry-after" in refused.headers
         _until(lambda: _regions(directory) == [])  # the lease ran out

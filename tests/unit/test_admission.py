@@ -48,3 +48,20 @@ def test_one_request_over_the_byte_cap_alone_is_admitted_only_when_nothing_else_
         admission.admit(1)
     big.release()
     admission.admit(1).release()
+
+
+def test_a_held_ticket_keeps_its_share_until_the_last_hold_lets_go() -> None:
+    """A generation shared with other callers outlives the stream of the caller who paid for
+    it: its ticket's bytes stay counted until the generation ends, then go back once."""
+    admission = Admission(max_streams=4, max_bytes=100)
+    ticket = admission.admit(60, "a")
+    let_go = ticket.hold()
+    ticket.release()  # the paying caller's stream ended
+    assert (admission.streams, admission.bytes) == (1, 60)
+    with pytest.raises(Overloaded):
+        admission.admit(50, "b")
+    let_go()
+    let_go()  # idempotent
+    assert (admission.streams, admission.bytes, admission.callers) == (0, 0, {})
+    ticket.release()
+    assert (admission.streams, admission.bytes) == (0, 0)

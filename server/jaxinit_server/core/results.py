@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -47,6 +48,7 @@ __all__ = ["DISK", "HIT", "MISS", "NONE", "SHARED", "Entry", "Flight", "Results"
 
 log = logging.getLogger("jaxinit_server.results")
 INLINE_COPY_BYTES = 2**20  # a tensor made already and at most this big is copied on the event loop
+MASTER_MIN_BYTES = 2**20  # with shared memory on, shared tensors this large live in a file
 
 # How an answer was made, as the answer says (X-Jaxinit-Cache, TensorHeader.cache).
 NONE = "none"  # not shareable (a range of a tensor nobody is making, cache off, too large)
@@ -102,21 +104,12 @@ class Flight:
     that asks for it meanwhile. Callers :meth:`join`; when the last one leaves before it is
     done, making it stops."""
 
-    def __init__(self, identity: str, resolved: Resolved, how: str, regions: Regions | None = None) -> None:
+    def __init__(self, identity: str, resolved: Resolved, how: str) -> None:
         self.identity = identity
         self.resolved = resolved  # the whole tensor's request
         self.how = how  # MISS or DISK, what its first caller is told
-        count = resolved.stop - resolved.start
-        dtype = DTYPES[resolved.out_dtype]
-        # With shared memory on, the buffer is a file of its directory: same-host callers are
-        # then given links to it, not copies (see regions.Regions.master).
-        made = regions.master(count * dtype.itemsize) if regions is not None else None
-        self.master: Path | None = None
-        if made is not None:
-            self.master, raw = made
-            self.buffer = raw.view(dtype)
-        else:
-            self.buffer = np.empty(count, dtype)
+        self.buffer = np.empty(resolved.stop - resolved.start, DTYPES[resolved.out_dtype])
+        self.master: Path | None = None  # the file the buffer is, with shared memory on
         self.digest: bytes | None = None  # of the whole buffer, once made (with a master only)
         self.nbytes = self.buffer.nbytes
         self.filled = 0  # elements made so far
@@ -137,6 +130,17 @@ class Flight:
     def ready(self, key_data: tuple[int, ...]) -> None:
         self.key_data = tuple(key_data)
         self._wake()
+
+    def use_master(self, regions: Regions) -> None:
+        """With shared memory on, make the buffer a file of its directory (blocking: on a
+        thread, before anything is made): same-host callers then get links to it, not
+        copies. Small tensors keep theirs: a copy of them costs less than a file."""
+        if self.nbytes < MASTER_MIN_BYTES or self.filled or sys.byteorder != "little":
+            return  # (a region holds wire bytes: little-endian; elsewhere the buffer is not them)
+        made = regions.master(self.nbytes)
+        if made is not None:
+            self.master, raw = made
+            self.buffer = raw.view(self.buffer.dtype)
 
     def finish(self, error: BaseException | None) -> None:
         self.error = error
@@ -276,7 +280,7 @@ class Results:
         if nbytes > self.capacity or not self._reserve(nbytes):
             return self._unshared()
         how = DISK if self._on_disk(identity) else MISS
-        flight = Flight(identity, whole, how, self._regions)
+        flight = Flight(identity, whole, how)
         self._flights[identity] = flight
         self.counts[how] += 1
         return Share(self, how, flight=flight)
@@ -371,6 +375,8 @@ class Results:
     async def _produce(self, flight: Flight, hold: Callable[[], None] | None) -> None:
         loop = asyncio.get_running_loop()
         try:
+            if self._regions is not None and flight.nbytes >= MASTER_MIN_BYTES:
+                await asyncio.to_thread(flight.use_master, self._regions)
             if flight.how == DISK and await asyncio.to_thread(self._read, flight):
                 pass  # read and checked: every element is there
             else:
@@ -514,21 +520,23 @@ def _whole(resolved: Resolved) -> Resolved:
 
 def _fill(flight: Flight, generation: engine.Generation, loop: asyncio.AbstractEventLoop) -> int:
     """Copy what ``generation`` makes into the flight's buffer (a thread), telling the
-    event loop as it goes; stops early when nobody wants the tensor any more."""
+    event loop as it goes; stops early when nobody wants the tensor any more. A buffer that
+    is a file (shared memory) is hashed as it fills, for the links same-host callers get."""
     filled = 0
+    hasher = new_hasher() if flight.master is not None else None
     produce = generation.produce()
     try:
         for piece in produce:
             n = piece.size
             flight.buffer[filled : filled + n] = piece.reshape(-1)
+            if hasher is not None:
+                hasher.update(flight.buffer[filled : filled + n].view(np.uint8).data)
             filled += n
             loop.call_soon_threadsafe(flight.advance, filled)
             if flight.stop.is_set():
                 break
     finally:
         produce.close()  # type: ignore[attr-defined]
-    if flight.master is not None and filled == len(flight.buffer) and not flight.stop.is_set():
-        hasher = new_hasher()
-        hasher.update(flight.buffer.view(np.uint8).data)
-        flight.digest = hasher.digest()  # for the links same-host callers get
+    if hasher is not None and filled == len(flight.buffer) and not flight.stop.is_set():
+        flight.digest = hasher.digest()
     return filled
