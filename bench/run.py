@@ -309,11 +309,11 @@ def concurrency(srv: Any, clients: int, seconds: float) -> dict[str, Any]:
             ok = errors = 0
             deadline = time.perf_counter() + seconds
 
-            async def worker() -> None:
+            async def worker(index: int) -> None:
                 nonlocal ok, errors
                 async with jaxinit.AsyncClient(url, shared_memory=False) as client:
                     init = client.lecun_normal()
-                    seed = 0
+                    seed = (index + 1) * 10**7 + (0 if url == srv.grpc_url else 10**9)  # none asked twice
                     while time.perf_counter() < deadline:
                         seed += 1
                         try:
@@ -322,7 +322,7 @@ def concurrency(srv: Any, clients: int, seconds: float) -> dict[str, Any]:
                         except jaxinit.JaxinitError:
                             errors += 1
 
-            await asyncio.gather(*(worker() for _ in range(clients)))
+            await asyncio.gather(*(worker(i) for i in range(clients)))
             return ok, errors
 
         start = time.perf_counter()

@@ -119,6 +119,8 @@ class Flight:
         self.started = False
         self.callers = 0
         self.stop = threading.Event()  # set when nobody wants it any more
+        self.task: asyncio.Future[None] | None = None  # its producer, cancelled with it
+        self.filling = False  # its copying thread runs (then the stop event ends it, not a cancel)
         self._changed = asyncio.Event()  # set (and replaced) whenever the above change
 
     # -- the producer's side (progress and the end come here on the event loop) --
@@ -297,7 +299,7 @@ class Results:
                 hold()
             return
         flight.started = True
-        asyncio.ensure_future(self._produce(flight, hold))
+        flight.task = asyncio.ensure_future(self._produce(flight, hold))
 
     # -- the caches --
 
@@ -321,6 +323,10 @@ class Results:
             if not flight.started:  # never begun: give its reservation back now
                 flight.finish(RuntimeError("abandoned before it began"))
                 self._ended(flight)
+            elif flight.task is not None and not flight.filling:
+                # still being prepared (a whole-tensor worker computing, say): cancelled, which
+                # stops the worker; once elements flow, the stop event ends the copying
+                flight.task.cancel()
 
     def _ended(self, flight: Flight) -> None:
         """A flight is over: cache what it made, or forget it."""
@@ -397,7 +403,8 @@ class Results:
                         # made already and small: copied here, no thread hop (microseconds)
                         flight.advance(_fill(flight, generation, loop))
                     else:
-                        flight.advance(await asyncio.to_thread(_fill, flight, generation, loop))
+                        flight.filling = True
+                        flight.advance(await asyncio.shield(asyncio.to_thread(_fill, flight, generation, loop)))
                 finally:
                     generation.close()
             flight.finish(None if flight.filled == len(flight.buffer) else RuntimeError("stopped"))
