@@ -302,16 +302,24 @@ def memory(srv: Any, shape: tuple[int, ...]) -> dict[str, Any]:
 
 
 def concurrency(srv: Any, clients: int, seconds: float) -> dict[str, Any]:
+    """``clients`` concurrent callers of new 64x64 tensors, each on a connection of its own
+    (grpcio otherwise multiplexes every channel of a process to one target over one TCP
+    connection: one caller to the server, with one caller's share of its streams)."""
+    import grpc.aio
+
     out: dict[str, Any] = {}
     for name, url in (("grpc", srv.grpc_url), ("rest", srv.http_url)):
 
-        async def run(url: str = url) -> tuple[int, int]:
+        async def run(url: str = url) -> tuple[int, int, dict[str, int]]:
             ok = errors = 0
+            kinds: dict[str, int] = {}
             deadline = time.perf_counter() + seconds
 
             async def worker(index: int) -> None:
                 nonlocal ok, errors
-                async with jaxinit.AsyncClient(url, shared_memory=False) as client:
+                own = [("grpc.use_local_subchannel_pool", 1)]
+                channel = grpc.aio.insecure_channel(srv.grpc_target, options=own) if url == srv.grpc_url else None
+                async with jaxinit.AsyncClient(url, shared_memory=False, channel=channel) as client:
                     init = client.lecun_normal()
                     seed = (index + 1) * 10**7 + (0 if url == srv.grpc_url else 10**9)  # none asked twice
                     while time.perf_counter() < deadline:
@@ -319,20 +327,22 @@ def concurrency(srv: Any, clients: int, seconds: float) -> dict[str, Any]:
                         try:
                             await init(seed, (64, 64))
                             ok += 1
-                        except jaxinit.JaxinitError:
+                        except jaxinit.JaxinitError as exc:
                             errors += 1
+                            kinds[type(exc).__name__] = kinds.get(type(exc).__name__, 0) + 1
 
             await asyncio.gather(*(worker(i) for i in range(clients)))
-            return ok, errors
+            return ok, errors, kinds
 
         start = time.perf_counter()
-        ok, errors = asyncio.run(run())
+        ok, errors, kinds = asyncio.run(run())
         elapsed = time.perf_counter() - start
         out[name] = {
             "clients": clients,
             "seconds": elapsed,
             "requests": ok,
             "errors": errors,
+            "error_kinds": kinds,
             "req_per_s": ok / elapsed,
             "met": errors == 0,
         }
