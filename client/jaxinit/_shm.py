@@ -15,6 +15,7 @@ import ipaddress
 import mmap
 import os
 import re
+import stat
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,36 @@ from jaxinit.protocol.errors import ProtocolError
 __all__ = ["SharedMemory"]
 
 _REGION_NAME = re.compile(r"r-[0-9a-f]{24}")
+_DIRECTORY_NAME = re.compile(r"jaxinit-[0-9]+-[A-Za-z0-9_]+")
+_TOKEN = re.compile(r"[0-9a-f]{64}")
+
+
+def _private(st: os.stat_result, mode: int) -> bool:
+    return st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) == mode
+
+
+def _read_token(directory: str) -> str | None:
+    """The token of a jaxinit server's shared-memory directory, or None. The directory is
+    the server's word: only one that is a jaxinit directory (its name), a real directory
+    (not a link) of this user with mode 0700, holding a 0600 file of this user with a
+    64-hex-digit token, is trusted; no other file is ever read, let alone sent."""
+    if not _DIRECTORY_NAME.fullmatch(os.path.basename(directory.rstrip("/"))):
+        return None
+    try:
+        st = os.lstat(directory)
+        if not stat.S_ISDIR(st.st_mode) or not _private(st, 0o700):
+            return None
+        fd = os.open(os.path.join(directory, "token"), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or not _private(st, 0o600) or st.st_size > 256:
+                return None
+            token = os.read(fd, 256).decode("ascii").strip()
+        finally:
+            os.close(fd)
+    except (OSError, UnicodeDecodeError):
+        return None
+    return token if _TOKEN.fullmatch(token) else None
 
 
 def _loopback(host: str) -> bool:
@@ -61,12 +92,8 @@ class SharedMemory:
         directory = offer.get("directory") if isinstance(offer, dict) else described.get("shared_memory_directory")
         if not directory or not isinstance(directory, str):
             return
-        try:
-            with open(os.path.join(directory, "token"), encoding="ascii") as f:
-                token = f.read().strip()
-        except (OSError, UnicodeDecodeError):
-            return  # not this host, or not the server's user: the stream
-        if token:
+        token = _read_token(directory)
+        if token is not None:  # else not this host, not the server's user, or not a jaxinit directory
             self.directory, self.token = directory, token
 
     def refused(self) -> None:

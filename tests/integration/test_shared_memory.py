@@ -281,3 +281,55 @@ def test_a_dead_servers_directory_is_removed_at_start(tmp_path: pathlib.Path) ->
     with running_server("--no-warm-up", "--shared-memory", "--shared-memory-dir", str(tmp_path)) as srv:
         assert not orphan.exists()
         assert _directory(srv).exists()
+
+
+def test_the_client_trusts_only_a_private_jaxinit_directory(tmp_path: pathlib.Path) -> None:
+    """The directory is the server's word: the client reads a token only from a directory that
+    is a jaxinit one (its name), its user's, mode 0700, holding a 0600 64-hex token; it never
+    reads (let alone sends) any other file named 'token'."""
+    good = tmp_path / "jaxinit-123-abc_9"
+    good.mkdir(mode=0o700)
+    token = good / "token"
+    token.write_text("ab" * 32)
+    token.chmod(0o600)
+
+    def offered(directory: pathlib.Path) -> str | None:
+        shared = SharedMemory(True, "elsewhere")
+        shared.discover({"shared_memory": {"directory": str(directory)}})
+        return shared.token
+
+    assert offered(good) == "ab" * 32
+    token.chmod(0o644)
+    assert offered(good) is None  # a token others can read is not a jaxinit one
+    token.chmod(0o600)
+    good.chmod(0o755)
+    assert offered(good) is None
+    good.chmod(0o700)
+    secrets_like = tmp_path / "serviceaccount"  # e.g. /var/run/secrets/kubernetes.io/serviceaccount
+    secrets_like.mkdir(mode=0o700)
+    (secrets_like / "token").write_text("ab" * 32)
+    (secrets_like / "token").chmod(0o600)
+    assert offered(secrets_like) is None
+    link = tmp_path / "jaxinit-124-link"
+    link.symlink_to(secrets_like)
+    assert offered(link) is None
+    token.write_text("not a token")
+    assert offered(good) is None
+
+
+def test_a_directory_whose_server_lives_is_kept_at_start(tmp_path: pathlib.Path) -> None:
+    """Servers in other PID namespaces sharing one /dev/shm: a directory is an orphan only
+    when nobody holds its lock, whatever its process id says."""
+    import fcntl
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = tmp_path / f"jaxinit-{dead.pid}-held"
+    alive.mkdir()
+    lock = os.open(alive / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        with running_server("--no-warm-up", "--shared-memory", "--shared-memory-dir", str(tmp_path)):
+            assert alive.exists()
+    finally:
+        os.close(lock)

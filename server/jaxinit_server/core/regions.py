@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hmac
 import logging
+import math
 import mmap
 import os
 import secrets
@@ -56,6 +58,12 @@ class Region:
         self._regions = regions
         self.written = 0
 
+    def reserve(self) -> None:
+        """Take the region's memory now (blocking: on a thread): a full directory is an
+        OSError here, before a byte is consumed, never a failed write half-way."""
+        if self.nbytes:
+            os.posix_fallocate(self._fd, 0, self.nbytes)
+
     def write(self, data: Any) -> None:
         """Append ``data`` (blocking: on a thread)."""
         view = memoryview(data).cast("B")
@@ -83,6 +91,10 @@ class Regions:
         _remove_orphans(base)
         self.directory = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=base))  # mode 0700
         self.token = secrets.token_hex(32)
+        # Held while this server lives: another server finding it free knows this one is gone
+        # (process ids alone mislead across PID namespaces sharing one /dev/shm).
+        self._lock = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         fd = os.open(self.directory / "token", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(self.token)
@@ -105,11 +117,26 @@ class Regions:
             )
 
     def create(self, nbytes: int) -> Region:
-        """A new region for ``nbytes``; Overloaded while unclaimed regions hold too much."""
+        """A new region for ``nbytes``; Overloaded while unclaimed regions hold too much. Its
+        lease starts when it is written whole."""
         self._room(nbytes)
         region = Region(self, f"r-{secrets.token_hex(12)}", nbytes)
-        self._unclaimed[region.name] = (time.monotonic() + self.lease_seconds, nbytes)
+        self._unclaimed[region.name] = (math.inf, nbytes)
         return region
+
+    async def room(self, nbytes: int, *, wait: bool) -> None:
+        """Return once a region of ``nbytes`` fits under ``max_bytes``. ``wait``: for a stream
+        of many tensors whose caller maps them as they come (its own regions are what
+        fill the room), wait for room up to a lease; else Overloaded at once."""
+        deadline = time.monotonic() + self.lease_seconds
+        while True:
+            try:
+                self._room(nbytes)
+                return
+            except Overloaded:
+                if not wait or time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(0.02)
 
     def master(self, nbytes: int) -> tuple[Path, np.ndarray] | None:
         """A new file of ``nbytes`` in the directory, mapped (uint8): the buffer of a tensor
@@ -198,6 +225,8 @@ class Regions:
 
     def close(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.close(self._lock)
 
 
 def _remove_orphans(base: Path) -> None:
@@ -205,13 +234,28 @@ def _remove_orphans(base: Path) -> None:
     with contextlib.suppress(OSError):
         for path in base.glob(f"{PREFIX}*-*"):
             try:
-                pid = int(path.name[len(PREFIX) :].split("-", 1)[0])
-                if path.stat().st_uid != os.getuid() or _alive(pid):
+                if path.is_symlink() or path.stat().st_uid != os.getuid() or _held(path):
                     continue
             except (ValueError, OSError):
                 continue
             shutil.rmtree(path, ignore_errors=True)
             log.info("removed %s, left by a server that is gone", path)
+
+
+def _held(path: Path) -> bool:
+    """Whether a live server holds the directory: the lock its server keeps while it lives;
+    without one (a directory of another make), the process id its name carries."""
+    lock = path / "lock"
+    if not lock.exists():
+        return _alive(int(path.name[len(PREFIX) :].split("-", 1)[0]))
+    fd = os.open(lock, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # (closing lets the lock go)
+    return False
 
 
 def _alive(pid: int) -> bool:

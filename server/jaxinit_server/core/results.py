@@ -58,15 +58,19 @@ HIT = "hit"  # from the in-memory cache
 DISK = "disk"  # from the disk cache (read and checked once, then shared like a generation)
 
 
+def _tensor_digest(resolved: Resolved) -> str:
+    """The digest of ``resolved``'s whole tensor's canonical request (its range left out)."""
+    if resolved.tensor_digest:
+        return resolved.tensor_digest
+    fields = json.loads(resolved.canonical)
+    fields.pop("range", None)
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def whole_identity(resolved: Resolved, fingerprint: str) -> str:
     """The key of ``resolved``'s whole tensor: its canonical request without the range,
     and what besides the request the bytes depend on."""
-    if not resolved.tensor_digest:  # made by hand, not by resolve()
-        fields = json.loads(resolved.canonical)
-        fields.pop("range", None)
-        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
-        resolved = dataclasses.replace(resolved, tensor_digest=hashlib.sha256(canonical.encode()).hexdigest())
-    return hashlib.sha256(f"{resolved.tensor_digest}\n{fingerprint}".encode()).hexdigest()
+    return hashlib.sha256(f"{_tensor_digest(resolved)}\n{fingerprint}".encode()).hexdigest()
 
 
 class Entry:
@@ -121,6 +125,7 @@ class Flight:
         self.stop = threading.Event()  # set when nobody wants it any more
         self.task: asyncio.Future[None] | None = None  # its producer, cancelled with it
         self.filling = False  # its copying thread runs (then the stop event ends it, not a cancel)
+        self.unlinked = False
         self._changed = asyncio.Event()  # set (and replaced) whenever the above change
 
     # -- the producer's side (progress and the end come here on the event loop) --
@@ -143,6 +148,9 @@ class Flight:
         if made is not None:
             self.master, raw = made
             self.buffer = raw.view(self.buffer.dtype)
+            if self.unlinked:  # the flight ended meanwhile (its callers left): nobody will
+                with contextlib.suppress(OSError):
+                    made[0].unlink()
 
     def finish(self, error: BaseException | None) -> None:
         self.error = error
@@ -155,6 +163,7 @@ class Flight:
             await self._changed.wait()
 
     def unlink(self) -> None:
+        self.unlinked = True  # (a master made on a thread after this is unlinked there)
         if self.master is not None:
             with contextlib.suppress(OSError):
                 self.master.unlink()
@@ -333,7 +342,13 @@ class Results:
         if self._flights.get(flight.identity) is flight:
             del self._flights[flight.identity]
         self.reserved_bytes -= flight.nbytes
-        if flight.error is None and flight.key_data is not None and flight.filled == len(flight.buffer):
+        made = flight.error is None and flight.key_data is not None and flight.filled == len(flight.buffer)
+        if made and (old := self._entries.pop(flight.identity, None)) is not None:
+            # made twice (a retry raced a flight whose callers had just left): keep one
+            self.cached_bytes -= old.nbytes
+            old.unlink()
+        if made:
+            assert flight.key_data is not None
             entry = Entry(flight.identity, flight.buffer, flight.key_data, master=flight.master, digest=flight.digest)
             if self._reserve(entry.nbytes):  # room again, as the reservation just went back
                 self.reserved_bytes -= entry.nbytes
@@ -432,7 +447,9 @@ class Results:
         data, meta = self._paths(flight.identity)
         try:
             info = json.loads(meta.read_text())
-            if info.get("fingerprint") != self.fingerprint or info.get("canonical") != flight.resolved.canonical:
+            if info.get("fingerprint") != self.fingerprint or info.get("tensor_digest") != _tensor_digest(
+                flight.resolved
+            ):
                 raise ValueError("made by another JAX or for another request")
             view = flight.buffer.view(np.uint8)
             with open(data, "rb") as f:
@@ -467,6 +484,7 @@ class Results:
         hasher.update(view)
         info = {
             "canonical": resolved.canonical,
+            "tensor_digest": _tensor_digest(resolved),
             "fingerprint": self.fingerprint,
             "dtype": resolved.out_dtype,
             "key_data": list(entry.key_data),

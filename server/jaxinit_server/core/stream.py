@@ -121,24 +121,33 @@ class TensorStream:
                 self._watch.end(token)
             self.close()
 
-    async def to_region(self, regions: Regions) -> str:
+    async def to_region(self, regions: Regions, *, wait: bool = False) -> str | None:
         """Write the bytes into a new shared-memory region instead of sending them, and
-        return its name; :meth:`digest` is then known. A region left half-written (an error,
-        the caller gone) is deleted."""
-        if self._generation.shared_file is not None:  # made once for many: a link, no copy
-            try:
+        return its name; :meth:`digest` is then known. None, with nothing consumed, when the
+        directory has no room for it (the caller sends it in the stream instead). A region
+        left half-written (an error, the caller gone) is deleted. ``wait``: see
+        :meth:`Regions.room`."""
+        try:
+            await regions.room(self.nbytes, wait=wait)
+            if self._generation.shared_file is not None:  # made once for many: a link, no copy
                 made = await self._generation.shared_file()
                 name = regions.link(made[0], self.nbytes) if made is not None else None
                 if name is not None and made is not None:
                     self._digest = made[1]
                     self.close()
                     return name
-            except BaseException:
-                self.close()
-                raise
-        try:
             region = regions.create(self.nbytes)
         except BaseException:
+            self.close()
+            raise
+        try:
+            await asyncio.to_thread(region.reserve)
+        except OSError as exc:
+            log.warning("shared memory is full (%s): a tensor of %d bytes goes in the stream", exc, self.nbytes)
+            region.delete()
+            return None
+        except BaseException:
+            region.delete()
             self.close()
             raise
         hasher = new_hasher()
@@ -157,6 +166,9 @@ class TensorStream:
                 else:
                     await asyncio.to_thread(write, data)
             regions.written_whole(region)
+        except OSError as exc:  # reserved, so not for room: the directory went away, say
+            region.delete()
+            raise ServerUnavailable(f"could not write the shared-memory region: {exc}; retry") from None
         except BaseException:
             region.delete()
             raise

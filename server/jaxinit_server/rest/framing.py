@@ -115,10 +115,14 @@ async def tensor_response(tensor: TensorStream, media: str, headers: dict[str, s
     return StreamingResponse(_bytes(tensor, chunk_bytes, prefix, suffix), media_type=media, headers=headers)
 
 
-async def region_response(tensor: TensorStream, regions: Regions, headers: dict[str, str]) -> Response:
+async def region_response(
+    tensor: TensorStream, regions: Regions, headers: dict[str, str], media: str, chunk_bytes: int
+) -> Response:
     """``tensor`` written into a shared-memory region: its headers, the region's name and
-    the digest of its bytes; no body."""
+    the digest of its bytes; no body. When shared memory is full: ``media``, as always."""
     name = await tensor.to_region(regions)
+    if name is None:
+        return await tensor_response(tensor, media, headers, chunk_bytes)
     headers = {
         **headers,
         **tensor_headers(tensor),

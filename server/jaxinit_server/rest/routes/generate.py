@@ -153,17 +153,17 @@ async def _respond(
     regions: Regions | None = None,
 ) -> Response:
     call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
-    if media == JSON and regions is None:
+    if media == JSON:
         check_json_size(
             service.limits,
             resolved,
             nested=True,
             instead="Ask for application/octet-stream or application/x-npy, or a range.",
         )
-    tensor = await service.generate(resolved, gathered=media == JSON and regions is None, caller=caller)
+    tensor = await service.generate(resolved, gathered=media == JSON, caller=caller)
     call.timings = tensor.timings
     if regions is not None and tensor.nbytes:
-        return await region_response(tensor, regions, headers)
+        return await region_response(tensor, regions, headers, media, service.limits.chunk_bytes)
     return await tensor_response(tensor, media, headers, service.limits.chunk_bytes)
 
 
