@@ -333,3 +333,26 @@ def test_a_directory_whose_server_lives_is_kept_at_start(tmp_path: pathlib.Path)
             assert alive.exists()
     finally:
         os.close(lock)
+
+
+def test_when_shared_memory_is_full_the_tensor_comes_in_the_stream(tmp_path: pathlib.Path) -> None:
+    """The server may write no file over 1 MiB (RLIMIT_FSIZE on the running process, as a
+    full /dev/shm refuses its memory): a 2 MiB tensor comes in the stream, exact, with no
+    region left behind and no error; a small one still comes through shared memory."""
+    import psutil
+
+    with running_server("--no-warm-up", "--shared-memory", "--shared-memory-dir", str(tmp_path)) as srv:
+        psutil.Process(srv.process.pid).rlimit(psutil.RLIMIT_FSIZE, (2**20, 2**20))
+        directory = _directory(srv)
+        for url in (srv.grpc_url, srv.http_url):
+            with jaxinit.Client(url) as client:
+                big = client.generate("normal", 31, (512, 1024))
+                small = client.generate("normal", 31, (64, 64))
+                many = list(client.generate_many([client.request("normal", 32, (512, 1024))]))
+            assert not big.shared_memory and small.shared_memory
+            expected = np.asarray(local_jax("normal", {}, 31, (512, 1024), None)).tobytes()
+            assert big.array.tobytes() == expected
+            assert small.array.tobytes() == np.asarray(local_jax("normal", {}, 31, (64, 64), None)).tobytes()
+            assert not many[0].shared_memory
+            assert many[0].array.tobytes() == np.asarray(local_jax("normal", {}, 32, (512, 1024), None)).tobytes()
+        assert _regions(directory) == [] and srv.process.poll() is None
