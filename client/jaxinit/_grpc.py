@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
@@ -362,21 +361,10 @@ class GrpcTransport(_Transport):
     """Blocking gRPC transport."""
 
     def _token(self) -> str | None:
-        if not self.shared.discovered:
-            with contextlib.suppress(JaxinitError):
-                self.shared.discover(self.list_initializers())
-            self.shared.discovered = True
-        return self.shared.token
+        return self.shared.known(self.list_initializers)
 
     def generate(self, request: Request) -> Tensor:
-        token = self._token()
-        try:
-            return self._generate(request, token)
-        except PermissionDenied:
-            if token is None:
-                raise
-            self.shared.refused()  # another replica, or a restarted one: the stream
-            return self._generate(request, None)
+        return self.shared.attempt(self._token(), lambda token: self._generate(request, token))
 
     def _generate(self, request: Request, token: str | None) -> Tensor:
         one = _OneTensor(self.on_progress, self.shared)
@@ -447,21 +435,10 @@ class AsyncGrpcTransport(_Transport):
     _insecure_channel = staticmethod(grpc.aio.insecure_channel)
 
     async def _token(self) -> str | None:
-        if not self.shared.discovered:
-            with contextlib.suppress(JaxinitError):
-                self.shared.discover(await self.list_initializers())
-            self.shared.discovered = True
-        return self.shared.token
+        return await self.shared.known_async(self.list_initializers)
 
     async def generate(self, request: Request) -> Tensor:
-        token = await self._token()
-        try:
-            return await self._generate(request, token)
-        except PermissionDenied:
-            if token is None:
-                raise
-            self.shared.refused()
-            return await self._generate(request, None)
+        return await self.shared.attempt_async(await self._token(), lambda token: self._generate(request, token))
 
     async def _generate(self, request: Request, token: str | None) -> Tensor:
         one = _OneTensor(self.on_progress, self.shared)

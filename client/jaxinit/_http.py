@@ -31,7 +31,6 @@ from jaxinit.protocol.errors import (
     Interrupted,
     JaxinitError,
     Overloaded,
-    PermissionDenied,
     ProtocolError,
     ServerUnavailable,
     error_from_wire,
@@ -313,18 +312,8 @@ class HttpTransport(_Transport):
     """Blocking HTTP transport (httpx)."""
 
     def generate(self, request: Request) -> Tensor:
-        if not self.shared.discovered:
-            with contextlib.suppress(JaxinitError):
-                self.shared.discover(self.list_initializers())
-            self.shared.discovered = True
-        token = self.shared.token
-        try:
-            return self._generate(request, token)
-        except PermissionDenied:
-            if token is None:
-                raise
-            self.shared.refused()  # another replica, or a restarted one: the stream
-            return self._generate(request, None)
+        token = self.shared.known(self.list_initializers)
+        return self.shared.attempt(token, lambda token: self._generate(request, token))
 
     def _generate(self, request: Request, token: str | None) -> Tensor:
         try:
@@ -378,18 +367,8 @@ class AsyncHttpTransport(_Transport):
     _client_class = httpx.AsyncClient
 
     async def generate(self, request: Request) -> Tensor:
-        if not self.shared.discovered:
-            with contextlib.suppress(JaxinitError):
-                self.shared.discover(await self.list_initializers())
-            self.shared.discovered = True
-        token = self.shared.token
-        try:
-            return await self._generate(request, token)
-        except PermissionDenied:
-            if token is None:
-                raise
-            self.shared.refused()
-            return await self._generate(request, None)
+        token = await self.shared.known_async(self.list_initializers)
+        return await self.shared.attempt_async(token, lambda token: self._generate(request, token))
 
     async def _generate(self, request: Request, token: str | None) -> Tensor:
         try:

@@ -11,16 +11,20 @@ restarted, or another replica behind one address), tensors come in the stream as
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import mmap
 import os
 import re
 import stat
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
-from jaxinit.protocol.errors import ProtocolError
+from jaxinit.protocol.errors import JaxinitError, PermissionDenied, ProtocolError
+
+T = TypeVar("T")
 
 __all__ = ["SharedMemory"]
 
@@ -99,6 +103,44 @@ class SharedMemory:
     def refused(self) -> None:
         """The server refused the token: use the stream from now on."""
         self.token = None
+
+    def known(self, describe: Callable[[], dict[str, Any]]) -> str | None:
+        """The token to send (None: the stream), the server's offer read first if it has not
+        been (``describe``: the transport's ``list_initializers``; an error there: the stream)."""
+        if not self.discovered:
+            with contextlib.suppress(JaxinitError):
+                self.discover(describe())
+            self.discovered = True
+        return self.token
+
+    async def known_async(self, describe: Callable[[], Awaitable[dict[str, Any]]]) -> str | None:
+        """:meth:`known` for an asyncio transport."""
+        if not self.discovered:
+            with contextlib.suppress(JaxinitError):
+                self.discover(await describe())
+            self.discovered = True
+        return self.token
+
+    def attempt(self, token: str | None, call: Callable[[str | None], T]) -> T:
+        """``call(token)``; when the server refuses the token (another replica behind one
+        address, or a restarted one), the stream from now on, this call included."""
+        try:
+            return call(token)
+        except PermissionDenied:
+            if token is None:
+                raise
+            self.refused()
+            return call(None)
+
+    async def attempt_async(self, token: str | None, call: Callable[[str | None], Awaitable[T]]) -> T:
+        """:meth:`attempt` for an asyncio transport."""
+        try:
+            return await call(token)
+        except PermissionDenied:
+            if token is None:
+                raise
+            self.refused()
+            return await call(None)
 
     def map(self, name: str, nbytes: int) -> np.ndarray:
         """The region ``name`` as bytes (uint8), mapped copy-on-write; its name is deleted."""
