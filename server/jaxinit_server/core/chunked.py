@@ -212,14 +212,7 @@ def plan(resolved: Resolved) -> Plan | None:
         return None
     # The plan (its scale made by JAX's own eager ops) depends on nothing else; remembered,
     # a repeat skips those dispatches and gives the same scale, so the same bits.
-    memo = (
-        resolved.spec.name,
-        repr(sorted(resolved.args.items())),
-        resolved.shape,
-        resolved.out_dtype,
-        resolved.enable_x64,
-        resolved.threefry_partitionable,
-    )
+    memo = resolved.call_key
     if (known := _PLANS.get(memo)) is not None:
         return known
     the_plan = _plan_for(resolved)

@@ -517,14 +517,7 @@ MAX_JITTED = 64  # compiled initializers kept (jax.jit caches per function objec
 def _jitted(resolved: Resolved) -> Callable[[Any], Any]:
     """``jax.jit`` of the initializer call, one per (initializer, arguments, shape, dtype,
     PRNG settings), so that repeats and a stacked request's slices compile once."""
-    what = (
-        resolved.spec.name,
-        repr(sorted(resolved.args.items())),
-        resolved.shape,
-        resolved.dtype,
-        resolved.threefry_partitionable,
-        resolved.enable_x64,
-    )
+    what = resolved.call_key
     fn = _JITTED.get(what)
     if fn is None:
         fn = _JITTED[what] = jax.jit(_call(resolved))

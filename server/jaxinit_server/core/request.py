@@ -99,6 +99,20 @@ class Resolved:
     tensor_digest: str = ""  # sha256 of the canonical request without its range: the whole tensor's
 
     @property
+    def call_key(self) -> tuple[Any, ...]:
+        """Everything the initializer call's values depend on besides the key: what a
+        program or plan made for this request can be remembered under."""
+        return (
+            self.spec.name,
+            repr(sorted(self.args.items())),
+            self.shape,
+            self.dtype,
+            self.out_dtype,
+            self.threefry_partitionable,
+            self.enable_x64,
+        )
+
+    @property
     def is_range(self) -> bool:
         return (self.start, self.stop) != (0, math.prod(self.shape))
 
