@@ -56,7 +56,6 @@ class Region:
         self.path = regions.directory / name
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self._regions = regions
-        self.written = 0
 
     def reserve(self) -> None:
         """Take the region's memory now (blocking: on a thread): a full directory is an
@@ -70,7 +69,6 @@ class Region:
         while view:
             done = os.write(self._fd, view)
             view = view[done:]
-            self.written += done
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
