@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
@@ -207,6 +208,13 @@ class _Collector:
         self._on_progress = on_progress
         self._shared = shared
         self._whole_known = False  # an InitModel header said the model's size
+        self._mapped: Any = None  # a region claimed ahead (by an asyncio transport, off its loop)
+
+    async def claim_ahead(self, chunk: pb.TensorChunk) -> None:
+        """For an asyncio transport: claim the region a header names on a thread, so that
+        the claim (which waits on the server) never blocks the event loop."""
+        if chunk.WhichOneof("payload") == "header" and chunk.header.region and self._shared is not None:
+            self._mapped = await asyncio.to_thread(self._shared.map, chunk.header.region, chunk.header.total_bytes)
 
     def feed(self, chunk: pb.TensorChunk) -> Tensor | JaxinitError | None:
         kind = chunk.WhichOneof("payload")
@@ -236,7 +244,10 @@ class _Collector:
             if header.region:  # the bytes are in shared memory; only the digest follows
                 if self._shared is None:
                     raise ProtocolError("the server answered in shared memory, which this client did not ask for")
-                self.current.use_region(self._shared.map(header.region, header.total_bytes))
+                mapped, self._mapped = self._mapped, None
+                self.current.use_region(
+                    mapped if mapped is not None else self._shared.map(header.region, header.total_bytes)
+                )
         elif kind == "data":
             if self.current is None:
                 raise ProtocolError("data chunk before any header")
@@ -444,6 +455,7 @@ class AsyncGrpcTransport(_Transport):
         one = _OneTensor(self.on_progress, self.shared)
         try:
             async for chunk in self._stub.Generate(request_to_proto(request, shared_memory=token), **self._options):
+                await one.collector.claim_ahead(chunk)
                 one.feed(chunk)
         except grpc.RpcError as exc:
             raise one.failed(exc, self.target) from exc
@@ -453,6 +465,7 @@ class AsyncGrpcTransport(_Transport):
         collector = _Collector(self.on_progress, self.shared)
         try:
             async for chunk in call:
+                await collector.claim_ahead(chunk)
                 if (result := collector.feed(chunk)) is not None:
                     yield chunk.request_id, result
         except grpc.RpcError as exc:

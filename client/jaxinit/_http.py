@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -171,15 +172,28 @@ def tensor_call(request: Request, cacheable: bool, shared_memory: str | None = N
 def from_region(response: httpx.Response, assembler: Assembler, shared: SharedMemory) -> bytearray:
     """An answer in shared memory: the region mapped into ``assembler``; returns the digest
     the headers carry, as a body's trailer would (empty: not such an answer)."""
+    region, digest = _region(response)
+    if region is not None:
+        assembler.use_region(shared.map(region, assembler.total))
+    return digest
+
+
+async def from_region_async(response: httpx.Response, assembler: Assembler, shared: SharedMemory) -> bytearray:
+    """:func:`from_region`, claiming the region on a thread (never blocking the event loop)."""
+    region, digest = _region(response)
+    if region is not None:
+        assembler.use_region(await asyncio.to_thread(shared.map, region, assembler.total))
+    return digest
+
+
+def _region(response: httpx.Response) -> tuple[str | None, bytearray]:
     region = response.headers.get(wire.REGION_HEADER)
     if region is None:
-        return bytearray()
+        return None, bytearray()
     try:
-        digest = bytearray(bytes.fromhex(response.headers.get(wire.DIGEST_HEADER, "")))
+        return region, bytearray(bytes.fromhex(response.headers.get(wire.DIGEST_HEADER, "")))
     except ValueError:
         raise ProtocolError("a shared-memory answer without a valid digest header") from None
-    assembler.use_region(shared.map(region, assembler.total))
-    return digest
 
 
 def finished(assembler: Assembler, trailer: bytearray, target: str) -> Tensor:
@@ -376,7 +390,7 @@ class AsyncHttpTransport(_Transport):
                 if response.status_code != 200:
                     raise error_from_response(response, await response.aread())
                 assembler = assembler_for(response, request.request_id, self.on_progress)
-                trailer = from_region(response, assembler, self.shared)
+                trailer = await from_region_async(response, assembler, self.shared)
                 try:
                     async for data in response.aiter_bytes():
                         take(assembler, trailer, data)

@@ -283,7 +283,7 @@ class Generation:
     """A request ready to produce its bytes: the elements made already, or a producer
     that makes them piece by piece (a chunk plan, a fill pattern, a worker's pipe)."""
 
-    __slots__ = ("_close", "_pieces", "array", "feed", "key_data", "resolved", "route", "shared_file")
+    __slots__ = ("_close", "_pieces", "array", "feed", "fixed_digest", "key_data", "resolved", "route", "sealed")
 
     def __init__(
         self,
@@ -295,7 +295,8 @@ class Generation:
         pieces: Callable[[], Iterator[np.ndarray]] | None = None,
         feed: Callable[[], AsyncIterator[np.ndarray]] | None = None,
         close: Callable[[], None] | None = None,
-        shared_file: Callable[[], Awaitable[tuple[Any, bytes] | None]] | None = None,
+        sealed: Callable[[], Awaitable[tuple[Any, bytes] | None]] | None = None,
+        fixed_digest: Callable[[], bytes | None] | None = None,
     ) -> None:
         self.resolved = resolved
         self.key_data = key_data
@@ -305,9 +306,11 @@ class Generation:
         # The elements as another caller's generation makes them, on the event loop
         # (see results.Flight); produce() is not used then.
         self.feed = feed
-        # The file holding exactly these elements and their digest, once made (a shared
-        # whole tensor with shared memory on): regions are then links to it, not copies.
-        self.shared_file = shared_file
+        # The sealed buffer holding exactly these elements and their digest, once made (a
+        # stored whole tensor): same-host callers are then handed it, not copies.
+        self.sealed = sealed
+        # The digest fixed when these bytes were made (stored bytes): what is sent must match.
+        self.fixed_digest = fixed_digest
         self._close = close
 
     def produce(self) -> Iterator[np.ndarray]:

@@ -2,20 +2,29 @@
 
 Every answer is a pure function of its request on one JAX and backend, so a whole tensor
 made for one caller serves every identical request: concurrent ones share its generation
-(a :class:`Flight`: the tensor is made once into one buffer, each caller streams from it
-as it fills, ranges included), later ones are served from a bounded in-memory cache (LRU
-by bytes) or, when a directory is configured, from disk. Keys: the whole tensor's
-canonical request (its range left out) and the server's fingerprint (JAX, jaxlib,
-backend, device), hashed.
+(a :class:`Flight`: the tensor is made once into one :class:`~stored.Stored` buffer, each
+caller streams from it as it fills, ranges included), later ones are served from a
+bounded in-memory cache (LRU by bytes) or, when a directory is configured, from disk
+(:mod:`disk_cache`). Keys: the whole tensor's canonical request (its range left out) and
+the server's fingerprint (JAX, jaxlib, backend, device, jaxinit), hashed.
 
-Memory: the buffers of flights and the cached tensors together stay within
-``capacity`` bytes (a flight reserves its tensor's bytes before it starts; when nothing
-evictable is left, the request runs alone as before). A cache of 0 bytes turns both off.
-Disk entries carry their digest and are checked before a byte of them is served; one
-that does not match is deleted and the tensor is made again.
+Integrity: a stored tensor's digests are fixed as its bytes are made (see
+:mod:`stored`), and every read of it is checked against them before a byte is served: a
+cache hit is checked whole before its answer begins (a mismatch evicts the entry, logs an
+ERROR, counts in ``/metrics`` and the tensor is made again for the caller), a caller of a
+generation in progress takes only blocks already checked. The wire digest of a whole
+answer from stored bytes is the one fixed when they were made.
 
-Everything here runs on the event loop thread, except the producer threads and the
-disk writer, which touch only their own flight or file.
+Memory: everything stored counts against ``capacity`` bytes (its bytes plus a fixed
+overhead per tensor, and exactly those bytes: a small tensor is copied out of the larger
+chunk it was made in): flights' buffers (reserved before they start), cached tensors,
+and tensors evicted while a caller still reads them or the disk writer still writes them
+(held until the last reader lets go). When nothing evictable is left, a request runs
+alone, priced by admission as any other. A cache of 0 bytes turns it all off.
+
+Everything here runs on the event loop thread, except the producer threads, the disk
+cache's threads and :class:`~stored.Stored`'s blocking calls, which touch only their own
+buffer.
 """
 
 from __future__ import annotations
@@ -28,27 +37,23 @@ import hashlib
 import json
 import logging
 import math
-import os
-import sys
-import tempfile
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from jaxinit.protocol.codec import DTYPES
-from jaxinit.protocol.digest import new_hasher
 from jaxinit_server.core import engine
-from jaxinit_server.core.regions import Regions
+from jaxinit_server.core.disk_cache import DiskCache
 from jaxinit_server.core.request import Resolved
+from jaxinit_server.core.stored import OVERHEAD_BYTES, SEALED_MIN_BYTES, Corrupt, Stored
 
 __all__ = ["DISK", "HIT", "MISS", "NONE", "SHARED", "Entry", "Flight", "Results", "Share"]
 
 log = logging.getLogger("jaxinit_server.results")
-INLINE_COPY_BYTES = 2**20  # a tensor made already and at most this big is copied on the event loop
-MASTER_MIN_BYTES = 2**20  # with shared memory on, shared tensors this large live in a file
+INLINE_BYTES = 2**20  # a tensor made already and at most this big is copied and hashed on the event loop
+SEGMENT_BYTES = 8 * 2**20  # a cached tensor is checked and handed out in pieces of this size
 
 # How an answer was made, as the answer says (X-Jaxinit-Cache, TensorHeader.cache).
 NONE = "none"  # not shareable (a range of a tensor nobody is making, cache off, too large)
@@ -74,33 +79,23 @@ def whole_identity(resolved: Resolved, fingerprint: str) -> str:
 
 
 class Entry:
-    """A whole tensor made already: its flat elements and the key data that made them; with
-    shared memory on, the file its elements live in and their digest."""
+    """A whole tensor made already (cached, or evicted while still read): its stored
+    bytes and the key data that made them. ``readers``: callers (and the disk writer)
+    still reading it; its memory counts until the last one lets go."""
 
-    __slots__ = ("array", "digest", "flight", "identity", "key_data", "master", "nbytes")
+    __slots__ = ("counted", "evicted", "identity", "key_data", "readers", "stored")
 
-    def __init__(
-        self,
-        identity: str,
-        array: np.ndarray,
-        key_data: tuple[int, ...],
-        *,
-        master: Path | None = None,
-        digest: bytes | None = None,
-        flight: Flight | None = None,
-    ) -> None:
+    def __init__(self, identity: str, stored: Stored, key_data: tuple[int, ...], readers: int = 0) -> None:
         self.identity = identity
-        self.array = array
+        self.stored = stored
         self.key_data = key_data
-        self.nbytes = array.nbytes
-        self.master = master
-        self.digest = digest
-        self.flight = flight  # made whole by this flight, not yet wound up (its digest may be due)
+        self.counted = stored.nbytes + OVERHEAD_BYTES
+        self.readers = readers
+        self.evicted = False
 
-    def unlink(self) -> None:
-        if self.master is not None:
-            with contextlib.suppress(OSError):
-                self.master.unlink()
+    @property
+    def array(self) -> np.ndarray:
+        return self.stored.array
 
 
 class Flight:
@@ -112,20 +107,21 @@ class Flight:
         self.identity = identity
         self.resolved = resolved  # the whole tensor's request
         self.how = how  # MISS or DISK, what its first caller is told
-        self.buffer = np.empty(resolved.stop - resolved.start, DTYPES[resolved.out_dtype])
-        self.master: Path | None = None  # the file the buffer is, with shared memory on
-        self.digest: bytes | None = None  # of the whole buffer, once made (with a master only)
-        self.nbytes = self.buffer.nbytes
-        self.filled = 0  # elements made so far
+        self.count = resolved.stop - resolved.start
+        self.dtype = np.dtype(DTYPES[resolved.out_dtype])
+        self.nbytes = self.count * self.dtype.itemsize
+        self.counted = self.nbytes + OVERHEAD_BYTES
+        self.stored: Stored | None = None  # made before anything is produced
+        self.filled = 0  # elements made so far (as the event loop knows)
         self.key_data: tuple[int, ...] | None = None
         self.error: BaseException | None = None
         self.done = False
         self.started = False
         self.callers = 0
+        self.entry: Entry | None = None  # what it became once made: its callers then read that
         self.stop = threading.Event()  # set when nobody wants it any more
         self.task: asyncio.Future[None] | None = None  # its producer, cancelled with it
         self.filling = False  # its copying thread runs (then the stop event ends it, not a cancel)
-        self.unlinked = False
         self._changed = asyncio.Event()  # set (and replaced) whenever the above change
 
     # -- the producer's side (progress and the end come here on the event loop) --
@@ -138,35 +134,15 @@ class Flight:
         self.key_data = tuple(key_data)
         self._wake()
 
-    def use_master(self, regions: Regions) -> None:
-        """With shared memory on, make the buffer a file of its directory (blocking: on a
-        thread, before anything is made): same-host callers then get links to it, not
-        copies. Small tensors keep theirs: a copy of them costs less than a file."""
-        if self.nbytes < MASTER_MIN_BYTES or self.filled or sys.byteorder != "little":
-            return  # (a region holds wire bytes: little-endian; elsewhere the buffer is not them)
-        made = regions.master(self.nbytes)
-        if made is not None:
-            self.master, raw = made
-            self.buffer = raw.view(self.buffer.dtype)
-            if self.unlinked:  # the flight ended meanwhile (its callers left): nobody will
-                with contextlib.suppress(OSError):
-                    made[0].unlink()
-
     def finish(self, error: BaseException | None) -> None:
         self.error = error
         self.done = True
         self._wake()
 
     async def ended(self) -> None:
-        """Wait until making it has ended (its digest is known then, with a master)."""
+        """Wait until making it has ended."""
         while not self.done:
             await self._changed.wait()
-
-    def unlink(self) -> None:
-        self.unlinked = True  # (a master made on a thread after this is unlinked there)
-        if self.master is not None:
-            with contextlib.suppress(OSError):
-                self.master.unlink()
 
     def _wake(self) -> None:
         self._changed.set()
@@ -183,14 +159,19 @@ class Flight:
         return self.key_data
 
     async def pieces(self, start: int, stop: int) -> AsyncIterator[np.ndarray]:
-        """Elements [start, stop) of the tensor as they are made (views of the buffer)."""
+        """Elements [start, stop) of the tensor as they are made and checked (views of the
+        buffer): only whole blocks whose digests are fixed, each checked against them."""
         position = start
         while position < stop:
             if self.error is not None:
                 raise self.error
-            if self.filled > position:
-                end = min(self.filled, stop)
-                yield self.buffer[position:end]
+            stored = self.stored
+            available = 0 if stored is None else min(self.filled, stored.checked_to())
+            if available > position:
+                end = min(available, stop, position + SEGMENT_BYTES // self.dtype.itemsize)
+                assert stored is not None
+                await _verify(stored, position, end)
+                yield stored.array[position:end]
                 position = end
                 continue
             if self.done:  # done without error yet short: only when it was stopped
@@ -198,44 +179,56 @@ class Flight:
             await self._changed.wait()
 
 
+async def _verify(stored: Stored, start: int, stop: int) -> None:
+    """:meth:`Stored.verify`, on a thread when it is more than a little."""
+    if stored.sealed:
+        return
+    if (stop - start) * stored.array.itemsize <= INLINE_BYTES:
+        stored.verify(start, stop)
+    else:
+        await asyncio.to_thread(stored.verify, start, stop)
+
+
 class Share:
     """A caller's hold on a shared answer: an :class:`Entry` (a hit) or a :class:`Flight`.
-    :meth:`release` (idempotent) lets a flight go when no caller holds it any more."""
+    :meth:`release` (idempotent) lets it go: a flight when no caller holds it any more, an
+    evicted entry's memory when nobody reads it any more."""
 
     def __init__(self, results: Results, how: str, entry: Entry | None = None, flight: Flight | None = None) -> None:
         self._results = results
         self.how = how
         self.entry = entry
         self.flight = flight
-        self._held = flight is not None
+        self._held = True
         if flight is not None:
             flight.callers += 1
+        elif entry is not None:
+            entry.readers += 1
 
     def release(self) -> None:
         if self._held:
             self._held = False
-            assert self.flight is not None
-            self._results._left(self.flight)
+            self._results._let_go(self)
 
     def __del__(self) -> None:
-        # A path that forgets to release cannot keep a flight alive; the loop may be gone.
+        # A path that forgets to release cannot keep a flight or an entry alive; the loop may be gone.
         with contextlib.suppress(Exception):
-            if self._held and self.flight is not None:
+            if self._held:
                 self._held = False
                 loop = self._results._loop
                 if loop is not None and not loop.is_closed():
-                    loop.call_soon_threadsafe(self._results._left, self.flight)
+                    loop.call_soon_threadsafe(self._results._let_go, self)
 
 
 class Results:
     """The single-flight table and the caches (see the module's doc).
 
     Args:
-        capacity: bytes of memory for flights' buffers and cached tensors (0: off).
+        capacity: bytes of memory for everything stored (0: off).
         fingerprint: what besides the request the bytes depend on (the server identity's).
-        directory: a disk cache directory (None: no disk cache), holding at most
-            ``directory_bytes``.
         make: makes a whole tensor's :class:`engine.Generation` (the service's engine call).
+        disk: the disk cache, if any.
+        sealed: keep large tensors in sealed memfds (same-host callers can then be handed them).
     """
 
     def __init__(
@@ -244,25 +237,35 @@ class Results:
         fingerprint: str,
         *,
         make: Callable[[Resolved], Awaitable[engine.Generation]],
-        directory: str | None = None,
-        directory_bytes: int = 8 * 2**30,
-        regions: Regions | None = None,
+        disk: DiskCache | None = None,
+        sealed: bool = True,
     ) -> None:
         self.capacity = capacity
         self.fingerprint = fingerprint
-        self.directory = Path(directory) if directory else None
-        self.directory_bytes = directory_bytes
-        if self.directory is not None:
-            self.directory.mkdir(parents=True, exist_ok=True)
+        self.disk = disk
         self._make = make
-        self._regions = regions
+        self._sealed = sealed
         self._entries: collections.OrderedDict[str, Entry] = collections.OrderedDict()
         self._flights: dict[str, Flight] = {}
-        self.cached_bytes = 0  # of the entries
+        self.cached_bytes = 0  # of the entries in the cache
+        self.draining_bytes = 0  # of evicted entries still read
         self.reserved_bytes = 0  # of the flights' buffers
-        self.counts = {HIT: 0, MISS: 0, SHARED: 0, DISK: 0, NONE: 0, "evicted": 0, "disk_rejected": 0}
+        self.counts = {
+            HIT: 0,
+            MISS: 0,
+            SHARED: 0,
+            DISK: 0,
+            NONE: 0,
+            "evicted": 0,
+            "disk_rejected": 0,
+            "integrity_failures": 0,
+        }
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._disk_lock = threading.Lock()
+
+    @property
+    def held_bytes(self) -> int:
+        """Everything stored, as counted against the capacity."""
+        return self.cached_bytes + self.draining_bytes + self.reserved_bytes
 
     # -- finding and making shares --
 
@@ -279,18 +282,18 @@ class Results:
             self.counts[HIT] += 1
             return Share(self, HIT, entry=entry)
         if (flight := self._flights.get(identity)) is not None:
-            if flight.error is None and flight.key_data is not None and flight.filled == len(flight.buffer):
-                self.counts[HIT] += 1  # made whole, its producer not yet wound up
-                return Share(self, HIT, entry=Entry(identity, flight.buffer, flight.key_data, flight=flight))
-            self.counts[SHARED] += 1
-            return Share(self, SHARED, flight=flight)
+            made = flight.stored is not None and flight.stored.digest is not None and flight.error is None
+            how = HIT if made else SHARED  # (made whole, its producer not yet wound up: a hit)
+            self.counts[how] += 1
+            return Share(self, how, flight=flight)
         whole = _whole(resolved)
-        nbytes = (whole.stop - whole.start) * DTYPES[whole.out_dtype].itemsize
-        if resolved.is_range and not self._on_disk(identity):
+        on_disk = self.disk is not None and self.disk.contains(identity)
+        if resolved.is_range and not on_disk:
             return self._unshared()  # a range alone is made alone: it may be a small part of the tensor
-        if nbytes > self.capacity or not self._reserve(nbytes):
+        counted = (whole.stop - whole.start) * DTYPES[whole.out_dtype].itemsize + OVERHEAD_BYTES
+        if not self._reserve(counted):
             return self._unshared()
-        how = DISK if self._on_disk(identity) else MISS
+        how = DISK if on_disk else MISS
         flight = Flight(identity, whole, how)
         self._flights[identity] = flight
         self.counts[how] += 1
@@ -310,85 +313,151 @@ class Results:
         flight.started = True
         flight.task = asyncio.ensure_future(self._produce(flight, hold))
 
-    # -- the caches --
-
-    def _reserve(self, nbytes: int) -> bool:
-        while self.cached_bytes + self.reserved_bytes + nbytes > self.capacity and self._entries:
-            _, old = self._entries.popitem(last=False)
-            old.unlink()  # callers holding links to it keep theirs
-            self.cached_bytes -= old.nbytes
-            self.counts["evicted"] += 1
-        if self.cached_bytes + self.reserved_bytes + nbytes > self.capacity:
+    async def checked(self, share: Share) -> bool:
+        """Check a hit's whole tensor against its digests before it is served; False (the
+        entry evicted, an ERROR logged and counted) when it differs: make it again."""
+        entry = share.entry
+        if entry is None:
+            return True
+        try:
+            for start in range(0, entry.stored.array.size, SEGMENT_BYTES // entry.stored.array.itemsize):
+                stop = min(entry.stored.array.size, start + SEGMENT_BYTES // entry.stored.array.itemsize)
+                await _verify(entry.stored, start, stop)
+        except Corrupt as exc:
+            self.corrupt(entry.identity, exc)
             return False
-        self.reserved_bytes += nbytes
         return True
 
-    def _left(self, flight: Flight) -> None:
-        flight.callers -= 1
-        if flight.callers <= 0 and not flight.done and flight.filled < len(flight.buffer):
-            flight.stop.set()  # nobody wants it: stop making it; a caller that comes now starts anew
-            if self._flights.get(flight.identity) is flight:
-                del self._flights[flight.identity]
-            if not flight.started:  # never begun: give its reservation back now
-                flight.finish(RuntimeError("abandoned before it began"))
-                self._ended(flight)
-            elif flight.task is not None and not flight.filling:
-                # still being prepared (a whole-tensor worker computing, say): cancelled, which
-                # stops the worker; once elements flow, the stop event ends the copying
-                flight.task.cancel()
+    def corrupt(self, identity: str, exc: Exception) -> None:
+        """A stored tensor differs from its digests: never served again."""
+        self.counts["integrity_failures"] += 1
+        log.error("a cached tensor (%s) no longer matches its digest: evicted, made again (%s)", identity[:16], exc)
+        if (entry := self._entries.pop(identity, None)) is not None:
+            self.cached_bytes -= entry.counted
+            self._evict(entry)
 
-    def _ended(self, flight: Flight) -> None:
-        """A flight is over: cache what it made, or forget it."""
+    # -- the caches --
+
+    def _reserve(self, counted: int) -> bool:
+        if counted > self.capacity:
+            return False
+        while self.held_bytes + counted > self.capacity and self._entries:
+            _, old = self._entries.popitem(last=False)
+            self.cached_bytes -= old.counted
+            self.counts["evicted"] += 1
+            self._evict(old)
+        if self.held_bytes + counted > self.capacity:
+            return False
+        self.reserved_bytes += counted
+        return True
+
+    def _evict(self, entry: Entry) -> None:
+        """``entry`` leaves the cache: its memory goes now, or when its last reader is done."""
+        entry.evicted = True
+        if entry.readers > 0:
+            self.draining_bytes += entry.counted
+        else:
+            entry.stored.close()
+
+    def _let_go(self, share: Share) -> None:
+        if share.flight is not None:
+            flight = share.flight
+            flight.callers -= 1
+            if flight.entry is not None:  # made meanwhile: the caller was reading the entry
+                self._read_done(flight.entry)
+            elif flight.callers <= 0 and not flight.done:
+                self._abandon(flight)
+        elif share.entry is not None:
+            self._read_done(share.entry)
+
+    def _read_done(self, entry: Entry) -> None:
+        entry.readers -= 1
+        if entry.readers <= 0 and entry.evicted:
+            self.draining_bytes -= entry.counted
+            entry.stored.close()
+
+    def _abandon(self, flight: Flight) -> None:
+        flight.stop.set()  # nobody wants it: stop making it; a caller that comes now starts anew
         if self._flights.get(flight.identity) is flight:
             del self._flights[flight.identity]
-        self.reserved_bytes -= flight.nbytes
-        made = flight.error is None and flight.key_data is not None and flight.filled == len(flight.buffer)
-        if made and (old := self._entries.pop(flight.identity, None)) is not None:
-            # made twice (a retry raced a flight whose callers had just left): keep one
-            self.cached_bytes -= old.nbytes
-            old.unlink()
-        if made:
-            assert flight.key_data is not None
-            entry = Entry(flight.identity, flight.buffer, flight.key_data, master=flight.master, digest=flight.digest)
-            if self._reserve(entry.nbytes):  # room again, as the reservation just went back
-                self.reserved_bytes -= entry.nbytes
-                self._entries[entry.identity] = entry
-                self.cached_bytes += entry.nbytes
-            else:
-                entry.unlink()
-            if self.directory is not None and flight.how == MISS:
-                threading.Thread(target=self._write, args=(entry, flight.resolved), daemon=True).start()
+        if not flight.started:  # never begun: give its reservation back now
+            flight.finish(RuntimeError("abandoned before it began"))
+            self._ended(flight)
+        elif flight.task is not None and not flight.filling:
+            # still being prepared (a whole-tensor worker computing, say): cancelled, which
+            # stops the worker; once elements flow, the stop event ends the copying
+            flight.task.cancel()
+
+    def _ended(self, flight: Flight) -> None:
+        """A flight is over: cache what it made (its callers now read the entry), or forget it."""
+        if self._flights.get(flight.identity) is flight:
+            del self._flights[flight.identity]
+        self.reserved_bytes -= flight.counted
+        stored = flight.stored
+        if not (flight.error is None and flight.key_data is not None and stored is not None and stored.digest):
+            if stored is not None and flight.callers <= 0:
+                stored.close()
+            return
+        entry = Entry(flight.identity, stored, flight.key_data, readers=flight.callers)
+        flight.entry = entry
+        if (old := self._entries.pop(flight.identity, None)) is not None:
+            # made twice (a retry raced a flight whose callers had just left): keep the new one
+            self.cached_bytes -= old.counted
+            self._evict(old)
+        if self._reserve(entry.counted):  # room again, as the reservation just went back
+            self.reserved_bytes -= entry.counted
+            self._entries[entry.identity] = entry
+            self.cached_bytes += entry.counted
         else:
-            flight.unlink()
+            self._evict(entry)
+        if self.disk is not None and flight.how == MISS and not entry.evicted:
+            entry.readers += 1  # the writer reads it: its memory counts until written
+            loop = asyncio.get_running_loop()
+            fields = {
+                "canonical": flight.resolved.canonical,
+                "tensor_digest": _tensor_digest(flight.resolved),
+                "dtype": flight.resolved.out_dtype,
+                "key_data": list(entry.key_data),
+            }
+
+            def written() -> None:
+                loop.call_soon_threadsafe(self._read_done, entry)
+
+            if not self.disk.write(entry.identity, stored, fields, written):
+                entry.readers -= 1
 
     def clear(self) -> None:
         for entry in self._entries.values():
-            entry.unlink()
+            self.cached_bytes -= entry.counted
+            self._evict(entry)
         self._entries.clear()
-        self.cached_bytes = 0
 
-    async def shared_file(self, share: Share) -> tuple[Path, bytes] | None:
-        """The file holding ``share``'s whole tensor and its digest, once it is made (with
-        shared memory on; None otherwise, or when it failed)."""
+    async def sealed(self, share: Share) -> tuple[Stored, bytes] | None:
+        """``share``'s whole tensor as a sealed buffer and its digest, once it is made (None:
+        it is not sealed, or it failed)."""
         entry, flight = share.entry, share.flight
-        source: Entry | Flight | None = flight or (entry.flight if entry is not None else None) or entry
-        if isinstance(source, Flight):
-            await source.ended()
-            if source.error is not None:
-                return None
-        if source is None or source.master is None or source.digest is None:
+        if flight is not None:
+            await flight.ended()
+            entry = flight.entry
+        if entry is None or not entry.stored.sealed or entry.stored.digest is None:
             return None
-        return source.master, source.digest
+        return entry.stored, entry.stored.digest
 
     def state(self) -> dict[str, Any]:
+        counts = dict(self.counts)
+        if self.disk is not None:
+            counts["disk_rejected"] += self.disk.counts["disk_rejected"]
+            counts.update({k: v for k, v in self.disk.counts.items() if k != "disk_rejected"})
         return {
             "capacity_bytes": self.capacity,
             "cached_bytes": self.cached_bytes,
             "cached_tensors": len(self._entries),
             "reserved_bytes": self.reserved_bytes,
+            "draining_bytes": self.draining_bytes,
+            "held_bytes": self.held_bytes,
             "flights": len(self._flights),
-            "directory": str(self.directory) if self.directory else None,
-            **{f"{name}_total": count for name, count in self.counts.items()},
+            "disk": self.disk.state() if self.disk is not None else None,
+            **{f"{name}_total": count for name, count in counts.items()},
         }
 
     # -- producing --
@@ -396,131 +465,60 @@ class Results:
     async def _produce(self, flight: Flight, hold: Callable[[], None] | None) -> None:
         loop = asyncio.get_running_loop()
         try:
-            if self._regions is not None and flight.nbytes >= MASTER_MIN_BYTES:
-                await asyncio.to_thread(flight.use_master, self._regions)
-            if flight.how == DISK and await asyncio.to_thread(self._read, flight):
-                pass  # read and checked: every element is there
+            sealed = self._sealed and flight.nbytes >= SEALED_MIN_BYTES
+            if sealed:
+                flight.stored = await asyncio.to_thread(Stored, flight.count, flight.dtype, sealed=True)
             else:
-                if flight.how == DISK:  # unreadable or wrong on disk: made instead
+                flight.stored = Stored(flight.count, flight.dtype, sealed=False)
+            stored = flight.stored
+            key_data = None
+            if flight.how == DISK and self.disk is not None:
+                key_data = await self.disk.read(flight.identity, _tensor_digest(flight.resolved), stored)
+                if key_data is None:  # unreadable or wrong on disk: made instead
                     self.counts[DISK] -= 1
                     self.counts[MISS] += 1
+                    flight.how = MISS
+                    if stored.filled:  # partly read: start afresh
+                        stored.close()
+                        stored = flight.stored = await asyncio.to_thread(
+                            Stored, flight.count, flight.dtype, sealed=sealed
+                        )
+                else:
+                    flight.ready(key_data)
+                    flight.advance(stored.filled)
+            if key_data is None:
                 flight.how = MISS
                 generation = await self._make(flight.resolved)
                 try:
                     flight.ready(generation.key_data)
                     made = generation.array
-                    fits = made is not None and (made.shape, made.dtype) == (flight.buffer.shape, flight.buffer.dtype)
-                    if made is not None and fits and flight.master is None:
-                        # made already (one chunk): it is the buffer, no copy and no thread hop
-                        flight.buffer = made
-                        flight.advance(len(made))
-                    elif made is not None and made.nbytes <= INLINE_COPY_BYTES:
-                        # made already and small: copied here, no thread hop (microseconds)
-                        flight.advance(_fill(flight, generation, loop))
+                    if made is not None and stored.fd is None and made.size == flight.count:
+                        # made already (one chunk): it is the buffer, no copy (one if it is a view of more)
+                        if made.nbytes <= INLINE_BYTES:
+                            stored.adopt(made)
+                        else:
+                            await asyncio.to_thread(stored.adopt, made)
+                        flight.advance(stored.filled)
+                    elif made is not None and made.nbytes <= INLINE_BYTES:
+                        stored.write(made)
+                        stored.finish()
+                        flight.advance(stored.filled)
                     else:
                         flight.filling = True
                         flight.advance(await asyncio.shield(asyncio.to_thread(_fill, flight, generation, loop)))
                 finally:
                     generation.close()
-            flight.finish(None if flight.filled == len(flight.buffer) else RuntimeError("stopped"))
+            flight.finish(None if stored.digest is not None else RuntimeError("stopped"))
         except BaseException as exc:
             flight.finish(exc)
             if not isinstance(exc, Exception):
                 raise
         finally:
-            self._ended(flight)
-            if hold is not None:
-                hold()
-
-    # -- disk --
-
-    def _paths(self, identity: str) -> tuple[Path, Path]:
-        assert self.directory is not None
-        return self.directory / f"{identity}.bin", self.directory / f"{identity}.json"
-
-    def _on_disk(self, identity: str) -> bool:
-        return self.directory is not None and self._paths(identity)[1].exists()
-
-    def _read(self, flight: Flight) -> bool:
-        """Read a disk entry into the flight's buffer; True when it is whole and its digest
-        matches (otherwise it is deleted, and the tensor is made instead)."""
-        data, meta = self._paths(flight.identity)
-        try:
-            info = json.loads(meta.read_text())
-            if info.get("fingerprint") != self.fingerprint or info.get("tensor_digest") != _tensor_digest(
-                flight.resolved
-            ):
-                raise ValueError("made by another JAX or for another request")
-            view = flight.buffer.view(np.uint8)
-            with open(data, "rb") as f:
-                if f.readinto(view.data) != view.nbytes or f.read(1):
-                    raise ValueError("the file's size is not the tensor's")
-            hasher = new_hasher()
-            hasher.update(view.data)
-            if hasher.digest().hex() != info.get("digest"):
-                raise ValueError("its digest does not match its bytes")
-            key_data = tuple(int(w) for w in info["key_data"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("disk cache entry %s not used (deleted): %s", flight.identity[:16], exc)
-            self.counts["disk_rejected"] += 1
-            for path in (meta, data):
-                with contextlib.suppress(OSError):
-                    path.unlink()
-            return False
-        with contextlib.suppress(OSError):
-            os.utime(meta)  # recently used: evicted last
-        flight.key_data = key_data
-        flight.filled = len(flight.buffer)
-        if flight.master is not None:
-            flight.digest = hasher.digest()
-        return True
-
-    def _write(self, entry: Entry, resolved: Resolved) -> None:
-        """Store ``entry`` in the directory (a thread): the bytes, then the description that
-        makes them an entry, each renamed into place whole; then trim to the size bound."""
-        data, meta = self._paths(entry.identity)
-        view = entry.array.view(np.uint8).data
-        hasher = new_hasher()
-        hasher.update(view)
-        info = {
-            "canonical": resolved.canonical,
-            "tensor_digest": _tensor_digest(resolved),
-            "fingerprint": self.fingerprint,
-            "dtype": resolved.out_dtype,
-            "key_data": list(entry.key_data),
-            "digest": hasher.digest().hex(),
-        }
-        assert self.directory is not None
-        with self._disk_lock:
             try:
-                for path, payload in ((data, view), (meta, json.dumps(info).encode())):
-                    fd, temp = tempfile.mkstemp(dir=self.directory, prefix=".partial-")
-                    try:
-                        with os.fdopen(fd, "wb") as f:
-                            f.write(payload)
-                        os.replace(temp, path)
-                    except BaseException:
-                        with contextlib.suppress(OSError):
-                            os.unlink(temp)
-                        raise
-                self._trim()
-            except OSError as exc:
-                log.warning("disk cache: could not store %s: %s", entry.identity[:16], exc)
-
-    def _trim(self) -> None:
-        metas = sorted(self.directory.glob("*.json"), key=lambda p: p.stat().st_mtime)  # type: ignore[union-attr]
-        sizes = {}
-        for meta in metas:
-            with contextlib.suppress(OSError):
-                sizes[meta] = meta.with_suffix(".bin").stat().st_size + meta.stat().st_size
-        total = sum(sizes.values())
-        for meta in metas:
-            if total <= self.directory_bytes:
-                break
-            for path in (meta, meta.with_suffix(".bin")):
-                with contextlib.suppress(OSError):
-                    path.unlink()
-            total -= sizes.get(meta, 0)
+                if hold is not None:
+                    hold()
+            finally:
+                self._ended(flight)
 
 
 def _whole(resolved: Resolved) -> Resolved:
@@ -544,24 +542,20 @@ def _whole(resolved: Resolved) -> Resolved:
 
 
 def _fill(flight: Flight, generation: engine.Generation, loop: asyncio.AbstractEventLoop) -> int:
-    """Copy what ``generation`` makes into the flight's buffer (a thread), telling the
-    event loop as it goes; stops early when nobody wants the tensor any more. A buffer that
-    is a file (shared memory) is hashed as it fills, for the links same-host callers get."""
-    filled = 0
-    hasher = new_hasher() if flight.master is not None else None
+    """Write what ``generation`` makes into the flight's stored buffer (a thread), telling
+    the event loop as it goes; stops early when nobody wants the tensor any more. Once
+    whole, the digest is fixed (and a memfd sealed and checked)."""
+    stored = flight.stored
+    assert stored is not None
     produce = generation.produce()
     try:
         for piece in produce:
-            n = piece.size
-            flight.buffer[filled : filled + n] = piece.reshape(-1)
-            if hasher is not None:
-                hasher.update(flight.buffer[filled : filled + n].view(np.uint8).data)
-            filled += n
+            filled = stored.write(piece)
             loop.call_soon_threadsafe(flight.advance, filled)
             if flight.stop.is_set():
                 break
     finally:
         produce.close()  # type: ignore[attr-defined]
-    if hasher is not None and filled == len(flight.buffer) and not flight.stop.is_set():
-        flight.digest = hasher.digest()
-    return filled
+    if stored.filled == flight.count and not flight.stop.is_set():
+        stored.finish()
+    return stored.filled

@@ -22,6 +22,7 @@ from jaxinit.protocol.keys import KEY_IMPLS, Key
 from jaxinit.protocol.provenance import Provenance
 from jaxinit_server.core import chunked, engine, results
 from jaxinit_server.core.admission import UNSET, Admission, Ticket
+from jaxinit_server.core.disk_cache import DiskCache
 from jaxinit_server.core.model_init import InitModelParams, ResolvedModel, resolve_model
 from jaxinit_server.core.provenance import ServerIdentity, server_identity
 from jaxinit_server.core.regions import Regions
@@ -90,13 +91,14 @@ class Service:
             else None
         )
         # Identical requests share one generation; repeats come from memory or disk.
+        fingerprint = f"{self.identity.fingerprint}/jaxinit {self.identity.jaxinit_version}"
         self.results = results.Results(
             cache_bytes,
-            f"{self.identity.fingerprint}/jaxinit {self.identity.jaxinit_version}",
+            fingerprint,
             make=self._generation,
-            directory=cache_dir,
-            directory_bytes=cache_dir_bytes,
-            regions=self.regions,
+            disk=DiskCache(cache_dir, cache_dir_bytes, fingerprint, queue_bytes=max(cache_bytes, 2**20))
+            if cache_dir and cache_bytes
+            else None,
         )
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="jaxinit-jax")
         # Model expansion and checks: linear in a model's size, so seconds for a big one; on
@@ -345,10 +347,12 @@ class Service:
         submitted = time.perf_counter()
         timings: dict[str, float] = {}
         try:
-            if share is None:
+            generation = None if share is None else await self._shared(share, resolved, ticket, timings)
+            if generation is None:  # not shared, or a stored tensor that failed its check: made here
+                if share is not None:
+                    share.release()
+                    share = None
                 generation = await self._generation(resolved, timings)
-            else:
-                generation = await self._shared(share, resolved, ticket, timings)
             if output is not None and output.needs_whole:
                 # A model's tensor in the PyTorch layout (a transpose): rearranged here, where
                 # the model is streamed, so the byte stream below only sends.
@@ -406,17 +410,28 @@ class Service:
 
     async def _shared(
         self, share: results.Share, resolved: Resolved, ticket: Ticket, timings: dict[str, float]
-    ) -> engine.Generation:
-        """``resolved`` from a shared answer: a slice of a cached tensor, or a flight's
-        elements as they are made (started here if nobody has; the ticket of the caller that
-        made it a flight pays for making it, and is held until it is made)."""
+    ) -> engine.Generation | None:
+        """``resolved`` from a shared answer: a slice of a cached tensor (checked against its
+        digests first: None when it failed, to be made again), or a flight's elements as
+        they are made (started here if nobody has; the ticket of the caller that made it a
+        flight pays for making it, and is held until it is made)."""
         start, stop = resolved.start, resolved.stop
-        # A whole tensor, with shared memory on: same-host callers get links to its file.
-        shared_file = None if resolved.is_range else functools.partial(self.results.shared_file, share)
+        whole = not resolved.is_range
+        # A whole tensor: same-host callers are handed its sealed buffer; what is sent must
+        # match the digest fixed when it was made.
+        sealed = functools.partial(self.results.sealed, share) if whole else None
         if share.entry is not None:
-            array = share.entry.array[start:stop]
+            entry = share.entry
+            if not await self.results.checked(share):
+                return None
             return engine.Generation(
-                resolved, share.entry.key_data, route="cache", array=array, shared_file=shared_file
+                resolved,
+                entry.key_data,
+                route="cache",
+                array=entry.array[start:stop],
+                close=share.release,
+                sealed=sealed,
+                fixed_digest=(lambda: entry.stored.digest) if whole else None,
             )
         flight = share.flight
         assert flight is not None
@@ -432,7 +447,8 @@ class Service:
             route="shared",
             feed=lambda: flight.pieces(start, stop),
             close=share.release,
-            shared_file=shared_file,
+            sealed=sealed,
+            fixed_digest=(lambda: flight.stored.digest if flight.stored is not None else None) if whole else None,
         )
 
     def warm_up(self) -> None:
@@ -496,6 +512,8 @@ class Service:
         self.whole.close()
         if self.regions is not None:
             self.regions.close()
+        if self.results.disk is not None:
+            self.results.disk.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._model_executor.shutdown(wait=False, cancel_futures=True)
 

@@ -115,31 +115,38 @@ class TensorStream:
                     if token is not None and self._watch is not None:  # the reader took it: progress
                         self._watch.progress(token)
                 offset += len(data)
+            self._check(hasher.digest())
             self._digest = hasher.digest()
         finally:
             if token is not None and self._watch is not None:
                 self._watch.end(token)
             self.close()
 
-    async def to_region(self, regions: Regions, *, wait: bool = False) -> str | None:
-        """Write the bytes into a new shared-memory region instead of sending them, and
-        return its name; :meth:`digest` is then known. None, with nothing consumed, when the
-        directory has no room for it (the caller sends it in the stream instead). A region
-        left half-written (an error, the caller gone) is deleted. ``wait``: see
-        :meth:`Regions.room`."""
+    async def to_region(self, regions: Regions) -> str | None:
+        """Hand the bytes to a same-host caller as a sealed shared-memory region instead of
+        sending them, and return its name; :meth:`digest` is then known. None, with nothing
+        consumed, when shared memory has no room for it (the caller sends it in the stream
+        instead). A tensor stored sealed (made for many callers) is handed over as it is; any
+        other is copied into a new region, sealed once written whole."""
         try:
-            await regions.room(self.nbytes, wait=wait)
-            if self._generation.shared_file is not None:  # made once for many: a link, no copy
-                made = await self._generation.shared_file()
-                name = regions.link(made[0], self.nbytes) if made is not None else None
-                if name is not None and made is not None:
-                    self._digest = made[1]
-                    self.close()
-                    return name
-            region = regions.create(self.nbytes)
+            if not regions.room(self.nbytes):
+                return None
+            if self._generation.sealed is not None:
+                made = await self._generation.sealed()
+                if made is not None:
+                    stored, digest = made
+                    fd = stored.dup()
+                    name = regions.offer(fd, self.nbytes) if fd is not None else None
+                    if name is not None:
+                        self._digest = digest
+                        self.close()
+                        return name
+            region = regions.region(self.nbytes)
         except BaseException:
             self.close()
             raise
+        if region is None:
+            return None
         try:
             await asyncio.to_thread(region.reserve)
         except OSError as exc:
@@ -165,17 +172,23 @@ class TensorStream:
                     write(data)
                 else:
                     await asyncio.to_thread(write, data)
-            regions.written_whole(region)
-        except OSError as exc:  # reserved, so not for room: the directory went away, say
-            region.delete()
+            self._check(hasher.digest())
+            name = regions.offer(region.seal(), self.nbytes, room_checked=True)
+        except OSError as exc:  # reserved, so not for room
             raise ServerUnavailable(f"could not write the shared-memory region: {exc}; retry") from None
-        except BaseException:
-            region.delete()
-            raise
         finally:
+            region.delete()
             self.close()
         self._digest = hasher.digest()
-        return region.name
+        return name
+
+    def _check(self, digest: bytes) -> None:
+        """Stored bytes must be the ones their digest was fixed for when they were made: a
+        difference ends the answer with a retryable error, never wrong bytes with their digest."""
+        expected = self._generation.fixed_digest() if self._generation.fixed_digest is not None else None
+        if expected is not None and expected != digest:
+            log.error("stored bytes of %s differ from the digest fixed when they were made", self.resolved.spec.name)
+            raise ServerUnavailable("a stored tensor failed its integrity check; it was not sent whole, retry")
 
     async def array(self) -> np.ndarray:
         """What is sent, in memory (for answers that need it whole, such as JSON)."""

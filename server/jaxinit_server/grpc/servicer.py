@@ -131,18 +131,16 @@ async def frames(
     call: Call,
     model_bytes: int = 0,
     regions: Regions | None = None,
-    many: bool = False,
 ) -> AsyncIterator[pb.TensorChunk]:
     """The messages that carry one tensor: its header, its bytes, then their digest.
     ``model_bytes``: a model's whole size, on each of its tensors' headers. With
     ``regions`` (a same-host caller's shared memory), the bytes go into a region the
     header names, and only the digest follows it (in the stream after all when shared
-    memory is full); ``many``: one of a stream's tensors, which waits for room its
-    caller frees by mapping the ones before."""
+    memory has no room)."""
     call.timings = tensor.timings
     region = None
     if regions is not None and tensor.nbytes:
-        region = await tensor.to_region(regions, wait=many)
+        region = await tensor.to_region(regions)
     if region is not None:
         yield pb.TensorChunk(
             request_id=request_id, header=header_to_proto(tensor, chunk_bytes, model_bytes, region=region)
@@ -265,7 +263,7 @@ class InitializersServicer(pb_grpc.InitializersServicer):  # type: ignore[misc]
                 if regions is not None:  # written whole before its header: its errors are the item's
                     try:
                         messages = [
-                            m async for m in frames(tensor, request_id, self._chunk, call, regions=regions, many=True)
+                            m async for m in frames(tensor, request_id, self._chunk, call, regions=regions)
                         ]
                     except JaxinitError as exc:
                         call.close(exc)
@@ -334,7 +332,7 @@ class InitializersServicer(pb_grpc.InitializersServicer):  # type: ignore[misc]
                 if isinstance(tensor, JaxinitError):
                     yield error_to_proto(tensor, name)
                     continue
-                async for message in frames(tensor, name, self._chunk, call, model.nbytes, regions=regions, many=True):
+                async for message in frames(tensor, name, self._chunk, call, model.nbytes, regions=regions):
                     yield message
         except Exception as exc:
             error = domain_error(exc)
