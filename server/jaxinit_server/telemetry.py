@@ -256,7 +256,22 @@ class _ResultsCollector(Collector):
             "Disk cache entries deleted unread (digest, size or origin wrong)",
             value=state["disk_rejected_total"],
         )
+        yield CounterMetricFamily(
+            "jaxinit_result_cache_integrity_failures",
+            "Stored tensors whose bytes no longer matched the digests fixed when they were made (never served)",
+            value=state["integrity_failures_total"],
+        )
+        yield CounterMetricFamily(
+            "jaxinit_result_cache_disk_dropped",
+            "Tensors not written to the disk cache because its write queue was full",
+            value=state.get("disk_dropped_total", 0),
+        )
         yield GaugeMetricFamily("jaxinit_result_cache_bytes", "Bytes of cached tensors", value=state["cached_bytes"])
+        yield GaugeMetricFamily(
+            "jaxinit_result_cache_held_bytes",
+            "Bytes the cache counts against --cache-bytes: cached, reserved, and evicted but still read",
+            value=state["held_bytes"],
+        )
         yield GaugeMetricFamily(
             "jaxinit_result_cache_tensors", "Tensors in the memory cache", value=state["cached_tensors"]
         )

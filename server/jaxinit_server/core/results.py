@@ -365,8 +365,8 @@ class Results:
             flight.callers -= 1
             if flight.entry is not None:  # made meanwhile: the caller was reading the entry
                 self._read_done(flight.entry)
-            elif flight.callers <= 0 and not flight.done:
-                self._abandon(flight)
+            elif flight.callers <= 0 and not flight.done and (flight.stored is None or flight.stored.digest is None):
+                self._abandon(flight)  # (one made whole whose producer is winding up is cached, not dropped)
         elif share.entry is not None:
             self._read_done(share.entry)
 
@@ -421,7 +421,8 @@ class Results:
             }
 
             def written() -> None:
-                loop.call_soon_threadsafe(self._read_done, entry)
+                with contextlib.suppress(RuntimeError):  # (the loop closed: nobody counts any more)
+                    loop.call_soon_threadsafe(self._read_done, entry)
 
             if not self.disk.write(entry.identity, stored, fields, written):
                 entry.readers -= 1

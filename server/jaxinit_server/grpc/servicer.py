@@ -262,9 +262,7 @@ class InitializersServicer(pb_grpc.InitializersServicer):  # type: ignore[misc]
                     continue
                 if regions is not None:  # written whole before its header: its errors are the item's
                     try:
-                        messages = [
-                            m async for m in frames(tensor, request_id, self._chunk, call, regions=regions)
-                        ]
+                        messages = [m async for m in frames(tensor, request_id, self._chunk, call, regions=regions)]
                     except JaxinitError as exc:
                         call.close(exc)
                         sent()
