@@ -154,10 +154,11 @@ class DiskCache:
             with contextlib.suppress(OSError):
                 path.unlink()
 
-    def _trim(self) -> None:
+    def _trim(self, incoming: int = 0) -> None:
+        """Delete the least recently used entries until ``incoming`` more bytes fit."""
         while True:
             with self._lock:
-                if self._total <= self.max_bytes or not self._index:
+                if self._total + incoming <= self.max_bytes or not self._index:
                     return
                 identity, size = self._index.popitem(last=False)
                 self._total -= size
@@ -278,10 +279,12 @@ class DiskCache:
                 raise
         size = stored.nbytes + meta.stat().st_size
         with self._lock:
-            self._total += size - self._index.pop(identity, 0)
+            self._total -= self._index.pop(identity, 0)
+        self._trim(size)
+        with self._lock:
+            self._total += size
             self._index[identity] = size
         self.counts["disk_written"] += 1
-        self._trim()
 
     def close(self) -> None:
         self._queue.put(None)
