@@ -68,7 +68,8 @@ class Settings(BaseSettings):
         256 * 2**20,
         ge=0,
         description="memory for whole tensors made once and shared: identical requests in flight share one "
-        "generation, repeats are served from it (LRU by bytes); 0: off",
+        "generation, repeats are served from it (LRU by bytes; every stored byte counts, those still read after "
+        "eviction too); 0: off",
     )
     cache_dir: str | None = Field(
         None, description="also keep made tensors in this directory (checked by digest when read; survives restarts)"
@@ -76,15 +77,16 @@ class Settings(BaseSettings):
     cache_dir_bytes: int = Field(8 * 2**30, ge=0, description="most bytes --cache-dir holds (oldest used go first)")
     shared_memory: bool = Field(
         False,
-        description="offer same-host callers their tensors in shared memory (a file they map, no socket): only "
-        "callers that can read the server's token file (its user, on its host) are served so",
+        description="offer same-host callers their tensors in shared memory (Linux: a sealed memory file handed "
+        "over a Unix socket, no socket copy): only callers that can read the server's token file (its user, on its "
+        "host) are served so",
     )
     shared_memory_dir: str = Field("/dev/shm", description="where --shared-memory makes its directory (memory-backed)")
     shared_memory_lease: float = Field(
-        60.0, gt=0, description="seconds a written region waits for its caller to map it before it is deleted"
+        60.0, gt=0, description="seconds a region waits for its caller to claim it before it is closed"
     )
     shared_memory_bytes: int = Field(
-        2**32, ge=0, description="most bytes of regions written and not yet mapped; more: 429"
+        2**32, ge=0, description="most bytes of regions offered and not yet claimed; past that, the stream"
     )
     warm_up: bool = Field(True, description="run a few requests before reporting ready")
     compilation_cache_dir: str | None = Field(
