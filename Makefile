@@ -31,23 +31,24 @@ $(VENV)/.serve: $(SETUP_DEPS)
 	$(INSTALL) -e . -e ./server
 	touch $@
 
-# make test (and the benchmarks): + what the default test tiers need.
+# make test (and the benchmarks): + what the default test tiers need. Each line below
+# installs all that the ones above it do, so it marks them done too.
 setup: $(VENV)/.test
 $(VENV)/.test: $(SETUP_DEPS)
 	$(INSTALL) -e '.[all]' -e './server[test]'
-	touch $@
+	touch $(VENV)/.serve $@
 
 # make lint, make typecheck: + ruff and mypy (mypy reads the libraries the tests install).
 setup-lint: $(VENV)/.lint
 $(VENV)/.lint: $(SETUP_DEPS)
 	$(INSTALL) -e '.[all]' -e './server[test,lint]'
-	touch $@
+	touch $(VENV)/.serve $(VENV)/.test $@
 
 # The release tier's heavy interop: + PyTorch (the PyTorch-layout tests), see server/pyproject.toml.
 setup-release: $(VENV)/.release
 $(VENV)/.release: $(SETUP_DEPS)
 	$(INSTALL) -e '.[all]' -e './server[test,release]'
-	touch $@
+	touch $(VENV)/.serve $(VENV)/.test $@
 
 serve: setup-serve
 	$(VENV)/bin/jaxinit-server --host $(HOST) --grpc-port $(GRPC_PORT) --http-port $(HTTP_PORT)
