@@ -66,7 +66,12 @@ def test_both_wheels_build_from_a_read_only_checkout_and_write_nothing_there(
     assert after == before, sorted(set(after) ^ set(before)) or "a file changed"
     wheels = {path.name.split("-")[0]: path for path in out.glob("*.whl")}
     assert set(wheels) == {"jaxinit", "jaxinit_server"}, sorted(wheels)
+    sources = {"jaxinit": read_only_checkout / "client", "jaxinit_server": read_only_checkout / "server"}
     for name, path in wheels.items():
         with zipfile.ZipFile(path) as wheel:
-            tops = {entry.split("/")[0] for entry in wheel.namelist()}
+            entries = set(wheel.namelist())
+        tops = {entry.split("/")[0] for entry in entries}
         assert tops == {name, f"{name}-{jaxinit.__version__}.dist-info"}, tops
+        # Every module of the package, py.typed and the stubs' .pyi included.
+        source = {str(f.relative_to(sources[name])) for f in (sources[name] / name).rglob("*") if f.is_file()}
+        assert source and source <= entries, sorted(source - entries)
