@@ -1,6 +1,6 @@
 # The two commands a newcomer needs:
-#   make serve   set everything up, start the server (gRPC :50051, HTTP :8000)
-#   make test    set everything up, run the whole test suite
+#   make serve   set up .venv with the client and the server, start the server (gRPC :50051, HTTP :8000)
+#   make test    set up .venv with what the tests need, run the default test tiers
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,19 +8,49 @@ HOST ?= 127.0.0.1
 GRPC_PORT ?= 50051
 HTTP_PORT ?= 8000
 
-.PHONY: setup system-tools serve test bench bench-export bench-robustness bench-memory load lint typecheck proto clean
+.PHONY: setup setup-serve setup-lint setup-release system-tools serve test bench bench-export bench-robustness bench-memory load lint typecheck proto clean
 
-setup: $(VENV)/.installed
+# Every install: both distributions editable from this checkout (the client, the root, named
+# on each line so that pip never looks the name jaxinit up on the index), pinned by the
+# versions CI tests. tests/integration/test_setup_resolution.py resolves each line below
+# against the public index alone (`make -n` prints them).
+INSTALL := $(PY) -m pip install --quiet -c constraints.txt
+SETUP_DEPS := $(VENV)/.venv pyproject.toml server/pyproject.toml constraints.txt
 
-# Both distributions, editable: the client (the root) and the server (server/), with
-# what the tests need.
-$(VENV)/.installed: pyproject.toml server/pyproject.toml constraints.txt
+# The venv: Python >= 3.11 (the server's JAX needs it), one line saying so otherwise.
+$(VENV)/.venv:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "jaxinit's server needs Python >= 3.11 (JAX 0.10); '$(PYTHON)' is $$(command -v $(PYTHON) >/dev/null && $(PYTHON) -V 2>&1 || echo 'not found'): make $(MAKECMDGOALS) PYTHON=python3.11" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[all]' -e './server[dev]'
 	touch $@
 
-serve: setup
+# make serve: the client and the server, nothing else.
+setup-serve: $(VENV)/.serve
+$(VENV)/.serve: $(SETUP_DEPS)
+	$(INSTALL) -e . -e ./server
+	touch $@
+
+# make test (and the benchmarks): + what the default test tiers need. Each line below
+# installs all that the ones above it do, so it marks them done too.
+setup: $(VENV)/.test
+$(VENV)/.test: $(SETUP_DEPS)
+	$(INSTALL) -e '.[all]' -e './server[test]'
+	touch $(VENV)/.serve $@
+
+# make lint, make typecheck: + ruff and mypy (mypy reads the libraries the tests install).
+setup-lint: $(VENV)/.lint
+$(VENV)/.lint: $(SETUP_DEPS)
+	$(INSTALL) -e '.[all]' -e './server[test,lint]'
+	touch $(VENV)/.serve $(VENV)/.test $@
+
+# The release tier's heavy interop: + PyTorch (the PyTorch-layout tests), see server/pyproject.toml.
+setup-release: $(VENV)/.release
+$(VENV)/.release: $(SETUP_DEPS)
+	$(INSTALL) -e '.[all]' -e './server[test,release]'
+	touch $(VENV)/.serve $(VENV)/.test $@
+
+serve: setup-serve
 	$(VENV)/bin/jaxinit-server --host $(HOST) --grpc-port $(GRPC_PORT) --http-port $(HTTP_PORT)
 
 test: setup system-tools
@@ -58,11 +88,11 @@ bench-memory: setup
 load: setup system-tools
 	$(PY) bench/load.py --json bench/load.json
 
-lint: setup
+lint: setup-lint
 	$(VENV)/bin/ruff check client server tests scripts bench deploy
 	$(VENV)/bin/ruff format --check client server tests scripts bench deploy
 
-typecheck: setup
+typecheck: setup-lint
 	$(VENV)/bin/mypy client/jaxinit server/jaxinit_server
 
 proto: setup

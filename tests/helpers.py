@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import pathlib
 import subprocess
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,7 +14,7 @@ import numpy as np
 
 from jaxinit_server.testing import ServerProcess, running_server
 
-__all__ = ["ROOT", "ServerProcess", "local_jax", "running_server", "tracked_copy"]
+__all__ = ["ROOT", "ServerProcess", "cached_venv", "local_jax", "running_server", "tracked_copy"]
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -26,6 +29,25 @@ def tracked_copy(dest: pathlib.Path) -> pathlib.Path:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             (dest / name).write_bytes((ROOT / name).read_bytes())
     return dest
+
+
+def cached_venv(name: str, *installs: list[str], python: str = sys.executable) -> pathlib.Path:
+    """``.cache/<name>``, a virtual environment of ``python`` made by ``pip install`` of each
+    of ``installs`` in turn, once: made again when they or the client's pyproject.toml
+    change (the marker holds their hash). Returns the environment's python."""
+    venv = ROOT / ".cache" / name
+    venv_python = venv / "bin" / "python"
+    marker = venv / ".installed"
+    recipe = repr((python, installs)).encode() + (ROOT / "pyproject.toml").read_bytes()
+    stamp = hashlib.sha256(recipe).hexdigest()
+    if not marker.exists() or marker.read_text() != stamp:
+        env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+        subprocess.run([python, "-m", "venv", "--clear", str(venv)], check=True, timeout=300)
+        for install in installs:
+            command = [str(venv_python), "-m", "pip", "install", "--quiet", *install]
+            subprocess.run(command, check=True, timeout=900, env=env)
+        marker.write_text(stamp)
+    return venv_python
 
 
 SIXTY_FOUR = {"float64", "complex128", "int64", "uint64"}

@@ -77,7 +77,7 @@ def test_raw_bits_refuse_arithmetic_and_casts_rather_than_compute_on_the_bits() 
 
 def test_safetensors_store_raw_bits_as_their_own_type() -> None:
     """A BF16 file from raw bits is the file ml_dtypes' array makes, and torch reads it."""
-    import torch
+    torch = pytest.importorskip("torch", reason="torch: the release tier's extra (make setup-release)")
     from safetensors.torch import load
 
     values = np.array([1.5, -2.25, 3e38, -0.0], dtype=ml_dtypes.bfloat16)
@@ -213,7 +213,7 @@ def test_without_ml_dtypes_only_named_raw_bits_are_bfloat16_or_float8() -> None:
 
 @pytest.mark.parametrize("name", ["bfloat16", "float8_e4m3fn", "float8_e5m2"])
 def test_model_params_give_torch_the_same_bits_from_raw_bits_and_from_ml_dtypes(name: str) -> None:
-    import torch
+    torch = pytest.importorskip("torch", reason="torch: the release tier's extra (make setup-release)")
 
     typed = np.array([1.5, -0.25, 0.0, -2.0], dtype=getattr(ml_dtypes, name))
     raw = typed.view(np.uint8).view(raw_bits_dtype(name))

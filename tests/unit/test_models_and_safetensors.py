@@ -108,8 +108,9 @@ def test_writer_is_read_by_the_safetensors_package() -> None:
 
 def test_reader_reads_the_package_and_bfloat16_via_torch() -> None:
     import safetensors.numpy
+
+    torch = pytest.importorskip("torch", reason="torch: the release tier's extra (make setup-release)")
     import safetensors.torch
-    import torch
 
     data = safetensors.numpy.save({"x": np.ones((2, 2), np.float64)}, metadata={"k": "v"})
     tensors, metadata = st.loads(data)

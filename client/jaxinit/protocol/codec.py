@@ -91,17 +91,24 @@ def raw_bits_dtype(name: str) -> np.dtype[Any]:
     return np.dtype(f"V{ITEMSIZE[name]}", metadata={RAW_BITS_KEY: name})
 
 
-# Name -> numpy dtype: ml_dtypes' types where it is installed, raw bits where not.
-DTYPES: dict[str, np.dtype[Any]] = {
-    name: (
-        np.dtype(name)
-        if name not in ML_DTYPES_NAMES
-        else np.dtype(getattr(ml_dtypes, name))
-        if ml_dtypes is not None
-        else raw_bits_dtype(name)
-    )
-    for name in DTYPE_NAMES
-}
+def _numpy_dtypes(module: Any) -> dict[str, np.dtype[Any]]:
+    """Name -> numpy dtype: ``module``'s (ml_dtypes') type for each bfloat16/float8 type it
+    has, raw bits for each it lacks or where it is None. ml_dtypes gained types over time
+    (0.4 has no float8_e3m4, float8_e4m3 or float8_e8m0fnu; TensorFlow 2.15-2.17 pin 0.3/0.4),
+    so a client beside an older one still speaks every type, the missing ones as raw bits."""
+    return {
+        name: (
+            np.dtype(name)
+            if name not in ML_DTYPES_NAMES
+            else np.dtype(getattr(module, name))
+            if getattr(module, name, None) is not None
+            else raw_bits_dtype(name)
+        )
+        for name in DTYPE_NAMES
+    }
+
+
+DTYPES: dict[str, np.dtype[Any]] = _numpy_dtypes(ml_dtypes)
 # JAX produces these only with jax_enable_x64; without it it silently truncates.
 SIXTY_FOUR_BIT: frozenset[str] = frozenset({"float64", "complex128", "int64", "uint64"})
 
@@ -212,7 +219,7 @@ def _float8_table(name: str) -> np.ndarray:
     return np.array(values, dtype=np.float32)
 
 
-def to_float32(array: np.ndarray) -> np.ndarray:
+def to_float32(array: np.ndarray, dtype: Any = None) -> np.ndarray:
     """The exact float32 values of a bfloat16 or float8 array, with or without ml_dtypes.
 
     Every bfloat16 and float8 value is a float32 value, so nothing is rounded (NaNs stay
@@ -222,12 +229,36 @@ def to_float32(array: np.ndarray) -> np.ndarray:
     >>> to_float32(bits)
     array([ 1.5, -2. ], dtype=float32)
 
+    ``dtype`` names the type of an array that does not carry it: a ``.npy`` file of
+    bfloat16 or float8 (from the CLI, ``Accept: application/x-npy`` or ``np.save``) holds
+    plain void (``|V2``, ``|V1``), since ``.npy`` has no code for them; its bits, or a
+    ``uint16``/``uint8`` view of them, are read as ``dtype``:
+
+    >>> plain = np.array([0x3FC0, 0xC000], dtype=np.uint16).view("V2")  # what np.load gives
+    >>> to_float32(plain, dtype="bfloat16")
+    array([ 1.5, -2. ], dtype=float32)
+
     Raises:
-        InvalidArgument: a dtype whose values are not all float32 values.
+        InvalidArgument: a dtype whose values are not all float32 values; a ``dtype`` the
+            array's own type contradicts, or whose size is not the array's item size.
     """
     from jaxinit.protocol.errors import InvalidArgument
 
-    name = dtype_name(array.dtype)
+    if dtype is None:
+        name = dtype_name(array.dtype)
+    else:
+        name = dtype_name(dtype)
+        if name in ML_DTYPES_NAMES and _plain_bits(array.dtype):
+            if array.dtype.itemsize != ITEMSIZE[name]:
+                raise InvalidArgument(
+                    f"to_float32: {name} is {ITEMSIZE[name]} byte(s) an element, the array's {array.dtype} is "
+                    f"{array.dtype.itemsize}"
+                )
+        elif dtype_name(array.dtype) != name:
+            raise InvalidArgument(
+                f"to_float32: the array is {dtype_name(array.dtype)}, not {name}; dtype= names the type of "
+                "plain bits (a .npy file's |V2/|V1, or uint16/uint8) only"
+            )
     if name in ("float32", "float16"):
         return np.asarray(array, dtype=np.float32)
     if name not in ML_DTYPES_NAMES:
@@ -236,6 +267,14 @@ def to_float32(array: np.ndarray) -> np.ndarray:
         bits = np.ascontiguousarray(array).view(np.uint16).astype(np.uint32)
         return (bits << 16).view(np.float32)
     return _float8_table(name)[np.ascontiguousarray(array).view(np.uint8)]
+
+
+def _plain_bits(dtype: np.dtype[Any]) -> bool:
+    """Whether ``dtype`` holds bits that name no type: plain void (no raw-bits name), or
+    unsigned/signed integers viewed from them."""
+    if dtype.type is np.void:  # not ml_dtypes' types, which say kind "V" too
+        return dtype.fields is None and RAW_BITS_KEY not in (dtype.metadata or {})
+    return dtype.kind in "ui"
 
 
 def num_bytes(shape: Sequence[int], dtype: str) -> int:
