@@ -89,3 +89,58 @@ def test_stack_steps_make_a_batch_key() -> None:
         derive_from_json([{"stack": [2]}])
     with pytest.raises(jaxinit.InvalidArgument, match="stacked takes"):
         jaxinit.stacked(0, True)
+
+
+def test_a_key_is_a_seed_or_data_never_both_and_only_known_impls() -> None:
+    for fields, match in [
+        ({}, "exactly one of a seed or key data"),
+        ({"seed": 1, "data": (1, 2)}, "exactly one of a seed or key data"),
+        ({"seed": 1, "impl": "threefry"}, "unknown key implementation"),
+        ({"seed": 1.0}, "a seed must be an int"),
+        ({"seed": True}, "a seed must be an int"),
+        ({"seed": -(2**63) - 1}, "does not fit in int64"),
+        ({"data": (1, 2, 3)}, "threefry2x32 key data must be 2 uint32 words"),
+        ({"data": (1, 2**32)}, "uint32 words"),
+        ({"data": (1,), "impl": "philox2x32"}, None),
+        ({"seed": 0, "fold_in": (2**32,)}, "fold_in must be at most"),
+        ({"seed": 0, "fold_in": (True,)}, "fold_in must be at most"),
+    ]:
+        if match is None:
+            Key(**fields)  # type: ignore[arg-type]
+            continue
+        with pytest.raises(jaxinit.InvalidArgument, match=match):
+            Key(**fields)  # type: ignore[arg-type]
+    assert Key(seed=-(2**63)).seed == -(2**63) and Key(seed=2**63 - 1).seed == 2**63 - 1
+
+
+def test_the_json_form_leaves_out_what_is_empty() -> None:
+    assert Key(seed=3).to_json() == {"seed": 3, "impl": "threefry2x32"}
+    assert Key(data=(1, 2, 3, 4), impl="rbg").to_json() == {"data": [1, 2, 3, 4], "impl": "rbg"}
+    assert Key(seed=0, fold_in=(5,)).to_json() == {"seed": 0, "impl": "threefry2x32", "fold_in": [5]}
+
+
+@pytest.mark.parametrize("bad", [-1, 2**32, True, 1.5, "3"])
+def test_fold_in_takes_a_uint32_as_jax_does(bad: object) -> None:
+    with pytest.raises(jaxinit.InvalidArgument):
+        jaxinit.fold_in(jaxinit.key(0), bad)  # type: ignore[arg-type]
+    assert jaxinit.fold_in(0, 2**32 - 1).fold_in == (2**32 - 1,)
+
+
+def test_raw_key_arrays_other_than_two_uint32_words_are_refused() -> None:
+    for raw in ([1, 2], np.array([1, 2], np.int64), np.zeros((2, 2), np.uint32), np.zeros(3, np.uint32)):
+        with pytest.raises(jaxinit.InvalidArgument, match="uint32 array of shape"):
+            as_key(raw)
+    with pytest.raises(jaxinit.InvalidArgument, match="1-D sequence of uint32 words"):
+        jaxinit.wrap_key_data(np.zeros((2, 2), np.uint32))
+    with pytest.raises(jaxinit.InvalidArgument, match="expected a key"):
+        as_key("0")
+    assert jaxinit.wrap_key_data(np.array([7], np.uint32), impl="philox2x32") == Key(data=(7,), impl="philox2x32")
+
+
+def test_derived_keys_are_jaxs_derived_keys() -> None:
+    """What the steps mean (the server's engine makes them so; checked here against JAX)."""
+    from jaxinit_server.core.engine import _make_key
+
+    chain = jaxinit.fold_in(jaxinit.split(jaxinit.fold_in(jaxinit.key(5, impl="threefry2x32"), 3), 4)[2], 9)
+    want = jax.random.fold_in(jax.random.split(jax.random.fold_in(jax.random.key(5), 3), 4)[2], 9)
+    assert _make_key(chain)[1] == tuple(np.asarray(jax.random.key_data(want)).tolist())
