@@ -104,3 +104,61 @@ def test_a_plan_entry_reads_back_as_the_same_tensor() -> None:
     for broken in ({**entry, "convert": "rot90"}, {k: v for k, v in entry.items() if k != "param_shape"}):
         with pytest.raises(ProtocolError, match="plan entry"):
             Output.from_description(broken)
+
+
+def test_a_64_bit_parameter_turns_x64_on_for_every_keyed_tensor_and_constants_take_none() -> None:
+    from jaxinit.protocol.expansion import model_prng
+
+    outs = outputs(expand(m.Module(m.Dense(2, 2), m.Dense(2, 2, param_dtype="float64"))))
+    settings = model_prng(outs, None, None)
+    assert {settings(o) for o in outs} == {(None, True)}
+    assert {model_prng(outs, False, False)(o) for o in outs} == {(False, False)}  # as asked: resolve refuses it
+    torch = outputs(expand(m.Module(m.Dense(2, 2), m.BatchNorm(2))), "torch")
+    prng = model_prng(torch, True, None)
+    tracked = next(o for o in torch if o.name.endswith("num_batches_tracked"))
+    assert prng(tracked) == (None, None)  # torch's int64 buffer is a constant: it turns nothing on
+    assert prng(torch[0]) == (True, None)
+
+
+def test_the_model_canonical_form_and_file_metadata() -> None:
+    from jaxinit.protocol.expansion import file_metadata, model_canonical
+    from jaxinit.protocol.keys import Key
+
+    canonical, digest = model_canonical("torch", [("a.weight", "1" * 64), ("a.bias", "2" * 64)])
+    assert canonical == '{"layout":"torch","tensors":[["a.weight","' + "1" * 64 + '"],["a.bias","' + "2" * 64 + '"]]}'
+    assert digest == hashlib.sha256(canonical.encode()).hexdigest()
+    assert model_canonical("torch", [("a.bias", "2" * 64), ("a.weight", "1" * 64)])[1] != digest  # order counts
+    identity = {"jaxinit_version": "0.3.0", "jax_version": "0.10.0", "backend": "cpu", "secret": "not copied"}
+    metadata = file_metadata(
+        identity,
+        mode="nnx",
+        layout="flax",
+        root=Key(seed=1, fold_in=(2,)),
+        threefry_partitionable=True,
+        enable_x64=False,
+        model_digest=digest,
+    )
+    assert metadata == {
+        "format": "flax",
+        "jaxinit_version": "0.3.0",
+        "jax_version": "0.10.0",
+        "jaxlib_version": "",
+        "backend": "cpu",
+        "device_kind": "",
+        "mode": "nnx",
+        "layout": "flax",
+        "root_key": '{"seed":1,"impl":"threefry2x32","fold_in":[2]}',
+        "threefry_partitionable": "true",
+        "enable_x64": "false",
+        "model_digest": digest,
+    }
+
+
+def test_nest_gives_flat_names_the_flax_trees_shape() -> None:
+    from jaxinit.protocol.expansion import nest
+
+    assert nest({"a.b.kernel": 1, "a.b.bias": 2, "a.scale": 3, "head": 4}) == {
+        "a": {"b": {"kernel": 1, "bias": 2}, "scale": 3},
+        "head": 4,
+    }
+    assert nest({}) == {}
