@@ -27,8 +27,13 @@ def _resolved(name: str, shape: tuple[int, ...], **fields: Any) -> Resolved:
     return resolve(GenerateParams(name, shape, key=Key(seed=fields.pop("seed", 0)), **fields), Limits(), DEFAULTS)
 
 
+TRIMS: list[int] = []
+
+
 def _run_worker(jobs: list[Resolved], monkeypatch: pytest.MonkeyPatch, **env: str) -> io.BytesIO:
-    """Run the worker's loop on ``jobs`` (then EOF); what it wrote on its stdout."""
+    """Run the worker's loop on ``jobs`` (then EOF); what it wrote on its stdout. The heap
+    trim after each job is counted in TRIMS, not run (a full collection of this test
+    process's heap is slow and proves nothing about the worker)."""
     stdin = io.BytesIO()
     for job in jobs:
         write_frame(stdin, job)
@@ -37,6 +42,8 @@ def _run_worker(jobs: list[Resolved], monkeypatch: pytest.MonkeyPatch, **env: st
     monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(buffer=stdin))
     monkeypatch.setattr(sys, "stdout", types.SimpleNamespace(buffer=stdout))
     monkeypatch.setattr(_worker, "_orphan_watch", lambda parent: None)  # no thread left behind
+    TRIMS.clear()
+    monkeypatch.setattr(_worker, "_trim", lambda: TRIMS.append(1))
     for name in ("JAXINIT_WORKER_SOFT_RSS", "JAXINIT_WORKER_LOG_LEVEL", "JAXINIT_COMPILATION_CACHE_DIR"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
@@ -71,6 +78,7 @@ def test_jobs_are_answered_in_order_with_eager_jaxs_bytes(monkeypatch: pytest.Mo
         assert data == want
         assert trailer["rss"] > 0
     assert stdout.read() == b""  # nothing but frames, and nothing after the last
+    assert len(TRIMS) == len(jobs)  # freed heap given back after every job
 
 
 def test_jax_refusing_a_job_is_its_error_and_the_loop_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -116,3 +124,20 @@ def test_large_answers_are_written_in_pieces_and_read_back_whole(monkeypatch: py
     header, data, _ = _answer(stdout)
     assert header["nbytes"] == job.nbytes == len(data)
     assert data == engine.run(job)[0].tobytes()
+
+
+def test_a_worker_whose_server_is_gone_exits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The orphan watch: once the parent is no longer the server, the worker ends at once,
+    even in the middle of a computation (os._exit, not an exception the job could catch)."""
+    parents = iter([100, 100, 1])  # the server, the server, then reparented to init
+
+    def gone(code: int) -> None:
+        raise SystemExit(code)
+
+    monkeypatch.setattr(_worker.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(_worker.os, "getppid", lambda: next(parents))
+    monkeypatch.setattr(_worker.os, "_exit", gone)
+    with pytest.raises(SystemExit) as info:
+        _worker._orphan_watch(100)
+    assert info.value.code == 0
+    assert next(parents, None) is None  # it looked until the parent changed, and no further
