@@ -9,9 +9,11 @@ from __future__ import annotations
 
 __all__ = [
     "BYTE_ORDER_HEADER",
+    "CACHE_HEADER",
     "COUNT_HEADER",
     "DIGESTED",
     "DIGEST_ALGORITHM_HEADER",
+    "DIGEST_HEADER",
     "DTYPE_HEADER",
     "ERROR_TYPE_KEY",
     "JSON",
@@ -21,12 +23,14 @@ __all__ = [
     "OCTET",
     "OFFSET_HEADER",
     "PROVENANCE_HEADER",
+    "REGION_HEADER",
     "REPLICA_HEADER",
     "REQUEST_DIGEST_HEADER",
     "REQUEST_ID_HEADER",
     "RETRY_AFTER_KEY",
     "SAFETENSORS",
     "SHAPE_HEADER",
+    "SHARED_MEMORY_HEADER",
 ]
 
 # Media types of a tensor answer (REST).

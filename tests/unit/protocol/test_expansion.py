@@ -1,18 +1,16 @@
-"""Model descriptions (JAX-free expansion) and the safetensors writer/reader, against the
-safetensors package itself."""
+"""Model descriptions (JAX-free expansion): names, order, keys, the PyTorch layout, plan
+entries and the descriptions that are refused."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 
-import ml_dtypes
 import numpy as np
 import pytest
 
 from jaxinit import InvalidArgument, ProtocolError, UnknownInitializer
 from jaxinit import models as m
-from jaxinit.protocol import safetensors as st
 from jaxinit.protocol.expansion import Output, expand, outputs
 
 
@@ -88,61 +86,6 @@ def test_nesting_is_bounded() -> None:
         expand(desc)
 
 
-def test_writer_is_read_by_the_safetensors_package() -> None:
-    import safetensors.numpy
-
-    arrays = {
-        "b": np.arange(6, dtype=np.float32).reshape(2, 3),
-        "a": np.array([1, -2], np.int64),
-        "e": np.zeros((0, 4), np.float16),
-        "s": np.array(True),
-    }
-    data = st.dumps(arrays, {"who": "me"})
-    loaded = safetensors.numpy.load(data)
-    assert sorted(loaded) == sorted(arrays)
-    for name, array in arrays.items():
-        assert loaded[name].dtype == array.dtype and loaded[name].tobytes() == array.tobytes()
-    ours, metadata = st.loads(data)
-    assert list(ours) == list(arrays) and metadata == {"who": "me"}
-
-
-def test_reader_reads_the_package_and_bfloat16_via_torch() -> None:
-    import safetensors.numpy
-
-    torch = pytest.importorskip("torch", reason="torch: the release tier's extra (make setup-release)")
-    import safetensors.torch
-
-    data = safetensors.numpy.save({"x": np.ones((2, 2), np.float64)}, metadata={"k": "v"})
-    tensors, metadata = st.loads(data)
-    assert tensors["x"].dtype == np.float64 and metadata == {"k": "v"}
-    bf = np.array([1.5, -2.25, 3e38], dtype=ml_dtypes.bfloat16)
-    loaded = safetensors.torch.load(st.dumps({"w": bf}))
-    assert loaded["w"].dtype == torch.bfloat16
-    assert loaded["w"].view(torch.int16).numpy().tobytes() == bf.tobytes()
-    back, _ = st.loads(safetensors.torch.save({"w": loaded["w"]}))
-    assert back["w"].dtype == bf.dtype and back["w"].tobytes() == bf.tobytes()
-
-
-MALFORMED = [
-    b"",  # no header length
-    b"\xff" * 8 + b"{}",  # a header length past the end
-    (10).to_bytes(8, "little") + b"not json!!",
-    st.header([("a", "float32", (2,))]),  # the data is missing
-    st.header([("a", "float32", (2,))]).replace(b"[0,8]", b"[4,8]") + bytes(8),  # a hole
-]
-
-
-@pytest.mark.parametrize("data", MALFORMED)
-def test_reader_rejects_malformed_files(data: bytes) -> None:
-    with pytest.raises(ProtocolError):
-        st.loads(data)
-
-
-def test_dtypes_without_a_safetensors_name() -> None:
-    with pytest.raises(InvalidArgument, match="no dtype for complex128"):
-        st.header([("z", "complex128", (1,))])
-
-
 def test_a_plan_entry_reads_back_as_the_same_tensor() -> None:
     """The server's plan is what the HTTP client fetches: every field it needs round-trips,
     in both layouts, through JSON."""
@@ -163,26 +106,59 @@ def test_a_plan_entry_reads_back_as_the_same_tensor() -> None:
             Output.from_description(broken)
 
 
-def test_the_http_client_refuses_an_answer_its_plan_did_not_name() -> None:
-    from jaxinit._http import finish_planned
-    from jaxinit._types import Tensor
-    from jaxinit.protocol import Provenance
+def test_a_64_bit_parameter_turns_x64_on_for_every_keyed_tensor_and_constants_take_none() -> None:
+    from jaxinit.protocol.expansion import model_prng
 
-    out = outputs(expand(m.Dense(2, 3)), "torch")[0]
-    tensor = Tensor(np.zeros((2, 3), np.float32), Provenance(request_digest="a" * 64), out.name)
-    with pytest.raises(ProtocolError, match="plan named"):
-        finish_planned(out, "b" * 64, tensor)
-    laid_out = finish_planned(out, "a" * 64, tensor)
-    assert isinstance(laid_out, Tensor) and laid_out.array.shape == (3, 2)
-    failed = finish_planned(out, "a" * 64, InvalidArgument("bad"))
-    assert isinstance(failed, InvalidArgument) and failed.message == f"{out.name}: bad"
+    outs = outputs(expand(m.Module(m.Dense(2, 2), m.Dense(2, 2, param_dtype="float64"))))
+    settings = model_prng(outs, None, None)
+    assert {settings(o) for o in outs} == {(None, True)}
+    assert {model_prng(outs, False, False)(o) for o in outs} == {(False, False)}  # as asked: resolve refuses it
+    torch = outputs(expand(m.Module(m.Dense(2, 2), m.BatchNorm(2))), "torch")
+    prng = model_prng(torch, True, None)
+    tracked = next(o for o in torch if o.name.endswith("num_batches_tracked"))
+    assert prng(tracked) == (None, None)  # torch's int64 buffer is a constant: it turns nothing on
+    assert prng(torch[0]) == (True, None)
 
 
-def test_a_named_model_error_keeps_what_it_carries() -> None:
-    from jaxinit import Overloaded
-    from jaxinit._types import named
+def test_the_model_canonical_form_and_file_metadata() -> None:
+    from jaxinit.protocol.expansion import file_metadata, model_canonical
+    from jaxinit.protocol.keys import Key
 
-    error = Overloaded("busy", retry_after=2.5)
-    renamed = named("Dense_0.kernel", error)
-    assert isinstance(renamed, Overloaded) and renamed.retry_after == 2.5
-    assert renamed.message == str(renamed) == "Dense_0.kernel: busy"
+    canonical, digest = model_canonical("torch", [("a.weight", "1" * 64), ("a.bias", "2" * 64)])
+    assert canonical == '{"layout":"torch","tensors":[["a.weight","' + "1" * 64 + '"],["a.bias","' + "2" * 64 + '"]]}'
+    assert digest == hashlib.sha256(canonical.encode()).hexdigest()
+    assert model_canonical("torch", [("a.bias", "2" * 64), ("a.weight", "1" * 64)])[1] != digest  # order counts
+    identity = {"jaxinit_version": "0.3.0", "jax_version": "0.10.0", "backend": "cpu", "secret": "not copied"}
+    metadata = file_metadata(
+        identity,
+        mode="nnx",
+        layout="flax",
+        root=Key(seed=1, fold_in=(2,)),
+        threefry_partitionable=True,
+        enable_x64=False,
+        model_digest=digest,
+    )
+    assert metadata == {
+        "format": "flax",
+        "jaxinit_version": "0.3.0",
+        "jax_version": "0.10.0",
+        "jaxlib_version": "",
+        "backend": "cpu",
+        "device_kind": "",
+        "mode": "nnx",
+        "layout": "flax",
+        "root_key": '{"seed":1,"impl":"threefry2x32","fold_in":[2]}',
+        "threefry_partitionable": "true",
+        "enable_x64": "false",
+        "model_digest": digest,
+    }
+
+
+def test_nest_gives_flat_names_the_flax_trees_shape() -> None:
+    from jaxinit.protocol.expansion import nest
+
+    assert nest({"a.b.kernel": 1, "a.b.bias": 2, "a.scale": 3, "head": 4}) == {
+        "a": {"b": {"kernel": 1, "bias": 2}, "scale": 3},
+        "head": 4,
+    }
+    assert nest({}) == {}

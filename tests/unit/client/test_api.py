@@ -9,7 +9,7 @@ import pytest
 
 import jaxinit
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[3]
 
 
 def test_generated_stubs_are_current(tmp_path: pathlib.Path) -> None:

@@ -17,7 +17,7 @@ from jaxinit.protocol.keys import Key
 from jaxinit_server.core import chunked, engine
 from jaxinit_server.core.request import GenerateParams, Limits, PrngDefaults, resolve
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(autouse=True)
