@@ -143,7 +143,7 @@ def join(request: Request, pieces: list[Tensor]) -> Tensor:
     whole = _without_range(pieces[0].provenance)
     start, end = _span(request)
     array = np.empty(end - start, dtype=pieces[0].array.dtype)
-    covered = 0
+    spans = []
     for piece in pieces:
         if _without_range(piece.provenance) != whole or piece.array.dtype != array.dtype:
             raise ProtocolError(
@@ -152,9 +152,14 @@ def join(request: Request, pieces: list[Tensor]) -> Tensor:
         if piece.offset < start or piece.offset + piece.array.size > end:
             raise ProtocolError(f"a range at {piece.offset} (+{piece.array.size}) is outside [{start}, {end})")
         array[piece.offset - start : piece.offset - start + piece.array.size] = piece.array.reshape(-1)
-        covered += piece.array.size
-    if covered != array.size:
-        raise ProtocolError(f"ranges cover {covered} of {array.size} elements")
+        spans.append((piece.offset, piece.offset + piece.array.size))
+    reached = start  # every element covered: the spans, in order, leave no gap
+    for first, last in sorted(spans):
+        if first > reached:
+            raise ProtocolError(f"ranges leave elements [{reached}, {first}) of [{start}, {end}) uncovered")
+        reached = max(reached, last)
+    if reached != end:
+        raise ProtocolError(f"ranges leave elements [{reached}, {end}) of [{start}, {end}) uncovered")
     caches = {piece.cache for piece in pieces}
     cache = caches.pop() if len(caches) == 1 else ""
     shared = all(piece.shared_memory for piece in pieces)

@@ -25,9 +25,14 @@ def read_frame(stream: IO[bytes]) -> Any:
 
 
 def _read_exactly(stream: IO[bytes], n: int) -> bytes:
-    data = stream.read(n)
-    if data is None or len(data) != n:
-        raise EOFError("the pipe closed")
+    """``n`` bytes (an unbuffered pipe may return fewer per read: read until they are all
+    there); EOFError when the pipe closes first."""
+    data = b""
+    while len(data) < n:
+        more = stream.read(n - len(data))
+        if not more:
+            raise EOFError("the pipe closed")
+        data += more
     return data
 
 

@@ -91,11 +91,6 @@ class _ShortReads(io.RawIOBase):
         return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_read_exactly takes one short read of a raw pipe for the end of it (the pool reads its "
-    "workers' stdout unbuffered, bufsize=0); frames stay under PIPE_BUF today, so it does not show",
-)
 def test_a_short_read_of_a_raw_pipe_is_not_the_end() -> None:
     stream = io.BytesIO()
     write_frame(stream, {"message": "x" * 5000})
