@@ -93,6 +93,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:
         call = self._telemetry.call("grpc", "ModelInfer", request.id or None)
+        call.asked(request.model_name, None)
         error: BaseException | None = None
         try:
             parameters = {k: _parameter(v) for k, v in request.parameters.items()}

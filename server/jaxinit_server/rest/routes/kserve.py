@@ -128,6 +128,7 @@ async def _infer(
     name: str, version: str, request: Request, service: ServiceDep, telemetry: TelemetryDep, caller: CallerDep
 ) -> Response:
     call = telemetry.call("http", "v2_infer", request.headers.get(REQUEST_ID_HEADER))
+    call.asked(name, None)
     tensor: TensorStream | None = None
     try:
         body = await request.body()
