@@ -10,6 +10,7 @@ persistent compilation cache are counted from ``jax.monitoring`` events.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 import uuid
@@ -22,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from jaxinit.protocol.catalog import CATALOG
 from jaxinit.protocol.errors import JaxinitError, mapping_for
 from jaxinit.protocol.wire import REPLICA_HEADER, REQUEST_ID_HEADER
 
@@ -120,6 +122,11 @@ class Telemetry:
         for result in ("hit", "miss"):
             self.cache.labels(result)
         self.calls_in_flight = 0  # requests being answered, every transport
+        # Per initializer, every transport: counts and nanoseconds of successes, failures and
+        # their phases, and the last success (ms since the epoch): KServe's model statistics.
+        self.model_counters: collections.defaultdict[str, collections.Counter[str]] = collections.defaultdict(
+            collections.Counter
+        )
         self.loop_lag = Histogram(
             "jaxinit_event_loop_lag_seconds",
             "How late the event loop ran a 20 ms timer: time it was busy with one piece of work",
@@ -220,6 +227,25 @@ class Telemetry:
             self.phase.labels(call.transport, initializer, "queue").observe(queue)
             self.phase.labels(call.transport, initializer, "generate").observe(generate)
             self.phase.labels(call.transport, initializer, "send").observe(max(0.0, elapsed - queue - generate))
+        model = call.initializer or call.requested.get("initializer")  # a bad argument fails a known one
+        if isinstance(model, str) and model in CATALOG:
+            counters = self.model_counters[model]
+            nanoseconds = int(elapsed * 1e9)
+            if error is None:
+                counters.update(success_count=1, success_ns=nanoseconds)
+                counters["last_inference"] = int(time.time() * 1000)
+                if call.timings:
+                    queue, generate = call.timings.get("queue", 0.0), call.timings.get("generate", 0.0)
+                    counters.update(
+                        queue_count=1,
+                        queue_ns=int(queue * 1e9),
+                        compute_infer_count=1,
+                        compute_infer_ns=int(generate * 1e9),
+                        compute_output_count=1,
+                        compute_output_ns=max(0, int((elapsed - queue - generate) * 1e9)),
+                    )
+            else:
+                counters.update(fail_count=1, fail_ns=nanoseconds)
         if not (self.log_requests and log.isEnabledFor(logging.INFO)):
             return
         asked = call.requested
