@@ -27,7 +27,7 @@ import numpy as np
 
 from jaxinit.protocol.catalog import CATALOG, args_from_text
 from jaxinit.protocol.codec import DTYPES, array_from_buffer
-from jaxinit.protocol.errors import InvalidArgument, UnknownInitializer
+from jaxinit.protocol.errors import InvalidArgument, UnknownInitializer, did_you_mean
 from jaxinit.protocol.keys import DEFAULT_IMPL, Key, derive_from_text
 from jaxinit_server.core import GenerateParams
 
@@ -275,7 +275,8 @@ def check_model(model: str, version: str = "") -> None:
     """Raise UnknownInitializer unless ``model`` is an initializer and ``version`` (empty:
     the default) is its version."""
     if model not in CATALOG:
-        raise UnknownInitializer(f"unknown model {quote(model)}: every jaxinit initializer is a model")
+        hint = did_you_mean(model, CATALOG)
+        raise UnknownInitializer(f"unknown model {quote(model)}:{hint} every jaxinit initializer is a model")
     if not known(model, version):
         raise UnknownInitializer(f"model {quote(model)} has no version {quote(version)}; its one version is {VERSION}")
 
