@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 LB_CONFIG = ROOT / "deploy" / "nginx" / "jaxinit.conf"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 GRPC_PORT, HTTP_PORT = 50051, 8000  # the ports inside the compose network
-READY = re.compile(r"jaxinit-server ready grpc=(\S+) http=(\S+)")
+# The ready line, bare (--log-format text) or the message of a JSON object (json).
+READY = re.compile(r"jaxinit-server ready grpc=([^\s\"]+) http=([^\s\"]+)")
 
 __all__ = ["LB_CONFIG", "Replica", "Topology", "find_nginx", "free_port", "render_lb_config", "running_topology"]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -32,7 +33,7 @@ import numpy as np
 from jaxinit._types import ModelRequest, Provenance, Request, Tensor, check_derived, enumerate_async
 from jaxinit.protocol import safetensors
 from jaxinit.protocol.catalog import CATALOG, InitializerSpec, bind_arguments, unknown_message
-from jaxinit.protocol.codec import dtype_name, is_bits_type
+from jaxinit.protocol.codec import dtype_name, is_bits_type, numpy_dtype
 from jaxinit.protocol.errors import (
     Interrupted,
     InvalidArgument,
@@ -48,6 +49,33 @@ __all__ = ["AsyncClient", "AsyncInitializer", "Client", "Initializer", "ModelPar
 DEFAULT_TIMEOUT = 300.0
 # A progress bar is drawn for calls of at least this many bytes (a smaller one would only flash).
 PROGRESS_MIN_BYTES = 32 * 2**20
+PROGRESS_AFTER = 1.0  # seconds: a call of a known large size shows its bar this soon
+PROGRESS_TICK = 0.5  # seconds between redraws of its running clock
+
+
+def _tqdm() -> Any:
+    """tqdm's auto bar (a widget in notebooks), or an ImportError naming the extra."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        raise ImportError("progress bars need tqdm: pip install 'jaxinit[progress]'") from None
+    return tqdm
+
+
+def _expected_bytes(request: Request) -> int:
+    """The bytes ``request`` will carry, as far as it says (its dtype, else float32)."""
+    elements = math.prod(request.shape)
+    if request.count is not None:
+        elements = min(request.count, max(0, elements - (request.offset or 0)))
+    elif request.offset is not None:
+        elements = max(0, elements - request.offset)
+    try:
+        itemsize = numpy_dtype(request.dtype).itemsize if request.dtype else 4
+    except Exception:  # a name the server will judge
+        itemsize = 4
+    return elements * itemsize
+
+
 TensorT = TypeVar("TensorT")
 ModelT = TypeVar("ModelT")
 
@@ -419,20 +447,28 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
         )
 
     @contextlib.contextmanager
-    def _showing_progress(self, progress: bool | None, what: str) -> Iterator[None]:
+    def _showing_progress(self, progress: bool | None, what: str, expected: int = 0) -> Iterator[None]:
         """A progress bar (tqdm; a widget in notebooks) over the bytes received, while it
         lasts; drawn only once the call is known to carry :data:`PROGRESS_MIN_BYTES` or more
-        (a model's whole size is known from its start), so small calls draw nothing."""
+        (a model's whole size is known from its start), so small calls draw nothing.
+
+        ``expected``: the bytes the call will carry, known before it is sent (one tensor's).
+        When that is large, the bar shows from the first second (:data:`PROGRESS_AFTER`)
+        and its clock runs while the server makes the tensor, before any byte arrives, or
+        writes it into shared memory, where the bytes arrive all at once."""
         if not (self.progress if progress is None else progress):
             yield
             return
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            raise ImportError("progress bars need tqdm: pip install 'jaxinit[progress]'") from None
+        tqdm = _tqdm()
         lock = threading.Lock()
         bar: Any = None
         total = done = 0
+        finished = threading.Event()
+
+        def open_bar(size: int) -> Any:
+            made = tqdm(total=size, desc=what, unit="B", unit_scale=True, unit_divisor=1024, leave=False)
+            made.update(done)
+            return made
 
         def update(received: int, announced: int) -> None:
             nonlocal bar, total, done
@@ -440,21 +476,42 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
                 total += announced
                 done += received
                 if bar is None and total >= PROGRESS_MIN_BYTES:
-                    bar = tqdm(total=total, desc=what, unit="B", unit_scale=True, unit_divisor=1024, leave=False)
-                    bar.update(done)
+                    bar = open_bar(total)
                 elif bar is not None:
-                    if announced:
+                    if announced and total > (bar.total or 0):
                         bar.total = total
                         bar.refresh()
                     if received:
                         bar.update(received)
 
+        def tick() -> None:  # the bar from the first second, its clock running until the end
+            nonlocal bar
+            if finished.wait(PROGRESS_AFTER):
+                return
+            with lock:
+                if bar is None:
+                    bar = open_bar(max(total, expected))
+            while not finished.wait(PROGRESS_TICK):
+                with lock:
+                    bar.refresh()
+
+        ticker = None
+        if expected >= PROGRESS_MIN_BYTES:
+            ticker = threading.Thread(target=tick, name="jaxinit-progress", daemon=True)
+            ticker.start()
         self._transport.on_progress = update
+        answered = False
         try:
             yield
+            answered = True
         finally:
             self._transport.on_progress = None
+            finished.set()
+            if ticker is not None:
+                ticker.join()
             if bar is not None:
+                if answered and bar.total and bar.n < bar.total:  # shared memory: all at once
+                    bar.update(bar.total - bar.n)
                 bar.close()
 
     def generate(
@@ -616,7 +673,7 @@ class Client(_BaseClient[Tensor, "ModelParams"]):
 
     def _fetch(self, request: Request, parallel: int | None = None, progress: bool | None = None) -> Tensor:
         ranges = self._ranges(request, parallel)
-        with self._showing_progress(progress, request.initializer):
+        with self._showing_progress(progress, request.initializer, _expected_bytes(request)):
             if ranges is None:
                 return self._resilient(request)
             parts = [dataclasses.replace(request, offset=o, count=c) for o, c in ranges]
@@ -674,7 +731,7 @@ class AsyncClient(_BaseClient[Coroutine[Any, Any, Tensor], Coroutine[Any, Any, "
 
     async def _fetch(self, request: Request, parallel: int | None = None, progress: bool | None = None) -> Tensor:
         ranges = self._ranges(request, parallel)
-        with self._showing_progress(progress, request.initializer):
+        with self._showing_progress(progress, request.initializer, _expected_bytes(request)):
             if ranges is None:
                 return await self._resilient(request)
             parts = [dataclasses.replace(request, offset=o, count=c) for o, c in ranges]
@@ -737,6 +794,10 @@ class ModelParams(dict[str, Any]):
 
     provenance: dict[str, Provenance]
     metadata: dict[str, str]
+    # How its tensors came: all through same-host shared memory; how many the server made
+    # for this request ("miss", "none") or had made ("hit", "disk", "shared"), as on Tensor.cache.
+    shared_memory: bool = False
+    caches: dict[str, int]
 
     def flat(self) -> dict[str, np.ndarray]:
         """``{"Dense_0.kernel": array}``, whether this result is nested or flat."""
@@ -756,7 +817,13 @@ class ModelParams(dict[str, Any]):
         """A ``state_dict``: flat names, ``torch`` tensors over the same memory where the
         dtype allows (bfloat16 and float8 reinterpreted bit for bit). With the ``torch``
         layout it loads into the PyTorch model (``load_state_dict``). Imports torch."""
-        import torch
+        try:
+            import torch
+        except ImportError:
+            raise ImportError(
+                "ModelParams.to_torch() needs PyTorch, which jaxinit does not install: pip install torch "
+                "(the build for your platform: https://pytorch.org/get-started/locally/)"
+            ) from None
 
         same_bits = {
             "bfloat16": (np.int16, torch.bfloat16),
@@ -831,6 +898,8 @@ def _model_result(
     result = ModelParams(arrays if flat else nest(arrays))
     result.provenance = {t.request_id: t.provenance for t in tensors}
     result.metadata = metadata
+    result.shared_memory = all(t.shared_memory for t in tensors)
+    result.caches = dict(collections.Counter(t.cache for t in tensors if t.cache))
     return result
 
 

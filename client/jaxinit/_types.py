@@ -176,12 +176,26 @@ class Tensor:
             if self.array.shape != self.tensor_shape
             else ""
         )
-        named = f" {self.request_id!r}" if self.request_id else ""
+        # The initializer, then the caller's name for the tensor where it gave one (a model's
+        # path); a bare index is the transport's, not a name.
+        named = f" {_initializer_of(p)}" if _initializer_of(p) else ""
+        if self.request_id and not self.request_id.isdigit():
+            named += f" {self.request_id!r}"
         dtype = dtype_name(self.array.dtype)
         return (
             f"<Tensor{named} {dtype}{list(self.array.shape)}{span}, request {p.request_digest[:12]}, "
             f"jax {p.jax_version} on {p.backend}>"
         )
+
+
+def _initializer_of(provenance: Provenance) -> str:
+    """The initializer named in a provenance's canonical request ("" when it has none)."""
+    try:
+        request = json.loads(provenance.canonical_request) if provenance.canonical_request else {}
+    except ValueError:
+        return ""
+    name = request.get("initializer") if isinstance(request, dict) else None
+    return name if isinstance(name, str) else ""
 
 
 # Called as (bytes received, bytes announced): a tensor's header announces its size

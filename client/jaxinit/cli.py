@@ -17,9 +17,10 @@ import argparse
 import io
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from jaxinit._client import Client, arrays_file
 from jaxinit.protocol import __version__
 from jaxinit.protocol.catalog import args_from_text, unknown_message
 from jaxinit.protocol.codec import dtype_name, npy_dtype, to_wire_bytes
-from jaxinit.protocol.errors import InvalidArgument, JaxinitError, UnknownInitializer
+from jaxinit.protocol.errors import InvalidArgument, JaxinitError, UnknownDtype, UnknownInitializer, did_you_mean
 from jaxinit.protocol.keys import Key, derive_from_text
 
 __all__ = ["main"]
@@ -62,8 +63,30 @@ def _arg(text: str) -> tuple[str, str]:
     return name, value
 
 
+_INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with "Did you mean ...?" on a word outside a closed set (a subcommand, a
+    --mode, a --layout, a --format), as Python 3.12's suggest_on_error does."""
+
+    def error(self, message: str) -> NoReturn:
+        match = _INVALID_CHOICE.search(message)
+        if match:
+            message += did_you_mean(match.group(1), re.findall(r"'([^']*)'", match.group(2)))
+        super().error(message)
+
+
+def _dtype(text: str) -> str:
+    """A dtype name, checked here (with a suggestion) before anything is sent."""
+    try:
+        return dtype_name(text)
+    except UnknownDtype as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="jaxinit",
         description="Fetch JAX-exact initial weights from a jaxinit server.",
         epilog=EXAMPLES,
@@ -75,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("JAXINIT_URL", DEFAULT_URL),
         help="grpc(s)://host:port or http(s)://host:port (default: $JAXINIT_URL or %(default)s)",
     )
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per attempt")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per attempt (default %(default)s)")
     parser.add_argument(
         "--token",
         default=os.environ.get("JAXINIT_TOKEN"),
@@ -97,20 +120,42 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="HTTP: fetch with the GET form at a canonical URL, so HTTP caches can answer",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--shared-memory",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="take tensors through same-host shared memory where the server offers it (default: for a server "
+        "on a loopback address); --no-shared-memory: always in the stream",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     commands.add_parser("list", help="the server's initializers")
     describe = commands.add_parser("describe", help="one initializer's arguments, types and defaults")
-    describe.add_argument("name")
+    describe.add_argument("name", help="an initializer, e.g. variance_scaling")
 
     def key_options(p: argparse.ArgumentParser) -> None:
         group = p.add_mutually_exclusive_group(required=True)
         group.add_argument("--seed", type=int, help="jax.random.key(seed) on the server")
         group.add_argument("--key-data", type=_ints, metavar="W,W", help="raw key data (uint32 words)")
-        p.add_argument("--key-impl", default="threefry2x32", help="key implementation (default %(default)s)")
-        p.add_argument("--threefry-partitionable", action=argparse.BooleanOptionalAction, default=None)
-        p.add_argument("--enable-x64", action=argparse.BooleanOptionalAction, default=None)
+        p.add_argument(
+            "--key-impl",
+            default="threefry2x32",
+            help="key implementation: threefry2x32, rbg, ... (default %(default)s)",
+        )
+        p.add_argument(
+            "--threefry-partitionable",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="JAX's jax_threefry_partitionable for this request (default: the server's)",
+        )
+        p.add_argument(
+            "--enable-x64",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="JAX's jax_enable_x64 for this request: float64 and int64 defaults (default: the server's)",
+        )
         formats = MODEL_SUFFIXES if p.prog.endswith("model") else SUFFIXES
+        stdout_format = _stdout_suffix(formats).lstrip(".")
         p.add_argument(
             "-o",
             "--output",
@@ -120,7 +165,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--format",
             choices=[f.lstrip(".") for f in formats],
-            help="the file's format when its name does not say it (default: from the suffix; npy for -)",
+            help=f"the file's format when its name does not say it (default: from the suffix; {stdout_format} for -)",
         )
         p.add_argument(
             "--progress",
@@ -132,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     get = commands.add_parser("get", help="one tensor")
     get.add_argument("name", help="initializer, e.g. lecun_normal")
     get.add_argument("--shape", type=_ints, required=True, metavar="D,D", help="e.g. 784,256 ('' for a scalar)")
-    get.add_argument("--dtype", help="e.g. float32, bfloat16 (default: JAX's)")
+    get.add_argument("--dtype", type=_dtype, help="e.g. float32, bfloat16 (default: JAX's)")
     get.add_argument(
         "--arg",
         type=_arg,
@@ -165,10 +210,23 @@ def _parser() -> argparse.ArgumentParser:
 
     model = commands.add_parser("model", help="a whole model's parameters (see the README's model section)")
     model.add_argument("description", help="a JSON file with the model description ('-' for stdin)")
-    model.add_argument("--mode", default="linen", choices=["linen", "nnx"])
-    model.add_argument("--layout", default="flax", choices=["flax", "torch"])
-    model.add_argument("--fix-rng-separator", action="store_true")
-    model.add_argument("--param-dtype", default="float32")
+    model.add_argument(
+        "--mode", default="linen", choices=["linen", "nnx"], help="the description's Flax API (default %(default)s)"
+    )
+    model.add_argument(
+        "--layout",
+        default="flax",
+        choices=["flax", "torch"],
+        help="flax: Flax's names and shapes; torch: a PyTorch state_dict's (default %(default)s)",
+    )
+    model.add_argument(
+        "--fix-rng-separator",
+        action="store_true",
+        help="Flax's flax_fix_rng_separator setting, for models made with it on",
+    )
+    model.add_argument(
+        "--param-dtype", type=_dtype, default="float32", help="the modules' param_dtype (default %(default)s)"
+    )
     key_options(model)
 
     export = commands.add_parser(
@@ -180,7 +238,9 @@ def _parser() -> argparse.ArgumentParser:
         help="MODULE:NAME: linen, a Module class or instance, or a function making one; nnx, a Module class or "
         "function called with rngs=nnx.Rngs(...)",
     )
-    export.add_argument("--mode", default="linen", choices=["linen", "nnx"])
+    export.add_argument(
+        "--mode", default="linen", choices=["linen", "nnx"], help="the model's Flax API (default %(default)s)"
+    )
     export.add_argument(
         "--rng-streams",
         default="params",
@@ -196,7 +256,12 @@ def _parser() -> argparse.ArgumentParser:
         help="a sample input's shape, one per input of __call__ (repeat): --input-shape 1,128",
     )
     export.add_argument(
-        "--input-dtype", action="append", default=[], metavar="DTYPE", help="each input's dtype (default float32)"
+        "--input-dtype",
+        action="append",
+        type=_dtype,
+        default=[],
+        metavar="DTYPE",
+        help="each input's dtype, in --input-shape order (default float32; int32 for token ids)",
     )
     export.add_argument("--module-kwargs", default="{}", metavar="JSON", help="arguments for the class or function")
     export.add_argument("--init-kwargs", default="{}", metavar="JSON", help='more arguments of init: {"train": false}')
@@ -223,6 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ca_bundle=ns.ca_bundle,
             retries=ns.retries,
             cacheable=ns.cacheable,
+            shared_memory=ns.shared_memory,
         ) as client:
             if ns.command == "list":
                 for entry in client.list_initializers()["initializers"]:
@@ -263,12 +329,29 @@ def _export(ns: argparse.Namespace) -> None:
         raise InvalidArgument(f"the target is MODULE:NAME (mypkg.models:Transformer), got {ns.target!r}")
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # as `python -m` finds the caller's own packages
-    target: Any = importlib.import_module(module_name)
+    try:
+        import jax
+        import jax.numpy as jnp
+        from flax import linen
+    except ModuleNotFoundError as exc:
+        raise ImportError(
+            f"jaxinit export traces the model on this machine, so it needs JAX and Flax here ({exc}): "
+            "pip install jax flax (the versions your model is written for); `jaxinit model` then needs neither"
+        ) from None
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ImportError(
+            f"cannot import {module_name!r} ({exc}): run jaxinit from the directory that holds it, or install it"
+        ) from None
     for part in attr.split("."):
-        target = getattr(target, part)
-    import jax
-    import jax.numpy as jnp
-    from flax import linen
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            names = [n for n in dir(target) if not n.startswith("_")]
+            raise InvalidArgument(
+                f"{module_name} has no {attr!r}.{did_you_mean(part, names)} (the target is MODULE:NAME)"
+            ) from None
 
     module_kwargs, init_kwargs = json.loads(ns.module_kwargs), json.loads(ns.init_kwargs)
     from jaxinit.flax import export
@@ -288,7 +371,16 @@ def _export(ns: argparse.Namespace) -> None:
         jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtypes[i] if i < len(dtypes) else "float32"))  # type: ignore[no-untyped-call]
         for i, shape in enumerate(ns.input_shape)
     ]
-    _write_plan(export(module, *inputs, **init_kwargs), ns.output)
+    try:
+        plan = export(module, *inputs, **init_kwargs)
+    except (TypeError, ValueError) as exc:
+        if "integer" in str(exc) and not ns.input_dtype:
+            raise InvalidArgument(
+                f"{exc} -- this model takes integer inputs (token ids, say): pass --input-dtype int32 "
+                "for each such input, in --input-shape order"
+            ) from None
+        raise
+    _write_plan(plan, ns.output)
 
 
 def _write_plan(plan: dict[str, Any], output: str) -> None:
@@ -331,11 +423,16 @@ def _settings(client: Client, ns: argparse.Namespace) -> None:
             client.progress = False  # a bar was not asked for: do without
 
 
+def _stdout_suffix(formats: Sequence[str]) -> str:
+    """What ``-o -`` writes without --format: npy for a tensor, safetensors for a model."""
+    return ".npy" if ".npy" in formats else formats[0]
+
+
 def _suffix(ns: argparse.Namespace, formats: Sequence[str] = SUFFIXES) -> str:
     if ns.format:
         return f".{ns.format}"
     if ns.output == "-":
-        return ".npy" if ".npy" in formats else formats[0]
+        return _stdout_suffix(formats)
     for suffix in formats:
         if ns.output.endswith(suffix):
             return suffix
@@ -391,8 +488,32 @@ def _get(client: Client, ns: argparse.Namespace) -> None:
     _report(
         ns,
         f"{ns.name} {dtype_name(array.dtype)}{list(array.shape)}, {array.nbytes} bytes; "
-        f"jax {provenance.jax_version} on {provenance.backend}; request {provenance.request_digest[:16]}",
+        f"jax {provenance.jax_version} on {provenance.backend}; request {provenance.request_digest[:16]}; "
+        f"{_how(tensor.shared_memory, {tensor.cache: 1} if tensor.cache else {})}",
     )
+
+
+# How the server came by a tensor (Tensor.cache), as the wrote line says it.
+_CACHES = {
+    "hit": "from the server's memory cache",
+    "disk": "from the server's disk cache",
+    "shared": "joined an identical request in flight",
+    "miss": "made for this request",
+    "none": "made for this request",
+}
+
+
+def _how(shared_memory: bool, caches: dict[str, int]) -> str:
+    """``through shared memory`` or ``streamed``, then how the server came by the tensor(s)."""
+    parts = ["through shared memory" if shared_memory else "streamed"]
+    total = sum(caches.values())
+    said: dict[str, int] = {}
+    for cache, count in caches.items():
+        if cache in _CACHES:
+            said[_CACHES[cache]] = said.get(_CACHES[cache], 0) + count
+    for words, count in said.items():
+        parts.append(words if total == 1 else f"{count} {words}")
+    return ", ".join(parts)
 
 
 def _model(client: Client, ns: argparse.Namespace) -> None:
@@ -421,7 +542,8 @@ def _model(client: Client, ns: argparse.Namespace) -> None:
     _report(
         ns,
         f"{len(params)} tensors, {size} bytes of parameters; "
-        f"jax {params.metadata['jax_version']}; model {params.metadata['model_digest'][:16]}",
+        f"jax {params.metadata['jax_version']}; model {params.metadata['model_digest'][:16]}; "
+        f"{_how(params.shared_memory, params.caches)}",
     )
 
 

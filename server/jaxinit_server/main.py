@@ -3,8 +3,9 @@
     jaxinit-server --host 127.0.0.1 --grpc-port 50051 --http-port 8000
 
 Port 0 picks a free port; the bound ports are printed on one line
-(``jaxinit-server ready grpc=HOST:PORT http=http://HOST:PORT``) once the server
-is warmed up and serving. Settings also come from ``JAXINIT_*`` variables.
+(``jaxinit-server ready grpc=HOST:PORT http=http://HOST:PORT``, inside a JSON object
+with ``--log-format json``) once the server is warmed up and serving. Settings also
+come from ``JAXINIT_*`` variables.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from jaxinit_server.auth import KeyRing
 from jaxinit_server.core import Service
 from jaxinit_server.grpc.server import create_grpc_server, set_serving
 from jaxinit_server.jsonio import collect_garbage
+from jaxinit_server.logs import configure as configure_logging
+from jaxinit_server.logs import ready_logger
 from jaxinit_server.rest.app import create_app
 from jaxinit_server.settings import Settings
 from jaxinit_server.telemetry import Telemetry
@@ -45,6 +48,8 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
         flag = "--" + name.replace("_", "-")
         if field.annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=field.description)
+        elif typing.get_origin(field.annotation) is typing.Literal:
+            parser.add_argument(flag, choices=typing.get_args(field.annotation), default=None, help=field.description)
         else:
             # `X | None` settings take an X on the command line.
             kind = next((a for a in typing.get_args(field.annotation) if a is not type(None)), field.annotation)
@@ -114,6 +119,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     config = uvicorn.Config(
         create_app(service, telemetry=telemetry, keyring=keyring, max_body_bytes=settings.max_body_bytes),
         log_level=settings.log_level,
+        log_config=None,  # uvicorn's loggers go through the root handler (logs.configure)
         access_log=False,  # one structured line per request instead (jaxinit_server.requests)
         timeout_graceful_shutdown=max(1, math.ceil(settings.grace_seconds)),
         lifespan="off",
@@ -131,7 +137,10 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     await set_serving(health, True)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     scheme = "https" if tls else "http"
-    print(f"jaxinit-server ready grpc={host}:{grpc_port} http={scheme}://{host}:{http_port}", flush=True)
+    grpc_address, http_url = f"{host}:{grpc_port}", f"{scheme}://{host}:{http_port}"
+    ready_logger(settings.log_format).info(
+        "jaxinit-server ready grpc=%s http=%s", grpc_address, http_url, extra={"grpc": grpc_address, "http": http_url}
+    )
 
     telemetry.watch(service.state)
     lag = asyncio.ensure_future(telemetry.watch_loop())
@@ -171,14 +180,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         print(f"jaxinit-server: invalid settings: {problems}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
+    os.environ["JAXINIT_LOG_FORMAT"] = settings.log_format  # the whole-tensor workers log alike
     code = 0
     try:
         # Not asyncio.run: its close waits for every executor thread, and a thread still
         # inside a JAX call must not hold the exit past the grace period.
         asyncio.new_event_loop().run_until_complete(serve(settings))
-    except OSError as exc:
-        print(f"jaxinit-server: {exc}", file=sys.stderr)
+    except OSError as exc:  # a port in use, a certificate not found: one line, in the log's format
+        log.error("jaxinit-server: %s", exc)
         code = 1
     logging.shutdown()
     sys.stdout.flush()

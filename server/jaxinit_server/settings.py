@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jaxinit_server.core.request import Limits
+from jaxinit_server.logs import LogFormat
 
 __all__ = ["Settings"]
 
@@ -93,9 +94,16 @@ class Settings(BaseSettings):
         None, description="JAX's persistent compilation cache: compiled programs survive restarts"
     )
     log_level: str = Field("info", description="uvicorn and server log level")
+    log_format: LogFormat = Field(
+        "text",
+        description="text: lines for a terminal; json: one JSON object per line from every logger (uvicorn, "
+        "grpc, jaxinit), for a log shipper (the container image's default)",
+    )
     api_keys: str | None = Field(None, description="comma-separated bearer tokens (prefer the env var)")
     api_keys_file: str | None = Field(None, description="bearer tokens, one per line; re-read on change")
-    request_log: bool = Field(True, description="one JSON log line per request (logger jaxinit_server.requests)")
+    request_log: bool = Field(
+        True, description="one log line per request, with its fields in JSON (logger jaxinit_server.requests)"
+    )
     tls_cert_file: str | None = Field(None, description="PEM certificate chain: both servers speak TLS only")
     tls_key_file: str | None = Field(None, description="PEM private key of --tls-cert-file")
     replica: str = Field(

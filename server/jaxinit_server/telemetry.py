@@ -1,15 +1,16 @@
 """Metrics (Prometheus) and one structured log line per request, for both transports.
 
-The adapters open a :class:`Call` per request (a ``GenerateMany`` item is one), fill in
-what the request turned out to be, and close it with its status; this module turns
-that into counters, histograms and a JSON log line. XLA compiles and JAX's
+The adapters open a :class:`Call` per request (a ``GenerateMany`` item is one), note what
+the caller asked for, fill in what the request turned out to be, and close it with its
+status; this module turns that into counters, histograms and a log record whose fields
+(``extra``) are the JSON object of ``--log-format json``. XLA compiles and JAX's
 persistent compilation cache are counted from ``jax.monitoring`` events.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import collections
 import logging
 import time
 import uuid
@@ -22,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from jaxinit.protocol.catalog import CATALOG
 from jaxinit.protocol.errors import JaxinitError, mapping_for
 from jaxinit.protocol.wire import REPLICA_HEADER, REQUEST_ID_HEADER
 
@@ -50,13 +52,21 @@ class Call:
     initializer: str = ""
     shape: tuple[int, ...] | None = None
     dtype: str = ""
+    # What the caller asked for, as it asked (the log's fields until the request resolves).
+    requested: dict[str, Any] = field(default_factory=dict)
     bytes_sent: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
     _closed: bool = False
 
     def describe(self, initializer: str, shape: tuple[int, ...], dtype: str) -> None:
+        """What the request resolved to (the metrics' labels and the log's fields)."""
         self.initializer, self.shape, self.dtype = initializer, tuple(shape), dtype
+
+    def asked(self, initializer: Any, shape: Any, dtype: Any = None) -> None:
+        """What the caller asked for, before any validation: logged when it is refused (an
+        operator sees the ``lecun_normall`` a caller sent), never a metrics label."""
+        self.requested = {"initializer": _loggable(initializer), "shape": _loggable(shape), "dtype": _loggable(dtype)}
 
     def sent(self, nbytes: int) -> None:
         self.bytes_sent += nbytes
@@ -112,6 +122,11 @@ class Telemetry:
         for result in ("hit", "miss"):
             self.cache.labels(result)
         self.calls_in_flight = 0  # requests being answered, every transport
+        # Per initializer, every transport: counts and nanoseconds of successes, failures and
+        # their phases, and the last success (ms since the epoch): KServe's model statistics.
+        self.model_counters: collections.defaultdict[str, collections.Counter[str]] = collections.defaultdict(
+            collections.Counter
+        )
         self.loop_lag = Histogram(
             "jaxinit_event_loop_lag_seconds",
             "How late the event loop ran a 20 ms timer: time it was busy with one piece of work",
@@ -212,22 +227,74 @@ class Telemetry:
             self.phase.labels(call.transport, initializer, "queue").observe(queue)
             self.phase.labels(call.transport, initializer, "generate").observe(generate)
             self.phase.labels(call.transport, initializer, "send").observe(max(0.0, elapsed - queue - generate))
+        model = call.initializer or call.requested.get("initializer")  # a bad argument fails a known one
+        if isinstance(model, str) and model in CATALOG:
+            counters = self.model_counters[model]
+            nanoseconds = int(elapsed * 1e9)
+            if error is None:
+                counters.update(success_count=1, success_ns=nanoseconds)
+                counters["last_inference"] = int(time.time() * 1000)
+                if call.timings:
+                    queue, generate = call.timings.get("queue", 0.0), call.timings.get("generate", 0.0)
+                    counters.update(
+                        queue_count=1,
+                        queue_ns=int(queue * 1e9),
+                        compute_infer_count=1,
+                        compute_infer_ns=int(generate * 1e9),
+                        compute_output_count=1,
+                        compute_output_ns=max(0, int((elapsed - queue - generate) * 1e9)),
+                    )
+            else:
+                counters.update(fail_count=1, fail_ns=nanoseconds)
         if not (self.log_requests and log.isEnabledFor(logging.INFO)):
             return
-        line = {
+        asked = call.requested
+        fields: dict[str, Any] = {
             "request_id": call.request_id,
             "transport": call.transport,
             "method": call.method,
-            "initializer": call.initializer,
-            "shape": list(call.shape) if call.shape is not None else None,
-            "dtype": call.dtype,
+            "initializer": call.initializer or asked.get("initializer"),
+            "shape": list(call.shape) if call.shape is not None else asked.get("shape"),
+            "dtype": call.dtype or asked.get("dtype"),
             "bytes": call.bytes_sent,
             "duration_ms": round(elapsed * 1000, 3),
             "status": code,
         }
         if error is not None:
-            line["error"] = type(error).__name__
-        log.info(json.dumps(line, separators=(",", ":")))
+            fields["error"] = type(error).__name__
+            if isinstance(error, JaxinitError):
+                fields["error_message"] = error.message[:_LOGGED_CHARS]
+        # The fields ride on the record (--log-format json: top-level keys); the message is the
+        # same line for a terminal.
+        log.info(
+            "%s %s %s %s %s %s %.1f ms %d bytes id=%s",
+            call.transport,
+            call.method,
+            code,
+            fields["initializer"] or "-",
+            fields["shape"],
+            fields["dtype"] or "-",
+            fields["duration_ms"],
+            call.bytes_sent,
+            call.request_id,
+            extra=fields,
+        )
+
+
+_LOGGED_CHARS = 200  # of a caller's text in a log line (a name, a message)
+_LOGGED_DIMS = 32
+
+
+def _loggable(value: Any) -> Any:
+    """A caller's value as a log field: short strings, ints and short lists of ints as they
+    are; anything else as a bounded repr (a 1 MB name or 100,000 dims stay short)."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, str):
+        return value[:_LOGGED_CHARS]
+    if isinstance(value, (list, tuple)) and len(value) <= _LOGGED_DIMS and all(type(v) is int for v in value):
+        return list(value)
+    return repr(value)[:_LOGGED_CHARS]
 
 
 class _ResultsCollector(Collector):

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 __all__ = ["ServerProcess", "running_server"]
 
-READY = re.compile(r"jaxinit-server ready grpc=(\S+) http=(\S+)")
+# The ready line, bare (--log-format text) or the message of a JSON object (json).
+READY = re.compile(r"jaxinit-server ready grpc=([^\s\"]+) http=([^\s\"]+)")
 
 
 @dataclass

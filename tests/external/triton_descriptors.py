@@ -1,12 +1,13 @@
 """Run by the tritonclient virtual environment: prints, as JSON, the fields of the KServe v2
-messages and the methods of the service as tritonclient's own generated code defines them."""
+messages, the methods of the service and the model configuration's messages and enums as
+tritonclient's own generated code defines them."""
 
 from __future__ import annotations
 
 import json
 import sys
 
-from tritonclient.grpc import service_pb2
+from tritonclient.grpc import model_config_pb2, service_pb2
 
 
 def fields(descriptor: object) -> dict:
@@ -30,6 +31,14 @@ print(
             "methods": {
                 m: [service.methods_by_name[m].input_type.full_name, service.methods_by_name[m].output_type.full_name]
                 for m in names["methods"]
+            },
+            "config_messages": {
+                name: fields(model_config_pb2.DESCRIPTOR.message_types_by_name[name])
+                for name in names.get("config_messages", [])
+            },
+            "config_enums": {
+                name: {v.name: v.number for v in model_config_pb2.DESCRIPTOR.enum_types_by_name[name].values}
+                for name in names.get("config_enums", [])
             },
         }
     )

@@ -36,6 +36,21 @@ def main() -> None:
             ),
         }
         report[kind]["version_ready"] = client.is_model_ready("lecun_normal", "1")
+        # What perf_analyzer and model_analyzer ask first: the configuration, the statistics.
+        config = client.get_model_config("lecun_normal", as_json=True) if module is grpcclient else None
+        config = config["config"] if config is not None else client.get_model_config("lecun_normal")
+        report[kind]["config"] = {
+            "name": config["name"],
+            "max_batch_size": config.get("max_batch_size", 0),
+            "inputs": [i["name"] for i in config["input"]],
+            "input_types": [i["data_type"] for i in config["input"]],
+        }
+        metadata = client.get_server_metadata(as_json=True) if module is grpcclient else client.get_server_metadata()
+        report[kind]["extensions"] = metadata["extensions"]
+        try:
+            client.get_system_shared_memory_status()
+        except Exception as exc:
+            report[kind]["shm_status"] = str(exc)
         report[kind]["version_2_ready"] = client.is_model_ready("lecun_normal", "2")
         report[kind]["version_inputs"] = len(_inputs_of(client.get_model_metadata("lecun_normal", "1")))
         if module is httpclient:  # the repository extension is on HTTP only
@@ -65,6 +80,15 @@ def main() -> None:
             output = result.get_output("output")
             datatype = output["datatype"] if isinstance(output, dict) else output.datatype
             report[kind][case["id"]] = {"datatype": datatype}
+        stats = client.get_inference_statistics("lecun_normal", as_json=True) if module is grpcclient else None
+        stats = stats if stats is not None else client.get_inference_statistics("lecun_normal")
+        (model,) = stats["model_stats"]
+        success = model["inference_stats"]["success"]
+        report[kind]["stats"] = {
+            "name": model["name"],
+            "inference_count": int(model.get("inference_count", 0)),
+            "success_count": int(success.get("count", 0)),
+        }
     (out / "report.json").write_text(json.dumps(report))
 
 

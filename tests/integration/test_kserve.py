@@ -124,6 +124,17 @@ def test_tritonclient_fetches_bit_exact_weights(
         assert got["live"] and got["ready"] and got["model_ready"]
         assert got["metadata_inputs"] == ["fold_in", "key_data", "seed", "shape"]
         assert got["version_ready"] and not got["version_2_ready"] and got["version_inputs"] == 4
+        assert got["config"] == {
+            "name": "lecun_normal",
+            "max_batch_size": 0,
+            "inputs": ["shape", "seed", "key_data", "fold_in"],
+            "input_types": ["TYPE_INT64", "TYPE_INT64", "TYPE_UINT32", "TYPE_UINT32"],
+        }
+        assert {"binary_tensor_data", "model_configuration", "statistics"} <= set(got["extensions"])
+        assert "does not support Triton's system shared memory" in got["shm_status"]
+        # The lecun cases (two) were answered on this transport, and the gRPC ones before HTTP's.
+        assert got["stats"]["name"] == "lecun_normal" and got["stats"]["success_count"] >= 2
+        assert got["stats"]["inference_count"] == got["stats"]["success_count"]
         for case_id in ("lecun", "lecun_v1", "vs_bf16", "keydata", "axes"):
             want = _want(case_id)
             array = np.load(tmp_path / f"{transport}-{case_id}.npy")
@@ -346,8 +357,16 @@ def _fields(descriptor: Any) -> dict[str, Any]:
 
 def test_proto_matches_tritonclient(triton_python: pathlib.Path) -> None:
     """Every message and method jaxinit serves is field for field what tritonclient sends."""
+    from jaxinit_server.kserve import model_config_pb2
+
     service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-    names = {"messages": sorted(pb.DESCRIPTOR.message_types_by_name), "methods": sorted(service.methods_by_name)}
+    config = model_config_pb2.DESCRIPTOR
+    names = {
+        "messages": sorted(pb.DESCRIPTOR.message_types_by_name),
+        "methods": sorted(service.methods_by_name),
+        "config_messages": sorted(config.message_types_by_name),
+        "config_enums": sorted(config.enum_types_by_name),
+    }
     result = subprocess.run(
         [str(triton_python), str(ROOT / "tests" / "external" / "triton_descriptors.py"), json.dumps(names)],
         capture_output=True,
@@ -356,6 +375,12 @@ def test_proto_matches_tritonclient(triton_python: pathlib.Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     theirs = json.loads(result.stdout)
+    # The model configuration is the part of Triton's that jaxinit fills in: every field it
+    # declares is Triton's (name, number, type), and it leaves the others out.
+    for name, fields in theirs.pop("config_messages").items():
+        assert _fields(config.message_types_by_name[name]).items() <= fields.items(), name
+    for name, values in theirs.pop("config_enums").items():
+        assert {v.name: v.number for v in config.enum_types_by_name[name].values} == values, name
     ours = {
         "messages": {name: _fields(pb.DESCRIPTOR.message_types_by_name[name]) for name in names["messages"]},
         "methods": {

@@ -21,7 +21,7 @@ from jaxinit_server.testing import ServerProcess, running_server
 
 @pytest.fixture(scope="module")
 def logged_server() -> Iterator[ServerProcess]:
-    with running_server("--log-level", "info", "--no-warm-up") as srv:
+    with running_server("--log-level", "info", "--log-format", "json", "--no-warm-up") as srv:
         yield srv
 
 

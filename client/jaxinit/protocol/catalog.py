@@ -8,7 +8,6 @@ and Flax's own signatures.
 
 from __future__ import annotations
 
-import difflib
 import json
 import numbers
 from collections.abc import Mapping, Sequence
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from jaxinit.protocol.codec import dtype_name
-from jaxinit.protocol.errors import InvalidArgument, UnknownInitializer
+from jaxinit.protocol.errors import InvalidArgument, UnknownInitializer, did_you_mean
 
 __all__ = [
     "CATALOG",
@@ -175,9 +174,7 @@ def lookup(name: Any) -> InitializerSpec:
 
 def unknown_message(name: Any) -> str:
     """What is said of a name no initializer has: the close ones, then every one."""
-    close = difflib.get_close_matches(name, CATALOG, n=3) if isinstance(name, str) else []
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
-    return f"unknown initializer {_quote(name)};{hint} available: {', '.join(sorted(CATALOG))}"
+    return f"unknown initializer {_quote(name)};{did_you_mean(name, CATALOG)} available: {', '.join(sorted(CATALOG))}"
 
 
 def bind_arguments(spec: InitializerSpec, args: Mapping[str, Any] | None) -> dict[str, Any]:

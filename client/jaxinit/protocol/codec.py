@@ -126,13 +126,14 @@ def dtype_name(dtype: Any) -> str:
     Raises:
         UnknownDtype: for anything that is not one of :data:`DTYPES`.
     """
-    from jaxinit.protocol.errors import UnknownDtype
+    from jaxinit.protocol.errors import UnknownDtype, did_you_mean
 
     if isinstance(dtype, str):
         name = _ALIASES.get(dtype, dtype)
         if name in ITEMSIZE:
             return name
-        raise UnknownDtype(f"unknown dtype {dtype!r}; known dtypes: {', '.join(DTYPE_NAMES)}")
+        hint = did_you_mean(dtype, DTYPE_NAMES)
+        raise UnknownDtype(f"unknown dtype {dtype!r};{hint} known dtypes: {', '.join(DTYPE_NAMES)}")
     try:
         np_dtype = np.dtype(dtype)
     except TypeError:

@@ -8,6 +8,8 @@ imports no transport.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,7 @@ __all__ = [
     "Unauthenticated",
     "UnknownDtype",
     "UnknownInitializer",
+    "did_you_mean",
     "error_from_wire",
     "mapping_for",
     "retry_after_seconds",
@@ -38,6 +41,20 @@ __all__ = [
 # An error message quotes what the caller sent; this bounds the echo (a gRPC status
 # message travels in metadata, which a client caps at 16 KiB by default).
 MAX_MESSAGE = 1024
+
+
+def did_you_mean(word: Any, choices: Iterable[str]) -> str:
+    """`` Did you mean X, Y?`` for the names of a closed set close to ``word`` (else ""):
+    what every "unknown ..." message says before it lists the set.
+
+    >>> did_you_mean("flaot32", ["float32", "float16", "int32"])
+    ' Did you mean float32?'
+    """
+    if not isinstance(word, str) or len(word) > 100:
+        return ""
+    by_lower = {choice.lower(): choice for choice in choices}  # case is a typo too: sequential
+    close = [by_lower[c] for c in difflib.get_close_matches(word.lower(), list(by_lower), n=3)]
+    return f" Did you mean {', '.join(close)}?" if close else ""
 
 
 class JaxinitError(Exception):

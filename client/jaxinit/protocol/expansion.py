@@ -63,7 +63,7 @@ import numpy as np
 
 from jaxinit.protocol.catalog import bind_arguments, lookup
 from jaxinit.protocol.codec import SIXTY_FOUR_BIT, dtype_name
-from jaxinit.protocol.errors import InvalidArgument, ProtocolError
+from jaxinit.protocol.errors import InvalidArgument, ProtocolError, did_you_mean
 from jaxinit.protocol.keys import Key, Step, derive_from_json, step_json
 
 __all__ = [
@@ -214,7 +214,12 @@ class _Reader:
     def done(self) -> None:
         unknown = _names(set(self.node) - self.used)
         if unknown:
-            raise InvalidArgument(f"{self.where}: unknown field(s) {_quote(unknown)} for {self.node.get('type')}")
+            # What the parser read is every field this module type has.
+            hint = did_you_mean(unknown[0], self.used) if len(unknown) == 1 else ""
+            raise InvalidArgument(
+                f"{self.where}: unknown field(s) {_quote(unknown)} for {self.node.get('type')};{hint} "
+                f"its fields: {', '.join(sorted(self.used))}"
+            )
 
 
 def _is_int(value: Any) -> bool:
@@ -583,8 +588,15 @@ def _parse(node: Any, where: str, dtype: str, depth: int, mode: str, *, parent: 
         raise InvalidArgument(f"{_at(where)}: modules nest deeper than {MAX_DEPTH} levels")
     r = _Reader(node, where)
     kind = node.get("type")
+    if kind is None:
+        fields = _names(node)[:20]
+        raise InvalidArgument(
+            f"{where}: a module needs a 'type' (one of {', '.join(MODULE_TYPES)}), or a description in the raw "
+            f"form a 'params' list; got the field(s) {_quote(fields)}"
+        )
     if kind not in MODULE_TYPES:
-        raise InvalidArgument(f"{where}: unknown module type {_quote(kind)}; known: {', '.join(MODULE_TYPES)}")
+        hint = did_you_mean(kind, MODULE_TYPES)
+        raise InvalidArgument(f"{where}: unknown module type {_quote(kind)};{hint} known: {', '.join(MODULE_TYPES)}")
     if kind == "Param" and parent != "Module":
         raise InvalidArgument(f"{where}: a Param belongs among the children of a Module")
     if kind in ("LoRA", "LoRALinear") and mode == "linen":
@@ -1001,7 +1013,10 @@ def _raw(description: Mapping[str, Any], dtype: str) -> _Node:
     """The raw form as a tree of plain modules whose leaves are Params, in the order listed."""
     unknown = _names(set(description) - {"params", "param_dtype"})
     if unknown:
-        raise InvalidArgument(f"model: unknown field(s) {_quote(unknown)} in the raw form")
+        hint = did_you_mean(unknown[0], ("params", "param_dtype")) if len(unknown) == 1 else ""
+        raise InvalidArgument(
+            f"model: unknown field(s) {_quote(unknown)} in the raw form;{hint} its fields: params, param_dtype"
+        )
     if "param_dtype" in description:
         dtype = _dtype_name(description["param_dtype"])
     entries = description["params"]

@@ -52,9 +52,9 @@ def main() -> None:
     soft_rss = int(os.environ.get("JAXINIT_WORKER_SOFT_RSS", str(768 * 2**20)))
 
     if level := os.environ.get("JAXINIT_WORKER_LOG_LEVEL"):
-        import logging
+        from jaxinit_server.logs import configure
 
-        logging.basicConfig(level=level.upper(), format="%(asctime)s worker %(name)s %(levelname)s %(message)s")
+        configure(level, "json" if os.environ.get("JAXINIT_LOG_FORMAT") == "json" else "text", process="worker")
     if cache_dir := os.environ.get("JAXINIT_COMPILATION_CACHE_DIR"):
         import jax
 

@@ -184,6 +184,7 @@ class InitializersServicer(pb_grpc.InitializersServicer):  # type: ignore[misc]
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.TensorChunk]:
         call = await self._open(context, "Generate")
+        call.asked(request.initializer, list(request.shape), request.dtype or None)
         error: BaseException | None = None
         try:
             regions = self._regions(request.shared_memory)
@@ -230,6 +231,7 @@ class InitializersServicer(pb_grpc.InitializersServicer):  # type: ignore[misc]
                         request_id = ""
                     else:
                         call = self._telemetry.call("grpc", "GenerateMany", f"{stream_id}/{request.request_id}")
+                        call.asked(request.initializer, list(request.shape), request.dtype or None)
                         try:
                             regions = self._regions(request.shared_memory)
                         except JaxinitError as exc:
@@ -317,6 +319,7 @@ class InitializersServicer(pb_grpc.InitializersServicer):  # type: ignore[misc]
         self, request: pb.InitModelRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.TensorChunk]:
         call = await self._open(context, "InitModel")
+        call.asked("model", None)
         error: BaseException | None = None
         try:
             regions = self._regions(request.shared_memory)

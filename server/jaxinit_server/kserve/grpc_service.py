@@ -13,27 +13,35 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, cast
 
 import grpc
+from google.protobuf import json_format
 
-from jaxinit.protocol.errors import TooLarge
+from jaxinit.protocol.catalog import CATALOG
+from jaxinit.protocol.errors import InvalidArgument, TooLarge
 from jaxinit_server.auth import KeyRing
 from jaxinit_server.core import Service, TensorStream
 from jaxinit_server.grpc.status import abort, caller_of, domain_error
 from jaxinit_server.kserve import grpc_predict_v2_pb2 as pb
 from jaxinit_server.kserve import grpc_predict_v2_pb2_grpc as pb_grpc
+from jaxinit_server.kserve import model_config_pb2
 from jaxinit_server.kserve.mapping import (
+    EXTENSIONS,
     OUTPUT,
+    UNSUPPORTED,
     VERSION,
     Input,
     datatype_of,
     input_from_bytes,
     input_from_values,
     known,
+    model_config,
     model_metadata,
+    model_statistics,
     params_from_v2,
+    quote,
 )
 from jaxinit_server.telemetry import Telemetry
 
-__all__ = ["MAX_UNARY_BYTES", "SERVICE_NAME", "InferenceServicer", "add_to_server"]
+__all__ = ["MAX_UNARY_BYTES", "SERVICE_NAME", "InferenceServicer", "Unsupported", "add_to_server"]
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 # The most tensor bytes one ModelInfer response holds: it is made whole in memory (and
@@ -76,7 +84,37 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         return pb.ModelReadyResponse(ready=self._service.ready and known(request.name, request.version))
 
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name="jaxinit", version=self._service.identity.jaxinit_version)
+        return pb.ServerMetadataResponse(
+            name="jaxinit", version=self._service.identity.jaxinit_version, extensions=EXTENSIONS
+        )
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            config = model_config(request.name, self._service.identity.jax_version, request.version)
+        except Exception as exc:
+            await abort(context, domain_error(exc))
+        return pb.ModelConfigResponse(config=json_format.ParseDict(config, model_config_pb2.ModelConfig()))
+
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            stats = model_statistics(self._telemetry.model_counters, request.name, request.version)
+        except Exception as exc:
+            await abort(context, domain_error(exc))
+        return json_format.ParseDict(stats, pb.ModelStatisticsResponse())
+
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext) -> Any:
+        if request.repository_name:
+            await abort(
+                context,
+                InvalidArgument(f"jaxinit has one model repository, unnamed; got {quote(request.repository_name)}"),
+            )
+        state = "READY" if self._service.ready else "UNAVAILABLE"
+        return pb.RepositoryIndexResponse(
+            models=[
+                pb.RepositoryIndexResponse.ModelIndex(name=name, version=VERSION, state=state)
+                for name in sorted(CATALOG)
+            ]
+        )
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext) -> Any:
         try:
@@ -93,6 +131,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:
         call = self._telemetry.call("grpc", "ModelInfer", request.id or None)
+        call.asked(request.model_name, None)
         error: BaseException | None = None
         try:
             parameters = {k: _parameter(v) for k, v in request.parameters.items()}
@@ -147,10 +186,46 @@ async def _gathered(tensor: TensorStream, chunk_bytes: int) -> bytearray:
     return data
 
 
+# Triton's methods this server does not declare, by the extension each belongs to.
+_UNSUPPORTED_METHODS = {
+    "ModelStreamInfer": "sequence",
+    "RepositoryModelLoad": "model_control",
+    "RepositoryModelUnload": "model_control",
+    "SystemSharedMemoryStatus": "system_shared_memory",
+    "SystemSharedMemoryRegister": "system_shared_memory",
+    "SystemSharedMemoryUnregister": "system_shared_memory",
+    "CudaSharedMemoryStatus": "cuda_shared_memory",
+    "CudaSharedMemoryRegister": "cuda_shared_memory",
+    "CudaSharedMemoryUnregister": "cuda_shared_memory",
+    "TraceSetting": "trace",
+    "LogSettings": "logging",
+}
+
+
+class Unsupported(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """Every other method of the v2 service (Triton's shared memory, model control, trace,
+    logging, streaming): UNIMPLEMENTED with one sentence saying so, not "Method not found!"."""
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        prefix, _, method = handler_call_details.method.rpartition("/")
+        if prefix != f"/{SERVICE_NAME}":
+            return None
+        extension = _UNSUPPORTED_METHODS.get(method)
+        sentence = UNSUPPORTED[extension] if extension else f"jaxinit does not implement the v2 method {quote(method)}"
+
+        async def refuse(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, sentence)
+            yield b""  # never reached: an async generator, as a streaming handler must be
+
+        # Streaming both ways: it answers a unary call as well (the wire is the same), unread.
+        return grpc.stream_stream_rpc_method_handler(refuse)
+
+
 def add_to_server(
     server: grpc.aio.Server, service: Service, telemetry: Telemetry, keyring: KeyRing | None = None
 ) -> None:
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service, telemetry, keyring), server)
+    server.add_generic_rpc_handlers((Unsupported(),))
 
 
 def _generator(chunks: AsyncIterator[tuple[int, memoryview]]) -> AsyncGenerator[tuple[int, memoryview], None]:

@@ -27,12 +27,14 @@ import numpy as np
 
 from jaxinit.protocol.catalog import CATALOG, args_from_text
 from jaxinit.protocol.codec import DTYPES, array_from_buffer
-from jaxinit.protocol.errors import InvalidArgument, UnknownInitializer
+from jaxinit.protocol.errors import InvalidArgument, UnknownInitializer, did_you_mean
 from jaxinit.protocol.keys import DEFAULT_IMPL, Key, derive_from_text
 from jaxinit_server.core import GenerateParams
 
 __all__ = [
     "DATATYPES",
+    "EXTENSIONS",
+    "UNSUPPORTED",
     "MAX_JSON_DEPTH",
     "MAX_QUOTE_CHARS",
     "OUTPUT",
@@ -42,7 +44,9 @@ __all__ = [
     "known",
     "datatype_of",
     "json_depth",
+    "model_config",
     "model_metadata",
+    "model_statistics",
     "params_from_v2",
     "quote",
 ]
@@ -271,7 +275,8 @@ def check_model(model: str, version: str = "") -> None:
     """Raise UnknownInitializer unless ``model`` is an initializer and ``version`` (empty:
     the default) is its version."""
     if model not in CATALOG:
-        raise UnknownInitializer(f"unknown model {quote(model)}: every jaxinit initializer is a model")
+        hint = did_you_mean(model, CATALOG)
+        raise UnknownInitializer(f"unknown model {quote(model)}:{hint} every jaxinit initializer is a model")
     if not known(model, version):
         raise UnknownInitializer(f"model {quote(model)} has no version {quote(version)}; its one version is {VERSION}")
 
@@ -296,3 +301,88 @@ def model_metadata(model: str, jax_version: str, version: str = "") -> dict[str,
         ],
         "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1]}],
     }
+
+
+# The protocol extensions this server implements, as /v2 and ServerMetadata list them.
+EXTENSIONS = ("binary_tensor_data", "parameters", "model_configuration", "statistics")
+# Triton's extensions this server does not implement: each answered with one sentence
+# (REST: 501 and the protocol's error body; gRPC: UNIMPLEMENTED), never a bare 404.
+UNSUPPORTED = {
+    "system_shared_memory": "jaxinit does not support Triton's system shared memory extension; same-host "
+    "callers get their tensors in shared memory through jaxinit's own API (docs/api.md, Same-host shared memory)",
+    "cuda_shared_memory": "jaxinit does not support Triton's CUDA shared memory extension; it makes tensors on the "
+    "CPU and sends their bytes",
+    "model_control": "jaxinit does not support loading or unloading models: every initializer is always loaded "
+    "(POST /v2/repository/index lists them)",
+    "trace": "jaxinit does not support Triton's trace extension; each response carries its request id "
+    "(x-request-id) and the server logs one line per request",
+    "logging": "jaxinit does not support changing log settings at run time; set --log-level and --log-format "
+    "when the server starts",
+    "sequence": "jaxinit does not support streaming inference (ModelStreamInfer); call ModelInfer, or stream "
+    "large tensors with jaxinit's own Generate RPC",
+}
+
+
+def model_config(model: str, jax_version: str, version: str = "") -> dict[str, Any]:
+    """A model's configuration in Triton's form (``model_config.proto`` as JSON): what
+    Triton's tools (perf_analyzer, model_analyzer) read before anything else. No batching
+    (``max_batch_size`` 0): each request is one tensor."""
+    check_model(model, version)
+    return {
+        "name": model,
+        "platform": f"jax-{jax_version}",
+        "backend": "jaxinit",
+        "version_policy": {"specific": {"versions": [int(VERSION)]}},
+        "max_batch_size": 0,
+        "input": [
+            {"name": "shape", "data_type": "TYPE_INT64", "format": "FORMAT_NONE", "dims": [-1], "optional": False},
+            {"name": "seed", "data_type": "TYPE_INT64", "format": "FORMAT_NONE", "dims": [1], "optional": True},
+            {"name": "key_data", "data_type": "TYPE_UINT32", "format": "FORMAT_NONE", "dims": [-1], "optional": True},
+            {"name": "fold_in", "data_type": "TYPE_UINT32", "format": "FORMAT_NONE", "dims": [-1], "optional": True},
+        ],
+        # The datatype of the default dtype; the `dtype` parameter picks another.
+        "output": [{"name": OUTPUT, "data_type": "TYPE_FP32", "dims": [-1]}],
+        # Its arguments, given as request parameters (comma-separated names).
+        "parameters": {"arguments": {"string_value": ",".join(CATALOG[model].argument_names)}},
+    }
+
+
+def model_statistics(counters: Mapping[str, Mapping[str, int]], model: str = "", version: str = "") -> dict[str, Any]:
+    """Triton's statistics answer (``ModelStatisticsResponse`` as JSON) for ``model`` (empty:
+    every model), from the server's own per-initializer counters (``Telemetry.model_counters``)."""
+    if model:
+        check_model(model, version)
+    elif version:
+        raise InvalidArgument("a model version needs a model name")
+    stats = []
+    for name in [model] if model else sorted(CATALOG):
+        c = counters.get(name, {})
+
+        def duration(key: str, c: Mapping[str, int] = c) -> dict[str, int]:
+            return {"count": c.get(f"{key}_count", 0), "ns": c.get(f"{key}_ns", 0)}
+
+        stats.append(
+            {
+                "name": name,
+                "version": VERSION,
+                "last_inference": c.get("last_inference", 0),
+                "inference_count": c.get("success_count", 0),
+                "execution_count": c.get("success_count", 0),
+                "inference_stats": {
+                    key: duration(key)
+                    for key in (
+                        "success",
+                        "fail",
+                        "queue",
+                        "compute_input",
+                        "compute_infer",
+                        "compute_output",
+                        "cache_hit",
+                        "cache_miss",
+                    )
+                },
+                "batch_stats": [],
+                "memory_usage": [],
+            }
+        )
+    return {"model_stats": stats}

@@ -44,6 +44,7 @@ __all__ = [
     "V2_ERRORS",
     "InferRequest",
     "TensorResponse",
+    "V2Error",
     "V2ModelReady",
     "V2Ready",
     "binary_body",

@@ -4,6 +4,7 @@ routers over one :class:`Service`."""
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from jaxinit_server.auth import KeyRing
 from jaxinit_server.core import Service
@@ -32,12 +33,15 @@ def create_app(
         keyring: when it has keys, a bearer token is needed on all but health.
         max_body_bytes: a larger request body is a 413 before it is read.
     """
-    app = FastAPI(
+    # /docs (Swagger UI) and /redoc from assets installed with the server (fastapi-offline
+    # vendors them), not a public CDN: they work in an air-gapped cluster.
+    app = FastAPIOffline(
         title=title,
         version=service.identity.jaxinit_version,
         description="JAX initializers, bit-identical to the server's JAX. Tensors are raw "
         "little-endian bytes (application/octet-stream), .npy files or JSON.",
         responses={code: {"model": ErrorResponse} for code in (400, 401, 404, 406, 413, 429, 500, 503)},
+        swagger_ui_parameters={"validatorUrl": None},  # its badge would ask validator.swagger.io
     )
     app.router.route_class = OffLoopJSONRoute
     app.state.service = service

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jaxinit.protocol.errors import InternalError, InvalidArgument, JaxinitError, error_from_wire, mapping_for
+from jaxinit.protocol.wire import REQUEST_ID_HEADER
 from jaxinit_server.core.errors import as_domain_error
 
 __all__ = ["error_body", "error_response", "install_error_handlers", "is_v2"]
@@ -44,6 +45,25 @@ def error_response(
     return JSONResponse(error_body(error, path), status_code=status, headers=headers)
 
 
+def _logged(request: Request, exc: RequestValidationError, error: JaxinitError) -> dict[str, str] | None:
+    """Log a request refused before its route ran (its body or query did not parse) as the
+    route would have: what the caller asked for, its request id (echoed), the error."""
+    telemetry = getattr(request.app.state, "telemetry", None)
+    route = request.scope.get("route")
+    if telemetry is None or route is None:
+        return None
+    call = telemetry.call("http", getattr(route, "name", "-"), request.headers.get(REQUEST_ID_HEADER))
+    asked = exc.body if isinstance(exc.body, dict) else {}
+    query = request.query_params
+    call.asked(
+        asked.get("initializer", request.path_params.get("initializer")),
+        asked.get("shape", query.get("shape")),
+        asked.get("dtype", query.get("dtype")),
+    )
+    call.close(error)
+    return {REQUEST_ID_HEADER: call.request_id}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Domain errors, body validation, the framework's own refusals and anything unexpected,
     all in jaxinit's error body (never a stack trace)."""
@@ -59,7 +79,8 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         if request.method == "POST" and "json" not in request.headers.get("content-type", ""):
             problems += "; send the body as JSON, with the header Content-Type: application/json"
-        return error_response(InvalidArgument(f"invalid request: {problems}"), path=request.url.path)
+        error = InvalidArgument(f"invalid request: {problems}")
+        return error_response(error, headers=_logged(request, exc, error), path=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _framework_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -55,6 +55,7 @@ async def generate(
     # Accept is content negotiation (the responses' media types say what it can be), read
     # as a header rather than declared as a free-form parameter.
     call = telemetry.call("http", "generate", x_request_id)
+    call.asked(body.initializer, body.shape, body.dtype)
 
     async def answer() -> Response:
         media = negotiate(request.headers.get("accept"))
@@ -94,6 +95,7 @@ async def generate_get(
     x_request_id: Annotated[str | None, Header()] = None,
 ) -> Response:
     call = telemetry.call("http", "generate_get", x_request_id)
+    call.asked(initializer, shape, dtype)
 
     async def answer() -> Response:
         media = negotiate(request.headers.get("accept"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -19,11 +20,23 @@ from jaxinit.protocol.errors import JaxinitError
 from jaxinit.protocol.wire import JSON, REQUEST_ID_HEADER
 from jaxinit_server.core import TensorStream
 from jaxinit_server.disconnects import unless_disconnected
-from jaxinit_server.kserve.mapping import OUTPUT, VERSION, datatype_of, known, model_metadata, params_from_v2
+from jaxinit_server.kserve.mapping import (
+    EXTENSIONS,
+    OUTPUT,
+    UNSUPPORTED,
+    VERSION,
+    datatype_of,
+    known,
+    model_config,
+    model_metadata,
+    model_statistics,
+    params_from_v2,
+)
 from jaxinit_server.kserve.rest import (
     HEADER_LENGTH,
     V2_ERRORS,
     TensorResponse,
+    V2Error,
     V2ModelReady,
     V2Ready,
     binary_body,
@@ -39,9 +52,9 @@ __all__ = ["router"]
 router = APIRouter(route_class=OffLoopJSONRoute)
 
 
-@router.get("/v2", summary="KServe v2: server metadata")
+@router.get("/v2", summary="KServe v2: server metadata (with the extensions it implements)")
 async def server_metadata(service: ServiceDep) -> dict[str, Any]:
-    return {"name": "jaxinit", "version": service.identity.jaxinit_version, "extensions": ["binary_tensor_data"]}
+    return {"name": "jaxinit", "version": service.identity.jaxinit_version, "extensions": list(EXTENSIONS)}
 
 
 @router.get("/v2/health/live", summary="KServe v2: liveness")
@@ -54,6 +67,15 @@ async def live() -> dict[str, bool]:
 )
 async def ready(service: ServiceDep) -> JSONResponse:
     return JSONResponse({"ready": service.ready}, status_code=200 if service.ready else 503)
+
+
+_STATS = "KServe v2 (Triton's statistics extension): requests for each initializer, every surface"
+
+
+# Before /v2/models/{name}, which would take "stats" for a model's name.
+@router.get("/v2/models/stats", summary=_STATS, responses=V2_ERRORS)
+async def all_statistics(telemetry: TelemetryDep) -> Response:
+    return _answer(lambda: model_statistics(telemetry.model_counters))
 
 
 @router.get(
@@ -69,8 +91,38 @@ async def metadata_of_version(name: str, version: str, service: ServiceDep) -> R
 
 
 def _metadata(name: str, version: str, service: ServiceDep) -> Response:
+    return _answer(lambda: model_metadata(name, service.identity.jax_version, version))
+
+
+@router.get(
+    "/v2/models/{name}/config", summary="KServe v2 (Triton's model configuration extension)", responses=V2_ERRORS
+)
+async def config(name: str, service: ServiceDep) -> Response:
+    return _answer(lambda: model_config(name, service.identity.jax_version))
+
+
+@router.get(
+    "/v2/models/{name}/versions/{version}/config",
+    summary="KServe v2 (Triton's model configuration extension)",
+    responses=V2_ERRORS,
+)
+async def config_of_version(name: str, version: str, service: ServiceDep) -> Response:
+    return _answer(lambda: model_config(name, service.identity.jax_version, version))
+
+
+@router.get("/v2/models/{name}/stats", summary=_STATS, responses=V2_ERRORS)
+async def statistics(name: str, telemetry: TelemetryDep) -> Response:
+    return _answer(lambda: model_statistics(telemetry.model_counters, name))
+
+
+@router.get("/v2/models/{name}/versions/{version}/stats", summary=_STATS, responses=V2_ERRORS)
+async def statistics_of_version(name: str, version: str, telemetry: TelemetryDep) -> Response:
+    return _answer(lambda: model_statistics(telemetry.model_counters, name, version))
+
+
+def _answer(make: Callable[[], dict[str, Any]]) -> Response:
     try:
-        return JSONResponse(model_metadata(name, service.identity.jax_version, version))
+        return JSONResponse(make())
     except JaxinitError as exc:
         return error_response(exc)
 
@@ -79,6 +131,38 @@ def _metadata(name: str, version: str, service: ServiceDep) -> Response:
 async def repository_index(service: ServiceDep) -> list[dict[str, str]]:
     state = "READY" if service.ready else "UNAVAILABLE"
     return [{"name": name, "version": VERSION, "state": state} for name in sorted(CATALOG)]
+
+
+# Triton's extensions this server does not implement, on the paths Triton serves them:
+# the protocol's error body with one sentence (501), not a bare 404.
+_UNSUPPORTED_PATHS = {
+    "/v2/systemsharedmemory/{rest:path}": "system_shared_memory",
+    "/v2/cudasharedmemory/{rest:path}": "cuda_shared_memory",
+    "/v2/repository/models/{rest:path}": "model_control",
+    "/v2/repository/{repository}/models/{rest:path}": "model_control",
+    "/v2/trace/setting": "trace",
+    "/v2/models/{name}/trace/setting": "trace",
+    "/v2/logging": "logging",
+}
+
+
+def _unsupported_route(path: str, extension: str) -> None:
+    async def unsupported() -> JSONResponse:
+        return JSONResponse({"error": UNSUPPORTED[extension]}, status_code=501)
+
+    router.add_api_route(
+        path,
+        unsupported,
+        methods=["GET", "POST"],
+        summary=f"KServe v2: Triton's {extension} extension (not supported: 501)",
+        responses={501: {"model": V2Error}},
+        name=f"unsupported_{extension}_{len(router.routes)}",
+        include_in_schema=False,  # not an operation of this API (docs/api.md lists them)
+    )
+
+
+for _path, _extension in _UNSUPPORTED_PATHS.items():
+    _unsupported_route(_path, _extension)
 
 
 _READY = {
@@ -128,6 +212,7 @@ async def _infer(
     name: str, version: str, request: Request, service: ServiceDep, telemetry: TelemetryDep, caller: CallerDep
 ) -> Response:
     call = telemetry.call("http", "v2_infer", request.headers.get(REQUEST_ID_HEADER))
+    call.asked(name, None)
     tensor: TensorStream | None = None
     try:
         body = await request.body()

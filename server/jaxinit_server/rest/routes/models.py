@@ -37,6 +37,7 @@ async def init_model(
     x_request_id: Annotated[str | None, Header()] = None,
 ) -> Response:
     call = telemetry.call("http", "init_model", x_request_id)
+    call.asked("model", None)
 
     async def answer() -> Response:
         media = negotiate(request.headers.get("accept"), MODEL_MEDIA_TYPES)
