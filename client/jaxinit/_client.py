@@ -58,7 +58,7 @@ def _tqdm() -> Any:
     try:
         from tqdm.auto import tqdm
     except ImportError:
-        raise ImportError("progress bars need tqdm: pip install 'jaxinit[progress]'") from None
+        raise ImportError("progress bars need tqdm: pip install tqdm (the client's [progress] extra)") from None
     return tqdm
 
 
@@ -276,7 +276,10 @@ def _open_transport(
         except ImportError as exc:
             if exc.name == "jaxinit._grpc":  # installed, but too old: the error says which and what to do
                 raise
-            raise ImportError(f"grpc:// URLs need grpcio and protobuf: pip install 'jaxinit[grpc]' ({exc})") from exc
+            raise ImportError(
+                "grpc:// URLs need grpcio and protobuf: pip install 'grpcio>=1.59' 'protobuf>=4.21' "
+                f"(the client's [grpc] extra) ({exc})"
+            ) from exc
 
         grpc_transport = _grpc.AsyncGrpcTransport if asynchronous else _grpc.GrpcTransport
         return grpc_transport(

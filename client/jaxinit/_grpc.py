@@ -67,7 +67,7 @@ def check_versions(protobuf_version: str, grpcio_version: str) -> None:
     if old:
         raise ImportError(
             f"jaxinit's gRPC transport cannot use {' and '.join(old)}: upgrade with "
-            "pip install -U 'jaxinit[grpc]', or use an http:// URL",
+            "pip install -U 'grpcio>=1.59' 'protobuf>=4.21', or use an http:// URL",
             name=__name__,
         )
 

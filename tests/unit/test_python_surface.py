@@ -49,7 +49,7 @@ def test_a_progress_bar_without_tqdm_names_the_extra(monkeypatch: pytest.MonkeyP
     _without(monkeypatch, "tqdm")
     with (
         jaxinit.Client("http://127.0.0.1:9") as client,
-        pytest.raises(ImportError, match=r"pip install 'jaxinit\[progress\]'"),
+        pytest.raises(ImportError, match=r"pip install tqdm \(the client's \[progress\] extra\)"),
         client._showing_progress(True, "normal"),
     ):
         pass
