@@ -58,7 +58,7 @@ def measure(starts: int, *args: str) -> dict[str, Any]:
         start_once(warm_dir, *args)  # fills it
         warm = [start_once(warm_dir, *args) for _ in range(starts)]
         files = sum(1 for _ in warm_dir.iterdir())
-    return {"cold": summary(cold), "warm": summary(warm), "warm_cache_files": files}
+    return {"server_args": list(args), "cold": summary(cold), "warm": summary(warm), "warm_cache_files": files}
 
 
 def main(argv: list[str] | None = None) -> int:
