@@ -418,6 +418,7 @@ class WholePool:
         """The pool as readiness and metrics show it."""
         return {
             "size": self.size,
+            "loading": len(self._starting),  # started, still loading JAX (just after a start)
             "busy": self.busy,
             "waiting": self.waiting,
             "replaced": self.replaced,
