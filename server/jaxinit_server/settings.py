@@ -89,8 +89,8 @@ class Settings(BaseSettings):
     )
     warm_up: bool = Field(
         True,
-        description="compile the common chunk programs and start the whole-tensor workers before reporting "
-        "ready (the self-check that proves chunking exact runs either way)",
+        description="before reporting ready, compile the common chunk programs (unless the compilation cache "
+        "holds them) and start the whole-tensor workers (the self-check that proves chunking exact runs either way)",
     )
     compilation_cache: bool = Field(
         True,
