@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 GRPC_PORT ?= 50051
 HTTP_PORT ?= 8000
 
-.PHONY: setup setup-serve setup-lint setup-release system-tools serve test bench bench-export bench-robustness bench-memory load lint typecheck proto clean
+.PHONY: setup setup-serve setup-lint setup-release system-tools serve test bench bench-startup bench-export bench-robustness bench-memory load lint typecheck proto clean
 
 # Every install: both distributions editable from this checkout (the client, the root, named
 # on each line so that pip never looks the name jaxinit up on the index), pinned by the
@@ -70,6 +70,10 @@ system-tools:
 
 bench: setup
 	$(PY) bench/run.py --json bench/results.json
+
+# Time to ready alone, cold and warm (make bench includes it): about 5 minutes on 2 cores.
+bench-startup: setup
+	$(PY) bench/startup.py --json bench/startup.json
 
 # Small-request latency beside heavy requests, and peak RSS per request class (~7.5 min, one server).
 bench-export: setup

@@ -1,7 +1,7 @@
 """jaxinit benchmark suite: the service against local JAX and against the bare transport.
 
     python bench/run.py            # full sizes, about 3 minutes on 2 cores
-    python bench/run.py --quick    # small sizes, seconds (CI runs this)
+    python bench/run.py --quick    # small sizes, one cold and one warm start (CI runs this)
 
 Starts a jaxinit-server (and a bare protocol server, bench/bare.py) on loopback,
 measures one thing at a time so nothing competes for the 2 cores, and prints ratios
@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import psutil
+from startup import measure as time_to_ready  # bench/startup.py, beside this script
 
 import jaxinit
 from jaxinit_server.testing import running_server
@@ -379,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
         results["7_small_breakdown_256x256"] = small_breakdown(small, 20 if q else 300)
     finally:
         bare.stop()
+    # Time to ready, cold (empty compilation cache) and warm (a restart): bench/startup.py
+    # (quick: one start of each, without the warm-up requests).
+    results["8_time_to_ready"] = time_to_ready(1, "--no-warm-up") if q else time_to_ready(3)
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:

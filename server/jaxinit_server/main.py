@@ -27,7 +27,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from jaxinit_server.auth import KeyRing
-from jaxinit_server.core import Service
+from jaxinit_server.core import Service, chunked
 from jaxinit_server.grpc.server import create_grpc_server, set_serving
 from jaxinit_server.jsonio import collect_garbage
 from jaxinit_server.logs import configure as configure_logging
@@ -92,7 +92,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         workers=settings.workers,
         whole_workers=settings.whole_workers,
         worker_rss_bytes=settings.worker_rss_bytes,
-        compilation_cache_dir=settings.compilation_cache_dir,
+        compilation_cache_dir=settings.compilation_cache_path(),
         stall_seconds=settings.stall_seconds,
         log_level=settings.log_level,
         cache_bytes=settings.cache_bytes,
@@ -128,11 +128,11 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     )
     http_server = _HttpServer(config)
 
+    chunked.require_proof()  # every family runs whole until the self-check has proven it here
     await grpc_server.start()
     http_task = asyncio.ensure_future(http_server.serve(sockets=[sock]))
     await set_serving(health, False)
-    if settings.warm_up:
-        await asyncio.to_thread(service.warm_up)
+    await asyncio.to_thread(service.warm_up, requests=settings.warm_up)
     service.ready = True
     await set_serving(health, True)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host

@@ -5,6 +5,7 @@ Built once, in ``main()``, and passed into the factories; nothing reads them at 
 
 from __future__ import annotations
 
+import os
 import socket
 
 from pydantic import Field, model_validator
@@ -89,9 +90,20 @@ class Settings(BaseSettings):
     shared_memory_bytes: int = Field(
         2**32, ge=0, description="most bytes of regions offered and not yet claimed; past that, the stream"
     )
-    warm_up: bool = Field(True, description="run a few requests before reporting ready")
+    warm_up: bool = Field(
+        True,
+        description="before reporting ready, compile the common chunk programs (unless the compilation cache "
+        "holds them) and start the whole-tensor workers (the self-check that proves chunking exact runs either way)",
+    )
+    compilation_cache: bool = Field(
+        True,
+        description="keep compiled programs and the self-check's verdict in --compilation-cache-dir, so a "
+        "restart is ready in seconds",
+    )
     compilation_cache_dir: str | None = Field(
-        None, description="JAX's persistent compilation cache: compiled programs survive restarts"
+        None,
+        description="JAX's persistent compilation cache (default: $XDG_CACHE_HOME/jaxinit/jax, else "
+        "~/.cache/jaxinit/jax)",
     )
     log_level: str = Field("info", description="uvicorn and server log level")
     log_format: LogFormat = Field(
@@ -123,6 +135,16 @@ class Settings(BaseSettings):
             return None
         with open(self.tls_cert_file, "rb") as chain, open(self.tls_key_file, "rb") as key:
             return chain.read(), key.read()
+
+    def compilation_cache_path(self) -> str | None:
+        """Where compiled programs are kept: --compilation-cache-dir, else a per-user cache
+        directory; None with --no-compilation-cache."""
+        if not self.compilation_cache:
+            return None
+        if self.compilation_cache_dir:
+            return self.compilation_cache_dir
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        return os.path.join(base, "jaxinit", "jax")
 
     def limits(self) -> Limits:
         return Limits(

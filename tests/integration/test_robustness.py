@@ -335,6 +335,9 @@ def test_idle_sockets_on_huge_streams_do_not_deny_service(own_server: ServerProc
 
 def test_abandoned_whole_tensor_work_stops_and_frees_its_worker(own_server: ServerProcess) -> None:
     """gRPC callers whose deadline passes during a QR: their worker is killed, not left computing."""
+    # The workers load JAX after the server is ready: a job cancelled while it waits for one
+    # never computes (nothing to kill), so let them load first.
+    _until(lambda: _state(own_server)["whole_tensor_workers"]["loading"] == 0, "the workers to load")
     killed = _state(own_server)["whole_tensor_workers"]["killed"]
     for _ in range(3):
         error = _generate_grpc(own_server, _proto("orthogonal", [4096, 4096]), timeout=0.5)

@@ -56,11 +56,9 @@ def main() -> None:
 
         configure(level, "json" if os.environ.get("JAXINIT_LOG_FORMAT") == "json" else "text", process="worker")
     if cache_dir := os.environ.get("JAXINIT_COMPILATION_CACHE_DIR"):
-        import jax
+        from jaxinit_server.core.startup import use_compilation_cache
 
-        jax.config.update("jax_compilation_cache_dir", cache_dir)  # type: ignore[no-untyped-call]
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # type: ignore[no-untyped-call]
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)  # type: ignore[no-untyped-call]
+        use_compilation_cache(cache_dir)  # the server's: programs compiled once serve every worker
 
     from jaxinit.protocol.codec import to_wire_bytes
     from jaxinit.protocol.errors import InternalError, JaxinitError

@@ -45,7 +45,20 @@ from jaxinit.protocol.codec import DTYPES
 from jaxinit_server.core._jax_compat import UINT_DTYPES, compute_fans, iota_2x32_shape
 from jaxinit_server.core.request import Resolved
 
-__all__ = ["FAMILIES", "LEGACY", "MAX_CHUNK", "Plan", "bucket", "chunkable", "chunks", "disable", "disabled", "plan"]
+__all__ = [
+    "FAMILIES",
+    "LEGACY",
+    "MAX_CHUNK",
+    "Plan",
+    "bucket",
+    "chunkable",
+    "chunks",
+    "disable",
+    "disabled",
+    "plan",
+    "proven",
+    "require_proof",
+]
 
 MIN_CHUNK = 2**12
 MAX_CHUNK = 2**20
@@ -166,6 +179,19 @@ class Plan:
 FAMILIES = frozenset(SAMPLERS | set(VARIANCE_FAMILY) | {"variance_scaling"})
 _disabled: dict[str, str] = {}  # family (or LEGACY: the whole legacy mode) -> why
 LEGACY = "threefry_partitionable=false"
+# A server runs every family whole from its start until the self-check (or its stored
+# verdict) has proven them on this JAX (require_proof, proven); a library caller chunks.
+_unproven: list[bool] = []
+
+
+def require_proof() -> None:
+    """Run every family whole until :func:`proven` is called (a server, before its self-check)."""
+    _unproven[:] = [True]
+
+
+def proven() -> None:
+    """The self-check has judged the families: those it did not disable are chunked."""
+    _unproven.clear()
 
 
 def disable(family: str, why: str) -> None:
@@ -184,11 +210,14 @@ def disabled() -> dict[str, str]:
     return dict(_disabled)
 
 
-def chunkable(resolved: Resolved) -> bool:
+def chunkable(resolved: Resolved, *, proving: bool = False) -> bool:
     """Whether :func:`plan` makes a plan for ``resolved`` (cheap: no JAX work, any config).
 
-    It does unless JAX's own scale computation refuses the request.
+    It does unless JAX's own scale computation refuses the request. ``proving``: for the
+    self-check, which judges plans before they are proven.
     """
+    if _unproven and not proving:
+        return False
     key = resolved.key
     total = math.prod(resolved.shape)
     if key is None or key.impl != "threefry2x32" or resolved.out_dtype not in FLOATS or total == 0:
@@ -202,13 +231,13 @@ def chunkable(resolved: Resolved) -> bool:
     return LEGACY not in _disabled and -(-LEGACY_BITS[resolved.out_dtype] * total // 32) < 2**32 - 1
 
 
-def plan(resolved: Resolved) -> Plan | None:
+def plan(resolved: Resolved, *, proving: bool = False) -> Plan | None:
     """A chunk plan for ``resolved``, or None when it must run whole.
 
     Call under the request's JAX config. Raises what JAX's own scale computation
     raises (e.g. fans of a 1-D shape); callers fall back to the whole path then.
     """
-    if not chunkable(resolved):
+    if not chunkable(resolved, proving=proving):
         return None
     # The plan (its scale made by JAX's own eager ops) depends on nothing else; remembered,
     # a repeat skips those dispatches and gives the same scale, so the same bits.

@@ -603,7 +603,7 @@ def _chunk_problem(name: str, args: dict[str, Any], dtype: str, partitionable: b
     try:
         resolved = resolve(params, Limits(), PrngDefaults(partitionable, False))
         with _config(resolved):
-            plan = chunked.plan(resolved)
+            plan = chunked.plan(resolved, proving=True)
             if plan is None:
                 return f"no chunk plan ({where})"
             key_data = _make_key(resolved.key)[1]

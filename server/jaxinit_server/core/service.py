@@ -12,15 +12,13 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import jax
-
 from jaxinit.protocol.catalog import CATALOG
 from jaxinit.protocol.codec import DTYPE_NAMES, DTYPES
 from jaxinit.protocol.errors import JaxinitError, PermissionDenied, TooLarge
 from jaxinit.protocol.expansion import Output, file_metadata
 from jaxinit.protocol.keys import KEY_IMPLS, Key
 from jaxinit.protocol.provenance import Provenance
-from jaxinit_server.core import chunked, engine, results
+from jaxinit_server.core import chunked, engine, results, startup
 from jaxinit_server.core.admission import UNSET, Admission, Ticket
 from jaxinit_server.core.disk_cache import DiskCache
 from jaxinit_server.core.model_init import InitModelParams, ResolvedModel, resolve_model
@@ -72,11 +70,8 @@ class Service:
         shared_memory_lease: float = 60.0,
         shared_memory_bytes: int = 2**32,
     ) -> None:
-        if compilation_cache_dir:
-            # Every program, however quick to compile, so a restart compiles nothing it had.
-            jax.config.update("jax_compilation_cache_dir", compilation_cache_dir)  # type: ignore[no-untyped-call]
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # type: ignore[no-untyped-call]
-            jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)  # type: ignore[no-untyped-call]
+        # Compiled programs and the self-check's verdict survive restarts (see startup.py).
+        self.compilation_cache_dir = startup.use_compilation_cache(compilation_cache_dir)
         self.limits = limits or Limits()
         self.admission = Admission(
             self.limits.max_streams,
@@ -109,7 +104,7 @@ class Service:
             whole_workers,
             hard_rss=worker_rss_bytes,
             soft_rss=worker_rss_bytes // 2,
-            compilation_cache_dir=compilation_cache_dir,
+            compilation_cache_dir=self.compilation_cache_dir,
             log_level=log_level,
         )
         self.stalls = StallWatch(stall_seconds) if stall_seconds else None
@@ -451,21 +446,50 @@ class Service:
             fixed_digest=(lambda: flight.stored.digest if flight.stored is not None else None) if whole else None,
         )
 
-    def warm_up(self) -> None:
-        """Check the chunked families against eager JAX (disabling any that differs), then run
-        one small request of each common kind, so the first real one is not slow."""
-        engine.self_check()
-        # Chunk programs for the common families and dtypes, in every chunk size.
-        for dtype in ("float32", "bfloat16"):
-            for name in ("lecun_normal", "he_normal", "glorot_uniform", "normal"):
-                size = chunked.MIN_CHUNK
-                while size <= chunked.MAX_CHUNK:
-                    params = GenerateParams(name, (size // 64, 64), dtype=dtype, key=Key(seed=0))
-                    for _ in engine.prepare(self.prepare(params)).produce():
-                        pass
-                    size *= 2
-        engine.prepare(self.prepare(GenerateParams("zeros", (2, 2))))
-        self.whole.start()
+    def warm_up(self, *, requests: bool = True) -> None:
+        """Make serving exact, then (``requests``) fast: prove the chunked families against
+        eager JAX (disabling any that differs; with a compilation cache, the verdict stored
+        for exactly this installation is read instead, see :mod:`startup`), then run one
+        small request of each common kind (unless the cache holds their programs already)
+        and start the whole-tensor workers, so that the first real requests are not slow."""
+        began = time.perf_counter()
+        if requests:
+            # They load JAX meanwhile, and join the pool when they have (not waited for: a
+            # whole-tensor request that comes first waits for one).
+            self.whole.begin()
+        directory = self.compilation_cache_dir
+        print_ = startup.fingerprint() if directory else {}
+        verdict = startup.load_verdict(directory, print_) if directory else None
+        keep = directory is not None and (verdict is None or (requests and not verdict.warmed))
+        if verdict is None:
+            verdict = startup.Verdict(engine.self_check(), warmed=False)
+            account = [f"self-check {time.perf_counter() - began:.2f} s"]
+        else:
+            for name, why in verdict.disabled.items():
+                chunked.disable(name, why)
+                log.error("chunking disabled for %s, which now runs whole: %s (stored self-check verdict)", name, why)
+            account = ["self-check verdict read from the compilation cache"]
+        chunked.proven()
+        if requests and not verdict.warmed:
+            started = time.perf_counter()
+            # Chunk programs for the common families and dtypes, in every chunk size.
+            for dtype in ("float32", "bfloat16"):
+                for name in ("lecun_normal", "he_normal", "glorot_uniform", "normal"):
+                    size = chunked.MIN_CHUNK
+                    while size <= chunked.MAX_CHUNK:
+                        params = GenerateParams(name, (size // 64, 64), dtype=dtype, key=Key(seed=0))
+                        for _ in engine.prepare(self.prepare(params)).produce():
+                            pass
+                        size *= 2
+            engine.prepare(self.prepare(GenerateParams("zeros", (2, 2))))
+            verdict.warmed = directory is not None  # their programs are in the cache now
+            account.append(f"warm-up {time.perf_counter() - started:.2f} s")
+        elif requests:
+            account.append("warm-up programs in the compilation cache")
+        if keep:
+            assert directory is not None
+            startup.store_verdict(directory, print_, verdict)
+        log.info("start-up: %s; %.2f s in all", "; ".join(account), time.perf_counter() - began)
         self.ready = True
 
     def state(self) -> dict[str, Any]:

@@ -55,13 +55,21 @@ class _Worker:
         assert self.process.stdin is not None and self.process.stdout is not None
         self.stdin, self.stdout = self.process.stdin, self.process.stdout
         self.rss = 0
+        self.loaded: bool | None = None  # None: not known yet (see hello)
+        self._hello = threading.Lock()
 
     def hello(self) -> None:
-        """Block until the worker has loaded JAX and says it is ready."""
-        try:
-            read_frame(self.stdout)
-        except EOFError:
-            raise ServerUnavailable("a whole-tensor worker failed to start; see the server log") from None
+        """Block until the worker has loaded JAX and says it is ready (from any thread; the
+        first caller reads its greeting, the others wait for it)."""
+        with self._hello:
+            if self.loaded is None:
+                try:
+                    read_frame(self.stdout)
+                    self.loaded = True
+                except (EOFError, OSError, ValueError):
+                    self.loaded = False
+        if not self.loaded:
+            raise ServerUnavailable("a whole-tensor worker failed to start; see the server log")
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError, OSError):
@@ -245,6 +253,7 @@ class WholePool:
         if log_level:
             self._env["JAXINIT_WORKER_LOG_LEVEL"] = log_level
         self._idle: list[_Worker] = []
+        self._starting: list[_Worker] = []  # started by begin(), loading JAX
         self._all: set[_Worker] = set()
         self._lock = threading.Lock()
         self._slots = _Slots(size)
@@ -256,13 +265,40 @@ class WholePool:
         self.replaced = 0
         self.killed = 0
 
+    def begin(self) -> None:
+        """Start the pool's missing workers without waiting: each joins the idle ones once it
+        has loaded JAX, and a job that comes first takes one still loading and waits for it."""
+        with self._lock:
+            missing = self.size - len(self._all)
+        for _ in range(missing):
+            worker = self._spawn()
+            with self._lock:
+                self._starting.append(worker)
+            threading.Thread(target=self._settle, args=(worker,), name="jaxinit-whole-spawn", daemon=True).start()
+
     def start(self) -> None:
-        """Start every worker and wait until each has loaded JAX (blocking)."""
-        started = [self._spawn() for _ in range(self.size)]
-        for worker in started:
+        """Start the pool's missing workers and wait until every worker started has loaded
+        JAX (blocking)."""
+        self.begin()
+        with self._lock:
+            starting = list(self._starting)
+        for worker in starting:
+            worker.hello()
+
+    def _settle(self, worker: _Worker) -> None:
+        """Wait for a worker :meth:`begin` started; then it is idle (or, failed, gone)."""
+        with contextlib.suppress(JaxinitError):
             worker.hello()
         with self._lock:
-            self._idle.extend(started)
+            mine = worker in self._starting
+            if mine:
+                self._starting.remove(worker)
+                if worker.loaded and self.open:
+                    self._idle.append(worker)
+                    return
+        if mine:
+            worker.kill()
+            self._forget(worker)
 
     def _spawn(self) -> _Worker:
         worker = _Worker(self._env)
@@ -306,18 +342,25 @@ class WholePool:
         self._slots.release()
 
     def _take(self) -> _Worker:
-        """An idle worker, or a new one (blocking while it loads JAX). On failure the slot
-        taken for it is given back."""
+        """An idle worker, else one still loading JAX, else a new one (blocking while it
+        loads). On failure the slot taken for it is given back."""
         with self._lock:
-            worker = self._idle.pop() if self._idle else None
-        if worker is None:
-            try:
+            worker = self._idle.pop() if self._idle else (self._starting.pop() if self._starting else None)
+        try:
+            if worker is None:
                 worker = self._started()
-            except JaxinitError:
-                with self._lock:
-                    self.busy -= 1
-                self._release()
-                raise
+            else:
+                try:
+                    worker.hello()  # at once, unless it is still loading
+                except JaxinitError:
+                    worker.kill()
+                    self._forget(worker)
+                    raise
+        except JaxinitError:
+            with self._lock:
+                self.busy -= 1
+            self._release()
+            raise
         return worker
 
     def _started(self) -> _Worker:
@@ -375,6 +418,7 @@ class WholePool:
         """The pool as readiness and metrics show it."""
         return {
             "size": self.size,
+            "loading": len(self._starting),  # started, still loading JAX (just after a start)
             "busy": self.busy,
             "waiting": self.waiting,
             "replaced": self.replaced,
@@ -387,6 +431,7 @@ class WholePool:
         with self._lock:
             workers = list(self._all)
             self._idle.clear()
+            self._starting.clear()
         for worker in workers:
             worker.kill()
         for _ in range(self.waiting + self.size):  # waiters wake, see the pool closed, and fail

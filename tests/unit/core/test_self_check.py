@@ -106,8 +106,8 @@ def test_a_broken_legacy_mode_is_disabled_as_a_whole(monkeypatch: pytest.MonkeyP
     (here: every legacy plan's scale doubled) disables chunking in that mode only."""
     plan = chunked.plan
 
-    def broken(resolved):  # type: ignore[no-untyped-def]
-        made = plan(resolved)
+    def broken(resolved, **kwargs):  # type: ignore[no-untyped-def]
+        made = plan(resolved, **kwargs)
         return made if made is None or made.total is None else dataclasses.replace(made, scale=made.scale * 2)
 
     monkeypatch.setattr(chunked, "plan", broken)
