@@ -365,7 +365,7 @@ class Results:
             flight.callers -= 1
             if flight.entry is not None:  # made meanwhile: the caller was reading the entry
                 self._read_done(flight.entry)
-            elif flight.callers <= 0 and not flight.done and (flight.stored is None or flight.stored.digest is None):
+            elif flight.callers <= 0 and not flight.done and flight.filled < flight.count:
                 self._abandon(flight)  # (one made whole whose producer is winding up is cached, not dropped)
         elif share.entry is not None:
             self._read_done(share.entry)
@@ -557,6 +557,6 @@ def _fill(flight: Flight, generation: engine.Generation, loop: asyncio.AbstractE
                 break
     finally:
         produce.close()  # type: ignore[attr-defined]
-    if stored.filled == flight.count and not flight.stop.is_set():
+    if stored.filled == flight.count:  # made whole (its callers may have left meanwhile: kept for the next)
         stored.finish()
     return stored.filled
