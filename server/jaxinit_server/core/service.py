@@ -21,6 +21,7 @@ from jaxinit.protocol.expansion import Output, file_metadata
 from jaxinit.protocol.keys import KEY_IMPLS, Key
 from jaxinit.protocol.provenance import Provenance
 from jaxinit_server.core import chunked, engine, results
+from jaxinit_server.core._threads import on_thread
 from jaxinit_server.core.admission import UNSET, Admission, Ticket
 from jaxinit_server.core.model_init import InitModelParams, ResolvedModel, resolve_model
 from jaxinit_server.core.provenance import ServerIdentity, server_identity
@@ -82,6 +83,7 @@ class Service:
             self.limits.max_inflight_bytes,
             max_caller_streams=self.limits.max_caller_streams,
             max_caller_bytes=self.limits.caller_bytes,
+            max_heavy=self.limits.max_heavy_requests or max(1, whole_workers - 1),
         )
         self.identity: ServerIdentity = server_identity()
         self.regions = (
@@ -172,12 +174,14 @@ class Service:
     async def prepare_model(self, params: InitModelParams, *, caller: str | None = None) -> ResolvedModel:
         """Expand and validate a whole-model request (no JAX work, but linear in its size: on
         a worker thread, never on the event loop). Raises domain errors."""
-        loop = asyncio.get_running_loop()
         ticket = self.admission.admit(0, caller)  # one of the server's (and caller's) streams meanwhile
         self.preparing += 1
         try:
-            return await loop.run_in_executor(
-                self._model_executor, resolve_model, params, self.limits, self.identity.defaults
+            # The ticket is held until the expansion ends, even when its caller leaves (see _threads).
+            return await on_thread(
+                self._model_executor,
+                lambda _: resolve_model(params, self.limits, self.identity.defaults),
+                aborted=self.aborted,
             )
         finally:
             self.preparing -= 1
@@ -285,10 +289,10 @@ class Service:
                     else ""
                 )
             )
-        if cost.route == engine.WHOLE and cost.flops > limits.max_whole_flops:
+        if cost.compute > limits.max_whole_flops:
             raise TooLarge(
-                f"{what} needs ~{cost.flops / 1e9:.0f} GFLOP, over this server's "
-                f"{limits.max_whole_flops / 1e9:.0f} GFLOP per whole-tensor request (--max-whole-flops)"
+                f"{what} needs ~{cost.compute / 1e9:.0f} GFLOP of compute (mostly {cost.why}), over this "
+                f"server's {limits.max_whole_flops / 1e9:.0f} GFLOP per request (--max-whole-flops)"
             )
         return cost
 
@@ -301,14 +305,15 @@ class Service:
         if self.stopping:
             raise stopping()
         share = self.results.share(resolved)
-        memory = cost.memory
+        memory, heavy = cost.memory, cost.compute >= self.limits.heavy_flops
         if share is not None and share.how in (results.HIT, results.SHARED):
+            heavy = False  # made, or being made on another caller's ticket
             # Made already, or paid for by the caller making it: what sending it holds.
             count = resolved.stop - resolved.start
             itemsize = DTYPES[resolved.out_dtype].itemsize
             memory = SEND_BYTES + 2 * self.limits.chunk_bytes + (count * (itemsize + 64) if gathered else 0)
         try:
-            ticket = self.admission.admit(memory, caller)
+            ticket = self.admission.admit(memory, caller, heavy=heavy)
         except BaseException:
             if share is not None:
                 share.release()
@@ -394,15 +399,17 @@ class Service:
                 close=job.close,
             )
 
-        def prepare() -> engine.Generation:
+        def prepare(stop: threading.Event) -> engine.Generation:
             started = time.perf_counter()
             timings["queue"] = started - submitted
             try:
-                return engine.prepare(resolved)
+                return engine.prepare(resolved, stop=stop)
             finally:
                 timings["generate"] = time.perf_counter() - started
 
-        return await asyncio.get_running_loop().run_in_executor(self._executor, prepare)
+        # A caller that leaves stops it between slices, and keeps its admission until the
+        # thread is done; a server that stops answers ServerUnavailable (see _threads).
+        return await on_thread(self._executor, prepare, aborted=self.aborted, discard=engine.Generation.close)
 
     async def _shared(
         self, share: results.Share, resolved: Resolved, ticket: Ticket, timings: dict[str, float]
@@ -470,6 +477,8 @@ class Service:
                 "callers": len(self.admission.callers),
                 "max_caller_streams": self.admission.max_caller_streams,
                 "max_caller_bytes": self.admission.max_caller_bytes,
+                "heavy": self.admission.heavy,
+                "max_heavy": self.admission.max_heavy,
             },
         }
 
