@@ -477,12 +477,7 @@ def _fill_pattern(resolved: Resolved) -> tuple[np.ndarray, tuple[int, ...]]:
     value_shape: tuple[int, ...] = ()
     if resolved.spec.name == "constant":
         value_shape = tuple(np.shape(resolved.args["value"]))
-        try:
-            np.broadcast_shapes(value_shape, shape)
-            fits = len(value_shape) <= len(shape)
-        except ValueError:
-            fits = False
-        if not fits or np.broadcast_shapes(value_shape, shape) != shape:
+        if not _broadcasts_to(value_shape, shape):
             check(resolved)  # JAX's own words for a value that does not broadcast
     try:
         with _config(resolved):
@@ -497,6 +492,15 @@ def _fill_pattern(resolved: Resolved) -> tuple[np.ndarray, tuple[int, ...]]:
     if dtype_name(value.dtype) != resolved.out_dtype:
         raise InternalError(f"JAX returned {value.dtype}, expected {resolved.out_dtype}")
     return np.ascontiguousarray(value).reshape(-1), key_data
+
+
+def _broadcasts_to(value_shape: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    """Whether an array of ``value_shape`` broadcasts to exactly ``shape`` (numpy's rule; not
+    np.broadcast_shapes, which takes at most 32 dimensions where JAX and numpy arrays take 64)."""
+    if len(value_shape) > len(shape):
+        return False
+    tail = shape[len(shape) - len(value_shape) :]
+    return all(v in (1, s) for v, s in zip(value_shape, tail, strict=True))
 
 
 def validate(resolved: Resolved) -> None:
