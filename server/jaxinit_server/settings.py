@@ -54,8 +54,9 @@ class Settings(BaseSettings):
     max_heavy_requests: int | None = Field(
         None,
         ge=1,
-        description="heavy requests in flight at once (default: one fewer than --whole-workers, at least 1), "
-        "so that cheaper ones always find a worker; more: 429",
+        description="heavy requests admitted at once, running or waiting (default: four per running slot; "
+        "heavy ones run one fewer at a time than --whole-workers, at least 1, so cheaper ones always find a "
+        "worker); more: 429",
     )
     max_caller_streams: int = Field(
         Limits.max_caller_streams,

@@ -4,9 +4,10 @@ Issue 23: ``stack:4096,split:32768:1`` derived 134 M keys on a JAX thread (6.6 s
 an rbg ``stack:4096`` ran 4,096 eager calls on the whole-tensor pool (15-17 s) priced as a
 32 KiB answer, jit compiles of new shapes were unpriced, and a caller that left had its
 admission released while the work went on. Each is now refused up front naming
-``--max-whole-flops``, heavy work is bounded by ``--max-heavy-requests`` so a cheap
-request of another caller is served beside it, and afterwards every answer is still
-local JAX's and the service is idle and healthy."""
+``--max-whole-flops``, heavy work runs one fewer at a time than the whole-tensor workers
+(and at most ``--max-heavy-requests`` are admitted) so a cheap request of another caller
+is served beside it, and afterwards every answer is still local JAX's and the service is
+idle and healthy."""
 
 from __future__ import annotations
 
@@ -107,9 +108,9 @@ def test_unpriced_work_is_refused_on_both_transports(service: Service, query: st
 
 def test_heavy_work_is_bounded_and_a_cheap_request_is_served(service: Service) -> None:
     """Four heavy requests at once (rbg stacks of 8 slices: ~4 GFLOP-equivalent each, over
-    this server's --heavy-flops) and one cheap whole-tensor request: at most --max-heavy-requests heavy
-    ones are admitted (the rest 429 naming the flag), the cheap one is answered, and every
-    answer is local JAX's."""
+    this server's --heavy-flops) and one cheap whole-tensor request: the heavy ones run one
+    at a time (or get a 429 naming --max-heavy-requests), the cheap one is answered, and
+    every answer is local JAX's."""
     heavy_query = "/v1/generate/lecun_normal?shape=8,4,4&seed=3&key_impl=rbg&key_derive=stack:8"
     cheap_query = "/v1/generate/orthogonal?shape=8,8&seed=4"
 
@@ -140,8 +141,9 @@ def _rss() -> int:
 def test_abandoned_derivations_stay_admitted_until_they_end(service: Service) -> None:
     """gRPC callers that leave in the middle of a heavy, admitted derivation (16.8 M keys),
     four in a row, each followed at once by another: the work of a caller that left still
-    counts (the next heavy one is refused while it runs, never two at once), everything is
-    given back when it ends, and the process has not grown by the derivations' memory."""
+    holds its admission and its heavy slot (the next heavy one waits for it, or is refused,
+    never runs beside it), everything is given back when it ends, and the process has not
+    grown by the derivations' memory."""
     key = pb.Key(seed=6, derive=[pb.KeyStep(stack=4096), pb.KeyStep(split=pb.Split(num=4096, index=1))])
     request = pb.GenerateRequest(initializer="normal", shape=[4096, 2], key=key)
     before = _rss()
@@ -165,7 +167,7 @@ def test_abandoned_derivations_stay_admitted_until_they_end(service: Service) ->
                 assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
                 assert "--max-heavy-requests" in (error.details() or "")
                 outcomes.append("refused")
-            assert service.admission.heavy <= 1
+            assert service.admission.heavy <= 1 and service.heavy_waiting == 0
             while service.admission.streams:  # the abandoned one ends, and gives its share back
                 await asyncio.sleep(0.01)
         return outcomes

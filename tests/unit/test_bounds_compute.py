@@ -125,10 +125,10 @@ def test_heavy_requests_are_bounded_and_cheap_ones_still_admitted() -> None:
 
 
 def test_the_default_keeps_a_whole_tensor_worker_for_cheap_work() -> None:
-    for workers, heavy in [(1, 1), (2, 1), (4, 3)]:
+    for workers, slots in [(1, 1), (2, 1), (4, 3)]:
         svc = Service(Limits(), whole_workers=workers)
         try:
-            assert svc.admission.max_heavy == heavy
+            assert (svc.heavy_slots, svc.admission.max_heavy) == (slots, 4 * slots)
         finally:
             svc.close()
     svc = Service(Limits(max_heavy_requests=5), whole_workers=2)
@@ -138,29 +138,60 @@ def test_the_default_keeps_a_whole_tensor_worker_for_cheap_work() -> None:
         svc.close()
 
 
+async def _until(condition: Any) -> None:
+    while not condition():
+        await asyncio.sleep(0.01)
+
+
 def test_a_victim_is_served_while_heavy_work_is_in_flight() -> None:
-    """Heavy work (here: anything over 10**7 FLOP) holds one of two whole-tensor workers; a
-    second heavy request is refused at once, and another caller's cheap whole-tensor request
-    is made and sent while the first is still in flight, equal to local JAX."""
+    """Heavy work (here: anything over 10**7 FLOP) runs on one of two whole-tensor workers at
+    a time: a second heavy request waits for it, a third is refused at once (at most two
+    admitted here), and another caller's cheap whole-tensor request is made and sent while
+    the first is in flight, all equal to local JAX."""
+
+    def rbg(seed: int) -> bytes:
+        key = jax.random.key(seed, impl="rbg")
+        return np.asarray(jax.nn.initializers.normal()(key, (1024, 1024), np.float32)).tobytes()
 
     async def main(service: Service) -> None:
-        heavy = _resolve("normal", (1024, 1024), impl="rbg", seed=1)
+        heavy = [_resolve("normal", (1024, 1024), impl="rbg", seed=s) for s in (1, 9, 10)]
         victim = _resolve("orthogonal", (16, 16), seed=2)
-        assert service.price(heavy).compute >= service.limits.heavy_flops > service.price(victim).compute
-        held = await service.generate(heavy, caller="attacker")  # made; not read yet
-        assert service.admission.heavy == 1
+        assert service.price(heavy[0]).compute >= service.limits.heavy_flops > service.price(victim).compute
+        held = await service.generate(heavy[0], caller="attacker")  # made; not read yet
+        second = asyncio.ensure_future(service.generate(heavy[1], caller="attacker"))
+        await _until(lambda: service.heavy_waiting == 1)  # waits for the heavy slot
         with pytest.raises(Overloaded, match="--max-heavy-requests"):
-            await service.generate(_resolve("normal", (1024, 1024), impl="rbg", seed=9), caller="attacker")
+            await service.generate(heavy[2], caller="attacker")
         made = await (await service.generate(victim, caller="victim")).array()
-        assert service.admission.heavy == 1  # the heavy one is still in flight
+        assert service.admission.heavy == 2 and not second.done()  # both heavy ones still in flight
         want = jax.nn.initializers.orthogonal()(jax.random.key(2), (16, 16), np.float32)
         assert made.tobytes() == np.asarray(want).tobytes()
-        rbg = await held.array()
-        key = jax.random.key(1, impl="rbg")
-        assert rbg.tobytes() == np.asarray(jax.nn.initializers.normal()(key, (1024, 1024), np.float32)).tobytes()
-        assert (service.admission.heavy, service.admission.streams) == (0, 0)
+        assert (await held.array()).tobytes() == rbg(1)  # sent and closed: the slot goes on
+        assert (await (await second).array()).tobytes() == rbg(9)
+        assert (service.admission.heavy, service.admission.streams, service.heavy_waiting) == (0, 0, 0)
 
-    svc = Service(Limits(heavy_flops=10**7), whole_workers=2, cache_bytes=0)
+    svc = Service(Limits(heavy_flops=10**7, max_heavy_requests=2), whole_workers=2, cache_bytes=0)
+    try:
+        asyncio.run(main(svc))
+    finally:
+        svc.close()
+
+
+def test_a_heavy_generation_dropped_unclosed_gives_its_slot_back(monkeypatch: Any) -> None:
+    async def main(service: Service) -> None:
+        resolved = _resolve("lecun_normal", (8, 8, 8), derive=(("stack", 8),))
+        generation = await service._generation(resolved)
+        assert service.heavy_waiting == 0
+        blocked = asyncio.ensure_future(service._generation(resolved))
+        await _until(lambda: service.heavy_waiting == 1)
+        del generation  # never closed
+        import gc
+
+        gc.collect()
+        (await blocked).close()
+        assert service.heavy_waiting == 0
+
+    svc = Service(Limits(heavy_flops=1), whole_workers=2, cache_bytes=0)
     try:
         asyncio.run(main(svc))
     finally:

@@ -8,10 +8,11 @@ a cap the request is refused at once with :class:`Overloaded` (429 /
 RESOURCE_EXHAUSTED, with a retry-after), never queued without bound and never left to
 run the process out of memory.
 
-A third cap is on compute: a request priced as *heavy* (``Limits.heavy_flops`` or more of
+A third cap is on compute: requests priced as *heavy* (``Limits.heavy_flops`` or more of
 uninterruptible work: a large QR, a long key derivation, a stack of eager calls, a jit
-compile) counts against ``max_heavy``, kept below the number of workers, so that heavy
-work never takes every worker and a cheap request from another caller always finds one.
+compile) are admitted at most ``max_heavy`` at once. They run fewer at a time than there
+are workers (``Service``), so a cheap request from another caller always finds one; this
+cap keeps those waiting from filling the server's streams.
 """
 
 from __future__ import annotations
@@ -144,8 +145,8 @@ class Admission:
                 )
             if heavy and self.max_heavy is not None and self.heavy >= self.max_heavy:
                 raise Overloaded(
-                    f"the server is making {self.heavy} compute-heavy requests, its limit (--max-heavy-requests), "
-                    f"which keeps workers free for cheaper ones; {retry} or use another replica",
+                    f"the server has {self.heavy} compute-heavy requests in flight or waiting for a worker, its "
+                    f"limit (--max-heavy-requests); {retry} or use another replica",
                     retry_after=self.retry_after,
                 )
             self.streams += 1

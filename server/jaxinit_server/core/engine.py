@@ -342,7 +342,7 @@ class Generation:
     """A request ready to produce its bytes: the elements made already, or a producer
     that makes them piece by piece (a chunk plan, a fill pattern, a worker's pipe)."""
 
-    __slots__ = ("_close", "_pieces", "array", "feed", "key_data", "resolved", "route", "shared_file")
+    __slots__ = ("__weakref__", "_close", "_pieces", "array", "feed", "key_data", "resolved", "route", "shared_file")
 
     def __init__(
         self,
@@ -381,6 +381,22 @@ class Generation:
         """Stop producing and let go of what it holds (idempotent)."""
         if self._close is not None:
             self._close()
+
+    def also_on_close(self, release: Callable[[], None]) -> None:
+        """Call ``release`` (once) when this generation is closed, after what it closed already."""
+        before, done = self._close, False
+
+        def close() -> None:
+            nonlocal done
+            try:
+                if before is not None:
+                    before()
+            finally:
+                if not done:
+                    done = True
+                    release()
+
+        self._close = close
 
 
 def _config(resolved: Resolved) -> contextlib.ExitStack:

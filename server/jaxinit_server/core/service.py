@@ -8,7 +8,8 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -28,13 +29,25 @@ from jaxinit_server.core.provenance import ServerIdentity, server_identity
 from jaxinit_server.core.regions import Regions
 from jaxinit_server.core.request import GenerateParams, Limits, Resolved, resolve
 from jaxinit_server.core.stream import StallWatch, TensorStream, gather, stopping
-from jaxinit_server.core.whole import WholePool
+from jaxinit_server.core.whole import WholePool, _Slots
 
 __all__ = ["Service"]
 
 log = logging.getLogger("jaxinit_server.service")
 
 SEND_BYTES = 64 * 2**10  # what streaming a tensor made already holds, besides its chunks in transit
+
+
+def _once(fn: Callable[[], None]) -> Callable[[], None]:
+    """``fn``, which runs on its first call only."""
+    done = threading.Event()
+
+    def once() -> None:
+        if not done.is_set():
+            done.set()
+            fn()
+
+    return once
 
 
 def _gib(n: int) -> str:
@@ -83,8 +96,14 @@ class Service:
             self.limits.max_inflight_bytes,
             max_caller_streams=self.limits.max_caller_streams,
             max_caller_bytes=self.limits.caller_bytes,
-            max_heavy=self.limits.max_heavy_requests or max(1, whole_workers - 1),
+            max_heavy=self.limits.max_heavy_requests or 4 * max(1, whole_workers - 1),
         )
+        # Heavy work (Limits.heavy_flops or more) runs at most this many at once, one fewer
+        # than the whole-tensor workers, so that cheaper requests always find a worker; the
+        # rest wait here (cancellably), at most max_heavy admitted in all.
+        self.heavy_slots = max(1, whole_workers - 1)
+        self._heavy = _Slots(self.heavy_slots)
+        self.heavy_waiting = 0
         self.identity: ServerIdentity = server_identity()
         self.regions = (
             Regions(shared_memory_dir, lease_seconds=shared_memory_lease, max_bytes=shared_memory_bytes)
@@ -388,6 +407,28 @@ class Service:
         a JAX thread for the others."""
         submitted = time.perf_counter()
         timings = {} if timings is None else timings
+        heavy = engine.price(resolved).compute >= self.limits.heavy_flops
+        if heavy:  # one of the heavy slots, held until the generation is closed
+            self.heavy_waiting += 1
+            try:
+                await self._heavy.acquire()
+            finally:
+                self.heavy_waiting -= 1
+        try:
+            generation = await self._generation_unbounded(resolved, timings, submitted)
+        except BaseException:
+            if heavy:
+                self._heavy.release()
+            raise
+        if heavy:
+            release = _once(self._heavy.release)
+            generation.also_on_close(release)
+            weakref.finalize(generation, release)  # a generation dropped unclosed cannot keep its slot
+        return generation
+
+    async def _generation_unbounded(
+        self, resolved: Resolved, timings: dict[str, float], submitted: float
+    ) -> engine.Generation:
         if engine.route(resolved) == engine.WHOLE:
             job = await self.whole.run(resolved)
             timings["generate"] = time.perf_counter() - submitted
@@ -479,6 +520,8 @@ class Service:
                 "max_caller_bytes": self.admission.max_caller_bytes,
                 "heavy": self.admission.heavy,
                 "max_heavy": self.admission.max_heavy,
+                "heavy_waiting": self.heavy_waiting,
+                "heavy_slots": self.heavy_slots,
             },
         }
 
