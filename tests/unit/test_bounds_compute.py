@@ -20,7 +20,7 @@ import pytest
 
 from jaxinit.protocol.errors import Overloaded, ServerUnavailable, TooLarge
 from jaxinit.protocol.keys import Key
-from jaxinit_server.core import Limits, Service, engine
+from jaxinit_server.core import InitModelParams, Limits, Service, engine
 from jaxinit_server.core._threads import on_thread
 from jaxinit_server.core.admission import Admission
 from jaxinit_server.core.request import GenerateParams, PrngDefaults, Resolved, resolve
@@ -287,6 +287,51 @@ def test_a_caller_waiting_on_a_thread_at_abort_gets_server_unavailable(monkeypat
             await task
 
     svc = Service(Limits(), workers=1, cache_bytes=0)
+    try:
+        asyncio.run(main(svc))
+    finally:
+        finish.set()
+        svc.close()
+
+
+def test_an_abandoned_model_keeps_its_share_until_the_tensors_made_ahead_end(monkeypatch: Any) -> None:
+    """A model stream whose reader goes after the first tensor: the tensors being made ahead
+    on JAX threads keep the model's admission until their threads are done."""
+    inside, finish = threading.Event(), threading.Event()
+    real = engine.prepare
+
+    def slow_prepare(resolved: Resolved, *, stop: threading.Event | None = None) -> engine.Generation:
+        if resolved.shape == (3, 3):  # the second and third tensors block
+            inside.set()
+            finish.wait(30)
+        return real(resolved, stop=stop)
+
+    monkeypatch.setattr(engine, "prepare", slow_prepare)
+
+    async def main(service: Service) -> None:
+        model = {
+            "params": [
+                {"path": "a", "shape": [2, 2], "initializer": "normal"},
+                {"path": "b", "shape": [3, 3], "initializer": "normal"},
+                {"path": "c", "shape": [3, 3], "initializer": "normal"},
+            ]
+        }
+        resolved = await service.prepare_model(InitModelParams(model=model, key=Key(seed=0)))
+        ticket = service.admit_model(resolved)
+        stream = service.generate_model(resolved, ticket=ticket)
+        name, first = await stream.__anext__()
+        assert name == "a" and not isinstance(first, BaseException)
+        first.close()
+        await asyncio.to_thread(inside.wait, 30)
+        closing = asyncio.ensure_future(stream.aclose())  # the reader goes
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not closing.done() and service.admission.streams == 1  # held while JAX works
+        finish.set()
+        await closing
+        assert (service.admission.streams, service.admission.bytes) == (0, 0)
+
+    svc = Service(Limits(), workers=2, cache_bytes=0)
     try:
         asyncio.run(main(svc))
     finally:

@@ -288,7 +288,11 @@ class Service:
                 if future.done() and not future.cancelled() and future.exception() is None:
                     future.result().close()  # made ahead, never sent: let its worker go
                 future.cancel()
-            held.release()
+            try:
+                if pending:  # tensors made ahead may be on a JAX thread: the share is held until they end
+                    await asyncio.wait([future for _, future in pending])
+            finally:
+                held.release()
 
     def price(self, resolved: Resolved, *, gathered: bool = False) -> engine.Cost:
         """What ``resolved`` costs; raises :class:`TooLarge` for what this server will never do
