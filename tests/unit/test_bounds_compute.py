@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import jax
 import numpy as np
@@ -318,7 +318,7 @@ def test_an_abandoned_model_keeps_its_share_until_the_tensors_made_ahead_end(mon
         }
         resolved = await service.prepare_model(InitModelParams(model=model, key=Key(seed=0)))
         ticket = service.admit_model(resolved)
-        stream = service.generate_model(resolved, ticket=ticket)
+        stream = cast("AsyncGenerator[Any, None]", service.generate_model(resolved, ticket=ticket))
         name, first = await stream.__anext__()
         assert name == "a" and not isinstance(first, BaseException)
         first.close()
