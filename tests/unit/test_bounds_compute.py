@@ -337,3 +337,19 @@ def test_an_abandoned_model_keeps_its_share_until_the_tensors_made_ahead_end(mon
     finally:
         finish.set()
         svc.close()
+
+
+def test_an_empty_stacked_request_derives_no_batch(monkeypatch: Any) -> None:
+    """A 0-size stacked tensor (or an empty range of one) has no slice to make: its batch of
+    keys (here 134 M) is not derived; the provenance's key data is the head key's, as before."""
+    derive = (("fold_in", 5), ("stack", 4096), ("split", 32768, 1))
+    full = _resolve("normal", (4096, 2), derive=derive)
+    empty = _resolve("normal", (4096, 0), derive=derive)
+    assert engine.route(empty) == engine.EMPTY
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "_batch_keys", lambda key: pytest.fail("derived the batch"))
+        generation = engine.prepare(empty)
+    assert generation.array is not None and generation.array.size == 0
+    head = jax.random.fold_in(jax.random.key(3), np.uint32(5))
+    assert generation.key_data == tuple(int(w) for w in np.asarray(jax.random.key_data(head)))
+    assert engine.price(full).compute > engine.price(empty).compute

@@ -249,8 +249,7 @@ def _batch_keys(key: Key) -> tuple[tuple[int, ...], list[Key]]:
     """A stacked key's slices' keys, in C order of its stack axes, and the data of the key
     its first stack step splits (the provenance's key data). Under the current config."""
     first = next(i for i, step in enumerate(key.derive) if step[0] == "stack")
-    head = Key(seed=key.seed, data=key.data, impl=key.impl, fold_in=key.fold_in, derive=key.derive[:first])
-    jax_key, head_data = _make_key(head)
+    jax_key, head_data = _make_key(_head(key))
     if key.impl in VMAP_IMPLS:
         batch = jax_key[None]
         for step in key.derive[first:]:
@@ -274,6 +273,12 @@ def _batch_keys(key: Key) -> tuple[tuple[int, ...], list[Key]]:
     return head_data, [Key(data=tuple(int(w) for w in row), impl=key.impl) for row in words.tolist()]
 
 
+def _head(key: Key) -> Key:
+    """A stacked key up to its first stack step: the key whose split makes the batch."""
+    first = next(i for i, step in enumerate(key.derive) if step[0] == "stack")
+    return Key(seed=key.seed, data=key.data, impl=key.impl, fold_in=key.fold_in, derive=key.derive[:first])
+
+
 def _slices(resolved: Resolved, keys: list[Key]) -> list[Resolved]:
     """The slices the range [start, stop) of a stacked request touches, each with its range."""
     size = math.prod(resolved.shape[len(_stack(resolved)) :])
@@ -288,12 +293,13 @@ def _slices(resolved: Resolved, keys: list[Key]) -> list[Resolved]:
 def _prepare_stacked(resolved: Resolved, kind: str, stop: threading.Event | None = None) -> Generation:
     """A stacked request on the chunked route (or empty): its slices one after another
     (``stop``: checked between slices while it is made now)."""
-    if kind == EMPTY:
+    if kind == EMPTY:  # no slice to make: the batch is not derived (only its head, for the provenance)
         check(_template(resolved))
+        with _config(resolved):
+            head_data = _make_key(_head(_the_key(resolved)))[1]
+        return Generation(resolved, head_data, route=kind, array=np.empty(0, DTYPES[resolved.out_dtype]))
     with _config(resolved):
         head_data, keys = _batch_keys(_the_key(resolved))
-    if kind == EMPTY:
-        return Generation(resolved, head_data, route=kind, array=np.empty(0, DTYPES[resolved.out_dtype]))
     subs = _slices(resolved, keys)
 
     def pieces() -> Iterator[np.ndarray]:
