@@ -353,3 +353,22 @@ def test_an_empty_stacked_request_derives_no_batch(monkeypatch: Any) -> None:
     head = jax.random.fold_in(jax.random.key(3), np.uint32(5))
     assert generation.key_data == tuple(int(w) for w in np.asarray(jax.random.key_data(head)))
     assert engine.price(full).compute > engine.price(empty).compute
+
+
+def test_a_caller_waiting_for_a_heavy_slot_at_abort_gets_server_unavailable() -> None:
+    async def main(service: Service) -> None:
+        resolved = _resolve("lecun_normal", (8, 8, 8), derive=(("stack", 8),))
+        held = await service._generation(resolved)  # the one heavy slot
+        waiting = asyncio.ensure_future(service._generation(resolved))
+        await _until(lambda: service.heavy_waiting == 1)
+        service.abort()
+        with pytest.raises(ServerUnavailable, match="shutting down"):
+            await waiting
+        held.close()
+        assert service.heavy_waiting == 0
+
+    svc = Service(Limits(heavy_flops=1), whole_workers=2, cache_bytes=0)
+    try:
+        asyncio.run(main(svc))
+    finally:
+        svc.close()

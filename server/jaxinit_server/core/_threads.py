@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from typing import TypeVar
 
 from jaxinit.protocol.errors import ServerUnavailable
 
-__all__ = ["on_thread"]
+__all__ = ["on_thread", "unless_aborted"]
 
 T = TypeVar("T")
 
@@ -77,4 +77,24 @@ async def on_thread(
             await asyncio.wait([future])
         if future.done() and not future.cancelled() and future.exception() is None and discard is not None:
             discard(future.result())
+        raise
+
+
+async def unless_aborted(waiting: Awaitable[T], aborted: threading.Event | None) -> T:
+    """``waiting`` awaited (a wait for a slot), or ServerUnavailable once ``aborted`` is set:
+    a caller still waiting when the server gives up gets the retryable refusal, not the
+    bare cancellation the transport's own shutdown would turn into a 500."""
+    task = asyncio.ensure_future(waiting)
+    try:
+        while True:
+            done, _ = await asyncio.wait([task], timeout=ABORT_POLL_SECONDS if aborted is not None else None)
+            if done:
+                return task.result()
+            if aborted is not None and aborted.is_set():
+                raise _stopping()
+    except BaseException:
+        if not task.done():
+            task.cancel()  # what it was waiting for goes on to the next waiter
+            with contextlib.suppress(BaseException):
+                await task
         raise

@@ -22,7 +22,7 @@ from jaxinit.protocol.expansion import Output, file_metadata
 from jaxinit.protocol.keys import KEY_IMPLS, Key
 from jaxinit.protocol.provenance import Provenance
 from jaxinit_server.core import chunked, engine, results
-from jaxinit_server.core._threads import on_thread
+from jaxinit_server.core._threads import on_thread, unless_aborted
 from jaxinit_server.core.admission import UNSET, Admission, Ticket
 from jaxinit_server.core.model_init import InitModelParams, ResolvedModel, resolve_model
 from jaxinit_server.core.provenance import ServerIdentity, server_identity
@@ -415,7 +415,7 @@ class Service:
         if heavy:  # one of the heavy slots, held until the generation is closed
             self.heavy_waiting += 1
             try:
-                await self._heavy.acquire()
+                await unless_aborted(self._heavy.acquire(), self.aborted)
             finally:
                 self.heavy_waiting -= 1
         try:
