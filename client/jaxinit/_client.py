@@ -145,7 +145,11 @@ def split(total: int, parts: int) -> list[tuple[int, int]]:
 
 def _without_range(provenance: Provenance) -> Provenance:
     """The provenance of the whole tensor a range was cut from: the server's canonical
-    request without its range, and that request's digest, made as the server makes them."""
+    request without its range, and that request's digest, made as the server makes them.
+    One the server left out of its header (a request too large to echo) stays out: the
+    range's provenance is kept as it came."""
+    if not provenance.canonical_request:
+        return provenance
     fields = json.loads(provenance.canonical_request)
     fields.pop("range", None)
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))

@@ -17,9 +17,19 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from jaxinit.protocol.errors import Unauthenticated
+from jaxinit.protocol.errors import InvalidArgument, Unauthenticated
 
-__all__ = ["OPEN_GRPC_PREFIXES", "OPEN_HTTP_PATHS", "KeyRing", "bearer", "caller", "http_caller"]
+__all__ = [
+    "OPEN_GRPC_PREFIXES",
+    "OPEN_HTTP_PATHS",
+    "KeyRing",
+    "bearer",
+    "caller",
+    "grpc_authorization",
+    "http_authorization",
+    "http_caller",
+    "one_authorization",
+]
 
 # Health stays open: orchestrators probe without credentials.
 OPEN_HTTP_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
@@ -39,6 +49,30 @@ def bearer(authorization: str | None) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
+def one_authorization(values: Iterable[str]) -> str | None:
+    """The one ``Authorization`` value of a call, None without one; InvalidArgument for two or
+    more. Auth and the per-caller identity both read it here, so they can never disagree
+    (auth once read the last of two headers, the caller identity the first: a caller with a
+    valid key sent junk first and got a fresh share per call)."""
+    given = list(values)
+    if len(given) > 1:
+        raise InvalidArgument(
+            f"send one Authorization header (gRPC: one authorization metadata entry), got {len(given)}"
+        )
+    return given[0] if given else None
+
+
+def http_authorization(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """:func:`one_authorization` of an ASGI scope's raw headers (names are lower case there)."""
+    return one_authorization(value.decode("latin-1") for name, value in headers if name == b"authorization")
+
+
+def grpc_authorization(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
+    """:func:`one_authorization` of a gRPC call's invocation metadata (keys are lower case)."""
+    values = (value for name, value in metadata or () if name == "authorization")
+    return one_authorization(v.decode("latin-1") if isinstance(v, bytes) else str(v) for v in values)
+
+
 def caller(keyring: KeyRing | None, authorization: str | None, connection: str) -> str:
     """Whom admission charges a call to: its API key when auth is on (the token was checked
     before the call got here; named by a digest prefix, never the key), else its connection
@@ -52,7 +86,10 @@ def http_caller(request: Any) -> str:
     """:func:`caller` of a Starlette request (the app's ``state.keyring``: the keys, if any)."""
     client = request.client
     connection = f"{client.host}:{client.port}" if client is not None else "unknown"
-    return caller(getattr(request.app.state, "keyring", None), request.headers.get("authorization"), connection)
+    keyring = getattr(request.app.state, "keyring", None)
+    if keyring is None or not keyring.enabled:
+        return caller(None, None, connection)
+    return caller(keyring, http_authorization(request.scope.get("headers") or ()), connection)
 
 
 def _digest(key: str) -> bytes:

@@ -45,7 +45,20 @@ class Settings(BaseSettings):
     max_whole_flops: int = Field(
         Limits.max_whole_flops,
         ge=0,
-        description="compute one whole-tensor request may take (a QR of n x n: ~4n^3); more: 413",
+        description="compute one request may take on a JAX thread or whole-tensor worker, in FLOP or their "
+        "equivalent (a QR of n x n: ~4n^3; key derivation, eager calls of a stack, a jit compile); more: 413",
+    )
+    heavy_flops: int = Field(
+        Limits.heavy_flops,
+        ge=0,
+        description="compute from which a request is heavy (see --max-heavy-requests)",
+    )
+    max_heavy_requests: int | None = Field(
+        None,
+        ge=1,
+        description="heavy requests admitted at once, running or waiting (default: four per running slot; "
+        "heavy ones run one fewer at a time than --whole-workers, at least 1, so cheaper ones always find a "
+        "worker); more: 429",
     )
     max_caller_streams: int = Field(
         Limits.max_caller_streams,
@@ -155,6 +168,8 @@ class Settings(BaseSettings):
             max_streams=self.max_streams,
             max_inflight_bytes=self.max_inflight_bytes,
             max_whole_flops=self.max_whole_flops,
+            heavy_flops=self.heavy_flops,
+            max_heavy_requests=self.max_heavy_requests,
             max_caller_streams=self.max_caller_streams,
             max_caller_bytes=self.max_caller_bytes,
         )

@@ -1061,6 +1061,11 @@ def _raw(description: Mapping[str, Any], dtype: str) -> _Node:
         leaf = _param(r, r.dtype(dtype))[0]
         r.done()
         explicit = _explicit(entry, leaf, where)
+        if leaf.stack_at >= len(parts):
+            raise InvalidArgument(
+                f"{where}: 'stack_at' {leaf.stack_at} puts the layer index after the parameter's own name; it counts "
+                f"the module names before the index, at most {len(parts) - 1} for the path {_quote(path)}"
+            )
         if i and explicit != explicit_first:
             raise InvalidArgument(f"{where}: give every parameter of the raw form a 'key', or none")
         explicit_first = explicit
@@ -1228,8 +1233,8 @@ def outputs(params: Sequence[Param], layout: str = "flax") -> list[Output]:
     if layout not in LAYOUTS:
         raise InvalidArgument(f"layout must be one of {', '.join(LAYOUTS)}, got {_quote(layout)}")
     if layout == "flax":
-        return [Output(p.name, p, p.shape) for p in params]
-    out: list[Output] = []
+        return _distinct([(Output(p.name, p, p.shape), _quote(p.name)) for p in params], layout)
+    out: list[tuple[Output, str]] = []  # each with the parameter it comes from, for messages
     buffers_done: set[str] = set()
     tensors = sum(math.prod(step[1] for step in p.key_prefix if step[0] == "stack") for p in params)
     if tensors > MAX_PARAMS:  # before any is made: each stacked layer is a tensor of its own here
@@ -1237,7 +1242,7 @@ def outputs(params: Sequence[Param], layout: str = "flax") -> list[Output]:
             f"model: in the torch layout its stacked layers make {tensors} tensors, more than {MAX_PARAMS}; "
             "ask for layout 'flax'"
         )
-    for p in _unstacked(params):
+    for p, source in _unstacked(params):
         leaf, how = p.torch
         if how == NO_TORCH:
             raise InvalidArgument(
@@ -1249,12 +1254,17 @@ def outputs(params: Sequence[Param], layout: str = "flax") -> list[Output]:
         if how == "t":
             shape = shape[::-1]
         elif how == "conv":
+            if len(shape) < 2:
+                raise InvalidArgument(
+                    f"{_quote(p.name)}: the torch conversion 'conv' moves the last two axes first; the parameter "
+                    f"has shape {list(shape)[:8]}, fewer than 2 dimensions"
+                )
             shape = (shape[-1], shape[-2], *shape[:-2])
         elif how == "flat_t":
             shape = p.init_shape[::-1]
         elif how == "flat":
             shape = (math.prod(shape),)
-        out.append(Output(dot + leaf, p, shape, how))
+        out.append((Output(dot + leaf, p, shape, how), source))
         if p.module == "BatchNorm" and dot not in buffers_done:
             buffers_done.add(dot)
             for name, init, dtype, bshape in (
@@ -1263,31 +1273,59 @@ def outputs(params: Sequence[Param], layout: str = "flax") -> list[Output]:
                 ("num_batches_tracked", "zeros", "int64", ()),
             ):
                 buffer = Param((*p.path[:-1], name), init, {}, bshape, bshape, dtype, None, "BatchNorm", name)
-                out.append(Output(dot + name, buffer, bshape))
-    return out
+                out.append((Output(dot + name, buffer, bshape), f"{source}'s BatchNorm buffer"))
+    return _distinct(out, layout)
 
 
-def _unstacked(params: Sequence[Param]) -> Iterator[Param]:
+RESERVED_NAME = "__metadata__"  # safetensors keeps the file's metadata under this name
+
+
+def _distinct(outs: list[tuple[Output, str]], layout: str) -> list[Output]:
+    """The outputs when every tensor has a name of its own; InvalidArgument naming both
+    parameters (each output comes with its parameter's description) otherwise: a file
+    with one name twice, or a tensor named ``__metadata__``, is a safetensors file no
+    reader loads."""
+    seen: dict[str, str] = {}
+    for out, source in outs:
+        if out.name == RESERVED_NAME:
+            raise InvalidArgument(
+                f"model: {source} would be the tensor {RESERVED_NAME!r} in the {layout} layout, a name "
+                "safetensors reserves for the file's metadata; rename the parameter or its module"
+            )
+        first = seen.setdefault(out.name, source)
+        if first is not source:
+            raise InvalidArgument(
+                f"model: {first} and {source} would both be the tensor {_quote(out.name)} in the {layout} "
+                "layout; rename one of them" + (" or ask for layout 'flax'" if layout == "torch" else "")
+            )
+    return [out for out, _ in outs]
+
+
+def _unstacked(params: Sequence[Param]) -> Iterator[tuple[Param, str]]:
     """PyTorch holds stacked layers as a ModuleList: a stacked parameter becomes one
     parameter per layer, its index after the Scan's name (``layers.0.Dense_0.kernel``),
-    its key the layer's own (split(..., L)[i] for the stack step)."""
+    its key the layer's own (split(..., L)[i] for the stack step). Each comes with its
+    description for messages (the parameter, and its layer)."""
     for p in params:
         stacks = [i for i, step in enumerate(p.key_prefix) if step[0] == "stack"]
         if not stacks:
-            yield p
+            yield p, _quote(p.name)
             continue
         if len(stacks) > 1:
             raise InvalidArgument(f"{p.name}: stacked twice (a scan in a scan) has no PyTorch layout; ask for 'flax'")
         where = stacks[0]
         length = p.key_prefix[where][1]
         for i in range(length):
-            yield dataclasses.replace(
-                p,
-                path=(*p.path[: p.stack_at], str(i), *p.path[p.stack_at :]),
-                shape=p.shape[1:],
-                init_shape=p.init_shape[1:],
-                key_prefix=(*p.key_prefix[:where], ("split", length, i), *p.key_prefix[where + 1 :]),
-                stack_at=0,
+            yield (
+                dataclasses.replace(
+                    p,
+                    path=(*p.path[: p.stack_at], str(i), *p.path[p.stack_at :]),
+                    shape=p.shape[1:],
+                    init_shape=p.init_shape[1:],
+                    key_prefix=(*p.key_prefix[:where], ("split", length, i), *p.key_prefix[where + 1 :]),
+                    stack_at=0,
+                ),
+                f"layer {i} of {_quote(p.name)}",
             )
 
 

@@ -7,6 +7,12 @@ its own smaller share of both, so that a few callers cannot hold the whole serve
 a cap the request is refused at once with :class:`Overloaded` (429 /
 RESOURCE_EXHAUSTED, with a retry-after), never queued without bound and never left to
 run the process out of memory.
+
+A third cap is on compute: requests priced as *heavy* (``Limits.heavy_flops`` or more of
+uninterruptible work: a large QR, a long key derivation, a stack of eager calls, a jit
+compile) are admitted at most ``max_heavy`` at once. They run fewer at a time than there
+are workers (``Service``), so a cheap request from another caller always finds one; this
+cap keeps those waiting from filling the server's streams.
 """
 
 from __future__ import annotations
@@ -29,10 +35,11 @@ class Ticket:
     ticket nobody released, so a path that forgets cannot leak capacity.
     """
 
-    def __init__(self, admission: Admission, nbytes: int, caller: str | None) -> None:
+    def __init__(self, admission: Admission, nbytes: int, caller: str | None, heavy: bool = False) -> None:
         self._admission = admission
         self.nbytes = nbytes
         self.caller = caller
+        self.heavy = heavy
         self.share: Any = UNSET  # what it was priced as a share of (see Service.admit)
         self._released = False
         self._let_go = False  # release() was called
@@ -61,12 +68,12 @@ class Ticket:
     def _maybe_release(self) -> None:
         if self._let_go and not self._holds and not self._released:
             self._released = True
-            self._admission._release(self.nbytes, self.caller)
+            self._admission._release(self.nbytes, self.caller, self.heavy)
 
     def __del__(self) -> None:
         if not self._released:
             self._released = True
-            self._admission._release(self.nbytes, self.caller)
+            self._admission._release(self.nbytes, self.caller, self.heavy)
 
 
 class Admission:
@@ -82,19 +89,23 @@ class Admission:
         *,
         max_caller_streams: int | None = None,
         max_caller_bytes: int | None = None,
+        max_heavy: int | None = None,
     ) -> None:
         self.max_streams = max_streams
         self.max_bytes = max_bytes
         self.max_caller_streams = max_caller_streams
         self.max_caller_bytes = max_caller_bytes
+        self.max_heavy = max_heavy
         self.retry_after = retry_after
         self.streams = 0
+        self.heavy = 0  # heavy requests in flight
         self.bytes = 0
         self.callers: dict[str, list[int]] = {}  # caller -> [streams, bytes]; only callers holding some
         self._lock = threading.Lock()
 
-    def admit(self, nbytes: int, caller: str | None = None) -> Ticket:
+    def admit(self, nbytes: int, caller: str | None = None, *, heavy: bool = False) -> Ticket:
         """A ticket for ``nbytes`` of work, or :class:`Overloaded` when a cap is reached.
+        ``heavy``: it counts against ``max_heavy`` too (see the module's note).
 
         A request larger than the byte cap (the server's, or a caller's share) on its own is
         admitted when nothing else is in flight (for its caller: when that caller holds
@@ -132,16 +143,24 @@ class Admission:
                     f"limit of {self.max_bytes}; {retry} or use another replica",
                     retry_after=self.retry_after,
                 )
+            if heavy and self.max_heavy is not None and self.heavy >= self.max_heavy:
+                raise Overloaded(
+                    f"the server has {self.heavy} compute-heavy requests in flight or waiting for a worker, its "
+                    f"limit (--max-heavy-requests); {retry} or use another replica",
+                    retry_after=self.retry_after,
+                )
             self.streams += 1
             self.bytes += nbytes
+            self.heavy += heavy
             if caller is not None:
                 self.callers[caller] = [held[0] + 1, held[1] + nbytes]
-        return Ticket(self, nbytes, caller)
+        return Ticket(self, nbytes, caller, heavy)
 
-    def _release(self, nbytes: int, caller: str | None) -> None:
+    def _release(self, nbytes: int, caller: str | None, heavy: bool = False) -> None:
         with self._lock:
             self.streams -= 1
             self.bytes -= nbytes
+            self.heavy -= heavy
             if caller is not None and (held := self.callers.get(caller)) is not None:
                 held[0] -= 1
                 held[1] -= nbytes

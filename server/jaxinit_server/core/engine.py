@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,7 @@ __all__ = [
     "Cost",
     "Generation",
     "check",
+    "derived_keys",
     "prepare",
     "price",
     "route",
@@ -67,6 +69,20 @@ WHOLE_FACTOR_COMPLEX = 4
 WHOLE_FACTOR_DEFAULT = 3
 
 
+# Compute is counted in floating-point operations, and what is not arithmetic (an eager
+# call's dispatch, a key derived, a compile) in their equivalent at a nominal 10**11 per
+# second (the default --max-whole-flops, 3 * 10**11, is a few seconds of one request).
+# Measured on a quiet 2-core box, JAX 0.10: 134 M keys derived by vmapped splits in 6.6 s
+# (~50 ns a key); an rbg stack of 4,096 slices, one eager call each, 15-17 s (~4 ms a
+# slice); a chunked slice ~0.5 ms; jax.jit of one new shape 0.6-1.8 s.
+DERIVED_KEY_FLOPS = 5 * 10**3  # one key made by a derivation step of a batch (or a split's num)
+KEY_BY_KEY_FLOPS = 10**8  # one eager derivation step of one key (rbg batches: key by key)
+WHOLE_SLICE_FLOPS = 5 * 10**8  # one slice of a stacked whole-tensor request: an eager call
+CHUNKED_SLICE_FLOPS = 5 * 10**7  # one slice of a stacked chunked request
+COMPILE_FLOPS = 10**11  # jax.jit of the initializer for a shape (priced every time: which
+# worker has compiled what is not known when a request is priced)
+
+
 @dataclass(frozen=True)
 class Cost:
     """What a request will hold and do, decided before it is admitted."""
@@ -74,6 +90,11 @@ class Cost:
     route: str
     memory: int  # bytes held at the peak while it is made and sent
     flops: int  # floating-point operations of its largest step (a QR: ~4mn^2)
+    # What making it takes on a JAX thread or a whole-tensor worker that the caller cannot
+    # interrupt midway (key derivation, eager calls, compiles, a whole tensor's arithmetic),
+    # in FLOP equivalents; streaming chunks, which stop with their reader, is not counted.
+    compute: int = 0
+    why: str = ""  # what most of ``compute`` is, for a refusal's message
 
 
 def route(resolved: Resolved) -> str:
@@ -108,16 +129,27 @@ def price(resolved: Resolved, *, gathered: bool = False) -> Cost:
         memory += count * (itemsize + 64) if gathered else 0
         slices = math.prod(_stack(resolved))
         key = _the_key(resolved)
-        # deriving the batch: every step after the first stack, for every key (a split makes num)
-        derive = slices * sum(step[1] if step[0] != "fold_in" else 1 for step in key.derive) * 64
-        flops = (one.flops * slices if kind == WHOLE else count * 64) + derive
-        return Cost(kind, memory + slices * 64 + derive // 4, flops)
+        derived, by_key = derived_keys(key)
+        flops = (one.flops * slices if kind == WHOLE else count * 64) + derived * 64
+        per_slice = WHOLE_SLICE_FLOPS if kind == WHOLE else CHUNKED_SLICE_FLOPS
+        parts = [
+            (derived * DERIVED_KEY_FLOPS + by_key * KEY_BY_KEY_FLOPS, f"deriving {derived} keys"),
+            (slices * per_slice, f"{slices} slices made one call at a time"),
+            (one.flops * slices if kind == WHOLE else 0, "the slices' arithmetic"),
+            (COMPILE_FLOPS if resolved.jit else 0, "a jax.jit compile"),
+        ]
+        compute = sum(part for part, _ in parts)
+        why = max(parts)[1]
+        # the derived keys' data (16 bytes each, and JAX's copy), one Key per slice
+        return Cost(kind, memory + slices * 64 + derived * 16, flops, compute, why)
     memory, flops = 64 * 2**10, count
+    compute, why = 0, ""
     if kind == CHUNKED:
         chunk = min(chunked.bucket(count), count)
         # the chunks ahead, the one being sent, and JAX's temporaries (bits, floats) for one
         memory += chunk * (itemsize * (PIPELINE_DEPTH + 1) + 8) + chunk * 8
         flops = count * 64
+        compute = min(count, chunked.MAX_CHUNK) * 64  # made while preparing: one chunk at most
     elif kind == FILL:
         memory += min(count, chunked.MAX_CHUNK) * itemsize * (PIPELINE_DEPTH + 1)
     elif kind == WHOLE:
@@ -131,14 +163,38 @@ def price(resolved: Resolved, *, gathered: bool = False) -> Cost:
         if name in ("orthogonal", "delta_orthogonal") and resolved.shape:
             m, n = _qr_dims(resolved)
             flops = max(flops, 4 * max(m, n) * min(m, n) ** 2)
+        compute, why = flops, "its arithmetic"
+        if resolved.jit:
+            compute, why = compute + COMPILE_FLOPS, "a jax.jit compile" if flops < COMPILE_FLOPS else why
     if gathered:
         memory += count * (itemsize + 64)
     if resolved.key is not None:  # split(key, num) makes all num keys to take one
-        for step in resolved.key.derive:
-            if step[0] != "fold_in":
-                memory += step[1] * 16
-                flops += step[1] * 64
-    return Cost(kind, memory, flops)
+        derived = sum(step[1] for step in resolved.key.derive if step[0] != "fold_in")
+        memory += derived * 16
+        flops += derived * 64
+        compute += derived * DERIVED_KEY_FLOPS
+        if derived * DERIVED_KEY_FLOPS > compute // 2:
+            why = f"deriving {derived} keys"
+    return Cost(kind, memory, flops, compute, why)
+
+
+def derived_keys(key: Key) -> tuple[int, int]:
+    """Keys a stacked key's batch derivation makes from its first stack step on (every key
+    of every split, not only the one kept), and how many of its steps run key by key
+    (eagerly, one call per key: the implementations outside :data:`VMAP_IMPLS`)."""
+    first = next((i for i, step in enumerate(key.derive) if step[0] == "stack"), len(key.derive))
+    # before the first stack: one key, split eagerly (all num keys made to take one)
+    made = sum(step[1] for step in key.derive[:first] if step[0] == "split")
+    batch, calls = 1, 0
+    for step in key.derive[first:]:
+        calls += batch
+        if step[0] == "fold_in":
+            made += batch
+        else:
+            made += batch * step[1]
+            if step[0] == "stack":
+                batch *= step[1]
+    return made, 0 if key.impl in VMAP_IMPLS else calls
 
 
 # --- stacked keys: one slice per key of a batch ----------------------------------------------
@@ -193,8 +249,7 @@ def _batch_keys(key: Key) -> tuple[tuple[int, ...], list[Key]]:
     """A stacked key's slices' keys, in C order of its stack axes, and the data of the key
     its first stack step splits (the provenance's key data). Under the current config."""
     first = next(i for i, step in enumerate(key.derive) if step[0] == "stack")
-    head = Key(seed=key.seed, data=key.data, impl=key.impl, fold_in=key.fold_in, derive=key.derive[:first])
-    jax_key, head_data = _make_key(head)
+    jax_key, head_data = _make_key(_head(key))
     if key.impl in VMAP_IMPLS:
         batch = jax_key[None]
         for step in key.derive[first:]:
@@ -218,6 +273,12 @@ def _batch_keys(key: Key) -> tuple[tuple[int, ...], list[Key]]:
     return head_data, [Key(data=tuple(int(w) for w in row), impl=key.impl) for row in words.tolist()]
 
 
+def _head(key: Key) -> Key:
+    """A stacked key up to its first stack step: the key whose split makes the batch."""
+    first = next(i for i, step in enumerate(key.derive) if step[0] == "stack")
+    return Key(seed=key.seed, data=key.data, impl=key.impl, fold_in=key.fold_in, derive=key.derive[:first])
+
+
 def _slices(resolved: Resolved, keys: list[Key]) -> list[Resolved]:
     """The slices the range [start, stop) of a stacked request touches, each with its range."""
     size = math.prod(resolved.shape[len(_stack(resolved)) :])
@@ -229,18 +290,22 @@ def _slices(resolved: Resolved, keys: list[Key]) -> list[Resolved]:
     return out
 
 
-def _prepare_stacked(resolved: Resolved, kind: str) -> Generation:
-    """A stacked request on the chunked route (or empty): its slices one after another."""
-    if kind == EMPTY:
+def _prepare_stacked(resolved: Resolved, kind: str, stop: threading.Event | None = None) -> Generation:
+    """A stacked request on the chunked route (or empty): its slices one after another
+    (``stop``: checked between slices while it is made now)."""
+    if kind == EMPTY:  # no slice to make: the batch is not derived (only its head, for the provenance)
         check(_template(resolved))
+        with _config(resolved):
+            head_data = _make_key(_head(_the_key(resolved)))[1]
+        return Generation(resolved, head_data, route=kind, array=np.empty(0, DTYPES[resolved.out_dtype]))
     with _config(resolved):
         head_data, keys = _batch_keys(_the_key(resolved))
-    if kind == EMPTY:
-        return Generation(resolved, head_data, route=kind, array=np.empty(0, DTYPES[resolved.out_dtype]))
     subs = _slices(resolved, keys)
 
     def pieces() -> Iterator[np.ndarray]:
         for sub in subs:
+            if stop is not None and stop.is_set():
+                raise ServerUnavailable("the request was cancelled")
             generation = prepare(sub)
             try:
                 yield from generation.produce()
@@ -283,7 +348,18 @@ class Generation:
     """A request ready to produce its bytes: the elements made already, or a producer
     that makes them piece by piece (a chunk plan, a fill pattern, a worker's pipe)."""
 
-    __slots__ = ("_close", "_pieces", "array", "feed", "fixed_digest", "key_data", "resolved", "route", "sealed")
+    __slots__ = (
+        "__weakref__",
+        "_close",
+        "_pieces",
+        "array",
+        "feed",
+        "fixed_digest",
+        "key_data",
+        "resolved",
+        "route",
+        "sealed",
+    )
 
     def __init__(
         self,
@@ -326,6 +402,22 @@ class Generation:
         if self._close is not None:
             self._close()
 
+    def also_on_close(self, release: Callable[[], None]) -> None:
+        """Call ``release`` (once) when this generation is closed, after what it closed already."""
+        before, done = self._close, False
+
+        def close() -> None:
+            nonlocal done
+            try:
+                if before is not None:
+                    before()
+            finally:
+                if not done:
+                    done = True
+                    release()
+
+        self._close = close
+
 
 def _config(resolved: Resolved) -> contextlib.ExitStack:
     stack = contextlib.ExitStack()
@@ -334,8 +426,9 @@ def _config(resolved: Resolved) -> contextlib.ExitStack:
     return stack
 
 
-def prepare(resolved: Resolved) -> Generation:
+def prepare(resolved: Resolved, *, stop: threading.Event | None = None) -> Generation:
     """Make ``resolved`` ready to stream, in this process (blocking; call from a worker thread).
+    ``stop``: set when the answer is no longer wanted; a stacked request stops between slices.
 
     Chunked and fill requests get a producer (nothing generated yet, unless the answer
     fits one chunk: then it is made now); empty ones are checked by JAX and answered
@@ -347,8 +440,10 @@ def prepare(resolved: Resolved) -> Generation:
     """
     kind = route(resolved)
     dtype = DTYPES[resolved.out_dtype]
+    if stop is not None and stop.is_set():
+        raise ServerUnavailable("the request was cancelled")
     if _stacked(resolved) and kind != WHOLE:
-        return _prepare_stacked(resolved, kind)
+        return _prepare_stacked(resolved, kind, stop)
     if kind == EMPTY:
         check(resolved)
         with _config(resolved):
@@ -418,12 +513,7 @@ def _fill_pattern(resolved: Resolved) -> tuple[np.ndarray, tuple[int, ...]]:
     value_shape: tuple[int, ...] = ()
     if resolved.spec.name == "constant":
         value_shape = tuple(np.shape(resolved.args["value"]))
-        try:
-            np.broadcast_shapes(value_shape, shape)
-            fits = len(value_shape) <= len(shape)
-        except ValueError:
-            fits = False
-        if not fits or np.broadcast_shapes(value_shape, shape) != shape:
+        if not _broadcasts_to(value_shape, shape):
             check(resolved)  # JAX's own words for a value that does not broadcast
     try:
         with _config(resolved):
@@ -438,6 +528,15 @@ def _fill_pattern(resolved: Resolved) -> tuple[np.ndarray, tuple[int, ...]]:
     if dtype_name(value.dtype) != resolved.out_dtype:
         raise InternalError(f"JAX returned {value.dtype}, expected {resolved.out_dtype}")
     return np.ascontiguousarray(value).reshape(-1), key_data
+
+
+def _broadcasts_to(value_shape: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    """Whether an array of ``value_shape`` broadcasts to exactly ``shape`` (numpy's rule; not
+    np.broadcast_shapes, which takes at most 32 dimensions where JAX and numpy arrays take 64)."""
+    if len(value_shape) > len(shape):
+        return False
+    tail = shape[len(shape) - len(value_shape) :]
+    return all(v in (1, s) for v, s in zip(value_shape, tail, strict=True))
 
 
 def validate(resolved: Resolved) -> None:

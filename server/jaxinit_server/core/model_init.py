@@ -8,6 +8,7 @@ so a model's tensors are exactly the single-tensor answers for the same requests
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,8 +47,10 @@ class ResolvedModel:
     canonical: str  # JSON naming each tensor and the digest of its request
     digest: str  # sha256 of canonical
 
-    @property
+    @functools.cached_property
     def nbytes(self) -> int:
+        """All tensors' bytes (computed once: each tensor's header carries it, and summing per
+        tensor made a model's streaming quadratic in its size)."""
         return sum(r.nbytes for r in self.requests)
 
     def plan(self) -> list[dict[str, Any]]:
@@ -90,13 +93,14 @@ def resolve_model(params: InitModelParams, limits: Limits, defaults: PrngDefault
                     threefry_partitionable=partitionable,
                     enable_x64=x64,
                     jit=params.jit is True or out.param.jit,
-                    request_id=out.name,
+                    # no request_id: the tensor's name (up to 64 x 256 characters) goes with
+                    # each of its messages instead, and a request_id's cap is not a name's
                 ),
                 limits,
                 defaults,
             )
         except JaxinitError as exc:
-            raise type(exc)(f"{out.name}: {exc.message}") from None
+            raise type(exc)(f"{_shown(out.name)}: {exc.message}") from None
         total += resolved.nbytes
         if total > limits.max_model_bytes:
             raise TooLarge(
@@ -115,3 +119,8 @@ def resolve_model(params: InitModelParams, limits: Limits, defaults: PrngDefault
         canonical=canonical,
         digest=digest,
     )
+
+
+def _shown(name: str, limit: int = 200) -> str:
+    """A tensor's name as a message quotes it: at most ``limit`` characters."""
+    return name if len(name) <= limit else name[: limit - 3] + "..."

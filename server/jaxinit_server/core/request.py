@@ -41,6 +41,12 @@ class Limits:
     # The most compute one whole-tensor request may take (a QR of an n x n matrix: ~4n^3):
     # the default, ~a 4096x4096 orthogonal, takes a few seconds on two cores.
     max_whole_flops: int = 3 * 10**11
+    # Compute (engine.Cost.compute) from which a request is heavy (~0.5 s of work): heavy
+    # ones run one fewer at a time than the whole-tensor workers (at least one), so that
+    # cheaper requests always find a worker, and at most max_heavy_requests are admitted,
+    # running or waiting (None: four per running slot).
+    heavy_flops: int = 5 * 10**10
+    max_heavy_requests: int | None = None
     # One caller's share (a connection, or an API key with auth on): a quarter of the streams
     # and of the memory (None: a quarter of max_inflight_bytes), so a few callers cannot hold
     # the whole server. A caller that holds nothing is always admitted against the server's caps.

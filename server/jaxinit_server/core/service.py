@@ -8,7 +8,8 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -19,6 +20,7 @@ from jaxinit.protocol.expansion import Output, file_metadata
 from jaxinit.protocol.keys import KEY_IMPLS, Key
 from jaxinit.protocol.provenance import Provenance
 from jaxinit_server.core import chunked, engine, results, startup
+from jaxinit_server.core._threads import on_thread, unless_aborted
 from jaxinit_server.core.admission import UNSET, Admission, Ticket
 from jaxinit_server.core.disk_cache import DiskCache
 from jaxinit_server.core.model_init import InitModelParams, ResolvedModel, resolve_model
@@ -26,13 +28,25 @@ from jaxinit_server.core.provenance import ServerIdentity, server_identity
 from jaxinit_server.core.regions import Regions
 from jaxinit_server.core.request import GenerateParams, Limits, Resolved, resolve
 from jaxinit_server.core.stream import StallWatch, TensorStream, gather, stopping
-from jaxinit_server.core.whole import WholePool
+from jaxinit_server.core.whole import WholePool, _Slots
 
 __all__ = ["Service"]
 
 log = logging.getLogger("jaxinit_server.service")
 
 SEND_BYTES = 64 * 2**10  # what streaming a tensor made already holds, besides its chunks in transit
+
+
+def _once(fn: Callable[[], None]) -> Callable[[], None]:
+    """``fn``, which runs on its first call only."""
+    done = threading.Event()
+
+    def once() -> None:
+        if not done.is_set():
+            done.set()
+            fn()
+
+    return once
 
 
 def _gib(n: int) -> str:
@@ -78,7 +92,14 @@ class Service:
             self.limits.max_inflight_bytes,
             max_caller_streams=self.limits.max_caller_streams,
             max_caller_bytes=self.limits.caller_bytes,
+            max_heavy=self.limits.max_heavy_requests or 4 * max(1, whole_workers - 1),
         )
+        # Heavy work (Limits.heavy_flops or more) runs at most this many at once, one fewer
+        # than the whole-tensor workers, so that cheaper requests always find a worker; the
+        # rest wait here (cancellably), at most max_heavy admitted in all.
+        self.heavy_slots = max(1, whole_workers - 1)
+        self._heavy = _Slots(self.heavy_slots)
+        self.heavy_waiting = 0
         self.identity: ServerIdentity = server_identity()
         self.regions = (
             Regions(shared_memory_dir, lease_seconds=shared_memory_lease, max_bytes=shared_memory_bytes)
@@ -169,12 +190,14 @@ class Service:
     async def prepare_model(self, params: InitModelParams, *, caller: str | None = None) -> ResolvedModel:
         """Expand and validate a whole-model request (no JAX work, but linear in its size: on
         a worker thread, never on the event loop). Raises domain errors."""
-        loop = asyncio.get_running_loop()
         ticket = self.admission.admit(0, caller)  # one of the server's (and caller's) streams meanwhile
         self.preparing += 1
         try:
-            return await loop.run_in_executor(
-                self._model_executor, resolve_model, params, self.limits, self.identity.defaults
+            # The ticket is held until the expansion ends, even when its caller leaves (see _threads).
+            return await on_thread(
+                self._model_executor,
+                lambda _: resolve_model(params, self.limits, self.identity.defaults),
+                aborted=self.aborted,
             )
         finally:
             self.preparing -= 1
@@ -262,7 +285,11 @@ class Service:
                 if future.done() and not future.cancelled() and future.exception() is None:
                     future.result().close()  # made ahead, never sent: let its worker go
                 future.cancel()
-            held.release()
+            try:
+                if pending:  # tensors made ahead may be on a JAX thread: the share is held until they end
+                    await asyncio.wait([future for _, future in pending])
+            finally:
+                held.release()
 
     def price(self, resolved: Resolved, *, gathered: bool = False) -> engine.Cost:
         """What ``resolved`` costs; raises :class:`TooLarge` for what this server will never do
@@ -282,10 +309,10 @@ class Service:
                     else ""
                 )
             )
-        if cost.route == engine.WHOLE and cost.flops > limits.max_whole_flops:
+        if cost.compute > limits.max_whole_flops:
             raise TooLarge(
-                f"{what} needs ~{cost.flops / 1e9:.0f} GFLOP, over this server's "
-                f"{limits.max_whole_flops / 1e9:.0f} GFLOP per whole-tensor request (--max-whole-flops)"
+                f"{what} needs ~{cost.compute / 1e9:.0f} GFLOP of compute (mostly {cost.why}), over this "
+                f"server's {limits.max_whole_flops / 1e9:.0f} GFLOP per request (--max-whole-flops)"
             )
         return cost
 
@@ -298,14 +325,15 @@ class Service:
         if self.stopping:
             raise stopping()
         share = self.results.share(resolved)
-        memory = cost.memory
+        memory, heavy = cost.memory, cost.compute >= self.limits.heavy_flops
         if share is not None and share.how in (results.HIT, results.SHARED):
+            heavy = False  # made, or being made on another caller's ticket
             # Made already, or paid for by the caller making it: what sending it holds.
             count = resolved.stop - resolved.start
             itemsize = DTYPES[resolved.out_dtype].itemsize
             memory = SEND_BYTES + 2 * self.limits.chunk_bytes + (count * (itemsize + 64) if gathered else 0)
         try:
-            ticket = self.admission.admit(memory, caller)
+            ticket = self.admission.admit(memory, caller, heavy=heavy)
         except BaseException:
             if share is not None:
                 share.release()
@@ -382,6 +410,28 @@ class Service:
         a JAX thread for the others."""
         submitted = time.perf_counter()
         timings = {} if timings is None else timings
+        heavy = engine.price(resolved).compute >= self.limits.heavy_flops
+        if heavy:  # one of the heavy slots, held until the generation is closed
+            self.heavy_waiting += 1
+            try:
+                await unless_aborted(self._heavy.acquire(), self.aborted)
+            finally:
+                self.heavy_waiting -= 1
+        try:
+            generation = await self._generation_unbounded(resolved, timings, submitted)
+        except BaseException:
+            if heavy:
+                self._heavy.release()
+            raise
+        if heavy:
+            release = _once(self._heavy.release)
+            generation.also_on_close(release)
+            weakref.finalize(generation, release)  # a generation dropped unclosed cannot keep its slot
+        return generation
+
+    async def _generation_unbounded(
+        self, resolved: Resolved, timings: dict[str, float], submitted: float
+    ) -> engine.Generation:
         if engine.route(resolved) == engine.WHOLE:
             job = await self.whole.run(resolved)
             timings["generate"] = time.perf_counter() - submitted
@@ -393,15 +443,17 @@ class Service:
                 close=job.close,
             )
 
-        def prepare() -> engine.Generation:
+        def prepare(stop: threading.Event) -> engine.Generation:
             started = time.perf_counter()
             timings["queue"] = started - submitted
             try:
-                return engine.prepare(resolved)
+                return engine.prepare(resolved, stop=stop)
             finally:
                 timings["generate"] = time.perf_counter() - started
 
-        return await asyncio.get_running_loop().run_in_executor(self._executor, prepare)
+        # A caller that leaves stops it between slices, and keeps its admission until the
+        # thread is done; a server that stops answers ServerUnavailable (see _threads).
+        return await on_thread(self._executor, prepare, aborted=self.aborted, discard=engine.Generation.close)
 
     async def _shared(
         self, share: results.Share, resolved: Resolved, ticket: Ticket, timings: dict[str, float]
@@ -510,6 +562,10 @@ class Service:
                 "callers": len(self.admission.callers),
                 "max_caller_streams": self.admission.max_caller_streams,
                 "max_caller_bytes": self.admission.max_caller_bytes,
+                "heavy": self.admission.heavy,
+                "max_heavy": self.admission.max_heavy,
+                "heavy_waiting": self.heavy_waiting,
+                "heavy_slots": self.heavy_slots,
             },
         }
 

@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 
 from jaxinit.protocol.errors import InvalidArgument, JaxinitError
-from jaxinit_server.auth import OPEN_GRPC_PREFIXES, KeyRing, bearer
+from jaxinit_server.auth import OPEN_GRPC_PREFIXES, KeyRing, bearer, grpc_authorization
 from jaxinit_server.grpc.status import abort
 
 __all__ = ["AuthInterceptor", "DecodeGuard", "Malformed"]
@@ -85,9 +85,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None or details.method.startswith(OPEN_GRPC_PREFIXES):
             return handler
-        token = bearer(dict(details.invocation_metadata or ()).get("authorization"))
         try:
-            self._keyring.check(token)
+            self._keyring.check(bearer(grpc_authorization(details.invocation_metadata)))
         except JaxinitError as exc:
             return _refusal(handler, exc)
         return handler

@@ -9,7 +9,7 @@ import grpc
 
 from jaxinit.protocol.errors import InternalError, JaxinitError, mapping_for
 from jaxinit.protocol.wire import ERROR_TYPE_KEY, REPLICA_HEADER, REQUEST_ID_HEADER, RETRY_AFTER_KEY
-from jaxinit_server.auth import KeyRing, caller
+from jaxinit_server.auth import KeyRing, caller, grpc_authorization
 from jaxinit_server.core.errors import as_domain_error
 from jaxinit_server.telemetry import request_id_from
 
@@ -47,4 +47,6 @@ async def echo_request_id(context: grpc.aio.ServicerContext, replica: str) -> st
 
 def caller_of(context: grpc.aio.ServicerContext, keyring: KeyRing | None) -> str:
     """Whom admission charges this call to: its API key with auth on, else its channel."""
-    return caller(keyring, dict(context.invocation_metadata() or ()).get("authorization"), context.peer())
+    if keyring is None or not keyring.enabled:
+        return caller(None, None, context.peer())
+    return caller(keyring, grpc_authorization(context.invocation_metadata()), context.peer())

@@ -15,6 +15,7 @@ from jaxinit.protocol.wire import REQUEST_ID_HEADER
 from jaxinit_server import jsonio
 from jaxinit_server.auth import http_caller
 from jaxinit_server.core import Service
+from jaxinit_server.core.errors import as_domain_error
 from jaxinit_server.disconnects import unless_disconnected
 from jaxinit_server.telemetry import Call, Telemetry
 
@@ -46,6 +47,12 @@ async def observe(call: Call, work: Awaitable[Response], request: Request) -> Re
     work is cancelled if the client goes away before the response starts."""
     try:
         response = await unless_disconnected(request, work)
+    except Exception as exc:
+        if (error := as_domain_error(exc)) is not None and error is not exc:
+            call.close(error)  # counted as what it is (a 400 or 413), not an internal error
+            raise error from None
+        call.close(exc)
+        raise
     except BaseException as exc:
         call.close(exc)
         raise
@@ -88,6 +95,15 @@ class OffLoopJSONRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def with_off_loop_json(request: Request) -> Response:
-            return await handler(_OffLoopJSONRequest(request.scope, request.receive))
+            try:
+                return await handler(_OffLoopJSONRequest(request.scope, request.receive))
+            except Exception as exc:
+                # A RecursionError or MemoryError is a refusal (400 / 413): raised as its domain
+                # error, it is answered by the app's JaxinitError handler. Left as it is, only
+                # the catch-all handler answers it, and Starlette then re-raises it to the
+                # server, which logs "Exception in ASGI application" with a traceback.
+                if (error := as_domain_error(exc)) is not None and error is not exc:
+                    raise error from None
+                raise
 
         return with_off_loop_json

@@ -19,6 +19,7 @@ from jaxinit.protocol import wire
 from jaxinit.protocol.codec import is_bits_type, npy_dtype
 from jaxinit.protocol.digest import DIGEST_BYTES
 from jaxinit.protocol.errors import InvalidArgument, JaxinitError, NotAcceptable, TooLarge
+from jaxinit.protocol.provenance import Provenance
 from jaxinit.protocol.wire import DIGESTED, JSON, NPY, NPZ, OCTET, SAFETENSORS
 from jaxinit_server import jsonio
 from jaxinit_server.core import Limits, Resolved, ResolvedModel, Service, TensorStream
@@ -26,6 +27,7 @@ from jaxinit_server.core.admission import Ticket
 from jaxinit_server.core.regions import Regions
 
 __all__ = [
+    "MAX_HEADER_CANONICAL",
     "MEDIA_TYPES",
     "MODEL_MEDIA_TYPES",
     "check_json_size",
@@ -33,6 +35,7 @@ __all__ = [
     "model_safetensors",
     "negotiate",
     "npz_storable",
+    "provenance_header",
     "region_response",
     "tensor_headers",
     "tensor_response",
@@ -81,6 +84,23 @@ def check_json_size(limits: Limits, resolved: Resolved, *, nested: bool, instead
         )
 
 
+# The most characters of the canonical request X-Jaxinit-Provenance carries: a request
+# with a large value (a `constant` of megabytes) would otherwise make a header of megabytes,
+# which proxies and HTTP clients refuse (nginx answers 502 past its 4-8 KiB header buffer).
+MAX_HEADER_CANONICAL = 2048
+
+
+def provenance_header(provenance: Provenance) -> str:
+    """The provenance as the header's compact JSON. A canonical request over
+    :data:`MAX_HEADER_CANONICAL` characters is left out (``canonical_request`` empty, and
+    ``canonical_request_omitted`` its length); ``request_digest``, its sha256, stays."""
+    fields = provenance.as_dict()
+    if len(provenance.canonical_request) > MAX_HEADER_CANONICAL:
+        fields["canonical_request"] = ""
+        fields["canonical_request_omitted"] = len(provenance.canonical_request)
+    return json.dumps(fields, separators=(",", ":"))
+
+
 def tensor_headers(tensor: TensorStream) -> dict[str, str]:
     return {
         wire.SHAPE_HEADER: ",".join(str(d) for d in tensor.shape),
@@ -89,7 +109,7 @@ def tensor_headers(tensor: TensorStream) -> dict[str, str]:
         wire.OFFSET_HEADER: str(tensor.resolved.start),
         wire.COUNT_HEADER: str(tensor.resolved.stop - tensor.resolved.start),
         wire.REQUEST_DIGEST_HEADER: tensor.provenance.request_digest,
-        wire.PROVENANCE_HEADER: json.dumps(tensor.provenance.as_dict(), separators=(",", ":")),
+        wire.PROVENANCE_HEADER: provenance_header(tensor.provenance),
         wire.CACHE_HEADER: tensor.cache,
     }
 

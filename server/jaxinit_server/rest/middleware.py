@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from jaxinit.protocol.errors import JaxinitError, TooLarge
+from jaxinit.protocol.errors import JaxinitError, TooLarge, Unauthenticated
 from jaxinit.protocol.wire import REPLICA_HEADER
-from jaxinit_server.auth import OPEN_HTTP_PATHS, KeyRing, bearer
+from jaxinit_server.auth import OPEN_HTTP_PATHS, KeyRing, bearer, http_authorization
 from jaxinit_server.rest.errors import error_response
 
 __all__ = ["BearerAuth", "BodyLimit", "ReplicaHeader"]
@@ -21,12 +21,11 @@ class BearerAuth:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] not in OPEN_HTTP_PATHS:
-            headers = dict(scope.get("headers") or ())
-            token = bearer(headers.get(b"authorization", b"").decode("latin-1"))
             try:
-                self.keyring.check(token)
+                self.keyring.check(bearer(http_authorization(scope.get("headers") or ())))
             except JaxinitError as exc:
-                response = error_response(exc, headers={"WWW-Authenticate": "Bearer"}, path=scope["path"])
+                challenge = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthenticated) else None
+                response = error_response(exc, headers=challenge, path=scope["path"])
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
@@ -18,10 +20,23 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+# Readiness is open to anyone, keys or not: where the server keeps files on its host is
+# not shown here (ListInitializers / GET /v1/initializers, behind auth, name the
+# shared-memory directory callers need).
+_HIDDEN = frozenset({"directory"})
+
+
+def _without_paths(state: Any) -> Any:
+    """``state`` with every directory path left out (nested dicts)."""
+    if isinstance(state, dict):
+        return {k: _without_paths(v) for k, v in state.items() if k not in _HIDDEN}
+    return state
+
+
 @router.get("/readyz", summary="Readiness: 503 until warmed up, and while stopping")
 async def readyz(service: ServiceDep) -> JSONResponse:
     ready = service.ready
-    body = {"status": "ready" if ready else "not ready", **service.state()}
+    body = {"status": "ready" if ready else "not ready", **_without_paths(service.state())}
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
