@@ -97,6 +97,24 @@ class Cost:
     why: str = ""  # what most of ``compute`` is, for a refusal's message
 
 
+def program(resolved: Resolved) -> tuple[Any, ...] | None:
+    """What identifies ``resolved``'s jax.jit program (None: it runs eagerly): the values of
+    a jitted initializer depend on these, never on the key's data or a range."""
+    if not resolved.jit:
+        return None
+    key = resolved.key
+    return (
+        resolved.spec.name,
+        repr(resolved.args),
+        resolved.shape,
+        resolved.out_dtype,
+        resolved.enable_x64,
+        resolved.threefry_partitionable,
+        key.impl if key is not None else None,
+        key.stack if key is not None else (),
+    )
+
+
 def route(resolved: Resolved) -> str:
     """The one producer for ``resolved`` (cheap: no JAX work)."""
     if resolved.stop == resolved.start:
@@ -114,9 +132,12 @@ def route(resolved: Resolved) -> str:
     return WHOLE
 
 
-def price(resolved: Resolved, *, gathered: bool = False) -> Cost:
+def price(resolved: Resolved, *, gathered: bool = False, compiled: bool = False) -> Cost:
     """The cost of ``resolved`` on its route; ``gathered``: the answer is built whole in
-    memory (JSON), which adds the elements again as Python objects and text."""
+    memory (JSON), which adds the elements again as Python objects and text; ``compiled``:
+    its jax.jit program was compiled before (where compiled programs are kept, another
+    worker reads it back rather than compiling: see :func:`program`)."""
+    compile_flops = 0 if compiled else COMPILE_FLOPS
     kind = route(resolved)
     itemsize = DTYPES[resolved.out_dtype].itemsize
     count = resolved.stop - resolved.start
@@ -136,7 +157,7 @@ def price(resolved: Resolved, *, gathered: bool = False) -> Cost:
             (derived * DERIVED_KEY_FLOPS + by_key * KEY_BY_KEY_FLOPS, f"deriving {derived} keys"),
             (slices * per_slice, f"{slices} slices made one call at a time"),
             (one.flops * slices if kind == WHOLE else 0, "the slices' arithmetic"),
-            (COMPILE_FLOPS if resolved.jit else 0, "a jax.jit compile"),
+            (compile_flops if resolved.jit else 0, "a jax.jit compile"),
         ]
         compute = sum(part for part, _ in parts)
         why = max(parts)[1]
@@ -164,8 +185,8 @@ def price(resolved: Resolved, *, gathered: bool = False) -> Cost:
             m, n = _qr_dims(resolved)
             flops = max(flops, 4 * max(m, n) * min(m, n) ** 2)
         compute, why = flops, "its arithmetic"
-        if resolved.jit:
-            compute, why = compute + COMPILE_FLOPS, "a jax.jit compile" if flops < COMPILE_FLOPS else why
+        if resolved.jit and compile_flops:
+            compute, why = compute + compile_flops, "a jax.jit compile" if flops < compile_flops else why
     if gathered:
         memory += count * (itemsize + 64)
     if resolved.key is not None:  # split(key, num) makes all num keys to take one

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import hashlib
 import logging
@@ -86,6 +87,9 @@ class Service:
     ) -> None:
         # Compiled programs and the self-check's verdict survive restarts (see startup.py).
         self.compilation_cache_dir = startup.use_compilation_cache(compilation_cache_dir)
+        # jax.jit programs compiled before: with the cache on, not priced as a compile again.
+        self._compilation_cached = self.compilation_cache_dir is not None
+        self._compiled: collections.OrderedDict[tuple[Any, ...], None] = collections.OrderedDict()
         self.limits = limits or Limits()
         self.admission = Admission(
             self.limits.max_streams,
@@ -253,7 +257,7 @@ class Service:
             raise stopping()
         costs = []
         for out, request in zip(model.outputs, model.requests, strict=True):
-            memory = engine.price(request).memory
+            memory = self._cost(request).memory
             costs.append(memory + (2 * request.nbytes if out.needs_whole else 0))
         return self.admission.admit(sum(sorted(costs, reverse=True)[: ahead + 1]), caller)
 
@@ -291,11 +295,25 @@ class Service:
             finally:
                 held.release()
 
+    def _cost(self, resolved: Resolved, *, gathered: bool = False) -> engine.Cost:
+        """:func:`engine.price`, knowing which jax.jit programs this server compiled before
+        (with the compilation cache on, a worker that has not reads it back: no compile)."""
+        program = engine.program(resolved)
+        compiled = program is not None and self._compilation_cached and program in self._compiled
+        return engine.price(resolved, gathered=gathered, compiled=compiled)
+
+    def _was_compiled(self, resolved: Resolved) -> None:
+        if (program := engine.program(resolved)) is not None:
+            self._compiled[program] = None
+            self._compiled.move_to_end(program)
+            while len(self._compiled) > 4096:
+                self._compiled.popitem(last=False)
+
     def price(self, resolved: Resolved, *, gathered: bool = False) -> engine.Cost:
         """What ``resolved`` costs; raises :class:`TooLarge` for what this server will never do
         (more working memory than all requests together may hold, or more compute than one
         whole-tensor request may take)."""
-        cost = engine.price(resolved, gathered=gathered)
+        cost = self._cost(resolved, gathered=gathered)
         limits = self.limits
         what = f"{resolved.spec.name} on a {resolved.out_dtype} tensor of shape {list(resolved.shape)[:8]}"
         if cost.memory > limits.max_inflight_bytes:
@@ -410,7 +428,7 @@ class Service:
         a JAX thread for the others."""
         submitted = time.perf_counter()
         timings = {} if timings is None else timings
-        heavy = engine.price(resolved).compute >= self.limits.heavy_flops
+        heavy = self._cost(resolved).compute >= self.limits.heavy_flops
         if heavy:  # one of the heavy slots, held until the generation is closed
             self.heavy_waiting += 1
             try:
@@ -423,6 +441,7 @@ class Service:
             if heavy:
                 self._heavy.release()
             raise
+        self._was_compiled(resolved)  # (a jit program: made, so compiled and kept by the cache)
         if heavy:
             release = _once(self._heavy.release)
             generation.also_on_close(release)
