@@ -109,20 +109,24 @@ class ExportRefused(InvalidArgument):
 
     def __init__(self, refused: list[dict[str, Any]], total: int) -> None:
         self.refused = refused
-        head = f"{len(refused)} of {total} parameters cannot be exported exactly"
-        shown: list[str] = []
-        size = len(head) + 120
-        for item in refused:
-            text = f"{item['path']}: {item['reason']}"
-            if size + len(text) > MAX_MESSAGE - 120 and shown:
-                break
-            shown.append(text)
-            size += len(text) + 2
-        more = len(refused) - len(shown)
-        tail = f"; and {more} more (all in .refused)" if more else ""
+        budget = MAX_MESSAGE - 160  # the paths first, then as many reasons as fit
+        names = _fitting([f"{r['path']} ({r['construct']})" for r in refused], budget // 2, ", ")
+        reasons = _fitting([f"{r['path']}: {r['reason']}" for r in refused], budget - len(names), "; ")
         super().__init__(
-            f"{head}: " + "; ".join(shown) + tail + ". export(..., partial=True) returns the others, with this list"
+            f"{len(refused)} of {total} parameters cannot be exported exactly: {names}. Why: {reasons}. All in "
+            ".refused; export(..., partial=True) returns the others with this list"
         )
+
+
+def _fitting(items: Sequence[str], budget: int, separator: str) -> str:
+    """``items`` joined, as many as fit in ``budget`` characters (at least one), then how many more."""
+    shown = [items[0][:budget]]
+    for item in items[1:]:
+        if sum(map(len, shown)) + len(separator) * len(shown) + len(item) > budget:
+            break
+        shown.append(item)
+    more = len(items) - len(shown)
+    return separator.join(shown) + (f"{separator}and {more} more" if more else "")
 
 
 def export(
@@ -172,22 +176,35 @@ def export(
     elif mode != "linen":
         raise InvalidArgument(f"mode is 'linen' or 'nnx', got {mode!r}")
     else:
-        import jax
-
-        recorder = _LinenRecorder(max_literal)
-        # Key-independent values (constants, initializer arguments computed with jnp) are
-        # computed as they are traced; whatever depends on the key stays shape-only.
-        with _EXPORTING, recorder.active(), jax.ensure_compile_time_eval():
-
-            def init(key: Any, *inputs: Any) -> Any:
-                recorder.root(key)
-                call = {"method": method} if method is not None else {}
-                return module.init(key, *inputs, **call, **kwargs)
-
-            variables = jax.eval_shape(init, jax.random.key(0), *sample_inputs)
-        params = variables.get("params", {}) if isinstance(variables, Mapping) else {}
-        entries, refused = recorder.plan(params, type(module).__name__)
+        call = {"method": method} if method is not None else {}
+        recorder = _trace_linen(module, sample_inputs, {**call, **kwargs}, max_literal, False)
+        entries, refused = recorder.plan()
+        if recorder.traced_arguments:
+            # An initializer argument computed with jnp (a tracer while init is traced): trace
+            # again with what depends on no key computed as it goes (slower, only when needed).
+            recorder = _trace_linen(module, sample_inputs, {**call, **kwargs}, max_literal, True)
+            entries, refused = recorder.plan()
     return _finish(entries, refused, jit=jit, partial=partial)
+
+
+def _trace_linen(
+    module: Any, sample_inputs: tuple[Any, ...], kwargs: Mapping[str, Any], max_literal: int, eager: bool
+) -> _LinenRecorder:
+    """``module.init`` traced shape-only with the recorder's hooks; ``eager``: every value
+    that depends on no key and no input is computed as it is traced (jnp arguments)."""
+    import jax
+
+    recorder = _LinenRecorder(max_literal)
+    with _EXPORTING, recorder.active(), jax.ensure_compile_time_eval() if eager else contextlib.nullcontext():
+
+        def init(key: Any, *inputs: Any) -> Any:
+            recorder.root(key)
+            return module.init(key, *inputs, **kwargs)
+
+        variables = jax.eval_shape(init, jax.random.key(0), *sample_inputs)
+    recorder.params = variables.get("params", {}) if isinstance(variables, Mapping) else {}
+    recorder.cls = type(module).__name__
+    return recorder
 
 
 def _finish(entries: list[dict[str, Any]], refused: list[dict[str, Any]], *, jit: bool, partial: bool) -> Plan:
@@ -219,6 +236,10 @@ class _LinenRecorder:
 
     def __init__(self, max_literal: int = MAX_LITERAL) -> None:
         self.max_literal = max_literal
+        self.params: Any = {}  # what init made (shapes only)
+        self.cls = ""  # the model's class, for messages
+        self.traced_arguments = False  # an initializer argument was a tracer: worth tracing eagerly
+        self.rngs_drawn = 0  # make_rng calls so far (one inside a parameter's init function: its own key)
         self.chains: dict[int, tuple[Step, ...] | None] = {}
         self.alive: list[Any] = []  # the tracers whose ids the chains name, kept alive
         self.records: dict[tuple[str, ...], dict[str, Any]] = {}
@@ -378,6 +399,7 @@ class _LinenRecorder:
         recorder = self
 
         def make_rng(scope: Any, name: str = "params") -> Any:
+            recorder.rngs_drawn += 1
             key = original(scope, name)
             used = name if scope.has_rng(name) else "params"
             rng = scope.rngs[used]
@@ -415,12 +437,24 @@ class _LinenRecorder:
                 calls: list[Any] = []
                 draws: list[tuple[str, Any]] = []
                 previous = sys.getprofile()
+                rngs_drawn = recorder.rngs_drawn
                 sys.setprofile(_profiler(calls, draws))
                 try:
                     value = init_fn(key, *args, **kw)
                 finally:
                     sys.setprofile(previous)
                 made_by = _made_by(init_fn, value, calls)
+                if recorder.rngs_drawn != rngs_drawn:
+                    draws.append(("make_rng", None))  # a key of its own, drawn from the scope
+                known = value
+                if made_by is not None and not draws:
+                    # Not an initializer, no draw: maybe a value no key changes (jnp.ones(shape)).
+                    # Made again with what depends on no key computed (the key stays traced);
+                    # Flax keeps the traced one.
+                    import jax
+
+                    with jax.ensure_compile_time_eval():
+                        known = init_fn(key, *args, **kw)
                 recorder.records[path] = {
                     "key": recorder.chains.get(id(key)),
                     "calls": calls,
@@ -434,7 +468,7 @@ class _LinenRecorder:
                     # what else made it: a key-independent value (computed, not traced), or a
                     # draw from a key
                     "drawn": _drawn(draws, key) if made_by is not None else None,
-                    "value": _key_independent(value, recorder.max_literal) if made_by is not None else None,
+                    "value": _key_independent(known, recorder.max_literal) if made_by is not None else None,
                 }
                 return value
 
@@ -444,12 +478,13 @@ class _LinenRecorder:
 
     # --- the plan ------------------------------------------------------------------------------
 
-    def plan(self, params: Any, cls: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def plan(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """(the plan's entries, the refused parameters) of the traced init."""
         import jax
         from flax.core import meta
 
-        params = meta.unbox(params)  # nn.with_partitioning's boxes: the arrays inside
+        cls = self.cls
+        params = meta.unbox(self.params)  # nn.with_partitioning's boxes: the arrays inside
         flat = {
             tuple(str(getattr(k, "key", k)) for k in path): leaf
             for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
@@ -471,6 +506,7 @@ class _LinenRecorder:
             try:
                 entries.append(self._entry(path, record, flat))
             except InvalidArgument as exc:
+                self.traced_arguments = self.traced_arguments or isinstance(exc, _TracedArgument)
                 construct = getattr(exc, "construct", record["construct"])
                 refused.append(_refusal(".".join(path), flat[path], construct, exc.message))
         if not entries and not refused:
@@ -558,6 +594,11 @@ class _Refused(InvalidArgument):
         self.construct = construct
 
 
+class _TracedArgument(_Refused):
+    """An initializer argument that is a tracer: computed from an input, a key or a
+    parameter, or with jnp from constants (which an eager trace makes concrete)."""
+
+
 def _construct(init_fn: Any) -> str:
     """What a parameter's init function is, for a refusal: its qualified name."""
     return str(getattr(init_fn, "__qualname__", type(init_fn).__name__))
@@ -567,7 +608,7 @@ def _drawn(draws: Sequence[tuple[str, Any]], key: Any) -> str | None:
     """Why a value made with ``jax.random`` is refused (None: nothing was drawn)."""
     if not draws:
         return None
-    names = ", ".join(dict.fromkeys(f"jax.random.{name}" for name, _ in draws))
+    names = ", ".join(dict.fromkeys("self.make_rng" if n == "make_rng" else f"jax.random.{n}" for n, _ in draws))
     made = [name for name, _ in draws if name in _KEY_MAKERS]
     if made or any(first is not key for _, first in draws):
         return (
@@ -575,8 +616,8 @@ def _drawn(draws: Sequence[tuple[str, Any]], key: Any) -> str | None:
             "or holds itself): its values do not follow from the model's key; jaxinit cannot serve them"
         )
     return (
-        f"derived from a draw on its key ({names}, then computed on: log, exp, clip, ... as Mamba's dt_bias and "
-        "A_log are), not a JAX initializer's result; jaxinit serves initializers' results only: give the module "
+        f"derived from a draw on its key ({names}, then computed on: log, exp, clip, ... as Mamba's dt_bias is), "
+        "not a JAX initializer's result; jaxinit serves initializers' results only: give the module "
         "a registry initializer, or supply this parameter yourself (export(..., partial=True))"
     )
 
@@ -783,7 +824,7 @@ def _plain(value: Any, what: str) -> Any:
     if isinstance(value, (tuple, list)):
         return [_plain(v, what) for v in value]
     if isinstance(value, jax.core.Tracer):
-        raise _Refused(
+        raise _TracedArgument(
             f"jax.nn.initializers ({what})",
             f"{what} is computed from a traced value (an input, a key or a parameter), not a concrete number",
         )
@@ -1004,8 +1045,8 @@ def _nnx_made_by(
             )
         return names, (
             f"derived from a draw on the parameters' stream ({names}, then computed on: log, exp, clip, ... as "
-            "Mamba's dt_bias and A_log are), not a JAX initializer's result; jaxinit serves initializers' results "
-            "only: give the module a registry initializer, or supply this parameter yourself (partial=True)"
+            "Mamba's dt_bias is), not a JAX initializer's result; jaxinit serves initializers' results only: give "
+            "the module a registry initializer, or supply this parameter yourself (partial=True)"
         )
     batched = [c for c in calls if "Batch" in type(c[1].get("key")).__name__]
     if batched or owner is None:

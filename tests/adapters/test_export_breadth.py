@@ -451,3 +451,19 @@ def test_export_jit_then_model_jit_on_the_command_line(grpc_url: str, tmp_path: 
         arrays, metadata = safetensors.loads(out.read_bytes())
         assert metadata["jit"] == str(jit).lower()
         _same({n: np.asarray(a) for n, a in arrays.items()}, _linen(Net(), 3, jit, x))
+
+
+def test_a_key_the_module_draws_itself_is_refused_and_later_keys_stay_right(realise: Any) -> None:
+    class OwnKey(nn.Module):
+        @nn.compact
+        def __call__(self, x: Any) -> Any:
+            own = self.param("own", lambda _, s: jax.random.normal(self.make_rng("params"), s), (3,))
+            return nn.Dense(3, name="after")(x) + own
+
+    x = jnp.zeros((1, 3))
+    plan = jaxinit.flax.export(OwnKey(), x, partial=True)
+    assert [r["path"] for r in plan.refused] == ["own"] and "self.make_rng" in plan.refused[0]["reason"]
+    # its init function ran once, as in Flax: the keys after it are Flax's
+    want = _linen(OwnKey(), 9, False, x)
+    got = _arrays(realise(plan, 9))
+    _same(got, {n: want[n] for n in ("after.bias", "after.kernel")})
