@@ -467,3 +467,27 @@ def test_a_key_the_module_draws_itself_is_refused_and_later_keys_stay_right(real
     want = _linen(OwnKey(), 9, False, x)
     got = _arrays(realise(plan, 9))
     _same(got, {n: want[n] for n in ("after.bias", "after.kernel")})
+
+
+class ScannedBlock(nn.Module):
+    @nn.compact
+    def __call__(self, x: Any, _: Any) -> Any:
+        x = LlamaRMSNorm(4, name="norm")(x)
+        a_log = self.param("A_log", lambda _, s: jnp.log(jnp.arange(1, s[0] + 1, dtype=jnp.float32)), (4,))
+        return nn.Dense(4, kernel_init=nn.initializers.normal(0.02), name="proj")(x) + a_log, None
+
+
+class ScannedStack(nn.Module):
+    @nn.compact
+    def __call__(self, x: Any) -> Any:
+        layers = nn.scan(ScannedBlock, variable_axes={"params": 0}, split_rngs={"params": True}, length=3)
+        return layers(name="layers")(x, None)[0]
+
+
+def test_constants_in_scanned_layers_are_each_layers_value(realise: Any) -> None:
+    x = jnp.zeros((1, 4))
+    plan = jaxinit.flax.export(ScannedStack(), x)
+    by_path = {e["path"]: e for e in plan["params"]}
+    assert by_path["layers.norm.weight"]["initializer"] == "ones" and by_path["layers.norm.weight"]["shape"] == [3, 4]
+    assert np.asarray(by_path["layers.A_log"]["args"]["value"]).shape == (3, 4)
+    _same(_arrays(realise(plan, 2)), _linen(ScannedStack(), 2, False, x))
