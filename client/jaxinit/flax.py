@@ -114,7 +114,7 @@ class ExportRefused(InvalidArgument):
         reasons = _fitting([f"{r['path']}: {r['reason']}" for r in refused], budget - len(names), "; ")
         super().__init__(
             f"{len(refused)} of {total} parameters cannot be exported exactly: {names}. Why: {reasons}. All in "
-            ".refused; export(..., partial=True) returns the others with this list"
+            ".refused; export(..., partial=True) (jaxinit export --partial) returns the others with this list"
         )
 
 
