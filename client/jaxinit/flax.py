@@ -24,7 +24,8 @@ HF's RMSNorm writes it, ``jnp.ones(s) * value``, ``nnx.Param(jnp.zeros(d))``): a
 constant becomes ``zeros``/``ones``/``constant`` with the exact value, other arrays a
 literal ``constant`` of at most ``max_literal`` elements; initializer arguments computed
 with ``jnp``; ``nn.remat``/``nn.checkpoint``. Every parameter that cannot be exported is
-listed in one :class:`ExportRefused` (path, shape, what made it, why);
+listed in one ``InvalidArgument`` whose ``refused`` holds them all (path, shape, what made
+it, why);
 ``partial=True`` returns the rest with that list in ``plan.refused``.
 
 ``jit=True`` records in the plan that its user initialises under ``jax.jit`` (most training
@@ -50,7 +51,7 @@ from jaxinit.protocol.errors import MAX_MESSAGE, InvalidArgument
 from jaxinit.protocol.expansion import linen_fold_in
 from jaxinit.protocol.keys import Step, step_json
 
-__all__ = ["Comparison", "ExportRefused", "Plan", "compare", "export"]
+__all__ = ["Comparison", "Plan", "compare", "export"]
 
 # A key-independent array that is not one value broadcast travels in the plan as a literal
 # (a constant with a nested-list value) of at most this many elements, by default.
@@ -102,20 +103,19 @@ class Plan(dict[str, Any]):
         self.refused = []
 
 
-class ExportRefused(InvalidArgument):
-    """Parameters the exporter cannot serve exactly. ``refused`` lists every one (path,
-    shape, dtype, the construct that made it, the reason); the message names as many as
-    fit. ``export(..., partial=True)`` returns the others instead."""
-
-    def __init__(self, refused: list[dict[str, Any]], total: int) -> None:
-        self.refused = refused
-        budget = MAX_MESSAGE - 160  # the paths first, then as many reasons as fit
-        names = _fitting([f"{r['path']} ({r['construct']})" for r in refused], budget // 2, ", ")
-        reasons = _fitting([f"{r['path']}: {r['reason']}" for r in refused], budget - len(names), "; ")
-        super().__init__(
-            f"{len(refused)} of {total} parameters cannot be exported exactly: {names}. Why: {reasons}. All in "
-            ".refused; export(..., partial=True) (jaxinit export --partial) returns the others with this list"
-        )
+def _export_refused(refused: list[dict[str, Any]], total: int) -> InvalidArgument:
+    """The refusal of an export: an InvalidArgument naming the refused parameters (the paths
+    first, then as many reasons as fit), every one in its ``refused`` attribute."""
+    budget = MAX_MESSAGE - 160
+    names = _fitting([f"{r['path']} ({r['construct']})" for r in refused], budget // 2, ", ")
+    reasons = _fitting([f"{r['path']}: {r['reason']}" for r in refused], budget - len(names), "; ")
+    error = InvalidArgument(
+        f"{len(refused)} of {total} parameters cannot be exported exactly: {names}. Why: {reasons}. All in "
+        ".refused; export(..., partial=True) (jaxinit export --partial) returns the others with this list"
+    )
+    # Not a class of its own: every JaxinitError class is one the wire carries (the error table).
+    setattr(error, "refused", refused)  # noqa: B010
+    return error
 
 
 def _fitting(items: Sequence[str], budget: int, separator: str) -> str:
@@ -156,13 +156,14 @@ def export(
             ``jit`` (a call can override it). XLA's fusion gives some initializers (e.g.
             ``normal(stddev)``) other last bits under jit.
         partial: return what can be exported, the rest listed in the plan's ``refused``,
-            rather than raising :class:`ExportRefused`.
+            rather than raising.
         max_literal: the most elements a key-independent array that is not a broadcast
             constant may have to travel in the plan as a literal value.
 
     Raises:
-        ExportRefused: a parameter made by something other than a JAX initializer or a
-            key-independent value, or whose key jaxinit cannot follow; every one listed.
+        InvalidArgument: a parameter made by something other than a JAX initializer or a
+            key-independent value, or whose key jaxinit cannot follow; its ``refused``
+            lists every one (``path``, ``shape``, ``dtype``, ``construct``, ``reason``).
         ImportError: JAX or Flax is not installed here.
     """
     if not isinstance(jit, bool) or not isinstance(partial, bool):
@@ -208,9 +209,9 @@ def _trace_linen(
 
 
 def _finish(entries: list[dict[str, Any]], refused: list[dict[str, Any]], *, jit: bool, partial: bool) -> Plan:
-    """The plan of the exported entries, or ExportRefused naming every refused one."""
+    """The plan of the exported entries, or the InvalidArgument naming every refused one."""
     if refused and not partial:
-        raise ExportRefused(refused, len(entries) + len(refused))
+        raise _export_refused(refused, len(entries) + len(refused))
     if not entries and not refused:
         raise InvalidArgument("the model has no parameters")
     plan = Plan(params=entries)
@@ -505,7 +506,7 @@ class _LinenRecorder:
                 continue  # made, then not kept (a parameter of a discarded trace)
             try:
                 entries.append(self._entry(path, record, flat))
-            except InvalidArgument as exc:
+            except _Refused as exc:
                 self.traced_arguments = self.traced_arguments or isinstance(exc, _TracedArgument)
                 construct = getattr(exc, "construct", record["construct"])
                 refused.append(_refusal(".".join(path), flat[path], construct, exc.message))
@@ -586,12 +587,13 @@ class _LinenRecorder:
             entry["module"] = owner
 
 
-class _Refused(InvalidArgument):
-    """One parameter's refusal: ``construct`` made it, the message says why."""
+class _Refused(Exception):  # noqa: N818 (internal: becomes an entry of the refused list)
+    """One parameter's refusal: ``construct`` made it, ``message`` says why."""
 
     def __init__(self, construct: str, message: str) -> None:
         super().__init__(message)
         self.construct = construct
+        self.message = message
 
 
 class _TracedArgument(_Refused):
