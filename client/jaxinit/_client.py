@@ -575,6 +575,7 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
         progress: bool | None = None,
         threefry_partitionable: bool | None = None,
         enable_x64: bool | None = None,
+        jit: bool | None = None,
     ) -> ModelT:
         """A whole model's initial parameters, bit-identical to Flax's ``init``.
 
@@ -591,13 +592,18 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
             enable_x64: likewise; None (here and on the client) is on when any parameter
                 is a 64-bit type, for every parameter, as a Flax user with float64
                 parameters runs; else the server's default.
+            jit: ``True``: the values of ``jax.jit(model.init)`` (if your code initialises
+                under ``jax.jit``, as most training code does, ask for this: XLA's fusion
+                gives e.g. ``normal(stddev)`` kernels other last bits); ``False``: eager
+                ``model.init``'s; None: the plan's default (``jaxinit.flax.export(...,
+                jit=True)`` records it), else eager. ``.metadata["jit"]`` says which.
 
         Returns:
             A :class:`ModelParams`: a dict of arrays (nested, or flat with ``flat=True``),
             with the provenance of every tensor in ``.provenance``.
         """
         request = self._model_request(
-            model, key, mode, layout, fix_rng_separator, param_dtype, threefry_partitionable, enable_x64
+            model, key, mode, layout, fix_rng_separator, param_dtype, threefry_partitionable, enable_x64, jit
         )
         return self._init_model(request, flat, path, progress)
 
@@ -621,6 +627,7 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
         param_dtype: Any,
         threefry_partitionable: bool | None = None,
         enable_x64: bool | None = None,
+        jit: bool | None = None,
     ) -> ModelRequest:
         return ModelRequest(
             model,
@@ -631,6 +638,7 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
             param_dtype,
             threefry_partitionable=self._setting(threefry_partitionable, self.threefry_partitionable),
             enable_x64=self._setting(enable_x64, self.enable_x64),
+            jit=jit,
         )
 
     def __getattr__(self, name: str) -> Any:
@@ -883,9 +891,9 @@ def _collect(received: Iterable[Tensor | JaxinitError]) -> list[Tensor]:
 def _model_result(
     tensors: list[Tensor], request: ModelRequest, flat: bool, path: str | os.PathLike[str] | None
 ) -> ModelParams:
-    for tensor in tensors:  # a model's keyed tensors carry the root's derive steps first
+    for tensor in tensors:  # a model's keyed tensors carry the root's derive steps first (and jit, asked)
         if tensor.provenance.key_impl:
-            check_derived(request.key, tensor)
+            check_derived(request.key, tensor, jit=bool(request.jit))
     arrays = {t.request_id: t.array for t in tensors}
     first = tensors[0].provenance
     # The settings of the model are those of its first keyed tensor, as the server says them.
@@ -899,6 +907,7 @@ def _model_result(
         threefry_partitionable=keyed.threefry_partitionable,
         enable_x64=keyed.enable_x64,
         model_digest=digest,
+        jit=bool(request.jit),
     )
     if path is not None:
         write_arrays(os.fspath(path), arrays, metadata)

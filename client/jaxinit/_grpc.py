@@ -165,6 +165,7 @@ def model_request_to_proto(request: ModelRequest, shared_memory: str | None = No
     )
     _key_to_proto(message.key, request.key)
     _prng_to_proto(message.prng, request.threefry_partitionable, request.enable_x64)
+    message.prng.jit = bool(request.jit)
     return message
 
 

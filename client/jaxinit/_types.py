@@ -17,6 +17,7 @@ from jaxinit.protocol.codec import ITEMSIZE, array_from_buffer, dtype_name, num_
 from jaxinit.protocol.digest import ALGORITHM as DIGEST_ALGORITHM
 from jaxinit.protocol.digest import new_hasher
 from jaxinit.protocol.errors import IntegrityError, InvalidArgument, JaxinitError, ProtocolError
+from jaxinit.protocol.expansion import plan_jit
 from jaxinit.protocol.keys import Key, as_key
 from jaxinit.protocol.provenance import Provenance
 
@@ -86,6 +87,9 @@ class ModelRequest:
     param_dtype: str = "float32"
     threefry_partitionable: bool | None = None
     enable_x64: bool | None = None
+    # jax.jit(model.init)'s values; None: the plan's default (an exported plan's "jit"), else
+    # eager. Settled to a bool here, and a plan's own "jit" rewritten to agree with it.
+    jit: bool | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, Mapping):
@@ -96,6 +100,12 @@ class ModelRequest:
             model = json.loads(json.dumps(self.model, default=_plain, allow_nan=False))
         except (TypeError, ValueError, RecursionError) as exc:
             raise InvalidArgument(f"model: the description is not JSON data: {exc}") from None
+        if self.jit is not None and not isinstance(self.jit, bool):
+            raise InvalidArgument(f"jit must be true, false or None (the plan's default), got {self.jit!r}")
+        default = plan_jit(model)
+        if self.jit is False and default:
+            model = {**model, "jit": False}  # this call's choice over the plan's
+        object.__setattr__(self, "jit", default if self.jit is None else self.jit)
         object.__setattr__(self, "model", model)
         object.__setattr__(self, "key", as_key(self.key))
         object.__setattr__(self, "param_dtype", dtype_name(self.param_dtype))
@@ -121,8 +131,9 @@ class ModelRequest:
             "fix_rng_separator": self.fix_rng_separator,
             "param_dtype": self.param_dtype,
         }
-        if self.prng:
-            body["prng"] = self.prng
+        prng: dict[str, bool] = {**self.prng, **({"jit": True} if self.jit else {})}
+        if prng:
+            body["prng"] = prng
         return body
 
 

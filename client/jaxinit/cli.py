@@ -227,6 +227,13 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--param-dtype", type=_dtype, default="float32", help="the modules' param_dtype (default %(default)s)"
     )
+    model.add_argument(
+        "--jit",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="jax.jit(model.init)'s values: ask for them if your code initialises under jax.jit, as most training "
+        "code does (default: the plan's, else eager model.init's)",
+    )
     key_options(model)
 
     export = commands.add_parser(
@@ -265,6 +272,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--module-kwargs", default="{}", metavar="JSON", help="arguments for the class or function")
     export.add_argument("--init-kwargs", default="{}", metavar="JSON", help='more arguments of init: {"train": false}')
+    export.add_argument(
+        "--jit", action="store_true", help="the plan's users initialise under jax.jit: their default (see model --jit)"
+    )
+    export.add_argument(
+        "--partial", action="store_true", help="write what can be exported; list the refused parameters on stderr"
+    )
     export.add_argument("-o", "--output", default="-", help="the plan's JSON file (default: stdout)")
     return parser
 
@@ -358,7 +371,13 @@ def _export(ns: argparse.Namespace) -> None:
 
     if ns.mode == "nnx":
         streams = [s for s in ns.rng_streams.split(",") if s]
-        plan = export(lambda rngs: target(rngs=rngs, **module_kwargs), mode="nnx", rng_streams=streams)
+        plan = export(
+            lambda rngs: target(rngs=rngs, **module_kwargs),
+            mode="nnx",
+            rng_streams=streams,
+            jit=ns.jit,
+            partial=ns.partial,
+        )
         _write_plan(plan, ns.output)
         return
     module = target if isinstance(target, linen.Module) else target(**module_kwargs)
@@ -372,7 +391,7 @@ def _export(ns: argparse.Namespace) -> None:
         for i, shape in enumerate(ns.input_shape)
     ]
     try:
-        plan = export(module, *inputs, **init_kwargs)
+        plan = export(module, *inputs, jit=ns.jit, partial=ns.partial, **init_kwargs)
     except (TypeError, ValueError) as exc:
         if "integer" in str(exc) and not ns.input_dtype:
             raise InvalidArgument(
@@ -384,6 +403,8 @@ def _export(ns: argparse.Namespace) -> None:
 
 
 def _write_plan(plan: dict[str, Any], output: str) -> None:
+    for item in getattr(plan, "refused", []):
+        print(f"jaxinit: refused {item['path']} ({item['construct']}): {item['reason']}", file=sys.stderr)
     text = json.dumps(plan, indent=1)
     if output == "-":
         print(text)
@@ -536,6 +557,7 @@ def _model(client: Client, ns: argparse.Namespace) -> None:
         fix_rng_separator=ns.fix_rng_separator,
         param_dtype=ns.param_dtype,
         flat=True,
+        jit=ns.jit,
     )
     _write(ns, arrays_file(suffix, dict(params), params.metadata))
     size = sum(a.nbytes for a in params.values())

@@ -171,8 +171,8 @@ class Vmapped(nn.Module):
 
 def test_what_cannot_be_exported_is_refused_by_name() -> None:
     x = jax.ShapeDtypeStruct((1, 5), jnp.float32)
-    with pytest.raises(jaxinit.InvalidArgument, match=r"eye\.kernel: made by .*not a JAX initializer"):
-        jaxinit.flax.export(Custom(), x)
+    eye = jaxinit.flax.export(Custom(), x)["params"][2]  # a key-independent value: a literal in the plan
+    assert eye["initializer"] == "constant" and eye["args"]["value"] == np.eye(4, 3).tolist()
     with pytest.raises(jaxinit.InvalidArgument, match=r"twice\.kernel: made by Scaled.*<lambda>"):
         jaxinit.flax.export(Scaled(), x)  # it calls a JAX initializer, then changes the values
     with pytest.raises(jaxinit.InvalidArgument, match=r"Dense_0\.kernel: its key comes through a Flax transform"):
@@ -307,7 +307,7 @@ class NnxStacked(nnx.Module):
 
 
 def test_what_cannot_be_exported_from_nnx_is_refused_by_name() -> None:
-    with pytest.raises(jaxinit.InvalidArgument, match=r"scaled: its value is not what a JAX initializer returned"):
+    with pytest.raises(jaxinit.InvalidArgument, match=r"scaled: computed from the result of a JAX .* changed"):
         jaxinit.flax.export(NnxCustom, mode="nnx")
     with pytest.raises(jaxinit.InvalidArgument, match=r"layers\.(bias|kernel): .*stacked by nnx.vmap"):
         jaxinit.flax.export(NnxStacked, mode="nnx")
@@ -340,5 +340,5 @@ def test_what_the_linen_exporter_cannot_follow_is_refused() -> None:
     x = jax.ShapeDtypeStruct((1, 4), jnp.float32)
     with pytest.raises(jaxinit.InvalidArgument, match="variable_axes stack on an axis other than 0"):
         jaxinit.flax.export(OffAxis(), x)
-    with pytest.raises(jaxinit.InvalidArgument, match=r"^w: a parameter not made by self.param"):
+    with pytest.raises(jaxinit.InvalidArgument, match=r"1 of 3 parameters .* w: a parameter not made by self.param"):
         jaxinit.flax.export(PutVariable(), jax.ShapeDtypeStruct((1, 5), jnp.float32))

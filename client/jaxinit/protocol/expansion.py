@@ -83,6 +83,7 @@ __all__ = [
     "model_prng",
     "nest",
     "outputs",
+    "plan_jit",
 ]
 
 MODES = ("linen", "nnx")
@@ -927,7 +928,7 @@ def _walk(
                 role=item.role,
                 torch=item.torch,
                 key_prefix=stacked.prefix if stacked else (),
-                jit=stacked.jit if stacked else False,
+                jit=(stacked.jit if stacked else False) or item.jit,
                 stack_at=stacked.stack_at if stacked else 0,
             )
         )
@@ -1009,14 +1010,26 @@ def _explicit(entry: Mapping[str, Any], leaf: _Leaf, where: str) -> bool:
     return True
 
 
+def plan_jit(description: Any) -> bool:
+    """Whether a raw form (an exported plan) says its user initialises under ``jax.jit``
+    (``"jit": true``): every tensor then has the ``jit`` values unless a request says otherwise."""
+    if not isinstance(description, Mapping) or "params" not in description or "type" in description:
+        return False
+    jit = description.get("jit", False)
+    if not isinstance(jit, bool):
+        raise InvalidArgument(f"model.jit must be true or false, got {_quote(jit)}")
+    return jit
+
+
 def _raw(description: Mapping[str, Any], dtype: str) -> _Node:
     """The raw form as a tree of plain modules whose leaves are Params, in the order listed."""
-    unknown = _names(set(description) - {"params", "param_dtype"})
+    unknown = _names(set(description) - {"params", "param_dtype", "jit"})
     if unknown:
-        hint = did_you_mean(unknown[0], ("params", "param_dtype")) if len(unknown) == 1 else ""
+        hint = did_you_mean(unknown[0], ("params", "param_dtype", "jit")) if len(unknown) == 1 else ""
         raise InvalidArgument(
-            f"model: unknown field(s) {_quote(unknown)} in the raw form;{hint} its fields: params, param_dtype"
+            f"model: unknown field(s) {_quote(unknown)} in the raw form;{hint} its fields: params, param_dtype, jit"
         )
+    jit = plan_jit(description)
     if "param_dtype" in description:
         dtype = _dtype_name(description["param_dtype"])
     entries = description["params"]
@@ -1029,7 +1042,7 @@ def _raw(description: Mapping[str, Any], dtype: str) -> _Node:
     # scan of its items in order would find: (id of the module, name) -> item. Every module
     # stays in the tree, so no id is reused while this lives.
     found_by_name: dict[tuple[int, str], _Leaf | _Node] = {}
-    explicit_first = False
+    explicit_first: bool | None = None
     for i, entry in enumerate(entries):
         where = f"model.params[{i}]"
         if not isinstance(entry, Mapping):
@@ -1066,9 +1079,12 @@ def _raw(description: Mapping[str, Any], dtype: str) -> _Node:
                 f"{where}: 'stack_at' {leaf.stack_at} puts the layer index after the parameter's own name; it counts "
                 f"the module names before the index, at most {len(parts) - 1} for the path {_quote(path)}"
             )
-        if i and explicit != explicit_first:
-            raise InvalidArgument(f"{where}: give every parameter of the raw form a 'key', or none")
-        explicit_first = explicit
+        leaf.jit = leaf.jit or jit
+        # A value no key changes (zeros, ones, a constant) needs none among explicit keys.
+        if explicit or lookup(leaf.init[0]).uses_key:
+            if explicit_first is not None and explicit != explicit_first:
+                raise InvalidArgument(f"{where}: give every parameter of the raw form a 'key', or none")
+            explicit_first = explicit
         node = root
         for module in modules:
             found = found_by_name.get((id(node), module))
@@ -1345,10 +1361,12 @@ def file_metadata(
     threefry_partitionable: bool,
     enable_x64: bool,
     model_digest: str,
+    jit: bool = False,
 ) -> dict[str, str]:
     """The string metadata of a model file (safetensors ``__metadata__``): what produced it.
 
-    ``format`` is ``pt`` for the PyTorch layout, as Hugging Face tools expect.
+    ``format`` is ``pt`` for the PyTorch layout, as Hugging Face tools expect; ``jit``:
+    ``true`` when the model was asked as ``jax.jit(model.init)`` makes it.
     """
     return {
         "format": "pt" if layout == "torch" else "flax",
@@ -1361,5 +1379,6 @@ def file_metadata(
         "root_key": json.dumps(root.to_json(), separators=(",", ":")),
         "threefry_partitionable": str(threefry_partitionable).lower(),
         "enable_x64": str(enable_x64).lower(),
+        "jit": str(jit).lower(),
         "model_digest": model_digest,
     }

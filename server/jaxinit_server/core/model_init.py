@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jaxinit.protocol.errors import InvalidArgument, JaxinitError, TooLarge
-from jaxinit.protocol.expansion import Output, expand, model_canonical, model_prng, outputs
+from jaxinit.protocol.expansion import Output, expand, model_canonical, model_prng, outputs, plan_jit
 from jaxinit.protocol.keys import Key
 from jaxinit_server.core.request import GenerateParams, Limits, PrngDefaults, Resolved, resolve
 
@@ -46,6 +46,7 @@ class ResolvedModel:
     layout: str
     canonical: str  # JSON naming each tensor and the digest of its request
     digest: str  # sha256 of canonical
+    jit: bool = False  # asked as jax.jit(model.init) makes it (the request's jit, else the plan's)
 
     @functools.cached_property
     def nbytes(self) -> int:
@@ -71,6 +72,7 @@ def resolve_model(params: InitModelParams, limits: Limits, defaults: PrngDefault
         raise InvalidArgument("a model needs a root key: give a seed or key data")
     if not isinstance(params.jit, bool):
         raise InvalidArgument(f"jit must be true or false, got {repr(params.jit)[:40]}")
+    jit = params.jit or plan_jit(params.model)  # an exported plan's default: jit when it says so
     expanded = expand(
         params.model, mode=params.mode, fix_rng_separator=params.fix_rng_separator, param_dtype=params.param_dtype
     )
@@ -92,7 +94,7 @@ def resolve_model(params: InitModelParams, limits: Limits, defaults: PrngDefault
                     key=out.key(root),
                     threefry_partitionable=partitionable,
                     enable_x64=x64,
-                    jit=params.jit is True or out.param.jit,
+                    jit=jit or out.param.jit,
                     # no request_id: the tensor's name (up to 64 x 256 characters) goes with
                     # each of its messages instead, and a request_id's cap is not a name's
                 ),
@@ -118,6 +120,7 @@ def resolve_model(params: InitModelParams, limits: Limits, defaults: PrngDefault
         layout=params.layout,
         canonical=canonical,
         digest=digest,
+        jit=jit,
     )
 
 

@@ -218,6 +218,7 @@ class Service:
             threefry_partitionable=keyed.threefry_partitionable,
             enable_x64=keyed.enable_x64,
             model_digest=model.digest,
+            jit=model.jit,
         )
 
     async def check_model(self, model: ResolvedModel) -> None:
