@@ -128,7 +128,14 @@ def test_a_worker_makes_eager_jaxs_bytes(pool: WholePool) -> None:
         got_key, data = _made(pool, resolved, piece_bytes=20)  # pieces cut mid-element are joined
         assert got_key == key_data
         assert data == np.ascontiguousarray(array).reshape(-1)[resolved.start : resolved.stop].tobytes()
-    assert pool.state() == {"size": 1, "busy": 0, "waiting": 0, "replaced": pool.replaced, "killed": pool.killed}
+    assert pool.state() == {
+        "size": 1,
+        "busy": 0,
+        "waiting": 0,
+        "loading": 0,
+        "replaced": pool.replaced,
+        "killed": pool.killed,
+    }
     assert pool.killed == pool.replaced == 0
 
 

@@ -150,6 +150,7 @@ def test_the_model_canonical_form_and_file_metadata() -> None:
         "root_key": '{"seed":1,"impl":"threefry2x32","fold_in":[2]}',
         "threefry_partitionable": "true",
         "enable_x64": "false",
+        "jit": "false",
         "model_digest": digest,
     }
 
