@@ -1,6 +1,6 @@
 # The two commands a newcomer needs:
 #   make serve   set everything up, start the server (gRPC :50051, HTTP :8000)
-#   make test    set everything up, run the whole test suite
+#   make test    set everything up, run the default test tiers (under 10 minutes)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 GRPC_PORT ?= 50051
 HTTP_PORT ?= 8000
 
-.PHONY: setup system-tools serve test bench bench-export bench-robustness bench-memory load lint typecheck proto clean
+.PHONY: setup system-tools serve test test-release bench bench-export bench-robustness bench-memory load lint typecheck proto clean
 
 setup: $(VENV)/.installed
 
@@ -23,8 +23,15 @@ $(VENV)/.installed: pyproject.toml server/pyproject.toml constraints.txt
 serve: setup
 	$(VENV)/bin/jaxinit-server --host $(HOST) --grpc-port $(GRPC_PORT) --http-port $(HTTP_PORT)
 
+# The default tiers (unit, core, adapters, integration; docs/testing.md). At most
+# JAXINIT_MAX_SERVER_PROCESSES server processes may start, so the loop stays fast.
 test: setup system-tools
-	$(PY) -m pytest $(PYTEST_ARGS)
+	JAXINIT_MAX_SERVER_PROCESSES=10 $(PY) -m pytest -m "not release" $(PYTEST_ARGS)
+
+# The release tier: wheels, venvs, npm/buf/Node, deployment topologies and drills, the
+# benchmark, memory bounds, multi-GiB tensors, mass abandonment, full fuzzing.
+test-release: setup system-tools
+	$(PY) -m pytest -m release $(PYTEST_ARGS)
 
 # The deployment tests run the real nginx and docker-compose (Debian's packages). As root on
 # Debian they are installed here; elsewhere their tests are skipped with a note.

@@ -83,6 +83,7 @@ def test_in_flight_grpc_stream_drains_and_new_calls_are_refused_on_sigterm() -> 
         assert srv.process.wait(60) == 0
 
 
+@pytest.mark.release
 @pytest.mark.skipif(os.environ.get("JAXINIT_SKIP_HUGE") == "1", reason="JAXINIT_SKIP_HUGE=1")
 @pytest.mark.parametrize("scheme", ["grpc", "http"])
 def test_beyond_two_gib(scheme: str) -> None:
