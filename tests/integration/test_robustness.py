@@ -242,6 +242,7 @@ def _raw_model(n: int) -> dict[str, Any]:
     }
 
 
+@pytest.mark.release  # hundreds of MiB per request, a minute on two cores
 def test_heavy_requests_never_stall_the_event_loop(own_server: Server) -> None:
     """The heaviest admitted request of each kind is prepared while the loop's lag is measured."""
     url = own_server.http_url
@@ -338,6 +339,9 @@ def test_idle_sockets_on_huge_streams_do_not_deny_service(own_server: Server) ->
 
 def test_abandoned_whole_tensor_work_stops_and_frees_its_worker(own_server: Server) -> None:
     """gRPC callers whose deadline passes during a QR: their worker is killed, not left computing."""
+    # A worker up first (no warm-up here), so that the first QR below is computing when its
+    # deadline passes, not waiting for a worker to start.
+    jaxinit.Client(own_server.grpc_url, retries=0).orthogonal()(1, (8, 8))
     killed = _state(own_server)["whole_tensor_workers"]["killed"]
     for _ in range(3):
         error = _generate_grpc(own_server, _proto("orthogonal", [4096, 4096]), timeout=0.5)
