@@ -23,10 +23,12 @@ $(VENV)/.installed: pyproject.toml server/pyproject.toml constraints.txt
 serve: setup
 	$(VENV)/bin/jaxinit-server --host $(HOST) --grpc-port $(GRPC_PORT) --http-port $(HTTP_PORT)
 
-# The default tiers (unit, core, adapters, integration; docs/testing.md). At most
-# JAXINIT_MAX_SERVER_PROCESSES server processes may start, so the loop stays fast.
+# The default tiers (unit, core, adapters, integration; docs/testing.md). The session
+# fails if its tests start more than MAX_SERVER_PROCESSES server processes (empty: no
+# limit), so the loop stays fast.
+MAX_SERVER_PROCESSES ?= 10
 test: setup system-tools
-	JAXINIT_MAX_SERVER_PROCESSES=10 $(PY) -m pytest -m "not release" $(PYTEST_ARGS)
+	JAXINIT_MAX_SERVER_PROCESSES=$(MAX_SERVER_PROCESSES) $(PY) -m pytest -m "not release" $(PYTEST_ARGS)
 
 # The release tier: wheels, venvs, npm/buf/Node, deployment topologies and drills, the
 # benchmark, memory bounds, multi-GiB tensors, mass abandonment, full fuzzing.
