@@ -192,26 +192,29 @@ def in_process_server(*args: str, settings: Settings | None = None) -> Iterator[
         telemetry.close()
 
     def run() -> None:
+        loop = asyncio.new_event_loop()
         try:
-            asyncio.new_event_loop().run_until_complete(serve())
+            loop.run_until_complete(serve())
         except BaseException as exc:  # reported to the test that started it
             failed.append(exc)
         finally:
+            loop.close()
             up.set()
 
     thread = threading.Thread(target=run, name="jaxinit-in-process-server", daemon=True)
     thread.start()
-    up.wait()
-    if failed:
-        raise failed[0]
     try:
+        up.wait()
+        if failed:
+            raise failed[0]
         yield started[0]
     finally:
-        loop, stop = holder["stop"]
-        loop.call_soon_threadsafe(stop.set)
+        if "stop" in holder and thread.is_alive():
+            loop, stop = holder["stop"]
+            loop.call_soon_threadsafe(stop.set)
         thread.join(60)
         for logger, old in zip(loggers, levels, strict=True):
             logger.removeHandler(handler)
             logger.setLevel(old)
-        if failed:
-            raise failed[0]
+    if failed:
+        raise failed[0]
