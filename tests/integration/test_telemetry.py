@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import httpx
+import jax
 import pytest
 from in_process import InProcessServer, in_process_server
 from prometheus_client.parser import text_string_to_metric_families
@@ -53,11 +54,14 @@ def _value(samples: dict[Any, float], name: str, **labels: str) -> float:
 
 
 def test_metrics_after_traffic(logged_server: InProcessServer) -> None:
+    # The server is in this process, where earlier tests compiled the same programs: start
+    # from empty in-memory caches, so its first requests compile or load from the disk cache.
+    jax.clear_caches()
     before = _samples(logged_server)
     with jaxinit.Client(logged_server.grpc_url) as grpc_client, jaxinit.Client(logged_server.http_url) as http_client:
         for _ in range(3):
             grpc_client.lecun_normal()(0, (64, 64))
-        http_client.he_normal()(1, (31, 29))  # a shape of its own: compiled here, in this process
+        http_client.he_normal()(1, (32, 32))
         with pytest.raises(jaxinit.JaxError):
             http_client.he_normal()(1, (5,))  # a 1-D fan: JAX refuses it
         requests = [grpc_client.request("zeros", None, (4,)), grpc_client.request("normal", 0, (8,))]
