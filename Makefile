@@ -1,6 +1,6 @@
 # The two commands a newcomer needs:
 #   make serve   set up .venv with the client and the server, start the server (gRPC :50051, HTTP :8000)
-#   make test    set up .venv with what the tests need, run the default test tiers
+#   make test    set up .venv with what the tests need, run the default test tiers (under 10 minutes)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 GRPC_PORT ?= 50051
 HTTP_PORT ?= 8000
 
-.PHONY: setup setup-serve setup-lint setup-release system-tools serve test bench bench-startup bench-export bench-robustness bench-memory load lint typecheck proto clean
+.PHONY: setup setup-serve setup-lint setup-release system-tools serve test test-release bench bench-startup bench-export bench-robustness bench-memory load lint typecheck proto clean
 
 # Every install: both distributions editable from this checkout (the client, the root, named
 # on each line so that pip never looks the name jaxinit up on the index), pinned by the
@@ -53,8 +53,17 @@ $(VENV)/.release: $(SETUP_DEPS)
 serve: setup-serve
 	$(VENV)/bin/jaxinit-server --host $(HOST) --grpc-port $(GRPC_PORT) --http-port $(HTTP_PORT)
 
+# The default tiers (unit, core, adapters, integration; docs/testing.md). The session
+# fails if its tests start more than MAX_SERVER_PROCESSES server processes (empty: no
+# limit), so the loop stays fast.
+MAX_SERVER_PROCESSES ?= 10
 test: setup system-tools
-	$(PY) -m pytest $(PYTEST_ARGS)
+	JAXINIT_MAX_SERVER_PROCESSES=$(MAX_SERVER_PROCESSES) $(PY) -m pytest -m "not release" $(PYTEST_ARGS)
+
+# The release tier: wheels, venvs, npm/buf/Node, deployment topologies and drills, the
+# benchmark, memory bounds, multi-GiB tensors, mass abandonment, full fuzzing.
+test-release: setup-release system-tools
+	$(PY) -m pytest -m release $(PYTEST_ARGS)
 
 # The deployment tests run the real nginx and docker-compose (Debian's packages). As root on
 # Debian they are installed here; elsewhere their tests are skipped with a note.

@@ -1,15 +1,20 @@
 from __future__ import annotations
 
+import os
 import pathlib
+import subprocess
 import sys
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
-from helpers import ServerProcess, running_server  # noqa: E402
+from in_process import InProcessServer, in_process_server  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # Scripts run by other virtual environments (tritonclient's), not by this one.
 collect_ignore = ["external"]
@@ -17,17 +22,53 @@ collect_ignore = ["external"]
 # JAX warns when a test asks a dtype it truncates; the assertions say what matters.
 warnings.filterwarnings("ignore", category=UserWarning, module="jax")
 
+# Server processes the tests start (running_server and every other way): one JAX
+# compilation cache for all of them, and no warm-up (each flag or env a test passes wins).
+os.environ.setdefault("JAXINIT_COMPILATION_CACHE_DIR", str(ROOT / ".cache" / "jax-compilation-tests"))
+os.environ.setdefault("JAXINIT_WARM_UP", "false")
+
+# Counted: each starts JAX (seconds), so the default tiers start few (docs/testing.md).
+SERVER_PROCESSES: list[str] = []
+_popen_init = subprocess.Popen.__init__
+
+
+def _counting_init(self: subprocess.Popen[Any], args: Any, *rest: Any, **kwargs: Any) -> None:
+    words = [str(a) for a in args] if isinstance(args, (list, tuple)) else [str(args)]
+    if "jaxinit_server.main" in words or any(w.endswith("jaxinit-server") for w in words):
+        test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
+        SERVER_PROCESSES.append(test)
+    _popen_init(self, args, *rest, **kwargs)
+
+
+subprocess.Popen.__init__ = _counting_init  # type: ignore[method-assign]
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    reporter = terminalreporter
+    reporter.write_sep("-", f"jaxinit-server processes started by the tests: {len(SERVER_PROCESSES)}")
+    for test in SERVER_PROCESSES:
+        reporter.write_line(f"  {test}")
+    most = os.environ.get("JAXINIT_MAX_SERVER_PROCESSES")
+    if most and len(SERVER_PROCESSES) > int(most):
+        reporter.write_line(
+            f"more than JAXINIT_MAX_SERVER_PROCESSES={most}: use an in-process server (tests/in_process.py)"
+        )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    most = os.environ.get("JAXINIT_MAX_SERVER_PROCESSES")
+    if most and len(SERVER_PROCESSES) > int(most) and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
 
 @pytest.fixture(scope="session")
-def server() -> Iterator[ServerProcess]:
-    """One real jaxinit-server process for the session, on free loopback ports."""
-    with running_server() as srv:
+def server() -> Iterator[InProcessServer]:
+    """One jaxinit-server for the session, in this process, on free loopback ports."""
+    with in_process_server() as srv:
         yield srv
-        code = srv.stop()
-        assert code == 0, "".join(srv.output)
 
 
 @pytest.fixture(params=["grpc", "http"])
-def url(request: pytest.FixtureRequest, server: ServerProcess) -> str:
+def url(request: pytest.FixtureRequest, server: InProcessServer) -> str:
     """The server's URL, once per transport."""
     return server.grpc_url if request.param == "grpc" else server.http_url

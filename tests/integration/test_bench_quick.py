@@ -7,7 +7,12 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+# The release tier: the benchmark starts its own server processes.
+pytestmark = pytest.mark.release
 
 
 def test_bench_quick_mode_runs(tmp_path: pathlib.Path) -> None:

@@ -17,21 +17,21 @@ import grpc
 import httpx
 import numpy as np
 import pytest
+from in_process import InProcessServer, in_process_server
 
 from helpers import local_jax
 from jaxinit.v1 import jaxinit_pb2 as pb
 from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
-from jaxinit_server.testing import ServerProcess, running_server
 
 BIG = [4096, 4096]  # 64 MiB of float32: a stream that stays open while its reader waits
 MiB = 2**20
 
 
-def _admission(server: ServerProcess) -> dict[str, int]:
+def _admission(server: InProcessServer) -> dict[str, int]:
     return httpx.get(f"{server.http_url}/readyz", timeout=30).json()["admission"]
 
 
-def _until(server: ServerProcess, streams: int, timeout: float = 120) -> None:
+def _until(server: InProcessServer, streams: int, timeout: float = 120) -> None:
     """Wait until the server holds exactly ``streams`` streams (released asynchronously)."""
     deadline = time.monotonic() + timeout
     while (held := _admission(server))["streams"] != streams:
@@ -39,7 +39,7 @@ def _until(server: ServerProcess, streams: int, timeout: float = 120) -> None:
         time.sleep(0.02)
 
 
-def _channel(srv: ServerProcess) -> grpc.Channel:
+def _channel(srv: InProcessServer) -> grpc.Channel:
     """A channel on a TCP connection of its own (grpcio shares one between channels of a process
     to the same target, and a connection is one caller)."""
     return grpc.insecure_channel(srv.grpc_target, options=[("grpc.use_local_subchannel_pool", 1)])
@@ -69,12 +69,12 @@ def _expected() -> bytes:
 
 
 @pytest.fixture
-def two_per_caller() -> Iterator[ServerProcess]:
-    with running_server("--no-warm-up", "--max-caller-streams", "2") as srv:
+def two_per_caller() -> Iterator[InProcessServer]:
+    with in_process_server("--max-caller-streams", "2") as srv:
         yield srv
 
 
-def test_one_grpc_channel_holds_at_most_its_streams(two_per_caller: ServerProcess) -> None:
+def test_one_grpc_channel_holds_at_most_its_streams(two_per_caller: InProcessServer) -> None:
     srv = two_per_caller
     with _channel(srv) as greedy, _channel(srv) as other:
         held = [_held_grpc(greedy), _held_grpc(greedy)]
@@ -92,7 +92,7 @@ def test_one_grpc_channel_holds_at_most_its_streams(two_per_caller: ServerProces
     assert srv.process.poll() is None
 
 
-def test_grpc_many_stream_counts_as_its_channel(two_per_caller: ServerProcess) -> None:
+def test_grpc_many_stream_counts_as_its_channel(two_per_caller: InProcessServer) -> None:
     """A GenerateMany stream is one caller: with two of its channel's streams held, its items
     are refused inside the stream, each with its own error, and the stream goes on."""
     srv = two_per_caller
@@ -113,7 +113,7 @@ def test_grpc_many_stream_counts_as_its_channel(two_per_caller: ServerProcess) -
 
 
 @contextlib.contextmanager
-def _held_http(srv: ServerProcess, key: str) -> Iterator[None]:
+def _held_http(srv: InProcessServer, key: str) -> Iterator[None]:
     """An HTTP stream of BIG on a connection of its own, its headers read, its body not."""
     with (
         httpx.Client(base_url=srv.http_url, timeout=120) as client,
@@ -130,7 +130,7 @@ def _held_http(srv: ServerProcess, key: str) -> Iterator[None]:
 def test_with_auth_the_key_is_the_caller() -> None:
     """Two requests held with one key, each on its own connection: a third with that key, on a
     new connection, is a 429 naming the key by digest (never the key); another key is served."""
-    with running_server("--no-warm-up", "--max-caller-streams", "2", "--api-keys", "alpha-key,beta-key") as srv:
+    with in_process_server("--max-caller-streams", "2", "--api-keys", "alpha-key,beta-key") as srv:
         small = "/v1/generate/lecun_normal?shape=16,8&seed=7"
         octet = {"accept": "application/octet-stream"}
         with _held_http(srv, "alpha-key"), _held_http(srv, "alpha-key"):
@@ -162,7 +162,7 @@ def test_a_caller_holds_at_most_its_share_of_memory() -> None:
     """--max-inflight-bytes 200 MiB: a caller's share is 50 MiB. A chunked float32 stream is
     priced ~28 MiB, so a channel holds one, and a second is refused; another channel is not.
     The same tensor again costs only its sending: it shares the generation under way."""
-    with running_server("--no-warm-up", "--max-inflight-bytes", str(200 * MiB)) as srv:
+    with in_process_server("--max-inflight-bytes", str(200 * MiB)) as srv:
         with _channel(srv) as greedy, _channel(srv) as other:
             held = _held_grpc(greedy, cache="miss")
             with pytest.raises(grpc.RpcError) as refused:

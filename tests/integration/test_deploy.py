@@ -171,6 +171,7 @@ def _local(name: str, seed: int, shape: tuple[int, ...], dtype: str = "float32")
     return np.asarray(factory(jax.random.key(seed), shape, jax.numpy.dtype(dtype))).tobytes()
 
 
+@pytest.mark.release
 def test_grpc_is_balanced_per_call_over_one_connection(topology: Topology) -> None:
     request = request_to_proto(jaxinit.Client(topology.grpc_url).request("lecun_normal", 7, (32, 16)))
     served: collections.Counter[str] = collections.Counter()
@@ -184,6 +185,7 @@ def test_grpc_is_balanced_per_call_over_one_connection(topology: Topology) -> No
     assert set(served) == {r.name for r in topology.replicas}, served
 
 
+@pytest.mark.release
 def test_rest_is_balanced_and_the_get_form_is_cached(topology: Topology) -> None:
     served: collections.Counter[str] = collections.Counter()
     with httpx.Client(base_url=topology.http_url, timeout=60) as http:
@@ -230,6 +232,7 @@ def _serving(topology: Topology, transport: str) -> Replica | None:
     return None
 
 
+@pytest.mark.release
 @pytest.mark.parametrize("transport", ["grpc", "http"])
 def test_a_replica_killed_mid_stream_costs_nothing(topology: Topology, transport: str) -> None:
     """SIGKILL the replica that is streaming a 256 MiB tensor: the client resumes from the
@@ -267,6 +270,7 @@ def test_a_replica_killed_mid_stream_costs_nothing(topology: Topology, transport
                 replica.wait_ready()
 
 
+@pytest.mark.release
 @pytest.mark.parametrize("drill", ["kill", "rolling"])
 def test_load_with_a_drill_ends_without_a_failed_or_corrupt_answer(tmp_path: pathlib.Path, drill: str) -> None:
     _nginx()

@@ -17,6 +17,9 @@ import pytest
 import jaxinit
 from helpers import tracked_copy
 
+# The release tier: wheels built and installed in fresh virtual environments.
+pytestmark = pytest.mark.release
+
 
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, zipfile.ZipFile]:

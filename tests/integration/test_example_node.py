@@ -23,6 +23,9 @@ import xxhash
 from helpers import ROOT
 from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
 
+# The release tier: npm ci and Node.js.
+pytestmark = pytest.mark.release
+
 EXAMPLE = ROOT / "examples" / "node"
 NODE = shutil.which("node")
 NPM = shutil.which("npm")

@@ -98,6 +98,7 @@ def triton_python() -> pathlib.Path:
     return python
 
 
+@pytest.mark.release
 def test_tritonclient_fetches_bit_exact_weights(
     server: Any, triton_python: pathlib.Path, tmp_path: pathlib.Path
 ) -> None:
@@ -355,6 +356,7 @@ def _fields(descriptor: Any) -> dict[str, Any]:
     return out
 
 
+@pytest.mark.release
 def test_proto_matches_tritonclient(triton_python: pathlib.Path) -> None:
     """Every message and method jaxinit serves is field for field what tritonclient sends."""
     from jaxinit_server.kserve import model_config_pb2

@@ -14,35 +14,35 @@ import httpx
 import jax
 import numpy as np
 import pytest
+from in_process import InProcessServer, in_process_server
 
 import jaxinit
 from jaxinit._grpc import request_to_proto
 from jaxinit.v1 import jaxinit_pb2 as pb
 from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
-from jaxinit_server.testing import ServerProcess, running_server
 
 BIG = (4096, 4096)  # 64 MiB of float32: a stream that stays open while its reader waits
 
 
 @pytest.fixture(scope="module")
-def one_stream() -> Iterator[ServerProcess]:
-    with running_server("--no-warm-up", "--max-streams", "1", "--max-body-bytes", "4096") as srv:
+def one_stream() -> Iterator[InProcessServer]:
+    with in_process_server("--max-streams", "1", "--max-body-bytes", "4096") as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
-def few_bytes() -> Iterator[ServerProcess]:
+def few_bytes() -> Iterator[InProcessServer]:
     # A chunked stream is priced at what it holds (a few 1 Mi-element chunks: ~28 MiB for
     # float32), whatever its size: 40 MiB admits one, not two.
-    with running_server("--no-warm-up", "--max-inflight-bytes", str(40 * 2**20)) as srv:
+    with in_process_server("--max-inflight-bytes", str(40 * 2**20)) as srv:
         yield srv
 
 
-def _streams(server: ServerProcess) -> int:
+def _streams(server: InProcessServer) -> int:
     return int(httpx.get(f"{server.http_url}/readyz", timeout=30).json()["admission"]["streams"])
 
 
-def _drained(server: ServerProcess, timeout: float = 120) -> None:
+def _drained(server: InProcessServer, timeout: float = 120) -> None:
     """Wait until the server has released every stream (it does so asynchronously, when it
     learns that a caller went away): a condition, not a sleep."""
     deadline = time.monotonic() + timeout
@@ -59,7 +59,7 @@ def _each_test_starts_drained(request: pytest.FixtureRequest) -> None:
             _drained(request.getfixturevalue(name))
 
 
-def _hold(server: ServerProcess, shape: tuple[int, ...] = BIG) -> tuple[grpc.Channel, grpc.Future]:
+def _hold(server: InProcessServer, shape: tuple[int, ...] = BIG) -> tuple[grpc.Channel, grpc.Future]:
     """A gRPC stream that has begun (header received) and is left unread."""
     channel = grpc.insecure_channel(server.grpc_target)
     request = request_to_proto(jaxinit.Client(server.grpc_url).request("normal", 0, shape))
@@ -68,14 +68,14 @@ def _hold(server: ServerProcess, shape: tuple[int, ...] = BIG) -> tuple[grpc.Cha
     return channel, call
 
 
-def _overloaded_over_grpc(server: ServerProcess) -> grpc.RpcError:
+def _overloaded_over_grpc(server: InProcessServer) -> grpc.RpcError:
     request = request_to_proto(jaxinit.Client(server.grpc_url).request("zeros", None, (4,)))
     with grpc.insecure_channel(server.grpc_target) as channel, pytest.raises(grpc.RpcError) as caught:
         list(pb_grpc.InitializersStub(channel).Generate(request, timeout=30))
     return caught.value
 
 
-def test_over_the_stream_cap_is_429_with_retry_after_on_both_transports(one_stream: ServerProcess) -> None:
+def test_over_the_stream_cap_is_429_with_retry_after_on_both_transports(one_stream: InProcessServer) -> None:
     channel, call = _hold(one_stream)
     try:
         started = time.monotonic()
@@ -100,7 +100,7 @@ def test_over_the_stream_cap_is_429_with_retry_after_on_both_transports(one_stre
 
 
 @pytest.mark.parametrize("transport", ["grpc", "http"])
-def test_capacity_comes_back_when_a_caller_goes_away(one_stream: ServerProcess, transport: str) -> None:
+def test_capacity_comes_back_when_a_caller_goes_away(one_stream: InProcessServer, transport: str) -> None:
     """Ten streams abandoned mid-way, one at a time, each would block the next if its
     capacity leaked: the server holds one stream at most."""
     for _ in range(10):
@@ -114,7 +114,7 @@ def test_capacity_comes_back_when_a_caller_goes_away(one_stream: ServerProcess, 
             assert client.zeros(None, (4,)).tobytes() == bytes(16)
 
 
-def test_the_client_waits_out_an_overloaded_server(one_stream: ServerProcess) -> None:
+def test_the_client_waits_out_an_overloaded_server(one_stream: InProcessServer) -> None:
     channel, call = _hold(one_stream)
     threading.Timer(1.5, lambda: (call.cancel(), channel.close())).start()
     started = time.monotonic()
@@ -125,7 +125,7 @@ def test_the_client_waits_out_an_overloaded_server(one_stream: ServerProcess) ->
     assert got.tobytes() == expected.tobytes()
 
 
-def test_over_the_byte_cap_is_refused_but_small_requests_pass(few_bytes: ServerProcess) -> None:
+def test_over_the_byte_cap_is_refused_but_small_requests_pass(few_bytes: InProcessServer) -> None:
     channel, call = _hold(few_bytes, (4096, 4096))  # a stream of 64 MiB holds ~28 MiB of the 40
     try:
         body = {"initializer": "normal", "shape": [2048, 2048], "key": {"seed": 1}}  # ~28 MiB more: over
@@ -138,7 +138,7 @@ def test_over_the_byte_cap_is_refused_but_small_requests_pass(few_bytes: ServerP
         channel.close()
 
 
-def test_a_body_over_the_cap_is_413_by_length_and_when_streamed(one_stream: ServerProcess) -> None:
+def test_a_body_over_the_cap_is_413_by_length_and_when_streamed(one_stream: InProcessServer) -> None:
     body = json.dumps({"initializer": "zeros", "shape": [4], "request_id": "x" * 5000}).encode()
     url = f"{one_stream.http_url}/v1/generate"
     response = httpx.post(url, content=body, headers={"Content-Type": "application/json"}, timeout=30)

@@ -36,6 +36,9 @@ from helpers import local_jax
 from jaxinit.protocol.codec import DTYPES
 from jaxinit_server.testing import ServerProcess, running_server
 
+# The release tier: thousands of shapes per family, RSS sampled.
+pytestmark = pytest.mark.release
+
 MiB = 2**20
 # The bounds the README quotes. The server process's own RSS (the event loop, the chunked
 # and fill producers, the in-process checks) grows by at most SERVER_GROWTH_BOUND over

@@ -20,6 +20,9 @@ import pytest
 
 from jaxinit_server.testing import ServerProcess, running_server
 
+# The release tier: the worst request mix at once, multi-GiB.
+pytestmark = pytest.mark.release
+
 ROOT = Path(__file__).resolve().parents[2]
 SAFETY = 10 * 2**30  # the test kills the server past this, so the machine is never at risk
 

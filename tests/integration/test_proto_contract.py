@@ -56,16 +56,19 @@ def _buf(buf: str, *args: str, cwd: pathlib.Path = ROOT) -> subprocess.Completed
     return subprocess.run([buf, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.release
 def test_buf_lint_is_clean(buf: str) -> None:
     result = _buf(buf, "lint")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.release
 def test_no_breaking_change_since_the_last_release(buf: str) -> None:
     result = _buf(buf, "breaking", "--against", str(RELEASE))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.release
 def test_buf_breaking_catches_a_renumbered_field(buf: str, tmp_path: pathlib.Path) -> None:
     """The check can fail: the same contract with GenerateRequest.dtype moved from field 5."""
     shutil.copy(ROOT / "buf.yaml", tmp_path / "buf.yaml")

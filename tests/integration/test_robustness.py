@@ -21,6 +21,7 @@ import httpx
 import jax
 import numpy as np
 import pytest
+from in_process import InProcessServer, in_process_server
 
 import jaxinit
 from jaxinit._grpc import request_to_proto
@@ -30,19 +31,21 @@ from jaxinit_server.kserve import grpc_predict_v2_pb2 as kpb
 from jaxinit_server.kserve import grpc_predict_v2_pb2_grpc as kpb_grpc
 from jaxinit_server.testing import ServerProcess, running_server
 
+# The session's in-process server, one of a test's own, or a process (signals).
+Server = ServerProcess | InProcessServer
 OVERFLOW = [2**62, 0]  # 0 bytes, but XLA multiplies the other dimensions and aborted on it
 
 
-def _alive(server: ServerProcess) -> None:
+def _alive(server: Server) -> None:
     assert server.process.poll() is None, "".join(server.output[-50:])
     assert httpx.get(f"{server.http_url}/healthz", timeout=30).status_code == 200
 
 
-def _state(server: ServerProcess) -> dict[str, Any]:
+def _state(server: Server) -> dict[str, Any]:
     return httpx.get(f"{server.http_url}/readyz", timeout=30).json()
 
 
-def _until(condition: Callable[[], bool], what: str, timeout: float = 120, server: ServerProcess | None = None) -> None:
+def _until(condition: Callable[[], bool], what: str, timeout: float = 120, server: Server | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -51,7 +54,7 @@ def _until(condition: Callable[[], bool], what: str, timeout: float = 120, serve
         time.sleep(0.05)
 
 
-def _generate_grpc(server: ServerProcess, request: pb.GenerateRequest, timeout: float = 60) -> grpc.RpcError | None:
+def _generate_grpc(server: Server, request: pb.GenerateRequest, timeout: float = 60) -> grpc.RpcError | None:
     # A connection of its own, as a separate client would have: grpcio shares one connection
     # among a process's channels, and one connection is one caller with its share
     # (--max-caller-streams/-bytes), which an abandoned call holds until the server has seen
@@ -72,7 +75,7 @@ def _proto(name: str, shape: list[int], **kwargs: Any) -> pb.GenerateRequest:
 
 
 @pytest.mark.parametrize("shape", [OVERFLOW, [0, 2**62, 4], [2**63 - 1, 0], [2**64, 0], [3, 2**62, 0]])
-def test_overflowing_shapes_are_400_on_every_route(server: ServerProcess, shape: list[int]) -> None:
+def test_overflowing_shapes_are_400_on_every_route(server: Server, shape: list[int]) -> None:
     url = server.http_url
     posted = httpx.post(f"{url}/v1/generate", json={"initializer": "zeros", "shape": shape}, timeout=30)
     assert posted.status_code == 400, posted.text
@@ -130,7 +133,7 @@ def test_overflowing_shapes_are_400_on_every_route(server: ServerProcess, shape:
 
 
 @pytest.mark.parametrize("shape", [[2**40, 0], [0, 2**31, 3], [2**60, 0, 1]])
-def test_the_largest_zero_size_shapes_are_answered_without_xla(server: ServerProcess, shape: list[int]) -> None:
+def test_the_largest_zero_size_shapes_are_answered_without_xla(server: Server, shape: list[int]) -> None:
     for name in ("zeros", "lecun_normal", "orthogonal"):
         response = httpx.get(
             f"{server.http_url}/v1/generate/{name}",
@@ -160,7 +163,7 @@ def _nested(depth: int, leaf: Any = 1.0) -> Any:
     return value
 
 
-def test_hostile_bodies_are_4xx_with_short_messages(server: ServerProcess) -> None:
+def test_hostile_bodies_are_4xx_with_short_messages(server: Server) -> None:
     url = f"{server.http_url}/v1/generate"
     cases: list[tuple[str, bytes | dict[str, Any]]] = [
         ("constant value nested 900 deep", {"initializer": "constant", "shape": [2], "args": {"value": _nested(900)}}),
@@ -192,7 +195,7 @@ def test_hostile_bodies_are_4xx_with_short_messages(server: ServerProcess) -> No
     _alive(server)
 
 
-def test_an_error_that_quotes_a_huge_value_still_reaches_a_grpc_client_as_jaxinit_error(server: ServerProcess) -> None:
+def test_an_error_that_quotes_a_huge_value_still_reaches_a_grpc_client_as_jaxinit_error(server: Server) -> None:
     client = jaxinit.Client(server.grpc_url, retries=0)
     with pytest.raises(jaxinit.UnknownInitializer) as caught:
         client.generate("x" * 100_000, 0, (2,))
@@ -205,7 +208,7 @@ def test_an_error_that_quotes_a_huge_value_still_reaches_a_grpc_client_as_jaxini
     _alive(server)
 
 
-def test_a_long_request_id_is_refused_not_repeated_in_every_chunk(server: ServerProcess) -> None:
+def test_a_long_request_id_is_refused_not_repeated_in_every_chunk(server: Server) -> None:
     error = _generate_grpc(server, pb.GenerateRequest(initializer="zeros", shape=[2], request_id="r" * 2**20))
     assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT
     _alive(server)
@@ -214,7 +217,7 @@ def test_a_long_request_id_is_refused_not_repeated_in_every_chunk(server: Server
 # --- the event loop never stalls --------------------------------------------------------
 
 
-def _lag_buckets(server: ServerProcess) -> dict[float, float]:
+def _lag_buckets(server: Server) -> dict[float, float]:
     """The event loop's lag histogram: upper bound -> cumulative count."""
     text = httpx.get(f"{server.http_url}/metrics", timeout=30).text
     out = {}
@@ -226,11 +229,11 @@ def _lag_buckets(server: ServerProcess) -> dict[float, float]:
 
 
 @pytest.fixture
-def own_server() -> Iterator[ServerProcess]:
+def own_server() -> Iterator[InProcessServer]:
     """A server of the test's own: its state (capacity, workers, metrics) is the test's alone."""
-    with running_server("--whole-workers", "1") as srv:
+    with in_process_server("--whole-workers", "1") as srv:
         yield srv
-        assert srv.stop() == 0, "".join(srv.output[-50:])
+    assert not [line for line in srv.output if " ERROR " in line or "Traceback" in line], "".join(srv.output[-50:])
 
 
 def _raw_model(n: int) -> dict[str, Any]:
@@ -239,8 +242,18 @@ def _raw_model(n: int) -> dict[str, Any]:
     }
 
 
-def test_heavy_requests_never_stall_the_event_loop(own_server: ServerProcess) -> None:
+@pytest.fixture
+def own_process() -> Iterator[ServerProcess]:
+    """A server process of the test's own: its event loop shares no interpreter with the test."""
+    with running_server("--whole-workers", "1") as srv:
+        yield srv
+        assert srv.stop() == 0, "".join(srv.output[-50:])
+
+
+@pytest.mark.release  # hundreds of MiB per request, a minute on two cores
+def test_heavy_requests_never_stall_the_event_loop(own_process: ServerProcess) -> None:
     """The heaviest admitted request of each kind is prepared while the loop's lag is measured."""
+    own_server = own_process
     url = own_server.http_url
     before = _lag_buckets(own_server)
     heavy: list[Callable[[], httpx.Response]] = [
@@ -308,7 +321,7 @@ def test_heavy_requests_never_stall_the_event_loop(own_server: ServerProcess) ->
 # --- capacity: priced, isolated, released -------------------------------------------------
 
 
-def test_idle_sockets_on_huge_streams_do_not_deny_service(own_server: ServerProcess) -> None:
+def test_idle_sockets_on_huge_streams_do_not_deny_service(own_server: Server) -> None:
     """Eight callers ask for 4 GiB each and never read: they hold a few chunks each, not 4 GiB."""
     held = []
     try:
@@ -333,11 +346,11 @@ def test_idle_sockets_on_huge_streams_do_not_deny_service(own_server: ServerProc
     _alive(own_server)
 
 
-def test_abandoned_whole_tensor_work_stops_and_frees_its_worker(own_server: ServerProcess) -> None:
+def test_abandoned_whole_tensor_work_stops_and_frees_its_worker(own_server: Server) -> None:
     """gRPC callers whose deadline passes during a QR: their worker is killed, not left computing."""
-    # The workers load JAX after the server is ready: a job cancelled while it waits for one
-    # never computes (nothing to kill), so let them load first.
-    _until(lambda: _state(own_server)["whole_tensor_workers"]["loading"] == 0, "the workers to load")
+    # A worker up first (no warm-up here), so that the first QR below is computing when its
+    # deadline passes, not waiting for a worker to start.
+    jaxinit.Client(own_server.grpc_url, retries=0).orthogonal()(1, (8, 8))
     killed = _state(own_server)["whole_tensor_workers"]["killed"]
     for _ in range(3):
         error = _generate_grpc(own_server, _proto("orthogonal", [4096, 4096]), timeout=0.5)
@@ -360,7 +373,7 @@ def test_abandoned_whole_tensor_work_stops_and_frees_its_worker(own_server: Serv
     _alive(own_server)
 
 
-def test_a_range_of_a_whole_tensor_family_is_priced_as_the_whole_tensor(server: ServerProcess) -> None:
+def test_a_range_of_a_whole_tensor_family_is_priced_as_the_whole_tensor(server: Server) -> None:
     """count=1 of a 1 GiB rbg normal asks 4 bytes but computes 1 GiB (~3 GiB at its peak)."""
     body = {"initializer": "normal", "shape": [2**28], "key": {"seed": 0, "impl": "rbg"}, "count": 1}
     too_big = httpx.post(f"{server.http_url}/v1/generate", json=body, timeout=60)
@@ -374,7 +387,7 @@ def test_a_range_of_a_whole_tensor_family_is_priced_as_the_whole_tensor(server: 
 def test_stalled_readers_are_disconnected_and_their_capacity_freed() -> None:
     """Two callers hold the server's two streams and stop reading: after --stall-seconds
     they are cut off and everyone else is served again."""
-    with running_server("--stall-seconds", "2", "--max-streams", "2", "--whole-workers", "1") as srv:
+    with in_process_server("--stall-seconds", "2", "--max-streams", "2", "--whole-workers", "1") as srv:
         client = httpx.Client(timeout=60)
         stream = client.stream("GET", f"{srv.http_url}/v1/generate/normal", params={"shape": "32768,32768", "seed": 0})
         assert stream.__enter__().status_code == 200
@@ -395,7 +408,6 @@ def test_stalled_readers_are_disconnected_and_their_capacity_freed() -> None:
                 stream.__exit__(None, None, None)
             client.close()
         _alive(srv)
-        assert srv.stop() == 0
 
 
 # --- shutdown --------------------------------------------------------------------------

@@ -51,41 +51,34 @@ def test_bad_settings_fail_fast() -> None:
         pass
 
 
-def test_in_flight_stream_drains_on_sigterm() -> None:
-    """SIGTERM while a large tensor streams: the call completes, then the process exits 0."""
-    with running_server() as srv:
-        with httpx.stream(
-            "POST", f"{srv.http_url}/v1/generate", json={"initializer": "ones", "shape": [64, 2**20], "dtype": "int8"}
-        ) as response:
-            assert response.status_code == 200
-            chunks = response.iter_bytes()
-            received = len(next(chunks))
-            srv.process.send_signal(signal.SIGTERM)
-            time.sleep(0.5)  # the server is stopping while the body is still streaming
-            received += sum(len(c) for c in chunks)
-        assert received == 64 * 2**20
-        assert srv.process.wait(60) == 0
-
-
-def test_in_flight_grpc_stream_drains_and_new_calls_are_refused_on_sigterm() -> None:
-    """SIGTERM while a gRPC stream is open: that call gets every byte (and its digest); a new
-    call, even on the same connection, is refused as UNAVAILABLE (so clients and balancers
-    go elsewhere); then the process exits 0."""
-    with running_server("--no-warm-up") as srv, grpc.insecure_channel(srv.grpc_target) as channel:
+def test_in_flight_streams_drain_and_new_calls_are_refused_on_sigterm() -> None:
+    """SIGTERM while a REST body and a gRPC stream are open (one server for both): each gets
+    every byte (gRPC its digest too); a new call, even on the open gRPC connection, is
+    refused as UNAVAILABLE (so clients and balancers go elsewhere); then the process exits 0."""
+    with running_server() as srv, grpc.insecure_channel(srv.grpc_target) as channel:
         stub = pb_grpc.InitializersStub(channel)
         request = request_to_proto(jaxinit.Client(srv.grpc_url).request("ones", None, (64, 2**20), "int8"))
         call = stub.Generate(request, timeout=120)
         assert next(call).WhichOneof("payload") == "header"
-        srv.process.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
-        with pytest.raises(grpc.RpcError) as refused:
-            list(stub.Generate(request_to_proto(jaxinit.Client(srv.grpc_url).request("zeros", None, (4,))), timeout=10))
-        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        body = {"initializer": "ones", "shape": [64, 2**20], "dtype": "int8"}
+        with httpx.stream("POST", f"{srv.http_url}/v1/generate", json=body) as response:
+            assert response.status_code == 200
+            chunks = response.iter_bytes()
+            received = len(next(chunks))
+            srv.process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)  # the server is stopping while both streams are still open
+            with pytest.raises(grpc.RpcError) as refused:
+                new = request_to_proto(jaxinit.Client(srv.grpc_url).request("zeros", None, (4,)))
+                list(stub.Generate(new, timeout=10))
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            received += sum(len(c) for c in chunks)
+        assert received == 64 * 2**20
         rest = list(call)
         assert sum(len(m.data.data) for m in rest) == 64 * 2**20 and rest[-1].WhichOneof("payload") == "digest"
         assert srv.process.wait(60) == 0
 
 
+@pytest.mark.release
 @pytest.mark.skipif(os.environ.get("JAXINIT_SKIP_HUGE") == "1", reason="JAXINIT_SKIP_HUGE=1")
 @pytest.mark.parametrize("scheme", ["grpc", "http"])
 def test_beyond_two_gib(scheme: str) -> None:

@@ -18,6 +18,9 @@ import pytest
 
 from helpers import tracked_copy
 
+# The release tier: virtual environments on old numpy, beside tritonclient.
+pytestmark = pytest.mark.release
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 # The thin client's two proving environments: the oldest runtimes pyproject allows (and
 # numpy 1.26, without ml_dtypes), and the newest PyPI has. Each fetches bit-exact tensors

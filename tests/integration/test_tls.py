@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from in_process import InProcessServer, in_process_server
 
 import jaxinit
-from jaxinit_server.testing import ServerProcess, running_server
 
 TOKEN = "tls-key-4e1d"
 
@@ -39,25 +39,25 @@ def pki(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> dict[str, p
 
 
 @pytest.fixture(scope="module")
-def tls_server(pki: dict[str, pathlib.Path]) -> Iterator[ServerProcess]:
-    with running_server(
-        "--no-warm-up",
+def tls_server(pki: dict[str, pathlib.Path]) -> Iterator[InProcessServer]:
+    with in_process_server(
         "--tls-cert-file",
         str(pki["chain"]),
         "--tls-key-file",
         str(pki["key"]),
-        env={"JAXINIT_API_KEYS": TOKEN},
+        "--api-keys",
+        TOKEN,
     ) as srv:
         yield srv
 
 
-def test_ready_line_says_https_and_grpcs(tls_server: ServerProcess) -> None:
+def test_ready_line_says_https_and_grpcs(tls_server: InProcessServer) -> None:
     assert tls_server.http_url.startswith("https://") and tls_server.grpc_url.startswith("grpcs://")
 
 
 @pytest.mark.parametrize("transport", ["grpc", "http"])
 def test_exact_bytes_over_tls_with_the_ca_bundle(
-    tls_server: ServerProcess, pki: dict[str, pathlib.Path], transport: str
+    tls_server: InProcessServer, pki: dict[str, pathlib.Path], transport: str
 ) -> None:
     url = tls_server.grpc_url if transport == "grpc" else tls_server.http_url
     with jaxinit.Client(url, ca_bundle=str(pki["ca"]), token=TOKEN) as client:
@@ -67,7 +67,7 @@ def test_exact_bytes_over_tls_with_the_ca_bundle(
 
 
 @pytest.mark.parametrize("transport", ["grpc", "http"])
-def test_a_server_the_client_cannot_verify_is_refused(tls_server: ServerProcess, transport: str) -> None:
+def test_a_server_the_client_cannot_verify_is_refused(tls_server: InProcessServer, transport: str) -> None:
     url = tls_server.grpc_url if transport == "grpc" else tls_server.http_url
     other = trustme.CA()  # trusts a CA that did not sign the server's certificate
     with (
@@ -78,7 +78,7 @@ def test_a_server_the_client_cannot_verify_is_refused(tls_server: ServerProcess,
         client.lecun_normal()(3, (4, 4))
 
 
-def test_plaintext_callers_get_nowhere(tls_server: ServerProcess) -> None:
+def test_plaintext_callers_get_nowhere(tls_server: InProcessServer) -> None:
     host, port = tls_server.http_url.removeprefix("https://").rsplit(":", 1)
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://{host}:{port}/healthz", timeout=5)
@@ -87,7 +87,7 @@ def test_plaintext_callers_get_nowhere(tls_server: ServerProcess) -> None:
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def test_health_over_tls_without_a_token(tls_server: ServerProcess, pki: dict[str, pathlib.Path]) -> None:
+def test_health_over_tls_without_a_token(tls_server: InProcessServer, pki: dict[str, pathlib.Path]) -> None:
     context = ssl.create_default_context(cafile=str(pki["ca"]))
     assert httpx.get(f"{tls_server.http_url}/readyz", verify=context, timeout=5).status_code == 200
     credentials = grpc.ssl_channel_credentials(root_certificates=pki["ca"].read_bytes())
@@ -98,15 +98,15 @@ def test_health_over_tls_without_a_token(tls_server: ServerProcess, pki: dict[st
 
 def test_half_a_tls_configuration_is_refused(pki: dict[str, pathlib.Path]) -> None:
     with (
-        pytest.raises(RuntimeError, match="both --tls-cert-file and --tls-key-file"),
-        running_server("--no-warm-up", "--tls-cert-file", str(pki["chain"])),
+        pytest.raises(ValueError, match="both --tls-cert-file and --tls-key-file"),
+        in_process_server("--tls-cert-file", str(pki["chain"])),
     ):
         pass
 
 
 @pytest.mark.parametrize("transport", ["grpc", "http"])
 def test_the_cli_over_tls(
-    tls_server: ServerProcess, pki: dict[str, pathlib.Path], tmp_path: pathlib.Path, transport: str
+    tls_server: InProcessServer, pki: dict[str, pathlib.Path], tmp_path: pathlib.Path, transport: str
 ) -> None:
     from jaxinit.cli import main
 
