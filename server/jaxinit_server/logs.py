@@ -53,6 +53,8 @@ def configure(level: str, log_format: LogFormat, *, process: str = "", stream: T
         for old in logger.handlers[:]:
             logger.removeHandler(old)
         logger.propagate = True
+        logger.disabled = False
+        logger.setLevel(logging.NOTSET)  # (uvicorn's config sets its own: the root's decides)
     logging.captureWarnings(True)
 
 

@@ -97,6 +97,7 @@ def test_every_line_is_json_under_traffic() -> None:
     assert v2_line["initializer"] == "zeros" and v2_line["status"] == "OK"
 
 
+@pytest.mark.release  # (every other server process of the suite reads the text form's ready line)
 def test_text_format_keeps_the_bare_ready_line() -> None:
     with running_server("--log-level", "warning", "--no-warm-up") as server:
         ready = [line for line in server.output if "jaxinit-server ready" in line]

@@ -24,7 +24,8 @@ def _counter(http_url: str, name: str, **labels: str) -> float:
 
 
 def test_a_second_start_reads_the_verdict_and_compiles_nothing_it_had(tmp_path: Path) -> None:
-    env = {"XDG_CACHE_HOME": str(tmp_path)}  # the default directory is per user: $XDG_CACHE_HOME/jaxinit/jax
+    # The default directory is per user: $XDG_CACHE_HOME/jaxinit/jax (not the suite's own).
+    env = {"XDG_CACHE_HOME": str(tmp_path), "JAXINIT_COMPILATION_CACHE_DIR": ""}
     cache = tmp_path / "jaxinit" / "jax"
     args = ("--no-warm-up", "--log-level", "info")
     accounts, misses, hits = [], [], []

@@ -28,6 +28,7 @@ def test_env_settings_and_sigterm_exits_cleanly() -> None:
         assert srv.stop() == 0
 
 
+@pytest.mark.release  # (the default tier's test_ready_fast.py restarts on the cache too)
 def test_compilation_cache_survives_a_restart(tmp_path: Path) -> None:
     """With a cache directory, compiled programs are written there and read back after a
     restart, by the whole-tensor workers too: the restarted worker compiles nothing it had."""

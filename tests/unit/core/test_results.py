@@ -26,7 +26,7 @@ from jaxinit.protocol.errors import ServerUnavailable
 from jaxinit.protocol.keys import Key
 from jaxinit_server.core import GenerateParams, Limits, Service, engine
 from jaxinit_server.core.results import HIT, MISS, NONE
-from jaxinit_server.core.stored import OVERHEAD_BYTES, Stored
+from jaxinit_server.core.stored import OVERHEAD_BYTES
 from jaxinit_server.core.stream import TensorStream
 
 ARGS: dict[str, dict[str, Any]] = {
@@ -257,20 +257,3 @@ def test_many_distinct_requests_start_no_thread_each(tmp_path: Any) -> None:
         assert threading.active_count() <= before + 12  # the JAX pool and the disk cache's few
     finally:
         service.close()
-
-
-def test_stored_digests_are_fixed_from_the_pieces_not_the_buffer() -> None:
-    pieces = [np.arange(300_000, dtype=np.float32), np.arange(5, dtype=np.float32)]
-    stored = Stored(300_005, np.dtype(np.float32))
-    for piece in pieces:
-        stored.write(piece)
-    stored.finish()
-    assert stored.array.tobytes() == np.concatenate(pieces).tobytes()
-    assert stored.sealed and stored.dup() is not None  # 1.2 MB: a sealed memfd where the OS has them
-    small = Stored(4, np.dtype(np.float32))
-    small.write(np.ones(4, np.float32))
-    small.finish()
-    assert not small.sealed and small.fd is None
-    small.array[0] = 5
-    with pytest.raises(Exception, match="differs from its digest"):
-        small.verify(0, 4)

@@ -33,6 +33,7 @@ def _print() -> dict[str, str]:
 
 
 def test_the_cache_is_per_user_by_default_configurable_and_can_be_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JAXINIT_COMPILATION_CACHE_DIR", raising=False)  # (the test suite's own, for its servers)
     monkeypatch.setenv("XDG_CACHE_HOME", "/somewhere/cache")
     assert Settings().compilation_cache_path() == "/somewhere/cache/jaxinit/jax"
     monkeypatch.delenv("XDG_CACHE_HOME")
