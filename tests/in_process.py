@@ -28,7 +28,7 @@ from jaxinit_server.auth import KeyRing
 from jaxinit_server.core import Service
 from jaxinit_server.grpc.server import create_grpc_server, set_serving
 from jaxinit_server.logs import formatter
-from jaxinit_server.main import _bind_http, _HttpServer, parse_settings
+from jaxinit_server.main import _bind_http, _HttpServer, build_service, parse_settings
 from jaxinit_server.rest.app import create_app
 from jaxinit_server.settings import Settings
 from jaxinit_server.telemetry import Telemetry
@@ -113,21 +113,7 @@ def in_process_server(*args: str, settings: Settings | None = None) -> Iterator[
     async def serve() -> None:
         stop = asyncio.Event()
         holder["stop"] = (asyncio.get_running_loop(), stop)
-        service = Service(
-            settings.limits(),
-            workers=settings.workers,
-            whole_workers=settings.whole_workers,
-            worker_rss_bytes=settings.worker_rss_bytes,
-            compilation_cache_dir=settings.compilation_cache_dir,
-            stall_seconds=settings.stall_seconds,
-            log_level=settings.log_level,
-            cache_bytes=settings.cache_bytes,
-            cache_dir=settings.cache_dir,
-            cache_dir_bytes=settings.cache_dir_bytes,
-            shared_memory_dir=settings.shared_memory_dir if settings.shared_memory else None,
-            shared_memory_lease=settings.shared_memory_lease,
-            shared_memory_bytes=settings.shared_memory_bytes,
-        )
+        service = build_service(settings)
         telemetry = Telemetry(log_requests=settings.request_log, replica=settings.replica)
         keyring = KeyRing((settings.api_keys or "").split(","), settings.api_keys_file)
         tls = settings.tls()

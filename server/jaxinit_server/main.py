@@ -66,6 +66,26 @@ class _HttpServer(uvicorn.Server):
         yield
 
 
+def build_service(settings: Settings) -> Service:
+    """The service ``settings`` describe (this composition root's; in-process test servers
+    build theirs with it too)."""
+    return Service(
+        settings.limits(),
+        workers=settings.workers,
+        whole_workers=settings.whole_workers,
+        worker_rss_bytes=settings.worker_rss_bytes,
+        compilation_cache_dir=settings.compilation_cache_path(),
+        stall_seconds=settings.stall_seconds,
+        log_level=settings.log_level,
+        cache_bytes=settings.cache_bytes,
+        cache_dir=settings.cache_dir,
+        cache_dir_bytes=settings.cache_dir_bytes,
+        shared_memory_dir=settings.shared_memory_dir if settings.shared_memory else None,
+        shared_memory_lease=settings.shared_memory_lease,
+        shared_memory_bytes=settings.shared_memory_bytes,
+    )
+
+
 def _bind_http(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto must say TCP: asyncio sets TCP_NODELAY on accepted connections only then.
@@ -87,21 +107,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
             loop.add_signal_handler(sig, stop.set)
 
-    service = Service(
-        settings.limits(),
-        workers=settings.workers,
-        whole_workers=settings.whole_workers,
-        worker_rss_bytes=settings.worker_rss_bytes,
-        compilation_cache_dir=settings.compilation_cache_path(),
-        stall_seconds=settings.stall_seconds,
-        log_level=settings.log_level,
-        cache_bytes=settings.cache_bytes,
-        cache_dir=settings.cache_dir,
-        cache_dir_bytes=settings.cache_dir_bytes,
-        shared_memory_dir=settings.shared_memory_dir if settings.shared_memory else None,
-        shared_memory_lease=settings.shared_memory_lease,
-        shared_memory_bytes=settings.shared_memory_bytes,
-    )
+    service = build_service(settings)
     telemetry = Telemetry(log_requests=settings.request_log, replica=settings.replica)
     keyring = KeyRing((settings.api_keys or "").split(","), settings.api_keys_file)
     tls = settings.tls()
