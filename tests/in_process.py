@@ -21,9 +21,11 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import grpc.aio
 import httpx
 import uvicorn
 
+from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
 from jaxinit_server.auth import KeyRing
 from jaxinit_server.core import Service
 from jaxinit_server.grpc.server import create_grpc_server, set_serving
@@ -33,7 +35,7 @@ from jaxinit_server.rest.app import create_app
 from jaxinit_server.settings import Settings
 from jaxinit_server.telemetry import Telemetry
 
-__all__ = ["InProcessServer", "in_process_server", "serve", "wait_until"]
+__all__ = ["InProcessServer", "grpc_call", "in_process_server", "rest_call", "serve", "wait_until"]
 
 T = TypeVar("T")
 
@@ -228,6 +230,33 @@ def serve(service: Service, work: Callable[[str, httpx.ASGITransport], Awaitable
         finally:
             if claims is not None:
                 claims.cancel()
+            await server.stop(grace=None)
+
+    return asyncio.run(main())
+
+
+def rest_call(service: Service, work: Callable[[httpx.AsyncClient], Awaitable[T]], timeout: float = 5.0) -> T:
+    """``work(http)``: an httpx client of ``service``'s REST app through the ASGI transport
+    (an exception the app re-raises fails the test: httpx's default)."""
+
+    async def main() -> T:
+        transport = httpx.ASGITransport(app=create_app(service))
+        async with httpx.AsyncClient(transport=transport, base_url="http://in-process", timeout=timeout) as http:
+            return await work(http)
+
+    return asyncio.run(main())
+
+
+def grpc_call(service: Service, work: Callable[[pb_grpc.InitializersStub], Awaitable[T]]) -> T:
+    """``work(stub)``: a raw stub of a gRPC server of ``service`` on a free loopback port."""
+
+    async def main() -> T:
+        server, port, _ = create_grpc_server(service, "127.0.0.1", 0)
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                return await work(pb_grpc.InitializersStub(channel))
+        finally:
             await server.stop(grace=None)
 
     return asyncio.run(main())

@@ -21,13 +21,12 @@ import httpx
 import jax
 import numpy as np
 import pytest
+from in_process import grpc_call, rest_call
 
 from jaxinit.protocol import wire
 from jaxinit.v1 import jaxinit_pb2 as pb
 from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
 from jaxinit_server.core import Limits, Service
-from jaxinit_server.grpc.server import create_grpc_server
-from jaxinit_server.rest.app import create_app
 
 T = TypeVar("T")
 
@@ -44,25 +43,7 @@ def service() -> Iterator[Service]:
 
 
 def rest(service: Service, work: Callable[[httpx.AsyncClient], Awaitable[T]]) -> T:
-    async def main() -> T:
-        transport = httpx.ASGITransport(app=create_app(service))
-        async with httpx.AsyncClient(transport=transport, base_url="http://in-process", timeout=120) as http:
-            return await work(http)
-
-    return asyncio.run(main())
-
-
-def grpc_call(service: Service, work: Callable[[pb_grpc.InitializersStub], Awaitable[T]]) -> T:
-    async def main() -> T:
-        server, port, _ = create_grpc_server(service, "127.0.0.1", 0)
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                return await work(pb_grpc.InitializersStub(channel))
-        finally:
-            await server.stop(grace=None)
-
-    return asyncio.run(main())
+    return rest_call(service, work, timeout=120)
 
 
 # (query, the same as a gRPC key, what the refusal names)

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import json
@@ -29,6 +28,7 @@ import httpx
 import jax
 import numpy as np
 import pytest
+from in_process import grpc_call, rest_call
 
 import jaxinit
 from jaxinit.protocol import Provenance, safetensors, wire
@@ -37,7 +37,6 @@ from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
 from jaxinit_server.core import Limits, Service
 from jaxinit_server.core.model_init import InitModelParams, resolve_model
 from jaxinit_server.core.request import PrngDefaults
-from jaxinit_server.grpc.server import create_grpc_server
 from jaxinit_server.grpc.servicer import value_from_proto
 from jaxinit_server.rest.app import create_app
 from jaxinit_server.rest.framing import MAX_HEADER_CANONICAL
@@ -61,26 +60,7 @@ def service(cache_dir: Path) -> Iterator[Service]:
 
 
 def rest(service: Service, work: Callable[[httpx.AsyncClient], Awaitable[T]]) -> T:
-    async def main() -> T:
-        # raise_app_exceptions (httpx's default): an exception the app re-raises fails the test
-        transport = httpx.ASGITransport(app=create_app(service))
-        async with httpx.AsyncClient(transport=transport, base_url="http://in-process") as http:
-            return await work(http)
-
-    return asyncio.run(main())
-
-
-def grpc_call(service: Service, work: Callable[[pb_grpc.InitializersStub], Awaitable[T]]) -> T:
-    async def main() -> T:
-        server, port, _ = create_grpc_server(service, "127.0.0.1", 0)
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                return await work(pb_grpc.InitializersStub(channel))
-        finally:
-            await server.stop(grace=None)
-
-    return asyncio.run(main())
+    return rest_call(service, work)
 
 
 def init_model(
