@@ -14,6 +14,7 @@ import collections
 import contextlib
 import dataclasses
 import hashlib
+import importlib.metadata
 import inspect
 import io
 import json
@@ -43,6 +44,7 @@ from jaxinit.protocol.errors import (
     ServerUnavailable,
 )
 from jaxinit.protocol.expansion import file_metadata, model_canonical, nest
+from jaxinit.protocol.keys import Key, derive_from_json
 
 __all__ = ["AsyncClient", "AsyncInitializer", "Client", "Initializer", "ModelParams"]
 
@@ -325,6 +327,8 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
         *,
         threefry_partitionable: bool | None = None,
         enable_x64: bool | None = None,
+        jax_version: str | None = None,
+        backend: str | None = None,
         timeout: float | None = DEFAULT_TIMEOUT,
         parallel: int = 1,
         progress: bool = False,
@@ -350,6 +354,8 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
         self.progress = progress
         self.threefry_partitionable = threefry_partitionable
         self.enable_x64 = enable_x64
+        self.jax_version = _version_pin(jax_version)
+        self.backend = backend
         self._transport = _open_transport(
             url,
             asynchronous=self._initializer_class is AsyncInitializer,
@@ -361,6 +367,7 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
             ca_bundle=ca_bundle,
             shared_memory=shared_memory,
         )
+        self._transport.pin = self.jax_version  # a GenerateMany stream's pin (gRPC metadata)
 
     def _request(
         self,
@@ -375,7 +382,16 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
         threefry_partitionable: bool | None = None,
         enable_x64: bool | None = None,
         jit: bool = False,
+        jax_version: str | None = None,
+        backend: str | None = None,
+        like: Any = None,
     ) -> Request:
+        if like is not None:
+            settings = _like(like)
+            key = _one_key(key, settings.pop("key"))
+            jax_version, backend = settings.pop("jax_version"), settings.pop("backend")
+            threefry_partitionable, enable_x64 = settings["threefry_partitionable"], settings["enable_x64"]
+            jit = jit or settings["jit"]
         return Request(
             name,
             key,
@@ -388,6 +404,8 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
             offset=offset,
             count=count,
             jit=jit,
+            jax_version=_version_pin(jax_version) or self.jax_version,
+            backend=backend or self.backend,
         )
 
     @staticmethod
@@ -430,14 +448,18 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
         threefry_partitionable: bool | None = None,
         enable_x64: bool | None = None,
         jit: bool = False,
+        jax_version: str | None = None,
+        backend: str | None = None,
+        like: Any = None,
     ) -> Request:
         """A :class:`Request` for :meth:`generate_many`, with this client's PRNG settings
-        unless the call gives its own.
+        and pins unless the call gives its own.
 
         ``args`` are the factory's arguments (``{"stddev": 0.02}``); ``dtype`` is the call's;
         ``offset``/``count`` ask for a range of flat elements; ``threefry_partitionable`` and
         ``enable_x64``: this request's JAX flags (None: the client's); ``jit``: the values
-        ``jax.jit(init)`` gives (as inside ``nn.scan``), not the eager call's.
+        ``jax.jit(init)`` gives (as inside ``nn.scan``), not the eager call's;
+        ``jax_version``/``backend``/``like``: as :meth:`generate`'s.
         """
         return self._request(
             initializer,
@@ -451,6 +473,9 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
             threefry_partitionable,
             enable_x64,
             jit,
+            jax_version,
+            backend,
+            like,
         )
 
     @contextlib.contextmanager
@@ -536,8 +561,19 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
         threefry_partitionable: bool | None = None,
         enable_x64: bool | None = None,
         jit: bool = False,
+        jax_version: str | None = None,
+        backend: str | None = None,
+        like: Any = None,
     ) -> TensorT:
         """One tensor, with its provenance: ``init(key, shape, dtype)`` of ``initializer(**args)``.
+
+        ``jax_version``: answered only by that JAX (``"0.10.2"``, or ``"0.10"`` for any
+        0.10.x; ``"local"``: the JAX installed beside this client), else
+        :class:`~jaxinit.protocol.errors.VersionMismatch` (default: the client's pin, else
+        any). ``backend``: likewise for JAX's backend (``"cpu"``, ``"gpu"``, ``"tpu"``).
+        ``like``: an earlier answer's :class:`Provenance` (or the :class:`Tensor`): exactly
+        what produced it (its JAX version, backend, PRNG settings, jit and key; ``key`` is
+        then None).
 
         ``threefry_partitionable``/``enable_x64``: this call's JAX flags (None: the client's).
         ``jit``: the values ``jax.jit(init)`` gives (as inside ``nn.scan`` or a jitted
@@ -558,6 +594,9 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
             threefry_partitionable=threefry_partitionable,
             enable_x64=enable_x64,
             jit=jit,
+            jax_version=jax_version,
+            backend=backend,
+            like=like,
         )
         return self._fetch(request, parallel, progress)
 
@@ -576,6 +615,9 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
         threefry_partitionable: bool | None = None,
         enable_x64: bool | None = None,
         jit: bool | None = None,
+        jax_version: str | None = None,
+        backend: str | None = None,
+        like: Any = None,
     ) -> ModelT:
         """A whole model's initial parameters, bit-identical to Flax's ``init``.
 
@@ -597,13 +639,26 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
                 gives e.g. ``normal(stddev)`` kernels other last bits); ``False``: eager
                 ``model.init``'s; None: the plan's default (``jaxinit.flax.export(...,
                 jit=True)`` records it), else eager. ``.metadata["jit"]`` says which.
+            jax_version, backend: pins, as :meth:`generate`'s.
+            like: an earlier model's :class:`ModelParams` (or its ``.metadata``, or a file's
+                safetensors metadata): its JAX version, backend, PRNG settings, jit and root
+                key (``key`` is then None); or a tensor's :class:`Provenance` (all but the key).
 
         Returns:
             A :class:`ModelParams`: a dict of arrays (nested, or flat with ``flat=True``),
             with the provenance of every tensor in ``.provenance``.
         """
+        if like is not None:
+            settings = _like(like)
+            key = _one_key(key, settings["key"])
+            threefry_partitionable, enable_x64 = settings["threefry_partitionable"], settings["enable_x64"]
+            jit = settings["jit"] if jit is None else jit
+            jax_version, backend = settings["jax_version"], settings["backend"]
         request = self._model_request(
             model, key, mode, layout, fix_rng_separator, param_dtype, threefry_partitionable, enable_x64, jit
+        )
+        request = dataclasses.replace(
+            request, jax_version=_version_pin(jax_version) or self.jax_version, backend=backend or self.backend
         )
         return self._init_model(request, flat, path, progress)
 
@@ -1049,3 +1104,80 @@ for _spec in CATALOG.values():
     _member = _factory_method(_spec) if _spec.kind == "factory" else _BoundInitializerAttribute(_spec)
     setattr(_BaseClient, _spec.name, _member)
 del _spec, _member
+
+
+# ---- pins and re-fetch by provenance ----
+
+
+def _version_pin(value: str | None) -> str | None:
+    """A version pin as sent: ``"local"`` is the JAX installed beside this client."""
+    if value != "local":
+        return value
+    try:
+        return importlib.metadata.version("jax")
+    except importlib.metadata.PackageNotFoundError:
+        raise InvalidArgument(
+            'jax_version="local" pins the JAX installed beside this client, and this environment has none; '
+            'install the JAX your code runs (pip install "jax==X.Y.Z") or pin a version: jax_version="0.10.2"'
+        ) from None
+
+
+def _one_key(given: Any, liked: Key | None) -> Any:
+    if given is not None and liked is not None:
+        raise InvalidArgument("give key or like=, not both: like= asks with the key that produced the earlier answer")
+    return liked if given is None else given
+
+
+def _like(like: Any) -> dict[str, Any]:
+    """What produced an earlier answer: its JAX version, backend, PRNG settings, jit and key,
+    from a :class:`Tensor` or :class:`Provenance`, a :class:`ModelParams`, or a model file's metadata."""
+    if isinstance(like, Tensor):
+        like = like.provenance
+    if isinstance(like, ModelParams):
+        like = like.metadata
+    if isinstance(like, Provenance):
+        try:
+            canonical = json.loads(like.canonical_request) if like.canonical_request else {}
+        except ValueError:
+            raise InvalidArgument("like=: the provenance's canonical_request is not JSON") from None
+        key = _key_from_json(canonical["key"]) if canonical.get("key") else None
+        if key is None and like.key_impl and like.key_data:
+            key = Key(data=like.key_data, impl=like.key_impl)
+        return {
+            "jax_version": like.jax_version or None,
+            "backend": like.backend or None,
+            "threefry_partitionable": like.threefry_partitionable,
+            "enable_x64": like.enable_x64,
+            "jit": bool(canonical.get("jit", False)),
+            "key": key,
+        }
+    if isinstance(like, Mapping) and "root_key" in like:  # a model's metadata (ModelParams.metadata, a file's)
+        try:
+            root = _key_from_json(json.loads(like["root_key"]))
+        except (ValueError, TypeError):
+            raise InvalidArgument("like=: the metadata's root_key is not a key") from None
+        return {
+            "jax_version": like.get("jax_version") or None,
+            "backend": like.get("backend") or None,
+            "threefry_partitionable": like.get("threefry_partitionable") == "true",
+            "enable_x64": like.get("enable_x64") == "true",
+            "jit": like.get("jit") == "true",
+            "key": root,
+        }
+    raise InvalidArgument(
+        f"like= takes an earlier answer's Provenance (tensor.provenance), a ModelParams or a model file's "
+        f"metadata, got {type(like).__name__}"
+    )
+
+
+def _key_from_json(data: Any) -> Key:
+    if not isinstance(data, Mapping):
+        raise InvalidArgument(f"a key in JSON form is an object, got {data!r:.60}")
+    words = data.get("data")
+    return Key(
+        seed=data.get("seed"),
+        data=None if words is None else tuple(words),
+        impl=data.get("impl", "threefry2x32"),
+        fold_in=tuple(data.get("fold_in", ())),
+        derive=derive_from_json(data.get("derive", [])),
+    )

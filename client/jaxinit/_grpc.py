@@ -22,6 +22,7 @@ from jaxinit._types import (
     Tensor,
     enumerate_async,
     named,
+    pins,
     total_up_front,
 )
 from jaxinit.protocol.errors import (
@@ -36,7 +37,7 @@ from jaxinit.protocol.errors import (
 )
 from jaxinit.protocol.keys import Key
 from jaxinit.protocol.provenance import Provenance
-from jaxinit.protocol.wire import ERROR_TYPE_KEY, RETRY_AFTER_KEY
+from jaxinit.protocol.wire import ERROR_TYPE_KEY, JAX_VERSION_HEADER, RETRY_AFTER_KEY
 
 __all__ = ["AsyncGrpcTransport", "GrpcTransport", "check_versions"]
 
@@ -151,6 +152,8 @@ def request_to_proto(request: Request, index: int = 0, shared_memory: str | None
         message.offset = request.offset
     if request.count is not None:
         message.count = request.count
+    for name, value in pins(request).items():
+        setattr(message, name, value)
     return message
 
 
@@ -166,6 +169,8 @@ def model_request_to_proto(request: ModelRequest, shared_memory: str | None = No
     _key_to_proto(message.key, request.key)
     _prng_to_proto(message.prng, request.threefry_partitionable, request.enable_x64)
     message.prng.jit = bool(request.jit)
+    for name, value in pins(request).items():
+        setattr(message, name, value)
     return message
 
 
@@ -367,6 +372,13 @@ class _Transport:
             channel = self._secure_channel(target, _credentials(ca_bundle), options=CHANNEL_OPTIONS)
         self._channel = channel or self._insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = _Stub(self._channel)
+        self.pin: str | None = None  # the client's version pin: a GenerateMany stream's metadata
+
+    def _for(self, pin: str | None) -> dict[str, Any]:
+        """The call options, with the version pin as metadata (what a load balancer routes on)."""
+        if not pin:
+            return self._options
+        return {**self._options, "metadata": (*self._options["metadata"], (JAX_VERSION_HEADER, pin))}
 
 
 class GrpcTransport(_Transport):
@@ -381,7 +393,9 @@ class GrpcTransport(_Transport):
     def _generate(self, request: Request, token: str | None) -> Tensor:
         one = _OneTensor(self.on_progress, self.shared)
         try:
-            for chunk in self._stub.Generate(request_to_proto(request, shared_memory=token), **self._options):
+            for chunk in self._stub.Generate(
+                request_to_proto(request, shared_memory=token), **self._for(request.jax_version)
+            ):
                 one.feed(chunk)
         except grpc.RpcError as exc:
             raise one.failed(exc, self.target) from exc
@@ -407,7 +421,7 @@ class GrpcTransport(_Transport):
                 sent.setdefault(message.request_id, []).append(r)
                 yield message
 
-        for request_id, item in self._tensors(self._stub.GenerateMany(messages(), **self._options)):
+        for request_id, item in self._tensors(self._stub.GenerateMany(messages(), **self._for(self.pin))):
             request = sent[request_id].pop(0) if sent.get(request_id) else None
             if isinstance(item, PermissionDenied) and token is not None and request is not None:
                 self.shared.refused()  # the token is not this replica's: this one in the stream
@@ -419,7 +433,7 @@ class GrpcTransport(_Transport):
         token = self._token()
         started = False
         try:
-            call = self._stub.InitModel(model_request_to_proto(request, token), **self._options)
+            call = self._stub.InitModel(model_request_to_proto(request, token), **self._for(request.jax_version))
             for name, item in self._tensors(call):
                 started = True
                 yield named(name, item)
@@ -427,7 +441,9 @@ class GrpcTransport(_Transport):
             if token is None or started:
                 raise
             self.shared.refused()
-            for name, item in self._tensors(self._stub.InitModel(model_request_to_proto(request), **self._options)):
+            for name, item in self._tensors(
+                self._stub.InitModel(model_request_to_proto(request), **self._for(request.jax_version))
+            ):
                 yield named(name, item)
 
     def list_initializers(self) -> dict[str, Any]:
@@ -455,7 +471,9 @@ class AsyncGrpcTransport(_Transport):
     async def _generate(self, request: Request, token: str | None) -> Tensor:
         one = _OneTensor(self.on_progress, self.shared)
         try:
-            async for chunk in self._stub.Generate(request_to_proto(request, shared_memory=token), **self._options):
+            async for chunk in self._stub.Generate(
+                request_to_proto(request, shared_memory=token), **self._for(request.jax_version)
+            ):
                 await one.collector.claim_ahead(chunk)
                 one.feed(chunk)
         except grpc.RpcError as exc:
@@ -485,7 +503,7 @@ class AsyncGrpcTransport(_Transport):
                 sent.setdefault(message.request_id, []).append(r)
                 yield message
 
-        async for request_id, item in self._tensors(self._stub.GenerateMany(messages(), **self._options)):
+        async for request_id, item in self._tensors(self._stub.GenerateMany(messages(), **self._for(self.pin))):
             request = sent[request_id].pop(0) if sent.get(request_id) else None
             if isinstance(item, PermissionDenied) and token is not None and request is not None:
                 self.shared.refused()
@@ -497,7 +515,7 @@ class AsyncGrpcTransport(_Transport):
         token = await self._token()
         started = False
         try:
-            call = self._stub.InitModel(model_request_to_proto(request, token), **self._options)
+            call = self._stub.InitModel(model_request_to_proto(request, token), **self._for(request.jax_version))
             async for name, item in self._tensors(call):
                 started = True
                 yield named(name, item)
@@ -505,7 +523,7 @@ class AsyncGrpcTransport(_Transport):
             if token is None or started:
                 raise
             self.shared.refused()
-            call = self._stub.InitModel(model_request_to_proto(request), **self._options)
+            call = self._stub.InitModel(model_request_to_proto(request), **self._for(request.jax_version))
             async for name, item in self._tensors(call):
                 yield named(name, item)
 

@@ -22,6 +22,7 @@ from jaxinit._types import (
     Tensor,
     enumerate_async,
     named,
+    pins,
     total_up_front,
 )
 from jaxinit.protocol import wire
@@ -71,6 +72,7 @@ def request_to_json(request: Request) -> dict[str, Any]:
         body["offset"] = request.offset
     if request.count is not None:
         body["count"] = request.count
+    body.update(pins(request))
     return body
 
 
@@ -106,6 +108,7 @@ def get_url(request: Request) -> str:
         params["offset"] = str(request.offset)
     if request.count is not None:
         params["count"] = str(request.count)
+    params.update(pins(request))
     for name, value in request.args.items():
         params[name] = json.dumps(value, separators=(",", ":"), sort_keys=True)
     return f"/v1/generate/{quote(request.initializer)}?{urlencode(sorted(params.items()))}"
@@ -161,7 +164,7 @@ def tensor_call(request: Request, cacheable: bool, shared_memory: str | None = N
     """The HTTP call that fetches ``request``: the GET form (cacheable) or the POST form,
     asking for the bytes followed by their digest (or, with a ``shared_memory`` token, for
     them in a shared-memory region)."""
-    headers = {"Accept": DIGESTED}
+    headers = {"Accept": DIGESTED, **pin_headers(request)}
     if shared_memory:
         headers[wire.SHARED_MEMORY_HEADER] = shared_memory
     if cacheable:
@@ -238,7 +241,13 @@ def _json_answer(response: httpx.Response) -> Any:
 
 def model_plan_call(request: ModelRequest) -> dict[str, Any]:
     """The HTTP call that asks the server for a model's plan: every tensor, how it is made."""
-    return {"method": "POST", "url": "/v1/models/init", "json": request.to_json(), "headers": {"Accept": wire.JSON}}
+    headers = {"Accept": wire.JSON, **pin_headers(request)}
+    return {"method": "POST", "url": "/v1/models/init", "json": request.to_json(), "headers": headers}
+
+
+def pin_headers(request: Request | ModelRequest) -> dict[str, str]:
+    """The version pin as a header too, for a load balancer to route on."""
+    return {wire.JAX_VERSION_HEADER: request.jax_version} if request.jax_version else {}
 
 
 def planned(plan: Any, request: ModelRequest) -> list[tuple[Output, Request, str]]:
@@ -264,6 +273,8 @@ def planned(plan: Any, request: ModelRequest) -> list[tuple[Output, Request, str
             enable_x64=x64,
             request_id=o.name,
             jit=o.param.jit,
+            jax_version=request.jax_version,
+            backend=request.backend,
         )
         out.append((o, tensor, digest))
     return out

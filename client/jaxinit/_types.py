@@ -30,6 +30,7 @@ __all__ = [
     "Tensor",
     "enumerate_async",
     "named",
+    "pins",
 ]
 
 T = TypeVar("T")
@@ -54,10 +55,13 @@ class Request:
     offset: int | None = None  # a range in flat elements: [offset, offset + count)
     count: int | None = None
     jit: bool = False  # the values jax.jit(init) gives (as inside nn.scan or a jitted model.init)
+    jax_version: str | None = None  # a pin: answered only by that JAX version (else VersionMismatch)
+    backend: str | None = None  # a pin: answered only on that backend
 
     def __post_init__(self) -> None:
         if not isinstance(self.jit, bool):
             raise InvalidArgument(f"jit must be true or false, got {self.jit!r}")
+        _check_pins(self.jax_version, self.backend)
         for name in ("offset", "count"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0):
@@ -90,8 +94,11 @@ class ModelRequest:
     # jax.jit(model.init)'s values; None: the plan's default (an exported plan's "jit"), else
     # eager. Settled to a bool here, and a plan's own "jit" rewritten to agree with it.
     jit: bool | None = None
+    jax_version: str | None = None  # pins, as Request's
+    backend: str | None = None
 
     def __post_init__(self) -> None:
+        _check_pins(self.jax_version, self.backend)
         if not isinstance(self.model, Mapping):
             raise InvalidArgument(
                 f"model must be a description (a dict such as jaxinit.models.Dense(784, 256)), got {self.model!r:.80}"
@@ -134,7 +141,19 @@ class ModelRequest:
         prng: dict[str, bool] = {**self.prng, **({"jit": True} if self.jit else {})}
         if prng:
             body["prng"] = prng
+        body.update(pins(self))
         return body
+
+
+def pins(request: Request | ModelRequest) -> dict[str, str]:
+    """The pins ``request`` gives, by field name (none: an empty dict)."""
+    return {name: value for name in ("jax_version", "backend") if (value := getattr(request, name))}
+
+
+def _check_pins(jax_version: Any, backend: Any) -> None:
+    for name, value in (("jax_version", jax_version), ("backend", backend)):
+        if value is not None and (not isinstance(value, str) or not value):
+            raise InvalidArgument(f"{name} must be a non-empty string such as '0.10.2' or 'cpu', got {value!r}")
 
 
 def _plain(value: Any) -> Any:

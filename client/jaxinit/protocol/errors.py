@@ -31,6 +31,7 @@ __all__ = [
     "Unauthenticated",
     "UnknownDtype",
     "UnknownInitializer",
+    "VersionMismatch",
     "did_you_mean",
     "error_from_wire",
     "mapping_for",
@@ -100,6 +101,15 @@ class PermissionDenied(JaxinitError):
     """The caller may not use what it asked for (shared memory without this server's token)."""
 
 
+class VersionMismatch(JaxinitError):
+    """The request pinned a JAX version (or backend) that this server is not.
+
+    Never answered with another version's bytes: the message names the version (and
+    backend) asked for and the one this server runs. Behind a pooled deployment, the
+    ``x-jaxinit-jax-version`` header routes a request to its version's pool.
+    """
+
+
 class ServerUnavailable(JaxinitError):
     """The server cannot be reached, is not ready, or is shutting down."""
 
@@ -154,6 +164,7 @@ ERROR_TABLE: dict[type[JaxinitError], ErrorMapping] = {
     NotAcceptable: ErrorMapping(406, "INVALID_ARGUMENT"),
     Unauthenticated: ErrorMapping(401, "UNAUTHENTICATED"),
     PermissionDenied: ErrorMapping(403, "PERMISSION_DENIED"),
+    VersionMismatch: ErrorMapping(412, "FAILED_PRECONDITION"),
     TooLarge: ErrorMapping(413, "RESOURCE_EXHAUSTED"),
     Overloaded: ErrorMapping(429, "RESOURCE_EXHAUSTED"),
     ServerUnavailable: ErrorMapping(503, "UNAVAILABLE"),
@@ -172,6 +183,7 @@ _BY_HTTP: dict[int, type[JaxinitError]] = {
     403: PermissionDenied,
     404: UnknownInitializer,
     406: NotAcceptable,
+    412: VersionMismatch,
     413: TooLarge,
     422: InvalidArgument,
     429: Overloaded,
@@ -185,6 +197,7 @@ _BY_GRPC: dict[str, type[JaxinitError]] = {
     "RESOURCE_EXHAUSTED": TooLarge,
     "UNAUTHENTICATED": Unauthenticated,
     "PERMISSION_DENIED": PermissionDenied,
+    "FAILED_PRECONDITION": VersionMismatch,
     "UNAVAILABLE": ServerUnavailable,
     "DEADLINE_EXCEEDED": ServerUnavailable,
     "DATA_LOSS": IntegrityError,

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-__all__ = ["Provenance"]
+__all__ = ["Provenance", "version_matches"]
 
 
 @dataclass(frozen=True)
@@ -43,3 +43,16 @@ class Provenance:
 
 
 _FIELDS = tuple(f.name for f in fields(Provenance))
+
+
+def version_matches(pin: str, version: str) -> bool:
+    """Whether a request pinned to JAX ``pin`` may be answered by JAX ``version``: the
+    same version string, or ``pin`` a prefix of it on a dot boundary (``"0.10"`` takes
+    any 0.10.x; ``"0.1"`` does not take 0.10.2).
+
+    >>> version_matches("0.10.2", "0.10.2"), version_matches("0.10", "0.10.2")
+    (True, True)
+    >>> version_matches("0.1", "0.10.2"), version_matches("0.10.2", "0.10")
+    (False, False)
+    """
+    return bool(pin) and (version == pin or version.startswith(pin + "."))

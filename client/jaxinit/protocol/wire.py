@@ -16,6 +16,7 @@ __all__ = [
     "DIGEST_HEADER",
     "DTYPE_HEADER",
     "ERROR_TYPE_KEY",
+    "JAX_VERSION_HEADER",
     "JSON",
     "MODEL_DIGEST_HEADER",
     "NPY",
@@ -63,4 +64,8 @@ DIGEST_HEADER = "x-jaxinit-digest"
 REQUEST_ID_HEADER = "x-request-id"
 REPLICA_HEADER = "x-jaxinit-replica"  # which replica answered
 RETRY_AFTER_KEY = "retry-after"  # seconds, on 429 / RESOURCE_EXHAUSTED (Overloaded) and 503
+# The JAX version a request is pinned to (its jax_version field, or this alone): a pooled
+# deployment's load balancer routes on it; a server that is not that version refuses (412 /
+# FAILED_PRECONDITION). The client sends it whenever a version is pinned.
+JAX_VERSION_HEADER = "x-jaxinit-jax-version"
 ERROR_TYPE_KEY = "jaxinit-error-type"  # gRPC trailing metadata: the domain error's class name

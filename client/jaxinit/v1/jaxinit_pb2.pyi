@@ -85,7 +85,7 @@ class NestedList(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[Value, _Mapping]]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "initializer", "args", "shape", "dtype", "key", "prng", "offset", "count", "shared_memory")
+    __slots__ = ("request_id", "initializer", "args", "shape", "dtype", "key", "prng", "offset", "count", "shared_memory", "jax_version", "backend")
     class ArgsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +103,8 @@ class GenerateRequest(_message.Message):
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    JAX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     initializer: str
     args: _containers.MessageMap[str, Value]
@@ -113,7 +115,9 @@ class GenerateRequest(_message.Message):
     offset: int
     count: int
     shared_memory: str
-    def __init__(self, request_id: _Optional[str] = ..., initializer: _Optional[str] = ..., args: _Optional[_Mapping[str, Value]] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., key: _Optional[_Union[Key, _Mapping]] = ..., prng: _Optional[_Union[PrngSettings, _Mapping]] = ..., offset: _Optional[int] = ..., count: _Optional[int] = ..., shared_memory: _Optional[str] = ...) -> None: ...
+    jax_version: str
+    backend: str
+    def __init__(self, request_id: _Optional[str] = ..., initializer: _Optional[str] = ..., args: _Optional[_Mapping[str, Value]] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., key: _Optional[_Union[Key, _Mapping]] = ..., prng: _Optional[_Union[PrngSettings, _Mapping]] = ..., offset: _Optional[int] = ..., count: _Optional[int] = ..., shared_memory: _Optional[str] = ..., jax_version: _Optional[str] = ..., backend: _Optional[str] = ...) -> None: ...
 
 class Provenance(_message.Message):
     __slots__ = ("jaxinit_version", "jax_version", "jaxlib_version", "backend", "device_kind", "key_impl", "key_data", "threefry_partitionable", "enable_x64", "canonical_request", "request_digest")
@@ -210,7 +214,7 @@ class TensorChunk(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., header: _Optional[_Union[TensorHeader, _Mapping]] = ..., data: _Optional[_Union[DataChunk, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., digest: _Optional[_Union[TensorDigest, _Mapping]] = ...) -> None: ...
 
 class InitModelRequest(_message.Message):
-    __slots__ = ("model_json", "key", "mode", "layout", "fix_rng_separator", "param_dtype", "prng", "shared_memory")
+    __slots__ = ("model_json", "key", "mode", "layout", "fix_rng_separator", "param_dtype", "prng", "shared_memory", "jax_version", "backend")
     MODEL_JSON_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -219,6 +223,8 @@ class InitModelRequest(_message.Message):
     PARAM_DTYPE_FIELD_NUMBER: _ClassVar[int]
     PRNG_FIELD_NUMBER: _ClassVar[int]
     SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    JAX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
     model_json: str
     key: Key
     mode: str
@@ -227,7 +233,9 @@ class InitModelRequest(_message.Message):
     param_dtype: str
     prng: PrngSettings
     shared_memory: str
-    def __init__(self, model_json: _Optional[str] = ..., key: _Optional[_Union[Key, _Mapping]] = ..., mode: _Optional[str] = ..., layout: _Optional[str] = ..., fix_rng_separator: _Optional[bool] = ..., param_dtype: _Optional[str] = ..., prng: _Optional[_Union[PrngSettings, _Mapping]] = ..., shared_memory: _Optional[str] = ...) -> None: ...
+    jax_version: str
+    backend: str
+    def __init__(self, model_json: _Optional[str] = ..., key: _Optional[_Union[Key, _Mapping]] = ..., mode: _Optional[str] = ..., layout: _Optional[str] = ..., fix_rng_separator: _Optional[bool] = ..., param_dtype: _Optional[str] = ..., prng: _Optional[_Union[PrngSettings, _Mapping]] = ..., shared_memory: _Optional[str] = ..., jax_version: _Optional[str] = ..., backend: _Optional[str] = ...) -> None: ...
 
 class ListInitializersRequest(_message.Message):
     __slots__ = ()
@@ -278,3 +286,37 @@ class ListInitializersResponse(_message.Message):
     server: Provenance
     shared_memory_directory: str
     def __init__(self, initializers: _Optional[_Iterable[_Union[InitializerSpec, _Mapping]]] = ..., dtypes: _Optional[_Iterable[str]] = ..., key_impls: _Optional[_Iterable[str]] = ..., server: _Optional[_Union[Provenance, _Mapping]] = ..., shared_memory_directory: _Optional[str] = ...) -> None: ...
+
+class ListVersionsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ServedVersion(_message.Message):
+    __slots__ = ("jax_version", "jaxlib_version", "backend", "device_kind", "jaxinit_version", "key_impls", "dtypes", "threefry_partitionable", "enable_x64", "default")
+    JAX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    JAXLIB_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_KIND_FIELD_NUMBER: _ClassVar[int]
+    JAXINIT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    KEY_IMPLS_FIELD_NUMBER: _ClassVar[int]
+    DTYPES_FIELD_NUMBER: _ClassVar[int]
+    THREEFRY_PARTITIONABLE_FIELD_NUMBER: _ClassVar[int]
+    ENABLE_X64_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    jax_version: str
+    jaxlib_version: str
+    backend: str
+    device_kind: str
+    jaxinit_version: str
+    key_impls: _containers.RepeatedScalarFieldContainer[str]
+    dtypes: _containers.RepeatedScalarFieldContainer[str]
+    threefry_partitionable: bool
+    enable_x64: bool
+    default: bool
+    def __init__(self, jax_version: _Optional[str] = ..., jaxlib_version: _Optional[str] = ..., backend: _Optional[str] = ..., device_kind: _Optional[str] = ..., jaxinit_version: _Optional[str] = ..., key_impls: _Optional[_Iterable[str]] = ..., dtypes: _Optional[_Iterable[str]] = ..., threefry_partitionable: _Optional[bool] = ..., enable_x64: _Optional[bool] = ..., default: _Optional[bool] = ...) -> None: ...
+
+class ListVersionsResponse(_message.Message):
+    __slots__ = ("versions",)
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    versions: _containers.RepeatedCompositeFieldContainer[ServedVersion]
+    def __init__(self, versions: _Optional[_Iterable[_Union[ServedVersion, _Mapping]]] = ...) -> None: ...

@@ -38,7 +38,9 @@ class InitializersStub:
     token, where the server requires one), UNAVAILABLE (shutting down or a worker
     lost: retry, on another replica), INTERNAL (a bug: please report it). Every
     failed call carries `jaxinit-error-type` (the domain error's name) in its trailers.
-    Calls may send `authorization: Bearer <token>` and `x-request-id` metadata.
+    Calls may send `authorization: Bearer <token>` and `x-request-id` metadata, and
+    `x-jaxinit-jax-version` (a version pin, as a request's jax_version: a pooled
+    deployment routes on it; the server refuses a call whose pin it does not match).
     """
 
     def __init__(self, channel):
@@ -67,6 +69,11 @@ class InitializersStub:
                 request_serializer=jaxinit_dot_v1_dot_jaxinit__pb2.ListInitializersRequest.SerializeToString,
                 response_deserializer=jaxinit_dot_v1_dot_jaxinit__pb2.ListInitializersResponse.FromString,
                 _registered_method=True)
+        self.ListVersions = channel.unary_unary(
+                '/jaxinit.v1.Initializers/ListVersions',
+                request_serializer=jaxinit_dot_v1_dot_jaxinit__pb2.ListVersionsRequest.SerializeToString,
+                response_deserializer=jaxinit_dot_v1_dot_jaxinit__pb2.ListVersionsResponse.FromString,
+                _registered_method=True)
 
 
 class InitializersServicer:
@@ -82,7 +89,9 @@ class InitializersServicer:
     token, where the server requires one), UNAVAILABLE (shutting down or a worker
     lost: retry, on another replica), INTERNAL (a bug: please report it). Every
     failed call carries `jaxinit-error-type` (the domain error's name) in its trailers.
-    Calls may send `authorization: Bearer <token>` and `x-request-id` metadata.
+    Calls may send `authorization: Bearer <token>` and `x-request-id` metadata, and
+    `x-jaxinit-jax-version` (a version pin, as a request's jax_version: a pooled
+    deployment routes on it; the server refuses a call whose pin it does not match).
     """
 
     def Generate(self, request, context):
@@ -121,6 +130,15 @@ class InitializersServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListVersions(self, request, context):
+        """What this server (or deployment) serves: its JAX and jaxlib versions,
+        backend, device, key implementations and dtypes; a pooled deployment lists
+        one entry per pool (see docs/deployment.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InitializersServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -144,6 +162,11 @@ def add_InitializersServicer_to_server(servicer, server):
                     request_deserializer=jaxinit_dot_v1_dot_jaxinit__pb2.ListInitializersRequest.FromString,
                     response_serializer=jaxinit_dot_v1_dot_jaxinit__pb2.ListInitializersResponse.SerializeToString,
             ),
+            'ListVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListVersions,
+                    request_deserializer=jaxinit_dot_v1_dot_jaxinit__pb2.ListVersionsRequest.FromString,
+                    response_serializer=jaxinit_dot_v1_dot_jaxinit__pb2.ListVersionsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'jaxinit.v1.Initializers', rpc_method_handlers)
@@ -165,7 +188,9 @@ class Initializers:
     token, where the server requires one), UNAVAILABLE (shutting down or a worker
     lost: retry, on another replica), INTERNAL (a bug: please report it). Every
     failed call carries `jaxinit-error-type` (the domain error's name) in its trailers.
-    Calls may send `authorization: Bearer <token>` and `x-request-id` metadata.
+    Calls may send `authorization: Bearer <token>` and `x-request-id` metadata, and
+    `x-jaxinit-jax-version` (a version pin, as a request's jax_version: a pooled
+    deployment routes on it; the server refuses a call whose pin it does not match).
     """
 
     @staticmethod
@@ -266,6 +291,33 @@ class Initializers:
             '/jaxinit.v1.Initializers/ListInitializers',
             jaxinit_dot_v1_dot_jaxinit__pb2.ListInitializersRequest.SerializeToString,
             jaxinit_dot_v1_dot_jaxinit__pb2.ListInitializersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jaxinit.v1.Initializers/ListVersions',
+            jaxinit_dot_v1_dot_jaxinit__pb2.ListVersionsRequest.SerializeToString,
+            jaxinit_dot_v1_dot_jaxinit__pb2.ListVersionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

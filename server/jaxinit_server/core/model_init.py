@@ -15,7 +15,7 @@ from typing import Any
 from jaxinit.protocol.errors import InvalidArgument, JaxinitError, TooLarge
 from jaxinit.protocol.expansion import Output, expand, model_canonical, model_prng, outputs, plan_jit
 from jaxinit.protocol.keys import Key
-from jaxinit_server.core.request import GenerateParams, Limits, PrngDefaults, Resolved, resolve
+from jaxinit_server.core.request import GenerateParams, Limits, PrngDefaults, Resolved, check_pin, resolve
 
 __all__ = ["InitModelParams", "ResolvedModel", "resolve_model"]
 
@@ -33,6 +33,8 @@ class InitModelParams:
     threefry_partitionable: bool | None = None
     enable_x64: bool | None = None
     jit: Any = False  # a jitted model.init: every tensor as jax.jit(init) makes it
+    jax_version: Any = None  # pins, as GenerateParams' (checked once, before the description)
+    backend: Any = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ def resolve_model(params: InitModelParams, limits: Limits, defaults: PrngDefault
     Raises:
         InvalidArgument (with the place in the description), UnknownInitializer, TooLarge.
     """
+    check_pin(params.jax_version, params.backend, defaults)
     if params.key is None:
         raise InvalidArgument("a model needs a root key: give a seed or key data")
     if not isinstance(params.jit, bool):

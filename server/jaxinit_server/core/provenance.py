@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -11,7 +12,7 @@ import jaxlib.version as jaxlib_version
 import jaxinit_server
 from jaxinit_server.core.request import PrngDefaults
 
-__all__ = ["ServerIdentity", "server_identity"]
+__all__ = ["ServerIdentity", "server_identity", "served_versions"]
 
 
 @dataclass(frozen=True)
@@ -39,14 +40,38 @@ class ServerIdentity:
 def server_identity() -> ServerIdentity:
     """Read the installed JAX's versions, default backend and default PRNG settings."""
     device = jax.devices()[0]
+    backend = jax.default_backend()
     return ServerIdentity(
         jaxinit_version=jaxinit_server.__version__,
         jax_version=jax.__version__,
         jaxlib_version=jaxlib_version.__version__,
-        backend=jax.default_backend(),
+        backend=backend,
         device_kind=device.device_kind,
         defaults=PrngDefaults(
             threefry_partitionable=bool(jax.config.jax_threefry_partitionable),  # type: ignore[attr-defined]
             enable_x64=bool(jax.config.jax_enable_x64),  # type: ignore[attr-defined]
+            jax_version=jax.__version__,
+            backend=backend,
         ),
     )
+
+
+def served_versions(described: Mapping[str, Any]) -> dict[str, Any]:
+    """What this server serves (``GET /v1/versions``, gRPC ListVersions), from
+    :meth:`Service.describe`: one entry, its own default. A pooled deployment answers
+    with one entry per pool (docs/deployment.md)."""
+    server = described["server"]
+    entry = {
+        name: server[name]
+        for name in (
+            "jax_version",
+            "jaxlib_version",
+            "backend",
+            "device_kind",
+            "jaxinit_version",
+            "threefry_partitionable",
+            "enable_x64",
+        )
+    }
+    entry.update(key_impls=described["key_impls"], dtypes=described["dtypes"], default=True)
+    return {"versions": [entry]}

@@ -12,16 +12,19 @@ from typing import Any
 
 from jaxinit.protocol.catalog import InitializerSpec, bind_arguments, lookup
 from jaxinit.protocol.codec import DTYPES, SIXTY_FOUR_BIT, dtype_name
-from jaxinit.protocol.errors import InvalidArgument, TooLarge
+from jaxinit.protocol.errors import InvalidArgument, TooLarge, VersionMismatch
 from jaxinit.protocol.keys import Key
+from jaxinit.protocol.provenance import version_matches
+from jaxinit.protocol.wire import JAX_VERSION_HEADER
 
-__all__ = ["GenerateParams", "Limits", "PrngDefaults", "Resolved", "resolve"]
+__all__ = ["GenerateParams", "Limits", "PrngDefaults", "Resolved", "check_pin", "pinned", "resolve"]
 
 MAX_RANK = 64
 # What numpy and XLA can index: every byte count, including the product of the non-zero
 # dimensions of a 0-size shape, must stay below 2**63.
 MAX_INDEX = 2**63 - 1
 MAX_REQUEST_ID = 256  # characters; it is echoed in every chunk
+MAX_PIN = 64  # characters of a pinned jax_version or backend
 MAX_KEY_BY_KEY_STEPS = 2**14  # derivation steps of an rbg batch key (slices x steps): ~1 s of eager JAX
 
 
@@ -60,10 +63,13 @@ class Limits:
 
 @dataclass(frozen=True)
 class PrngDefaults:
-    """What an unset PRNG setting means: the installed JAX's configuration."""
+    """What an unset PRNG setting means: the installed JAX's configuration; and which JAX
+    and backend that is, for requests pinned to one (empty: unknown, every pin refused)."""
 
     threefry_partitionable: bool
     enable_x64: bool
+    jax_version: str = ""
+    backend: str = ""
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,8 @@ class GenerateParams:
     offset: Any = None  # a range, in flat elements: [offset, offset + count)
     count: Any = None
     jit: Any = False  # the values jax.jit(init) gives (inside nn.scan, a jitted init)
+    jax_version: Any = None  # a pin: answered only by that JAX (see check_pin); None: any
+    backend: Any = None  # a pin: answered only on that backend ("cpu", "gpu", "tpu"); None: any
 
 
 @dataclass(frozen=True)
@@ -127,8 +135,10 @@ def resolve(params: GenerateParams, limits: Limits, defaults: PrngDefaults) -> R
     """Validate ``params`` and decide every default.
 
     Raises:
-        UnknownInitializer, UnknownDtype, InvalidArgument, TooLarge.
+        VersionMismatch (first: another version judges the rest), UnknownInitializer,
+        UnknownDtype, InvalidArgument, TooLarge.
     """
+    check_pin(params.jax_version, params.backend, defaults)
     spec = lookup(params.initializer)
     args = bind_arguments(spec, params.args)
     shape = _shape(params.shape)
@@ -215,6 +225,77 @@ def resolve(params: GenerateParams, limits: Limits, defaults: PrngDefaults) -> R
         jit=params.jit,
         tensor_digest=tensor_digest,
     )
+
+
+def pinned(field: Any, header: str | None) -> Any:
+    """The one version pin of a request that gave it in its body or query (``field``) and
+    in the ``x-jaxinit-jax-version`` header / metadata (``header``, what a load balancer
+    routes on). Both given must say the same.
+
+    >>> pinned(None, "0.10.2"), pinned("0.10.2", None), pinned("", None)
+    ('0.10.2', '0.10.2', None)
+    """
+    field = None if field in (None, "") else field
+    header = None if header in (None, "") else header
+    if field is not None and header is not None and field != header:
+        raise InvalidArgument(
+            f"the request pins jax_version {_quote(field)} but its {JAX_VERSION_HEADER} header says "
+            f"{_quote(header)}: send one version (the client sends the header with the field)"
+        )
+    return header if field is None else field
+
+
+def check_pin(jax_version: Any, backend: Any, defaults: PrngDefaults) -> None:
+    """Refuse a request pinned to another JAX version or backend than this server's.
+
+    A version pin matches the server's version exactly, or as a prefix on a dot boundary
+    (``"0.10"`` takes 0.10.2; see :func:`jaxinit.protocol.provenance.version_matches`); a
+    backend pin matches exactly ("cpu", "gpu", "tpu": ``jax.default_backend()``).
+
+    Raises:
+        InvalidArgument: a pin that is not a version (or backend) name.
+        VersionMismatch: this server is not what the request pinned (412 /
+            FAILED_PRECONDITION), naming both.
+    """
+    version_pin = _pin("jax_version", jax_version)
+    backend_pin = _pin("backend", backend)
+    if version_pin is None and backend_pin is None:
+        return
+    if version_pin == "local":
+        raise InvalidArgument(
+            'jax_version "local" means the JAX installed beside the client: the client sends that version; '
+            "a server takes a version such as 0.10.2"
+        )
+    version_ok = version_pin is None or version_matches(version_pin, defaults.jax_version)
+    backend_ok = backend_pin is None or backend_pin == defaults.backend
+    if version_ok and backend_ok:
+        return
+    asked = " on ".join(
+        part for part in (version_pin and f"JAX {version_pin}", backend_pin and f"backend {backend_pin}") if part
+    )
+    served = f"JAX {defaults.jax_version or '(unknown)'} on backend {defaults.backend or '(unknown)'}"
+    raise VersionMismatch(
+        f"the request is pinned to {asked}; this server runs {served}, so it does not answer it (its bytes "
+        f"could differ). Send it to a server or pool of that version ({JAX_VERSION_HEADER} routes it behind a "
+        "pooled deployment; GET /v1/versions lists what a deployment serves), or drop the pin."
+    )
+
+
+def _pin(name: str, value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if (
+        not isinstance(value, str)
+        or len(value) > MAX_PIN
+        or not value.strip()
+        or not all(c.isalnum() or c in ".+-_" for c in value)
+    ):
+        raise InvalidArgument(f"{name} must be a version or backend name such as 0.10.2 or cpu, got {_quote(value)}")
+    return value
+
+
+def _quote(value: Any) -> str:
+    return repr(value)[:40]
 
 
 def _range(offset: Any, count: Any, total: int) -> tuple[int, int]:

@@ -16,9 +16,11 @@ from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
 from jaxinit_server import jsonio
 from jaxinit_server.auth import KeyRing
 from jaxinit_server.core import GenerateParams, InitModelParams, Service, TensorStream
+from jaxinit_server.core.provenance import served_versions
 from jaxinit_server.core.regions import Regions
+from jaxinit_server.core.request import pinned
 from jaxinit_server.grpc.interceptors import Malformed
-from jaxinit_server.grpc.status import abort, caller_of, domain_error, echo_request_id
+from jaxinit_server.grpc.status import abort, caller_of, domain_error, echo_request_id, pin_of
 from jaxinit_server.telemetry import Call, Telemetry
 
 __all__ = ["SERVICE_NAME", "InitializersServicer", "params_from_proto"]
@@ -57,8 +59,8 @@ def _step_from_proto(step: pb.KeyStep) -> tuple[Any, ...]:
     raise InvalidArgument("a KeyStep needs fold_in, split or stack")
 
 
-def params_from_proto(request: pb.GenerateRequest) -> GenerateParams:
-    """The core's view of a wire request."""
+def params_from_proto(request: pb.GenerateRequest, pin: str | None = None) -> GenerateParams:
+    """The core's view of a wire request; ``pin``: the call's x-jaxinit-jax-version metadata."""
     prng = request.prng
     return GenerateParams(
         initializer=request.initializer,
@@ -72,10 +74,12 @@ def params_from_proto(request: pb.GenerateRequest) -> GenerateParams:
         request_id=request.request_id,
         offset=request.offset if request.HasField("offset") else None,
         count=request.count if request.HasField("count") else None,
+        jax_version=pinned(request.jax_version, pin),
+        backend=request.backend or None,
     )
 
 
-def model_params_from_proto(request: pb.InitModelRequest) -> InitModelParams:
+def model_params_from_proto(request: pb.InitModelRequest, pin: str | None = None) -> InitModelParams:
     try:
         model = jsonio.loads(request.model_json)
     except ValueError as exc:
@@ -93,6 +97,8 @@ def model_params_from_proto(request: pb.InitModelRequest) -> InitModelParams:
         threefry_partitionable=prng.threefry_partitionable if prng.HasField("threefry_partitionable") else None,
         enable_x64=prng.enable_x64 if prng.HasField("enable_x64") else None,
         jit=prng.jit,
+        jax_version=pinned(request.jax_version, pin),
+        backend=request.backend or None,
     )
 
 
@@ -188,7 +194,7 @@ class InitializersServicer(pb_grpc.InitializersServicer):  # type: ignore[misc]
         error: BaseException | None = None
         try:
             regions = self._regions(request.shared_memory)
-            resolved = self._service.prepare(params_from_proto(request))
+            resolved = self._service.prepare(params_from_proto(request, pin_of(context)))
             call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
             tensor = await self._service.generate(resolved, caller=caller_of(context, self._keyring))
             async for message in frames(tensor, request.request_id, self._chunk, call, regions=regions):
@@ -216,6 +222,7 @@ class InitializersServicer(pb_grpc.InitializersServicer):  # type: ignore[misc]
         # Each item is a request of its own: "<stream id>/<item id>".
         stream_id = await echo_request_id(context, self._telemetry.replica)
         who = caller_of(context, self._keyring)
+        pin = pin_of(context)  # the stream's: every item is pinned to it
         unsent = 0  # items started and not yet sent (or failed)
         all_sent = asyncio.Event()
         all_sent.set()
@@ -237,7 +244,7 @@ class InitializersServicer(pb_grpc.InitializersServicer):  # type: ignore[misc]
                         except JaxinitError as exc:
                             future = _failed(exc)
                         else:
-                            future = await self._start_one(request, call, who, all_sent)
+                            future = await self._start_one(request, call, who, all_sent, pin)
                         request_id = request.request_id
                     unsent += 1
                     all_sent.clear()
@@ -298,11 +305,11 @@ class InitializersServicer(pb_grpc.InitializersServicer):  # type: ignore[misc]
                     left[2].close(asyncio.CancelledError())
 
     async def _start_one(
-        self, request: pb.GenerateRequest, call: Call, who: str, all_sent: asyncio.Event
+        self, request: pb.GenerateRequest, call: Call, who: str, all_sent: asyncio.Event, pin: str | None
     ) -> asyncio.Future[TensorStream]:
         """One GenerateMany item's generation, started; its errors come out of the future."""
         try:
-            resolved = self._service.prepare(params_from_proto(request))
+            resolved = self._service.prepare(params_from_proto(request, pin))
             call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
             try:
                 ticket = self._service.admit(resolved, caller=who)
@@ -323,7 +330,7 @@ class InitializersServicer(pb_grpc.InitializersServicer):  # type: ignore[misc]
         error: BaseException | None = None
         try:
             regions = self._regions(request.shared_memory)
-            params = await asyncio.to_thread(model_params_from_proto, request)  # a big JSON text
+            params = await asyncio.to_thread(model_params_from_proto, request, pin_of(context))  # a big JSON text
             who = caller_of(context, self._keyring)
             model = await self._service.prepare_model(params, caller=who)
             call.describe("model", (len(model.outputs),), "")
@@ -365,3 +372,9 @@ class InitializersServicer(pb_grpc.InitializersServicer):  # type: ignore[misc]
             server=pb.Provenance(**described["server"]),
             shared_memory_directory=(described["shared_memory"] or {}).get("directory", ""),
         )
+
+    async def ListVersions(
+        self, request: pb.ListVersionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListVersionsResponse:
+        served = served_versions(self._service.describe())
+        return pb.ListVersionsResponse(versions=[pb.ServedVersion(**v) for v in served["versions"]])

@@ -8,7 +8,7 @@ import logging
 import grpc
 
 from jaxinit.protocol.errors import InternalError, JaxinitError, mapping_for
-from jaxinit.protocol.wire import ERROR_TYPE_KEY, REPLICA_HEADER, REQUEST_ID_HEADER, RETRY_AFTER_KEY
+from jaxinit.protocol.wire import ERROR_TYPE_KEY, JAX_VERSION_HEADER, REPLICA_HEADER, REQUEST_ID_HEADER, RETRY_AFTER_KEY
 from jaxinit_server.auth import KeyRing, caller, grpc_authorization
 from jaxinit_server.core.errors import as_domain_error
 from jaxinit_server.telemetry import request_id_from
@@ -43,6 +43,14 @@ async def echo_request_id(context: grpc.aio.ServicerContext, replica: str) -> st
     metadata = ((REQUEST_ID_HEADER, request_id),) + (((REPLICA_HEADER, replica),) if replica else ())
     await context.send_initial_metadata(metadata)
     return request_id
+
+
+def pin_of(context: grpc.aio.ServicerContext) -> str | None:
+    """The call's ``x-jaxinit-jax-version`` metadata (the version it is pinned to), if any."""
+    for key, value in context.invocation_metadata() or ():
+        if key == JAX_VERSION_HEADER:
+            return value if isinstance(value, str) else None
+    return None
 
 
 def caller_of(context: grpc.aio.ServicerContext, keyring: KeyRing | None) -> str:

@@ -19,7 +19,7 @@ from jaxinit.protocol.catalog import CATALOG
 from jaxinit.protocol.errors import InvalidArgument, TooLarge
 from jaxinit_server.auth import KeyRing
 from jaxinit_server.core import Service, TensorStream
-from jaxinit_server.grpc.status import abort, caller_of, domain_error
+from jaxinit_server.grpc.status import abort, caller_of, domain_error, pin_of
 from jaxinit_server.kserve import grpc_predict_v2_pb2 as pb
 from jaxinit_server.kserve import grpc_predict_v2_pb2_grpc as pb_grpc
 from jaxinit_server.kserve import model_config_pb2
@@ -135,7 +135,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
         error: BaseException | None = None
         try:
             parameters = {k: _parameter(v) for k, v in request.parameters.items()}
-            params = params_from_v2(request.model_name, _inputs(request), parameters, request.model_version)
+            params = params_from_v2(
+                request.model_name, _inputs(request), parameters, request.model_version, pin_of(context)
+            )
             resolved = self._service.prepare(params)
             call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
             datatype = datatype_of(resolved.out_dtype)

@@ -9,7 +9,9 @@ carries:
 - request parameters: ``dtype`` (a jaxinit name such as ``bfloat16`` or a v2
   datatype such as ``BF16``), ``key_impl``, ``key_derive`` (further steps after
   ``fold_in``: ``fold_in:X,split:NUM:INDEX,stack:NUM``), ``threefry_partitionable``, ``enable_x64``, ``jit``,
-  ``offset``/``count`` (a range in flat elements), and every initializer argument
+  ``offset``/``count`` (a range in flat elements), ``jax_version``/``backend`` (pins:
+  answered only by that JAX and backend, else 412 / FAILED_PRECONDITION; the
+  ``x-jaxinit-jax-version`` header pins too), and every initializer argument
   by name: numbers as int64/double parameters, booleans as bool, anything else as a
   string holding a JSON literal or a plain string (``"[0, 1]"``, ``"fan_in"``);
 - one output, ``output``: the tensor, little-endian, in the datatype named below.
@@ -30,6 +32,7 @@ from jaxinit.protocol.codec import DTYPES, array_from_buffer
 from jaxinit.protocol.errors import InvalidArgument, UnknownInitializer, did_you_mean
 from jaxinit.protocol.keys import DEFAULT_IMPL, Key, derive_from_text
 from jaxinit_server.core import GenerateParams
+from jaxinit_server.core.request import pinned
 
 __all__ = [
     "DATATYPES",
@@ -78,6 +81,8 @@ _RESERVED = {
     "jit",
     "offset",
     "count",
+    "jax_version",
+    "backend",
     "binary_data_output",
     "binary_data",
     "binary_data_size",
@@ -192,9 +197,10 @@ def _ints(item: Input, kinds: tuple[str, ...]) -> list[int]:
 
 
 def params_from_v2(
-    model: str, inputs: Sequence[Input], parameters: Mapping[str, Any], version: str = ""
+    model: str, inputs: Sequence[Input], parameters: Mapping[str, Any], version: str = "", pin: str | None = None
 ) -> GenerateParams:
-    """The jaxinit request a v2 inference request means (see the module docstring).
+    """The jaxinit request a v2 inference request means (see the module docstring); ``pin``:
+    the request's ``x-jaxinit-jax-version`` header or metadata.
 
     Raises:
         UnknownInitializer: no such model or version. InvalidArgument: inputs or parameters that do not fit.
@@ -257,6 +263,8 @@ def params_from_v2(
         jit=bool(_flag(parameters, "jit")),
         offset=parameters.get("offset"),
         count=parameters.get("count"),
+        jax_version=pinned(parameters.get("jax_version"), pin),
+        backend=parameters.get("backend"),
     )
 
 

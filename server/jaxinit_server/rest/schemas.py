@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from jaxinit.protocol.keys import DEFAULT_IMPL, Key, derive_from_json
 from jaxinit_server.core import GenerateParams, InitModelParams
+from jaxinit_server.core.request import pinned
 
 __all__ = ["ErrorResponse", "GenerateBody", "KeyBody", "ModelBody", "PrngBody", "key_from_body"]
 
@@ -61,8 +62,16 @@ class GenerateBody(BaseModel):
     request_id: str = ""
     offset: StrictInt | None = Field(None, description="first flat element of a range (default 0)")
     count: StrictInt | None = Field(None, description="flat elements in the range (default: to the end)")
+    jax_version: str | None = Field(
+        None,
+        description="answered only by this JAX version (exact, or a prefix on a dot boundary: 0.10 takes 0.10.2); "
+        "else 412. The x-jaxinit-jax-version header pins too (a pooled deployment routes on it)",
+        examples=["0.10.2"],
+    )
+    backend: str | None = Field(None, description="answered only on this JAX backend (cpu, gpu, tpu); else 412")
 
-    def params(self) -> GenerateParams:
+    def params(self, pin: str | None = None) -> GenerateParams:
+        """The core's request; ``pin``: the x-jaxinit-jax-version header, if sent."""
         prng = self.prng or PrngBody()
         return GenerateParams(
             initializer=self.initializer,
@@ -76,6 +85,8 @@ class GenerateBody(BaseModel):
             request_id=self.request_id,
             offset=self.offset,
             count=self.count,
+            jax_version=pinned(self.jax_version, pin),
+            backend=self.backend,
         )
 
 
@@ -109,8 +120,16 @@ class ModelBody(BaseModel):
     fix_rng_separator: StrictBool = Field(False, description="linen: as flax_fix_rng_separator")
     param_dtype: str = Field("float32", description="default param_dtype of every module")
     prng: PrngBody | None = None
+    jax_version: str | None = Field(
+        None,
+        description="answered only by this JAX version (exact, or a prefix on a dot boundary: 0.10 takes 0.10.2); "
+        "else 412. The x-jaxinit-jax-version header pins too (a pooled deployment routes on it)",
+        examples=["0.10.2"],
+    )
+    backend: str | None = Field(None, description="answered only on this JAX backend (cpu, gpu, tpu); else 412")
 
-    def params(self) -> InitModelParams:
+    def params(self, pin: str | None = None) -> InitModelParams:
+        """The core's request; ``pin``: the x-jaxinit-jax-version header, if sent."""
         prng = self.prng or PrngBody()
         return InitModelParams(
             model=self.model,
@@ -122,6 +141,8 @@ class ModelBody(BaseModel):
             threefry_partitionable=prng.threefry_partitionable,
             enable_x64=prng.enable_x64,
             jit=prng.jit,
+            jax_version=pinned(self.jax_version, pin),
+            backend=self.backend,
         )
 
 

@@ -24,6 +24,8 @@ def test_the_identity_is_the_installed_jax() -> None:
     assert identity.defaults == PrngDefaults(
         threefry_partitionable=bool(jax.config.jax_threefry_partitionable),
         enable_x64=bool(jax.config.jax_enable_x64),
+        jax_version=jax.__version__,
+        backend=jax.default_backend(),
     )
 
 

@@ -11,9 +11,10 @@ from fastapi.responses import Response
 from jaxinit.protocol.catalog import args_from_text
 from jaxinit.protocol.errors import InvalidArgument
 from jaxinit.protocol.keys import DEFAULT_IMPL, Key, derive_from_text
-from jaxinit.protocol.wire import DIGESTED, JSON, NPY, OCTET, SHARED_MEMORY_HEADER
+from jaxinit.protocol.wire import DIGESTED, JAX_VERSION_HEADER, JSON, NPY, OCTET, SHARED_MEMORY_HEADER
 from jaxinit_server.core import GenerateParams, Resolved, Service
 from jaxinit_server.core.regions import Regions
+from jaxinit_server.core.request import pinned
 from jaxinit_server.rest.deps import CallerDep, OffLoopJSONRoute, ServiceDep, TelemetryDep, observe
 from jaxinit_server.rest.framing import check_json_size, negotiate, region_response, tensor_response
 from jaxinit_server.rest.schemas import GenerateBody
@@ -40,6 +41,8 @@ RESERVED = {
     "jit",
     "offset",
     "count",
+    "jax_version",
+    "backend",
 }
 
 
@@ -60,7 +63,8 @@ async def generate(
     async def answer() -> Response:
         media = negotiate(request.headers.get("accept"))
         regions = _regions(service, request)
-        return await _respond(service, service.prepare(body.params()), media, {}, call, caller, regions)
+        resolved = service.prepare(body.params(request.headers.get(JAX_VERSION_HEADER)))
+        return await _respond(service, resolved, media, {}, call, caller, regions)
 
     return await observe(call, answer(), request)
 
@@ -91,6 +95,10 @@ async def generate_get(
     jit: Annotated[bool, Query(description="the values jax.jit(init) gives (as inside nn.scan)")] = False,
     offset: Annotated[int | None, Query(description="first flat element of a range")] = None,
     count: Annotated[int | None, Query(description="flat elements in the range")] = None,
+    jax_version: Annotated[
+        str | None, Query(description="answered only by this JAX version (0.10 takes 0.10.x), else 412")
+    ] = None,
+    backend: Annotated[str | None, Query(description="answered only on this JAX backend, else 412")] = None,
     if_none_match: Annotated[str | None, Header()] = None,
     x_request_id: Annotated[str | None, Header()] = None,
 ) -> Response:
@@ -124,6 +132,8 @@ async def generate_get(
                 jit=jit,
                 offset=offset,
                 count=count,
+                jax_version=pinned(jax_version, request.headers.get(JAX_VERSION_HEADER)),
+                backend=backend,
             )
         )
         etag = service.etag(resolved)

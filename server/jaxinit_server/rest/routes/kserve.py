@@ -17,7 +17,7 @@ from starlette.requests import ClientDisconnect
 
 from jaxinit.protocol.catalog import CATALOG
 from jaxinit.protocol.errors import JaxinitError
-from jaxinit.protocol.wire import JSON, REQUEST_ID_HEADER
+from jaxinit.protocol.wire import JAX_VERSION_HEADER, JSON, REQUEST_ID_HEADER
 from jaxinit_server.core import TensorStream
 from jaxinit_server.disconnects import unless_disconnected
 from jaxinit_server.kserve.mapping import (
@@ -217,7 +217,8 @@ async def _infer(
     try:
         body = await request.body()
         v2 = await asyncio.to_thread(read_request, body, request.headers.get(HEADER_LENGTH))
-        resolved = service.prepare(params_from_v2(name, v2.inputs, v2.parameters, version))
+        pin = request.headers.get(JAX_VERSION_HEADER)
+        resolved = service.prepare(params_from_v2(name, v2.inputs, v2.parameters, version, pin))
         call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
         datatype = datatype_of(resolved.out_dtype)
         if not v2.binary_output:

@@ -41,7 +41,7 @@ async def init_model(
 
     async def answer() -> Response:
         media = negotiate(request.headers.get("accept"), MODEL_MEDIA_TYPES)
-        model = await service.prepare_model(body.params(), caller=caller)
+        model = await service.prepare_model(body.params(request.headers.get(wire.JAX_VERSION_HEADER)), caller=caller)
         call.describe("model", (len(model.outputs),), "")
         metadata = service.model_metadata(model)
         headers = {wire.MODEL_DIGEST_HEADER: model.digest}
