@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from jaxinit._types import ModelRequest, Provenance, Request, Tensor, check_derived, enumerate_async
+from jaxinit._verify import refetch_metadata
 from jaxinit.protocol import safetensors
 from jaxinit.protocol.catalog import CATALOG, InitializerSpec, bind_arguments, unknown_message
 from jaxinit.protocol.codec import dtype_name, is_bits_type, numpy_dtype
@@ -964,8 +965,8 @@ def _model_result(
         model_digest=digest,
         jit=bool(request.jit),
     )
-    if path is not None:
-        write_arrays(os.fspath(path), arrays, metadata)
+    if path is not None:  # the file carries its request too, to be verified (jaxinit verify)
+        write_arrays(os.fspath(path), arrays, {**metadata, **refetch_metadata(arrays, model_request=request.to_json())})
     result = ModelParams(arrays if flat else nest(arrays))
     result.provenance = {t.request_id: t.provenance for t in tensors}
     result.metadata = metadata

@@ -3,6 +3,7 @@
     jaxinit get lecun_normal --shape 784,256 --seed 0 --dtype bfloat16 -o w.npy
     jaxinit model mlp.json --seed 0 --layout torch -o mlp.safetensors
     jaxinit export mypkg.models:Transformer --input-shape 1,128 --input-dtype int32 -o plan.json
+    jaxinit verify mlp.safetensors
     jaxinit list
     jaxinit describe variance_scaling
 
@@ -24,7 +25,8 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from jaxinit._client import Client, arrays_file
+from jaxinit._client import Client, _version_pin, arrays_file
+from jaxinit._verify import digests, refetch_metadata, verify_file
 from jaxinit.protocol import __version__
 from jaxinit.protocol.catalog import args_from_text, unknown_message
 from jaxinit.protocol.codec import dtype_name, npy_dtype, to_wire_bytes
@@ -44,6 +46,7 @@ EXAMPLES = """examples:
   jaxinit model mlp.json --seed 0 --layout torch -o mlp.safetensors
   jaxinit export mypkg.models:Transformer --input-shape 1,128 --input-dtype int32 -o plan.json  # needs JAX, Flax
   jaxinit model plan.json --seed 0 --layout torch -o init.safetensors    # anywhere, no JAX
+  jaxinit verify mlp.safetensors        # fetch every tensor again (same JAX version) and compare
   jaxinit --url http://127.0.0.1:8000 list                               # over HTTP
   jaxinit describe variance_scaling
 """
@@ -133,6 +136,14 @@ def _parser() -> argparse.ArgumentParser:
     describe = commands.add_parser("describe", help="one initializer's arguments, types and defaults")
     describe.add_argument("name", help="an initializer, e.g. variance_scaling")
 
+    def pin_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--jax-version",
+            help="answered only by this JAX version (0.10 takes any 0.10.x; 'local': the JAX installed here), "
+            "else refused (412 / FAILED_PRECONDITION)",
+        )
+        p.add_argument("--backend", help="answered only on this JAX backend (cpu, gpu, tpu)")
+
     def key_options(p: argparse.ArgumentParser) -> None:
         group = p.add_mutually_exclusive_group(required=True)
         group.add_argument("--seed", type=int, help="jax.random.key(seed) on the server")
@@ -154,6 +165,7 @@ def _parser() -> argparse.ArgumentParser:
             default=None,
             help="JAX's jax_enable_x64 for this request: float64 and int64 defaults (default: the server's)",
         )
+        pin_options(p)
         formats = MODEL_SUFFIXES if p.prog.endswith("model") else SUFFIXES
         stdout_format = _stdout_suffix(formats).lstrip(".")
         p.add_argument(
@@ -236,6 +248,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     key_options(model)
 
+    verify = commands.add_parser(
+        "verify",
+        help="fetch a file's tensors again, pinned to the JAX version and backend that made them, and compare",
+    )
+    verify.add_argument("file", help="a .safetensors file written by jaxinit (get, model, or init_model(path=...))")
+
     export = commands.add_parser(
         "export",
         help="trace a linen model shape-only into a plan (needs JAX and Flax here; `jaxinit model` realises it)",
@@ -310,6 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(_describe(client.list_initializers(), ns.name))
             elif ns.command == "get":
                 _get(client, ns)
+            elif ns.command == "verify":
+                return _verify(client, ns)
             else:
                 _model(client, ns)
     except (InvalidArgument, UnknownInitializer) as exc:
@@ -436,6 +456,8 @@ def _key(ns: argparse.Namespace, fold_in: Sequence[int] = (), derive: str = "") 
 def _settings(client: Client, ns: argparse.Namespace) -> None:
     client.threefry_partitionable = ns.threefry_partitionable
     client.enable_x64 = ns.enable_x64
+    client.jax_version = _version_pin(ns.jax_version)
+    client.backend = ns.backend
     client.progress = sys.stderr.isatty() if ns.progress is None else ns.progress
     if ns.progress is None and client.progress:
         try:
@@ -497,6 +519,7 @@ def _get(client: Client, ns: argparse.Namespace) -> None:
         "request_digest": provenance.request_digest,
         "jax_version": provenance.jax_version,
         "backend": provenance.backend,
+        "digests": digests({name: array}),
     }
     if suffix in (".npz", ".safetensors"):
         _write(ns, arrays_file(suffix, {name: array}, metadata))
@@ -559,7 +582,8 @@ def _model(client: Client, ns: argparse.Namespace) -> None:
         flat=True,
         jit=ns.jit,
     )
-    _write(ns, arrays_file(suffix, dict(params), params.metadata))
+    metadata = {**params.metadata, **refetch_metadata(params, model_request=_model_request(client, ns, description))}
+    _write(ns, arrays_file(suffix, dict(params), metadata))
     size = sum(a.nbytes for a in params.values())
     _report(
         ns,
@@ -567,6 +591,36 @@ def _model(client: Client, ns: argparse.Namespace) -> None:
         f"jax {params.metadata['jax_version']}; model {params.metadata['model_digest'][:16]}; "
         f"{_how(params.shared_memory, params.caches)}",
     )
+
+
+def _model_request(client: Client, ns: argparse.Namespace, description: Any) -> dict[str, Any]:
+    """The model request as sent (what a model file carries to be verified)."""
+    request = client._model_request(
+        description,
+        _key(ns),
+        ns.mode,
+        ns.layout,
+        ns.fix_rng_separator,
+        ns.param_dtype,
+        jit=ns.jit,
+    )
+    return request.to_json()
+
+
+def _verify(client: Client, ns: argparse.Namespace) -> int:
+    """Re-fetch every tensor of ns.file and compare; 0 when all match, 1 when any differs."""
+    with open(ns.file, "rb") as file:
+        data = file.read()
+    metadata, findings = verify_file(client, data)
+    differ = [f for f in findings if not f.ok]
+    for finding in findings:
+        print(f"{'ok' if finding.ok else 'DIFFERS'}  {finding.name}{'' if finding.ok else ': ' + finding.why}")
+    where = f"jax {metadata.get('jax_version', '?')} on {metadata.get('backend', '?')}"
+    if differ:
+        print(f"{ns.file}: {len(differ)} of {len(findings)} tensors differ ({where})", file=sys.stderr)
+        return 1
+    print(f"{ns.file}: all {len(findings)} tensors match ({where})")
+    return 0
 
 
 if __name__ == "__main__":
