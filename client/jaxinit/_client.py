@@ -355,7 +355,6 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
         self.progress = progress
         self.threefry_partitionable = threefry_partitionable
         self.enable_x64 = enable_x64
-        self.jax_version = _version_pin(jax_version)
         self.backend = backend
         self._transport = _open_transport(
             url,
@@ -368,7 +367,18 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
             ca_bundle=ca_bundle,
             shared_memory=shared_memory,
         )
-        self._transport.pin = self.jax_version  # a GenerateMany stream's pin (gRPC metadata)
+        self.jax_version = jax_version
+
+    @property
+    def jax_version(self) -> str | None:
+        """The JAX version every request is pinned to (None: any); ``"local"`` is read as the
+        version installed beside the client when set."""
+        return self._jax_version
+
+    @jax_version.setter
+    def jax_version(self, value: str | None) -> None:
+        self._jax_version = _version_pin(value)
+        self._transport.pin = self._jax_version  # a GenerateMany stream's pin (gRPC metadata)
 
     def _request(
         self,

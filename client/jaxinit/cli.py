@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from jaxinit._client import Client, _version_pin, arrays_file
+from jaxinit._client import Client, arrays_file
 from jaxinit._verify import digests, refetch_metadata, verify_file
 from jaxinit.protocol import __version__
 from jaxinit.protocol.catalog import args_from_text, unknown_message
@@ -456,7 +456,7 @@ def _key(ns: argparse.Namespace, fold_in: Sequence[int] = (), derive: str = "") 
 def _settings(client: Client, ns: argparse.Namespace) -> None:
     client.threefry_partitionable = ns.threefry_partitionable
     client.enable_x64 = ns.enable_x64
-    client.jax_version = _version_pin(ns.jax_version)
+    client.jax_version = ns.jax_version
     client.backend = ns.backend
     client.progress = sys.stderr.isatty() if ns.progress is None else ns.progress
     if ns.progress is None and client.progress:

@@ -280,3 +280,25 @@ def test_like_refetches_exactly_what_produced_an_earlier_answer(service: Service
         assert again.provenance.canonical_request == first.provenance.canonical_request
         for name, array in want.items():
             assert model_again[name].tobytes() == params[name].tobytes() == array.tobytes(), name
+
+
+def test_generate_many_carries_the_clients_pin_and_get_varies_on_the_header(service: Service) -> None:
+    async def work(grpc_url: str, transport: httpx.ASGITransport) -> list[Any]:
+        out: list[Any] = []
+        for url, kwargs in ((grpc_url, {}), ("http://in-process", {"transport": transport})):
+            async with jaxinit.AsyncClient(url, **kwargs) as client:
+                client.jax_version = OTHER  # set later: the stream's metadata follows
+                requests = [client.request("lecun_normal", seed, (2, 2)) for seed in range(2)]
+                out.append([item async for item in client.generate_many(requests)])
+                client.jax_version = MINOR  # (a request keeps the pin it was made with)
+                again = [client.request("lecun_normal", 0, (2, 2))]
+                out.append([item async for item in client.generate_many(again)])
+        async with httpx.AsyncClient(transport=transport, base_url="http://in-process") as http:
+            out.append(await http.get("/v1/generate/zeros", params={"shape": "2"}))
+        return out
+
+    *answers, get = serve(service, work)
+    for refusals, (one,) in (answers[:2], answers[2:]):
+        assert len(refusals) == 2 and all(isinstance(e, VersionMismatch) and refused(str(e)) for e in refusals)
+        assert isinstance(one, jaxinit.Tensor) and one.array.tobytes() == lecun(0, (2, 2)).tobytes()
+    assert get.status_code == 200 and wire.JAX_VERSION_HEADER in get.headers["vary"]

@@ -138,7 +138,12 @@ async def generate_get(
         )
         etag = service.etag(resolved)
         private = request.app.state.keyring is not None and request.app.state.keyring.enabled
-        headers = {"ETag": etag, "Cache-Control": IMMUTABLE_PRIVATE if private else IMMUTABLE, "Vary": "Accept"}
+        # A version pin may come as a header alone: a shared cache must not answer it from an unpinned entry.
+        headers = {
+            "ETag": etag,
+            "Cache-Control": IMMUTABLE_PRIVATE if private else IMMUTABLE,
+            "Vary": f"Accept, {JAX_VERSION_HEADER}",
+        }
         if if_none_match and (if_none_match.strip() == "*" or etag in _etags(if_none_match)):
             call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
             return Response(status_code=304, headers=headers)
