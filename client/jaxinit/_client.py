@@ -795,6 +795,11 @@ class Client(_BaseClient[Tensor, "ModelParams"]):
         """The server's registry: initializers, arguments, dtypes, key impls, server identity."""
         return self._transport.list_initializers()  # type: ignore[no-any-return]
 
+    def list_versions(self) -> dict[str, Any]:
+        """What the server (or deployment) serves: ``{"versions": [{"jax_version", "backend",
+        "key_impls", "dtypes", "default", ...}]}``, one entry per JAX version (pool)."""
+        return self._transport.list_versions()  # type: ignore[no-any-return]
+
     def close(self) -> None:
         self._transport.close()
 
@@ -858,6 +863,10 @@ class AsyncClient(_BaseClient[Coroutine[Any, Any, Tensor], Coroutine[Any, Any, "
 
     async def list_initializers(self) -> dict[str, Any]:
         return await self._transport.list_initializers()  # type: ignore[no-any-return]
+
+    async def list_versions(self) -> dict[str, Any]:
+        """See :meth:`Client.list_versions`."""
+        return await self._transport.list_versions()  # type: ignore[no-any-return]
 
     async def close(self) -> None:
         await self._transport.close()

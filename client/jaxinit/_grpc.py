@@ -100,6 +100,11 @@ class _Stub:
             request_serializer=pb.ListInitializersRequest.SerializeToString,
             response_deserializer=pb.ListInitializersResponse.FromString,
         )
+        self.ListVersions = channel.unary_unary(
+            _PATH + "ListVersions",
+            request_serializer=pb.ListVersionsRequest.SerializeToString,
+            response_deserializer=pb.ListVersionsResponse.FromString,
+        )
 
 
 # Trailing metadata of a failed call: the domain error's type, and for Overloaded the
@@ -312,7 +317,7 @@ def interrupted(error: JaxinitError, collector: _Collector) -> JaxinitError:
     return error
 
 
-def _as_dict(message: pb.ListInitializersResponse) -> dict[str, Any]:
+def _as_dict(message: pb.ListInitializersResponse | pb.ListVersionsResponse) -> dict[str, Any]:
     """The same plain data the REST endpoint returns."""
     try:
         as_dict = MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
@@ -452,6 +457,12 @@ class GrpcTransport(_Transport):
         except grpc.RpcError as exc:
             raise translate(exc, self.target) from exc
 
+    def list_versions(self) -> dict[str, Any]:
+        try:
+            return _as_dict(self._stub.ListVersions(pb.ListVersionsRequest(), **self._options))
+        except grpc.RpcError as exc:
+            raise translate(exc, self.target) from exc
+
     def close(self) -> None:
         self._channel.close()
 
@@ -530,6 +541,12 @@ class AsyncGrpcTransport(_Transport):
     async def list_initializers(self) -> dict[str, Any]:
         try:
             return _as_dict(await self._stub.ListInitializers(pb.ListInitializersRequest(), **self._options))
+        except grpc.RpcError as exc:
+            raise translate(exc, self.target) from exc
+
+    async def list_versions(self) -> dict[str, Any]:
+        try:
+            return _as_dict(await self._stub.ListVersions(pb.ListVersionsRequest(), **self._options))
         except grpc.RpcError as exc:
             raise translate(exc, self.target) from exc
 

@@ -382,6 +382,9 @@ class HttpTransport(_Transport):
     def list_initializers(self) -> dict[str, Any]:
         return self._call({"method": "GET", "url": "/v1/initializers"})  # type: ignore[no-any-return]
 
+    def list_versions(self) -> dict[str, Any]:
+        return self._call({"method": "GET", "url": "/v1/versions"})  # type: ignore[no-any-return]
+
     def close(self) -> None:
         self._http.close()
 
@@ -438,6 +441,9 @@ class AsyncHttpTransport(_Transport):
 
     async def list_initializers(self) -> dict[str, Any]:
         return await self._call({"method": "GET", "url": "/v1/initializers"})  # type: ignore[no-any-return]
+
+    async def list_versions(self) -> dict[str, Any]:
+        return await self._call({"method": "GET", "url": "/v1/versions"})  # type: ignore[no-any-return]
 
     async def close(self) -> None:
         await self._http.aclose()

@@ -302,3 +302,17 @@ def test_generate_many_carries_the_clients_pin_and_get_varies_on_the_header(serv
         assert len(refusals) == 2 and all(isinstance(e, VersionMismatch) and refused(str(e)) for e in refusals)
         assert isinstance(one, jaxinit.Tensor) and one.array.tobytes() == lecun(0, (2, 2)).tobytes()
     assert get.status_code == 200 and wire.JAX_VERSION_HEADER in get.headers["vary"]
+
+
+def test_the_client_lists_the_same_versions_over_both_transports(service: Service) -> None:
+    async def work(grpc_url: str, transport: httpx.ASGITransport) -> list[dict[str, Any]]:
+        listed = []
+        for url, kwargs in ((grpc_url, {}), ("http://in-process", {"transport": transport})):
+            async with jaxinit.AsyncClient(url, **kwargs) as client:
+                listed.append(await client.list_versions())
+        with jaxinit.Client(grpc_url) as sync:
+            listed.append(await asyncio.to_thread(sync.list_versions))
+        return listed
+
+    over_grpc, over_http, sync = serve(service, work)
+    assert over_grpc == over_http == sync == rest_call(service, lambda http: http.get("/v1/versions")).json()
