@@ -24,7 +24,7 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Coroutine, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar, cast
 from urllib.parse import urlsplit
@@ -794,7 +794,7 @@ class AsyncClient(_BaseClient[Coroutine[Any, Any, Tensor], Coroutine[Any, Any, "
             try:
                 with self._showing_progress(progress, "model"):
                     place = written.place if written is not None else None
-                    tensors = _collect([item async for item in self._transport.init_model(request, place=place)])
+                    tensors = _collect(await _until_error(self._transport.init_model(request, place=place)))
                 return await asyncio.to_thread(_model_result, tensors, request, flat, path, written)
             except (ServerUnavailable, Overloaded) as exc:
                 await asyncio.sleep(state.failed(exc))
@@ -885,6 +885,17 @@ def _tap(requests: Iterable[Request], sent: list[Request]) -> Iterator[Request]:
     for request in requests:
         sent.append(request)
         yield request
+
+
+async def _until_error(received: AsyncGenerator[Tensor | JaxinitError, None]) -> list[Tensor | JaxinitError]:
+    """The items of a model stream up to its first error (the stream is closed there)."""
+    items: list[Tensor | JaxinitError] = []
+    async with contextlib.aclosing(received):
+        async for item in received:
+            items.append(item)
+            if isinstance(item, JaxinitError):
+                break
+    return items
 
 
 def _collect(received: Iterable[Tensor | JaxinitError]) -> list[Tensor]:

@@ -87,6 +87,8 @@ class StreamedFile:
         self.sizes = [math.prod(shape) * ITEMSIZE[dtype] for _, dtype, shape in entries]
         self.starts = _starts(self.sizes)
         self.placed = 0  # tensors given their place so far
+        self._index = {name: i for i, (name, _, _) in enumerate(entries)}
+        self._next = 0  # the first tensor the next may be
         self.temp = ""
         self._map: mmap.mmap | None = None
         self._head_size = 0
@@ -101,9 +103,9 @@ class StreamedFile:
     ) -> np.ndarray | None:
         """The file's bytes where tensor ``name`` goes (a :data:`Placement`). Raises
         ProtocolError when it is not the tensor the model's expansion lists next."""
-        index = self.placed
-        if index >= len(self.entries) or self.entries[index] != (name, dtype, tuple(shape)):
-            expected = self.entries[index] if index < len(self.entries) else "no more tensors"
+        index = self._index.get(name, -1)
+        if index < self._next or self.entries[index] != (name, dtype, tuple(shape)):
+            expected = self.entries[self._next] if self._next < len(self.entries) else "no more tensors"
             raise ProtocolError(
                 f"the server sent {name!r} {dtype}{list(shape)} where this client's expansion of the model has "
                 f"{expected} (client and server of different versions?)"
@@ -111,6 +113,7 @@ class StreamedFile:
         if self._map is None:
             self._open(provenance)
         assert self._map is not None
+        self._next = index + 1  # (a tensor refused in its place is skipped: the model fails anyway)
         self.placed += 1
         if not total_bytes:
             return np.empty(0, np.uint8)

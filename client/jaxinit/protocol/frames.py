@@ -20,8 +20,10 @@ payload:
 - ``z`` (:data:`END`): the last frame. Empty when every frame before it was sent; else the
   error that ended the stream early, as ``e``'s object. A body without it was cut off.
 
->>> list(FrameReader().feed(frame(HEADER, b'{"name":"w"}') + prefix(DATA, 2) + b"ab"))
-[('h', b'{"name":"w"}'), ('d', b'a'), ('d', b'b')]
+>>> body = frame(HEADER, b'{"name":"w"}') + prefix(DATA, 4) + b"abcd" + frame(END, b"")
+>>> reader = FrameReader()
+>>> [(kind, bytes(payload)) for part in (body[:24], body[24:]) for kind, payload in reader.feed(part)]
+[('h', b'{"name":"w"}'), ('d', b'ab'), ('d', b'cd'), ('z', b'')]
 """
 
 from __future__ import annotations
@@ -33,7 +35,19 @@ from typing import Any
 
 from jaxinit.protocol.errors import JaxinitError, ProtocolError, mapping_for
 
-__all__ = ["DATA", "DIGEST", "END", "ERROR", "HEADER", "FrameReader", "error_payload", "frame", "prefix"]
+__all__ = [
+    "DATA",
+    "DIGEST",
+    "END",
+    "ERROR",
+    "HEADER",
+    "MAX_META_BYTES",
+    "FrameReader",
+    "error_payload",
+    "frame",
+    "json_payload",
+    "prefix",
+]
 
 HEADER = "h"
 DATA = "d"
