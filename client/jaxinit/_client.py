@@ -936,8 +936,9 @@ def _model_result(
         model_digest=digest,
         jit=bool(request.jit),
     )
-    if written is not None and written.complete:  # every byte is in the file already
-        arrays = written.finish(tensors, metadata)
+    finished = written.finish(tensors, metadata) if written is not None and written.complete else None
+    if finished is not None:  # every byte was written to the file as it arrived
+        arrays = finished
     elif path is not None:
         write_arrays(os.fspath(path), arrays, metadata)
     result = ModelParams(arrays if flat else nest(arrays))

@@ -57,8 +57,8 @@ def streamed_file(path: str | os.PathLike[str] | None, request: ModelRequest) ->
     """A :class:`StreamedFile` for ``path`` when it is a ``.safetensors`` file whose tensors
     the client can list up front; None: the model is written whole once it has arrived
     (a ``.npz``, or a description this client's expansion does not know)."""
-    if path is None or not os.fspath(path).endswith(".safetensors"):
-        return None
+    if path is None or not os.fspath(path).endswith(".safetensors") or os.name == "nt":
+        return None  # (Windows renames no file that is mapped: written whole there)
     try:
         outs = outputs(
             expand(
@@ -149,12 +149,19 @@ class StreamedFile:
             jit=bool(self.request.jit),
         )
 
-    def finish(self, tensors: list[Tensor], metadata: dict[str, str]) -> dict[str, np.ndarray]:
+    def finish(self, tensors: list[Tensor], metadata: dict[str, str]) -> dict[str, np.ndarray] | None:
         """The header rewritten with ``metadata``, the file flushed and given its name; the
-        arrays, a private mapping of it (the tensors' own arrays are the file's mapped bytes)."""
+        arrays, a private mapping of it (the tensors' own arrays are the file's mapped bytes).
+        None, with the file removed, when the header does not fit the room kept for it (the
+        caller writes the model whole instead)."""
         assert self._map is not None and self.complete
         try:
-            self._map[: self._head_size] = padded_header(self.entries, metadata, self._head_size)
+            head = padded_header(self.entries, metadata, self._head_size)
+        except ValueError:
+            self.abandon()
+            return None
+        try:
+            self._map[: self._head_size] = head
             self._map.flush()
             os.replace(self.temp, self.path)
         except BaseException:
