@@ -9,7 +9,6 @@ mid-model; and a caller that goes away mid-model stopping the server's work.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import pathlib
 from collections.abc import Iterator
@@ -95,7 +94,7 @@ def test_http_one_request_and_grpc_equal_local_flax(service: Service, jit: bool)
     serve(service, work)
 
 
-def test_blocking_client_over_one_request(service: Service) -> None:
+def test_blocking_client_over_one_request() -> None:
     """The blocking client reads the same framed body (a real socket: a served app)."""
     with in_process_server("--workers", "2") as server, jaxinit.Client(server.http_url, shared_memory=False) as client:
         assert_same(client.init_model(BLOCK, SEED, flat=True), local(False))
@@ -271,7 +270,5 @@ def test_a_caller_gone_mid_model_stops_the_server_work(monkeypatch: pytest.Monke
                     if any(kind == frames.HEADER for kind, _ in reader.feed(data)):
                         break
         wait_until(lambda: server.service.admission.streams == 0, "the model's capacity given back")
-        stopped = len(made)
-        assert stopped < 64
-        asyncio.run(asyncio.sleep(0))  # (nothing else is made afterwards)
-        assert len(made) == stopped
+        # Made: the tensors sent and the two made ahead of them, not the model's 64.
+        assert len(made) < 64, len(made)
