@@ -272,3 +272,23 @@ def test_a_caller_gone_mid_model_stops_the_server_work(monkeypatch: pytest.Monke
         wait_until(lambda: server.service.admission.streams == 0, "the model's capacity given back")
         # Made: the tensors sent and the two made ahead of them, not the model's 64.
         assert len(made) < 64, len(made)
+
+
+def test_a_server_without_the_framed_answer_is_asked_tensor_by_tensor(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An older server answers the framed media type with 406: the client then asks for the
+    plan and each tensor (1 + N requests), with the same bytes."""
+    from jaxinit_server.rest.routes import models as route
+
+    monkeypatch.setattr(route, "MODEL_MEDIA_TYPES", (wire.SAFETENSORS, wire.NPZ, wire.JSON))
+
+    async def work(grpc_url: str, transport: httpx.ASGITransport) -> None:
+        counted = Counted(transport)
+        async with jaxinit.AsyncClient("http://in-process", transport=counted, shared_memory=False) as http:
+            got = await http.init_model(BLOCK, SEED, flat=True)
+        assert_same(got, local(False))
+        paths = [path for _, path, _ in counted.seen]
+        assert paths[:2] == ["/v1/models/init", "/v1/models/init"] and len(paths) == 2 + len(got)
+
+    serve(service, work)
