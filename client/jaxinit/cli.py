@@ -549,6 +549,8 @@ def _model(client: Client, ns: argparse.Namespace) -> None:
     except ValueError as exc:
         raise InvalidArgument(f"{ns.description} is not JSON: {exc}") from None
     _settings(client, ns)
+    # A file named for its format is written by init_model (a .safetensors as the bytes arrive).
+    to_file = ns.output != "-" and ns.output.endswith(suffix)
     params = client.init_model(
         description,
         _key(ns),
@@ -558,8 +560,10 @@ def _model(client: Client, ns: argparse.Namespace) -> None:
         param_dtype=ns.param_dtype,
         flat=True,
         jit=ns.jit,
+        path=ns.output if to_file else None,
     )
-    _write(ns, arrays_file(suffix, dict(params), params.metadata))
+    if not to_file:
+        _write(ns, arrays_file(suffix, dict(params), params.metadata))
     size = sum(a.nbytes for a in params.values())
     _report(
         ns,
