@@ -22,15 +22,17 @@ import math
 import numbers
 import os
 import random
+import secrets
 import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Coroutine, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar, cast
 from urllib.parse import urlsplit
 
 import numpy as np
 
+from jaxinit._model_file import StreamedFile, streamed_file
 from jaxinit._types import ModelRequest, Provenance, Request, Tensor, check_derived, enumerate_async
 from jaxinit._verify import refetch_metadata
 from jaxinit.protocol import safetensors
@@ -784,12 +786,17 @@ class Client(_BaseClient[Tensor, "ModelParams"]):
     ) -> ModelParams:
         state = _Backoff(self.retries, self.retry_backoff)
         while True:
+            written = streamed_file(path, request)  # a .safetensors path: written as the bytes arrive
             try:
                 with self._showing_progress(progress, "model"):
-                    tensors = _collect(self._transport.init_model(request))
-                return _model_result(tensors, request, flat, path)
+                    place = written.place if written is not None else None
+                    tensors = _collect(self._transport.init_model(request, place=place))
+                return _model_result(tensors, request, flat, path, written)
             except (ServerUnavailable, Overloaded) as exc:
                 time.sleep(state.failed(exc))
+            finally:
+                if written is not None:
+                    written.abandon()  # (after success: nothing left to remove)
 
     def list_initializers(self) -> dict[str, Any]:
         """The server's registry: initializers, arguments, dtypes, key impls, server identity."""
@@ -854,12 +861,17 @@ class AsyncClient(_BaseClient[Coroutine[Any, Any, Tensor], Coroutine[Any, Any, "
     ) -> ModelParams:
         state = _Backoff(self.retries, self.retry_backoff)
         while True:
+            written = streamed_file(path, request)  # a .safetensors path: written as the bytes arrive
             try:
                 with self._showing_progress(progress, "model"):
-                    tensors = _collect([item async for item in self._transport.init_model(request)])
-                return _model_result(tensors, request, flat, path)
+                    place = written.place if written is not None else None
+                    tensors = _collect(await _until_error(self._transport.init_model(request, place=place)))
+                return await asyncio.to_thread(_model_result, tensors, request, flat, path, written)
             except (ServerUnavailable, Overloaded) as exc:
                 await asyncio.sleep(state.failed(exc))
+            finally:
+                if written is not None:
+                    written.abandon()  # (after success: nothing left to remove)
 
     async def list_initializers(self) -> dict[str, Any]:
         return await self._transport.list_initializers()  # type: ignore[no-any-return]
@@ -950,6 +962,17 @@ def _tap(requests: Iterable[Request], sent: list[Request]) -> Iterator[Request]:
         yield request
 
 
+async def _until_error(received: AsyncGenerator[Tensor | JaxinitError, None]) -> list[Tensor | JaxinitError]:
+    """The items of a model stream up to its first error (the stream is closed there)."""
+    items: list[Tensor | JaxinitError] = []
+    async with contextlib.aclosing(received):
+        async for item in received:
+            items.append(item)
+            if isinstance(item, JaxinitError):
+                break
+    return items
+
+
 def _collect(received: Iterable[Tensor | JaxinitError]) -> list[Tensor]:
     """The model's tensors, in order; the first failure raised (it names its tensor)."""
     tensors: list[Tensor] = []
@@ -964,7 +987,11 @@ def _collect(received: Iterable[Tensor | JaxinitError]) -> list[Tensor]:
 
 
 def _model_result(
-    tensors: list[Tensor], request: ModelRequest, flat: bool, path: str | os.PathLike[str] | None
+    tensors: list[Tensor],
+    request: ModelRequest,
+    flat: bool,
+    path: str | os.PathLike[str] | None,
+    written: StreamedFile | None = None,
 ) -> ModelParams:
     for tensor in tensors:  # a model's keyed tensors carry the root's derive steps first (and jit, asked)
         if tensor.provenance.key_impl:
@@ -984,8 +1011,13 @@ def _model_result(
         model_digest=digest,
         jit=bool(request.jit),
     )
-    if path is not None:  # the file carries its request too, to be verified (jaxinit verify)
-        write_arrays(os.fspath(path), arrays, {**metadata, **refetch_metadata(arrays, model_request=request.to_json())})
+    # A file carries its request too, to be fetched again and checked (jaxinit verify).
+    on_file = {**metadata, **refetch_metadata(arrays, model_request=request.to_json())} if path is not None else {}
+    finished = written.finish(tensors, on_file) if written is not None and written.complete else None
+    if finished is not None:  # every byte was written to the file as it arrived
+        arrays = finished
+    elif path is not None:
+        write_arrays(os.fspath(path), arrays, on_file)
     result = ModelParams(arrays if flat else nest(arrays))
     result.provenance = {t.request_id: t.provenance for t in tensors}
     result.metadata = metadata
@@ -1017,8 +1049,16 @@ def write_arrays(path: str, arrays: dict[str, np.ndarray], metadata: dict[str, s
     if suffix is None:
         raise InvalidArgument(f"path must end in .safetensors or .npz, got {path!r}")
     data = arrays_file(suffix, arrays, metadata)
-    with open(path, "wb") as file:
-        file.write(data)
+    directory, base = os.path.split(os.path.abspath(path))
+    temp = os.path.join(directory, f".{base}.{secrets.token_hex(4)}.partial")
+    try:  # never a partial file under its name
+        with open(temp, "wb") as file:
+            file.write(data)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
 
 
 # ---- one method per catalog entry, with JAX's own signature and defaults ----

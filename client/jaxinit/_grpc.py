@@ -17,6 +17,7 @@ from jaxinit._shm import SharedMemory
 from jaxinit._types import (
     Assembler,
     ModelRequest,
+    Placement,
     Progress,
     Request,
     Tensor,
@@ -214,8 +215,11 @@ def provenance_from_proto(message: pb.Provenance) -> Provenance:
 class _Collector:
     """Turns a stream of TensorChunks into Tensors (or errors), one request at a time."""
 
-    def __init__(self, on_progress: Progress | None = None, shared: SharedMemory | None = None) -> None:
+    def __init__(
+        self, on_progress: Progress | None = None, shared: SharedMemory | None = None, place: Placement | None = None
+    ) -> None:
         self.current: Assembler | None = None
+        self._place = place  # where each tensor's bytes go (None: a buffer of its own)
         self._on_progress = on_progress
         self._shared = shared
         self._whole_known = False  # an InitModel header said the model's size
@@ -240,17 +244,21 @@ class _Collector:
             if header.model_bytes and not self._whole_known:
                 self._on_progress = total_up_front(self._on_progress, header.model_bytes)
                 self._whole_known = True
+            provenance = provenance_from_proto(header.provenance)
+            shape = tuple(header.shape)
+            place = self._place
             self.current = Assembler(
-                header.shape,
+                shape,
                 header.dtype,
                 header.total_bytes,
-                provenance_from_proto(header.provenance),
+                provenance,
                 chunk.request_id,
                 header.offset,
                 header.count if header.HasField("count") else None,
                 self._on_progress,
                 header.digest_algorithm,
                 header.cache,
+                None if place is None else place(chunk.request_id, shape, header.dtype, header.total_bytes, provenance),
             )
             if header.region:  # the bytes are in shared memory; only the digest follows
                 if self._shared is None:
@@ -406,8 +414,8 @@ class GrpcTransport(_Transport):
             raise one.failed(exc, self.target) from exc
         return one.result()
 
-    def _tensors(self, call: Any) -> Iterator[tuple[str, Tensor | JaxinitError]]:
-        collector = _Collector(self.on_progress, self.shared)
+    def _tensors(self, call: Any, place: Placement | None = None) -> Iterator[tuple[str, Tensor | JaxinitError]]:
+        collector = _Collector(self.on_progress, self.shared, place)
         try:
             for chunk in call:
                 if (result := collector.feed(chunk)) is not None:
@@ -433,22 +441,22 @@ class GrpcTransport(_Transport):
                 item = self._generate(request, None)
             yield item
 
-    def init_model(self, request: ModelRequest) -> Iterator[Tensor | JaxinitError]:
-        """The model's tensors in order, as the server expands it (``InitModel``)."""
+    def init_model(self, request: ModelRequest, place: Placement | None = None) -> Iterator[Tensor | JaxinitError]:
+        """The model's tensors in order, as the server expands it (``InitModel``); ``place``:
+        where each one's bytes go."""
         token = self._token()
         started = False
         try:
             call = self._stub.InitModel(model_request_to_proto(request, token), **self._for(request.jax_version))
-            for name, item in self._tensors(call):
+            for name, item in self._tensors(call, place):
                 started = True
                 yield named(name, item)
         except PermissionDenied:
             if token is None or started:
                 raise
             self.shared.refused()
-            for name, item in self._tensors(
-                self._stub.InitModel(model_request_to_proto(request), **self._for(request.jax_version))
-            ):
+            call = self._stub.InitModel(model_request_to_proto(request), **self._for(request.jax_version))
+            for name, item in self._tensors(call, place):
                 yield named(name, item)
 
     def list_initializers(self) -> dict[str, Any]:
@@ -491,8 +499,10 @@ class AsyncGrpcTransport(_Transport):
             raise one.failed(exc, self.target) from exc
         return one.result()
 
-    async def _tensors(self, call: Any) -> AsyncIterator[tuple[str, Tensor | JaxinitError]]:
-        collector = _Collector(self.on_progress, self.shared)
+    async def _tensors(
+        self, call: Any, place: Placement | None = None
+    ) -> AsyncIterator[tuple[str, Tensor | JaxinitError]]:
+        collector = _Collector(self.on_progress, self.shared, place)
         try:
             async for chunk in call:
                 await collector.claim_ahead(chunk)
@@ -521,13 +531,15 @@ class AsyncGrpcTransport(_Transport):
                 item = await self._generate(request, None)
             yield item
 
-    async def init_model(self, request: ModelRequest) -> AsyncIterator[Tensor | JaxinitError]:
-        """The model's tensors in order, as the server expands it (``InitModel``)."""
+    async def init_model(
+        self, request: ModelRequest, place: Placement | None = None
+    ) -> AsyncIterator[Tensor | JaxinitError]:
+        """See :meth:`GrpcTransport.init_model`."""
         token = await self._token()
         started = False
         try:
             call = self._stub.InitModel(model_request_to_proto(request, token), **self._for(request.jax_version))
-            async for name, item in self._tensors(call):
+            async for name, item in self._tensors(call, place):
                 started = True
                 yield named(name, item)
         except PermissionDenied:
@@ -535,7 +547,7 @@ class AsyncGrpcTransport(_Transport):
                 raise
             self.shared.refused()
             call = self._stub.InitModel(model_request_to_proto(request), **self._for(request.jax_version))
-            async for name, item in self._tensors(call):
+            async for name, item in self._tensors(call, place):
                 yield named(name, item)
 
     async def list_initializers(self) -> dict[str, Any]:

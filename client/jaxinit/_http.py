@@ -17,6 +17,7 @@ from jaxinit._shm import SharedMemory
 from jaxinit._types import (
     Assembler,
     ModelRequest,
+    Placement,
     Progress,
     Request,
     Tensor,
@@ -25,14 +26,16 @@ from jaxinit._types import (
     pins,
     total_up_front,
 )
-from jaxinit.protocol import wire
+from jaxinit.protocol import frames, wire
 from jaxinit.protocol.codec import num_bytes
 from jaxinit.protocol.digest import DIGEST_BYTES
 from jaxinit.protocol.errors import (
     IntegrityError,
     Interrupted,
     JaxinitError,
+    NotAcceptable,
     Overloaded,
+    PermissionDenied,
     ProtocolError,
     ServerUnavailable,
     error_from_wire,
@@ -215,6 +218,12 @@ def finished(assembler: Assembler, trailer: bytearray, target: str) -> Tensor:
     return assembler.finish()
 
 
+def _check_framed(response: httpx.Response) -> None:
+    media = response.headers.get("content-type", "").split(";")[0].strip()
+    if media != wire.TENSORS:
+        raise ProtocolError(f"the server answered a model with {media or 'no media type'!r}, not {wire.TENSORS}")
+
+
 def _auth_headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
@@ -293,6 +302,133 @@ def finish_planned(out: Output, digest: str, item: Tensor | JaxinitError) -> Ten
     return dataclasses.replace(item, array=out.finish(item.array), tensor_shape=out.shape)
 
 
+def model_stream_call(request: ModelRequest, shared_memory: str | None = None) -> dict[str, Any]:
+    """The one HTTP call that fetches a whole model: its tensors framed in one response
+    (with a ``shared_memory`` token, their bytes in shared-memory regions)."""
+    headers = {"Accept": wire.TENSORS, **pin_headers(request)}
+    if shared_memory:
+        headers[wire.SHARED_MEMORY_HEADER] = shared_memory
+    return {"method": "POST", "url": "/v1/models/init", "json": request.to_json(), "headers": headers}
+
+
+class ModelFrames:
+    """Turns a framed model body (:mod:`jaxinit.protocol.frames`) into Tensors (or the
+    errors in their place), one tensor at a time, as the gRPC transport's collector does."""
+
+    def __init__(self, target: str, on_progress: Progress | None = None, place: Placement | None = None) -> None:
+        self.target = target
+        self.current: Assembler | None = None
+        self._reader = frames.FrameReader()
+        self._on_progress = on_progress
+        self._whole_known = False
+        self._place = place
+        self.ended = False
+
+    def frames(self, data: bytes) -> Iterator[tuple[str, bytes | memoryview, dict[str, Any] | None]]:
+        """(kind, payload, the payload's JSON object for a header or an error) of what
+        ``data`` completes."""
+        for kind, payload in self._reader.feed(data):
+            if self.ended:
+                raise ProtocolError("the model stream runs on past its end frame")
+            fields = (
+                frames.json_payload(kind, bytes(payload))
+                if kind != frames.DATA and payload and kind != frames.DIGEST
+                else None
+            )
+            yield kind, payload, fields
+
+    @staticmethod
+    def region(kind: str, fields: dict[str, Any] | None) -> tuple[str, int] | None:
+        """The shared-memory region (name, bytes) a header names, to be claimed before :meth:`feed`."""
+        if kind != frames.HEADER or fields is None or not fields.get("region"):
+            return None
+        try:
+            return str(fields["region"]), int(fields["total_bytes"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"a tensor header without a valid {exc}") from None
+
+    def feed(
+        self, kind: str, payload: bytes | memoryview, fields: dict[str, Any] | None, mapped: Any = None
+    ) -> Tensor | JaxinitError | None:
+        """A frame; returns the tensor it completes, or the error in a tensor's place.
+        ``mapped``: the region a header names, claimed. Raises the error that ended the stream."""
+        if kind == frames.DATA:
+            if self.current is None:
+                raise ProtocolError("tensor bytes before any header")
+            self.current.add(self.current.received, payload)
+            return None
+        if kind == frames.END:
+            self.ended = True
+            if fields is not None:
+                raise _stream_error(fields, self.current)
+            if self.current is not None:
+                raise ProtocolError(
+                    f"the model stream ended after {self.current.received} of {self.current.total} bytes"
+                )
+            return None
+        if kind == frames.ERROR:
+            if self.current is not None:
+                raise ProtocolError("an error frame in the middle of a tensor")
+            error = _stream_error(fields or {}, None)
+            return named(str((fields or {}).get("name", "")), error)
+        if kind == frames.HEADER:
+            if self.current is not None:
+                raise ProtocolError("a new header before the last tensor was complete")
+            self.current = self._assembler(fields or {})
+            if mapped is not None:
+                self.current.use_region(mapped)
+            return None
+        # frames.DIGEST
+        if self.current is None:
+            raise ProtocolError("a digest before any header")
+        self.current.check_digest(self.current.digest_algorithm, bytes(payload))
+        tensor, self.current = self.current.finish(), None
+        return tensor
+
+    def _assembler(self, fields: dict[str, Any]) -> Assembler:
+        try:
+            name = str(fields["name"])
+            shape = tuple(int(d) for d in fields["shape"])
+            dtype = str(fields["dtype"])
+            total = int(fields["total_bytes"])
+            provenance = Provenance.from_mapping(fields["provenance"])
+            model_bytes = int(fields.get("model_bytes", 0))
+            offset = int(fields.get("offset", 0))
+            count = int(fields["count"]) if fields.get("count") is not None else None
+            algorithm, cache = str(fields.get("digest_algorithm", "")), str(fields.get("cache", ""))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProtocolError(f"a tensor header without a valid {exc}") from None
+        if not algorithm:
+            raise ProtocolError(f"{name}: a tensor header that announces no digest")
+        if model_bytes and not self._whole_known:
+            self._on_progress = total_up_front(self._on_progress, model_bytes)
+            self._whole_known = True
+        place = self._place
+        buffer = None if place is None else place(name, shape, dtype, total, provenance)
+        return Assembler(
+            shape, dtype, total, provenance, name, offset, count, self._on_progress, algorithm, cache, buffer
+        )
+
+    def close(self) -> None:
+        """The body has ended: it must have ended with its end frame."""
+        if not self.ended:
+            raise ServerUnavailable(
+                f"the model stream from {self.target} was cut off"
+                + (f" after {self.current.received} of {self.current.total} bytes of a tensor" if self.current else "")
+            )
+
+
+def _stream_error(fields: dict[str, Any], current: Assembler | None) -> JaxinitError:
+    """The error an ``e`` or ``z`` frame carries."""
+    message = str(fields.get("message", "the server ended the model stream"))
+    type_name = fields.get("type") if isinstance(fields.get("type"), str) else None
+    code = fields.get("code") if isinstance(fields.get("code"), str) else None
+    error = error_from_wire(message, type_name=type_name, grpc_code=code)
+    if isinstance(error, ServerUnavailable) and current is not None:
+        return Interrupted(f"{error.message} (after {current.received} bytes)", current.partial())
+    return error
+
+
 class _Transport:
     """What the blocking and the asyncio transports share."""
 
@@ -365,9 +501,51 @@ class HttpTransport(_Transport):
             except JaxinitError as exc:
                 yield exc
 
-    def init_model(self, request: ModelRequest) -> Iterator[Tensor | JaxinitError]:
-        """The model's tensors in order: the server's plan, fetched tensor by tensor (each
-        with its own provenance and digest), laid out as the plan says."""
+    def init_model(self, request: ModelRequest, place: Placement | None = None) -> Iterator[Tensor | JaxinitError]:
+        """The model's tensors in order, in one response (framed as the gRPC stream frames
+        them; through shared memory when it can); ``place``: where each one's bytes go. A
+        server that has no framed answer: its plan, then the tensors one request each."""
+        token = self.shared.known(self.list_initializers)
+        started = [False]
+        try:
+            yield from self._framed_model(request, token, place, started)
+        except (PermissionDenied, NotAcceptable) as exc:
+            if started[0]:
+                raise
+            if isinstance(exc, PermissionDenied):
+                if token is None:
+                    raise
+                self.shared.refused()  # another replica, or a restarted one: the stream
+                yield from self._framed_model(request, None, place, started)
+                return
+            yield from self._planned_model(request)
+
+    def _framed_model(
+        self, request: ModelRequest, token: str | None, place: Placement | None, started: list[bool]
+    ) -> Iterator[Tensor | JaxinitError]:
+        try:
+            with self._http.stream(**model_stream_call(request, token)) as response:
+                if response.status_code != 200:
+                    raise error_from_response(response, response.read())
+                _check_framed(response)
+                model = ModelFrames(self.target, self.on_progress, place)
+                try:
+                    for data in response.iter_bytes():
+                        for kind, payload, fields in model.frames(data):
+                            region = model.region(kind, fields)
+                            mapped = self.shared.map(*region) if region is not None else None
+                            if (item := model.feed(kind, payload, fields, mapped)) is not None:
+                                started[0] = True
+                                yield item
+                except httpx.TransportError as exc:
+                    raise ServerUnavailable(f"the model stream from {self.target} broke: {exc}") from exc
+                model.close()
+        except httpx.TransportError as exc:
+            raise _unavailable(exc, self.target) from exc
+
+    def _planned_model(self, request: ModelRequest) -> Iterator[Tensor | JaxinitError]:
+        """The server's plan, fetched tensor by tensor (each with its own provenance and
+        digest), laid out as the plan says (servers before the framed answer)."""
         plan = planned(self._call(model_plan_call(request)), request)
         with self._model_progress(plan):
             for (out, _, digest), item in zip(plan, self.generate_many(r for _, r, _ in plan), strict=True):
@@ -425,8 +603,53 @@ class AsyncHttpTransport(_Transport):
             except JaxinitError as exc:
                 yield exc
 
-    async def init_model(self, request: ModelRequest) -> AsyncIterator[Tensor | JaxinitError]:
+    async def init_model(
+        self, request: ModelRequest, place: Placement | None = None
+    ) -> AsyncIterator[Tensor | JaxinitError]:
         """See :meth:`HttpTransport.init_model`."""
+        token = await self.shared.known_async(self.list_initializers)
+        started = [False]
+        try:
+            async for item in self._framed_model(request, token, place, started):
+                yield item
+        except (PermissionDenied, NotAcceptable) as exc:
+            if started[0]:
+                raise
+            if isinstance(exc, PermissionDenied):
+                if token is None:
+                    raise
+                self.shared.refused()
+                async for item in self._framed_model(request, None, place, started):
+                    yield item
+                return
+            async for item in self._planned_model(request):
+                yield item
+
+    async def _framed_model(
+        self, request: ModelRequest, token: str | None, place: Placement | None, started: list[bool]
+    ) -> AsyncIterator[Tensor | JaxinitError]:
+        try:
+            async with self._http.stream(**model_stream_call(request, token)) as response:
+                if response.status_code != 200:
+                    raise error_from_response(response, await response.aread())
+                _check_framed(response)
+                model = ModelFrames(self.target, self.on_progress, place)
+                try:
+                    async for data in response.aiter_bytes():
+                        for kind, payload, fields in model.frames(data):
+                            region = model.region(kind, fields)
+                            mapped = await asyncio.to_thread(self.shared.map, *region) if region is not None else None
+                            if (item := model.feed(kind, payload, fields, mapped)) is not None:
+                                started[0] = True
+                                yield item
+                except httpx.TransportError as exc:
+                    raise ServerUnavailable(f"the model stream from {self.target} broke: {exc}") from exc
+                model.close()
+        except httpx.TransportError as exc:
+            raise _unavailable(exc, self.target) from exc
+
+    async def _planned_model(self, request: ModelRequest) -> AsyncIterator[Tensor | JaxinitError]:
+        """See :meth:`HttpTransport._planned_model`."""
         plan = planned(await self._call(model_plan_call(request)), request)
         with self._model_progress(plan):
             items = self.generate_many(r for _, r, _ in plan)

@@ -24,6 +24,7 @@ from jaxinit.protocol.provenance import Provenance
 __all__ = [
     "Assembler",
     "ModelRequest",
+    "Placement",
     "Progress",
     "Provenance",
     "Request",
@@ -232,6 +233,10 @@ def _initializer_of(provenance: Provenance) -> str:
 # once, each chunk reports what it added.
 Progress = Callable[[int, int], None]
 
+# Where a streamed tensor's bytes go, asked when its header arrives: (name, shape, dtype,
+# total bytes, provenance) -> a uint8 buffer of that many bytes, or None for one of its own.
+Placement = Callable[[str, tuple[int, ...], str, int, Provenance], "np.ndarray | None"]
+
 
 def total_up_front(on_progress: Progress | None, total: int) -> Progress | None:
     """For a stream whose whole size is known before its first tensor (a model): announce
@@ -263,7 +268,10 @@ class Assembler:
         on_progress: Progress | None = None,
         digest_algorithm: str = "",
         cache: str = "",
+        buffer: np.ndarray | None = None,
     ) -> None:
+        """``buffer``: where the bytes go (uint8, ``total_bytes`` long; a slice of a file
+        being written, say); None: a buffer of its own."""
         if digest_algorithm not in ("", DIGEST_ALGORITHM):
             raise ProtocolError(f"the server announced a digest this client cannot check: {digest_algorithm!r}")
         self.digest_algorithm = digest_algorithm
@@ -286,7 +294,10 @@ class Assembler:
         self.total = total_bytes
         self.provenance = provenance
         self.request_id = request_id
-        self._buffer = np.empty(total_bytes, dtype=np.uint8)
+        if buffer is not None and (buffer.dtype != np.uint8 or buffer.shape != (total_bytes,)):
+            raise ValueError(f"a buffer of {buffer.dtype}{list(buffer.shape)} for {total_bytes} bytes")
+        self._own = buffer is None
+        self._buffer = np.empty(total_bytes, dtype=np.uint8) if buffer is None else buffer
         self.received = 0
         self.cache = cache
         self.shared_memory = False
@@ -323,7 +334,10 @@ class Assembler:
         """Every byte at once: a shared-memory region holding them (uint8, mapped)."""
         if self.received or region.nbytes != self.total:
             raise ProtocolError(f"a shared-memory region of {region.nbytes} bytes for {self.total} announced")
-        self._buffer = region
+        if self._own:
+            self._buffer = region
+        else:  # the bytes belong somewhere given (a file being written): one copy there
+            self._buffer[:] = region
         self.received = self.total
         self.shared_memory = True
         if self._on_progress is not None:

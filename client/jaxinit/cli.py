@@ -572,6 +572,8 @@ def _model(client: Client, ns: argparse.Namespace) -> None:
     except ValueError as exc:
         raise InvalidArgument(f"{ns.description} is not JSON: {exc}") from None
     _settings(client, ns)
+    # A file named for its format is written by init_model (a .safetensors as the bytes arrive).
+    to_file = ns.output != "-" and ns.output.endswith(suffix)
     params = client.init_model(
         description,
         _key(ns),
@@ -581,9 +583,11 @@ def _model(client: Client, ns: argparse.Namespace) -> None:
         param_dtype=ns.param_dtype,
         flat=True,
         jit=ns.jit,
+        path=ns.output if to_file else None,
     )
-    metadata = {**params.metadata, **refetch_metadata(params, model_request=_model_request(client, ns, description))}
-    _write(ns, arrays_file(suffix, dict(params), metadata))
+    if not to_file:  # (a file init_model wrote carries its request already)
+        request = _model_request(client, ns, description)
+        _write(ns, arrays_file(suffix, dict(params), {**params.metadata, **refetch_metadata(params, model_request=request)}))
     size = sum(a.nbytes for a in params.values())
     _report(
         ns,

@@ -11,7 +11,8 @@ Everything a jaxinit client and server must agree on lives here, once:
 - :mod:`~jaxinit.protocol.wire`: media types, header names, gRPC metadata keys;
 - :mod:`~jaxinit.protocol.expansion`: model descriptions, their expansion into tensors
   and keys, and the PyTorch layout;
-- :mod:`~jaxinit.protocol.safetensors`: the safetensors header.
+- :mod:`~jaxinit.protocol.safetensors`: the safetensors header;
+- :mod:`~jaxinit.protocol.frames`: the framed multi-tensor HTTP body (a model in one response).
 
 The server imports nothing else of the ``jaxinit`` package but the generated stubs
 (``jaxinit.v1``); a test holds it to that.
@@ -29,7 +30,7 @@ from __future__ import annotations
 # reads it from here.
 __version__ = "0.3.0"
 
-from jaxinit.protocol import catalog, codec, digest, errors, expansion, keys, provenance, safetensors, wire
+from jaxinit.protocol import catalog, codec, digest, errors, expansion, frames, keys, provenance, safetensors, wire
 from jaxinit.protocol.catalog import CATALOG, InitializerSpec, bind_arguments, lookup
 from jaxinit.protocol.codec import DTYPE_NAMES, DTYPES
 from jaxinit.protocol.errors import ERROR_TABLE, JaxinitError, mapping_for
@@ -54,6 +55,7 @@ __all__ = [
     "digest",
     "errors",
     "expansion",
+    "frames",
     "keys",
     "lookup",
     "mapping_for",

@@ -32,6 +32,7 @@ __all__ = [
     "SAFETENSORS",
     "SHAPE_HEADER",
     "SHARED_MEMORY_HEADER",
+    "TENSORS",
 ]
 
 # Media types of a tensor answer (REST).
@@ -42,6 +43,9 @@ DIGESTED = "application/vnd.jaxinit.tensor"  # the raw bytes, then their digest 
 # Media types of a whole model.
 SAFETENSORS = "application/safetensors"
 NPZ = "application/x-npz"
+# Many tensors in one response, each framed as the gRPC stream frames it (its header, bytes
+# and digest, or an error): a whole model in one request (see jaxinit.protocol.frames).
+TENSORS = "application/vnd.jaxinit.tensors"
 
 # Headers of a tensor answer (REST).
 SHAPE_HEADER = "x-jaxinit-shape"  # the whole tensor's dims, comma-separated ("" for a scalar)

@@ -1,12 +1,14 @@
 """How an answer is written in each media type: a tensor as raw bytes, raw bytes with their
-digest, a .npy file or JSON; a model as .safetensors or a streamed .npz. Nothing here
-decides what to make, only how to write it."""
+digest, a .npy file or JSON; a model as .safetensors, a streamed .npz or framed tensors
+(each its header, bytes and digest, as the gRPC stream frames them). Nothing here decides
+what to make, only how to write it."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import json
+import logging
 import math
 import zipfile
 from collections.abc import AsyncIterator
@@ -15,15 +17,16 @@ from typing import Any
 import numpy as np
 from fastapi.responses import Response, StreamingResponse
 
-from jaxinit.protocol import wire
+from jaxinit.protocol import frames, wire
 from jaxinit.protocol.codec import is_bits_type, npy_dtype
 from jaxinit.protocol.digest import DIGEST_BYTES
-from jaxinit.protocol.errors import InvalidArgument, JaxinitError, NotAcceptable, TooLarge
+from jaxinit.protocol.errors import InternalError, InvalidArgument, JaxinitError, NotAcceptable, TooLarge
 from jaxinit.protocol.provenance import Provenance
-from jaxinit.protocol.wire import DIGESTED, JSON, NPY, NPZ, OCTET, SAFETENSORS
+from jaxinit.protocol.wire import DIGESTED, JSON, NPY, NPZ, OCTET, SAFETENSORS, TENSORS
 from jaxinit_server import jsonio
 from jaxinit_server.core import Limits, Resolved, ResolvedModel, Service, TensorStream
 from jaxinit_server.core.admission import Ticket
+from jaxinit_server.core.errors import as_domain_error
 from jaxinit_server.core.regions import Regions
 
 __all__ = [
@@ -31,6 +34,7 @@ __all__ = [
     "MEDIA_TYPES",
     "MODEL_MEDIA_TYPES",
     "check_json_size",
+    "model_frames",
     "model_npz",
     "model_safetensors",
     "negotiate",
@@ -44,7 +48,8 @@ __all__ = [
 # What a tensor can be answered as (the first: when the client has no preference). DIGESTED,
 # the raw bytes then their 16-byte digest, is what the jaxinit client asks for.
 MEDIA_TYPES = (OCTET, NPY, JSON, DIGESTED)
-MODEL_MEDIA_TYPES = (SAFETENSORS, NPZ, JSON)
+MODEL_MEDIA_TYPES = (SAFETENSORS, NPZ, JSON, TENSORS)
+log = logging.getLogger("jaxinit_server.rest")
 
 
 def negotiate(accept: str | None, offered: tuple[str, ...] = MEDIA_TYPES) -> str:
@@ -254,3 +259,55 @@ async def model_npz(service: Service, model: ResolvedModel, ticket: Ticket) -> A
         yield sink.drain()
     archive.close()
     yield sink.drain()
+
+
+def frame_header(name: str, tensor: TensorStream, model_bytes: int, region: str | None, chunk_bytes: int) -> bytes:
+    """A tensor's ``h`` frame payload: the gRPC ``TensorHeader``'s fields as JSON, and its name."""
+    resolved = tensor.resolved
+    header = {
+        "name": name,
+        "shape": list(tensor.shape),
+        "dtype": tensor.dtype,
+        "byte_order": "little",
+        "total_bytes": tensor.nbytes,
+        "chunk_bytes": chunk_bytes,
+        "offset": resolved.start,
+        "count": resolved.stop - resolved.start,
+        "digest_algorithm": tensor.digest_algorithm,
+        "model_bytes": model_bytes,
+        "cache": tensor.cache,
+        "region": region or "",
+        "provenance": tensor.provenance.as_dict(),
+    }
+    return json.dumps(header, separators=(",", ":")).encode()
+
+
+async def model_frames(
+    service: Service, model: ResolvedModel, ticket: Ticket, regions: Regions | None = None
+) -> AsyncIterator[bytes | memoryview]:
+    """A model as framed tensors (see :mod:`jaxinit.protocol.frames`): each tensor's header,
+    its bytes and their digest, in order, or an error frame in its place; with ``regions``
+    (a same-host caller's shared memory) each tensor's bytes in a region the header names
+    (in the stream when shared memory has no room). An error after the status line ends
+    the body with an ``z`` frame that carries it."""
+    chunk_bytes = service.limits.chunk_bytes
+    try:
+        async for name, tensor in service.generate_model(model, ticket=ticket):
+            if isinstance(tensor, JaxinitError):
+                yield frames.frame(frames.ERROR, frames.error_payload(tensor, name))
+                continue
+            region = await tensor.to_region(regions) if regions is not None and tensor.nbytes else None
+            yield frames.frame(frames.HEADER, frame_header(name, tensor, model.nbytes, region, chunk_bytes))
+            if region is None:
+                async for _, data in tensor.chunks(chunk_bytes):
+                    yield frames.prefix(frames.DATA, len(data))
+                    yield data
+            yield frames.frame(frames.DIGEST, tensor.digest())
+    except Exception as exc:  # the status is sent: the body's last frame says what ended it
+        error = as_domain_error(exc)
+        if error is None:
+            log.error("internal error in a model stream", exc_info=exc)
+            error = InternalError("internal server error")
+        yield frames.frame(frames.END, frames.error_payload(error))
+        return
+    yield frames.frame(frames.END, b"")

@@ -24,7 +24,7 @@ def test_every_header_and_key_is_a_lowercase_token() -> None:
 
 
 def test_media_types_are_type_slash_subtype() -> None:
-    assert set(MEDIA) == {"OCTET", "NPY", "JSON", "DIGESTED", "SAFETENSORS", "NPZ"}
+    assert set(MEDIA) == {"OCTET", "NPY", "JSON", "DIGESTED", "SAFETENSORS", "NPZ", "TENSORS"}
     for name, value in MEDIA.items():
         assert re.fullmatch(r"[a-z]+/[a-z0-9.+-]+", value), name
 

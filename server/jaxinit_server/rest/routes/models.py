@@ -1,5 +1,5 @@
 """A whole model's initial parameters: ``POST /v1/models/init`` as .safetensors, a
-streamed .npz, or the plan as JSON."""
+streamed .npz, framed tensors (the Python client's one request), or the plan as JSON."""
 
 from __future__ import annotations
 
@@ -11,10 +11,17 @@ from fastapi.responses import Response, StreamingResponse
 
 from jaxinit.protocol import safetensors, wire
 from jaxinit.protocol.errors import JaxinitError
-from jaxinit.protocol.wire import JSON, NPZ, SAFETENSORS
+from jaxinit.protocol.wire import JSON, NPZ, SAFETENSORS, SHARED_MEMORY_HEADER, TENSORS
 from jaxinit_server import jsonio
 from jaxinit_server.rest.deps import CallerDep, OffLoopJSONRoute, ServiceDep, TelemetryDep, observe
-from jaxinit_server.rest.framing import MODEL_MEDIA_TYPES, model_npz, model_safetensors, negotiate, npz_storable
+from jaxinit_server.rest.framing import (
+    MODEL_MEDIA_TYPES,
+    model_frames,
+    model_npz,
+    model_safetensors,
+    negotiate,
+    npz_storable,
+)
 from jaxinit_server.rest.schemas import ModelBody
 
 __all__ = ["router"]
@@ -24,9 +31,9 @@ router = APIRouter(route_class=OffLoopJSONRoute)
 
 @router.post(
     "/v1/models/init",
-    summary="A whole model's initial parameters: .safetensors, .npz, or the plan as JSON",
+    summary="A whole model's initial parameters: .safetensors, .npz, framed tensors, or the plan as JSON",
     response_class=Response,
-    responses={200: {"content": {SAFETENSORS: {}, NPZ: {}, JSON: {}}}},
+    responses={200: {"content": {SAFETENSORS: {}, NPZ: {}, JSON: {}, TENSORS: {}}}},
 )
 async def init_model(
     request: Request,
@@ -48,8 +55,15 @@ async def init_model(
         if media == JSON:
             plan = await asyncio.to_thread(lambda: jsonio.dumps({"tensors": model.plan(), "metadata": metadata}))
             return Response(plan, media_type=JSON, headers=headers)
+        # A same-host caller's shared memory (framed tensors only): a token refused is a 403 now.
+        token = request.headers.get(SHARED_MEMORY_HEADER) if media == TENSORS else None
+        regions = service.shared_memory(token) if token is not None else None
         await service.check_model(model)
         ticket = service.admit_model(model, caller=caller)  # before the status line: a 429 can still be said
+        if media == TENSORS:
+            if regions is not None:  # a region is for this caller once: never cached on the way
+                headers["Cache-Control"] = "no-store"
+            return StreamingResponse(model_frames(service, model, ticket, regions), media_type=TENSORS, headers=headers)
         if media == NPZ:
             try:
                 npz_storable(model)
