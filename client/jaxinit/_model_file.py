@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from jaxinit._types import ModelRequest, Tensor
+from jaxinit._verify import refetch_entries
 from jaxinit.protocol import safetensors
 from jaxinit.protocol.codec import ITEMSIZE, array_from_buffer
 from jaxinit.protocol.errors import JaxinitError, ProtocolError
@@ -120,7 +121,10 @@ class StreamedFile:
         return np.frombuffer(self._map, np.uint8, count=total_bytes, offset=self._head_size + self.starts[index])
 
     def _open(self, first: Provenance) -> None:
-        guess = self._metadata(first, first, "0" * 64)  # the digest: as long as any
+        guess = {  # the digests: as long as any
+            **self._metadata(first, first, "0" * 64),
+            **refetch_entries({name: "0" * 64 for name, _, _ in self.entries}, model_request=self.request.to_json()),
+        }
         self._head_size = len(safetensors.header(self.entries, guess)) + (0 if first.key_impl else _SLACK)
         head = padded_header(self.entries, guess, self._head_size)
         directory, base = os.path.split(os.path.abspath(self.path))

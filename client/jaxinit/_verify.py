@@ -26,7 +26,7 @@ from jaxinit.protocol.codec import to_wire_bytes
 from jaxinit.protocol.errors import InvalidArgument
 from jaxinit.protocol.provenance import Provenance
 
-__all__ = ["Finding", "digests", "refetch_metadata", "verify_file"]
+__all__ = ["Finding", "digests", "refetch_entries", "refetch_metadata", "verify_file"]
 
 
 def _digest(array: np.ndarray) -> str:
@@ -35,14 +35,20 @@ def _digest(array: np.ndarray) -> str:
 
 def digests(arrays: Mapping[str, np.ndarray]) -> str:
     """``{name: sha256 of its little-endian bytes}`` as compact JSON (the ``digests`` entry)."""
-    return json.dumps({name: _digest(a) for name, a in arrays.items()}, separators=(",", ":"), sort_keys=True)
+    return refetch_entries({name: _digest(a) for name, a in arrays.items()}, model_request={})["digests"]
 
 
 def refetch_metadata(arrays: Mapping[str, np.ndarray], *, model_request: Mapping[str, Any]) -> dict[str, str]:
     """What a model file carries, besides its provenance, to be fetched again and checked."""
+    return refetch_entries({name: _digest(a) for name, a in arrays.items()}, model_request=model_request)
+
+
+def refetch_entries(digest_of: Mapping[str, str], *, model_request: Mapping[str, Any]) -> dict[str, str]:
+    """:func:`refetch_metadata` from digests already known (or, to size a header before the
+    bytes are there, placeholders as long as a SHA-256)."""
     return {
         "model_request": json.dumps(model_request, separators=(",", ":"), sort_keys=True),
-        "digests": digests(arrays),
+        "digests": json.dumps(dict(digest_of), separators=(",", ":"), sort_keys=True),
     }
 
 

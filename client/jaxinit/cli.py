@@ -587,7 +587,8 @@ def _model(client: Client, ns: argparse.Namespace) -> None:
     )
     if not to_file:  # (a file init_model wrote carries its request already)
         request = _model_request(client, ns, description)
-        _write(ns, arrays_file(suffix, dict(params), {**params.metadata, **refetch_metadata(params, model_request=request)}))
+        metadata = {**params.metadata, **refetch_metadata(params, model_request=request)}
+        _write(ns, arrays_file(suffix, dict(params), metadata))
     size = sum(a.nbytes for a in params.values())
     _report(
         ns,

@@ -9,6 +9,8 @@ mid-model; and a caller that goes away mid-model stopping the server's work.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pathlib
 from collections.abc import Iterator
@@ -24,6 +26,7 @@ from flax_models import BLOCK, EXAMPLES, flax_params
 from in_process import in_process_server, serve, wait_until
 
 import jaxinit
+from jaxinit._model_file import StreamedFile
 from jaxinit.protocol import frames, safetensors, wire
 from jaxinit.protocol.errors import InvalidArgument, ServerUnavailable
 from jaxinit.protocol.expansion import expand, outputs
@@ -105,7 +108,7 @@ def test_blocking_client_over_one_request() -> None:
 @pytest.mark.parametrize("layout", ["flax", "torch"])
 @pytest.mark.parametrize("transport", ["http", "grpc"])
 def test_path_writes_the_file_as_bytes_arrive(
-    service: Service, tmp_path: pathlib.Path, layout: str, transport: str
+    service: Service, tmp_path: pathlib.Path, layout: str, transport: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The file is local Flax's bytes (PyTorch's layout: transposed by the server, one tensor
     at a time), byte for byte what writing the finished model would give; the arrays
@@ -113,6 +116,14 @@ def test_path_writes_the_file_as_bytes_arrive(
     flax = local(False)
     want = flax if layout == "flax" else torch_layout(flax)
     path = tmp_path / f"{transport}-{layout}.safetensors"
+    finished: list[Any] = []
+    finish = StreamedFile.finish
+
+    def spy(self: StreamedFile, *args: Any) -> Any:
+        finished.append(finish(self, *args))
+        return finished[-1]
+
+    monkeypatch.setattr(StreamedFile, "finish", spy)
 
     async def work(grpc_url: str, transport_: httpx.ASGITransport) -> None:
         url, kwargs = (grpc_url, {}) if transport == "grpc" else ("http://in-process", {"transport": transport_})
@@ -120,10 +131,16 @@ def test_path_writes_the_file_as_bytes_arrive(
             got = await client.init_model(BLOCK, SEED, flat=True, layout=layout, path=path)
         assert_same(got, want)
         data = path.read_bytes()
-        assert data == safetensors.dumps(dict(got), got.metadata)  # as the in-memory writer writes it
         arrays, metadata = safetensors.loads(data)
+        assert data == safetensors.dumps(dict(got), metadata)  # as the in-memory writer writes it
         assert_same(arrays, want)
-        assert metadata == got.metadata and metadata["layout"] == layout
+        # The file carries its provenance, and its request and digests for jaxinit verify.
+        assert {k: v for k, v in metadata.items() if k not in ("model_request", "digests")} == got.metadata
+        assert metadata["layout"] == layout
+        assert json.loads(metadata["digests"]) == {
+            name: hashlib.sha256(np.ascontiguousarray(np.asarray(a)).tobytes()).hexdigest() for name, a in want.items()
+        }
+        assert finished and all(f is not None for f in finished)  # written as the bytes arrived, not whole
         first = next(iter(got))
         got[first][...] = 0  # copy-on-write: the file keeps its bytes
         assert path.read_bytes() == data
