@@ -23,16 +23,16 @@ import os
 import random
 import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
 import numpy as np
 
 from jaxinit._types import ModelRequest, Provenance, Request, Tensor, check_derived, enumerate_async
 from jaxinit.protocol import safetensors
-from jaxinit.protocol.catalog import CATALOG, InitializerSpec, bind_arguments, unknown_message
+from jaxinit.protocol.catalog import CATALOG, ArgSpec, InitializerSpec, bind_arguments, unknown_message
 from jaxinit.protocol.codec import dtype_name, is_bits_type, numpy_dtype
 from jaxinit.protocol.errors import (
     Interrupted,
@@ -949,25 +949,30 @@ def write_arrays(path: str, arrays: dict[str, np.ndarray], metadata: dict[str, s
 # ---- one method per catalog entry, with JAX's own signature and defaults ----
 
 
-# The Python type each catalog argument type takes (annotations, shown by help()).
-_ANNOTATIONS = {
-    "float": "float",
-    "int": "int",
-    "axes": "int | Sequence[int]",
-    "choice": "str",
-    "dtype": "str | numpy.dtype | None",
-    "array": "ArrayLike",
+# The Python type each catalog argument type takes: objects, not strings, so that help()
+# and inspect.signature show types (a choice is the Literal of its choices).
+_ANNOTATIONS: dict[str, Any] = {
+    "float": float,
+    "int": int,
+    "axes": int | Sequence[int],
+    "dtype": str | type | np.dtype | None,
+    "array": float | Sequence[Any] | np.ndarray,
 }
 
 
-def _signature(spec: InitializerSpec) -> inspect.Signature:
+def _annotation(arg: ArgSpec) -> Any:
+    if arg.type == "choice":
+        return Literal[arg.choices] if arg.choices else str
+    return _ANNOTATIONS.get(arg.type, inspect.Parameter.empty)
+
+
+def _signature(spec: InitializerSpec, returns: type) -> inspect.Signature:
     params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     for arg in spec.arguments:
         default = inspect.Parameter.empty if arg.required else arg.default
-        annotation = _ANNOTATIONS.get(arg.type, inspect.Parameter.empty)
         kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
-        params.append(inspect.Parameter(arg.name, kind, default=default, annotation=annotation))
-    return inspect.Signature(params, return_annotation="Initializer")
+        params.append(inspect.Parameter(arg.name, kind, default=default, annotation=_annotation(arg)))
+    return inspect.Signature(params, return_annotation=returns)
 
 
 def _docstring(spec: InitializerSpec) -> str:
@@ -998,8 +1003,8 @@ def _looks_like_key_and_shape(args: tuple[Any, ...]) -> bool:
     return keyish and shapeish
 
 
-def _factory_method(spec: InitializerSpec) -> Any:
-    signature = _signature(spec)
+def _factory_method(spec: InitializerSpec, returns: type) -> Any:
+    signature = _signature(spec, returns)
     axes_first = bool(spec.arguments) and spec.arguments[0].type == "axes"
 
     def method(self: _BaseClient[Any, Any], *args: Any, **kwargs: Any) -> Any:
@@ -1045,7 +1050,11 @@ class _BoundInitializerAttribute:
         return client._initializer_class(client, self._spec, {})
 
 
-for _spec in CATALOG.values():
-    _member = _factory_method(_spec) if _spec.kind == "factory" else _BoundInitializerAttribute(_spec)
-    setattr(_BaseClient, _spec.name, _member)
-del _spec, _member
+# Each client class its own methods, so that each signature names the initializer it returns.
+for _cls in (Client, AsyncClient):
+    for _spec in CATALOG.values():
+        if _spec.kind == "factory":
+            setattr(_cls, _spec.name, _factory_method(_spec, _cls._initializer_class))
+        else:
+            setattr(_cls, _spec.name, _BoundInitializerAttribute(_spec))
+del _cls, _spec
