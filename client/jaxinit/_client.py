@@ -14,6 +14,7 @@ import collections
 import contextlib
 import dataclasses
 import hashlib
+import importlib
 import inspect
 import io
 import json
@@ -21,9 +22,10 @@ import math
 import numbers
 import os
 import random
+import sys
 import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, Literal, TypeVar, cast
 from urllib.parse import urlsplit
@@ -60,6 +62,31 @@ def _tqdm() -> Any:
     except ImportError:
         raise ImportError("progress bars need tqdm: pip install tqdm (the client's [progress] extra)") from None
     return tqdm
+
+
+def _progress_bar(tqdm: Any, **kwargs: Any) -> tuple[Any, Callable[[], None]]:
+    """A progress bar and what closes it.
+
+    In a notebook (tqdm's widget bar) the widget is shown through a display handle, and on
+    closing it is replaced by one line of text with its final state: a saved notebook keeps
+    no widget, whose stored fallback reads 0% wherever the widget's state is not saved
+    (nbviewer, GitHub, a reopened notebook)."""
+    notebook = sys.modules.get("tqdm.notebook")
+    if notebook is None or not (isinstance(tqdm, type) and issubclass(tqdm, notebook.tqdm_notebook)):
+        bar = tqdm(**kwargs)
+        return bar, bar.close
+    display: Any = importlib.import_module("IPython.display").display  # in a notebook, IPython is there
+
+    bar = tqdm(display=False, **kwargs)
+    handle = display(bar.container, display_id=True)
+
+    def close() -> None:
+        bar.close()
+        if handle is not None:
+            final = bar.format_meter(**{**bar.format_dict, "ncols": None})
+            handle.update({"text/plain": final}, raw=True)
+
+    return bar, close
 
 
 def _expected_bytes(request: Request) -> int:
@@ -469,11 +496,15 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
         tqdm = _tqdm()
         lock = threading.Lock()
         bar: Any = None
+        close_bar: Callable[[], None] = lambda: None  # noqa: E731 - replaced when a bar opens
         total = done = 0
         finished = threading.Event()
 
         def open_bar(size: int) -> Any:
-            made = tqdm(total=size, desc=what, unit="B", unit_scale=True, unit_divisor=1024, leave=False)
+            nonlocal close_bar
+            made, close_bar = _progress_bar(
+                tqdm, total=size, desc=what, unit="B", unit_scale=True, unit_divisor=1024, leave=False
+            )
             made.update(done)
             return made
 
@@ -519,7 +550,7 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
             if bar is not None:
                 if answered and bar.total and bar.n < bar.total:  # shared memory: all at once
                     bar.update(bar.total - bar.n)
-                bar.close()
+                close_bar()
 
     def generate(
         self,
