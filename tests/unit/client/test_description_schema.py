@@ -51,7 +51,10 @@ def test_the_async_client_too() -> None:
     async def main() -> None:
         async with jaxinit.AsyncClient("http://127.0.0.1:1", transport=transport, retries=0) as client:
             typo = {"type": "Dense", "in_features": 2, "features": 2, "kernel_init": "lecun_normall"}
-            with pytest.raises(jaxinit.InvalidArgument, match=r"model.kernel_init: 'lecun_normall'.*lecun_normal"):
+            with pytest.raises(
+                jaxinit.InvalidArgument,
+                match=r"model.kernel_init: 'kernel_init' is one of .*got 'lecun_normall'; Did you mean lecun_normal",
+            ):
                 await client.init_model(typo, 0)
 
     asyncio.run(main())

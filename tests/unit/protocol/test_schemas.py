@@ -315,7 +315,10 @@ def test_what_the_schema_refuses_the_parser_refuses(description: Any, where: str
 def test_messages_say_what_and_suggest() -> None:
     cases = {
         "'features' is required; unknown field(s) ['featurs'] for Dense; Did you mean features": INVALID[1][0],
-        "'lecun_normall' is not one of constant, ": INVALID[4][0],
+        "model.kernel_init: 'kernel_init' is one of constant, ": INVALID[4][0],
+        "got 'lecun_normall'; Did you mean": INVALID[4][0],
+        "model.length: must be at most 4096, got 5000": INVALID[12][0],
+        "'class' is one of MultiHeadAttention, MultiHeadDotProductAttention, SelfAttention": INVALID[15][0],
         "Did you mean lecun_normal": INVALID[4][0],
         "Did you mean float32": INVALID[5][0],
         "must be an int, got True": INVALID[3][0],
@@ -326,6 +329,11 @@ def test_messages_say_what_and_suggest() -> None:
     for said, description in cases.items():
         with pytest.raises(InvalidArgument, match=re.escape(said)):
             schemas.check(description)
+    deep: dict[str, Any] = DENSE
+    for _ in range(5000):  # the parser refuses more than 32 levels; the check may not crash on it
+        deep = {"type": "Module", "children": [deep]}
+    with pytest.raises(InvalidArgument, match="nests too deeply"):
+        schemas.check(deep)
     huge = {"type": "Dense", "in_features": "x" * 100_000, "features": 2}
     with pytest.raises(InvalidArgument) as info:
         schemas.check(huge)

@@ -135,6 +135,8 @@ def check(document: Any, name: str = DESCRIPTION, *, where: str = "model") -> bo
     except fastjsonschema.JsonSchemaValueException as exc:
         place = where + str(exc.name).removeprefix("data")
         raise InvalidArgument(f"{place}: {_said(exc, load(name))} (the {name.split('.')[0]} schema)") from None
+    except RecursionError:  # far deeper than the parser's limit, which refuses it too
+        raise InvalidArgument(f"{where}: the description nests too deeply to check") from None
     return True
 
 
@@ -158,16 +160,23 @@ def _said(exc: Any, schema: Mapping[str, Any]) -> str:
             if rule == "additionalProperties":
                 said[-1] += f" its fields: {', '.join(known)}"
         return "; ".join(said).rstrip(";")
+    field = re.sub(r"\[\d+\]$", "", str(exc.name)).rsplit(".", 1)[-1]  # the field the value is in
     if rule in ("enum", "anyOf", "oneOf"):
         choices = [c for c in _choices(exc.rule_definition, schema) if c]
         if choices and isinstance(value, str):
-            return f"{_SHOWN.repr(value)} is not one of {', '.join(choices)};{did_you_mean(value, choices)}".rstrip(";")
+            hint = did_you_mean(value, choices)
+            return f"'{field}' is one of {', '.join(choices)}, got {_SHOWN.repr(value)};{hint}".rstrip(";")
         if rule == "enum":
-            return f"{_SHOWN.repr(value)} is not one of {', '.join(map(repr, exc.rule_definition))}"
+            return f"'{field}' is one of {', '.join(map(repr, exc.rule_definition))}, got {_SHOWN.repr(value)}"
         expected = definition.get("description") or "valid by one of its forms"
         return f"must be {expected[0].lower()}{expected[1:].rstrip('.')}, got {_SHOWN.repr(value)}"
     if rule == "type":
         return f"must be {_types(exc.rule_definition)}, got {_SHOWN.repr(value)}"
+    if rule in ("minimum", "maximum", "minItems", "maxItems", "minLength", "maxLength"):
+        bound = "at least" if rule.startswith("min") else "at most"
+        unit = {"Items": " item", "Length": " character"}.get(rule[3:], "")
+        unit += "s" if unit and exc.rule_definition != 1 else ""
+        return f"must be {bound} {exc.rule_definition}{unit}, got {_SHOWN.repr(value)}"
     if rule == "not":
         why = definition.get("description")
         return "is not allowed here" + (f": {why}" if why else "")
