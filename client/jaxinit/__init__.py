@@ -121,10 +121,19 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    from jaxinit._annotations import resolve
+
     if name in _SUBMODULES:
         module = importlib.import_module(f"jaxinit.{name}")
+        if name == "models":  # the builder's functions, as help() shows them
+            for public in module.__all__:
+                resolve(getattr(module, public))
     elif name in _EXPORTS:
         module = getattr(importlib.import_module(_EXPORTS[name]), name)
+        resolve(module)  # real annotations in signatures, not strings
+        if _EXPORTS[name] == "jaxinit._client":  # and what a client's calls hand back
+            for returned in ("Initializer", "AsyncInitializer", "ModelParams", "Tensor"):
+                resolve(getattr(importlib.import_module(_EXPORTS[returned]), returned))
     else:
         raise AttributeError(f"module 'jaxinit' has no attribute {name!r}")
     globals()[name] = module  # loaded once

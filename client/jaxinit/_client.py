@@ -14,6 +14,7 @@ import collections
 import contextlib
 import dataclasses
 import hashlib
+import importlib
 import importlib.metadata
 import inspect
 import io
@@ -23,11 +24,22 @@ import numbers
 import os
 import random
 import secrets
+import sys
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Coroutine, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -36,7 +48,7 @@ from jaxinit._model_file import StreamedFile, streamed_file
 from jaxinit._types import ModelRequest, Provenance, Request, Tensor, check_derived, enumerate_async
 from jaxinit._verify import refetch_metadata
 from jaxinit.protocol import safetensors
-from jaxinit.protocol.catalog import CATALOG, InitializerSpec, bind_arguments, unknown_message
+from jaxinit.protocol.catalog import CATALOG, ArgSpec, InitializerSpec, bind_arguments, unknown_message
 from jaxinit.protocol.codec import dtype_name, is_bits_type, numpy_dtype
 from jaxinit.protocol.errors import (
     Interrupted,
@@ -65,6 +77,31 @@ def _tqdm() -> Any:
     except ImportError:
         raise ImportError("progress bars need tqdm: pip install tqdm (the client's [progress] extra)") from None
     return tqdm
+
+
+def _progress_bar(tqdm: Any, **kwargs: Any) -> tuple[Any, Callable[[], None]]:
+    """A progress bar and what closes it.
+
+    In a notebook (tqdm's widget bar) the widget is shown through a display handle, and on
+    closing it is replaced by one line of text with its final state: a saved notebook keeps
+    no widget, whose stored fallback reads 0% wherever the widget's state is not saved
+    (nbviewer, GitHub, a reopened notebook)."""
+    notebook = sys.modules.get("tqdm.notebook")
+    if notebook is None or not (isinstance(tqdm, type) and issubclass(tqdm, notebook.tqdm_notebook)):
+        bar = tqdm(**kwargs)
+        return bar, bar.close
+    display: Any = importlib.import_module("IPython.display").display  # in a notebook, IPython is there
+
+    bar = tqdm(display=False, **kwargs)
+    handle = display(bar.container, display_id=True)
+
+    def close() -> None:
+        bar.close()
+        if handle is not None:
+            final = bar.format_meter(**{**bar.format_dict, "ncols": None})
+            handle.update({"text/plain": final}, raw=True)
+
+    return bar, close
 
 
 def _expected_bytes(request: Request) -> int:
@@ -507,11 +544,15 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
         tqdm = _tqdm()
         lock = threading.Lock()
         bar: Any = None
+        close_bar: Callable[[], None] = lambda: None  # noqa: E731 - replaced when a bar opens
         total = done = 0
         finished = threading.Event()
 
         def open_bar(size: int) -> Any:
-            made = tqdm(total=size, desc=what, unit="B", unit_scale=True, unit_divisor=1024, leave=False)
+            nonlocal close_bar
+            made, close_bar = _progress_bar(
+                tqdm, total=size, desc=what, unit="B", unit_scale=True, unit_divisor=1024, leave=False
+            )
             made.update(done)
             return made
 
@@ -557,7 +598,7 @@ class _BaseClient(abc.ABC, Generic[TensorT, ModelT]):
             if bar is not None:
                 if answered and bar.total and bar.n < bar.total:  # shared memory: all at once
                     bar.update(bar.total - bar.n)
-                bar.close()
+                close_bar()
 
     def generate(
         self,
@@ -1064,25 +1105,30 @@ def write_arrays(path: str, arrays: dict[str, np.ndarray], metadata: dict[str, s
 # ---- one method per catalog entry, with JAX's own signature and defaults ----
 
 
-# The Python type each catalog argument type takes (annotations, shown by help()).
-_ANNOTATIONS = {
-    "float": "float",
-    "int": "int",
-    "axes": "int | Sequence[int]",
-    "choice": "str",
-    "dtype": "str | numpy.dtype | None",
-    "array": "ArrayLike",
+# The Python type each catalog argument type takes: objects, not strings, so that help()
+# and inspect.signature show types (a choice is the Literal of its choices).
+_ANNOTATIONS: dict[str, Any] = {
+    "float": float,
+    "int": int,
+    "axes": int | Sequence[int],
+    "dtype": str | type | np.dtype | None,
+    "array": float | Sequence[Any] | np.ndarray,
 }
 
 
-def _signature(spec: InitializerSpec) -> inspect.Signature:
+def _annotation(arg: ArgSpec) -> Any:
+    if arg.type == "choice":
+        return Literal[arg.choices] if arg.choices else str
+    return _ANNOTATIONS.get(arg.type, inspect.Parameter.empty)
+
+
+def _signature(spec: InitializerSpec, returns: type) -> inspect.Signature:
     params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     for arg in spec.arguments:
         default = inspect.Parameter.empty if arg.required else arg.default
-        annotation = _ANNOTATIONS.get(arg.type, inspect.Parameter.empty)
         kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
-        params.append(inspect.Parameter(arg.name, kind, default=default, annotation=annotation))
-    return inspect.Signature(params, return_annotation="Initializer")
+        params.append(inspect.Parameter(arg.name, kind, default=default, annotation=_annotation(arg)))
+    return inspect.Signature(params, return_annotation=returns)
 
 
 def _docstring(spec: InitializerSpec) -> str:
@@ -1113,8 +1159,8 @@ def _looks_like_key_and_shape(args: tuple[Any, ...]) -> bool:
     return keyish and shapeish
 
 
-def _factory_method(spec: InitializerSpec) -> Any:
-    signature = _signature(spec)
+def _factory_method(spec: InitializerSpec, returns: type) -> Any:
+    signature = _signature(spec, returns)
     axes_first = bool(spec.arguments) and spec.arguments[0].type == "axes"
 
     def method(self: _BaseClient[Any, Any], *args: Any, **kwargs: Any) -> Any:
@@ -1160,10 +1206,14 @@ class _BoundInitializerAttribute:
         return client._initializer_class(client, self._spec, {})
 
 
-for _spec in CATALOG.values():
-    _member = _factory_method(_spec) if _spec.kind == "factory" else _BoundInitializerAttribute(_spec)
-    setattr(_BaseClient, _spec.name, _member)
-del _spec, _member
+# Each client class its own methods, so that each signature names the initializer it returns.
+for _cls in (Client, AsyncClient):
+    for _spec in CATALOG.values():
+        if _spec.kind == "factory":
+            setattr(_cls, _spec.name, _factory_method(_spec, _cls._initializer_class))
+        else:
+            setattr(_cls, _spec.name, _BoundInitializerAttribute(_spec))
+del _cls, _spec
 
 
 # ---- pins and re-fetch by provenance ----

@@ -20,6 +20,7 @@ from jaxinit.protocol.errors import IntegrityError, InvalidArgument, JaxinitErro
 from jaxinit.protocol.expansion import plan_jit
 from jaxinit.protocol.keys import Key, as_key
 from jaxinit.protocol.provenance import Provenance
+from jaxinit.protocol.schemas import check as check_description
 
 __all__ = [
     "Assembler",
@@ -108,6 +109,9 @@ class ModelRequest:
             model = json.loads(json.dumps(self.model, default=_plain, allow_nan=False))
         except (TypeError, ValueError, RecursionError) as exc:
             raise InvalidArgument(f"model: the description is not JSON data: {exc}") from None
+        # The schema before the wire: a mistake named by its JSON path, with no round trip
+        # (the server's parser, the authority, checks what a schema cannot).
+        check_description(model)
         if self.jit is not None and not isinstance(self.jit, bool):
             raise InvalidArgument(f"jit must be true, false or None (the plan's default), got {self.jit!r}")
         default = plan_jit(model)

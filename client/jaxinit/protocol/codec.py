@@ -136,7 +136,7 @@ def dtype_name(dtype: Any) -> str:
         raise UnknownDtype(f"unknown dtype {dtype!r};{hint} known dtypes: {', '.join(DTYPE_NAMES)}")
     try:
         np_dtype = np.dtype(dtype)
-    except TypeError:
+    except (TypeError, ValueError, KeyError):  # a JSON object numpy reads as fields: {"type": ...}
         raise UnknownDtype(f"unknown dtype {dtype!r}; known dtypes: {', '.join(DTYPE_NAMES)}") from None
     raw = (np_dtype.metadata or {}).get(RAW_BITS_KEY) if np_dtype.kind == "V" else None
     if raw is not None:

@@ -1,12 +1,15 @@
 """The registry: initializers, their arguments, dtypes, key implementations, the server;
-and the JAX versions it serves."""
+the JAX versions it serves, and the JSON Schemas of model descriptions and plans."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException
 
+from jaxinit.protocol import schemas
 from jaxinit_server.core.provenance import served_versions
 from jaxinit_server.rest.deps import OffLoopJSONRoute, ServiceDep
 
@@ -23,3 +26,19 @@ async def list_initializers(service: ServiceDep) -> dict[str, Any]:
 @router.get("/v1/versions", summary="What the server serves: JAX and jaxlib versions, backend, key impls, dtypes")
 async def list_versions(service: ServiceDep) -> dict[str, Any]:
     return served_versions(service.describe())
+
+
+@router.get(
+    "/v1/schemas/{name}",
+    summary="A JSON Schema: model-description.schema.json or plan.schema.json",
+    response_class=Response,
+    responses={200: {"content": {schemas.MEDIA_TYPE: {}}}},
+)
+async def get_schema(name: str) -> Response:
+    """The JSON Schema (draft-07) of model descriptions or of plans, as this server's
+    version ships it (docs/models.md)."""
+    try:
+        body = schemas.text(name)
+    except KeyError as exc:
+        raise HTTPException(404, str(exc.args[0])) from None
+    return Response(body, media_type=schemas.MEDIA_TYPE)
