@@ -68,7 +68,8 @@ def test_a_valid_description_goes_out_as_given() -> None:
         pytest.raises(jaxinit.JaxinitError),
     ):
         client.init_model(m.Module(m.Dense(4, 2)), 0)  # the mock server answers 500
-    assert sent and json.loads(sent[0].content)["model"] == m.Module(m.Dense(4, 2))
+    posted = [r for r in sent if r.method == "POST" and r.url.path == "/v1/models/init"]
+    assert posted and json.loads(posted[0].read())["model"] == m.Module(m.Dense(4, 2))
 
 
 def test_the_cli_says_where(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,11 +8,12 @@ import pathlib
 import numpy as np
 import pytest
 
+from jaxinit import _model_file
 from jaxinit._model_file import StreamedFile, streamed_file
 from jaxinit._types import ModelRequest, Tensor
 from jaxinit.models import raw
 from jaxinit.protocol import safetensors
-from jaxinit.protocol.errors import ProtocolError
+from jaxinit.protocol.errors import InvalidArgument, ProtocolError
 from jaxinit.protocol.provenance import Provenance
 
 MODEL = raw(
@@ -78,5 +79,11 @@ def test_a_tensor_other_than_the_expansion_lists_is_refused_and_nothing_is_left(
 def test_npz_and_unknown_descriptions_are_written_whole(tmp_path: pathlib.Path) -> None:
     assert streamed_file(tmp_path / "m.npz", ModelRequest(MODEL, 0)) is None
     assert streamed_file(None, ModelRequest(MODEL, 0)) is None
-    unknown = {"type": "NotAModuleThisClientKnows"}
-    assert streamed_file(tmp_path / "m.safetensors", ModelRequest(unknown, 0)) is None
+    # A description this client's expansion cannot list (a newer server's): written whole.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_model_file, "expand", _refuses)
+        assert streamed_file(tmp_path / "m.safetensors", ModelRequest(MODEL, 0)) is None
+
+
+def _refuses(*args: object, **kwargs: object) -> object:
+    raise InvalidArgument("no module type NotAModuleThisClientKnows")
