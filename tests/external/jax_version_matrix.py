@@ -43,7 +43,7 @@ SIXTY_FOUR = {"float64", "complex128", "int64", "uint64"}
 
 
 def x64_on(on: bool) -> Any:
-    """jax.enable_x64, on every supported JAX (0.4 has it in jax.experimental): the
+    """jax.enable_x64, on every supported JAX (0.4.38 and 0.6.2 have it in jax.experimental): the
     reference's own spelling, independent of the server's compatibility module."""
     manager = getattr(jax, "enable_x64", None)
     if manager is None:

@@ -10,10 +10,10 @@ dependency range admits them); to try another JAX, see the README ("A new JAX").
 
 What differs between the supported versions, and how it is bridged:
 
-- ``jax.enable_x64`` (a context manager) is public from 0.6 on; 0.4 has it as
-  ``jax.experimental.enable_x64``.
-- ``jax.monitoring``'s ``unregister_*`` functions are public from 0.5 on; 0.4 has them
-  private in ``jax._src.monitoring``.
+- ``jax.enable_x64`` (a context manager): 0.8.3 and 0.10.2 have it; 0.4.38 and 0.6.2 have
+  it as ``jax.experimental.enable_x64``.
+- ``jax.monitoring``'s ``unregister_*`` functions: public in 0.8.3 and 0.10.2; 0.4.38 and
+  0.6.2 have them private in ``jax._src.monitoring``.
 - key implementations: threefry4x32, philox2x32 and philox4x32 are not in every JAX; what
   this one has is :data:`KEY_IMPLS` (JAX's own registry of implementations).
 - dtypes: float8_e8m0fnu (and any newer ml_dtypes type) needs a JAX that knows it;
@@ -69,7 +69,7 @@ def compute_fans(shape: Sequence[int], in_axis: Any, out_axis: Any, batch_axis: 
 def enable_x64(on: bool) -> contextlib.AbstractContextManager[Any]:
     """``jax.enable_x64(on)``: 64-bit types on or off inside the block, this thread only."""
     manager: Any = getattr(jax, "enable_x64", None)
-    if manager is None:  # before 0.6: jax.experimental's
+    if manager is None:  # 0.4.38, 0.6.2: jax.experimental's
         manager = importlib.import_module("jax.experimental").enable_x64
     return manager(on)  # type: ignore[no-any-return]
 
@@ -83,7 +83,7 @@ def _monitoring(name: str) -> Callable[[Callable[..., Any]], None]:
     public = getattr(jax.monitoring, name, None)
     if public is not None:
         return public  # type: ignore[no-any-return]
-    from jax._src import monitoring  # before 0.5: private, and removed by the callback itself
+    from jax._src import monitoring  # 0.4.38, 0.6.2: private, removed by the callback itself
 
     return getattr(monitoring, f"_{name}_by_callback")  # type: ignore[no-any-return]
 
