@@ -2,7 +2,15 @@
 and the real nginx in front, started with the very file the compose file mounts
 (``deploy/nginx/jaxinit.conf``), only the addresses and ports substituted.
 
-    python deploy/harness.py          # bring it up on loopback, print the addresses, wait
+    python deploy/harness.py                  # the default pool: bring it up on loopback, wait
+    python deploy/harness.py --all-versions   # every JAX version's pool (venvs built first)
+
+The balancer routes on the header x-jaxinit-jax-version to one pool per JAX version
+(deploy/jax_versions.py). A pool's replicas run from that version's venv
+(``.cache/jax-venvs/<version>``) with this checkout's code; the default pool's from this
+Python when its JAX is the default version. A pool not asked for has no process: its
+upstream points at a closed port, so a request for it fails (502) rather than being
+answered by another JAX.
 
 Tests and the load test (bench/load.py) use :func:`running_topology`. A replica can be
 killed (SIGKILL), stopped (SIGTERM, drains) and started again on the same ports, which
@@ -18,6 +26,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -26,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from jax_versions import DEFAULT, environment, python_for
 
 from jaxinit_server.testing import server_command
 
@@ -36,7 +46,16 @@ GRPC_PORT, HTTP_PORT = 50051, 8000  # the ports inside the compose network
 # The ready line, bare (--log-format text) or the message of a JSON object (json).
 READY = re.compile(r"jaxinit-server ready grpc=([^\s\"]+) http=([^\s\"]+)")
 
-__all__ = ["LB_CONFIG", "Replica", "Topology", "find_nginx", "free_port", "render_lb_config", "running_topology"]
+__all__ = [
+    "LB_CONFIG",
+    "Replica",
+    "Topology",
+    "find_nginx",
+    "free_port",
+    "render_lb_config",
+    "replica_version",
+    "running_topology",
+]
 
 
 def free_port() -> int:
@@ -54,6 +73,13 @@ def find_nginx() -> str | None:
 def upstream_names(config: str) -> list[str]:
     """The replica host names the balancer's configuration lists, in order."""
     return sorted(set(re.findall(rf"server\s+([\w.-]+):{GRPC_PORT}\b", config)))
+
+
+def replica_version(name: str) -> str:
+    """The JAX version a replica's pool serves, from its host name: jaxinit-jax-0-4-38-1 is
+    0.4.38's; jaxinit-N is the default pool's."""
+    found = re.fullmatch(r"jaxinit-jax-(\d+)-(\d+)-(\d+)-\d+", name)
+    return ".".join(found.groups()) if found else DEFAULT
 
 
 def render_lb_config(config: str, replicas: dict[str, tuple[int, int]], listen: tuple[int, int]) -> str:
@@ -86,14 +112,18 @@ class Replica:
     grpc_port: int
     http_port: int
     args: Sequence[str] = ()
+    python: str = sys.executable  # a venv's for a pool of another JAX version
     process: subprocess.Popen[str] | None = None
     output: list[str] = field(default_factory=list)
     _ready: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
         command = server_command("--replica", self.name, *self.args, grpc_port=self.grpc_port, http_port=self.http_port)
+        command[0] = self.python
         self._ready = threading.Event()
-        self.process = process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.process = process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment()
+        )
         ready = self._ready
 
         def pump() -> None:
@@ -201,9 +231,15 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], timeout: float) -> No
 
 @contextlib.contextmanager
 def running_topology(
-    *, server_args: Sequence[str] = (), workdir: Path | None = None, timeout: float = 240
+    *,
+    server_args: Sequence[str] = (),
+    workdir: Path | None = None,
+    timeout: float = 240,
+    versions: Sequence[str] | None = None,
 ) -> Iterator[Topology]:
-    """Every replica the balancer's configuration names, and nginx in front, on loopback."""
+    """The replicas the balancer's configuration names for the pools of ``versions`` (None:
+    the default pool only), and nginx in front, on loopback. A version's venv is built
+    first if it is missing (minutes)."""
     nginx = find_nginx()
     if nginx is None:
         raise FileNotFoundError("nginx is not installed (Debian: apt-get install nginx-light or nginx)")
@@ -214,12 +250,22 @@ def running_topology(
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="jaxinit-lb-")))
         for sub in ("logs", "tmp", "cache"):
             (workdir / sub).mkdir(parents=True, exist_ok=True)
-        replicas = [Replica(name, free_port(), free_port(), server_args) for name in names]
+        wanted = {DEFAULT} if versions is None else set(versions)
+        pythons = {version: python_for(version) for version in sorted(wanted)}
+        replicas = [
+            Replica(name, free_port(), free_port(), server_args, python=pythons[replica_version(name)])
+            for name in names
+            if replica_version(name) in wanted
+        ]
+        if missing := wanted - {replica_version(r.name) for r in replicas}:
+            raise ValueError(f"the balancer's configuration has no pool for JAX {sorted(missing)}")
+        # The pools not started: a closed port each (nothing listens on a port freed here).
+        absent = {name: (free_port(), free_port()) for name in names if replica_version(name) not in wanted}
         topology = Topology(replicas, free_port(), free_port(), workdir)
         topology.lb_config.write_text(
             render_lb_config(
                 config,
-                {r.name: (r.grpc_port, r.http_port) for r in replicas},
+                {**{r.name: (r.grpc_port, r.http_port) for r in replicas}, **absent},
                 (topology.grpc_port, topology.http_port),
             )
         )
@@ -258,10 +304,16 @@ def running_topology(
         yield topology
 
 
-def main() -> int:
-    with running_topology() as topology:
+def main(argv: Sequence[str]) -> int:
+    from jax_versions import SUPPORTED
+
+    versions = SUPPORTED if "--all-versions" in argv else None
+    with running_topology(versions=versions) as topology:
         for r in topology.replicas:
-            print(f"replica {r.name}: grpc=127.0.0.1:{r.grpc_port} http=http://127.0.0.1:{r.http_port}")
+            print(
+                f"replica {r.name} (JAX {replica_version(r.name)}): "
+                f"grpc=127.0.0.1:{r.grpc_port} http=http://127.0.0.1:{r.http_port}"
+            )
         print(f"load balancer: grpc={topology.grpc_url} http={topology.http_url} (Ctrl-C stops all)", flush=True)
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         with contextlib.suppress(KeyboardInterrupt):
@@ -271,4 +323,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

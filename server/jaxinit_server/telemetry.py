@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from jaxinit.protocol.catalog import CATALOG
 from jaxinit.protocol.errors import JaxinitError, mapping_for
 from jaxinit.protocol.wire import REPLICA_HEADER, REQUEST_ID_HEADER
+from jaxinit_server.core import _jax_compat
 
 __all__ = ["CONTENT_TYPE", "REPLICA_HEADER", "REQUEST_ID_HEADER", "Call", "Telemetry", "request_id_from"]
 
@@ -189,8 +190,8 @@ class Telemetry:
         return generate_latest(self.registry)
 
     def close(self) -> None:
-        jax.monitoring.unregister_event_listener(self._jax_event)
-        jax.monitoring.unregister_event_duration_listener(self._jax_duration)
+        _jax_compat.unregister_event_listener(self._jax_event)
+        _jax_compat.unregister_event_duration_listener(self._jax_duration)
 
     def _jax_event(self, event: str, **_: Any) -> None:
         if event == "/jax/compilation_cache/cache_hits":

@@ -23,6 +23,7 @@ DOCS = ["README.md", "docs/models.md", "docs/api.md"]
 NOT_RUN = {
     "make serve": "the set-up commands: CI runs them (.ci/run is `make test`)",
     "pip install . ./server": "set-up: make setup, test_distributions and the thin-client tests install it",
+    "constraints-jax.txt": "set-up of an older JAX: test_jax_versions builds it (deploy/jax_versions.py), release tier",
     "tritonclient.http": "tritonclient needs protobuf < 7: tests/integration/test_kserve.py runs it in its own venv",
 }
 # Blocks that need a module of the release tier's extra (make setup-release): run where it is

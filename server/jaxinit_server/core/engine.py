@@ -29,7 +29,7 @@ import numpy as np
 from jaxinit.protocol.codec import DTYPES, dtype_name
 from jaxinit.protocol.errors import InternalError, JaxError, ServerUnavailable, TooLarge
 from jaxinit.protocol.keys import KEY_IMPLS, Key
-from jaxinit_server.core import chunked
+from jaxinit_server.core import _jax_compat, chunked
 from jaxinit_server.core.registry import build
 from jaxinit_server.core.request import GenerateParams, Limits, PrngDefaults, Resolved, resolve
 
@@ -442,8 +442,8 @@ class Generation:
 
 def _config(resolved: Resolved) -> contextlib.ExitStack:
     stack = contextlib.ExitStack()
-    stack.enter_context(jax.threefry_partitionable(resolved.threefry_partitionable))
-    stack.enter_context(jax.enable_x64(resolved.enable_x64))
+    stack.enter_context(_jax_compat.threefry_partitionable(resolved.threefry_partitionable))
+    stack.enter_context(_jax_compat.enable_x64(resolved.enable_x64))
     return stack
 
 

@@ -16,6 +16,7 @@ from jaxinit.protocol.errors import InvalidArgument, TooLarge, VersionMismatch
 from jaxinit.protocol.keys import Key
 from jaxinit.protocol.provenance import version_matches
 from jaxinit.protocol.wire import JAX_VERSION_HEADER
+from jaxinit_server.core import _jax_compat
 
 __all__ = ["GenerateParams", "Limits", "PrngDefaults", "Resolved", "check_pin", "pinned", "resolve"]
 
@@ -178,6 +179,9 @@ def resolve(params: GenerateParams, limits: Limits, defaults: PrngDefaults) -> R
             f"the initializer called with the rest of the shape), got shape {_dims(shape)}"
         )
     key = params.key if spec.uses_key else None
+    # What this JAX lacks (an older one: a key implementation, a newer float8) is refused, naming it.
+    if (lacking := _jax_compat.unsupported(dtype=out_dtype, impl=None if key is None else key.impl)) is not None:
+        raise InvalidArgument(lacking)
     if key is not None and key.stack and key.impl in ("rbg", "unsafe_rbg"):
         # their batches are derived key by key, in eager steps (see engine.VMAP_IMPLS)
         work = math.prod(key.stack) * len(key.derive)

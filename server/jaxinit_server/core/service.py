@@ -20,7 +20,7 @@ from jaxinit.protocol.errors import JaxinitError, PermissionDenied, TooLarge
 from jaxinit.protocol.expansion import Output, file_metadata
 from jaxinit.protocol.keys import KEY_IMPLS, Key
 from jaxinit.protocol.provenance import Provenance
-from jaxinit_server.core import chunked, engine, results, startup
+from jaxinit_server.core import _jax_compat, chunked, engine, results, startup
 from jaxinit_server.core._threads import on_thread, unless_aborted
 from jaxinit_server.core.admission import UNSET, Admission, Ticket
 from jaxinit_server.core.disk_cache import DiskCache
@@ -162,8 +162,9 @@ class Service:
                 }
                 for spec in CATALOG.values()
             ],
-            "dtypes": list(DTYPE_NAMES),
-            "key_impls": list(KEY_IMPLS),
+            # what this JAX has of what the protocol names (an older JAX lacks some)
+            "dtypes": [name for name in DTYPE_NAMES if _jax_compat.unsupported(dtype=name) is None],
+            "key_impls": [impl for impl in KEY_IMPLS if impl in _jax_compat.KEY_IMPLS],
             "server": {
                 **self.identity.as_dict(),
                 "threefry_partitionable": self.identity.defaults.threefry_partitionable,
