@@ -55,7 +55,10 @@ def _check_routing(config: str) -> None:
     and HTTP alike); no header, and any other value, to the default pool."""
     pools, upstreams = _pool_map(config), _upstreams(config)
     assert pools.get("default") == ""
-    assert set(pools) == {"default", *jax_versions.SUPPORTED}
+    prefixes = {v.rsplit(".", 1)[0]: v for v in jax_versions.SUPPORTED}  # "0.8" -> "0.8.3", as servers match
+    assert len(prefixes) == len(jax_versions.SUPPORTED)  # (one pool per minor version, or a prefix is ambiguous)
+    assert set(pools) == {"default", *jax_versions.SUPPORTED, *prefixes}
+    assert all(pools[prefix] == pools[version] for prefix, version in prefixes.items())
     for version in jax_versions.SUPPORTED:
         for kind in ("grpc", "http"):
             names = upstreams[f"jaxinit_{kind}{pools[version]}"]
@@ -167,7 +170,7 @@ def test_each_version_header_gets_that_versions_bytes(pools: Topology) -> None:
     want = {version: _local_bytes(version, 7, shape) for version in jax_versions.SUPPORTED}
     assert len(set(want.values())) > 1  # the versions differ here, or this test shows nothing
     request = request_to_proto(jaxinit.Client(pools.grpc_url).request("lecun_normal", 7, shape))
-    asks = [(v, v) for v in jax_versions.SUPPORTED] + [(None, jax_versions.DEFAULT), ("0.3.0", jax_versions.DEFAULT)]
+    asks = [(v, v) for v in jax_versions.SUPPORTED] + [(None, jax_versions.DEFAULT), ("0.8", "0.8.3")]
     with (
         httpx.Client(base_url=pools.http_url, timeout=120) as http,
         grpc.insecure_channel(f"127.0.0.1:{pools.grpc_port}") as channel,
@@ -192,6 +195,13 @@ def test_each_version_header_gets_that_versions_bytes(pools: Topology) -> None:
             assert data == want[served], (asked, served)
             assert header.provenance.jax_version == served
             assert replica_version(dict(call.initial_metadata())["x-jaxinit-replica"]) == served
+
+        # A version no pool serves goes to the default pool, whose servers refuse it: never other bytes.
+        refused = http.post("/v1/generate", json=body, headers={HEADER: "0.3.0"})
+        assert refused.status_code == 412 and "0.3.0" in refused.text and jax_versions.DEFAULT in refused.text
+        with pytest.raises(grpc.RpcError) as caught:
+            list(stub.Generate(request, timeout=120, metadata=((HEADER, "0.3.0"),)))
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "0.3.0" in str(caught.value.details())
 
         # The GET form's cache keeps each pool's answer apart.
         url = get_url(jaxinit.Client(pools.http_url).request("lecun_normal", 7, shape, "float32"))
