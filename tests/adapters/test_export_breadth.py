@@ -254,6 +254,17 @@ TOKENS = jax.ShapeDtypeStruct((1, 5), jnp.int32)
 # --- jit, a first-class choice ---------------------------------------------------------------
 
 
+_LLAMA: dict[tuple[bool, bool], dict[str, np.ndarray]] = {}
+
+
+def _llama(remat: bool, jit: bool) -> dict[str, np.ndarray]:
+    """LlamaStyle's ``model.init`` (seed 4), or its jax.jit, made once for both transports."""
+    if (remat, jit) not in _LLAMA:
+        model = LlamaStyle(gradient_checkpointing=remat)
+        _LLAMA[remat, jit] = _linen(model, 4, jit, jnp.zeros((1, 5), jnp.int32))
+    return _LLAMA[remat, jit]
+
+
 @pytest.mark.parametrize("remat", [False, True])
 def test_a_llama_style_model_is_model_init_and_its_jit(realise: Any, remat: bool) -> None:
     model = LlamaStyle(gradient_checkpointing=remat)
@@ -267,11 +278,10 @@ def test_a_llama_style_model_is_model_init_and_its_jit(realise: Any, remat: bool
     assert by_path["A_log"]["args"]["value"][2] == np.log(np.arange(1, 5, dtype=np.float32)).tolist()
     down = next(e for p, e in by_path.items() if p.endswith("down_proj.kernel"))
     assert down["args"] == {"stddev": float(jnp.sqrt(1.0 / 40))}
-    x = jnp.zeros((1, 5), jnp.int32)
-    eager, jitted = _linen(model, 4, False, x), _linen(model, 4, True, x)
+    eager, jitted = _llama(remat, False), _llama(remat, True)
     assert any(eager[n].tobytes() != jitted[n].tobytes() for n in eager)  # jit matters for this model
     if remat:  # remat changes no parameter
-        _same(eager, _linen(LlamaStyle(), 4, False, x))
+        _same(eager, _llama(False, False))
     got = realise(plan, 4)
     _same(_arrays(got), eager)
     assert got.metadata["jit"] == "false"

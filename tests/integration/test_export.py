@@ -90,10 +90,18 @@ CASES = {
 }  # fmt: skip
 
 
+_INITS: dict[tuple[str, int, bool], dict[str, np.ndarray]] = {}
+
+
 def _init(name: str, seed: int) -> dict[str, np.ndarray]:
-    make, inputs, kwargs = CASES[name]
-    zeros = [jnp.zeros(x.shape, x.dtype) for x in inputs]
-    return _flat(meta.unbox(make().init(jax.random.key(seed), *zeros, **kwargs)["params"]))
+    """Flax's ``model.init`` of a case, made once per seed and PRNG mode: both transports'
+    tests compare with it (an eager init is thousands of dispatches)."""
+    memo = (name, seed, bool(jax.config.jax_threefry_partitionable))
+    if memo not in _INITS:
+        make, inputs, kwargs = CASES[name]
+        zeros = [jnp.zeros(x.shape, x.dtype) for x in inputs]
+        _INITS[memo] = _flat(meta.unbox(make().init(jax.random.key(seed), *zeros, **kwargs)["params"]))
+    return _INITS[memo]
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
