@@ -42,7 +42,7 @@ from jaxinit.protocol.errors import (
     ProtocolError,
     ServerUnavailable,
 )
-from jaxinit.protocol.expansion import file_metadata, model_canonical, nest
+from jaxinit.protocol.model import file_metadata, model_canonical, nest
 
 __all__ = ["AsyncClient", "AsyncInitializer", "Client", "Initializer", "ModelParams"]
 

@@ -17,8 +17,8 @@ from jaxinit.protocol.codec import ITEMSIZE, array_from_buffer, dtype_name, num_
 from jaxinit.protocol.digest import ALGORITHM as DIGEST_ALGORITHM
 from jaxinit.protocol.digest import new_hasher
 from jaxinit.protocol.errors import IntegrityError, InvalidArgument, JaxinitError, ProtocolError
-from jaxinit.protocol.expansion import plan_jit
 from jaxinit.protocol.keys import Key, as_key
+from jaxinit.protocol.model import plan_jit
 from jaxinit.protocol.provenance import Provenance
 
 __all__ = [

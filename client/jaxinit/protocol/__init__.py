@@ -9,8 +9,11 @@ Everything a jaxinit client and server must agree on lives here, once:
 - :mod:`~jaxinit.protocol.digest`: the digest of the bytes sent;
 - :mod:`~jaxinit.protocol.provenance`: the typed provenance record;
 - :mod:`~jaxinit.protocol.wire`: media types, header names, gRPC metadata keys;
-- :mod:`~jaxinit.protocol.expansion`: model descriptions, their expansion into tensors
-  and keys, and the PyTorch layout;
+- :mod:`~jaxinit.protocol.model`: the model description language, its expansion into
+  tensors and keys, the Flax and PyTorch layouts and model files (``expansion``: its old
+  name, kept for one release);
+- :mod:`~jaxinit.protocol.values`: how a caller's ints and shapes are checked and quoted in
+  messages;
 - :mod:`~jaxinit.protocol.safetensors`: the safetensors header.
 
 The server imports nothing else of the ``jaxinit`` package but the generated stubs
@@ -29,7 +32,19 @@ from __future__ import annotations
 # reads it from here.
 __version__ = "0.3.0"
 
-from jaxinit.protocol import catalog, codec, digest, errors, expansion, keys, provenance, safetensors, wire
+from jaxinit.protocol import (
+    catalog,
+    codec,
+    digest,
+    errors,
+    expansion,
+    keys,
+    model,
+    provenance,
+    safetensors,
+    values,
+    wire,
+)
 from jaxinit.protocol.catalog import CATALOG, InitializerSpec, bind_arguments, lookup
 from jaxinit.protocol.codec import DTYPE_NAMES, DTYPES
 from jaxinit.protocol.errors import ERROR_TABLE, JaxinitError, mapping_for
@@ -57,7 +72,9 @@ __all__ = [
     "keys",
     "lookup",
     "mapping_for",
+    "model",
     "provenance",
     "safetensors",
+    "values",
     "wire",
 ]

@@ -1,7 +1,7 @@
 """Whole-model init requests: a model description resolved into one request per tensor.
 
 The expansion itself (module defaults, names, Flax's key derivation, the PyTorch
-layout) is :mod:`jaxinit.protocol.expansion`, shared with the client; here each tensor
+layout) is :mod:`jaxinit.protocol.model`, shared with the client; here each tensor
 becomes an ordinary :class:`Resolved` request whose key carries its ``fold_in``,
 so a model's tensors are exactly the single-tensor answers for the same requests.
 """
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from jaxinit.protocol.errors import InvalidArgument, JaxinitError, TooLarge
-from jaxinit.protocol.expansion import Output, expand, model_canonical, model_prng, outputs, plan_jit
 from jaxinit.protocol.keys import Key
+from jaxinit.protocol.model import Output, expand, model_canonical, model_prng, outputs, plan_jit
 from jaxinit_server.core.request import GenerateParams, Limits, PrngDefaults, Resolved, resolve
 
 __all__ = ["InitModelParams", "ResolvedModel", "resolve_model"]

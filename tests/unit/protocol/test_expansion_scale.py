@@ -7,6 +7,7 @@ expansion runs (a deterministic measure of its work) at two sizes.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from types import FrameType
@@ -16,8 +17,8 @@ import pytest
 
 from jaxinit import InvalidArgument, UnknownInitializer
 from jaxinit import models as m
-from jaxinit.protocol import expansion as models
-from jaxinit.protocol.expansion import (
+from jaxinit.protocol import model as models
+from jaxinit.protocol.model import (
     MAX_DEPTH,
     MAX_NAME_CHARS,
     MAX_PATH_COMPONENTS,
@@ -27,6 +28,7 @@ from jaxinit.protocol.expansion import (
     nest,
     outputs,
 )
+from jaxinit.protocol.values import quote
 
 
 def raw(n: int, path: Callable[[int], str] = lambda i: f"layer{i}.kernel") -> dict[str, Any]:
@@ -34,12 +36,13 @@ def raw(n: int, path: Callable[[int], str] = lambda i: f"layer{i}.kernel") -> di
 
 
 def lines_run(fn: Callable[[], object]) -> int:
-    """How many lines of jaxinit/_models.py (generator expressions included) ``fn`` runs."""
+    """How many lines of the model language (jaxinit/protocol/model/, generator expressions
+    included) ``fn`` runs."""
     count = 0
-    target = models.__file__
+    target = os.path.dirname(models.__file__)
 
     def trace(frame: FrameType, event: str, arg: object) -> Any:
-        if frame.f_code.co_filename != target:
+        if os.path.dirname(frame.f_code.co_filename) != target:
             return None
         nonlocal count
         count += event == "line"
@@ -218,9 +221,9 @@ def test_deeply_nested_values_are_quoted_without_recursion() -> None:
 
 def test_short_values_are_quoted_as_repr() -> None:
     for value in ["abc", b"xy", 3, 2.5, None, True, [1, "a", (2,)], {"k": [1, 2]}, (), (1,), "x" * 78]:
-        assert models._quote(value) == repr(value)
-    assert models._quote("x" * 81) == "'" + "x" * 79 + "... (81 characters)"
-    assert models._quote(list(range(1000)), 10) == "[0, 1, 2, ... (1000 items)"
-    assert models._quote(10**5000).startswith("<int")  # past Python's digit limit: no crash
+        assert quote(value) == repr(value)
+    assert quote("x" * 81) == "'" + "x" * 79 + "... (81 characters)"
+    assert quote(list(range(1000)), 10) == "[0, 1, 2, ... (1000 items)"
+    assert quote(10**5000).startswith("<int")  # past Python's digit limit: no crash
     huge = {"type": "Conv", "in_features": 3, "features": 4, "kernel_size": 3, "feature_group_count": 10**5000}
     refused(huge, "feature_group_count <int>")
