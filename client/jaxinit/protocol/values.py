@@ -28,6 +28,7 @@ __all__ = [
     "MAX_RANK",
     "QUOTE_CHARS",
     "RELAYED_CHARS",
+    "check_flag",
     "check_shape",
     "dims",
     "is_int",
@@ -46,6 +47,17 @@ MAX_INDEX = 2**63 - 1
 def is_int(value: Any) -> bool:
     """An integer (Python's or numpy's), not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_flag(value: Any, what: str) -> bool:
+    """``value`` as a flag: true or false, nothing else (no 0, 1 or "true").
+
+    Raises:
+        InvalidArgument: naming ``what``.
+    """
+    if not isinstance(value, bool):
+        raise InvalidArgument(f"{what} must be true or false, got {quote(value, 40)}")
+    return value
 
 
 def check_shape(value: Any, what: str = "shape") -> tuple[int, ...]:

@@ -15,6 +15,7 @@ from typing import Any
 from jaxinit.protocol.errors import InvalidArgument, JaxinitError, TooLarge
 from jaxinit.protocol.keys import Key
 from jaxinit.protocol.model import Output, expand, model_canonical, model_prng, outputs, plan_jit
+from jaxinit.protocol.values import check_flag
 from jaxinit_server.core.request import GenerateParams, Limits, PrngDefaults, Resolved, resolve
 
 __all__ = ["InitModelParams", "ResolvedModel", "resolve_model"]
@@ -70,9 +71,7 @@ def resolve_model(params: InitModelParams, limits: Limits, defaults: PrngDefault
     """
     if params.key is None:
         raise InvalidArgument("a model needs a root key: give a seed or key data")
-    if not isinstance(params.jit, bool):
-        raise InvalidArgument(f"jit must be true or false, got {repr(params.jit)[:40]}")
-    jit = params.jit or plan_jit(params.model)  # an exported plan's default: jit when it says so
+    jit = check_flag(params.jit, "jit") or plan_jit(params.model)  # an exported plan's default: jit when it says so
     expanded = expand(
         params.model, mode=params.mode, fix_rng_separator=params.fix_rng_separator, param_dtype=params.param_dtype
     )

@@ -5,8 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,13 +13,10 @@ from jaxinit.protocol.catalog import InitializerSpec, bind_arguments, lookup
 from jaxinit.protocol.codec import DTYPES, SIXTY_FOUR_BIT, dtype_name
 from jaxinit.protocol.errors import InvalidArgument, TooLarge
 from jaxinit.protocol.keys import Key
+from jaxinit.protocol.values import MAX_INDEX, check_flag, check_shape, dims, is_int, quote
 
 __all__ = ["GenerateParams", "Limits", "PrngDefaults", "Resolved", "resolve"]
 
-MAX_RANK = 64
-# What numpy and XLA can index: every byte count, including the product of the non-zero
-# dimensions of a 0-size shape, must stay below 2**63.
-MAX_INDEX = 2**63 - 1
 MAX_REQUEST_ID = 256  # characters; it is echoed in every chunk
 MAX_KEY_BY_KEY_STEPS = 2**14  # derivation steps of an rbg batch key (slices x steps): ~1 s of eager JAX
 
@@ -131,7 +127,7 @@ def resolve(params: GenerateParams, limits: Limits, defaults: PrngDefaults) -> R
     """
     spec = lookup(params.initializer)
     args = bind_arguments(spec, params.args)
-    shape = _shape(params.shape)
+    shape = check_shape(params.shape)
     dtype = None if params.dtype in (None, "") else dtype_name(params.dtype)
     if not isinstance(params.request_id, str) or len(params.request_id) > MAX_REQUEST_ID:
         raise InvalidArgument(f"request_id is at most {MAX_REQUEST_ID} characters")
@@ -157,7 +153,7 @@ def resolve(params: GenerateParams, limits: Limits, defaults: PrngDefaults) -> R
     total = math.prod(shape) * itemsize
     if total > limits.max_tensor_bytes:
         raise TooLarge(
-            f"a {out_dtype} tensor of shape {_dims(shape)} is {total} bytes; this server's limit "
+            f"a {out_dtype} tensor of shape {dims(shape)} is {total} bytes; this server's limit "
             f"is {limits.max_tensor_bytes} bytes per tensor"
         )
     start, stop = _range(params.offset, params.count, math.prod(shape))
@@ -165,7 +161,7 @@ def resolve(params: GenerateParams, limits: Limits, defaults: PrngDefaults) -> R
         stack = list(params.key.stack)
         raise InvalidArgument(
             f"a key with stack steps {stack} makes a tensor whose shape starts with {stack} (one slice per key, "
-            f"the initializer called with the rest of the shape), got shape {_dims(shape)}"
+            f"the initializer called with the rest of the shape), got shape {dims(shape)}"
         )
     key = params.key if spec.uses_key else None
     if key is not None and key.stack and key.impl in ("rbg", "unsafe_rbg"):
@@ -186,9 +182,7 @@ def resolve(params: GenerateParams, limits: Limits, defaults: PrngDefaults) -> R
         "threefry_partitionable": partitionable,
         "enable_x64": x64,
     }
-    if not isinstance(params.jit, bool):
-        raise InvalidArgument(f"jit must be true or false, got {repr(params.jit)[:40]}")
-    if params.jit:  # absent when false, so digests of eager requests stay as they were
+    if check_flag(params.jit, "jit"):  # absent when false, so digests of eager requests stay as they were
         fields["jit"] = True
     whole = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     tensor_digest = hashlib.sha256(whole.encode()).hexdigest()
@@ -220,8 +214,8 @@ def resolve(params: GenerateParams, limits: Limits, defaults: PrngDefaults) -> R
 def _range(offset: Any, count: Any, total: int) -> tuple[int, int]:
     """[start, stop) in flat elements for an optional offset and count."""
     for name, value in (("offset", offset), ("count", count)):
-        if value is not None and (not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0):
-            raise InvalidArgument(f"{name} must be a non-negative int (flat elements), got {repr(value)[:40]}")
+        if value is not None and (not is_int(value) or value < 0):
+            raise InvalidArgument(f"{name} must be a non-negative int (flat elements), got {quote(value, 40)}")
     start = 0 if offset is None else int(offset)
     if start > total:
         raise InvalidArgument(f"offset {start} is past the end of a tensor of {total} elements")
@@ -239,28 +233,6 @@ def _representable(shape: tuple[int, ...], itemsize: int) -> None:
         size *= max(dim, 1)
         if size > MAX_INDEX:
             raise InvalidArgument(
-                f"shape {_dims(shape)}: dimension {axis} ({dim}) takes the tensor past 2**63 bytes "
+                f"shape {dims(shape)}: dimension {axis} ({dim}) takes the tensor past 2**63 bytes "
                 "(counting every non-zero dimension), more than any array can index"
             )
-
-
-def _dims(shape: Sequence[Any], limit: int = 8) -> str:
-    """A shape for a message: at most ``limit`` dimensions, then how many more."""
-    shown = ", ".join(str(d)[:24] for d in list(shape)[:limit])
-    more = f", ... {len(shape) - limit} more" if len(shape) > limit else ""
-    return f"[{shown}{more}]"
-
-
-def _shape(shape: Any) -> tuple[int, ...]:
-    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
-        raise InvalidArgument(f"shape must be a sequence of non-negative ints, got {repr(shape)[:80]}")
-    if len(shape) > MAX_RANK:
-        raise InvalidArgument(f"shape has rank {len(shape)}; at most {MAX_RANK} dimensions")
-    dims: list[int] = []
-    for dim in shape:
-        if not isinstance(dim, numbers.Integral) or isinstance(dim, bool) or dim < 0:
-            raise InvalidArgument(f"shape must be a sequence of non-negative ints, got {_dims(shape)}")
-        if int(dim) > MAX_INDEX:
-            raise InvalidArgument(f"shape {_dims(shape)}: dimension {len(dims)} is over 2**63 - 1")
-        dims.append(int(dim))
-    return tuple(dims)

@@ -11,7 +11,7 @@ from jaxinit.protocol.catalog import bind_arguments, lookup
 from jaxinit.protocol.codec import dtype_name
 from jaxinit.protocol.errors import InvalidArgument, did_you_mean
 from jaxinit.protocol.keys import Step
-from jaxinit.protocol.values import check_shape, is_int, quote, relay
+from jaxinit.protocol.values import check_flag, check_shape, is_int, quote, relay
 
 MODES = ("linen", "nnx")
 LAYOUTS = ("flax", "torch")
@@ -127,10 +127,7 @@ class Reader:
         return float(value)
 
     def flag(self, key: str, default: bool) -> bool:
-        value = self.get(key, default)
-        if not isinstance(value, bool):
-            raise InvalidArgument(f"{self.where}: '{key}' must be true or false, got {quote(value)}")
-        return value
+        return check_flag(self.get(key, default), f"{self.where}: '{key}'")
 
     def dtype(self, inherited: str) -> str:
         value = self.get("param_dtype")

@@ -14,7 +14,7 @@ from jaxinit.protocol.keys import Step
 from jaxinit.protocol.model._base import MAX_PARAMS, MODES, Draw, Leaf, Node, is_list, relayed_dtype
 from jaxinit.protocol.model.language import parse
 from jaxinit.protocol.model.raw import is_raw, raw
-from jaxinit.protocol.values import quote
+from jaxinit.protocol.values import check_flag, quote
 
 __all__ = ["DEFAULT_STREAMS", "Param", "expand", "linen_fold_in"]
 
@@ -92,8 +92,7 @@ def expand(
     """
     if mode not in MODES:
         raise InvalidArgument(f"mode must be one of {', '.join(MODES)}, got {quote(mode)}")
-    if not isinstance(fix_rng_separator, bool):
-        raise InvalidArgument(f"fix_rng_separator must be true or false, got {quote(fix_rng_separator)}")
+    check_flag(fix_rng_separator, "fix_rng_separator")
     dtype = relayed_dtype(param_dtype)
     streams: tuple[str, ...] = DEFAULT_STREAMS
     if isinstance(description, Mapping) and "rng_streams" in description:

@@ -31,7 +31,7 @@ from jaxinit.protocol.model._base import (
 )
 from jaxinit.protocol.model._leaves import LEAF_MODULES
 from jaxinit.protocol.model.language import MODULE_TYPES
-from jaxinit.protocol.values import check_shape, is_int, quote
+from jaxinit.protocol.values import check_flag, check_shape, is_int, quote
 
 __all__ = ["is_raw", "plan_jit", "raw"]
 
@@ -49,10 +49,7 @@ def plan_jit(description: Any) -> bool:
     (``"jit": true``): every tensor then has the ``jit`` values unless a request says otherwise."""
     if not is_raw(description):
         return False
-    jit = description.get("jit", False)
-    if not isinstance(jit, bool):
-        raise InvalidArgument(f"model.jit must be true or false, got {quote(jit)}")
-    return jit
+    return check_flag(description.get("jit", False), "model.jit")
 
 
 def raw(description: Mapping[str, Any], dtype: str) -> Node:
@@ -171,10 +168,7 @@ def _explicit(entry: Mapping[str, Any], leaf: Leaf, where: str) -> bool:
                 f"{where}: 'module' is one of {', '.join(MODULE_TYPES)}, got {quote(entry['module'])}"
             )
         leaf.module = entry["module"]
-    jit = entry.get("jit", False)
-    if not isinstance(jit, bool):
-        raise InvalidArgument(f"{where}: 'jit' must be true or false, got {quote(jit)}")
-    leaf.jit = jit
+    leaf.jit = check_flag(entry.get("jit", False), f"{where}: 'jit'")
     stack_at = entry.get("stack_at", 0)
     if not is_int(stack_at) or not 0 <= stack_at < MAX_PATH_COMPONENTS:
         raise InvalidArgument(f"{where}: 'stack_at' must be a small non-negative int, got {quote(stack_at)}")
