@@ -85,7 +85,7 @@ class NestedList(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[Value, _Mapping]]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "initializer", "args", "shape", "dtype", "key", "prng", "offset", "count", "shared_memory")
+    __slots__ = ("request_id", "initializer", "args", "shape", "dtype", "key", "prng", "offset", "count", "shared_memory", "jit")
     class ArgsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +103,7 @@ class GenerateRequest(_message.Message):
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    JIT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     initializer: str
     args: _containers.MessageMap[str, Value]
@@ -113,7 +114,8 @@ class GenerateRequest(_message.Message):
     offset: int
     count: int
     shared_memory: str
-    def __init__(self, request_id: _Optional[str] = ..., initializer: _Optional[str] = ..., args: _Optional[_Mapping[str, Value]] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., key: _Optional[_Union[Key, _Mapping]] = ..., prng: _Optional[_Union[PrngSettings, _Mapping]] = ..., offset: _Optional[int] = ..., count: _Optional[int] = ..., shared_memory: _Optional[str] = ...) -> None: ...
+    jit: bool
+    def __init__(self, request_id: _Optional[str] = ..., initializer: _Optional[str] = ..., args: _Optional[_Mapping[str, Value]] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., key: _Optional[_Union[Key, _Mapping]] = ..., prng: _Optional[_Union[PrngSettings, _Mapping]] = ..., offset: _Optional[int] = ..., count: _Optional[int] = ..., shared_memory: _Optional[str] = ..., jit: _Optional[bool] = ...) -> None: ...
 
 class Provenance(_message.Message):
     __slots__ = ("jaxinit_version", "jax_version", "jaxlib_version", "backend", "device_kind", "key_impl", "key_data", "threefry_partitionable", "enable_x64", "canonical_request", "request_digest")
@@ -210,7 +212,7 @@ class TensorChunk(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., header: _Optional[_Union[TensorHeader, _Mapping]] = ..., data: _Optional[_Union[DataChunk, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., digest: _Optional[_Union[TensorDigest, _Mapping]] = ...) -> None: ...
 
 class InitModelRequest(_message.Message):
-    __slots__ = ("model_json", "key", "mode", "layout", "fix_rng_separator", "param_dtype", "prng", "shared_memory")
+    __slots__ = ("model_json", "key", "mode", "layout", "fix_rng_separator", "param_dtype", "prng", "shared_memory", "jit")
     MODEL_JSON_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -219,6 +221,7 @@ class InitModelRequest(_message.Message):
     PARAM_DTYPE_FIELD_NUMBER: _ClassVar[int]
     PRNG_FIELD_NUMBER: _ClassVar[int]
     SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    JIT_FIELD_NUMBER: _ClassVar[int]
     model_json: str
     key: Key
     mode: str
@@ -227,7 +230,8 @@ class InitModelRequest(_message.Message):
     param_dtype: str
     prng: PrngSettings
     shared_memory: str
-    def __init__(self, model_json: _Optional[str] = ..., key: _Optional[_Union[Key, _Mapping]] = ..., mode: _Optional[str] = ..., layout: _Optional[str] = ..., fix_rng_separator: _Optional[bool] = ..., param_dtype: _Optional[str] = ..., prng: _Optional[_Union[PrngSettings, _Mapping]] = ..., shared_memory: _Optional[str] = ...) -> None: ...
+    jit: bool
+    def __init__(self, model_json: _Optional[str] = ..., key: _Optional[_Union[Key, _Mapping]] = ..., mode: _Optional[str] = ..., layout: _Optional[str] = ..., fix_rng_separator: _Optional[bool] = ..., param_dtype: _Optional[str] = ..., prng: _Optional[_Union[PrngSettings, _Mapping]] = ..., shared_memory: _Optional[str] = ..., jit: _Optional[bool] = ...) -> None: ...
 
 class ListInitializersRequest(_message.Message):
     __slots__ = ()

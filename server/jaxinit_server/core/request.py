@@ -15,7 +15,7 @@ from jaxinit.protocol.errors import InvalidArgument, TooLarge
 from jaxinit.protocol.keys import Key
 from jaxinit.protocol.values import MAX_INDEX, check_flag, check_shape, dims, is_int, quote
 
-__all__ = ["GenerateParams", "Limits", "PrngDefaults", "Resolved", "resolve"]
+__all__ = ["GenerateParams", "Limits", "PrngDefaults", "Resolved", "jit_option", "resolve"]
 
 MAX_REQUEST_ID = 256  # characters; it is echoed in every chunk
 MAX_KEY_BY_KEY_STEPS = 2**14  # derivation steps of an rbg batch key (slices x steps): ~1 s of eager JAX
@@ -117,6 +117,22 @@ class Resolved:
     @property
     def is_range(self) -> bool:
         return (self.start, self.stop) != (0, math.prod(self.shape))
+
+
+def jit_option(jit: bool | None, prng_jit: bool | None) -> bool | None:
+    """A request's ``jit`` from its two spellings: the request option itself, and the PRNG
+    settings' ``jit`` (its old spelling, still read). None: neither given.
+
+    Raises:
+        InvalidArgument: both given, and they differ.
+    """
+    if jit is None:
+        return prng_jit
+    if prng_jit is not None and prng_jit != jit:
+        raise InvalidArgument(
+            f"jit is {str(jit).lower()} but prng.jit (its old spelling) is {str(prng_jit).lower()}; give jit once"
+        )
+    return jit
 
 
 def resolve(params: GenerateParams, limits: Limits, defaults: PrngDefaults) -> Resolved:

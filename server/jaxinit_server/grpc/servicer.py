@@ -17,6 +17,7 @@ from jaxinit_server import jsonio
 from jaxinit_server.auth import KeyRing
 from jaxinit_server.core import GenerateParams, InitModelParams, Service, TensorStream
 from jaxinit_server.core.regions import Regions
+from jaxinit_server.core.request import jit_option
 from jaxinit_server.grpc.interceptors import Malformed
 from jaxinit_server.grpc.status import abort, caller_of, domain_error, echo_request_id
 from jaxinit_server.telemetry import Call, Telemetry
@@ -60,6 +61,7 @@ def _step_from_proto(step: pb.KeyStep) -> tuple[Any, ...]:
 def params_from_proto(request: pb.GenerateRequest) -> GenerateParams:
     """The core's view of a wire request."""
     prng = request.prng
+    jit = jit_option(request.jit if request.HasField("jit") else None, prng.jit or None)
     return GenerateParams(
         initializer=request.initializer,
         shape=list(request.shape),
@@ -68,7 +70,7 @@ def params_from_proto(request: pb.GenerateRequest) -> GenerateParams:
         key=key_from_proto(request.key) if request.HasField("key") else None,
         threefry_partitionable=(prng.threefry_partitionable if prng.HasField("threefry_partitionable") else None),
         enable_x64=prng.enable_x64 if prng.HasField("enable_x64") else None,
-        jit=prng.jit,
+        jit=bool(jit),
         request_id=request.request_id,
         offset=request.offset if request.HasField("offset") else None,
         count=request.count if request.HasField("count") else None,
@@ -83,6 +85,7 @@ def model_params_from_proto(request: pb.InitModelRequest) -> InitModelParams:
     except RecursionError:
         raise InvalidArgument("model_json is nested too deeply to read") from None
     prng = request.prng
+    jit = jit_option(request.jit if request.HasField("jit") else None, prng.jit or None)
     return InitModelParams(
         model=model,
         key=key_from_proto(request.key) if request.HasField("key") else None,
@@ -92,7 +95,7 @@ def model_params_from_proto(request: pb.InitModelRequest) -> InitModelParams:
         param_dtype=request.param_dtype or "float32",
         threefry_partitionable=prng.threefry_partitionable if prng.HasField("threefry_partitionable") else None,
         enable_x64=prng.enable_x64 if prng.HasField("enable_x64") else None,
-        jit=prng.jit,
+        jit=bool(jit),
     )
 
 
