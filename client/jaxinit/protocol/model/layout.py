@@ -54,13 +54,11 @@ class Output:
         return self.param.fold_in is not None
 
     def key(self, root: Key) -> Key | None:
-        """This tensor's key: the root key (with whatever steps derived it), the parameter's
-        ``key_prefix`` (a stacked layer's split), and then its ``fold_in``."""
+        """This tensor's key: the root key (with whatever steps derived it), then the
+        parameter's key steps (a stacked layer's split, then its ``fold_in``)."""
         if self.param.fold_in is None:
             return None
-        for step in self.param.key_prefix:
-            root = root.then(step)
-        return root.then(("fold_in", self.param.fold_in))
+        return Key(seed=root.seed, data=root.data, impl=root.impl, steps=(*root.steps, *self.param.key_steps))
 
     @property
     def needs_whole(self) -> bool:
