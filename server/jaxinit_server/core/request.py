@@ -15,8 +15,13 @@ from jaxinit.protocol.errors import InvalidArgument, TooLarge
 from jaxinit.protocol.keys import Key
 from jaxinit.protocol.values import MAX_INDEX, check_flag, check_shape, dims, is_int, quote
 
-__all__ = ["GenerateParams", "Limits", "PrngDefaults", "Resolved", "jit_option", "resolve"]
+__all__ = ["OPTION_PARAMETERS", "GenerateParams", "Limits", "PrngDefaults", "Resolved", "jit_option", "resolve"]
 
+# The parameters of a request given as names and values (the GET form's query, KServe v2's
+# request parameters) that are no initializer argument: every other name is one.
+OPTION_PARAMETERS = frozenset(
+    ("dtype", "key_impl", "key_derive", "threefry_partitionable", "enable_x64", "jit", "offset", "count")
+)
 MAX_REQUEST_ID = 256  # characters; it is echoed in every chunk
 MAX_KEY_BY_KEY_STEPS = 2**14  # derivation steps of an rbg batch key (slices x steps): ~1 s of eager JAX
 

@@ -30,6 +30,7 @@ from jaxinit.protocol.errors import InvalidArgument, UnknownInitializer, did_you
 from jaxinit.protocol.keys import DEFAULT_IMPL, Key, derive_from_text
 from jaxinit.protocol.values import QUOTE_CHARS, is_int, quote
 from jaxinit_server.core import GenerateParams
+from jaxinit_server.core.request import OPTION_PARAMETERS
 
 __all__ = [
     "DATATYPES",
@@ -69,19 +70,7 @@ DATATYPES: dict[str, str] = {
     "bfloat16": "BF16",
 }
 _FROM_DATATYPE = {v: k for k, v in DATATYPES.items()}
-_RESERVED = {
-    "dtype",
-    "key_impl",
-    "key_derive",
-    "threefry_partitionable",
-    "enable_x64",
-    "jit",
-    "offset",
-    "count",
-    "binary_data_output",
-    "binary_data",
-    "binary_data_size",
-}
+_RESERVED = {*OPTION_PARAMETERS, "binary_data_output", "binary_data", "binary_data_size"}
 # The deepest JSON a request may hold (a document, or an argument given as a JSON literal):
 # jaxinit's own documents are a few levels deep; Python's parser recurses once a level.
 MAX_JSON_DEPTH = 64
