@@ -100,7 +100,7 @@ class ModelRequest:
         except (TypeError, ValueError, RecursionError) as exc:
             raise InvalidArgument(f"model: the description is not JSON data: {exc}") from None
         if self.jit is not None and not isinstance(self.jit, bool):
-            raise InvalidArgument(f"jit must be true, false or None (the plan's default), got {self.jit!r}")
+            raise InvalidArgument(f"jit must be true, false or None (the plan's default), got {quote(self.jit)}")
         default = plan_jit(model)
         if self.jit is False and default:
             model = {**model, "jit": False}  # this call's choice over the plan's
@@ -110,7 +110,7 @@ class ModelRequest:
         object.__setattr__(self, "param_dtype", dtype_name(self.param_dtype))
         for name in ("mode", "layout"):
             if not isinstance(getattr(self, name), str):
-                raise InvalidArgument(f"{name} must be a string, got {getattr(self, name)!r}")
+                raise InvalidArgument(f"{name} must be a string, got {quote(getattr(self, name))}")
         check_flag(self.fix_rng_separator, "fix_rng_separator")
 
     @property

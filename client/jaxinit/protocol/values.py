@@ -168,7 +168,7 @@ def relay(message: str, *values: Any) -> str:
             text = repr(value)
         except Exception:  # too deep to repr: the clip below bounds what was said of it
             continue
-        if len(text) <= QUOTE_CHARS:
+        if len(text) <= QUOTE_CHARS or quote(value) in message:  # short, or quoted short already
             continue
         start = message.find(text[:QUOTE_CHARS])
         if start < 0:
