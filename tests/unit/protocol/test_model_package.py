@@ -37,3 +37,23 @@ def test_a_placement_rule_reads_as_before() -> None:
         model.expand({"type": "Module", "children": [{"type": "Function", "fn": "relu"}]})
     with pytest.raises(InvalidArgument, match="LoRA is an nnx module"):
         model.expand({"type": "LoRA", "in_features": 2, "lora_rank": 1, "out_features": 2})
+
+
+def test_a_parameters_key_steps_are_its_prefix_then_its_fold_in() -> None:
+    from jaxinit.protocol.keys import Key
+
+    (kernel, *_) = model.expand(
+        {"type": "Scan", "length": 3, "module": {"type": "Dense", "in_features": 2, "features": 2}}
+    )
+    assert kernel.key_steps == (("stack", 3), ("fold_in", kernel.fold_in))
+    out = model.outputs([kernel])[0]
+    assert out.key(Key(seed=1, fold_in=(7,))) == Key(seed=1, steps=(("fold_in", 7), *kernel.key_steps))
+
+
+def test_the_raw_form_places_each_path_once() -> None:
+    params = model.expand(
+        {"params": [{"path": p, "initializer": "zeros", "shape": [1]} for p in ("a.w", "b.w", "a.v")]}
+    )
+    assert [p.name for p in params] == ["a.w", "a.v", "b.w"]  # module by module, as the tree holds them
+    with pytest.raises(InvalidArgument, match="'w' is a parameter, not a module"):
+        model.expand({"params": [{"path": p, "initializer": "zeros", "shape": [1]} for p in ("a.w", "a.w.x")]})
