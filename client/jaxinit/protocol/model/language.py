@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jaxinit.protocol.errors import InvalidArgument, did_you_mean
-from jaxinit.protocol.model._base import MAX_DEPTH, MAX_NAME_CHARS, Draw, Item, Node, Reader, at, names
+from jaxinit.protocol.model._base import MAX_DEPTH, MAX_NAME_CHARS, Draw, Item, Leaf, Node, Reader, at, names
 from jaxinit.protocol.model._leaves import LEAF_MODULES, dense, einsum
 from jaxinit.protocol.values import quote
 
@@ -44,7 +44,7 @@ class _Context:
 _Parser = Callable[[Reader, _Context, Node], None]
 
 
-def _leaf_parser(declare: Callable[[Reader, str], list[Any]]) -> _Parser:
+def _leaf_parser(declare: Callable[[Reader, str], list[Leaf]]) -> _Parser:
     def parser(r: Reader, c: _Context, out: Node) -> None:
         out.leaves(declare(r, c.dtype))
 
