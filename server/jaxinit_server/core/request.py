@@ -14,6 +14,7 @@ from jaxinit.protocol.codec import DTYPES, SIXTY_FOUR_BIT, dtype_name
 from jaxinit.protocol.errors import InvalidArgument, TooLarge
 from jaxinit.protocol.keys import Key
 from jaxinit.protocol.values import MAX_INDEX, check_flag, check_shape, dims, is_int, quote
+from jaxinit.protocol.values import MAX_RANK as MAX_RANK  # re-exported: the request caps read here
 
 __all__ = ["OPTION_PARAMETERS", "GenerateParams", "Limits", "PrngDefaults", "Resolved", "jit_option", "resolve"]
 

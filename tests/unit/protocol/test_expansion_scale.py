@@ -18,6 +18,7 @@ import pytest
 from jaxinit import InvalidArgument, UnknownInitializer
 from jaxinit import models as m
 from jaxinit.protocol import model as models
+from jaxinit.protocol.codec import DTYPE_NAMES
 from jaxinit.protocol.model import (
     MAX_DEPTH,
     MAX_NAME_CHARS,
@@ -197,7 +198,9 @@ def test_echoed_values_are_truncated() -> None:
     refused({"type": "Dense", "in_features": 2, "features": 2, "use_bias": list(range(100_000))}, "true or false")
     with pytest.raises(InvalidArgument) as info:
         expand(m.Dense(2, 2), param_dtype="q" * 100_000)
-    assert len(info.value.message) < 300
+    # the value quoted short, then the known dtypes listed (as for any unknown dtype)
+    assert "... (100000 characters)" in info.value.message
+    assert len(info.value.message) < 300 + len(", ".join(DTYPE_NAMES)), info.value.message
     with pytest.raises(UnknownInitializer) as unknown:
         expand(m.Dense(2, 2, kernel_init="k" * 100_000))
     assert "(100000 characters)" in unknown.value.message and len(unknown.value.message) < 600
