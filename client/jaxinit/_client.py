@@ -58,8 +58,8 @@ from jaxinit.protocol.errors import (
     ProtocolError,
     ServerUnavailable,
 )
-from jaxinit.protocol.expansion import file_metadata, model_canonical, nest
 from jaxinit.protocol.keys import Key, derive_from_json
+from jaxinit.protocol.model import file_metadata, model_canonical, nest
 
 __all__ = ["AsyncClient", "AsyncInitializer", "Client", "Initializer", "ModelParams"]
 

@@ -41,7 +41,7 @@ from jaxinit.protocol.errors import (
     error_from_wire,
     retry_after_seconds,
 )
-from jaxinit.protocol.expansion import Output, model_prng
+from jaxinit.protocol.model import Output, model_prng
 from jaxinit.protocol.provenance import Provenance
 from jaxinit.protocol.wire import DIGESTED
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -17,10 +16,11 @@ from jaxinit.protocol.codec import ITEMSIZE, array_from_buffer, dtype_name, num_
 from jaxinit.protocol.digest import ALGORITHM as DIGEST_ALGORITHM
 from jaxinit.protocol.digest import new_hasher
 from jaxinit.protocol.errors import IntegrityError, InvalidArgument, JaxinitError, ProtocolError
-from jaxinit.protocol.expansion import plan_jit
 from jaxinit.protocol.keys import Key, as_key
+from jaxinit.protocol.model import plan_jit
 from jaxinit.protocol.provenance import Provenance
 from jaxinit.protocol.schemas import check as check_description
+from jaxinit.protocol.values import check_flag, check_shape, is_int, quote
 
 __all__ = [
     "Assembler",
@@ -61,13 +61,12 @@ class Request:
     backend: str | None = None  # a pin: answered only on that backend
 
     def __post_init__(self) -> None:
-        if not isinstance(self.jit, bool):
-            raise InvalidArgument(f"jit must be true or false, got {self.jit!r}")
+        check_flag(self.jit, "jit")
         _check_pins(self.jax_version, self.backend)
         for name in ("offset", "count"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0):
-                raise InvalidArgument(f"{name} must be a non-negative int (flat elements), got {value!r}")
+            if value is not None and (not is_int(value) or value < 0):
+                raise InvalidArgument(f"{name} must be a non-negative int (flat elements), got {quote(value)}")
         spec = lookup(self.initializer)
         bound = bind_arguments(spec, self.args)
         # Send what the caller gave, normalized; the server fills its own defaults.
@@ -76,7 +75,7 @@ class Request:
         if key is None and spec.uses_key:
             raise InvalidArgument(f"{spec.name} needs a key: an int seed or a key")
         object.__setattr__(self, "key", None if key is None else as_key(key))
-        object.__setattr__(self, "shape", _shape(self.shape))
+        object.__setattr__(self, "shape", check_shape(self.shape))
         if self.dtype is not None:
             object.__setattr__(self, "dtype", dtype_name(self.dtype))
 
@@ -113,7 +112,7 @@ class ModelRequest:
         # (the server's parser, the authority, checks what a schema cannot).
         check_description(model)
         if self.jit is not None and not isinstance(self.jit, bool):
-            raise InvalidArgument(f"jit must be true, false or None (the plan's default), got {self.jit!r}")
+            raise InvalidArgument(f"jit must be true, false or None (the plan's default), got {quote(self.jit)}")
         default = plan_jit(model)
         if self.jit is False and default:
             model = {**model, "jit": False}  # this call's choice over the plan's
@@ -123,9 +122,8 @@ class ModelRequest:
         object.__setattr__(self, "param_dtype", dtype_name(self.param_dtype))
         for name in ("mode", "layout"):
             if not isinstance(getattr(self, name), str):
-                raise InvalidArgument(f"{name} must be a string, got {getattr(self, name)!r}")
-        if not isinstance(self.fix_rng_separator, bool):
-            raise InvalidArgument(f"fix_rng_separator must be true or false, got {self.fix_rng_separator!r}")
+                raise InvalidArgument(f"{name} must be a string, got {quote(getattr(self, name))}")
+        check_flag(self.fix_rng_separator, "fix_rng_separator")
 
     @property
     def prng(self) -> dict[str, bool]:
@@ -168,18 +166,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.dtype) or (isinstance(value, type) and issubclass(value, np.generic)):
         return dtype_name(value)
     raise TypeError(f"{type(value).__name__} {value!r:.60} is not JSON data")
-
-
-def _shape(shape: Any) -> tuple[int, ...]:
-    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence | np.ndarray):
-        raise InvalidArgument(f"shape must be a sequence of ints such as (784, 256), got {shape!r}")
-    try:
-        dims = tuple(int(d) for d in shape)
-    except (TypeError, ValueError):
-        raise InvalidArgument(f"shape must be a sequence of ints, got {shape!r}") from None
-    if any(d < 0 for d in dims) or any(isinstance(d, bool) for d in shape):
-        raise InvalidArgument(f"shape must be a sequence of non-negative ints, got {shape!r}")
-    return dims
 
 
 @dataclass(frozen=True)

@@ -48,8 +48,8 @@ from typing import Any
 from jaxinit.protocol.catalog import bind_arguments, lookup
 from jaxinit.protocol.codec import dtype_name
 from jaxinit.protocol.errors import MAX_MESSAGE, InvalidArgument
-from jaxinit.protocol.expansion import linen_fold_in
 from jaxinit.protocol.keys import Step, step_json
+from jaxinit.protocol.model import linen_fold_in
 
 __all__ = ["Comparison", "Plan", "compare", "export"]
 
@@ -77,7 +77,7 @@ _INITIALIZERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "ones": ("ones", ()),
 }
 # Flax module class -> {parameter: (PyTorch name, conversion)}: as jaxinit's own module
-# types lay them out (see jaxinit.protocol.expansion.outputs).
+# types lay them out (see jaxinit.protocol.model.outputs).
 _TORCH: dict[str, dict[str, tuple[str, str]]] = {
     "Dense": {"kernel": ("weight", "t"), "bias": ("bias", "")},
     "Conv": {"kernel": ("weight", "conv"), "bias": ("bias", "")},

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from jaxinit.protocol.expansion import MODULE_TYPES, expand, linen_fold_in, outputs
+from jaxinit.protocol.model import MODULE_TYPES, expand, linen_fold_in, outputs
 
 __all__ = [
     "MODULE_TYPES",

@@ -39,8 +39,8 @@ class Settings(BaseSettings):
     max_inflight_bytes: int = Field(
         Limits.max_inflight_bytes,
         ge=0,
-        description="memory the requests in flight hold together, as priced (a chunked stream: a few "
-        "chunks; a whole tensor: its working set); more: 429; one request over it: 413",
+        description="the admission budget: memory the requests in flight hold together, as priced (a chunked "
+        "stream: a few chunks; a whole tensor: its working set); more: 429; one request over it: 413",
     )
     max_whole_flops: int = Field(
         Limits.max_whole_flops,
@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     max_caller_bytes: int | None = Field(
         None,
         ge=0,
-        description="priced memory one caller holds at once (default: a quarter of "
+        description="one caller's share of the admission budget: priced memory it holds at once (default: a quarter of "
         "--max-inflight-bytes); more: 429, unless it holds nothing else",
     )
     max_body_bytes: int = Field(
@@ -82,14 +82,20 @@ class Settings(BaseSettings):
     cache_bytes: int = Field(
         256 * 2**20,
         ge=0,
-        description="memory for whole tensors made once and shared: identical requests in flight share one "
-        "generation, repeats are served from it (LRU by bytes; every stored byte counts, those still read after "
-        "eviction too); 0: off",
+        description="the result cache's budget: memory for whole tensors made once and shared: identical requests "
+        "in flight share one generation, repeats are served from it (LRU by bytes; every stored byte counts, those "
+        "still read after eviction too); 0: off",
     )
     cache_dir: str | None = Field(
-        None, description="also keep made tensors in this directory (checked by digest when read; survives restarts)"
+        None,
+        description="the disk result cache: also keep made tensors in this directory (checked by digest when read; "
+        "survives restarts)",
     )
-    cache_dir_bytes: int = Field(8 * 2**30, ge=0, description="most bytes --cache-dir holds (oldest used go first)")
+    cache_dir_bytes: int = Field(
+        8 * 2**30,
+        ge=0,
+        description="the disk result cache's budget: most bytes --cache-dir holds (oldest used go first)",
+    )
     shared_memory: bool = Field(
         False,
         description="offer same-host callers their tensors in shared memory (Linux: a sealed memory file handed "
@@ -101,7 +107,10 @@ class Settings(BaseSettings):
         60.0, gt=0, description="seconds a region waits for its caller to claim it before it is closed"
     )
     shared_memory_bytes: int = Field(
-        2**32, ge=0, description="most bytes of regions offered and not yet claimed; past that, the stream"
+        2**32,
+        ge=0,
+        description="the shared-memory budget: most bytes of regions offered and not yet claimed; past that, "
+        "the stream",
     )
     warm_up: bool = Field(
         True,
@@ -115,7 +124,7 @@ class Settings(BaseSettings):
     )
     compilation_cache_dir: str | None = Field(
         None,
-        description="JAX's persistent compilation cache (default: $XDG_CACHE_HOME/jaxinit/jax, else "
+        description="the compilation cache, JAX's persistent one (default: $XDG_CACHE_HOME/jaxinit/jax, else "
         "~/.cache/jaxinit/jax)",
     )
     log_level: str = Field("info", description="uvicorn and server log level")

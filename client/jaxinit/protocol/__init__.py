@@ -9,8 +9,11 @@ Everything a jaxinit client and server must agree on lives here, once:
 - :mod:`~jaxinit.protocol.digest`: the digest of the bytes sent;
 - :mod:`~jaxinit.protocol.provenance`: the typed provenance record;
 - :mod:`~jaxinit.protocol.wire`: media types, header names, gRPC metadata keys;
-- :mod:`~jaxinit.protocol.expansion`: model descriptions, their expansion into tensors
-  and keys, and the PyTorch layout;
+- :mod:`~jaxinit.protocol.model`: the model description language, its expansion into
+  tensors and keys, the Flax and PyTorch layouts and model files (``expansion``: its old
+  name, kept for one release);
+- :mod:`~jaxinit.protocol.values`: how a caller's ints and shapes are checked and quoted in
+  messages;
 - :mod:`~jaxinit.protocol.safetensors`: the safetensors header;
 - :mod:`~jaxinit.protocol.frames`: the framed multi-tensor HTTP body (a model in one response).
 
@@ -30,7 +33,20 @@ from __future__ import annotations
 # reads it from here.
 __version__ = "0.3.0"
 
-from jaxinit.protocol import catalog, codec, digest, errors, expansion, frames, keys, provenance, safetensors, wire
+from jaxinit.protocol import (
+    catalog,
+    codec,
+    digest,
+    errors,
+    expansion,
+    frames,
+    keys,
+    model,
+    provenance,
+    safetensors,
+    values,
+    wire,
+)
 from jaxinit.protocol.catalog import CATALOG, InitializerSpec, bind_arguments, lookup
 from jaxinit.protocol.codec import DTYPE_NAMES, DTYPES
 from jaxinit.protocol.errors import ERROR_TABLE, JaxinitError, mapping_for
@@ -59,7 +75,9 @@ __all__ = [
     "keys",
     "lookup",
     "mapping_for",
+    "model",
     "provenance",
     "safetensors",
+    "values",
     "wire",
 ]

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from jaxinit.protocol.codec import dtype_name
 from jaxinit.protocol.errors import InvalidArgument, UnknownInitializer, did_you_mean
+from jaxinit.protocol.values import MAX_RANK as MAX_AXIS
+from jaxinit.protocol.values import is_int, quote
 
 __all__ = [
     "CATALOG",
@@ -28,7 +30,6 @@ __all__ = [
 
 ArgType = Literal["float", "int", "axes", "choice", "dtype", "array"]
 _REQUIRED: Any = object()  # sentinel for "no default"
-MAX_AXIS = 64  # no JAX array has more dimensions than this
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ def lookup(name: Any) -> InitializerSpec:
 
 def unknown_message(name: Any) -> str:
     """What is said of a name no initializer has: the close ones, then every one."""
-    return f"unknown initializer {_quote(name)};{did_you_mean(name, CATALOG)} available: {', '.join(sorted(CATALOG))}"
+    return f"unknown initializer {quote(name)};{did_you_mean(name, CATALOG)} available: {', '.join(sorted(CATALOG))}"
 
 
 def bind_arguments(spec: InitializerSpec, args: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -192,13 +193,11 @@ def bind_arguments(spec: InitializerSpec, args: Mapping[str, Any] | None) -> dic
     """
     args = dict(args or {})
     if spec.kind == "initializer" and args:
-        raise InvalidArgument(
-            f"{spec.name} is an initializer itself and takes no arguments; got {_quote(sorted(args))}"
-        )
+        raise InvalidArgument(f"{spec.name} is an initializer itself and takes no arguments; got {quote(sorted(args))}")
     unknown = sorted(set(args) - set(spec.argument_names))
     if unknown:
         takes = ", ".join(spec.argument_names) or "no arguments"
-        raise InvalidArgument(f"{spec.name}() got unexpected argument(s) {_quote(unknown)}; it takes {takes}")
+        raise InvalidArgument(f"{spec.name}() got unexpected argument(s) {quote(unknown)}; it takes {takes}")
     bound: dict[str, Any] = {}
     for arg in spec.arguments:
         if arg.name in args:
@@ -211,43 +210,55 @@ def bind_arguments(spec: InitializerSpec, args: Mapping[str, Any] | None) -> dic
     return bound
 
 
-def _quote(value: Any, limit: int = 80) -> str:
-    """A caller's value for a message: its repr, cut to ``limit`` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+def _number(where: str, arg: ArgSpec, value: Any) -> Any:
+    if is_int(value):
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    raise InvalidArgument(f"{where} must be a number, got {quote(value)}")
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+def _int(where: str, arg: ArgSpec, value: Any) -> Any:
+    if is_int(value):
+        return _axis(where, int(value))
+    raise InvalidArgument(f"{where} must be an int, got {quote(value)}")
+
+
+def _axes(where: str, arg: ArgSpec, value: Any) -> Any:
+    if is_int(value):
+        return _axis(where, int(value))
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)) and all(map(is_int, value)):
+        return [_axis(where, int(v)) for v in value]
+    raise InvalidArgument(f"{where} must be an int or a sequence of ints, got {quote(value)}")
+
+
+def _choice(where: str, arg: ArgSpec, value: Any) -> Any:
+    if isinstance(value, str) and value in arg.choices:
+        return value
+    raise InvalidArgument(f"{where} must be one of {list(arg.choices)}, got {quote(value)}")
+
+
+def _dtype(where: str, arg: ArgSpec, value: Any) -> Any:
+    return None if value is None else dtype_name(value)
+
+
+def _array(where: str, arg: ArgSpec, value: Any) -> Any:
+    return _array_value(where, value)
+
+
+# Argument type -> its check, which returns the value normalized.
+_CHECKS: dict[str, Callable[[str, ArgSpec, Any], Any]] = {
+    "float": _number,
+    "int": _int,
+    "axes": _axes,
+    "choice": _choice,
+    "dtype": _dtype,
+    "array": _array,
+}
 
 
 def _check(initializer: str, arg: ArgSpec, value: Any) -> Any:
-    where = f"{initializer}() argument {arg.name!r}"
-    if arg.type == "float":
-        if _is_int(value):
-            return int(value)
-        if isinstance(value, numbers.Real) and not isinstance(value, bool):
-            return float(value)
-        raise InvalidArgument(f"{where} must be a number, got {_quote(value)}")
-    if arg.type == "int":
-        if _is_int(value):
-            return _axis(where, int(value))
-        raise InvalidArgument(f"{where} must be an int, got {_quote(value)}")
-    if arg.type == "axes":
-        if _is_int(value):
-            return _axis(where, int(value))
-        if isinstance(value, Sequence) and not isinstance(value, (str, bytes)) and all(map(_is_int, value)):
-            return [_axis(where, int(v)) for v in value]
-        raise InvalidArgument(f"{where} must be an int or a sequence of ints, got {_quote(value)}")
-    if arg.type == "choice":
-        if isinstance(value, str) and value in arg.choices:
-            return value
-        raise InvalidArgument(f"{where} must be one of {list(arg.choices)}, got {_quote(value)}")
-    if arg.type == "dtype":
-        return None if value is None else dtype_name(value)
-    if arg.type == "array":
-        return _array_value(where, value)
-    raise AssertionError(f"unhandled argument type {arg.type}")  # pragma: no cover
+    return _CHECKS[arg.type](f"{initializer}() argument {arg.name!r}", arg, value)
 
 
 def _axis(where: str, axis: int) -> int:
@@ -261,23 +272,27 @@ def _array_value(where: str, value: Any, depth: int = 0) -> Any:
         raise InvalidArgument(f"{where} is nested more than {MAX_AXIS} deep; no array has that many dimensions")
     if isinstance(value, bool):
         return value
-    if _is_int(value):
+    if is_int(value):
         return int(value)
     if isinstance(value, numbers.Real):
         return float(value)
     if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy arrays and scalars
         return _array_value(where, value.tolist(), depth)
     if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        items = [_array_value(where, v, depth + 1) for v in value]
-        if items and isinstance(items[0], list):
-            if any(not isinstance(i, list) or len(i) != len(items[0]) for i in items):
-                raise InvalidArgument(f"{where} must be a rectangular nested list")
-        elif any(isinstance(i, list) for i in items):
-            raise InvalidArgument(f"{where} must be a rectangular nested list")
-        return items
+        return _array_items(where, [_array_value(where, v, depth + 1) for v in value])
     if isinstance(value, numbers.Complex):
         raise InvalidArgument(f"{where}: complex values are not supported yet")
-    raise InvalidArgument(f"{where} must be a number or a nested list of numbers, got {_quote(value)}")
+    raise InvalidArgument(f"{where} must be a number or a nested list of numbers, got {quote(value)}")
+
+
+def _array_items(where: str, items: list[Any]) -> list[Any]:
+    """A nested list's items, checked rectangular: all lists of one length, or no list."""
+    if items and isinstance(items[0], list):
+        if any(not isinstance(i, list) or len(i) != len(items[0]) for i in items):
+            raise InvalidArgument(f"{where} must be a rectangular nested list")
+    elif any(isinstance(i, list) for i in items):
+        raise InvalidArgument(f"{where} must be a rectangular nested list")
+    return items
 
 
 def args_from_text(text_args: Mapping[str, str]) -> dict[str, Any]:

@@ -127,28 +127,29 @@ def dtype_name(dtype: Any) -> str:
         UnknownDtype: for anything that is not one of :data:`DTYPES`.
     """
     from jaxinit.protocol.errors import UnknownDtype, did_you_mean
+    from jaxinit.protocol.values import quote
 
     if isinstance(dtype, str):
         name = _ALIASES.get(dtype, dtype)
         if name in ITEMSIZE:
             return name
         hint = did_you_mean(dtype, DTYPE_NAMES)
-        raise UnknownDtype(f"unknown dtype {dtype!r};{hint} known dtypes: {', '.join(DTYPE_NAMES)}")
+        raise UnknownDtype(f"unknown dtype {quote(dtype)};{hint} known dtypes: {', '.join(DTYPE_NAMES)}")
     try:
         np_dtype = np.dtype(dtype)
     except (TypeError, ValueError, KeyError):  # a JSON object numpy reads as fields: {"type": ...}
-        raise UnknownDtype(f"unknown dtype {dtype!r}; known dtypes: {', '.join(DTYPE_NAMES)}") from None
+        raise UnknownDtype(f"unknown dtype {quote(dtype)}; known dtypes: {', '.join(DTYPE_NAMES)}") from None
     raw = (np_dtype.metadata or {}).get(RAW_BITS_KEY) if np_dtype.kind == "V" else None
     if raw is not None:
         if raw in ML_DTYPES_NAMES and np_dtype.itemsize == ITEMSIZE[raw]:
             return str(raw)
-        raise UnknownDtype(f"unknown dtype {dtype!r} (raw bits named {raw!r})")
+        raise UnknownDtype(f"unknown dtype {quote(dtype)} (raw bits named {raw!r})")
     for name, known in DTYPES.items():
         if known.kind == "V" and known.metadata is not None and RAW_BITS_KEY in known.metadata:
             continue  # raw bits match by their metadata only: a plain |V1 is no float8 in particular
         if np_dtype == known and np_dtype.kind == known.kind:
             return name
-    raise UnknownDtype(f"unknown dtype {dtype!r}; known dtypes: {', '.join(DTYPE_NAMES)}")
+    raise UnknownDtype(f"unknown dtype {quote(dtype)}; known dtypes: {', '.join(DTYPE_NAMES)}")
 
 
 def is_bits_type(dtype: Any) -> bool:

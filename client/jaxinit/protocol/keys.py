@@ -8,7 +8,6 @@ JAX-free. Turns whatever a user passes as ``key`` (an int seed, a
 from __future__ import annotations
 
 import math
-import numbers
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from jaxinit.protocol.errors import InvalidArgument
+from jaxinit.protocol.values import is_int, quote
 
 __all__ = [
     "DEFAULT_IMPL",
@@ -63,115 +63,137 @@ MAX_STACK = 4096  # slices a stacked key makes (the product of its stack steps' 
 Step = tuple[Any, ...]
 
 
-def _check_step(step: Any) -> Step:
-    def uint32(x: Any) -> bool:
-        return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**32
+def _uint32(x: Any) -> bool:
+    return is_int(x) and 0 <= x < 2**32
 
-    if isinstance(step, tuple) and len(step) == 2 and step[0] == "fold_in" and uint32(step[1]):
-        return step
-    if isinstance(step, tuple) and len(step) == 3 and step[0] == "split":
-        _, num, index = step
-        if uint32(num) and uint32(index) and 1 <= num <= MAX_SPLIT and index < num:
-            return step
-        raise InvalidArgument(
-            f"split(key, num)[index] needs 1 <= num <= {MAX_SPLIT} and 0 <= index < num, got "
-            f"num={repr(num)[:20]}, index={repr(index)[:20]}"
-        )
-    if isinstance(step, tuple) and len(step) == 2 and step[0] == "stack":
-        if uint32(step[1]) and 1 <= step[1] <= MAX_STACK:
-            return step
-        raise InvalidArgument(f"a stack step takes 1 <= num <= {MAX_STACK}, got {repr(step[1])[:20]}")
+
+def _fold_in_step(step: tuple[Any, ...]) -> Step:
+    if len(step) == 2 and _uint32(step[1]):
+        return ("fold_in", int(step[1]))
+    raise InvalidArgument(f"fold_in takes a uint32 (0 <= x < 2**32), got {quote(step[1:], 40)}")
+
+
+def _split_step(step: tuple[Any, ...]) -> Step:
+    if len(step) == 3 and _uint32(step[1]) and _uint32(step[2]) and 1 <= step[1] <= MAX_SPLIT and step[2] < step[1]:
+        return ("split", int(step[1]), int(step[2]))
+    num, index = (*step[1:], None, None)[:2]
     raise InvalidArgument(
-        "a key derivation step is fold_in (a uint32, 0 <= x < 2**32), split [num, index] or stack num, got "
-        f"{repr(step)[:60]}"
+        f"split(key, num)[index] needs 1 <= num <= {MAX_SPLIT} and 0 <= index < num, got "
+        f"num={quote(num, 20)}, index={quote(index, 20)}"
     )
 
 
-@dataclass(frozen=True)
+def _stack_step(step: tuple[Any, ...]) -> Step:
+    if len(step) == 2 and _uint32(step[1]) and 1 <= step[1] <= MAX_STACK:
+        return ("stack", int(step[1]))
+    raise InvalidArgument(f"a stack step is stack num, 1 <= num <= {MAX_STACK}, got {quote(step[1:], 20)}")
+
+
+# Step name -> its check, which returns the step with plain ints.
+_STEPS = {"fold_in": _fold_in_step, "split": _split_step, "stack": _stack_step}
+
+
+def _check_step(step: Any) -> Step:
+    check = _STEPS.get(step[0]) if isinstance(step, tuple) and step and isinstance(step[0], str) else None
+    if check is None:
+        raise InvalidArgument(
+            "a key derivation step is fold_in (a uint32, 0 <= x < 2**32), split [num, index] or stack num, got "
+            f"{quote(step, 60)}"
+        )
+    return check(step)
+
+
+def _check_steps(steps: tuple[Any, ...]) -> tuple[Step, ...]:
+    """Every step checked, and the key's limits on them: how many, how many split and
+    stack steps, how many slices the stack steps make."""
+    if len(steps) > MAX_FOLD_IN:
+        raise InvalidArgument(
+            f"a key carries at most {MAX_FOLD_IN} derivation steps (fold_in, split and stack), got {len(steps)}"
+        )
+    checked = tuple(_check_step(step) for step in steps)
+    if sum(step[0] != "fold_in" for step in checked) > MAX_SPLIT_STEPS:
+        raise InvalidArgument(f"a key carries at most {MAX_SPLIT_STEPS} split and stack steps")
+    stack = [step[1] for step in checked if step[0] == "stack"]
+    if math.prod(stack) > MAX_STACK:
+        raise InvalidArgument(
+            f"a key's stack steps make at most {MAX_STACK} slices in all, got {' x '.join(map(str, stack))}"
+        )
+    return checked
+
+
+@dataclass(frozen=True, init=False)
 class Key:
     """A PRNG key: exactly one of ``seed`` or ``data``, an implementation name, and the
     steps that derive the key used from it.
 
     ``Key(seed=s, impl=i)`` means ``jax.random.key(s, impl=i)`` on the server;
-    ``Key(data=d, impl=i)`` means ``jax.random.wrap_key_data(d, impl=i)``.
-    ``fold_in=(a, b)`` then means ``fold_in(fold_in(that key, a), b)`` (uint32 each),
-    as Flax derives a parameter's key from the root key; ``derive`` then continues the
-    chain with ``("fold_in", x)`` and ``("split", num, i)`` steps, the latter meaning
-    ``jax.random.split(key, num)[i]`` (as ``nn.scan`` and ``nnx.split_rngs`` derive a
-    layer's key). A ``("stack", num)`` step makes the key a batch, all of
-    ``jax.random.split(key, num)``, each later step applying to every key of it: a tensor
-    made with a batch key has shape ``(num, *shape)``, slice ``i`` made with key ``i``
-    (``jax.vmap`` of the initializer over the keys; how ``nn.scan`` and ``nnx.vmap``
+    ``Key(data=d, impl=i)`` means ``jax.random.wrap_key_data(d, impl=i)``. ``steps`` then
+    derive the key used, in order: ``("fold_in", x)`` is ``jax.random.fold_in(key, x)``
+    (uint32 ``x``, as Flax derives a parameter's key from the root key),
+    ``("split", num, i)`` is ``jax.random.split(key, num)[i]`` (as ``nn.scan`` and
+    ``nnx.split_rngs`` derive a layer's key), and ``("stack", num)`` makes the key a batch,
+    all of ``jax.random.split(key, num)``, each later step applying to every key of it: a
+    tensor made with a batch key has shape ``(num, *shape)``, slice ``i`` made with key
+    ``i`` (``jax.vmap`` of the initializer over the keys; how ``nn.scan`` and ``nnx.vmap``
     initialise stacked layers). :func:`fold_in`, :func:`split` and :func:`stacked` build them.
+
+    The steps are one list. The wire forms spell its leading fold_in steps as a ``fold_in``
+    list and the rest as ``derive`` steps (so that the digests of keys made before
+    ``derive`` existed stay as they were); ``fold_in=`` and ``derive=`` here read either
+    spelling, and :attr:`fold_in` and :attr:`derive` give them back.
     """
 
-    seed: int | None = None
-    data: tuple[int, ...] | None = None
-    impl: str = DEFAULT_IMPL
-    fold_in: tuple[int, ...] = ()
-    derive: tuple[Step, ...] = ()
+    seed: int | None
+    data: tuple[int, ...] | None
+    impl: str
+    steps: tuple[Step, ...]
 
-    def __post_init__(self) -> None:
-        if self.impl not in KEY_IMPLS:
-            raise InvalidArgument(f"unknown key implementation {repr(self.impl)[:40]}; known: {', '.join(KEY_IMPLS)}")
-        if (self.seed is None) == (self.data is None):
+    def __init__(
+        self,
+        seed: int | None = None,
+        data: tuple[int, ...] | None = None,
+        impl: str = DEFAULT_IMPL,
+        fold_in: Sequence[int] = (),
+        derive: Sequence[Step] = (),
+        *,
+        steps: Sequence[Step] = (),
+    ) -> None:
+        if impl not in KEY_IMPLS:
+            raise InvalidArgument(f"unknown key implementation {quote(impl, 40)}; known: {', '.join(KEY_IMPLS)}")
+        if (seed is None) == (data is None):
             raise InvalidArgument("a key needs exactly one of a seed or key data")
-        if self.seed is not None:
-            if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-                raise InvalidArgument(f"a seed must be an int, got {repr(self.seed)[:40]}")
-            if not INT64_MIN <= self.seed <= INT64_MAX:
-                raise InvalidArgument(
-                    f"seed {str(self.seed)[:40]} does not fit in int64, the range jax.random.key accepts"
-                )
-        if self.data is not None:
-            words = KEY_IMPLS[self.impl]
-            if len(self.data) != words or not all(isinstance(w, int) and 0 <= w < 2**32 for w in self.data):
-                raise InvalidArgument(
-                    f"{self.impl} key data must be {words} uint32 words, got {repr(list(self.data))[:80]}"
-                )
-        folds = self.fold_in
-        if len(folds) > MAX_FOLD_IN or not all(
-            isinstance(w, int) and not isinstance(w, bool) and 0 <= w < 2**32 for w in folds
-        ):
-            raise InvalidArgument(
-                f"fold_in must be at most {MAX_FOLD_IN} uint32 values (0 <= x < 2**32), got "
-                f"{len(folds)} values: {repr(list(folds))[:80]}"
-            )
-        if len(folds) + len(self.derive) > MAX_FOLD_IN:
-            raise InvalidArgument(
-                f"a key carries at most {MAX_FOLD_IN} derivation steps (fold_in and split), got "
-                f"{len(folds) + len(self.derive)}"
-            )
-        for step in self.derive:
-            _check_step(step)
-        if sum(step[0] != "fold_in" for step in self.derive) > MAX_SPLIT_STEPS:
-            raise InvalidArgument(f"a key carries at most {MAX_SPLIT_STEPS} split and stack steps")
-        if math.prod(self.stack) > MAX_STACK:
-            raise InvalidArgument(
-                f"a key's stack steps make at most {MAX_STACK} slices in all, got {' x '.join(map(str, self.stack))}"
-            )
-        # One spelling per key (one canonical request, one digest): fold_ins that lead the
-        # derive steps belong to the fold_in list.
-        lead = next((i for i, step in enumerate(self.derive) if step[0] != "fold_in"), len(self.derive))
-        if lead:
-            object.__setattr__(self, "fold_in", (*folds, *(step[1] for step in self.derive[:lead])))
-            object.__setattr__(self, "derive", tuple(self.derive[lead:]))
+        if seed is not None:
+            _check_seed(seed)
+        if data is not None:
+            data = _check_data(data, impl)
+        object.__setattr__(self, "seed", seed)
+        object.__setattr__(self, "data", data)
+        object.__setattr__(self, "impl", impl)
+        object.__setattr__(self, "steps", _check_steps((*(("fold_in", x) for x in fold_in), *derive, *steps)))
+
+    @property
+    def fold_in(self) -> tuple[int, ...]:
+        """The leading fold_in steps' values: the wire forms' ``fold_in`` list."""
+        return tuple(step[1] for step in self.steps[: self._lead])
+
+    @property
+    def derive(self) -> tuple[Step, ...]:
+        """The steps after the leading fold_ins: the wire forms' ``derive`` steps."""
+        return self.steps[self._lead :]
+
+    @property
+    def _lead(self) -> int:
+        return next((i for i, step in enumerate(self.steps) if step[0] != "fold_in"), len(self.steps))
 
     @property
     def stack(self) -> tuple[int, ...]:
         """The leading axes a tensor made with this key has: each stack step's num, in order
         (empty for a single key)."""
-        return tuple(step[1] for step in self.derive if step[0] == "stack")
-
-    @property
-    def steps(self) -> tuple[Step, ...]:
-        """Every derivation step in order: ``fold_in``'s, then ``derive``'s."""
-        return (*(("fold_in", x) for x in self.fold_in), *self.derive)
+        return tuple(step[1] for step in self.steps if step[0] == "stack")
 
     def then(self, step: Step) -> Key:
-        """This key with one more step (checked, and a leading fold_in kept in the
-        ``fold_in`` list, by the key itself)."""
-        return Key(seed=self.seed, data=self.data, impl=self.impl, fold_in=self.fold_in, derive=(*self.derive, step))
+        """This key with one more step (checked by the key itself)."""
+        return Key(seed=self.seed, data=self.data, impl=self.impl, steps=(*self.steps, step))
 
     def to_json(self) -> dict[str, Any]:
         """The key as the REST API and canonical requests write it.
@@ -194,6 +216,20 @@ class Key:
         return ",".join(":".join(str(part) for part in step) for step in self.derive)
 
 
+def _check_seed(seed: Any) -> None:
+    if not is_int(seed):
+        raise InvalidArgument(f"a seed must be an int, got {quote(seed, 40)}")
+    if not INT64_MIN <= seed <= INT64_MAX:
+        raise InvalidArgument(f"seed {str(seed)[:40]} does not fit in int64, the range jax.random.key accepts")
+
+
+def _check_data(data: Any, impl: str) -> tuple[int, ...]:
+    words = KEY_IMPLS[impl]
+    if len(data) != words or not all(_uint32(w) for w in data):
+        raise InvalidArgument(f"{impl} key data must be {words} uint32 words, got {quote(list(data))}")
+    return tuple(int(w) for w in data)
+
+
 def step_json(step: Step) -> dict[str, Any]:
     """One step in the JSON form of ``derive``: ``{"fold_in": x}``, ``{"split": [num, i]}``, ``{"stack": num}``."""
     if step[0] == "split":
@@ -204,21 +240,19 @@ def step_json(step: Step) -> dict[str, Any]:
 def derive_from_json(items: Any) -> tuple[Step, ...]:
     """``derive`` steps from their JSON form ``[{"fold_in": 3}, {"split": [4, 2]}, {"stack": 8}]``."""
     if not isinstance(items, list) or len(items) > MAX_FOLD_IN:
-        raise InvalidArgument(f"derive must be a list of at most {MAX_FOLD_IN} steps, got {repr(items)[:60]}")
-    steps = []
-    for item in items:
-        if isinstance(item, dict) and set(item) == {"fold_in"}:
-            steps.append(_check_step(("fold_in", item["fold_in"])))
-        elif isinstance(item, dict) and set(item) == {"split"} and isinstance(item["split"], list):
-            steps.append(_check_step(("split", *item["split"])))
-        elif isinstance(item, dict) and set(item) == {"stack"}:
-            steps.append(_check_step(("stack", item["stack"])))
-        else:
-            raise InvalidArgument(
-                f'a derive step is {{"fold_in": x}}, {{"split": [num, index]}} or {{"stack": num}}, got '
-                f"{repr(item)[:60]}"
-            )
-    return tuple(steps)
+        raise InvalidArgument(f"derive must be a list of at most {MAX_FOLD_IN} steps, got {quote(items, 60)}")
+    return tuple(_step_from_json(item) for item in items)
+
+
+def _step_from_json(item: Any) -> Step:
+    name = next(iter(item), None) if isinstance(item, dict) and len(item) == 1 else None
+    if name == "split" and isinstance(item["split"], list):
+        return _check_step(("split", *item["split"]))
+    if name in ("fold_in", "stack"):
+        return _check_step((name, item[name]))
+    raise InvalidArgument(
+        f'a derive step is {{"fold_in": x}}, {{"split": [num, index]}} or {{"stack": num}}, got {quote(item, 60)}'
+    )
 
 
 def derive_from_text(text: str) -> tuple[Step, ...]:
@@ -230,7 +264,7 @@ def derive_from_text(text: str) -> tuple[Step, ...]:
             values = [int(n) for n in numbers_]
         except ValueError:
             raise InvalidArgument(
-                f"a derive step is fold_in:X, split:NUM:INDEX or stack:NUM, got {token[:40]!r}"
+                f"a derive step is fold_in:X, split:NUM:INDEX or stack:NUM, got {quote(token, 40)}"
             ) from None
         steps.append(_check_step((name, *values)))
     return tuple(steps)
@@ -245,7 +279,7 @@ def wrap_key_data(data: Any, *, impl: str | None = None) -> Key:
     """Like ``jax.random.wrap_key_data(data, impl=impl)``: a key from raw uint32 words."""
     words = np.asarray(data)
     if words.ndim != 1 or words.dtype.kind not in "ui":
-        raise InvalidArgument(f"key data must be a 1-D sequence of uint32 words, got {data!r}")
+        raise InvalidArgument(f"key data must be a 1-D sequence of uint32 words, got {quote(data)}")
     return Key(data=tuple(int(w) for w in words.tolist()), impl=impl or DEFAULT_IMPL)
 
 
@@ -253,14 +287,14 @@ def fold_in(base: Any, data: int) -> Key:
     """Like ``jax.random.fold_in(key, data)``: ``base`` with one more uint32 folded in.
 
     >>> fold_in(key(0), 7)
-    Key(seed=0, data=None, impl='threefry2x32', fold_in=(7,), derive=())
+    Key(seed=0, data=None, impl='threefry2x32', steps=(('fold_in', 7),))
     """
-    base = as_key(base)
-    if not isinstance(data, numbers.Integral) or isinstance(data, bool):
-        raise InvalidArgument(f"fold_in data must be an int, got {data!r}")
+    start = as_key(base)
+    if not is_int(data):
+        raise InvalidArgument(f"fold_in data must be an int, got {quote(data)}")
     # jax.random.fold_in takes the data as a uint32 and refuses ints outside its range;
     # the step checks the same range.
-    return base.then(("fold_in", int(data)))
+    return start.then(("fold_in", int(data)))
 
 
 def split(base: Any, num: int = 2) -> tuple[Key, ...]:
@@ -270,10 +304,10 @@ def split(base: Any, num: int = 2) -> tuple[Key, ...]:
     >>> split(key(0), 3)[1].derive
     (('split', 3, 1),)
     """
-    base = as_key(base)
-    if not isinstance(num, numbers.Integral) or isinstance(num, bool) or not 1 <= num <= MAX_SPLIT:
-        raise InvalidArgument(f"split takes 1 <= num <= {MAX_SPLIT}, got {num!r}")
-    return tuple(base.then(("split", int(num), i)) for i in range(int(num)))
+    start = as_key(base)
+    if not is_int(num) or not 1 <= num <= MAX_SPLIT:
+        raise InvalidArgument(f"split takes 1 <= num <= {MAX_SPLIT}, got {quote(num)}")
+    return tuple(start.then(("split", int(num), i)) for i in range(int(num)))
 
 
 def stacked(base: Any, num: int) -> Key:
@@ -287,10 +321,10 @@ def stacked(base: Any, num: int) -> Key:
     >>> stacked(key(0), 4).stack
     (4,)
     """
-    base = as_key(base)
-    if not isinstance(num, numbers.Integral) or isinstance(num, bool) or not 1 <= num <= MAX_STACK:
-        raise InvalidArgument(f"stacked takes 1 <= num <= {MAX_STACK}, got {num!r}")
-    return base.then(("stack", int(num)))
+    start = as_key(base)
+    if not is_int(num) or not 1 <= num <= MAX_STACK:
+        raise InvalidArgument(f"stacked takes 1 <= num <= {MAX_STACK}, got {quote(num)}")
+    return start.then(("stack", int(num)))
 
 
 def as_key(obj: Any) -> Key:
@@ -304,7 +338,7 @@ def as_key(obj: Any) -> Key:
     """
     if isinstance(obj, Key):
         return obj
-    if isinstance(obj, numbers.Integral) and not isinstance(obj, bool):
+    if is_int(obj):
         return key(int(obj))
     jax_key = _from_jax(obj)
     if jax_key is not None:
@@ -320,14 +354,14 @@ def as_key(obj: Any) -> Key:
         )
     raise InvalidArgument(
         f"expected a key (an int seed, jaxinit.key(...), jaxinit.wrap_key_data(...), or a JAX key), "
-        f"got {type(obj).__name__}: {obj!r}"
+        f"got {type(obj).__name__}: {quote(obj)}"
     )
 
 
 def _seed(seed: Any) -> int:
-    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+    if is_int(seed):
         return int(seed)
-    raise InvalidArgument(f"a seed must be an int, got {seed!r}")
+    raise InvalidArgument(f"a seed must be an int, got {quote(seed)}")
 
 
 def _from_jax(obj: Any) -> Key | None:

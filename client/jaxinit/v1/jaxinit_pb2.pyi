@@ -85,7 +85,7 @@ class NestedList(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[Value, _Mapping]]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "initializer", "args", "shape", "dtype", "key", "prng", "offset", "count", "shared_memory", "jax_version", "backend")
+    __slots__ = ("request_id", "initializer", "args", "shape", "dtype", "key", "prng", "offset", "count", "shared_memory", "jax_version", "backend", "jit")
     class ArgsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +105,7 @@ class GenerateRequest(_message.Message):
     SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     JAX_VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
+    JIT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     initializer: str
     args: _containers.MessageMap[str, Value]
@@ -117,7 +118,8 @@ class GenerateRequest(_message.Message):
     shared_memory: str
     jax_version: str
     backend: str
-    def __init__(self, request_id: _Optional[str] = ..., initializer: _Optional[str] = ..., args: _Optional[_Mapping[str, Value]] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., key: _Optional[_Union[Key, _Mapping]] = ..., prng: _Optional[_Union[PrngSettings, _Mapping]] = ..., offset: _Optional[int] = ..., count: _Optional[int] = ..., shared_memory: _Optional[str] = ..., jax_version: _Optional[str] = ..., backend: _Optional[str] = ...) -> None: ...
+    jit: bool
+    def __init__(self, request_id: _Optional[str] = ..., initializer: _Optional[str] = ..., args: _Optional[_Mapping[str, Value]] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., key: _Optional[_Union[Key, _Mapping]] = ..., prng: _Optional[_Union[PrngSettings, _Mapping]] = ..., offset: _Optional[int] = ..., count: _Optional[int] = ..., shared_memory: _Optional[str] = ..., jax_version: _Optional[str] = ..., backend: _Optional[str] = ..., jit: _Optional[bool] = ...) -> None: ...
 
 class Provenance(_message.Message):
     __slots__ = ("jaxinit_version", "jax_version", "jaxlib_version", "backend", "device_kind", "key_impl", "key_data", "threefry_partitionable", "enable_x64", "canonical_request", "request_digest")
@@ -214,7 +216,7 @@ class TensorChunk(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., header: _Optional[_Union[TensorHeader, _Mapping]] = ..., data: _Optional[_Union[DataChunk, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., digest: _Optional[_Union[TensorDigest, _Mapping]] = ...) -> None: ...
 
 class InitModelRequest(_message.Message):
-    __slots__ = ("model_json", "key", "mode", "layout", "fix_rng_separator", "param_dtype", "prng", "shared_memory", "jax_version", "backend")
+    __slots__ = ("model_json", "key", "mode", "layout", "fix_rng_separator", "param_dtype", "prng", "shared_memory", "jax_version", "backend", "jit")
     MODEL_JSON_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
@@ -225,6 +227,7 @@ class InitModelRequest(_message.Message):
     SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     JAX_VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
+    JIT_FIELD_NUMBER: _ClassVar[int]
     model_json: str
     key: Key
     mode: str
@@ -235,7 +238,8 @@ class InitModelRequest(_message.Message):
     shared_memory: str
     jax_version: str
     backend: str
-    def __init__(self, model_json: _Optional[str] = ..., key: _Optional[_Union[Key, _Mapping]] = ..., mode: _Optional[str] = ..., layout: _Optional[str] = ..., fix_rng_separator: _Optional[bool] = ..., param_dtype: _Optional[str] = ..., prng: _Optional[_Union[PrngSettings, _Mapping]] = ..., shared_memory: _Optional[str] = ..., jax_version: _Optional[str] = ..., backend: _Optional[str] = ...) -> None: ...
+    jit: bool
+    def __init__(self, model_json: _Optional[str] = ..., key: _Optional[_Union[Key, _Mapping]] = ..., mode: _Optional[str] = ..., layout: _Optional[str] = ..., fix_rng_separator: _Optional[bool] = ..., param_dtype: _Optional[str] = ..., prng: _Optional[_Union[PrngSettings, _Mapping]] = ..., shared_memory: _Optional[str] = ..., jax_version: _Optional[str] = ..., backend: _Optional[str] = ..., jit: _Optional[bool] = ...) -> None: ...
 
 class ListInitializersRequest(_message.Message):
     __slots__ = ()

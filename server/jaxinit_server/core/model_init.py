@@ -1,7 +1,7 @@
 """Whole-model init requests: a model description resolved into one request per tensor.
 
 The expansion itself (module defaults, names, Flax's key derivation, the PyTorch
-layout) is :mod:`jaxinit.protocol.expansion`, shared with the client; here each tensor
+layout) is :mod:`jaxinit.protocol.model`, shared with the client; here each tensor
 becomes an ordinary :class:`Resolved` request whose key carries its ``fold_in``,
 so a model's tensors are exactly the single-tensor answers for the same requests.
 """
@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from jaxinit.protocol.errors import InvalidArgument, JaxinitError, TooLarge
-from jaxinit.protocol.expansion import Output, expand, model_canonical, model_prng, outputs, plan_jit
 from jaxinit.protocol.keys import Key
+from jaxinit.protocol.model import Output, expand, model_canonical, model_prng, outputs, plan_jit
+from jaxinit.protocol.values import check_flag
 from jaxinit_server.core.request import GenerateParams, Limits, PrngDefaults, Resolved, check_pin, resolve
 
 __all__ = ["InitModelParams", "ResolvedModel", "resolve_model"]
@@ -73,9 +74,7 @@ def resolve_model(params: InitModelParams, limits: Limits, defaults: PrngDefault
     check_pin(params.jax_version, params.backend, defaults)
     if params.key is None:
         raise InvalidArgument("a model needs a root key: give a seed or key data")
-    if not isinstance(params.jit, bool):
-        raise InvalidArgument(f"jit must be true or false, got {repr(params.jit)[:40]}")
-    jit = params.jit or plan_jit(params.model)  # an exported plan's default: jit when it says so
+    jit = check_flag(params.jit, "jit") or plan_jit(params.model)  # an exported plan's default: jit when it says so
     expanded = expand(
         params.model, mode=params.mode, fix_rng_separator=params.fix_rng_separator, param_dtype=params.param_dtype
     )

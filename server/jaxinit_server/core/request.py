@@ -5,8 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,15 +14,39 @@ from jaxinit.protocol.codec import DTYPES, SIXTY_FOUR_BIT, dtype_name
 from jaxinit.protocol.errors import InvalidArgument, TooLarge, VersionMismatch
 from jaxinit.protocol.keys import Key
 from jaxinit.protocol.provenance import version_matches
+from jaxinit.protocol.values import MAX_INDEX, check_flag, check_shape, dims, is_int, quote
+from jaxinit.protocol.values import MAX_RANK as MAX_RANK  # re-exported: the request caps read here
 from jaxinit.protocol.wire import JAX_VERSION_HEADER
 from jaxinit_server.core import _jax_compat
 
-__all__ = ["GenerateParams", "Limits", "PrngDefaults", "Resolved", "check_pin", "pinned", "resolve"]
+__all__ = [
+    "OPTION_PARAMETERS",
+    "GenerateParams",
+    "Limits",
+    "PrngDefaults",
+    "Resolved",
+    "check_pin",
+    "jit_option",
+    "pinned",
+    "resolve",
+]
 
-MAX_RANK = 64
-# What numpy and XLA can index: every byte count, including the product of the non-zero
-# dimensions of a 0-size shape, must stay below 2**63.
-MAX_INDEX = 2**63 - 1
+# The parameters of a request given as names and values (the GET form's query, KServe v2's
+# request parameters) that are no initializer argument: every other name is one.
+OPTION_PARAMETERS = frozenset(
+    (
+        "dtype",
+        "key_impl",
+        "key_derive",
+        "threefry_partitionable",
+        "enable_x64",
+        "jit",
+        "offset",
+        "count",
+        "jax_version",
+        "backend",
+    )
+)
 MAX_REQUEST_ID = 256  # characters; it is echoed in every chunk
 MAX_PIN = 64  # characters of a pinned jax_version or backend
 MAX_KEY_BY_KEY_STEPS = 2**14  # derivation steps of an rbg batch key (slices x steps): ~1 s of eager JAX
@@ -132,6 +155,22 @@ class Resolved:
         return (self.start, self.stop) != (0, math.prod(self.shape))
 
 
+def jit_option(jit: bool | None, prng_jit: bool | None) -> bool | None:
+    """A request's ``jit`` from its two spellings: the request option itself, and the PRNG
+    settings' ``jit`` (its old spelling, still read). None: neither given.
+
+    Raises:
+        InvalidArgument: both given, and they differ.
+    """
+    if jit is None:
+        return prng_jit
+    if prng_jit is not None and prng_jit != jit:
+        raise InvalidArgument(
+            f"jit is {str(jit).lower()} but prng.jit (its old spelling) is {str(prng_jit).lower()}; give jit once"
+        )
+    return jit
+
+
 def resolve(params: GenerateParams, limits: Limits, defaults: PrngDefaults) -> Resolved:
     """Validate ``params`` and decide every default.
 
@@ -142,7 +181,7 @@ def resolve(params: GenerateParams, limits: Limits, defaults: PrngDefaults) -> R
     check_pin(params.jax_version, params.backend, defaults)
     spec = lookup(params.initializer)
     args = bind_arguments(spec, params.args)
-    shape = _shape(params.shape)
+    shape = check_shape(params.shape)
     dtype = None if params.dtype in (None, "") else dtype_name(params.dtype)
     if not isinstance(params.request_id, str) or len(params.request_id) > MAX_REQUEST_ID:
         raise InvalidArgument(f"request_id is at most {MAX_REQUEST_ID} characters")
@@ -168,7 +207,7 @@ def resolve(params: GenerateParams, limits: Limits, defaults: PrngDefaults) -> R
     total = math.prod(shape) * itemsize
     if total > limits.max_tensor_bytes:
         raise TooLarge(
-            f"a {out_dtype} tensor of shape {_dims(shape)} is {total} bytes; this server's limit "
+            f"a {out_dtype} tensor of shape {dims(shape)} is {total} bytes; this server's limit "
             f"is {limits.max_tensor_bytes} bytes per tensor"
         )
     start, stop = _range(params.offset, params.count, math.prod(shape))
@@ -176,7 +215,7 @@ def resolve(params: GenerateParams, limits: Limits, defaults: PrngDefaults) -> R
         stack = list(params.key.stack)
         raise InvalidArgument(
             f"a key with stack steps {stack} makes a tensor whose shape starts with {stack} (one slice per key, "
-            f"the initializer called with the rest of the shape), got shape {_dims(shape)}"
+            f"the initializer called with the rest of the shape), got shape {dims(shape)}"
         )
     key = params.key if spec.uses_key else None
     # What this JAX lacks (an older one: a key implementation, a newer float8) is refused, naming it.
@@ -200,9 +239,7 @@ def resolve(params: GenerateParams, limits: Limits, defaults: PrngDefaults) -> R
         "threefry_partitionable": partitionable,
         "enable_x64": x64,
     }
-    if not isinstance(params.jit, bool):
-        raise InvalidArgument(f"jit must be true or false, got {repr(params.jit)[:40]}")
-    if params.jit:  # absent when false, so digests of eager requests stay as they were
+    if check_flag(params.jit, "jit"):  # absent when false, so digests of eager requests stay as they were
         fields["jit"] = True
     whole = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     tensor_digest = hashlib.sha256(whole.encode()).hexdigest()
@@ -305,8 +342,8 @@ def _quote(value: Any) -> str:
 def _range(offset: Any, count: Any, total: int) -> tuple[int, int]:
     """[start, stop) in flat elements for an optional offset and count."""
     for name, value in (("offset", offset), ("count", count)):
-        if value is not None and (not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0):
-            raise InvalidArgument(f"{name} must be a non-negative int (flat elements), got {repr(value)[:40]}")
+        if value is not None and (not is_int(value) or value < 0):
+            raise InvalidArgument(f"{name} must be a non-negative int (flat elements), got {quote(value, 40)}")
     start = 0 if offset is None else int(offset)
     if start > total:
         raise InvalidArgument(f"offset {start} is past the end of a tensor of {total} elements")
@@ -324,28 +361,6 @@ def _representable(shape: tuple[int, ...], itemsize: int) -> None:
         size *= max(dim, 1)
         if size > MAX_INDEX:
             raise InvalidArgument(
-                f"shape {_dims(shape)}: dimension {axis} ({dim}) takes the tensor past 2**63 bytes "
+                f"shape {dims(shape)}: dimension {axis} ({dim}) takes the tensor past 2**63 bytes "
                 "(counting every non-zero dimension), more than any array can index"
             )
-
-
-def _dims(shape: Sequence[Any], limit: int = 8) -> str:
-    """A shape for a message: at most ``limit`` dimensions, then how many more."""
-    shown = ", ".join(str(d)[:24] for d in list(shape)[:limit])
-    more = f", ... {len(shape) - limit} more" if len(shape) > limit else ""
-    return f"[{shown}{more}]"
-
-
-def _shape(shape: Any) -> tuple[int, ...]:
-    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
-        raise InvalidArgument(f"shape must be a sequence of non-negative ints, got {repr(shape)[:80]}")
-    if len(shape) > MAX_RANK:
-        raise InvalidArgument(f"shape has rank {len(shape)}; at most {MAX_RANK} dimensions")
-    dims: list[int] = []
-    for dim in shape:
-        if not isinstance(dim, numbers.Integral) or isinstance(dim, bool) or dim < 0:
-            raise InvalidArgument(f"shape must be a sequence of non-negative ints, got {_dims(shape)}")
-        if int(dim) > MAX_INDEX:
-            raise InvalidArgument(f"shape {_dims(shape)}: dimension {len(dims)} is over 2**63 - 1")
-        dims.append(int(dim))
-    return tuple(dims)

@@ -17,8 +17,8 @@ from typing import Any
 from jaxinit.protocol.catalog import CATALOG
 from jaxinit.protocol.codec import DTYPE_NAMES, DTYPES
 from jaxinit.protocol.errors import JaxinitError, PermissionDenied, TooLarge
-from jaxinit.protocol.expansion import Output, file_metadata
 from jaxinit.protocol.keys import KEY_IMPLS, Key
+from jaxinit.protocol.model import Output, file_metadata
 from jaxinit.protocol.provenance import Provenance
 from jaxinit_server.core import _jax_compat, chunked, engine, results, startup
 from jaxinit_server.core._threads import on_thread, unless_aborted

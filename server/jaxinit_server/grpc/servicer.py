@@ -18,7 +18,7 @@ from jaxinit_server.auth import KeyRing
 from jaxinit_server.core import GenerateParams, InitModelParams, Service, TensorStream
 from jaxinit_server.core.provenance import served_versions
 from jaxinit_server.core.regions import Regions
-from jaxinit_server.core.request import pinned
+from jaxinit_server.core.request import jit_option, pinned
 from jaxinit_server.grpc.interceptors import Malformed
 from jaxinit_server.grpc.status import abort, caller_of, domain_error, echo_request_id, pin_of
 from jaxinit_server.telemetry import Call, Telemetry
@@ -62,6 +62,7 @@ def _step_from_proto(step: pb.KeyStep) -> tuple[Any, ...]:
 def params_from_proto(request: pb.GenerateRequest, pin: str | None = None) -> GenerateParams:
     """The core's view of a wire request; ``pin``: the call's x-jaxinit-jax-version metadata."""
     prng = request.prng
+    jit = jit_option(request.jit if request.HasField("jit") else None, prng.jit or None)
     return GenerateParams(
         initializer=request.initializer,
         shape=list(request.shape),
@@ -70,7 +71,7 @@ def params_from_proto(request: pb.GenerateRequest, pin: str | None = None) -> Ge
         key=key_from_proto(request.key) if request.HasField("key") else None,
         threefry_partitionable=(prng.threefry_partitionable if prng.HasField("threefry_partitionable") else None),
         enable_x64=prng.enable_x64 if prng.HasField("enable_x64") else None,
-        jit=prng.jit,
+        jit=bool(jit),
         request_id=request.request_id,
         offset=request.offset if request.HasField("offset") else None,
         count=request.count if request.HasField("count") else None,
@@ -87,6 +88,7 @@ def model_params_from_proto(request: pb.InitModelRequest, pin: str | None = None
     except RecursionError:
         raise InvalidArgument("model_json is nested too deeply to read") from None
     prng = request.prng
+    jit = jit_option(request.jit if request.HasField("jit") else None, prng.jit or None)
     return InitModelParams(
         model=model,
         key=key_from_proto(request.key) if request.HasField("key") else None,
@@ -96,7 +98,7 @@ def model_params_from_proto(request: pb.InitModelRequest, pin: str | None = None
         param_dtype=request.param_dtype or "float32",
         threefry_partitionable=prng.threefry_partitionable if prng.HasField("threefry_partitionable") else None,
         enable_x64=prng.enable_x64 if prng.HasField("enable_x64") else None,
-        jit=prng.jit,
+        jit=bool(jit),
         jax_version=pinned(request.jax_version, pin),
         backend=request.backend or None,
     )

@@ -20,7 +20,6 @@ carries:
 from __future__ import annotations
 
 import math
-import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,8 +30,9 @@ from jaxinit.protocol.catalog import CATALOG, args_from_text
 from jaxinit.protocol.codec import DTYPES, array_from_buffer
 from jaxinit.protocol.errors import InvalidArgument, UnknownInitializer, did_you_mean
 from jaxinit.protocol.keys import DEFAULT_IMPL, Key, derive_from_text
+from jaxinit.protocol.values import QUOTE_CHARS, is_int, quote
 from jaxinit_server.core import GenerateParams
-from jaxinit_server.core.request import pinned
+from jaxinit_server.core.request import OPTION_PARAMETERS, pinned
 
 __all__ = [
     "DATATYPES",
@@ -72,46 +72,17 @@ DATATYPES: dict[str, str] = {
     "bfloat16": "BF16",
 }
 _FROM_DATATYPE = {v: k for k, v in DATATYPES.items()}
-_RESERVED = {
-    "dtype",
-    "key_impl",
-    "key_derive",
-    "threefry_partitionable",
-    "enable_x64",
-    "jit",
-    "offset",
-    "count",
-    "jax_version",
-    "backend",
-    "binary_data_output",
-    "binary_data",
-    "binary_data_size",
-}
+_RESERVED = {*OPTION_PARAMETERS, "binary_data_output", "binary_data", "binary_data_size"}
 # The deepest JSON a request may hold (a document, or an argument given as a JSON literal):
 # jaxinit's own documents are a few levels deep; Python's parser recurses once a level.
 MAX_JSON_DEPTH = 64
-# The most characters of a caller's value an error message quotes.
-MAX_QUOTE_CHARS = 80
-
-_QUOTER = reprlib.Repr()
-_QUOTER.maxlevel, _QUOTER.maxlist, _QUOTER.maxtuple, _QUOTER.maxdict = 3, 8, 8, 4
-_QUOTER.maxset = _QUOTER.maxfrozenset = _QUOTER.maxdeque = _QUOTER.maxarray = 8
-_QUOTER.maxstring, _QUOTER.maxlong, _QUOTER.maxother = MAX_QUOTE_CHARS, 40, MAX_QUOTE_CHARS
+# The most characters of a caller's value an error message quotes (then its size).
+MAX_QUOTE_CHARS = QUOTE_CHARS
 # +1 for a byte that opens an array or object, -1 for one that closes it.
 _BRACKETS = np.zeros(256, np.int8)
 _BRACKETS[list(b"[{")] = 1
 _BRACKETS[list(b"]}")] = -1
 _DEPTH_BLOCK = 2**20
-
-
-def quote(value: Any, limit: int = MAX_QUOTE_CHARS) -> str:
-    """``repr(value)`` for an error message, at most ``limit`` characters and cheap
-    however large ``value`` is (a caller's value is never echoed back whole)."""
-    try:
-        text = _QUOTER.repr(value)
-    except ValueError:  # an int of more digits than Python will print
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def json_depth(document: bytes | str) -> int:
@@ -244,7 +215,7 @@ def params_from_v2(
         dtype = _FROM_DATATYPE[dtype]
     for name in ("offset", "count"):
         value = parameters.get(name)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+        if value is not None and not is_int(value):
             raise InvalidArgument(f"parameter {name} must be an integer (flat elements), got {quote(value)}")
     text_args = {k: v for k, v in parameters.items() if k not in _RESERVED and isinstance(v, str)}
     for k, v in text_args.items():  # read as JSON literals: bound their nesting before parsing

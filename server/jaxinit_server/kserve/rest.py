@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
 from jaxinit.protocol.errors import InternalError, InvalidArgument, JaxinitError
+from jaxinit.protocol.values import check_flag
 from jaxinit.protocol.wire import OCTET
 from jaxinit_server import jsonio
 from jaxinit_server.core import TensorStream
@@ -128,9 +129,7 @@ def _object(value: Any, what: str) -> dict[str, Any]:
 
 
 def _bool(value: Any, what: str) -> bool | None:
-    if value is None or isinstance(value, bool):
-        return value
-    raise InvalidArgument(f"{what} must be true or false, got {quote(value)}")
+    return None if value is None else check_flag(value, what)
 
 
 def _read(document: Any, binary: memoryview) -> InferRequest:

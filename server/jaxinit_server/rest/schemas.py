@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from jaxinit.protocol.keys import DEFAULT_IMPL, Key, derive_from_json
 from jaxinit_server.core import GenerateParams, InitModelParams
-from jaxinit_server.core.request import pinned
+from jaxinit_server.core.request import jit_option, pinned
 
 __all__ = ["ErrorResponse", "GenerateBody", "KeyBody", "ModelBody", "PrngBody", "key_from_body"]
 
@@ -39,11 +39,15 @@ class PrngBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     threefry_partitionable: StrictBool | None = None
     enable_x64: StrictBool | None = Field(None, description="unset: true for 64-bit dtypes")
-    jit: StrictBool = Field(
-        False,
-        description="the values jax.jit(init) gives, as inside nn.scan or a jitted model.init (XLA's fusion "
-        "changes some bits of e.g. normal); false: the eager call's",
-    )
+    jit: StrictBool | None = Field(None, description="the old spelling of the request's own jit, still read")
+
+
+JIT = Field(
+    None,
+    description="the values jax.jit(init) gives, as inside nn.scan or a jitted model.init (XLA's fusion changes "
+    "some bits of e.g. normal); false: the eager call's. Unset: prng.jit (its old spelling), else false "
+    "(a model: else its plan's own jit)",
+)
 
 
 class GenerateBody(BaseModel):
@@ -59,6 +63,7 @@ class GenerateBody(BaseModel):
     dtype: str | None = None
     key: KeyBody | None = None
     prng: PrngBody | None = None
+    jit: StrictBool | None = JIT
     request_id: str = ""
     offset: StrictInt | None = Field(None, description="first flat element of a range (default 0)")
     count: StrictInt | None = Field(None, description="flat elements in the range (default: to the end)")
@@ -81,7 +86,7 @@ class GenerateBody(BaseModel):
             key=key_from_body(self.key),
             threefry_partitionable=prng.threefry_partitionable,
             enable_x64=prng.enable_x64,
-            jit=prng.jit,
+            jit=bool(jit_option(self.jit, prng.jit)),
             request_id=self.request_id,
             offset=self.offset,
             count=self.count,
@@ -127,6 +132,7 @@ class ModelBody(BaseModel):
         examples=["0.10.2"],
     )
     backend: str | None = Field(None, description="answered only on this JAX backend (cpu, gpu, tpu); else 412")
+    jit: StrictBool | None = JIT
 
     def params(self, pin: str | None = None) -> InitModelParams:
         """The core's request; ``pin``: the x-jaxinit-jax-version header, if sent."""
@@ -140,7 +146,7 @@ class ModelBody(BaseModel):
             param_dtype=self.param_dtype,
             threefry_partitionable=prng.threefry_partitionable,
             enable_x64=prng.enable_x64,
-            jit=prng.jit,
+            jit=bool(jit_option(self.jit, prng.jit)),
             jax_version=pinned(self.jax_version, pin),
             backend=self.backend,
         )

@@ -102,8 +102,8 @@ def test_a_key_is_a_seed_or_data_never_both_and_only_known_impls() -> None:
         ({"data": (1, 2, 3)}, "threefry2x32 key data must be 2 uint32 words"),
         ({"data": (1, 2**32)}, "uint32 words"),
         ({"data": (1,), "impl": "philox2x32"}, None),
-        ({"seed": 0, "fold_in": (2**32,)}, "fold_in must be at most"),
-        ({"seed": 0, "fold_in": (True,)}, "fold_in must be at most"),
+        ({"seed": 0, "fold_in": (2**32,)}, "fold_in takes a uint32"),
+        ({"seed": 0, "fold_in": (True,)}, "fold_in takes a uint32"),
     ]:
         if match is None:
             Key(**fields)  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ from jaxinit.protocol.keys import DEFAULT_IMPL, Key, derive_from_text
 from jaxinit.protocol.wire import DIGESTED, JAX_VERSION_HEADER, JSON, NPY, OCTET, SHARED_MEMORY_HEADER
 from jaxinit_server.core import GenerateParams, Resolved, Service
 from jaxinit_server.core.regions import Regions
-from jaxinit_server.core.request import pinned
+from jaxinit_server.core.request import OPTION_PARAMETERS, pinned
 from jaxinit_server.rest.deps import CallerDep, OffLoopJSONRoute, ServiceDep, TelemetryDep, observe
 from jaxinit_server.rest.framing import check_json_size, negotiate, region_response, tensor_response
 from jaxinit_server.rest.schemas import GenerateBody
@@ -28,22 +28,7 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 # With auth on, a shared cache (the load balancer's) must not hand one caller's answer to another.
 IMMUTABLE_PRIVATE = "private, max-age=31536000, immutable"
 # Query parameters of the GET form that are not initializer arguments.
-RESERVED = {
-    "shape",
-    "dtype",
-    "seed",
-    "key_data",
-    "key_impl",
-    "key_fold_in",
-    "key_derive",
-    "threefry_partitionable",
-    "enable_x64",
-    "jit",
-    "offset",
-    "count",
-    "jax_version",
-    "backend",
-}
+RESERVED = {"shape", "seed", "key_data", "key_fold_in", *OPTION_PARAMETERS}
 
 
 @router.post("/v1/generate", summary="Generate a tensor", response_class=Response, responses=TENSOR_MEDIA)
