@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import math
 import zipfile
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,25 +17,22 @@ from fastapi.responses import Response, StreamingResponse
 from jaxinit.protocol import wire
 from jaxinit.protocol.codec import is_bits_type, npy_dtype
 from jaxinit.protocol.digest import DIGEST_BYTES
-from jaxinit.protocol.errors import InvalidArgument, JaxinitError, NotAcceptable, TooLarge
+from jaxinit.protocol.errors import InvalidArgument, JaxinitError, NotAcceptable
 from jaxinit.protocol.provenance import Provenance
 from jaxinit.protocol.wire import DIGESTED, JSON, NPY, NPZ, OCTET, SAFETENSORS
 from jaxinit_server import jsonio
-from jaxinit_server.core import Limits, Resolved, ResolvedModel, Service, TensorStream
+from jaxinit_server.core import ResolvedModel, Service, TensorStream
 from jaxinit_server.core.admission import Ticket
-from jaxinit_server.core.regions import Regions
 
 __all__ = [
     "MAX_HEADER_CANONICAL",
     "MEDIA_TYPES",
     "MODEL_MEDIA_TYPES",
-    "check_json_size",
     "model_npz",
     "model_safetensors",
     "negotiate",
     "npz_storable",
     "provenance_header",
-    "region_response",
     "tensor_headers",
     "tensor_response",
 ]
@@ -71,19 +67,6 @@ def negotiate(accept: str | None, offered: tuple[str, ...] = MEDIA_TYPES) -> str
     return best
 
 
-def check_json_size(limits: Limits, resolved: Resolved, *, nested: bool, instead: str) -> None:
-    """Raise TooLarge when a JSON answer of ``resolved`` is over ``max_json_elements``:
-    its elements, and with ``nested`` its lists too (a 0-size (2**40, 0) is 2**40 lists)."""
-    elements = resolved.stop - resolved.start
-    if nested and not resolved.is_range:
-        elements = max(elements, sum(math.prod(resolved.shape[:axis]) for axis in range(len(resolved.shape))))
-    if elements > limits.max_json_elements:
-        what = "elements and lists" if nested else "elements"
-        raise TooLarge(
-            f"JSON answers are capped at {limits.max_json_elements} {what}; this one has {elements}. {instead}"
-        )
-
-
 # The most characters of the canonical request X-Jaxinit-Provenance carries: a request
 # with a large value (a `constant` of megabytes) would otherwise make a header of megabytes,
 # which proxies and HTTP clients refuse (nginx answers 502 past its 4-8 KiB header buffer).
@@ -115,8 +98,16 @@ def tensor_headers(tensor: TensorStream) -> dict[str, str]:
 
 
 async def tensor_response(tensor: TensorStream, media: str, headers: dict[str, str], chunk_bytes: int) -> Response:
-    """``tensor`` written as ``media``, with its headers after ``headers``."""
+    """``tensor`` written as ``media``, with its headers after ``headers``; delivered into a
+    shared-memory region (when the request asked for one and it has room), its headers,
+    the region's name and the digest of its bytes, and no body."""
+    region = await tensor.region()
     headers = {**headers, **tensor_headers(tensor)}
+    if region is not None:
+        headers[wire.REGION_HEADER] = region
+        headers[wire.DIGEST_ALGORITHM_HEADER] = tensor.digest_algorithm
+        headers[wire.DIGEST_HEADER] = tensor.digest().hex()
+        return Response(b"", media_type=OCTET, headers=headers)
     if media == JSON:
         array = await tensor.array()
         body = await asyncio.to_thread(lambda: jsonio.dumps(_json_body(tensor, array)))
@@ -133,24 +124,6 @@ async def tensor_response(tensor: TensorStream, media: str, headers: dict[str, s
         body = b"".join([bytes(data) async for data in _bytes(tensor, chunk_bytes, prefix, suffix)])
         return Response(body, media_type=media, headers=headers)
     return StreamingResponse(_bytes(tensor, chunk_bytes, prefix, suffix), media_type=media, headers=headers)
-
-
-async def region_response(
-    tensor: TensorStream, regions: Regions, headers: dict[str, str], media: str, chunk_bytes: int
-) -> Response:
-    """``tensor`` written into a shared-memory region: its headers, the region's name and
-    the digest of its bytes; no body. When shared memory is full: ``media``, as always."""
-    name = await tensor.to_region(regions)
-    if name is None:
-        return await tensor_response(tensor, media, headers, chunk_bytes)
-    headers = {
-        **headers,
-        **tensor_headers(tensor),
-        wire.REGION_HEADER: name,
-        wire.DIGEST_ALGORITHM_HEADER: tensor.digest_algorithm,
-        wire.DIGEST_HEADER: tensor.digest().hex(),
-    }
-    return Response(b"", media_type=OCTET, headers=headers)
 
 
 async def _bytes(

@@ -12,10 +12,11 @@ from jaxinit.protocol.catalog import args_from_text
 from jaxinit.protocol.errors import InvalidArgument
 from jaxinit.protocol.keys import DEFAULT_IMPL, Key, derive_from_text
 from jaxinit.protocol.wire import DIGESTED, JSON, NPY, OCTET, SHARED_MEMORY_HEADER
-from jaxinit_server.core import GenerateParams, Resolved, Service
-from jaxinit_server.core.regions import Regions
+from jaxinit_server.core import GenerateParams, Service
+from jaxinit_server.core.delivery import Gathered, delivery_for
+from jaxinit_server.core.plan import Plan
 from jaxinit_server.rest.deps import CallerDep, OffLoopJSONRoute, ServiceDep, TelemetryDep, observe
-from jaxinit_server.rest.framing import check_json_size, negotiate, region_response, tensor_response
+from jaxinit_server.rest.framing import negotiate, tensor_response
 from jaxinit_server.rest.schemas import GenerateBody
 from jaxinit_server.telemetry import Call
 
@@ -59,8 +60,8 @@ async def generate(
 
     async def answer() -> Response:
         media = negotiate(request.headers.get("accept"))
-        regions = _regions(service, request)
-        return await _respond(service, service.prepare(body.params()), media, {}, call, caller, regions)
+        token = request.headers.get(SHARED_MEMORY_HEADER)
+        return await _respond(service, service.prepare(body.params()), media, {}, call, caller, token)
 
     return await observe(call, answer(), request)
 
@@ -99,7 +100,7 @@ async def generate_get(
 
     async def answer() -> Response:
         media = negotiate(request.headers.get("accept"))
-        regions = _regions(service, request)
+        token = request.headers.get(SHARED_MEMORY_HEADER)
         key = None
         if seed is not None or key_data is not None:
             words = _int_list("key_data", key_data) if key_data is not None else None
@@ -112,7 +113,7 @@ async def generate_get(
                 derive=derive_from_text(key_derive) if key_derive else (),
             )
         text_args = {k: v for k, v in request.query_params.items() if k not in RESERVED}
-        resolved = service.prepare(
+        plan = service.prepare(
             GenerateParams(
                 initializer=initializer,
                 shape=_int_list("shape", shape),
@@ -126,46 +127,36 @@ async def generate_get(
                 count=count,
             )
         )
-        etag = service.etag(resolved)
+        etag = service.etag(plan)
         private = request.app.state.keyring is not None and request.app.state.keyring.enabled
         headers = {"ETag": etag, "Cache-Control": IMMUTABLE_PRIVATE if private else IMMUTABLE, "Vary": "Accept"}
         if if_none_match and (if_none_match.strip() == "*" or etag in _etags(if_none_match)):
-            call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
+            call.describe(plan.resolved.spec.name, plan.resolved.shape, plan.resolved.out_dtype)
             return Response(status_code=304, headers=headers)
-        if regions is not None:  # a region is for this caller once: never cached on the way
+        if token is not None:  # a region is for this caller once: never cached on the way
             headers = {"Cache-Control": "no-store"}
-        return await _respond(service, resolved, media, headers, call, caller, regions)
+        return await _respond(service, plan, media, headers, call, caller, token)
 
     return await observe(call, answer(), request)
 
 
-def _regions(service: Service, request: Request) -> Regions | None:
-    """The shared memory the caller asked to be answered in (its token's header), if any."""
-    token = request.headers.get(SHARED_MEMORY_HEADER)
-    return service.shared_memory(token) if token is not None else None
+JSON_INSTEAD = "Ask for application/octet-stream or application/x-npy, or a range."
 
 
 async def _respond(
     service: Service,
-    resolved: Resolved,
+    plan: Plan,
     media: str,
     headers: dict[str, str],
     call: Call,
     caller: str,
-    regions: Regions | None = None,
+    token: str | None = None,
 ) -> Response:
-    call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
-    if media == JSON:
-        check_json_size(
-            service.limits,
-            resolved,
-            nested=True,
-            instead="Ask for application/octet-stream or application/x-npy, or a range.",
-        )
-    tensor = await service.generate(resolved, gathered=media == JSON, caller=caller)
+    call.describe(plan.resolved.spec.name, plan.resolved.shape, plan.resolved.out_dtype)
+    gathered = Gathered(nested=True, instead=JSON_INSTEAD) if media == JSON else None
+    delivery = delivery_for(region_token=token, gathered=gathered)
+    tensor = await service.generate(plan, delivery=delivery, caller=caller)
     call.timings = tensor.timings
-    if regions is not None and tensor.nbytes:
-        return await region_response(tensor, regions, headers, media, service.limits.chunk_bytes)
     return await tensor_response(tensor, media, headers, service.limits.chunk_bytes)
 
 

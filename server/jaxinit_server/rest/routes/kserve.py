@@ -19,6 +19,7 @@ from jaxinit.protocol.catalog import CATALOG
 from jaxinit.protocol.errors import JaxinitError
 from jaxinit.protocol.wire import JSON, REQUEST_ID_HEADER
 from jaxinit_server.core import TensorStream
+from jaxinit_server.core.delivery import STREAM, Gathered
 from jaxinit_server.disconnects import unless_disconnected
 from jaxinit_server.kserve.mapping import (
     EXTENSIONS,
@@ -45,7 +46,6 @@ from jaxinit_server.kserve.rest import (
     read_request,
 )
 from jaxinit_server.rest.deps import CallerDep, OffLoopJSONRoute, ServiceDep, TelemetryDep
-from jaxinit_server.rest.framing import check_json_size
 
 __all__ = ["router"]
 
@@ -191,6 +191,7 @@ def _ready(name: str, version: str, service: ServiceDep) -> JSONResponse:
     return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else (503 if found else 404))
 
 
+JSON_DELIVERY = Gathered(nested=False, instead="Ask for binary data (the binary_data output parameter).")
 _INFER = "KServe v2: generate (inputs shape and seed or key_data; arguments as parameters)"
 
 
@@ -217,19 +218,11 @@ async def _infer(
     try:
         body = await request.body()
         v2 = await asyncio.to_thread(read_request, body, request.headers.get(HEADER_LENGTH))
-        resolved = service.prepare(params_from_v2(name, v2.inputs, v2.parameters, version))
-        call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
-        datatype = datatype_of(resolved.out_dtype)
-        if not v2.binary_output:
-            check_json_size(
-                service.limits,
-                resolved,
-                nested=False,
-                instead="Ask for binary data (the binary_data output parameter).",
-            )
-        tensor = await unless_disconnected(
-            request, service.generate(resolved, gathered=not v2.binary_output, caller=caller)
-        )
+        plan = service.prepare(params_from_v2(name, v2.inputs, v2.parameters, version))
+        call.describe(plan.resolved.spec.name, plan.resolved.shape, plan.resolved.out_dtype)
+        datatype = datatype_of(plan.resolved.out_dtype)
+        delivery = STREAM if v2.binary_output else JSON_DELIVERY
+        tensor = await unless_disconnected(request, service.generate(plan, delivery=delivery, caller=caller))
         call.timings = tensor.timings
         output: dict[str, Any] = {"name": OUTPUT, "datatype": datatype, "shape": list(tensor.sent_shape)}
         head: dict[str, Any] = {"model_name": name, "model_version": VERSION, "outputs": [output]}
