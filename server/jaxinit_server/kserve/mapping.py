@@ -211,6 +211,32 @@ def params_from_v2(
     if "shape" not in by_name:
         raise InvalidArgument("input 'shape' is required: the tensor's shape, INT64, 1-D")
     shape = _ints(by_name["shape"], ("INT64", "INT32"))
+    key = _key(by_name, parameters)
+    dtype = parameters.get("dtype")
+    if dtype is not None and not isinstance(dtype, str):
+        raise InvalidArgument(f"parameter dtype must be a string, got {quote(dtype)}")
+    if isinstance(dtype, str) and dtype in _FROM_DATATYPE:
+        dtype = _FROM_DATATYPE[dtype]
+    for name in ("offset", "count"):
+        value = parameters.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise InvalidArgument(f"parameter {name} must be an integer (flat elements), got {quote(value)}")
+    return GenerateParams(
+        initializer=model,
+        shape=shape,
+        args=_args(parameters),
+        dtype=dtype,
+        key=key,
+        threefry_partitionable=_flag(parameters, "threefry_partitionable"),
+        enable_x64=_flag(parameters, "enable_x64"),
+        jit=bool(_flag(parameters, "jit")),
+        offset=parameters.get("offset"),
+        count=parameters.get("count"),
+    )
+
+
+def _key(by_name: Mapping[str, Input], parameters: Mapping[str, Any]) -> Key | None:
+    """The key the inputs seed or key_data (and fold_in) and the key parameters make."""
     impl = parameters.get("key_impl") or DEFAULT_IMPL
     if not isinstance(impl, str):
         raise InvalidArgument(f"parameter key_impl must be a string, got {quote(impl)}")
@@ -221,43 +247,27 @@ def params_from_v2(
             f"parameter key_derive must be a string (fold_in:X,split:NUM:INDEX,stack:NUM), got {quote(derive_text)}"
         )
     derive = derive_from_text(derive_text)
-    key = None
     if "seed" in by_name and "key_data" in by_name:
         raise InvalidArgument("give one of the inputs seed or key_data, not both")
     if "seed" in by_name:
         seed = _ints(by_name["seed"], ("INT64", "INT32"))
         if len(seed) != 1:
             raise InvalidArgument(f"input 'seed' must hold one value, got {len(seed)}")
-        key = Key(seed=seed[0], impl=impl, fold_in=folds, derive=derive)
-    elif "key_data" in by_name:
-        key = Key(data=tuple(_ints(by_name["key_data"], ("UINT32",))), impl=impl, fold_in=folds, derive=derive)
-    dtype = parameters.get("dtype")
-    if dtype is not None and not isinstance(dtype, str):
-        raise InvalidArgument(f"parameter dtype must be a string, got {quote(dtype)}")
-    if isinstance(dtype, str) and dtype in _FROM_DATATYPE:
-        dtype = _FROM_DATATYPE[dtype]
-    for name in ("offset", "count"):
-        value = parameters.get(name)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-            raise InvalidArgument(f"parameter {name} must be an integer (flat elements), got {quote(value)}")
+        return Key(seed=seed[0], impl=impl, fold_in=folds, derive=derive)
+    if "key_data" in by_name:
+        return Key(data=tuple(_ints(by_name["key_data"], ("UINT32",))), impl=impl, fold_in=folds, derive=derive)
+    return None
+
+
+def _args(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The initializer's arguments: the other parameters (strings read as JSON literals)."""
     text_args = {k: v for k, v in parameters.items() if k not in _RESERVED and isinstance(v, str)}
     for k, v in text_args.items():  # read as JSON literals: bound their nesting before parsing
         if json_depth(v) > MAX_JSON_DEPTH:
             raise InvalidArgument(f"parameter {quote(k)} nests deeper than {MAX_JSON_DEPTH} levels")
     args = {k: v for k, v in parameters.items() if k not in _RESERVED and not isinstance(v, str)}
     args.update(args_from_text(text_args))
-    return GenerateParams(
-        initializer=model,
-        shape=shape,
-        args=args,
-        dtype=dtype,
-        key=key,
-        threefry_partitionable=_flag(parameters, "threefry_partitionable"),
-        enable_x64=_flag(parameters, "enable_x64"),
-        jit=bool(_flag(parameters, "jit")),
-        offset=parameters.get("offset"),
-        count=parameters.get("count"),
-    )
+    return args
 
 
 def _flag(parameters: Mapping[str, Any], name: str) -> bool | None:

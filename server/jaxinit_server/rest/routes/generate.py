@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import Response
 
 from jaxinit.protocol.catalog import args_from_text
@@ -27,21 +28,6 @@ TENSOR_MEDIA: dict[int | str, dict[str, Any]] = {200: {"content": {OCTET: {}, NP
 IMMUTABLE = "public, max-age=31536000, immutable"
 # With auth on, a shared cache (the load balancer's) must not hand one caller's answer to another.
 IMMUTABLE_PRIVATE = "private, max-age=31536000, immutable"
-# Query parameters of the GET form that are not initializer arguments.
-RESERVED = {
-    "shape",
-    "dtype",
-    "seed",
-    "key_data",
-    "key_impl",
-    "key_fold_in",
-    "key_derive",
-    "threefry_partitionable",
-    "enable_x64",
-    "jit",
-    "offset",
-    "count",
-}
 
 
 @router.post("/v1/generate", summary="Generate a tensor", response_class=Response, responses=TENSOR_MEDIA)
@@ -66,6 +52,55 @@ async def generate(
     return await observe(call, answer(), request)
 
 
+@dataclass
+class GenerateQuery:
+    """The GET form's query parameters besides the initializer's arguments (all the others)."""
+
+    shape: Annotated[str, Query(description="comma-separated dims, e.g. 784,256; empty for a scalar")]
+    dtype: str | None = None
+    seed: int | None = None
+    key_data: Annotated[str | None, Query(description="comma-separated uint32 words")] = None
+    key_impl: str | None = None
+    key_fold_in: Annotated[str | None, Query(description="comma-separated uint32s folded into the key")] = None
+    key_derive: Annotated[
+        str | None, Query(description="then these steps: fold_in:X, split:NUM:INDEX and stack:NUM, comma-separated")
+    ] = None
+    threefry_partitionable: bool | None = None
+    enable_x64: bool | None = None
+    jit: Annotated[bool, Query(description="the values jax.jit(init) gives (as inside nn.scan)")] = False
+    offset: Annotated[int | None, Query(description="first flat element of a range")] = None
+    count: Annotated[int | None, Query(description="flat elements in the range")] = None
+
+    def params(self, initializer: str, text_args: dict[str, str]) -> GenerateParams:
+        """The core's view of the request (``text_args``: the initializer's arguments as text)."""
+        key = None
+        if self.seed is not None or self.key_data is not None:
+            words = _int_list("key_data", self.key_data) if self.key_data is not None else None
+            key = Key(
+                seed=self.seed,
+                data=None if words is None else tuple(words),
+                impl=self.key_impl or DEFAULT_IMPL,
+                fold_in=tuple(_int_list("key_fold_in", self.key_fold_in)) if self.key_fold_in else (),
+                derive=derive_from_text(self.key_derive) if self.key_derive else (),
+            )
+        return GenerateParams(
+            initializer=initializer,
+            shape=_int_list("shape", self.shape),
+            args=args_from_text(text_args),
+            dtype=self.dtype,
+            key=key,
+            threefry_partitionable=self.threefry_partitionable,
+            enable_x64=self.enable_x64,
+            jit=self.jit,
+            offset=self.offset,
+            count=self.count,
+        )
+
+
+# Query parameters of the GET form that are not initializer arguments.
+RESERVED = {f.name for f in fields(GenerateQuery)}
+
+
 @router.get(
     "/v1/generate/{initializer}",
     summary="Generate a tensor (GET form: cacheable, ETag, 304)",
@@ -78,55 +113,18 @@ async def generate_get(
     telemetry: TelemetryDep,
     caller: CallerDep,
     initializer: str,
-    shape: Annotated[str, Query(description="comma-separated dims, e.g. 784,256; empty for a scalar")],
-    dtype: str | None = None,
-    seed: int | None = None,
-    key_data: Annotated[str | None, Query(description="comma-separated uint32 words")] = None,
-    key_impl: str | None = None,
-    key_fold_in: Annotated[str | None, Query(description="comma-separated uint32s folded into the key")] = None,
-    key_derive: Annotated[
-        str | None, Query(description="then these steps: fold_in:X, split:NUM:INDEX and stack:NUM, comma-separated")
-    ] = None,
-    threefry_partitionable: bool | None = None,
-    enable_x64: bool | None = None,
-    jit: Annotated[bool, Query(description="the values jax.jit(init) gives (as inside nn.scan)")] = False,
-    offset: Annotated[int | None, Query(description="first flat element of a range")] = None,
-    count: Annotated[int | None, Query(description="flat elements in the range")] = None,
+    query: Annotated[GenerateQuery, Depends()],
     if_none_match: Annotated[str | None, Header()] = None,
     x_request_id: Annotated[str | None, Header()] = None,
 ) -> Response:
     call = telemetry.call("http", "generate_get", x_request_id)
-    call.asked(initializer, shape, dtype)
+    call.asked(initializer, query.shape, query.dtype)
 
     async def answer() -> Response:
         media = negotiate(request.headers.get("accept"))
         token = request.headers.get(SHARED_MEMORY_HEADER)
-        key = None
-        if seed is not None or key_data is not None:
-            words = _int_list("key_data", key_data) if key_data is not None else None
-            folds = tuple(_int_list("key_fold_in", key_fold_in)) if key_fold_in else ()
-            key = Key(
-                seed=seed,
-                data=None if words is None else tuple(words),
-                impl=key_impl or DEFAULT_IMPL,
-                fold_in=folds,
-                derive=derive_from_text(key_derive) if key_derive else (),
-            )
         text_args = {k: v for k, v in request.query_params.items() if k not in RESERVED}
-        plan = service.prepare(
-            GenerateParams(
-                initializer=initializer,
-                shape=_int_list("shape", shape),
-                args=args_from_text(text_args),
-                dtype=dtype,
-                key=key,
-                threefry_partitionable=threefry_partitionable,
-                enable_x64=enable_x64,
-                jit=jit,
-                offset=offset,
-                count=count,
-            )
-        )
+        plan = service.prepare(query.params(initializer, text_args))
         etag = service.etag(plan)
         private = request.app.state.keyring is not None and request.app.state.keyring.enabled
         headers = {"ETag": etag, "Cache-Control": IMMUTABLE_PRIVATE if private else IMMUTABLE, "Vary": "Accept"}

@@ -36,6 +36,7 @@ from jaxinit_server.kserve.mapping import (
 from jaxinit_server.kserve.rest import (
     HEADER_LENGTH,
     V2_ERRORS,
+    InferRequest,
     TensorResponse,
     V2Error,
     V2ModelReady,
@@ -46,6 +47,7 @@ from jaxinit_server.kserve.rest import (
     read_request,
 )
 from jaxinit_server.rest.deps import CallerDep, OffLoopJSONRoute, ServiceDep, TelemetryDep
+from jaxinit_server.telemetry import Call
 
 __all__ = ["router"]
 
@@ -220,29 +222,12 @@ async def _infer(
         v2 = await asyncio.to_thread(read_request, body, request.headers.get(HEADER_LENGTH))
         plan = service.prepare(params_from_v2(name, v2.inputs, v2.parameters, version))
         call.describe(plan.resolved.spec.name, plan.resolved.shape, plan.resolved.out_dtype)
-        datatype = datatype_of(plan.resolved.out_dtype)
+        datatype = datatype_of(plan.resolved.out_dtype)  # (refused before any work when v2 has none)
         delivery = STREAM if v2.binary_output else JSON_DELIVERY
         tensor = await unless_disconnected(request, service.generate(plan, delivery=delivery, caller=caller))
         call.timings = tensor.timings
-        output: dict[str, Any] = {"name": OUTPUT, "datatype": datatype, "shape": list(tensor.sent_shape)}
-        head: dict[str, Any] = {"model_name": name, "model_version": VERSION, "outputs": [output]}
-        if v2.id is not None:
-            head["id"] = v2.id
-        headers = {REQUEST_ID_HEADER: call.request_id}
-        if v2.binary_output:
-            output["parameters"] = {"binary_data_size": tensor.nbytes}
-            text = json.dumps(head, separators=(",", ":")).encode()
-            headers.update({HEADER_LENGTH: str(len(text)), "Content-Length": str(len(text) + tensor.nbytes)})
-            body_stream = binary_body(text, tensor, service.limits.chunk_bytes, call)
-            response = TensorResponse(body_stream, tensor, call, headers)
-            tensor = None  # the response gives it back
-            return response
-        array = await tensor.array()  # at most max_json_elements; gives the tensor back
-        tensor = None
-        content = await asyncio.to_thread(json_answer, head, output, array)
-        call.sent(array.nbytes)
-        call.close()
-        return Response(content, media_type=JSON, headers=headers)
+        answered, tensor = tensor, None  # the answer gives it back
+        return await _answer_v2(name, v2, answered, datatype, call, service.limits.chunk_bytes)
     except BaseException as exc:
         if tensor is not None:
             tensor.close()
@@ -252,3 +237,24 @@ async def _infer(
         if isinstance(exc, Exception):
             return error_response(exc)
         raise
+
+
+async def _answer_v2(
+    name: str, v2: InferRequest, tensor: TensorStream, datatype: str, call: Call, chunk_bytes: int
+) -> Response:
+    """A v2 inference answer: binary (the JSON head, then the bytes streamed) or JSON."""
+    output: dict[str, Any] = {"name": OUTPUT, "datatype": datatype, "shape": list(tensor.sent_shape)}
+    head: dict[str, Any] = {"model_name": name, "model_version": VERSION, "outputs": [output]}
+    if v2.id is not None:
+        head["id"] = v2.id
+    headers = {REQUEST_ID_HEADER: call.request_id}
+    if v2.binary_output:
+        output["parameters"] = {"binary_data_size": tensor.nbytes}
+        text = json.dumps(head, separators=(",", ":")).encode()
+        headers.update({HEADER_LENGTH: str(len(text)), "Content-Length": str(len(text) + tensor.nbytes)})
+        return TensorResponse(binary_body(text, tensor, chunk_bytes, call), tensor, call, headers)
+    array = await tensor.array()  # at most max_json_elements; gives the tensor back
+    content = await asyncio.to_thread(json_answer, head, output, array)
+    call.sent(array.nbytes)
+    call.close()
+    return Response(content, media_type=JSON, headers=headers)
