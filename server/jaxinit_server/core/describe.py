@@ -3,19 +3,34 @@ its identity) and its state (readiness with its pools, caches and caps, as /read
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from jaxinit.protocol.catalog import CATALOG
 from jaxinit.protocol.codec import DTYPE_NAMES
 from jaxinit.protocol.keys import KEY_IMPLS
 from jaxinit_server.core import chunked
+from jaxinit_server.core.admission import Admission
+from jaxinit_server.core.production import Production
 from jaxinit_server.core.provenance import ServerIdentity
 from jaxinit_server.core.regions import Regions
+from jaxinit_server.core.results import Results
+from jaxinit_server.core.stream import StallWatch
+from jaxinit_server.core.whole import WholePool
 
-if TYPE_CHECKING:
-    from jaxinit_server.core.service import Service
 
-__all__ = ["describe", "state"]
+class Host(Protocol):
+    """What :func:`state` reads of its :class:`~service.Service`."""
+
+    ready: bool
+    whole: WholePool
+    stalls: StallWatch | None
+    results: Results
+    regions: Regions | None
+    admission: Admission
+    production: Production
+
+
+__all__ = ["Host", "describe", "state"]
 
 
 def describe(identity: ServerIdentity, regions: Regions | None) -> dict[str, Any]:
@@ -53,7 +68,7 @@ def describe(identity: ServerIdentity, regions: Regions | None) -> dict[str, Any
     }
 
 
-def state(service: Service) -> dict[str, Any]:
+def state(service: Host) -> dict[str, Any]:
     """Readiness with the pools' state, as /readyz shows it."""
     admission = service.admission
     return {

@@ -6,26 +6,53 @@ tensor i goes out), each an ordinary :meth:`Service.generate` over its plan."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import weakref
 from collections.abc import AsyncIterator
+from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from jaxinit.protocol.errors import JaxinitError
 from jaxinit.protocol.expansion import Output, file_metadata
 from jaxinit_server.core import engine
 from jaxinit_server.core._threads import on_thread
-from jaxinit_server.core.admission import Ticket
+from jaxinit_server.core.admission import Admission, Ticket
 from jaxinit_server.core.delivery import STREAM, Delivery
 from jaxinit_server.core.model_init import InitModelParams, ResolvedModel, resolve_model
 from jaxinit_server.core.plan import Plan
+from jaxinit_server.core.provenance import ServerIdentity
+from jaxinit_server.core.regions import Regions
+from jaxinit_server.core.request import Limits, Resolved
 from jaxinit_server.core.source import Made, Source
 from jaxinit_server.core.stream import TensorStream, gather, stopping
 
-if TYPE_CHECKING:
-    from jaxinit_server.core.service import Service
 
-__all__ = ["AHEAD", "Models", "PlannedModel", "laid_out"]
+class Host(Protocol):
+    """What model orchestration uses of its :class:`~service.Service`."""
+
+    limits: Limits
+    identity: ServerIdentity
+    admission: Admission
+    aborted: threading.Event
+    stopping: bool
+
+    @property
+    def jax_pool(self) -> Executor: ...
+
+    @property
+    def model_pool(self) -> Executor: ...
+
+    def plan(self, resolved: Resolved) -> Plan: ...
+
+    def regions_for(self, delivery: Delivery) -> Regions | None: ...
+
+    async def generate(
+        self, what: Plan, *, delivery: Delivery = ..., output: Output | None = ..., ticket: Ticket | None = ...
+    ) -> TensorStream: ...
+
+
+__all__ = ["AHEAD", "Host", "Models", "PlannedModel", "laid_out"]
 
 AHEAD = 2  # tensors made ahead of the one being sent
 
@@ -39,9 +66,9 @@ class PlannedModel:
 
 
 class Models:
-    """The model requests of one :class:`Service` (see the module's doc)."""
+    """The model requests of one service (see the module's doc)."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Host) -> None:
         self._service = service
         self.preparing = 0  # model requests being expanded (not admitted yet)
         # The plans :meth:`check` made, by model, while the model lives: a model handed on
@@ -57,7 +84,7 @@ class Models:
         try:
             # The ticket is held until the expansion ends, even when its caller leaves (see _threads).
             return await on_thread(
-                service._model_executor,
+                service.model_pool,
                 lambda _: resolve_model(params, service.limits, service.identity.defaults),
                 aborted=service.aborted,
             )
@@ -110,7 +137,7 @@ class Models:
                 plans.append(plan)
             return PlannedModel(model, tuple(plans))
 
-        planned = await asyncio.get_running_loop().run_in_executor(service._executor, check_all)
+        planned = await asyncio.get_running_loop().run_in_executor(service.jax_pool, check_all)
         self._plans[id(model)] = planned.plans
         weakref.finalize(model, self._plans.pop, id(model), None)
         return planned

@@ -84,8 +84,8 @@ class Service:
         self.results = results.Results(config.cache_bytes, print_, disk=disk or None)
         # The one pool every JAX call of this process runs on (see production.py), and model
         # expansion's own (no JAX, but seconds for a big model: small requests never wait on it).
-        self._executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="jaxinit-jax")
-        self._model_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jaxinit-models")
+        self.jax_pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="jaxinit-jax")
+        self.model_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jaxinit-models")
         # Whole-tensor requests run in worker processes, never in this one (see whole.py).
         self.whole = WholePool(
             config.whole_workers,
@@ -93,13 +93,13 @@ class Service:
             soft_rss=config.worker_rss_bytes // 2,
             compilation_cache_dir=self.compilation_cache_dir,
             log_level=config.log_level,
-            executor=self._executor,
+            executor=self.jax_pool,
         )
         self.aborted = threading.Event()  # in-flight work is cut off
         # Heavy work runs at most one fewer at once than the whole-tensor workers, so that
         # cheaper requests always find one (see admission.py).
         self.production = Production(
-            self._executor,
+            self.jax_pool,
             self.whole,
             heavy_slots=heavy_slots,
             chunk_bytes=limits.chunk_bytes,
@@ -299,5 +299,5 @@ class Service:
             self.regions.close()
         if self.results.disk is not None:
             self.results.disk.close()
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        self._model_executor.shutdown(wait=False, cancel_futures=True)
+        self.jax_pool.shutdown(wait=False, cancel_futures=True)
+        self.model_pool.shutdown(wait=False, cancel_futures=True)

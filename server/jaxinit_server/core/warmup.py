@@ -6,21 +6,31 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from jaxinit.protocol.keys import Key
 from jaxinit_server.core import chunked, engine, startup
+from jaxinit_server.core.plan import Plan
 from jaxinit_server.core.request import GenerateParams
+from jaxinit_server.core.whole import WholePool
 
-if TYPE_CHECKING:
-    from jaxinit_server.core.service import Service
 
-__all__ = ["warm_up"]
+class Host(Protocol):
+    """What the warm-up uses of its :class:`~service.Service`."""
+
+    whole: WholePool
+    compilation_cache_dir: str | None
+    ready: bool
+
+    def prepare(self, params: GenerateParams) -> Plan: ...
+
+
+__all__ = ["Host", "warm_up"]
 
 log = logging.getLogger("jaxinit_server.service")
 
 
-def warm_up(service: Service, *, requests: bool = True) -> None:
+def warm_up(service: Host, *, requests: bool = True) -> None:
     """Make serving exact, then (``requests``) fast: prove the chunked families against
     eager JAX (disabling any that differs; with a compilation cache, the verdict stored
     for exactly this installation is read instead, see :mod:`startup`), then run one
