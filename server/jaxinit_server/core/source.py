@@ -153,7 +153,9 @@ class Pipelined(Source):
             except BaseException as exc:  # delivered to the reader, raised there
                 ready.put_nowait(_Failure(exc))
 
-        def finish(_: object = None) -> None:
+        def finish(step: asyncio.Future[Any] | None = None) -> None:
+            if step is not None and not step.cancelled():
+                step.exception()  # retrieved: its reader is gone, nobody else wants it
             with self._config():  # a producer suspended inside its own config context ends here
                 produce.close()  # type: ignore[attr-defined]
 
@@ -172,4 +174,4 @@ class Pipelined(Source):
             if running and not running[0].done():  # interrupted: closed when the step ends
                 running[0].add_done_callback(finish)
             else:
-                finish()
+                finish(running[0] if running else None)
