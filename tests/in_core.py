@@ -67,7 +67,7 @@ async def _one(service: Service, ask: Ask) -> Made | JaxinitError:
         return exc
     data = b"".join(parts)
     array = array_from_buffer(data, stream.sent_shape, stream.dtype)
-    return Made(data, array, stream.dtype, stream.provenance, stream._generation.route)
+    return Made(data, array, stream.dtype, stream.provenance, stream.route)
 
 
 def make_all(service: Service, asks: Sequence[Ask]) -> list[Made | JaxinitError]:

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from jaxinit_server.auth import KeyRing
 from jaxinit_server.core import Service, chunked
+from jaxinit_server.core.config import Config
 from jaxinit_server.grpc.server import create_grpc_server, set_serving
 from jaxinit_server.jsonio import collect_garbage
 from jaxinit_server.logs import configure as configure_logging
@@ -70,19 +71,21 @@ def build_service(settings: Settings) -> Service:
     """The service ``settings`` describe (this composition root's; in-process test servers
     build theirs with it too)."""
     return Service(
-        settings.limits(),
-        workers=settings.workers,
-        whole_workers=settings.whole_workers,
-        worker_rss_bytes=settings.worker_rss_bytes,
-        compilation_cache_dir=settings.compilation_cache_path(),
-        stall_seconds=settings.stall_seconds,
-        log_level=settings.log_level,
-        cache_bytes=settings.cache_bytes,
-        cache_dir=settings.cache_dir,
-        cache_dir_bytes=settings.cache_dir_bytes,
-        shared_memory_dir=settings.shared_memory_dir if settings.shared_memory else None,
-        shared_memory_lease=settings.shared_memory_lease,
-        shared_memory_bytes=settings.shared_memory_bytes,
+        Config(
+            limits=settings.limits(),
+            workers=settings.workers,
+            whole_workers=settings.whole_workers,
+            worker_rss_bytes=settings.worker_rss_bytes,
+            compilation_cache_dir=settings.compilation_cache_path(),
+            stall_seconds=settings.stall_seconds,
+            log_level=settings.log_level,
+            cache_bytes=settings.cache_bytes,
+            cache_dir=settings.cache_dir,
+            cache_dir_bytes=settings.cache_dir_bytes,
+            shared_memory_dir=settings.shared_memory_dir if settings.shared_memory else None,
+            shared_memory_lease=settings.shared_memory_lease,
+            shared_memory_bytes=settings.shared_memory_bytes,
+        )
     )
 
 

@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="address both servers bind; 0.0.0.0 for all")
     grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one")
     http_port: int = Field(8000, ge=0, le=65535, description="HTTP port; 0 picks a free one")
-    workers: int = Field(4, ge=1, description="threads that run JAX for chunked requests")
+    workers: int = Field(4, ge=1, description="the one pool of threads every JAX call runs on")
     whole_workers: int = Field(
         2, ge=1, description="worker processes for whole-tensor requests (orthogonal, complex, rbg keys, ...)"
     )

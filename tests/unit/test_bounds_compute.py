@@ -23,6 +23,7 @@ from jaxinit.protocol.keys import Key
 from jaxinit_server.core import InitModelParams, Limits, Service, engine
 from jaxinit_server.core._threads import on_thread
 from jaxinit_server.core.admission import Admission
+from jaxinit_server.core.plan import Plan
 from jaxinit_server.core.request import GenerateParams, PrngDefaults, Resolved, resolve
 
 DEFAULTS = PrngDefaults(threefry_partitionable=True, enable_x64=False)
@@ -180,9 +181,9 @@ def test_a_victim_is_served_while_heavy_work_is_in_flight() -> None:
 def test_a_heavy_generation_dropped_unclosed_gives_its_slot_back(monkeypatch: Any) -> None:
     async def main(service: Service) -> None:
         resolved = _resolve("lecun_normal", (8, 8, 8), derive=(("stack", 8),))
-        generation = await service._generation(resolved)
+        generation = await service.production.make(service.plan(resolved))
         assert service.heavy_waiting == 0
-        blocked = asyncio.ensure_future(service._generation(resolved))
+        blocked = asyncio.ensure_future(service.production.make(service.plan(resolved)))
         await _until(lambda: service.heavy_waiting == 1)
         del generation  # never closed
         import gc
@@ -300,11 +301,11 @@ def test_an_abandoned_model_keeps_its_share_until_the_tensors_made_ahead_end(mon
     inside, finish = threading.Event(), threading.Event()
     real = engine.prepare
 
-    def slow_prepare(resolved: Resolved, *, stop: threading.Event | None = None) -> engine.Generation:
-        if resolved.shape == (3, 3):  # the second and third tensors block
+    def slow_prepare(plan: Plan, *, stop: threading.Event | None = None) -> engine.Generation:
+        if plan.resolved.shape == (3, 3):  # the second and third tensors block
             inside.set()
             finish.wait(30)
-        return real(resolved, stop=stop)
+        return real(plan, stop=stop)
 
     monkeypatch.setattr(engine, "prepare", slow_prepare)
 
@@ -358,8 +359,8 @@ def test_an_empty_stacked_request_derives_no_batch(monkeypatch: Any) -> None:
 def test_a_caller_waiting_for_a_heavy_slot_at_abort_gets_server_unavailable() -> None:
     async def main(service: Service) -> None:
         resolved = _resolve("lecun_normal", (8, 8, 8), derive=(("stack", 8),))
-        held = await service._generation(resolved)  # the one heavy slot
-        waiting = asyncio.ensure_future(service._generation(resolved))
+        held = await service.production.make(service.plan(resolved))  # the one heavy slot
+        waiting = asyncio.ensure_future(service.production.make(service.plan(resolved)))
         await _until(lambda: service.heavy_waiting == 1)
         service.abort()
         with pytest.raises(ServerUnavailable, match="shutting down"):

@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from jaxinit.protocol.errors import Overloaded
+from jaxinit_server.core.request import Limits
 
-__all__ = ["UNSET", "Admission", "Ticket"]
-
-UNSET: Any = object()  # a ticket not priced against the shared answers
+__all__ = ["Admission", "Ticket"]
 
 
 class Ticket:
@@ -40,7 +38,6 @@ class Ticket:
         self.nbytes = nbytes
         self.caller = caller
         self.heavy = heavy
-        self.share: Any = UNSET  # what it was priced as a share of (see Service.admit)
         self._released = False
         self._let_go = False  # release() was called
         self._holds = 0
@@ -102,6 +99,17 @@ class Admission:
         self.bytes = 0
         self.callers: dict[str, list[int]] = {}  # caller -> [streams, bytes]; only callers holding some
         self._lock = threading.Lock()
+
+    @classmethod
+    def for_limits(cls, limits: Limits, heavy_slots: int) -> Admission:
+        """The caps ``limits`` set (heavy requests: four per slot unless they say)."""
+        return cls(
+            limits.max_streams,
+            limits.max_inflight_bytes,
+            max_caller_streams=limits.max_caller_streams,
+            max_caller_bytes=limits.caller_bytes,
+            max_heavy=limits.max_heavy_requests or 4 * heavy_slots,
+        )
 
     def admit(self, nbytes: int, caller: str | None = None, *, heavy: bool = False) -> Ticket:
         """A ticket for ``nbytes`` of work, or :class:`Overloaded` when a cap is reached.

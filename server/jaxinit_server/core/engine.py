@@ -19,8 +19,7 @@ import dataclasses
 import logging
 import math
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -30,6 +29,7 @@ from jaxinit.protocol.codec import DTYPES, dtype_name
 from jaxinit.protocol.errors import InternalError, JaxError, ServerUnavailable, TooLarge
 from jaxinit.protocol.keys import KEY_IMPLS, Key
 from jaxinit_server.core import _jax_compat, chunked
+from jaxinit_server.core.plan import Cost, Plan
 from jaxinit_server.core.registry import build
 from jaxinit_server.core.request import GenerateParams, Limits, PrngDefaults, Resolved, resolve
 
@@ -83,20 +83,6 @@ COMPILE_FLOPS = 10**11  # jax.jit of the initializer for a shape (priced every t
 # worker has compiled what is not known when a request is priced)
 
 
-@dataclass(frozen=True)
-class Cost:
-    """What a request will hold and do, decided before it is admitted."""
-
-    route: str
-    memory: int  # bytes held at the peak while it is made and sent
-    flops: int  # floating-point operations of its largest step (a QR: ~4mn^2)
-    # What making it takes on a JAX thread or a whole-tensor worker that the caller cannot
-    # interrupt midway (key derivation, eager calls, compiles, a whole tensor's arithmetic),
-    # in FLOP equivalents; streaming chunks, which stop with their reader, is not counted.
-    compute: int = 0
-    why: str = ""  # what most of ``compute`` is, for a refusal's message
-
-
 def program(resolved: Resolved) -> tuple[Any, ...] | None:
     """What identifies ``resolved``'s jax.jit program (None: it runs eagerly): the values of
     a jitted initializer depend on these, never on the key's data or a range."""
@@ -116,11 +102,12 @@ def program(resolved: Resolved) -> tuple[Any, ...] | None:
 
 
 def route(resolved: Resolved) -> str:
-    """The one producer for ``resolved`` (cheap: no JAX work)."""
+    """The one producer for ``resolved`` (cheap: no JAX work). Decided once per request:
+    :func:`price` decides it, and a :class:`~plan.Plan` carries it from there on."""
     if resolved.stop == resolved.start:
         return EMPTY
     if _stacked(resolved):
-        return route(_template(resolved))
+        resolved = _template(resolved)  # every slice is the same call but for its key
     if resolved.jit:
         # The chunks and fills replay the eager program (a fill converts its value eagerly, and
         # XLA converts e.g. an out-of-range float to int otherwise): compiled ones run whole.
@@ -327,7 +314,7 @@ def _prepare_stacked(resolved: Resolved, kind: str, stop: threading.Event | None
         for sub in subs:
             if stop is not None and stop.is_set():
                 raise ServerUnavailable("the request was cancelled")
-            generation = prepare(sub)
+            generation = _prepare(sub, kind)
             try:
                 yield from generation.produce()
             finally:
@@ -366,21 +353,11 @@ def _fill_period(resolved: Resolved) -> int | None:
 
 
 class Generation:
-    """A request ready to produce its bytes: the elements made already, or a producer
-    that makes them piece by piece (a chunk plan, a fill pattern, a worker's pipe)."""
+    """A request ready to produce its bytes in this process (blocking): the elements made
+    already, or a producer that makes them piece by piece (a chunk plan, a fill pattern, a
+    worker's pipe). The server hands it out as a :class:`~source.Source`."""
 
-    __slots__ = (
-        "__weakref__",
-        "_close",
-        "_pieces",
-        "array",
-        "feed",
-        "fixed_digest",
-        "key_data",
-        "resolved",
-        "route",
-        "sealed",
-    )
+    __slots__ = ("__weakref__", "_close", "_pieces", "array", "key_data", "resolved", "route")
 
     def __init__(
         self,
@@ -390,24 +367,13 @@ class Generation:
         route: str,
         array: np.ndarray | None = None,
         pieces: Callable[[], Iterator[np.ndarray]] | None = None,
-        feed: Callable[[], AsyncIterator[np.ndarray]] | None = None,
         close: Callable[[], None] | None = None,
-        sealed: Callable[[], Awaitable[tuple[Any, bytes] | None]] | None = None,
-        fixed_digest: Callable[[], bytes | None] | None = None,
     ) -> None:
         self.resolved = resolved
         self.key_data = key_data
         self.route = route
         self.array = array  # exactly the elements to send, flat, when made already
         self._pieces = pieces
-        # The elements as another caller's generation makes them, on the event loop
-        # (see results.Flight); produce() is not used then.
-        self.feed = feed
-        # The sealed buffer holding exactly these elements and their digest, once made (a
-        # stored whole tensor): same-host callers are then handed it, not copies.
-        self.sealed = sealed
-        # The digest fixed when these bytes were made (stored bytes): what is sent must match.
-        self.fixed_digest = fixed_digest
         self._close = close
 
     def produce(self) -> Iterator[np.ndarray]:
@@ -418,26 +384,15 @@ class Generation:
         assert self._pieces is not None
         yield from self._pieces()
 
+    def config(self) -> contextlib.ExitStack:
+        """The JAX configuration it runs under (a context; thread-local, so entered around
+        each step of its producer, whichever thread of the pool runs it)."""
+        return _config(self.resolved)
+
     def close(self) -> None:
         """Stop producing and let go of what it holds (idempotent)."""
         if self._close is not None:
             self._close()
-
-    def also_on_close(self, release: Callable[[], None]) -> None:
-        """Call ``release`` (once) when this generation is closed, after what it closed already."""
-        before, done = self._close, False
-
-        def close() -> None:
-            nonlocal done
-            try:
-                if before is not None:
-                    before()
-            finally:
-                if not done:
-                    done = True
-                    release()
-
-        self._close = close
 
 
 def _config(resolved: Resolved) -> contextlib.ExitStack:
@@ -447,8 +402,16 @@ def _config(resolved: Resolved) -> contextlib.ExitStack:
     return stack
 
 
-def prepare(resolved: Resolved, *, stop: threading.Event | None = None) -> Generation:
-    """Make ``resolved`` ready to stream, in this process (blocking; call from a worker thread).
+def _routed(what: Plan | Resolved) -> tuple[Resolved, str]:
+    """A request and its route: the plan's, or (a bare request, as tests and the warm-up
+    give) the one :func:`price` decides."""
+    if isinstance(what, Plan):
+        return what.resolved, what.cost.route
+    return what, price(what).route
+
+
+def prepare(what: Plan | Resolved, *, stop: threading.Event | None = None) -> Generation:
+    """Make a request ready to stream, in this process (blocking; call from a worker thread).
     ``stop``: set when the answer is no longer wanted; a stacked request stops between slices.
 
     Chunked and fill requests get a producer (nothing generated yet, unless the answer
@@ -459,7 +422,11 @@ def prepare(resolved: Resolved, *, stop: threading.Event | None = None) -> Gener
         JaxError: JAX refused the request; its message, verbatim.
         TooLarge: XLA ran out of memory.
     """
-    kind = route(resolved)
+    resolved, kind = _routed(what)
+    return _prepare(resolved, kind, stop)
+
+
+def _prepare(resolved: Resolved, kind: str, stop: threading.Event | None = None) -> Generation:
     dtype = DTYPES[resolved.out_dtype]
     if stop is not None and stop.is_set():
         raise ServerUnavailable("the request was cancelled")
@@ -560,7 +527,7 @@ def _broadcasts_to(value_shape: tuple[int, ...], shape: tuple[int, ...]) -> bool
     return all(v in (1, s) for v, s in zip(value_shape, tail, strict=True))
 
 
-def validate(resolved: Resolved) -> None:
+def validate(what: Plan | Resolved) -> None:
     """Raise what JAX would refuse for ``resolved``, as cheaply as its route allows: a chunk
     plan computes JAX's own scale (and fans), zeros and ones take every shape and dtype,
     and the rest are traced (:func:`check`).
@@ -568,9 +535,9 @@ def validate(resolved: Resolved) -> None:
     Raises:
         JaxError: JAX refused the request; its message, verbatim.
     """
+    resolved, kind = _routed(what)
     if _stacked(resolved):
         resolved = _template(resolved)  # every slice is the same call but for its key
-    kind = route(resolved)
     if kind == CHUNKED:
         with _config(resolved):
             try:

@@ -10,7 +10,8 @@ import jax
 import jaxlib.version as jaxlib_version
 
 import jaxinit_server
-from jaxinit_server.core.request import PrngDefaults
+from jaxinit.protocol.provenance import Provenance
+from jaxinit_server.core.request import PrngDefaults, Resolved
 
 __all__ = ["ServerIdentity", "server_identity", "served_versions"]
 
@@ -30,6 +31,18 @@ class ServerIdentity:
         out = asdict(self)
         del out["defaults"]
         return out
+
+    def provenance(self, resolved: Resolved, key_data: tuple[int, ...]) -> Provenance:
+        """The provenance of ``resolved``'s bytes, made here with ``key_data``."""
+        return Provenance(
+            **self.as_dict(),
+            key_impl=resolved.key.impl if resolved.key else "",
+            key_data=tuple(key_data),
+            threefry_partitionable=resolved.threefry_partitionable,
+            enable_x64=resolved.enable_x64,
+            canonical_request=resolved.canonical,
+            request_digest=resolved.digest,
+        )
 
     @property
     def fingerprint(self) -> str:

@@ -59,6 +59,9 @@ class Limits:
     max_tensor_bytes: int = 4 * 2**30
     max_model_bytes: int = 16 * 2**30  # all tensors of one model request
     max_json_elements: int = 2**20
+    # The most tensor bytes an answer in one message holds (KServe's unary ModelInfer): it
+    # is made whole in memory (and copied again by protobuf).
+    max_unary_bytes: int = 64 * 2**20
     chunk_bytes: int = 2**20
     max_streams: int = 64  # tensors being made or sent at once, per server
     # The memory those hold at once, as priced (engine.price): a chunked stream holds a few

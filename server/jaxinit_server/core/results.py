@@ -32,24 +32,23 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
-import math
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import numpy as np
 
 from jaxinit.protocol.codec import DTYPES
-from jaxinit_server.core import engine
 from jaxinit_server.core.disk_cache import DiskCache
+from jaxinit_server.core.plan import Plan
 from jaxinit_server.core.request import Resolved
+from jaxinit_server.core.source import Source
 from jaxinit_server.core.stored import OVERHEAD_BYTES, SEALED_MIN_BYTES, Corrupt, Stored
 
-__all__ = ["DISK", "HIT", "MISS", "NONE", "SHARED", "Entry", "Flight", "Results", "Share"]
+__all__ = ["DISK", "HIT", "MISS", "NONE", "SHARED", "Entry", "Flight", "Results", "Share", "whole_identity"]
 
 log = logging.getLogger("jaxinit_server.results")
 INLINE_BYTES = 2**20  # a tensor made already and at most this big is copied and hashed on the event loop
@@ -158,7 +157,7 @@ class Flight:
             await self._changed.wait()
         return self.key_data
 
-    async def pieces(self, start: int, stop: int) -> AsyncIterator[np.ndarray]:
+    async def pieces(self, start: int, stop: int) -> AsyncGenerator[np.ndarray, None]:
         """Elements [start, stop) of the tensor as they are made and checked (views of the
         buffer): only whole blocks whose digests are fixed, each checked against them."""
         position = start
@@ -226,7 +225,6 @@ class Results:
     Args:
         capacity: bytes of memory for everything stored (0: off).
         fingerprint: what besides the request the bytes depend on (the server identity's).
-        make: makes a whole tensor's :class:`engine.Generation` (the service's engine call).
         disk: the disk cache, if any.
         sealed: keep large tensors in sealed memfds (same-host callers can then be handed them).
     """
@@ -236,14 +234,12 @@ class Results:
         capacity: int,
         fingerprint: str,
         *,
-        make: Callable[[Resolved], Awaitable[engine.Generation]],
         disk: DiskCache | None = None,
         sealed: bool = True,
     ) -> None:
         self.capacity = capacity
         self.fingerprint = fingerprint
         self.disk = disk
-        self._make = make
         self._sealed = sealed
         self._entries: collections.OrderedDict[str, Entry] = collections.OrderedDict()
         self._flights: dict[str, Flight] = {}
@@ -269,14 +265,15 @@ class Results:
 
     # -- finding and making shares --
 
-    def share(self, resolved: Resolved) -> Share | None:
-        """A hold on ``resolved``'s whole tensor, made or being made, or on a new flight of
+    def share(self, plan: Plan) -> Share | None:
+        """A hold on ``plan``'s whole tensor, made or being made, or on a new flight of
         it (a whole request that fits); None when it is not shared (a range nobody is
         making, or nothing fits). Cheap: no JAX work, no I/O."""
+        resolved = plan.resolved
         if not self.capacity or resolved.stop == resolved.start:
             return self._unshared()
         self._loop = asyncio.get_running_loop()
-        identity = whole_identity(resolved, self.fingerprint)
+        identity = plan.identity
         if (entry := self._entries.get(identity)) is not None:
             self._entries.move_to_end(identity)
             self.counts[HIT] += 1
@@ -286,7 +283,7 @@ class Results:
             how = HIT if made else SHARED  # (made whole, its producer not yet wound up: a hit)
             self.counts[how] += 1
             return Share(self, how, flight=flight)
-        whole = _whole(resolved)
+        whole = plan.whole.resolved
         on_disk = self.disk is not None and self.disk.contains(identity)
         if resolved.is_range and not on_disk:
             return self._unshared()  # a range alone is made alone: it may be a small part of the tensor
@@ -303,15 +300,37 @@ class Results:
         self.counts[NONE] += 1
         return None
 
-    def start(self, flight: Flight, hold: Callable[[], None] | None) -> None:
-        """Begin making ``flight`` (idempotent); ``hold`` is called when it ends (the first
-        caller's admission ticket, which priced the generation, is held until then)."""
-        if flight.started:
-            if hold is not None:
-                hold()
-            return
-        flight.started = True
-        flight.task = asyncio.ensure_future(self._produce(flight, hold))
+    async def open(
+        self,
+        share: Share,
+        plan: Plan,
+        make: Callable[[], Awaitable[Source]],
+        hold: Callable[[], Callable[[], None]],
+        timings: dict[str, float],
+    ) -> Source | None:
+        """``plan``'s answer from ``share``: a slice of a cached tensor (checked against its
+        digests first: None when it failed, to be made again), or a flight's elements as
+        they are made. A flight nobody has started is started here with ``make`` (a
+        producer of the whole tensor), and ``hold()`` (the admission of the caller that
+        made it a flight, which pays for making it) is held until it is made."""
+        resolved = plan.resolved
+        if share.entry is not None:
+            if not await self.checked(share):
+                return None
+            return _Cached(self, share, share.entry, resolved)
+        flight = share.flight
+        assert flight is not None
+        began = asyncio.get_running_loop().time()
+        if not flight.started:
+            flight.started = True
+            flight.task = asyncio.ensure_future(
+                self._produce(flight, make, hold() if share.how in (MISS, DISK) else None)
+            )
+        key_data = await flight.key()
+        if share.how == DISK:
+            share.how = flight.how  # a disk entry found wrong is made instead: a miss
+        timings["generate"] = asyncio.get_running_loop().time() - began
+        return _Joined(self, share, flight, resolved, key_data)
 
     async def checked(self, share: Share) -> bool:
         """Check a hit's whole tensor against its digests before it is served; False (the
@@ -463,8 +482,9 @@ class Results:
 
     # -- producing --
 
-    async def _produce(self, flight: Flight, hold: Callable[[], None] | None) -> None:
-        loop = asyncio.get_running_loop()
+    async def _produce(
+        self, flight: Flight, make: Callable[[], Awaitable[Source]], hold: Callable[[], None] | None
+    ) -> None:
         try:
             sealed = self._sealed and flight.nbytes >= SEALED_MIN_BYTES
             if sealed:
@@ -489,26 +509,13 @@ class Results:
                     flight.advance(stored.filled)
             if key_data is None:
                 flight.how = MISS
-                generation = await self._make(flight.resolved)
+                source = await make()
                 try:
-                    flight.ready(generation.key_data)
-                    made = generation.array
-                    if made is not None and stored.fd is None and made.size == flight.count:
-                        # made already (one chunk): it is the buffer, no copy (one if it is a view of more)
-                        if made.nbytes <= INLINE_BYTES:
-                            stored.adopt(made)
-                        else:
-                            await asyncio.to_thread(stored.adopt, made)
-                        flight.advance(stored.filled)
-                    elif made is not None and made.nbytes <= INLINE_BYTES:
-                        stored.write(made)
-                        stored.finish()
-                        flight.advance(stored.filled)
-                    else:
-                        flight.filling = True
-                        flight.advance(await asyncio.shield(asyncio.to_thread(_fill, flight, generation, loop)))
+                    flight.ready(source.key_data)
+                    flight.filling = True  # from here the stop event ends it, not a cancel
+                    await _fill(flight, stored, source)
                 finally:
-                    generation.close()
+                    source.close()
             flight.finish(None if stored.digest is not None else RuntimeError("stopped"))
         except BaseException as exc:
             flight.finish(exc)
@@ -522,41 +529,70 @@ class Results:
                 self._ended(flight)
 
 
-def _whole(resolved: Resolved) -> Resolved:
-    """``resolved`` for its whole tensor (a range's whole)."""
-    if not resolved.is_range:
-        return resolved
-    fields = json.loads(resolved.canonical)
-    fields.pop("range", None)
-    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
-    total = math.prod(resolved.shape)
-    digest = hashlib.sha256(canonical.encode()).hexdigest()
-    return dataclasses.replace(
-        resolved,
-        start=0,
-        stop=total,
-        nbytes=total * DTYPES[resolved.out_dtype].itemsize,
-        canonical=canonical,
-        digest=digest,
-        tensor_digest=digest,
-    )
-
-
-def _fill(flight: Flight, generation: engine.Generation, loop: asyncio.AbstractEventLoop) -> int:
-    """Write what ``generation`` makes into the flight's stored buffer (a thread), telling
-    the event loop as it goes; stops early when nobody wants the tensor any more. Once
-    whole, the digest is fixed (and a memfd sealed and checked)."""
-    stored = flight.stored
-    assert stored is not None
-    produce = generation.produce()
-    try:
-        for piece in produce:
-            filled = stored.write(piece)
-            loop.call_soon_threadsafe(flight.advance, filled)
+async def _fill(flight: Flight, stored: Stored, source: Source) -> None:
+    """Write what ``source`` makes into the flight's stored buffer, telling its callers as it
+    goes (large pieces are copied and hashed on a thread); stops early when nobody wants the
+    tensor any more. Once whole, the digest is fixed (and a memfd sealed and checked)."""
+    async with contextlib.aclosing(source.pieces()) as pieces:
+        async for piece in pieces:
+            if not stored.filled and piece.size == flight.count and stored.fd is None:
+                # made whole at once (one chunk): it is the buffer, no copy (one if it is a view of more)
+                await _blocking(piece.nbytes, stored.adopt, piece)
+            else:
+                await _blocking(piece.nbytes, stored.write, piece)
+            flight.advance(stored.filled)
             if flight.stop.is_set():
-                break
-    finally:
-        produce.close()  # type: ignore[attr-defined]
-    if stored.filled == flight.count:  # made whole (its callers may have left meanwhile: kept for the next)
-        stored.finish()
-    return stored.filled
+                return
+    if stored.filled == flight.count and stored.digest is None:  # (its callers may have left: kept for the next)
+        await _blocking(stored.nbytes if stored.fd is not None else 0, stored.finish)
+    flight.advance(stored.filled)
+
+
+async def _blocking(nbytes: int, fn: Callable[..., Any], *args: Any) -> None:
+    """``fn(*args)``: here when it touches at most :data:`INLINE_BYTES`, else on a thread
+    (shielded: a buffer being written is never left to a thread that runs on unseen)."""
+    if nbytes <= INLINE_BYTES:
+        fn(*args)
+    else:
+        await asyncio.shield(asyncio.to_thread(fn, *args))
+
+
+class _Cached(Source):
+    """A slice of a cached tensor (checked whole before it was handed out)."""
+
+    def __init__(self, results: Results, share: Share, entry: Entry, resolved: Resolved) -> None:
+        super().__init__(entry.key_data, close=share.release)
+        self._results, self._share, self._entry = results, share, entry
+        self._whole = not resolved.is_range
+        self._array = entry.array[resolved.start : resolved.stop]
+
+    async def pieces(self) -> AsyncGenerator[np.ndarray, None]:
+        yield self._array
+
+    async def stored(self) -> tuple[Stored, bytes] | None:
+        return await self._results.sealed(self._share) if self._whole else None
+
+    def fixed_digest(self) -> bytes | None:
+        return self._entry.stored.digest if self._whole else None
+
+
+class _Joined(Source):
+    """A flight's elements as they are made (see :meth:`Flight.pieces`)."""
+
+    def __init__(
+        self, results: Results, share: Share, flight: Flight, resolved: Resolved, key_data: tuple[int, ...]
+    ) -> None:
+        super().__init__(key_data, close=share.release)
+        self._results, self._share, self._flight = results, share, flight
+        self._whole = not resolved.is_range
+        self._start, self._stop = resolved.start, resolved.stop
+
+    def pieces(self) -> AsyncGenerator[np.ndarray, None]:
+        return self._flight.pieces(self._start, self._stop)
+
+    async def stored(self) -> tuple[Stored, bytes] | None:
+        return await self._results.sealed(self._share) if self._whole else None
+
+    def fixed_digest(self) -> bytes | None:
+        stored = self._flight.stored
+        return stored.digest if self._whole and stored is not None else None

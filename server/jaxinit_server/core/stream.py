@@ -1,6 +1,7 @@
-"""A tensor on its way out: header fields and typed provenance now, its bytes from the
-engine's one producer, pipelined on a thread, encoded little-endian, hashed and timed as
-they go. Adapters only frame what this yields."""
+"""A tensor on its way out: header fields and typed provenance now, its bytes from its one
+:class:`~source.Source` (however they were made), encoded little-endian, hashed and timed
+as they go, sent in the stream or written into a shared-memory region as its delivery
+says. Adapters only frame what this yields."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -19,15 +20,14 @@ from jaxinit.protocol.digest import ALGORITHM as DIGEST_ALGORITHM
 from jaxinit.protocol.digest import new_hasher
 from jaxinit.protocol.errors import ServerUnavailable
 from jaxinit.protocol.provenance import Provenance
-from jaxinit_server.core import engine
 from jaxinit_server.core.admission import Ticket
 from jaxinit_server.core.regions import Regions
 from jaxinit_server.core.request import Resolved
+from jaxinit_server.core.source import Source
 
 __all__ = ["StallWatch", "TensorStream", "gather", "stopping"]
 
 log = logging.getLogger("jaxinit_server.service")
-_END = object()
 
 
 class TensorStream:
@@ -40,7 +40,7 @@ class TensorStream:
     def __init__(
         self,
         resolved: Resolved,
-        generation: engine.Generation,
+        source: Source,
         provenance: Provenance,
         *,
         shape: tuple[int, ...] | None = None,
@@ -48,8 +48,9 @@ class TensorStream:
         ticket: Ticket | None = None,
         aborted: threading.Event | None = None,
         watch: StallWatch | None = None,
-        pipeline_depth: int = 2,
         cache: str = "none",
+        regions: Regions | None = None,
+        route: str = "",
     ) -> None:
         self.resolved = resolved
         self.provenance = provenance
@@ -58,11 +59,12 @@ class TensorStream:
         # Seconds waiting for a JAX worker ("queue") and in JAX ("generate", which grows as
         # chunks are made while the tensor streams).
         self.timings = {} if timings is None else timings
-        self._generation = generation
+        self._source = source
         self._ticket = ticket  # its share of the server's capacity, given back once sent
         self._aborted = aborted  # set when the server gives up on in-flight work
         self._watch = watch  # disconnects a reader that stops taking bytes
-        self._depth = pipeline_depth
+        self._regions = regions  # its delivery: a same-host caller's shared memory (None: the stream)
+        self.route = route  # the producer its plan routed it to (see engine.route)
         self._digest: bytes | None = None
         # How it was made: "miss" (made here, shared with identical requests meanwhile),
         # "shared" (another caller's generation), "hit" / "disk" (cached), "none" (alone).
@@ -91,36 +93,46 @@ class TensorStream:
 
     def close(self) -> None:
         """Stop making the tensor and give its capacity back (idempotent)."""
-        self._generation.close()
+        self._source.close()
         if self._ticket is not None:
             self._ticket.release()
 
     async def chunks(self, chunk_bytes: int) -> AsyncIterator[tuple[int, memoryview]]:
         """(byte offset, bytes) pieces of at most ``chunk_bytes``, little-endian, in order.
 
-        A producer thread makes them at most ``pipeline_depth`` pieces ahead of the sender,
-        so memory stays bounded whatever the tensor's size.
+        The source makes them a few pieces ahead of the sender at most, so memory stays
+        bounded whatever the tensor's size.
         """
         offset = 0
         hasher = new_hasher()
         token = self._watch.start() if self._watch is not None else None
         try:
-            async for piece in self._pieces():
-                if self._aborted is not None and self._aborted.is_set():
-                    raise stopping()
-                data = to_wire_bytes(piece)
-                hasher.update(data)
-                for start in range(0, len(data), chunk_bytes):
-                    yield offset + start, data[start : start + chunk_bytes]
-                    if token is not None and self._watch is not None:  # the reader took it: progress
-                        self._watch.progress(token)
-                offset += len(data)
+            async with contextlib.aclosing(self._source.pieces()) as pieces:
+                async for piece in pieces:
+                    if self._aborted is not None and self._aborted.is_set():
+                        raise stopping()
+                    data = to_wire_bytes(piece)
+                    hasher.update(data)
+                    for start in range(0, len(data), chunk_bytes):
+                        yield offset + start, data[start : start + chunk_bytes]
+                        if token is not None and self._watch is not None:  # the reader took it: progress
+                            self._watch.progress(token)
+                    offset += len(data)
             self._check(hasher.digest())
             self._digest = hasher.digest()
         finally:
             if token is not None and self._watch is not None:
                 self._watch.end(token)
             self.close()
+
+    async def region(self) -> str | None:
+        """Deliver the bytes as the request asked: into a shared-memory region (its name,
+        and :meth:`digest` is then known), or None: they go in the stream (:meth:`chunks`),
+        as they do for every tensor without a region asked, an empty one, or one shared
+        memory has no room for."""
+        if self._regions is None or not self.nbytes:
+            return None
+        return await self.to_region(self._regions)
 
     async def to_region(self, regions: Regions) -> str | None:
         """Hand the bytes to a same-host caller as a sealed shared-memory region instead of
@@ -131,16 +143,15 @@ class TensorStream:
         try:
             if not regions.room(self.nbytes):
                 return None
-            if self._generation.sealed is not None:
-                made = await self._generation.sealed()
-                if made is not None:
-                    stored, digest = made
-                    fd = stored.dup()
-                    name = regions.offer(fd, self.nbytes) if fd is not None else None
-                    if name is not None:
-                        self._digest = digest
-                        self.close()
-                        return name
+            made = await self._source.stored()
+            if made is not None:
+                stored, digest = made
+                fd = stored.dup()
+                name = regions.offer(fd, self.nbytes) if fd is not None else None
+                if name is not None:
+                    self._digest = digest
+                    self.close()
+                    return name
             region = regions.region(self.nbytes)
         except BaseException:
             self.close()
@@ -164,14 +175,15 @@ class TensorStream:
             region.write(data)
 
         try:
-            async for piece in self._pieces():
-                if self._aborted is not None and self._aborted.is_set():
-                    raise stopping()
-                data = to_wire_bytes(piece)
-                if len(data) <= 2**16:
-                    write(data)
-                else:
-                    await asyncio.to_thread(write, data)
+            async with contextlib.aclosing(self._source.pieces()) as pieces:
+                async for piece in pieces:
+                    if self._aborted is not None and self._aborted.is_set():
+                        raise stopping()
+                    data = to_wire_bytes(piece)
+                    if len(data) <= 2**16:
+                        write(data)
+                    else:
+                        await asyncio.to_thread(write, data)
             self._check(hasher.digest())
             name = regions.offer(region.seal(), self.nbytes, room_checked=True)
         except OSError as exc:  # reserved, so not for room
@@ -185,7 +197,7 @@ class TensorStream:
     def _check(self, digest: bytes) -> None:
         """Stored bytes must be the ones their digest was fixed for when they were made: a
         difference ends the answer with a retryable error, never wrong bytes with their digest."""
-        expected = self._generation.fixed_digest() if self._generation.fixed_digest is not None else None
+        expected = self._source.fixed_digest()
         if expected is not None and expected != digest:
             log.error("stored bytes of %s differ from the digest fixed when they were made", self.resolved.spec.name)
             raise ServerUnavailable("a stored tensor failed its integrity check; it was not sent whole, retry")
@@ -193,45 +205,18 @@ class TensorStream:
     async def array(self) -> np.ndarray:
         """What is sent, in memory (for answers that need it whole, such as JSON)."""
         try:
-            return (await gather(self._generation, self.timings, self._depth)).reshape(self.sent_shape)
+            return (await gather(self._source, self.resolved.out_dtype)).reshape(self.sent_shape)
         finally:
             self.close()
 
-    async def _pieces(self) -> AsyncIterator[np.ndarray]:
-        if self._generation.array is not None:  # made already: no thread hop
-            yield self._generation.array
-            return
-        if self._generation.feed is not None:  # another caller's generation, as it is made
-            async for piece in self._generation.feed():
-                yield piece
-            return
-        async for piece in _pipelined(_timed(self._generation.produce(), self.timings), self._depth):
-            yield piece
 
-
-async def gather(generation: engine.Generation, timings: dict[str, float], depth: int = 2) -> np.ndarray:
-    """Every element ``generation`` makes, as one flat array (pipelined on a thread)."""
-    if generation.array is not None:
-        return generation.array
-    if generation.feed is not None:
-        shared = [piece async for piece in generation.feed()]
-        return np.concatenate(shared) if shared else np.empty(0, DTYPES[generation.resolved.out_dtype])
-    pieces = [piece async for piece in _pipelined(_timed(generation.produce(), timings), depth)]
-    return np.concatenate(pieces) if pieces else np.empty(0, DTYPES[generation.resolved.out_dtype])
-
-
-def _timed(produce: Iterator[np.ndarray], timings: dict[str, float]) -> Iterator[np.ndarray]:
-    """``produce``, adding the time spent making each piece to ``timings["generate"]``."""
-    try:
-        while True:
-            start = time.perf_counter()
-            piece = next(produce, None)
-            timings["generate"] = timings.get("generate", 0.0) + time.perf_counter() - start
-            if piece is None:
-                return
-            yield piece
-    finally:
-        produce.close()  # type: ignore[attr-defined]
+async def gather(source: Source, dtype: str) -> np.ndarray:
+    """Every element ``source`` makes, as one flat array of ``dtype``."""
+    async with contextlib.aclosing(source.pieces()) as made:
+        pieces = [piece async for piece in made]
+    if len(pieces) == 1:
+        return pieces[0]
+    return np.concatenate(pieces) if pieces else np.empty(0, DTYPES[dtype])
 
 
 def stopping() -> ServerUnavailable:
@@ -275,49 +260,3 @@ class StallWatch:
                     self._streams.pop(token, None)
                     self.disconnected += 1
                     task.cancel()
-
-
-class _Failure:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
-async def _pipelined(produce: Iterator[np.ndarray], depth: int) -> AsyncIterator[np.ndarray]:
-    """Run a blocking producer on its own thread, at most ``depth`` items ahead of the consumer.
-
-    When the consumer stops early (a client went away), the producer stops too.
-    """
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Queue[Any] = asyncio.Queue()
-    slots = threading.Semaphore(depth)
-    stop = threading.Event()
-
-    def hand_over(item: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
-            loop.call_soon_threadsafe(ready.put_nowait, item)
-
-    def run() -> None:
-        try:
-            for item in produce:
-                while not slots.acquire(timeout=0.1):
-                    if stop.is_set():
-                        return
-                if stop.is_set():
-                    return
-                hand_over(item)
-        except BaseException as exc:  # delivered to the consumer, raised there
-            hand_over(_Failure(exc))
-            return
-        finally:
-            produce.close()  # type: ignore[attr-defined]
-        hand_over(_END)
-
-    threading.Thread(target=run, name="jaxinit-producer", daemon=True).start()
-    try:
-        while (item := await ready.get()) is not _END:
-            if isinstance(item, _Failure):
-                raise item.exc
-            yield item
-            slots.release()
-    finally:
-        stop.set()

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -234,6 +234,8 @@ class WholePool:
         soft_rss: above this a worker clears JAX's caches after a job.
         compilation_cache_dir: JAX's persistent cache, shared with the workers.
         log_level: the workers' log level (their logs go to the server's stderr).
+        executor: the threads that wait on the workers' pipes (the server's one JAX pool);
+            None: a pool of its own, one thread per worker.
     """
 
     def __init__(
@@ -244,6 +246,7 @@ class WholePool:
         soft_rss: int = 768 * 2**20,
         compilation_cache_dir: str | None = None,
         log_level: str | None = None,
+        executor: Executor | None = None,
     ) -> None:
         self.size = size
         self.hard_rss = hard_rss
@@ -257,8 +260,9 @@ class WholePool:
         self._all: set[_Worker] = set()
         self._lock = threading.Lock()
         self._slots = _Slots(size)
-        # Blocking pipe calls (start a worker, wait for its header): one thread per slot.
-        self._threads = ThreadPoolExecutor(max_workers=size, thread_name_prefix="jaxinit-whole")
+        # Blocking pipe calls (start a worker, wait for its header).
+        self._own_threads = executor is None
+        self._threads = executor or ThreadPoolExecutor(max_workers=size, thread_name_prefix="jaxinit-whole")
         self.open = True
         self.busy = 0
         self.waiting = 0
@@ -436,4 +440,5 @@ class WholePool:
             worker.kill()
         for _ in range(self.waiting + self.size):  # waiters wake, see the pool closed, and fail
             self._release()
-        self._threads.shutdown(wait=False, cancel_futures=True)
+        if self._own_threads:
+            self._threads.shutdown(wait=False, cancel_futures=True)

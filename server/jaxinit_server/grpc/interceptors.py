@@ -55,24 +55,30 @@ class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 else grpc.stream_unary_rpc_method_handler
             )
             return kind(handler.stream_stream or handler.stream_unary, **codecs)
-        behavior = handler.unary_stream or handler.unary_unary
+        return _unary_request(handler, codecs)
 
-        if handler.response_streaming:
 
-            async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                if isinstance(request, Malformed):
-                    await abort(context, request.error)
-                async for message in behavior(request, context):
-                    yield message
+def _unary_request(handler: Any, codecs: dict[str, Any]) -> Any:
+    """``handler`` (one request message) with ``codecs``: a request that did not parse is
+    refused with its InvalidArgument before the method sees it."""
+    behavior = handler.unary_stream or handler.unary_unary
 
-            return grpc.unary_stream_rpc_method_handler(stream, **codecs)
+    if handler.response_streaming:
 
-        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             if isinstance(request, Malformed):
                 await abort(context, request.error)
-            return await behavior(request, context)
+            async for message in behavior(request, context):
+                yield message
 
-        return grpc.unary_unary_rpc_method_handler(unary, **codecs)
+        return grpc.unary_stream_rpc_method_handler(stream, **codecs)
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, Malformed):
+            await abort(context, request.error)
+        return await behavior(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(unary, **codecs)
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]

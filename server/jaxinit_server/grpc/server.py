@@ -57,6 +57,11 @@ def create_grpc_server(
         ),
         server,
     )
+    return server, _bind(server, host, port, tls), health_servicer
+
+
+def _bind(server: grpc.aio.Server, host: str, port: int, tls: tuple[bytes, bytes] | None) -> int:
+    """The port ``server`` is bound to at ``host:port`` (over TLS only, with ``tls``)."""
     if tls is None:
         bound = server.add_insecure_port(f"{host}:{port}")
     else:
@@ -64,7 +69,7 @@ def create_grpc_server(
         bound = server.add_secure_port(f"{host}:{port}", grpc.ssl_server_credentials([(key, chain)]))
     if bound == 0:
         raise OSError(f"cannot bind gRPC to {host}:{port}")
-    return server, bound, health_servicer
+    return int(bound)
 
 
 async def set_serving(health_servicer: Any, serving: bool) -> None:

@@ -3,7 +3,9 @@ its type and retry-after in the trailing metadata; request ids and callers from 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -11,9 +13,9 @@ from jaxinit.protocol.errors import InternalError, JaxinitError, mapping_for
 from jaxinit.protocol.wire import ERROR_TYPE_KEY, JAX_VERSION_HEADER, REPLICA_HEADER, REQUEST_ID_HEADER, RETRY_AFTER_KEY
 from jaxinit_server.auth import KeyRing, caller, grpc_authorization
 from jaxinit_server.core.errors import as_domain_error
-from jaxinit_server.telemetry import request_id_from
+from jaxinit_server.telemetry import Call, request_id_from
 
-__all__ = ["abort", "caller_of", "domain_error", "echo_request_id"]
+__all__ = ["abort", "caller_of", "domain_error", "echo_request_id", "observed"]
 
 log = logging.getLogger("jaxinit_server.grpc")
 
@@ -58,3 +60,21 @@ def caller_of(context: grpc.aio.ServicerContext, keyring: KeyRing | None) -> str
     if keyring is None or not keyring.enabled:
         return caller(None, None, context.peer())
     return caller(keyring, grpc_authorization(context.invocation_metadata()), context.peer())
+
+
+@contextlib.asynccontextmanager
+async def observed(context: grpc.aio.ServicerContext, call: Call) -> AsyncIterator[None]:
+    """The telemetry envelope of a call (REST's ``observe``): a failure ends the call with
+    its domain error's status; the record is closed however the call ends (a caller that
+    goes away or stops reading included)."""
+    error: BaseException | None = None
+    try:
+        yield
+    except Exception as exc:
+        error = domain_error(exc)
+        await abort(context, error)
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        call.close(error)

@@ -16,9 +16,10 @@ import grpc
 from google.protobuf import json_format
 
 from jaxinit.protocol.catalog import CATALOG
-from jaxinit.protocol.errors import InvalidArgument, TooLarge
+from jaxinit.protocol.errors import InvalidArgument
 from jaxinit_server.auth import KeyRing
-from jaxinit_server.core import Service, TensorStream
+from jaxinit_server.core import Limits, Service, TensorStream
+from jaxinit_server.core.delivery import Gathered
 from jaxinit_server.grpc.status import abort, caller_of, domain_error, pin_of
 from jaxinit_server.kserve import grpc_predict_v2_pb2 as pb
 from jaxinit_server.kserve import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -45,8 +46,14 @@ __all__ = ["MAX_UNARY_BYTES", "SERVICE_NAME", "InferenceServicer", "Unsupported"
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 # The most tensor bytes one ModelInfer response holds: it is made whole in memory (and
-# copied again by protobuf), so a larger one is refused before any work.
-MAX_UNARY_BYTES = 64 * 2**20
+# copied again by protobuf), so a larger one is refused before any work (by the core:
+# Limits.max_unary_bytes, of which this is the default).
+MAX_UNARY_BYTES = Limits().max_unary_bytes
+UNARY = Gathered(
+    unary="ModelInfer",
+    instead="Stream it with jaxinit's gRPC Generate RPC (jaxinit.v1.Initializers) or the v2 REST route with "
+    "binary data, or ask for ranges (offset/count parameters)",
+)
 
 
 def _parameter(value: pb.InferParameter) -> Any:
@@ -138,16 +145,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[m
             params = params_from_v2(
                 request.model_name, _inputs(request), parameters, request.model_version, pin_of(context)
             )
-            resolved = self._service.prepare(params)
-            call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
-            datatype = datatype_of(resolved.out_dtype)
-            if resolved.nbytes > MAX_UNARY_BYTES:
-                raise TooLarge(
-                    f"ModelInfer answers at most {MAX_UNARY_BYTES} bytes in its one message; this tensor has "
-                    f"{resolved.nbytes}. Stream it with jaxinit's gRPC Generate RPC (jaxinit.v1.Initializers) "
-                    "or the v2 REST route with binary data, or ask for ranges (offset/count parameters)"
-                )
-            tensor = await self._service.generate(resolved, caller=caller_of(context, self._keyring))
+            plan = self._service.prepare(params)
+            call.describe(plan.resolved.spec.name, plan.resolved.shape, plan.resolved.out_dtype)
+            datatype = datatype_of(plan.resolved.out_dtype)
+            who = caller_of(context, self._keyring)
+            tensor = await self._service.generate(plan, delivery=UNARY, caller=who)
             call.timings = tensor.timings
             data = await _gathered(tensor, self._service.limits.chunk_bytes)
             output = pb.ModelInferResponse.InferOutputTensor(name=OUTPUT, datatype=datatype, shape=tensor.sent_shape)

@@ -188,26 +188,7 @@ def params_from_v2(
     if "shape" not in by_name:
         raise InvalidArgument("input 'shape' is required: the tensor's shape, INT64, 1-D")
     shape = _ints(by_name["shape"], ("INT64", "INT32"))
-    impl = parameters.get("key_impl") or DEFAULT_IMPL
-    if not isinstance(impl, str):
-        raise InvalidArgument(f"parameter key_impl must be a string, got {quote(impl)}")
-    folds = tuple(_ints(by_name["fold_in"], ("UINT32",))) if "fold_in" in by_name else ()
-    derive_text = parameters.get("key_derive") or ""
-    if not isinstance(derive_text, str):
-        raise InvalidArgument(
-            f"parameter key_derive must be a string (fold_in:X,split:NUM:INDEX,stack:NUM), got {quote(derive_text)}"
-        )
-    derive = derive_from_text(derive_text)
-    key = None
-    if "seed" in by_name and "key_data" in by_name:
-        raise InvalidArgument("give one of the inputs seed or key_data, not both")
-    if "seed" in by_name:
-        seed = _ints(by_name["seed"], ("INT64", "INT32"))
-        if len(seed) != 1:
-            raise InvalidArgument(f"input 'seed' must hold one value, got {len(seed)}")
-        key = Key(seed=seed[0], impl=impl, fold_in=folds, derive=derive)
-    elif "key_data" in by_name:
-        key = Key(data=tuple(_ints(by_name["key_data"], ("UINT32",))), impl=impl, fold_in=folds, derive=derive)
+    key = _key(by_name, parameters)
     dtype = parameters.get("dtype")
     if dtype is not None and not isinstance(dtype, str):
         raise InvalidArgument(f"parameter dtype must be a string, got {quote(dtype)}")
@@ -217,16 +198,10 @@ def params_from_v2(
         value = parameters.get(name)
         if value is not None and not is_int(value):
             raise InvalidArgument(f"parameter {name} must be an integer (flat elements), got {quote(value)}")
-    text_args = {k: v for k, v in parameters.items() if k not in _RESERVED and isinstance(v, str)}
-    for k, v in text_args.items():  # read as JSON literals: bound their nesting before parsing
-        if json_depth(v) > MAX_JSON_DEPTH:
-            raise InvalidArgument(f"parameter {quote(k)} nests deeper than {MAX_JSON_DEPTH} levels")
-    args = {k: v for k, v in parameters.items() if k not in _RESERVED and not isinstance(v, str)}
-    args.update(args_from_text(text_args))
     return GenerateParams(
         initializer=model,
         shape=shape,
-        args=args,
+        args=_args(parameters),
         dtype=dtype,
         key=key,
         threefry_partitionable=_flag(parameters, "threefry_partitionable"),
@@ -237,6 +212,41 @@ def params_from_v2(
         jax_version=pinned(parameters.get("jax_version"), pin),
         backend=parameters.get("backend"),
     )
+
+
+def _key(by_name: Mapping[str, Input], parameters: Mapping[str, Any]) -> Key | None:
+    """The key the inputs seed or key_data (and fold_in) and the key parameters make."""
+    impl = parameters.get("key_impl") or DEFAULT_IMPL
+    if not isinstance(impl, str):
+        raise InvalidArgument(f"parameter key_impl must be a string, got {quote(impl)}")
+    folds = tuple(_ints(by_name["fold_in"], ("UINT32",))) if "fold_in" in by_name else ()
+    derive_text = parameters.get("key_derive") or ""
+    if not isinstance(derive_text, str):
+        raise InvalidArgument(
+            f"parameter key_derive must be a string (fold_in:X,split:NUM:INDEX,stack:NUM), got {quote(derive_text)}"
+        )
+    derive = derive_from_text(derive_text)
+    if "seed" in by_name and "key_data" in by_name:
+        raise InvalidArgument("give one of the inputs seed or key_data, not both")
+    if "seed" in by_name:
+        seed = _ints(by_name["seed"], ("INT64", "INT32"))
+        if len(seed) != 1:
+            raise InvalidArgument(f"input 'seed' must hold one value, got {len(seed)}")
+        return Key(seed=seed[0], impl=impl, fold_in=folds, derive=derive)
+    if "key_data" in by_name:
+        return Key(data=tuple(_ints(by_name["key_data"], ("UINT32",))), impl=impl, fold_in=folds, derive=derive)
+    return None
+
+
+def _args(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The initializer's arguments: the other parameters (strings read as JSON literals)."""
+    text_args = {k: v for k, v in parameters.items() if k not in _RESERVED and isinstance(v, str)}
+    for k, v in text_args.items():  # read as JSON literals: bound their nesting before parsing
+        if json_depth(v) > MAX_JSON_DEPTH:
+            raise InvalidArgument(f"parameter {quote(k)} nests deeper than {MAX_JSON_DEPTH} levels")
+    args = {k: v for k, v in parameters.items() if k not in _RESERVED and not isinstance(v, str)}
+    args.update(args_from_text(text_args))
+    return args
 
 
 def _flag(parameters: Mapping[str, Any], name: str) -> bool | None:

@@ -9,38 +9,38 @@ import asyncio
 import io
 import json
 import logging
-import math
 import zipfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import numpy as np
 from fastapi.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from jaxinit.protocol import frames, wire
 from jaxinit.protocol.codec import is_bits_type, npy_dtype
 from jaxinit.protocol.digest import DIGEST_BYTES
-from jaxinit.protocol.errors import InternalError, InvalidArgument, JaxinitError, NotAcceptable, TooLarge
+from jaxinit.protocol.errors import InternalError, InvalidArgument, JaxinitError, NotAcceptable
 from jaxinit.protocol.provenance import Provenance
 from jaxinit.protocol.wire import DIGESTED, JSON, NPY, NPZ, OCTET, SAFETENSORS, TENSORS
 from jaxinit_server import jsonio
-from jaxinit_server.core import Limits, Resolved, ResolvedModel, Service, TensorStream
+from jaxinit_server.core import ResolvedModel, Service, TensorStream
 from jaxinit_server.core.admission import Ticket
+from jaxinit_server.core.delivery import STREAM, Delivery
 from jaxinit_server.core.errors import as_domain_error
-from jaxinit_server.core.regions import Regions
+from jaxinit_server.core.models import PlannedModel
 
 __all__ = [
     "MAX_HEADER_CANONICAL",
     "MEDIA_TYPES",
     "MODEL_MEDIA_TYPES",
-    "check_json_size",
+    "ReleasingResponse",
     "model_frames",
     "model_npz",
     "model_safetensors",
     "negotiate",
     "npz_storable",
     "provenance_header",
-    "region_response",
     "tensor_headers",
     "tensor_response",
 ]
@@ -76,19 +76,6 @@ def negotiate(accept: str | None, offered: tuple[str, ...] = MEDIA_TYPES) -> str
     return best
 
 
-def check_json_size(limits: Limits, resolved: Resolved, *, nested: bool, instead: str) -> None:
-    """Raise TooLarge when a JSON answer of ``resolved`` is over ``max_json_elements``:
-    its elements, and with ``nested`` its lists too (a 0-size (2**40, 0) is 2**40 lists)."""
-    elements = resolved.stop - resolved.start
-    if nested and not resolved.is_range:
-        elements = max(elements, sum(math.prod(resolved.shape[:axis]) for axis in range(len(resolved.shape))))
-    if elements > limits.max_json_elements:
-        what = "elements and lists" if nested else "elements"
-        raise TooLarge(
-            f"JSON answers are capped at {limits.max_json_elements} {what}; this one has {elements}. {instead}"
-        )
-
-
 # The most characters of the canonical request X-Jaxinit-Provenance carries: a request
 # with a large value (a `constant` of megabytes) would otherwise make a header of megabytes,
 # which proxies and HTTP clients refuse (nginx answers 502 past its 4-8 KiB header buffer).
@@ -120,8 +107,16 @@ def tensor_headers(tensor: TensorStream) -> dict[str, str]:
 
 
 async def tensor_response(tensor: TensorStream, media: str, headers: dict[str, str], chunk_bytes: int) -> Response:
-    """``tensor`` written as ``media``, with its headers after ``headers``."""
+    """``tensor`` written as ``media``, with its headers after ``headers``; delivered into a
+    shared-memory region (when the request asked for one and it has room), its headers,
+    the region's name and the digest of its bytes, and no body."""
+    region = await tensor.region()
     headers = {**headers, **tensor_headers(tensor)}
+    if region is not None:
+        headers[wire.REGION_HEADER] = region
+        headers[wire.DIGEST_ALGORITHM_HEADER] = tensor.digest_algorithm
+        headers[wire.DIGEST_HEADER] = tensor.digest().hex()
+        return Response(b"", media_type=OCTET, headers=headers)
     if media == JSON:
         array = await tensor.array()
         body = await asyncio.to_thread(lambda: jsonio.dumps(_json_body(tensor, array)))
@@ -138,24 +133,6 @@ async def tensor_response(tensor: TensorStream, media: str, headers: dict[str, s
         body = b"".join([bytes(data) async for data in _bytes(tensor, chunk_bytes, prefix, suffix)])
         return Response(body, media_type=media, headers=headers)
     return StreamingResponse(_bytes(tensor, chunk_bytes, prefix, suffix), media_type=media, headers=headers)
-
-
-async def region_response(
-    tensor: TensorStream, regions: Regions, headers: dict[str, str], media: str, chunk_bytes: int
-) -> Response:
-    """``tensor`` written into a shared-memory region: its headers, the region's name and
-    the digest of its bytes; no body. When shared memory is full: ``media``, as always."""
-    name = await tensor.to_region(regions)
-    if name is None:
-        return await tensor_response(tensor, media, headers, chunk_bytes)
-    headers = {
-        **headers,
-        **tensor_headers(tensor),
-        wire.REGION_HEADER: name,
-        wire.DIGEST_ALGORITHM_HEADER: tensor.digest_algorithm,
-        wire.DIGEST_HEADER: tensor.digest().hex(),
-    }
-    return Response(b"", media_type=OCTET, headers=headers)
 
 
 async def _bytes(
@@ -203,7 +180,7 @@ def _map_nested(data: Any, fn: Any) -> Any:
 
 
 async def model_safetensors(
-    service: Service, model: ResolvedModel, head: bytes, ticket: Ticket
+    service: Service, model: ResolvedModel | PlannedModel, head: bytes, ticket: Ticket
 ) -> AsyncIterator[bytes | memoryview]:
     """A model as .safetensors: ``head`` (its header), then each tensor's bytes in order."""
     yield head
@@ -243,7 +220,7 @@ class _Sink(io.RawIOBase):
         return out
 
 
-async def model_npz(service: Service, model: ResolvedModel, ticket: Ticket) -> AsyncIterator[bytes]:
+async def model_npz(service: Service, model: ResolvedModel | PlannedModel, ticket: Ticket) -> AsyncIterator[bytes]:
     """A .npz of the model, streamed: an uncompressed zip whose sizes follow each member
     (data descriptors), so no tensor is held whole; numpy's ``np.load`` reads it."""
     sink = _Sink()
@@ -259,6 +236,23 @@ async def model_npz(service: Service, model: ResolvedModel, ticket: Ticket) -> A
         yield sink.drain()
     archive.close()
     yield sink.drain()
+
+
+class ReleasingResponse(StreamingResponse):
+    """A streamed body that gives ``release`` back however the response ends: sent whole,
+    failed, or a caller gone after the status line, before the body's own generator ever
+    ran (it then never reaches its ``finally``, and a background task is skipped when
+    the send fails)."""
+
+    def __init__(self, content: AsyncIterator[bytes | memoryview], release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 def frame_header(name: str, tensor: TensorStream, model_bytes: int, region: str | None, chunk_bytes: int) -> bytes:
@@ -283,21 +277,21 @@ def frame_header(name: str, tensor: TensorStream, model_bytes: int, region: str 
 
 
 async def model_frames(
-    service: Service, model: ResolvedModel, ticket: Ticket, regions: Regions | None = None
+    service: Service, model: PlannedModel, ticket: Ticket, delivery: Delivery = STREAM
 ) -> AsyncIterator[bytes | memoryview]:
     """A model as framed tensors (see :mod:`jaxinit.protocol.frames`): each tensor's header,
-    its bytes and their digest, in order, or an error frame in its place; with ``regions``
-    (a same-host caller's shared memory) each tensor's bytes in a region the header names
+    its bytes and their digest, in order, or an error frame in its place; delivered into
+    regions (a same-host caller's shared memory), each tensor's bytes in a region the header names
     (in the stream when shared memory has no room). An error after the status line ends
     the body with an ``z`` frame that carries it."""
     chunk_bytes = service.limits.chunk_bytes
     try:
-        async for name, tensor in service.generate_model(model, ticket=ticket):
+        async for name, tensor in service.generate_model(model, ticket=ticket, delivery=delivery):
             if isinstance(tensor, JaxinitError):
                 yield frames.frame(frames.ERROR, frames.error_payload(tensor, name))
                 continue
-            region = await tensor.to_region(regions) if regions is not None and tensor.nbytes else None
-            yield frames.frame(frames.HEADER, frame_header(name, tensor, model.nbytes, region, chunk_bytes))
+            region = await tensor.region()
+            yield frames.frame(frames.HEADER, frame_header(name, tensor, model.model.nbytes, region, chunk_bytes))
             if region is None:
                 async for _, data in tensor.chunks(chunk_bytes):
                     yield frames.prefix(frames.DATA, len(data))

@@ -24,8 +24,9 @@ from helpers import local_jax
 from jaxinit.protocol.catalog import CATALOG
 from jaxinit.protocol.errors import ServerUnavailable
 from jaxinit.protocol.keys import Key
-from jaxinit_server.core import GenerateParams, Limits, Service, engine
+from jaxinit_server.core import GenerateParams, Limits, Service
 from jaxinit_server.core.results import HIT, MISS, NONE
+from jaxinit_server.core.source import Made
 from jaxinit_server.core.stored import OVERHEAD_BYTES
 from jaxinit_server.core.stream import TensorStream
 
@@ -122,11 +123,13 @@ def test_the_wire_digest_of_a_stored_answer_is_the_one_fixed_when_it_was_made(se
     their own: the answer ends with a retryable error instead."""
 
     async def run() -> None:
-        resolved = service.prepare(params("zeros", None, (64,)))
-        generation = engine.Generation(
-            resolved, (), route="cache", array=np.ones(64, np.float32), fixed_digest=lambda: b"\0" * 16
-        )
-        tensor = TensorStream(resolved, generation, service._provenance(resolved, ()))
+        resolved = service.prepare(params("zeros", None, (64,))).resolved
+
+        class Stored(Made):  # stored bytes whose digest was fixed as something else
+            def fixed_digest(self) -> bytes:
+                return b"\0" * 16
+
+        tensor = TensorStream(resolved, Stored((), np.ones(64, np.float32)), service.identity.provenance(resolved, ()))
         with pytest.raises(ServerUnavailable, match="integrity"):
             _ = [piece async for piece in tensor.chunks(1024)]
 

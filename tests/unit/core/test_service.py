@@ -78,13 +78,13 @@ def test_describe_is_the_catalog_dtypes_keys_and_this_jax(service: Service) -> N
 
 def test_prepare_resolves_with_this_jaxs_defaults(service: Service) -> None:
     params = GenerateParams("normal", (3, 4), key=Key(seed=1))
-    assert service.prepare(params) == resolve(params, service.limits, service.identity.defaults)
+    assert service.prepare(params).resolved == resolve(params, service.limits, service.identity.defaults)
 
 
 def test_the_etag_names_the_request_on_this_jax(service: Service) -> None:
     one = service.prepare(GenerateParams("normal", (3, 4), key=Key(seed=1)))
     tag = service.etag(one)
-    text = f"{one.canonical}\n{service.identity.fingerprint}"
+    text = f"{one.resolved.canonical}\n{service.identity.fingerprint}"
     assert tag == '"' + hashlib.sha256(text.encode()).hexdigest()[:40] + '"'
     assert service.etag(service.prepare(GenerateParams("normal", (3, 4), key=Key(seed=1), request_id="x"))) == tag
     assert service.etag(service.prepare(GenerateParams("normal", (3, 4), key=Key(seed=2)))) != tag
@@ -109,7 +109,7 @@ def test_a_tensor_is_local_jaxs_bytes_with_its_provenance(
     service: Service, name: str, shape: tuple[int, ...], args: dict, dtype: str | None, route: str
 ) -> None:
     params = GenerateParams(name, shape, args=args, dtype=dtype, key=Key(seed=7))
-    resolved = service.prepare(params)
+    resolved = service.prepare(params).resolved
     assert engine.route(resolved) == route
     stream = _generate(service, params)
     data = _sent(stream, chunk_bytes=1000)

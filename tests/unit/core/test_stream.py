@@ -8,6 +8,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -20,9 +21,11 @@ from jaxinit.protocol.provenance import Provenance
 from jaxinit_server.core import engine
 from jaxinit_server.core.admission import Admission
 from jaxinit_server.core.request import GenerateParams, Limits, PrngDefaults, resolve
+from jaxinit_server.core.source import Made, Pipelined
 from jaxinit_server.core.stream import TensorStream, gather
 
 N = 10 * 2**20  # elements: ten producer pieces of 2**20
+POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jaxinit-jax")  # the one JAX pool's stand-in
 
 
 def _resolved(count: int = N) -> object:
@@ -46,10 +49,11 @@ class Producer:
             self.closed.set()
 
 
-def _stream(producer: Producer, **kwargs: object) -> TensorStream:
+def _stream(producer: Producer, depth: int = 2, **kwargs: object) -> TensorStream:
     resolved = _resolved(producer.pieces * producer.size)
-    generation = engine.Generation(resolved, (), route=engine.FILL, pieces=producer)
-    return TensorStream(resolved, generation, Provenance(), **kwargs)  # type: ignore[arg-type]
+    timings: dict[str, float] = {}
+    source = Pipelined((), producer, POOL, depth=depth, timings=timings)
+    return TensorStream(resolved, source, Provenance(), timings=timings, **kwargs)  # type: ignore[arg-type]
 
 
 def test_chunks_are_the_bytes_in_order_and_the_digest_is_theirs() -> None:
@@ -77,7 +81,7 @@ def test_the_producer_stops_when_the_sender_does_and_the_ticket_comes_back() -> 
     pipeline's depth ahead, and the stream's capacity is given back."""
     admission = Admission(4, 2**30)
     producer = Producer(pieces=1000)
-    stream = _stream(producer, ticket=admission.admit(10), pipeline_depth=2)
+    stream = _stream(producer, ticket=admission.admit(10), depth=2)
 
     async def read_two() -> None:
         chunks = stream.chunks(2**22)
@@ -114,7 +118,9 @@ def test_array_and_gather_give_the_whole_and_close() -> None:
     made = engine.prepare(
         resolve(GenerateParams("lecun_normal", (64, 32), key=Key(seed=1)), Limits(), PrngDefaults(True, False))
     )
-    assert asyncio.run(gather(made, {})) is made.array  # made already: no thread, no copy
+    assert made.array is not None
+    source = Made(made.key_data, made.array)
+    assert asyncio.run(gather(source, "float32")) is made.array  # made already: no thread, no copy
 
 
 def test_a_failing_producer_fails_the_stream() -> None:
@@ -124,7 +130,7 @@ def test_a_failing_producer_fails_the_stream() -> None:
         raise MemoryError("out of memory")
 
     resolved = _resolved(8)
-    stream = TensorStream(resolved, engine.Generation(resolved, (), route=engine.FILL, pieces=failing), Provenance())
+    stream = TensorStream(resolved, Pipelined((), failing, POOL), Provenance())
 
     async def read() -> None:
         async for _ in stream.chunks(64):

@@ -19,6 +19,7 @@ from jaxinit.protocol.catalog import CATALOG
 from jaxinit.protocol.errors import JaxinitError
 from jaxinit.protocol.wire import JAX_VERSION_HEADER, JSON, REQUEST_ID_HEADER
 from jaxinit_server.core import TensorStream
+from jaxinit_server.core.delivery import STREAM, Gathered
 from jaxinit_server.disconnects import unless_disconnected
 from jaxinit_server.kserve.mapping import (
     EXTENSIONS,
@@ -35,6 +36,7 @@ from jaxinit_server.kserve.mapping import (
 from jaxinit_server.kserve.rest import (
     HEADER_LENGTH,
     V2_ERRORS,
+    InferRequest,
     TensorResponse,
     V2Error,
     V2ModelReady,
@@ -45,7 +47,7 @@ from jaxinit_server.kserve.rest import (
     read_request,
 )
 from jaxinit_server.rest.deps import CallerDep, OffLoopJSONRoute, ServiceDep, TelemetryDep
-from jaxinit_server.rest.framing import check_json_size
+from jaxinit_server.telemetry import Call
 
 __all__ = ["router"]
 
@@ -191,6 +193,7 @@ def _ready(name: str, version: str, service: ServiceDep) -> JSONResponse:
     return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else (503 if found else 404))
 
 
+JSON_DELIVERY = Gathered(nested=False, instead="Ask for binary data (the binary_data output parameter).")
 _INFER = "KServe v2: generate (inputs shape and seed or key_data; arguments as parameters)"
 
 
@@ -218,39 +221,14 @@ async def _infer(
         body = await request.body()
         v2 = await asyncio.to_thread(read_request, body, request.headers.get(HEADER_LENGTH))
         pin = request.headers.get(JAX_VERSION_HEADER)
-        resolved = service.prepare(params_from_v2(name, v2.inputs, v2.parameters, version, pin))
-        call.describe(resolved.spec.name, resolved.shape, resolved.out_dtype)
-        datatype = datatype_of(resolved.out_dtype)
-        if not v2.binary_output:
-            check_json_size(
-                service.limits,
-                resolved,
-                nested=False,
-                instead="Ask for binary data (the binary_data output parameter).",
-            )
-        tensor = await unless_disconnected(
-            request, service.generate(resolved, gathered=not v2.binary_output, caller=caller)
-        )
+        plan = service.prepare(params_from_v2(name, v2.inputs, v2.parameters, version, pin))
+        call.describe(plan.resolved.spec.name, plan.resolved.shape, plan.resolved.out_dtype)
+        datatype = datatype_of(plan.resolved.out_dtype)  # (refused before any work when v2 has none)
+        delivery = STREAM if v2.binary_output else JSON_DELIVERY
+        tensor = await unless_disconnected(request, service.generate(plan, delivery=delivery, caller=caller))
         call.timings = tensor.timings
-        output: dict[str, Any] = {"name": OUTPUT, "datatype": datatype, "shape": list(tensor.sent_shape)}
-        head: dict[str, Any] = {"model_name": name, "model_version": VERSION, "outputs": [output]}
-        if v2.id is not None:
-            head["id"] = v2.id
-        headers = {REQUEST_ID_HEADER: call.request_id}
-        if v2.binary_output:
-            output["parameters"] = {"binary_data_size": tensor.nbytes}
-            text = json.dumps(head, separators=(",", ":")).encode()
-            headers.update({HEADER_LENGTH: str(len(text)), "Content-Length": str(len(text) + tensor.nbytes)})
-            body_stream = binary_body(text, tensor, service.limits.chunk_bytes, call)
-            response = TensorResponse(body_stream, tensor, call, headers)
-            tensor = None  # the response gives it back
-            return response
-        array = await tensor.array()  # at most max_json_elements; gives the tensor back
-        tensor = None
-        content = await asyncio.to_thread(json_answer, head, output, array)
-        call.sent(array.nbytes)
-        call.close()
-        return Response(content, media_type=JSON, headers=headers)
+        answered, tensor = tensor, None  # the answer gives it back
+        return await _answer_v2(name, v2, answered, datatype, call, service.limits.chunk_bytes)
     except BaseException as exc:
         if tensor is not None:
             tensor.close()
@@ -260,3 +238,24 @@ async def _infer(
         if isinstance(exc, Exception):
             return error_response(exc)
         raise
+
+
+async def _answer_v2(
+    name: str, v2: InferRequest, tensor: TensorStream, datatype: str, call: Call, chunk_bytes: int
+) -> Response:
+    """A v2 inference answer: binary (the JSON head, then the bytes streamed) or JSON."""
+    output: dict[str, Any] = {"name": OUTPUT, "datatype": datatype, "shape": list(tensor.sent_shape)}
+    head: dict[str, Any] = {"model_name": name, "model_version": VERSION, "outputs": [output]}
+    if v2.id is not None:
+        head["id"] = v2.id
+    headers = {REQUEST_ID_HEADER: call.request_id}
+    if v2.binary_output:
+        output["parameters"] = {"binary_data_size": tensor.nbytes}
+        text = json.dumps(head, separators=(",", ":")).encode()
+        headers.update({HEADER_LENGTH: str(len(text)), "Content-Length": str(len(text) + tensor.nbytes)})
+        return TensorResponse(binary_body(text, tensor, chunk_bytes, call), tensor, call, headers)
+    array = await tensor.array()  # at most max_json_elements; gives the tensor back
+    content = await asyncio.to_thread(json_answer, head, output, array)
+    call.sent(array.nbytes)
+    call.close()
+    return Response(content, media_type=JSON, headers=headers)

@@ -7,15 +7,17 @@ import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from jaxinit.protocol import safetensors, wire
 from jaxinit.protocol.errors import JaxinitError
 from jaxinit.protocol.wire import JSON, NPZ, SAFETENSORS, SHARED_MEMORY_HEADER, TENSORS
 from jaxinit_server import jsonio
+from jaxinit_server.core.delivery import delivery_for
 from jaxinit_server.rest.deps import CallerDep, OffLoopJSONRoute, ServiceDep, TelemetryDep, observe
 from jaxinit_server.rest.framing import (
     MODEL_MEDIA_TYPES,
+    ReleasingResponse,
     model_frames,
     model_npz,
     model_safetensors,
@@ -57,13 +59,15 @@ async def init_model(
             return Response(plan, media_type=JSON, headers=headers)
         # A same-host caller's shared memory (framed tensors only): a token refused is a 403 now.
         token = request.headers.get(SHARED_MEMORY_HEADER) if media == TENSORS else None
-        regions = service.shared_memory(token) if token is not None else None
-        await service.check_model(model)
-        ticket = service.admit_model(model, caller=caller)  # before the status line: a 429 can still be said
+        delivery = delivery_for(region_token=token)
+        service.regions_for(delivery)
+        planned = await service.check_model(model)
+        ticket = service.admit_model(planned, caller=caller)  # before the status line: a 429 can still be said
         if media == TENSORS:
-            if regions is not None:  # a region is for this caller once: never cached on the way
+            if token is not None:  # a region is for this caller once: never cached on the way
                 headers["Cache-Control"] = "no-store"
-            return StreamingResponse(model_frames(service, model, ticket, regions), media_type=TENSORS, headers=headers)
+            body_frames = model_frames(service, planned, ticket, delivery)
+            return ReleasingResponse(body_frames, ticket.release, media_type=TENSORS, headers=headers)
         if media == NPZ:
             try:
                 npz_storable(model)
@@ -71,11 +75,12 @@ async def init_model(
                 ticket.release()
                 raise
             headers["Content-Disposition"] = 'attachment; filename="params.npz"'
-            return StreamingResponse(model_npz(service, model, ticket), media_type=NPZ, headers=headers)
+            body_npz = model_npz(service, planned, ticket)
+            return ReleasingResponse(body_npz, ticket.release, media_type=NPZ, headers=headers)
         head = safetensors.header([(o.name, o.dtype, o.shape) for o in model.outputs], metadata)
         headers["Content-Length"] = str(len(head) + model.nbytes)
         headers["Content-Disposition"] = 'attachment; filename="params.safetensors"'
-        body_bytes = model_safetensors(service, model, head, ticket)
-        return StreamingResponse(body_bytes, media_type=SAFETENSORS, headers=headers)
+        body_bytes = model_safetensors(service, planned, head, ticket)
+        return ReleasingResponse(body_bytes, ticket.release, media_type=SAFETENSORS, headers=headers)
 
     return await observe(call, answer(), request)
