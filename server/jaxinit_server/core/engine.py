@@ -159,7 +159,7 @@ def price(resolved: Resolved, *, gathered: bool = False, compiled: bool = False)
             (derived * DERIVED_KEY_FLOPS + by_key * KEY_BY_KEY_FLOPS, f"deriving {derived} keys"),
             (slices * per_slice, f"{slices} slices made one call at a time"),
             (one.flops * slices if kind == WHOLE else 0, "the slices' arithmetic"),
-            (compile_flops if resolved.jit else 0, "a jax.jit compile"),
+            (compile_flops if resolved.jit and kind == WHOLE else 0, "a jax.jit compile"),  # chunks: per scale
         ]
         compute = sum(part for part, _ in parts)
         why = max(parts)[1]
