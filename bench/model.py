@@ -16,7 +16,8 @@ hit), after one call that compiles what the row needs; local figures are warm to
   a cheaper local baseline than the torch layout the service writes);
 - memory: into numpy over same-host shared memory, and over the gRPC stream, vs local
   ``jax.jit(model.init)`` (its leaves brought into numpy);
-- jit vs eager: each service row with ``jit=True`` against the same row with ``jit=False``;
+- jit vs eager: each service row with ``jit=True`` against the same row with ``jit=False``
+  (their calls alternate);
 - one new 256 MiB ``lecun_normal`` over the gRPC stream vs a warm jitted local call.
 
 Ratios taken side by side in one run are the figures; absolute times on a shared machine
@@ -108,27 +109,34 @@ def _flat(tree: Any) -> dict[str, np.ndarray]:
     return {".".join(map(str, k)): np.asarray(v) for k, v in flatten_dict(tree).items()}
 
 
-def _service_row(
-    grpc_url: str, http_url: str, plan: Any, jit: bool, where: Path, fresh: Any, seeds: Callable[[], list[int]]
-) -> dict[str, float]:
-    """One mode's (jit or eager) service figures: to a file over gRPC and HTTP, into memory
-    over shared memory and over the gRPC stream."""
+def _service_rows(
+    grpc_url: str, http_url: str, plan: Any, where: Path, fresh: Any, repeats: int
+) -> dict[str, dict[str, float]]:
+    """The service figures, eager and jit: to a file over gRPC and HTTP, into memory over
+    shared memory and over the gRPC stream. Per row, eager and jit calls alternate, so that
+    a shared machine's load falls on both alike."""
     with (
         jaxinit.Client(grpc_url, shared_memory=False) as grpc,
         jaxinit.Client(http_url) as http,
         jaxinit.Client(grpc_url, shared_memory=True) as shm,
     ):
-        calls: dict[str, Callable[[int], Any]] = {
-            "file_grpc_s": lambda s: grpc.init_model(plan, s, layout="torch", path=where / "g.safetensors", jit=jit),
-            "file_http_s": lambda s: http.init_model(plan, s, layout="torch", path=where / "h.safetensors", jit=jit),
-            "memory_shared_s": lambda s: shm.init_model(plan, s, flat=True, jit=jit),
-            "memory_grpc_stream_s": lambda s: grpc.init_model(plan, s, flat=True, jit=jit),
+        calls: dict[str, Callable[[int, bool], Any]] = {
+            "file_grpc_s": lambda s, j: grpc.init_model(plan, s, layout="torch", path=where / "g.safetensors", jit=j),
+            "file_http_s": lambda s, j: http.init_model(plan, s, layout="torch", path=where / "h.safetensors", jit=j),
+            "memory_shared_s": lambda s, j: shm.init_model(plan, s, flat=True, jit=j),
+            "memory_grpc_stream_s": lambda s, j: grpc.init_model(plan, s, flat=True, jit=j),
         }
-        row = {}
+        times: dict[str, dict[str, list[float]]] = {"eager": {}, "jit": {}}
         for name, call in calls.items():
-            call(next(fresh))  # the row's first call: chunk programs compiled, connections up
-            row[name] = _median(call, seeds())
-    return row
+            for jit in (False, True):  # the row's first calls: chunk programs compiled, connections up
+                call(next(fresh), jit)
+            for _ in range(repeats):
+                for jit in (False, True):
+                    seed = next(fresh)
+                    start = time.perf_counter()
+                    call(seed, jit)
+                    times["jit" if jit else "eager"].setdefault(name, []).append(time.perf_counter() - start)
+    return {mode: {name: statistics.median(t) for name, t in rows.items()} for mode, rows in times.items()}
 
 
 def model_rows(grpc_url: str, http_url: str, *, quick: bool) -> dict[str, Any]:
@@ -167,10 +175,7 @@ def model_rows(grpc_url: str, http_url: str, *, quick: bool) -> dict[str, Any]:
         }
         out["local"] = local
 
-        rows = {
-            "jit" if jit else "eager": _service_row(grpc_url, http_url, plan, jit, where, fresh, seeds)
-            for jit in (False, True)
-        }
+        rows = _service_rows(grpc_url, http_url, plan, where, fresh, repeats)
         if jit_check := rows.get("jit"):
             # The jit answer is jax.jit(model.init)'s, byte for byte (checked once, outside the timings).
             with jaxinit.Client(grpc_url, shared_memory=False) as grpc:
