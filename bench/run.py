@@ -29,6 +29,7 @@ from typing import Any
 import model_transports  # bench/model_transports.py, beside this script
 import numpy as np
 import psutil
+from model import model_rows  # bench/model.py, beside this script
 from startup import measure as time_to_ready  # bench/startup.py, beside this script
 
 import jaxinit
@@ -378,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
             results["4_memory"] = memory(srv, (1024, 1024) if q else (32768, 32768))
             results["5_concurrency_64x64"] = concurrency(srv, 4 if q else 32, 1.0 if q else 10.0)
             results["6_fan_out"] = fan_out(srv, (256, 256) if q else (8192, 8192), 8)
-            results["9_model_http_vs_grpc"] = model_transports.measure(srv, q)
+            results["9_model"] = model_rows(srv.grpc_url, srv.http_url, quick=q)
+            results["10_model_http_vs_grpc"] = model_transports.measure(srv, q)
         results["7_small_breakdown_256x256"] = small_breakdown(small, 20 if q else 300)
     finally:
         bare.stop()

@@ -86,7 +86,11 @@ def test_what_scanned_models_ask_stays_served(service: Service) -> None:
 
 
 def test_a_jit_compile_is_priced(service: Service) -> None:
-    eager, jitted = _resolve("lecun_normal", (64, 48)), _resolve("lecun_normal", (64, 48), jit=True)
+    """A whole jit request compiles a program per shape; a chunked one (its chunk programs are
+    per scale and chunk size, like the eager ones) costs what the eager one does."""
+    chunked_eager, chunked_jit = _resolve("lecun_normal", (64, 48)), _resolve("lecun_normal", (64, 48), jit=True)
+    assert engine.price(chunked_jit) == engine.price(chunked_eager)
+    eager, jitted = _resolve("orthogonal", (64, 48)), _resolve("orthogonal", (64, 48), jit=True)
     assert engine.price(jitted).compute >= engine.price(eager).compute + engine.COMPILE_FLOPS
     assert engine.price(jitted).compute >= service.limits.heavy_flops  # one compile at a time per spare worker
     tight = Service(Limits(max_whole_flops=engine.COMPILE_FLOPS // 2), whole_workers=1)

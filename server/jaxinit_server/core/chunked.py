@@ -20,10 +20,15 @@ as the eager call for 8- to 32-bit draws (each hash's other word belongs to anot
 chunk), as much for 64-bit ones. Sizes of 2**32 - 1 words or more (JAX splits the
 key into blocks then) run whole.
 
+A jit request (the values of ``jax.jit(init)``, where XLA folds and fuses the scale into
+the sampler) gets chunks from one compiled program per scale and chunk size: the sampler on
+the offset key and the initializer's scale ops traced together, so the scale is the same
+constant of the same elementwise program as in the whole tensor's (see :func:`_jit_plan`).
+
 Only what is checked against eager JAX chunks here: threefry2x32 keys, both modes,
 real float dtypes, and the normal, uniform, truncated_normal and variance-scaling
 families. Everything else returns no plan and runs whole, and so does a family the
-warm-up self-check found to differ from the installed JAX.
+warm-up self-check found to differ from the installed JAX (jit chunks: from jax.jit(init)).
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ __all__ = [
     "chunks",
     "disable",
     "disabled",
+    "jit",
     "plan",
     "proven",
     "require_proof",
@@ -172,12 +178,16 @@ class Plan:
     sample: Callable[[Any, int], Any]
     scale: Any
     total: int | None = None
+    # jit plans: ``compiled(key, n)`` is the chunk of n elements, sampler and scale in one
+    # program as ``jax.jit(init)`` compiles them (``scale`` is None then).
+    compiled: Callable[[Any, int], Any] | None = None
 
 
 # Families chunked when nothing disabled them; the warm-up self-check disables one whose
 # chunk differs from eager JAX (engine.self_check), and it then runs whole.
 FAMILIES = frozenset(SAMPLERS | set(VARIANCE_FAMILY) | {"variance_scaling"})
-_disabled: dict[str, str] = {}  # family (or LEGACY: the whole legacy mode) -> why
+# family (or LEGACY: the whole legacy mode; or jit(family / dtype / LEGACY): jit requests') -> why
+_disabled: dict[str, str] = {}
 LEGACY = "threefry_partitionable=false"
 # A server runs every family whole from its start until the self-check (or its stored
 # verdict) has proven them on this JAX (require_proof, proven); a library caller chunks.
@@ -225,10 +235,20 @@ def chunkable(resolved: Resolved, *, proving: bool = False) -> bool:
     name = resolved.spec.name
     if name not in FAMILIES or name in _disabled:
         return False
+    if resolved.jit and (jit(name) in _disabled or jit(resolved.out_dtype) in _disabled):
+        return False
     if resolved.threefry_partitionable:
         return True
     # Legacy mode: JAX splits the key into blocks for 2**32 - 1 words or more.
+    if resolved.jit and jit(LEGACY) in _disabled:
+        return False
     return LEGACY not in _disabled and -(-LEGACY_BITS[resolved.out_dtype] * total // 32) < 2**32 - 1
+
+
+def jit(what: str) -> str:
+    """The name under which chunking of ``what`` (a family, a dtype or :data:`LEGACY`) is
+    disabled for jit requests only: their chunks are other programs than the eager ones."""
+    return f"jit:{what}"
 
 
 def plan(resolved: Resolved, *, proving: bool = False) -> Plan | None:
@@ -241,7 +261,7 @@ def plan(resolved: Resolved, *, proving: bool = False) -> Plan | None:
         return None
     # The plan (its scale made by JAX's own eager ops) depends on nothing else; remembered,
     # a repeat skips those dispatches and gives the same scale, so the same bits.
-    memo = resolved.call_key
+    memo = (*resolved.call_key, resolved.jit)  # a jit plan is another program than the eager one
     if (known := _PLANS.get(memo)) is not None:
         return known
     the_plan = _plan_for(resolved)
@@ -258,22 +278,73 @@ MAX_PLANS = 4096
 
 
 def _plan_for(resolved: Resolved) -> Plan | None:
-    the_plan = _family_plan(resolved, DTYPES[resolved.out_dtype])
+    dtype = DTYPES[resolved.out_dtype]
+    the_plan = _jit_plan(resolved, dtype) if resolved.jit else _family_plan(resolved, dtype)
     if the_plan is None or resolved.threefry_partitionable:
         return the_plan
     return dataclasses.replace(the_plan, total=math.prod(resolved.shape))
 
 
 def _family_plan(resolved: Resolved, dtype: Any) -> Plan | None:
+    """The eager plan: the sampler, then the scale made now by JAX's own eager ops."""
+    family = _family(resolved, dtype)
+    if family is None:
+        return None
+    sample, scale_of, _ = family
+    return Plan(sample, scale_of())
+
+
+def _jit_plan(resolved: Resolved, dtype: Any) -> Plan | None:
+    """The jit plan: one compiled program per chunk size that is the sampler and the scale's
+    ops traced together, as ``jax.jit(init)`` traces them: the scale is a constant of the
+    program, so XLA folds and fuses it into the sampler exactly as it does for the whole
+    tensor (normal's ``* sqrt(2) * stddev`` becomes one multiply by a folded constant)."""
+    family = _family(resolved, dtype)
+    if family is None:
+        return None
+    sample, scale_of, ident = family
+    program = (*ident, resolved.out_dtype, resolved.enable_x64, resolved.threefry_partitionable)
+    compiled = _PROGRAMS.get(program)
+    if compiled is None:
+        compiled = jax.jit(lambda key, n: sample(key, n) * scale_of(), static_argnums=1)
+        if len(_PROGRAMS) >= MAX_PROGRAMS:
+            with contextlib.suppress(StopIteration, RuntimeError):  # another thread's changes
+                _PROGRAMS.pop(next(iter(_PROGRAMS)), None)
+        _PROGRAMS[program] = compiled
+    return Plan(sample, None, compiled=compiled)
+
+
+# jit chunk programs by what their values depend on (not the shape: a chunk's program is the
+# same for every tensor of the family with the same scale); each compiles once per chunk size.
+_PROGRAMS: dict[tuple[Any, ...], Callable[[Any, int], Any]] = {}
+MAX_PROGRAMS = 512
+
+_Family = tuple[Callable[[Any, int], Any], Callable[[], Any], tuple[Any, ...]]
+
+
+def _family(resolved: Resolved, dtype: Any) -> _Family | None:
+    """The sampler on ``n`` elements, the scale's ops (JAX's initializer's, op for op), and
+    what the two depend on besides the dtype and config."""
     name, args = resolved.spec.name, resolved.args
+    ident: tuple[Any, ...] = (name, repr(sorted(args.items())))
     if name == "normal":
-        return Plan(lambda k, n: jax.random.normal(k, (n,), dtype), jnp.array(args["stddev"], dtype))
+        return (
+            lambda k, n: jax.random.normal(k, (n,), dtype),
+            lambda: jnp.array(args["stddev"], dtype),
+            ident,
+        )
     if name == "uniform":
-        return Plan(lambda k, n: jax.random.uniform(k, (n,), dtype), jnp.array(args["scale"], dtype))
+        return (
+            lambda k, n: jax.random.uniform(k, (n,), dtype),
+            lambda: jnp.array(args["scale"], dtype),
+            ident,
+        )
     if name == "truncated_normal":
         lower, upper = args["lower"], args["upper"]
-        return Plan(
-            lambda k, n: jax.random.truncated_normal(k, lower, upper, (n,), dtype), jnp.array(args["stddev"], dtype)
+        return (
+            lambda k, n: jax.random.truncated_normal(k, lower, upper, (n,), dtype),
+            lambda: jnp.array(args["stddev"], dtype),
+            ident,
         )
     if name == "variance_scaling":
         scale, mode, distribution = args["scale"], args["mode"], args["distribution"]
@@ -281,10 +352,10 @@ def _family_plan(resolved: Resolved, dtype: Any) -> Plan | None:
         scale, mode, distribution = VARIANCE_FAMILY[name]
     else:
         return None
-    return _variance_plan(resolved, scale, mode, distribution, dtype)
+    return _variance_family(resolved, scale, mode, distribution, dtype)
 
 
-def _variance_plan(resolved: Resolved, scale: float, mode: str, distribution: str, dtype: Any) -> Plan:
+def _variance_family(resolved: Resolved, scale: float, mode: str, distribution: str, dtype: Any) -> _Family:
     # jax.nn.initializers.variance_scaling's init, floating branches, op for op.
     args = resolved.args
     axes = [tuple(a) if isinstance(a, list) else a for a in (args["in_axis"], args["out_axis"], args["batch_axis"])]
@@ -297,13 +368,20 @@ def _variance_plan(resolved: Resolved, scale: float, mode: str, distribution: st
         denominator = (fan_in + fan_out) / 2
     else:
         denominator = (fan_in * fan_out) ** 0.5
-    variance = jnp.array(scale / denominator, dtype=dtype)
+    ident = ("variance_scaling", scale, distribution, repr(denominator))
+
+    def variance() -> Any:
+        return jnp.array(scale / denominator, dtype=dtype)
+
     if distribution == "truncated_normal":
-        stddev = jnp.sqrt(variance) / jnp.array(0.87962566103423978, dtype)
-        return Plan(lambda k, n: jax.random.truncated_normal(k, -2, 2, (n,), dtype), stddev)
+        return (
+            lambda k, n: jax.random.truncated_normal(k, -2, 2, (n,), dtype),
+            lambda: jnp.sqrt(variance()) / jnp.array(0.87962566103423978, dtype),
+            ident,
+        )
     if distribution == "normal":
-        return Plan(lambda k, n: jax.random.normal(k, (n,), dtype), jnp.sqrt(variance))
-    return Plan(lambda k, n: jax.random.uniform(k, (n,), dtype, -1), jnp.sqrt(3 * variance))
+        return (lambda k, n: jax.random.normal(k, (n,), dtype), lambda: jnp.sqrt(variance()), ident)
+    return (lambda k, n: jax.random.uniform(k, (n,), dtype, -1), lambda: jnp.sqrt(3 * variance()), ident)
 
 
 def bucket(count: int) -> int:
@@ -329,5 +407,8 @@ def chunks(the_plan: Plan, key_data: tuple[int, ...], start: int, stop: int) -> 
             impl = LEGACY_IMPL
             words += [total >> 32, total & 0xFFFFFFFF]
         key = jax.random.wrap_key_data(np.array(words, dtype=np.uint32), impl=impl)  # type: ignore[arg-type]
-        chunk = the_plan.sample(key, size) * the_plan.scale
+        if the_plan.compiled is not None:
+            chunk = the_plan.compiled(key, size)
+        else:
+            chunk = the_plan.sample(key, size) * the_plan.scale
         yield np.asarray(chunk)[: min(size, stop - offset)]

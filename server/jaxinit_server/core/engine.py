@@ -8,7 +8,11 @@ whole call in one ``jax.jit`` is not equivalent: XLA then fuses e.g. the
 Eager JAX compiles and caches each op's program itself. Elementwise families are
 produced in chunks that replay the same eager sequence (see :mod:`chunked`). A request
 with ``jit`` asks for the compiled values (what the initializer gives inside ``nn.scan``
-or a jitted ``model.init``): it runs whole, as ``jax.jit(init)(key)``.
+or a jitted ``model.init``): the chunked families make those in chunks too, each chunk one
+program that traces the sampler and the scale's ops together as ``jax.jit(init)`` does (the
+scale a constant XLA folds into the sampler the same way); the self-check proves them against
+``jax.jit(init)`` of the whole tensor. A fill converts its value by ``jax.jit`` of the
+initializer on the value's shape; the rest runs whole, as ``jax.jit(init)(key)``.
 """
 
 from __future__ import annotations
@@ -108,12 +112,10 @@ def route(resolved: Resolved) -> str:
         return EMPTY
     if _stacked(resolved):
         resolved = _template(resolved)  # every slice is the same call but for its key
-    if resolved.jit:
-        # The chunks and fills replay the eager program (a fill converts its value eagerly, and
-        # XLA converts e.g. an out-of-range float to int otherwise): compiled ones run whole.
-        return WHOLE
-    if chunked.chunkable(resolved):
+    if chunked.chunkable(resolved):  # a jit request's chunks are compiled as jax.jit(init) is
         return CHUNKED
+    # A fill's value is converted once, eagerly or (jit) by jax.jit of the initializer on the
+    # value's own shape: XLA converts e.g. an out-of-range float to int another way compiled.
     if resolved.spec.name in FILL_FAMILIES and _fill_period(resolved) is not None:
         return FILL
     return WHOLE
@@ -144,7 +146,7 @@ def price(resolved: Resolved, *, gathered: bool = False, compiled: bool = False)
             (derived * DERIVED_KEY_FLOPS + by_key * KEY_BY_KEY_FLOPS, f"deriving {derived} keys"),
             (slices * per_slice, f"{slices} slices made one call at a time"),
             (one.flops * slices if kind == WHOLE else 0, "the slices' arithmetic"),
-            (compile_flops if resolved.jit else 0, "a jax.jit compile"),
+            (compile_flops if resolved.jit and kind == WHOLE else 0, "a jax.jit compile"),  # chunks: per scale
         ]
         compute = sum(part for part, _ in parts)
         why = max(parts)[1]
@@ -506,7 +508,10 @@ def _fill_pattern(resolved: Resolved) -> tuple[np.ndarray, tuple[int, ...]]:
     try:
         with _config(resolved):
             key, key_data = _make_key(resolved.key)
-            value = np.asarray(_call(resolved, value_shape)(key))
+            if resolved.jit:  # convert, then broadcast: the same converted value for any shape
+                value = np.asarray(_jitted(dataclasses.replace(resolved, shape=value_shape))(key))
+            else:
+                value = np.asarray(_call(resolved, value_shape)(key))
     except Exception as exc:
         raise JaxError(str(exc)) from exc
     if value_shape:
@@ -656,13 +661,13 @@ def self_check() -> dict[str, str]:
     they differ or fail, so that it runs whole. Every family in the default mode (float32: its
     sampler and scale); the legacy mode's own bit drawing (32- and 8-bit draws) on one family,
     disabling the whole legacy mode if it differs (every family draws its bits the same way).
+    Then the same for jit chunks against ``jax.jit(init)`` (:func:`_jit_check`).
     Blocking (compiles a few programs, most of which warm-up needs anyway): run at warm-up.
     Returns what is disabled."""
     chunked.forget_plans()
     # fan_in and fan_avg with each distribution are the named families; this adds fan_out.
-    variants = {"variance_scaling": {"scale": 1.5, "mode": "fan_out", "distribution": "normal"}}
     for name in sorted(chunked.FAMILIES - set(chunked.disabled())):
-        problem = _chunk_problem(name, variants.get(name, {}), "float32", True)
+        problem = _chunk_problem(name, CHECK_VARIANTS.get(name, {}), "float32", True)
         if problem is not None:
             _disable(name, problem)
     # On a family that passed in the default mode, so that a difference is the legacy mode's.
@@ -673,7 +678,37 @@ def self_check() -> dict[str, str]:
             if problem is not None:
                 _disable(chunked.LEGACY, problem)
                 break
+    _jit_check()
     return chunked.disabled()
+
+
+CHECK_VARIANTS = {"variance_scaling": {"scale": 1.5, "mode": "fan_out", "distribution": "normal"}}
+
+
+def _jit_check() -> None:
+    """The self-check of jit chunks, against ``jax.jit(init)`` of the whole tensor: each family
+    that passed eagerly (float32, default mode), disabling its jit chunks (``jit(name)``) if
+    they differ; each sampler in the other float dtypes, where XLA computes in float32 and
+    rounds where a fusion ends, disabling jit chunks of that dtype (``jit(dtype)``) if one
+    differs; and the legacy mode's bit drawing (32- and 8-bit), disabling ``jit(LEGACY)``."""
+    for name in sorted(chunked.FAMILIES - set(chunked.disabled())):
+        problem = _chunk_problem(name, CHECK_VARIANTS.get(name, {}), "float32", True, jit=True)
+        if problem is not None:
+            _disable(chunked.jit(name), problem)
+    off = chunked.disabled()
+    samplers = [name for name in sorted(chunked.SAMPLERS) if name not in off and chunked.jit(name) not in off]
+    for dtype in ("bfloat16", "float16"):
+        for name in samplers:
+            problem = _chunk_problem(name, {}, dtype, True, jit=True)
+            if problem is not None:
+                _disable(chunked.jit(dtype), problem)
+                break
+    if samplers and chunked.LEGACY not in chunked.disabled():
+        for dtype in ("float32", "bfloat16"):
+            problem = _chunk_problem(samplers[0], {}, dtype, False, jit=True)
+            if problem is not None:
+                _disable(chunked.jit(chunked.LEGACY), problem)
+                break
 
 
 def _disable(what: str, problem: str) -> None:
@@ -681,11 +716,13 @@ def _disable(what: str, problem: str) -> None:
     log.error("chunking disabled for %s, which now runs whole: %s", what, problem)
 
 
-def _chunk_problem(name: str, args: dict[str, Any], dtype: str, partitionable: bool) -> str | None:
-    """Why a chunk of ``name`` is not eager JAX's bytes, or None when it is."""
-    where = f"{dtype}, threefry_partitionable={partitionable}"
+def _chunk_problem(
+    name: str, args: dict[str, Any], dtype: str, partitionable: bool, *, jit: bool = False
+) -> str | None:
+    """Why a chunk of ``name`` is not eager JAX's bytes (``jit``: jax.jit(init)'s), or None when it is."""
+    where = f"{dtype}, threefry_partitionable={partitionable}{', jit' if jit else ''}"
     params = GenerateParams(
-        name, CHECK_SHAPE, args=args, dtype=dtype, key=Key(seed=7), offset=CHECK_START, count=CHECK_COUNT
+        name, CHECK_SHAPE, args=args, dtype=dtype, key=Key(seed=7), offset=CHECK_START, count=CHECK_COUNT, jit=jit
     )
     try:
         resolved = resolve(params, Limits(), PrngDefaults(partitionable, False))
@@ -700,4 +737,5 @@ def _chunk_problem(name: str, args: dict[str, Any], dtype: str, partitionable: b
         want = np.ascontiguousarray(whole.reshape(-1)[resolved.start : resolved.stop]).tobytes()
     except Exception as exc:  # a JAX that moved or changed what chunking replays
         return f"the self-check failed ({where}): {type(exc).__name__}: {exc}"[:500]
-    return None if got == want else f"a chunk differs from eager JAX ({where})"
+    reference = "jax.jit(init)" if jit else "eager JAX"
+    return None if got == want else f"a chunk differs from {reference} ({where})"
