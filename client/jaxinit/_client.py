@@ -845,7 +845,9 @@ class Client(_BaseClient[Tensor, "ModelParams"]):
 
     def list_versions(self) -> dict[str, Any]:
         """What the server (or deployment) serves: ``{"versions": [{"jax_version", "backend",
-        "key_impls", "dtypes", "default", ...}]}``, one entry per JAX version (pool)."""
+        "key_impls", "dtypes", "default", "reachable", ...}]}``, one entry per JAX version
+        (pool); a pool the server could not reach is ``{"jax_version", "reachable": False,
+        "default"}``. Pin a listed ``jax_version`` with ``Client(url, jax_version=...)``."""
         return self._transport.list_versions()  # type: ignore[no-any-return]
 
     def close(self) -> None:

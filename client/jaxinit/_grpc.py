@@ -331,6 +331,12 @@ def _as_dict(message: pb.ListInitializersResponse | pb.ListVersionsResponse) -> 
         as_dict = MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
     except TypeError:  # protobuf < 5.26 names the same option otherwise
         as_dict = MessageToDict(message, preserving_proto_field_name=True, including_default_value_fields=True)
+    if isinstance(message, pb.ListVersionsResponse):
+        # A pool that did not answer has only these set; REST lists it so too.
+        as_dict["versions"] = [
+            v if v["reachable"] else {k: v[k] for k in ("jax_version", "reachable", "default")}
+            for v in as_dict["versions"]
+        ]
     return cast("dict[str, Any]", as_dict)
 
 

@@ -33,6 +33,7 @@ from jaxinit_server.grpc.server import create_grpc_server, set_serving
 from jaxinit_server.jsonio import collect_garbage
 from jaxinit_server.logs import configure as configure_logging
 from jaxinit_server.logs import ready_logger
+from jaxinit_server.pools import Deployment
 from jaxinit_server.rest.app import create_app
 from jaxinit_server.settings import Settings
 from jaxinit_server.telemetry import Telemetry
@@ -114,6 +115,12 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     telemetry = Telemetry(log_requests=settings.request_log, replica=settings.replica)
     keyring = KeyRing((settings.api_keys or "").split(","), settings.api_keys_file)
     tls = settings.tls()
+    deployment = Deployment(
+        service.identity.jax_version,
+        settings.pool_list(),
+        default_pool=settings.default_pool,
+        token=settings.api_token(),
+    )
     grpc_server, grpc_port, health = create_grpc_server(
         service,
         settings.host,
@@ -122,11 +129,14 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         keyring=keyring,
         tls=tls,
         max_message_bytes=settings.max_body_bytes,
+        deployment=deployment,
     )
     sock = _bind_http(settings.host, settings.http_port)
     http_port = sock.getsockname()[1]
     config = uvicorn.Config(
-        create_app(service, telemetry=telemetry, keyring=keyring, max_body_bytes=settings.max_body_bytes),
+        create_app(
+            service, telemetry=telemetry, keyring=keyring, max_body_bytes=settings.max_body_bytes, deployment=deployment
+        ),
         log_level=settings.log_level,
         log_config=None,  # uvicorn's loggers go through the root handler (logs.configure)
         access_log=False,  # one structured line per request instead (jaxinit_server.requests)

@@ -8,11 +8,12 @@ from __future__ import annotations
 import os
 import socket
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jaxinit_server.core.request import Limits
 from jaxinit_server.logs import LogFormat
+from jaxinit_server.pools import Pool, parse_pools
 
 __all__ = ["Settings"]
 
@@ -140,10 +141,27 @@ class Settings(BaseSettings):
     )
     tls_cert_file: str | None = Field(None, description="PEM certificate chain: both servers speak TLS only")
     tls_key_file: str | None = Field(None, description="PEM private key of --tls-cert-file")
+    pools: str | None = Field(
+        None,
+        description="the deployment's JAX version pools, VERSION=URL,... (URL: HTTP, the pool's own address or the "
+        "balancer's); GET /v1/versions and ListVersions list each pool's entries, as it reports them, beside this "
+        "server's. Give every server the same list: the pool of its own version is itself",
+    )
+    default_pool: str | None = Field(
+        None,
+        description="the JAX version of the pool that takes unpinned requests (the balancer's default), marked "
+        '"default" in /v1/versions (default: this server\'s own pool)',
+    )
     replica: str = Field(
         default_factory=socket.gethostname,
         description="this replica's name, sent as x-jaxinit-replica on every response (default: the host name)",
     )
+
+    @field_validator("pools")
+    @classmethod
+    def _pools_parse(cls, value: str | None) -> str | None:
+        parse_pools(value)
+        return value
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Settings:
@@ -167,6 +185,19 @@ class Settings(BaseSettings):
             return self.compilation_cache_dir
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         return os.path.join(base, "jaxinit", "jax")
+
+    def pool_list(self) -> tuple[Pool, ...]:
+        """--pools, parsed."""
+        return parse_pools(self.pools)
+
+    def api_token(self) -> str | None:
+        """A key this server accepts (the first of --api-keys, else of --api-keys-file), sent
+        to the deployment's other pools, which share its keys; None without auth."""
+        keys = [k.strip() for k in (self.api_keys or "").split(",") if k.strip()]
+        if not keys and self.api_keys_file:
+            with open(self.api_keys_file, encoding="utf-8") as file:
+                keys = [k for k in (line.split("#", 1)[0].strip() for line in file) if k]
+        return keys[0] if keys else None
 
     def limits(self) -> Limits:
         return Limits(

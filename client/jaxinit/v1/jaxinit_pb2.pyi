@@ -292,11 +292,13 @@ class ListInitializersResponse(_message.Message):
     def __init__(self, initializers: _Optional[_Iterable[_Union[InitializerSpec, _Mapping]]] = ..., dtypes: _Optional[_Iterable[str]] = ..., key_impls: _Optional[_Iterable[str]] = ..., server: _Optional[_Union[Provenance, _Mapping]] = ..., shared_memory_directory: _Optional[str] = ...) -> None: ...
 
 class ListVersionsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("scope",)
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    scope: str
+    def __init__(self, scope: _Optional[str] = ...) -> None: ...
 
 class ServedVersion(_message.Message):
-    __slots__ = ("jax_version", "jaxlib_version", "backend", "device_kind", "jaxinit_version", "key_impls", "dtypes", "threefry_partitionable", "enable_x64", "default")
+    __slots__ = ("jax_version", "jaxlib_version", "backend", "device_kind", "jaxinit_version", "key_impls", "dtypes", "threefry_partitionable", "enable_x64", "default", "reachable")
     JAX_VERSION_FIELD_NUMBER: _ClassVar[int]
     JAXLIB_VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -307,6 +309,7 @@ class ServedVersion(_message.Message):
     THREEFRY_PARTITIONABLE_FIELD_NUMBER: _ClassVar[int]
     ENABLE_X64_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    REACHABLE_FIELD_NUMBER: _ClassVar[int]
     jax_version: str
     jaxlib_version: str
     backend: str
@@ -317,7 +320,8 @@ class ServedVersion(_message.Message):
     threefry_partitionable: bool
     enable_x64: bool
     default: bool
-    def __init__(self, jax_version: _Optional[str] = ..., jaxlib_version: _Optional[str] = ..., backend: _Optional[str] = ..., device_kind: _Optional[str] = ..., jaxinit_version: _Optional[str] = ..., key_impls: _Optional[_Iterable[str]] = ..., dtypes: _Optional[_Iterable[str]] = ..., threefry_partitionable: _Optional[bool] = ..., enable_x64: _Optional[bool] = ..., default: _Optional[bool] = ...) -> None: ...
+    reachable: bool
+    def __init__(self, jax_version: _Optional[str] = ..., jaxlib_version: _Optional[str] = ..., backend: _Optional[str] = ..., device_kind: _Optional[str] = ..., jaxinit_version: _Optional[str] = ..., key_impls: _Optional[_Iterable[str]] = ..., dtypes: _Optional[_Iterable[str]] = ..., threefry_partitionable: _Optional[bool] = ..., enable_x64: _Optional[bool] = ..., default: _Optional[bool] = ..., reachable: _Optional[bool] = ...) -> None: ...
 
 class ListVersionsResponse(_message.Message):
     __slots__ = ("versions",)

@@ -15,6 +15,7 @@ from jaxinit_server.core import Service
 from jaxinit_server.grpc.interceptors import AuthInterceptor, DecodeGuard
 from jaxinit_server.grpc.servicer import SERVICE_NAME, InitializersServicer
 from jaxinit_server.kserve import grpc_service as kserve
+from jaxinit_server.pools import Deployment
 from jaxinit_server.telemetry import Telemetry
 
 __all__ = ["create_grpc_server", "set_serving"]
@@ -29,6 +30,7 @@ def create_grpc_server(
     keyring: KeyRing | None = None,
     tls: tuple[bytes, bytes] | None = None,
     max_message_bytes: int = 16 * 2**20,
+    deployment: Deployment | None = None,
 ) -> tuple[grpc.aio.Server, int, Any]:
     """A gRPC server with the jaxinit service, health and reflection, bound to ``host:port``;
     with ``tls`` (PEM certificate chain, PEM private key), over TLS only.
@@ -44,7 +46,8 @@ def create_grpc_server(
         interceptors=interceptors, options=[("grpc.max_receive_message_length", max_message_bytes)]
     )
     telemetry = telemetry or Telemetry()
-    pb_grpc.add_InitializersServicer_to_server(InitializersServicer(service, telemetry, keyring), server)
+    servicer = InitializersServicer(service, telemetry, keyring, deployment=deployment)
+    pb_grpc.add_InitializersServicer_to_server(servicer, server)
     kserve.add_to_server(server, service, telemetry, keyring)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -8,13 +8,12 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from jaxinit.protocol.errors import JaxinitError
+from jaxinit.protocol.errors import InvalidArgument, JaxinitError
 from jaxinit.v1 import jaxinit_pb2 as pb
 from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
 from jaxinit_server.auth import KeyRing
 from jaxinit_server.core import Service, TensorStream
 from jaxinit_server.core.delivery import delivery_for
-from jaxinit_server.core.provenance import served_versions
 from jaxinit_server.core.window import Window
 from jaxinit_server.grpc.interceptors import Malformed
 from jaxinit_server.grpc.messages import (
@@ -24,7 +23,8 @@ from jaxinit_server.grpc.messages import (
     params_from_proto,
     value_from_proto,
 )
-from jaxinit_server.grpc.status import caller_of, domain_error, echo_request_id, observed, pin_of
+from jaxinit_server.grpc.status import abort, caller_of, domain_error, echo_request_id, observed, pin_of
+from jaxinit_server.pools import Deployment
 from jaxinit_server.telemetry import Call, Telemetry
 
 __all__ = ["SERVICE_NAME", "InitializersServicer", "frames", "params_from_proto", "value_from_proto"]
@@ -55,8 +55,16 @@ async def frames(
 
 
 class InitializersServicer(pb_grpc.InitializersServicer):  # type: ignore[misc]
-    def __init__(self, service: Service, telemetry: Telemetry, keyring: KeyRing | None = None) -> None:
+    def __init__(
+        self,
+        service: Service,
+        telemetry: Telemetry,
+        keyring: KeyRing | None = None,
+        *,
+        deployment: Deployment | None = None,
+    ) -> None:
         self._service = service
+        self._deployment = deployment or Deployment(service.identity.jax_version)
         self._telemetry = telemetry
         self._keyring = keyring
         self._chunk = service.limits.chunk_bytes
@@ -197,5 +205,9 @@ class InitializersServicer(pb_grpc.InitializersServicer):  # type: ignore[misc]
     async def ListVersions(
         self, request: pb.ListVersionsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListVersionsResponse:
-        served = served_versions(self._service.describe())
+        try:
+            served = await self._deployment.versions(self._service.describe(), request.scope)
+        except InvalidArgument as exc:
+            await abort(context, exc)
+            raise  # (abort raised already)
         return pb.ListVersionsResponse(versions=[pb.ServedVersion(**v) for v in served["versions"]])

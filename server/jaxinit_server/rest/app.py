@@ -8,6 +8,7 @@ from fastapi_offline import FastAPIOffline
 
 from jaxinit_server.auth import KeyRing
 from jaxinit_server.core import Service
+from jaxinit_server.pools import Deployment
 from jaxinit_server.rest.deps import OffLoopJSONRoute
 from jaxinit_server.rest.errors import install_error_handlers
 from jaxinit_server.rest.middleware import BearerAuth, BodyLimit, ReplicaHeader
@@ -25,6 +26,7 @@ def create_app(
     telemetry: Telemetry | None = None,
     keyring: KeyRing | None = None,
     max_body_bytes: int = 16 * 2**20,
+    deployment: Deployment | None = None,
 ) -> FastAPI:
     """The REST gateway over ``service``.
 
@@ -32,6 +34,7 @@ def create_app(
         telemetry: records requests (``/metrics``); a fresh one by default.
         keyring: when it has keys, a bearer token is needed on all but health.
         max_body_bytes: a larger request body is a 413 before it is read.
+        deployment: the pools ``/v1/versions`` lists (default: this server alone).
     """
     # /docs (Swagger UI) and /redoc from assets installed with the server (fastapi-offline
     # vendors them), not a public CDN: they work in an air-gapped cluster.
@@ -47,6 +50,7 @@ def create_app(
     app.state.service = service
     app.state.telemetry = telemetry = telemetry or Telemetry()
     app.state.keyring = keyring
+    app.state.deployment = deployment or Deployment(service.identity.jax_version)
     if keyring is not None and keyring.enabled:
         app.add_middleware(BearerAuth, keyring=keyring)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)

@@ -3,14 +3,14 @@ the JAX versions it serves, and the JSON Schemas of model descriptions and plans
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from jaxinit.protocol import schemas
-from jaxinit_server.core.provenance import served_versions
+from jaxinit_server.pools import Deployment
 from jaxinit_server.rest.deps import OffLoopJSONRoute, ServiceDep
 
 __all__ = ["router"]
@@ -24,8 +24,16 @@ async def list_initializers(service: ServiceDep) -> dict[str, Any]:
 
 
 @router.get("/v1/versions", summary="What the server serves: JAX and jaxlib versions, backend, key impls, dtypes")
-async def list_versions(service: ServiceDep) -> dict[str, Any]:
-    return served_versions(service.describe())
+async def list_versions(
+    service: ServiceDep,
+    request: Request,
+    scope: Annotated[
+        Literal["deployment", "server"],
+        Query(description="deployment: every pool of the deployment; server: this server only"),
+    ] = "deployment",
+) -> dict[str, Any]:
+    deployment: Deployment = request.app.state.deployment
+    return await deployment.versions(service.describe(), scope)
 
 
 @router.get(
