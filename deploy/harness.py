@@ -30,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +52,7 @@ __all__ = [
     "Topology",
     "find_nginx",
     "free_port",
+    "pool_args",
     "render_lb_config",
     "replica_version",
     "running_topology",
@@ -229,6 +230,14 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], timeout: float) -> No
         time.sleep(0.1)
 
 
+def pool_args(versions: Iterable[str], balancer: str) -> tuple[str, ...]:
+    """The flags that tell every server the deployment's pools (``versions`` and the default
+    pool, which the balancer sends unpinned requests to even when it is not running), each
+    reached through the balancer at ``balancer``, as docker-compose.yml's JAXINIT_POOLS does."""
+    listed = sorted({*versions, DEFAULT}, key=lambda v: tuple(int(p) for p in v.split(".")), reverse=True)
+    return "--pools", ",".join(f"{v}={balancer}" for v in listed), "--default-pool", DEFAULT
+
+
 @contextlib.contextmanager
 def running_topology(
     *,
@@ -238,8 +247,9 @@ def running_topology(
     versions: Sequence[str] | None = None,
 ) -> Iterator[Topology]:
     """The replicas the balancer's configuration names for the pools of ``versions`` (None:
-    the default pool only), and nginx in front, on loopback. A version's venv is built
-    first if it is missing (minutes)."""
+    the default pool only), and nginx in front, on loopback. Every server is told the
+    pools (:func:`pool_args`), so /v1/versions through the balancer lists them all. A
+    version's venv is built first if it is missing (minutes)."""
     nginx = find_nginx()
     if nginx is None:
         raise FileNotFoundError("nginx is not installed (Debian: apt-get install nginx-light or nginx)")
@@ -252,8 +262,10 @@ def running_topology(
             (workdir / sub).mkdir(parents=True, exist_ok=True)
         wanted = {DEFAULT} if versions is None else set(versions)
         pythons = {version: python_for(version) for version in sorted(wanted)}
+        listen = free_port(), free_port()
+        args = (*pool_args(wanted, f"http://127.0.0.1:{listen[1]}"), *server_args)
         replicas = [
-            Replica(name, free_port(), free_port(), server_args, python=pythons[replica_version(name)])
+            Replica(name, free_port(), free_port(), args, python=pythons[replica_version(name)])
             for name in names
             if replica_version(name) in wanted
         ]
@@ -261,7 +273,7 @@ def running_topology(
             raise ValueError(f"the balancer's configuration has no pool for JAX {sorted(missing)}")
         # The pools not started: a closed port each (nothing listens on a port freed here).
         absent = {name: (free_port(), free_port()) for name in names if replica_version(name) not in wanted}
-        topology = Topology(replicas, free_port(), free_port(), workdir)
+        topology = Topology(replicas, *listen, workdir)
         topology.lb_config.write_text(
             render_lb_config(
                 config,

@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jaxinit_server.core.request import Limits
 from jaxinit_server.logs import LogFormat
-from jaxinit_server.pools import Pool, parse_pools
+from jaxinit_server.pools import Deployment, Pool, parse_pools
 
 __all__ = ["Settings"]
 
@@ -162,6 +162,14 @@ class Settings(BaseSettings):
     def _pools_parse(cls, value: str | None) -> str | None:
         parse_pools(value)
         return value
+
+    @model_validator(mode="after")
+    def _default_pool_known(self) -> Settings:
+        if self.default_pool is not None:
+            import jax  # (loaded already: the core's request module uses it)
+
+            Deployment(jax.__version__, self.pool_list(), default_pool=self.default_pool)
+        return self
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Settings:

@@ -141,3 +141,17 @@ def test_a_default_pool_the_deployment_lacks_and_an_unknown_scope_are_refused() 
     assert Deployment(HERE, parse_pools("0.4.38=http://old"), default_pool="0.10").default_pool == "0.10"
     with pytest.raises(InvalidArgument, match="scope"):
         listed(Deployment(HERE), "everything")
+
+
+def test_the_settings_refuse_bad_pools_and_a_default_pool_the_deployment_lacks() -> None:
+    import jax
+    from pydantic import ValidationError
+
+    from jaxinit_server.settings import Settings
+
+    with pytest.raises(ValidationError, match="is not VERSION=URL"):
+        Settings(pools="0.8.3=pool:8000")
+    with pytest.raises(ValidationError, match="--default-pool 0.9"):
+        Settings(pools="0.8.3=http://pool:8000", default_pool="0.9")
+    ok = Settings(pools="0.8.3=http://pool:8000", default_pool=jax.__version__, api_keys="a,b")
+    assert ok.pool_list() == (Pool("0.8.3", "http://pool:8000"),) and ok.api_token() == "a"
