@@ -30,7 +30,7 @@ from jaxinit_server.auth import KeyRing
 from jaxinit_server.core import Service
 from jaxinit_server.grpc.server import create_grpc_server, set_serving
 from jaxinit_server.logs import formatter
-from jaxinit_server.main import _bind_http, _HttpServer, build_service, parse_settings
+from jaxinit_server.main import _bind_http, _HttpServer, build_deployment, build_service, parse_settings
 from jaxinit_server.rest.app import create_app
 from jaxinit_server.settings import Settings
 from jaxinit_server.telemetry import Telemetry
@@ -119,6 +119,7 @@ def in_process_server(*args: str, settings: Settings | None = None) -> Iterator[
         telemetry = Telemetry(log_requests=settings.request_log, replica=settings.replica)
         keyring = KeyRing((settings.api_keys or "").split(","), settings.api_keys_file)
         tls = settings.tls()
+        deployment = build_deployment(settings, service)
         grpc_server, grpc_port, health = create_grpc_server(
             service,
             settings.host,
@@ -127,11 +128,18 @@ def in_process_server(*args: str, settings: Settings | None = None) -> Iterator[
             keyring=keyring,
             tls=tls,
             max_message_bytes=settings.max_body_bytes,
+            deployment=deployment,
         )
         sock = _bind_http(settings.host, settings.http_port)
         http = _HttpServer(
             uvicorn.Config(
-                create_app(service, telemetry=telemetry, keyring=keyring, max_body_bytes=settings.max_body_bytes),
+                create_app(
+                    service,
+                    telemetry=telemetry,
+                    keyring=keyring,
+                    max_body_bytes=settings.max_body_bytes,
+                    deployment=deployment,
+                ),
                 log_level="warning",
                 access_log=False,
                 timeout_graceful_shutdown=max(1, math.ceil(settings.grace_seconds)),

@@ -90,6 +90,16 @@ def build_service(settings: Settings) -> Service:
     )
 
 
+def build_deployment(settings: Settings, service: Service) -> Deployment:
+    """The pools ``/v1/versions`` and ListVersions list (``--pools``; none: this server)."""
+    return Deployment(
+        service.identity.jax_version,
+        settings.pool_list(),
+        default_pool=settings.default_pool,
+        token=settings.api_token(),
+    )
+
+
 def _bind_http(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto must say TCP: asyncio sets TCP_NODELAY on accepted connections only then.
@@ -115,12 +125,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     telemetry = Telemetry(log_requests=settings.request_log, replica=settings.replica)
     keyring = KeyRing((settings.api_keys or "").split(","), settings.api_keys_file)
     tls = settings.tls()
-    deployment = Deployment(
-        service.identity.jax_version,
-        settings.pool_list(),
-        default_pool=settings.default_pool,
-        token=settings.api_token(),
-    )
+    deployment = build_deployment(settings, service)
     grpc_server, grpc_port, health = create_grpc_server(
         service,
         settings.host,

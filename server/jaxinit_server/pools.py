@@ -7,9 +7,9 @@ list for every server of the deployment; the entry of its own version is itself)
 one takes unpinned requests (``--default-pool VERSION``). A pool is asked
 ``GET URL/v1/versions?scope=server`` (only that server: pools never ask each other back),
 with its version in ``x-jaxinit-jax-version``, so ``URL`` may be the pool's own address or
-the balancer's. Answers are kept for a few seconds; a pool that does not answer, or answers
-as another version, is listed as ``{"jax_version": V, "reachable": false, "default": ...}``
-rather than failing the call.
+the balancer's. Answers are kept for a few seconds (callers at once share one ask); a pool
+that does not answer, or answers as another version, is listed as
+``{"jax_version": V, "reachable": false, "default": ...}`` rather than failing the call.
 """
 
 from __future__ import annotations
@@ -111,6 +111,8 @@ class Deployment:
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._mounts = dict(mounts or {})
         self._kept: dict[Pool, tuple[float, list[dict[str, Any]]]] = {}
+        # An ask in flight, which concurrent callers share (one request per pool at a time).
+        self._asking: dict[Pool, asyncio.Task[list[dict[str, Any]]]] = {}
 
     def own(self, described: Mapping[str, Any]) -> dict[str, Any]:
         """This server's entry, from :meth:`Service.describe`."""
@@ -146,9 +148,12 @@ class Deployment:
         kept = self._kept.get(pool)
         if kept is not None and kept[0] > now:
             return kept[1]
-        entries = await self._ask(pool)
-        self._kept[pool] = (self._clock() + self._ttl, entries)
-        return entries
+        task = self._asking.get(pool)
+        if task is None:
+            task = self._asking[pool] = asyncio.ensure_future(self._ask(pool))
+            task.add_done_callback(lambda _: self._asking.pop(pool, None))
+        # Shielded: a caller that goes away does not cancel the others' answer.
+        return await asyncio.shield(task)
 
     async def _ask(self, pool: Pool) -> list[dict[str, Any]]:
         """``pool``'s own entries, its default as this deployment says; one unreachable
@@ -171,8 +176,11 @@ class Deployment:
         except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
             why = str(exc) or type(exc).__name__
             log.warning("pool JAX %s at %s is listed as unreachable: %s", pool.version, pool.url, why)
-            return [{"jax_version": pool.version, "reachable": False, "default": default}]
-        return [{**entry, "default": default, "reachable": True} for entry in entries]
+            listed = [{"jax_version": pool.version, "reachable": False, "default": default}]
+        else:
+            listed = [{**entry, "default": default, "reachable": True} for entry in entries]
+        self._kept[pool] = (self._clock() + self._ttl, listed)
+        return listed
 
 
 def _versions(pools: Sequence[Pool]) -> str:

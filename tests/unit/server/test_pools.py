@@ -155,3 +155,14 @@ def test_the_settings_refuse_bad_pools_and_a_default_pool_the_deployment_lacks()
         Settings(pools="0.8.3=http://pool:8000", default_pool="0.9")
     ok = Settings(pools="0.8.3=http://pool:8000", default_pool=jax.__version__, api_keys="a,b")
     assert ok.pool_list() == (Pool("0.8.3", "http://pool:8000"),) and ok.api_token() == "a"
+
+
+def test_callers_at_once_share_one_ask() -> None:
+    asked: list[Any] = []
+    deployment = Deployment(HERE, parse_pools("0.4.38=http://old:8000"), mounts={"http://old:8000": old_pool(asked)})
+
+    async def many() -> list[dict[str, Any]]:
+        return await asyncio.gather(*(deployment.versions(DESCRIBED) for _ in range(8)))
+
+    answers = asyncio.run(many())
+    assert len(asked) == 1 and all(a == answers[0] for a in answers)
