@@ -259,7 +259,6 @@ VALID: list[Any] = [
     m.raw({"path": "enc.kernel", "initializer": "lecun_normal", "shape": [4, 4], "dtype": "float64"}),
     {"type": "Dense", "in_features": 2, "features": 2, "kernel_init": {"initializer": "normal", "args": None}},
     {"type": "Dense", "in_features": 2, "features": 2, "name": 7},  # the root's name is not checked
-    {"type": "Module", "children": [DENSE], "class": 3},
     {"type": "Module", "children": [{"type": "Param", "name": "p", "shape": [], "initializer": "zeros", "args": []}]},
     {"type": "Einsum", "kernel_shape": 3, "einsum_str": None, "bias_shape": None, "use_bias": None},
     {"type": "LoRALinear", "in_features": 2, "features": 2, "lora_rank": 1, "lora_param_dtype": 0},
@@ -294,6 +293,8 @@ INVALID: list[tuple[Any, str]] = [
     ({"rng_streams": [], "type": "Module", "children": []}, "model.rng_streams"),
     ([DENSE], "model"),
     ({**DENSE, "param_dtype": {"type": "Dense"}}, "model.param_dtype"),  # numpy's dtype(dict) raised ValueError
+    ({"type": "Module", "children": [DENSE], "class": 3}, "model.class"),
+    ({"type": ["Dense"], "in_features": 2, "features": 2}, "model.type"),  # (a list was a TypeError: a 500)
 ]
 
 

@@ -164,7 +164,9 @@ def _sequential(r: Reader, c: _Context, out: Node) -> None:
 
 def _module(r: Reader, c: _Context, out: Node) -> None:
     # Children in creation order; unnamed ones auto-named as linen does.
-    r.used.add("class")
+    cls = r.get("class")
+    if cls is not None and not isinstance(cls, str):
+        raise InvalidArgument(f"{c.where}: 'class' must be a string (the module's class name), got {quote(cls)}")
     counts: dict[str, int] = {}
     for i, child in enumerate(r.modules("children")):
         sub = f"{c.where}.children[{i}]"
@@ -226,6 +228,8 @@ def _kind(node: Mapping[str, Any], where: str, mode: str, parent: str) -> str:
             f"{where}: a module needs a 'type' (one of {', '.join(MODULE_TYPES)}), or a description in the raw "
             f"form a 'params' list; got the field(s) {quote(names(node)[:20])}"
         )
+    if not isinstance(kind, str):
+        raise InvalidArgument(f"{where}: 'type' must be a string (one of {', '.join(MODULE_TYPES)}), got {quote(kind)}")
     if kind not in _PARSERS:
         hint = did_you_mean(kind, MODULE_TYPES)
         raise InvalidArgument(f"{where}: unknown module type {quote(kind)};{hint} known: {', '.join(MODULE_TYPES)}")
