@@ -15,6 +15,7 @@ from typing import Any
 
 __all__ = [
     "ERROR_TABLE",
+    "HTTP_STATUSES",
     "ErrorMapping",
     "IntegrityError",
     "InternalError",
@@ -174,6 +175,8 @@ ERROR_TABLE: dict[type[JaxinitError], ErrorMapping] = {
     IntegrityError: ErrorMapping(502, "DATA_LOSS"),
 }
 
+# Every HTTP status a domain error may be answered with: what an API description documents.
+HTTP_STATUSES: tuple[int, ...] = tuple(sorted({m.http_status for m in ERROR_TABLE.values()}))
 _BY_NAME: dict[str, type[JaxinitError]] = {cls.__name__: cls for cls in ERROR_TABLE}
 # When only a status is known (a proxy answered, or an older server), the most
 # general class for that status.

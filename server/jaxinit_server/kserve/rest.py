@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
-from jaxinit.protocol.errors import InternalError, InvalidArgument, JaxinitError
+from jaxinit.protocol.errors import HTTP_STATUSES, InternalError, InvalidArgument, JaxinitError
 from jaxinit.protocol.values import check_flag
 from jaxinit.protocol.wire import OCTET
 from jaxinit_server import jsonio
@@ -285,7 +285,7 @@ class V2ModelReady(BaseModel):
 
 # Documented per route: the protocol's error shape replaces jaxinit's on /v2.
 V2_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": V2Error} for code in (400, 401, 404, 406, 413, 429, 500, 503)
+    code: {"model": V2Error} for code in HTTP_STATUSES
 }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from jaxinit.protocol.errors import HTTP_STATUSES
 from jaxinit_server.auth import KeyRing
 from jaxinit_server.core import Service
 from jaxinit_server.pools import Deployment
@@ -43,7 +44,7 @@ def create_app(
         version=service.identity.jaxinit_version,
         description="JAX initializers, bit-identical to the server's JAX. Tensors are raw "
         "little-endian bytes (application/octet-stream), .npy files or JSON.",
-        responses={code: {"model": ErrorResponse} for code in (400, 401, 404, 406, 413, 429, 500, 503)},
+        responses={code: {"model": ErrorResponse} for code in HTTP_STATUSES},  # the one error table's
         swagger_ui_parameters={"validatorUrl": None},  # its badge would ask validator.swagger.io
     )
     app.router.route_class = OffLoopJSONRoute
