@@ -106,3 +106,23 @@ def local_jax(
             return np.asarray(out)
     except Exception as exc:  # the server must refuse the same requests
         return exc
+
+
+# What a model file the client writes carries besides the server's own metadata: its request
+# and the digest of each tensor, for ``jaxinit verify``.
+REFETCH_KEYS = ("model_request", "digests")
+
+
+def assert_same_model_file(client_file: bytes, server_file: bytes) -> None:
+    """A client-written model file holds the server-written one's tensors (same names, order,
+    dtypes and bytes) and metadata, plus what verify needs, nothing else."""
+    from jaxinit.protocol import safetensors
+
+    got, got_meta = safetensors.loads(client_file)
+    want, want_meta = safetensors.loads(server_file)
+    assert list(got) == list(want)
+    for name, array in want.items():
+        assert got[name].dtype == array.dtype and got[name].shape == array.shape, name
+        assert got[name].tobytes() == array.tobytes(), name
+    assert {k: v for k, v in got_meta.items() if k not in REFETCH_KEYS} == want_meta
+    assert set(got_meta) - set(want_meta) == set(REFETCH_KEYS)
