@@ -218,7 +218,7 @@ def run(service: Service, report: Report) -> None:
             Ask("glorot_normal", stacked, (3, 6, 5), threefry_partitionable=mode),
             Ask("normal", 8, (64, 64), args={"stddev": 0.01}, threefry_partitionable=mode, jit=True),
         ]
-        routes = [engine.route(service.prepare(a.params())) for a in asks[:2]]
+        routes = [service.prepare(a.params()).cost.route for a in asks[:2]]  # decided once, in the plan
         if routes != [engine.CHUNKED, engine.CHUNKED]:
             report.failures.append(f"partitionable={mode}: the chunked route was not taken ({routes})")
         whole, part, stack, jitted = make_all(service, asks)
@@ -236,7 +236,7 @@ def run(service: Service, report: Report) -> None:
         report.check(f"normal jit partitionable={mode}", jitted, want_jit)
 
     # Defaults: an unset mode is the installed JAX's (off before 0.5.0, on from it).
-    resolved = service.prepare(GenerateParams("normal", (2,), key=Key(seed=0)))
+    resolved = service.prepare(GenerateParams("normal", (2,), key=Key(seed=0))).resolved
     report.cases += 1
     if resolved.threefry_partitionable is not bool(jax.config.jax_threefry_partitionable):
         report.failures.append("an unset threefry_partitionable is not this JAX's default")
