@@ -284,9 +284,7 @@ class V2ModelReady(BaseModel):
 
 
 # Documented per route: the protocol's error shape replaces jaxinit's on /v2.
-V2_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": V2Error} for code in HTTP_STATUSES
-}
+V2_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": V2Error} for code in HTTP_STATUSES}
 
 
 def _generator(chunks: AsyncIterator[tuple[int, memoryview]]) -> AsyncGenerator[tuple[int, memoryview], None]:
