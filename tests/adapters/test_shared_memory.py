@@ -18,6 +18,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -274,7 +275,9 @@ def test_unclaimed_regions_expire_and_a_full_budget_sends_the_stream(tmp_path: p
     """A caller that asks and never claims: its region is closed after the lease. While
     unclaimed regions hold --shared-memory-bytes, answers (a cache hit too) come in the
     stream, exact, never an error."""
-    service = _make(tmp_path, shared_memory_lease=1.0, shared_memory_bytes=5 * 2**20)
+    # A lease no run outlasts: the regions expire when the test says (a sweep a lease later),
+    # not when a loaded machine happens to be slow.
+    service = _make(tmp_path, shared_memory_lease=600.0, shared_memory_bytes=5 * 2**20)
     assert service.regions is not None
     regions = service.regions
     token = regions.token
@@ -289,9 +292,8 @@ def test_unclaimed_regions_expire_and_a_full_budget_sends_the_stream(tmp_path: p
                 other = await client.generate("normal", 5, BIG)
             assert not hit.shared_memory and hit.cache == "hit" and hit.array.tobytes() == expected("normal", 4, BIG)
             assert not other.shared_memory and other.array.tobytes() == expected("normal", 5, BIG)
-        while regions.state()["unclaimed"]:  # the lease runs out (the sweeper closes them)
-            await asyncio.sleep(0.05)
-        assert regions.state()["expired"] == 2
+        regions.sweep(now=time.monotonic() + regions.lease_seconds + 1)  # the lease has run out
+        assert regions.state()["unclaimed"] == 0 and regions.state()["expired"] == 2
         async with clients(grpc_url, transport)[0] as client:
             again = await client.generate("normal", 5, BIG)
         assert again.shared_memory and again.array.tobytes() == expected("normal", 5, BIG)

@@ -187,9 +187,9 @@ class Regions:
             self.unclaimed_bytes -= claim.nbytes
         return claim
 
-    def sweep(self) -> None:
-        """Close regions past their lease."""
-        now = time.monotonic()
+    def sweep(self, now: float | None = None) -> None:
+        """Close regions past their lease (at ``now`` on the monotonic clock: by default, now)."""
+        now = time.monotonic() if now is None else now
         for name, claim in list(self._claims.items()):
             if now > claim.deadline:
                 self._take(name)
