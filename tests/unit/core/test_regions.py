@@ -10,6 +10,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -75,15 +76,16 @@ def test_a_region_is_claimed_once_sealed_and_a_wrong_token_gets_nothing(tmp_path
 
 
 def test_the_budget_and_the_lease(tmp_path: pathlib.Path) -> None:
-    regions = Regions(str(tmp_path), lease_seconds=0.05, max_bytes=10_000)
+    regions = Regions(str(tmp_path), lease_seconds=60, max_bytes=10_000)
     try:
         first = regions.offer(_sealed(b"x" * 6000), 6000)
         assert first is not None
         assert not regions.room(6000)  # past the budget: the caller streams instead
         assert regions.offer(_sealed(b"y" * 6000), 6000) is None
         assert regions.state()["streamed_for_room"] == 2
-        while regions.state()["unclaimed"]:
-            regions.sweep()  # the lease runs out
+        regions.sweep()  # within the lease: nothing closed
+        assert regions.state()["unclaimed"] == 1
+        regions.sweep(now=time.monotonic() + 61)  # the lease has run out
         assert regions.state()["expired"] == 1 and regions.room(6000)
     finally:
         regions.close()
