@@ -49,6 +49,15 @@ JIT = Field(
     "(a model: else its plan's own jit)",
 )
 
+# The version pins, as every request body spells them.
+JAX_VERSION = Field(
+    None,
+    description="answered only by this JAX version (exact, or a prefix on a dot boundary: 0.10 takes 0.10.2); "
+    "else 412. The x-jaxinit-jax-version header pins too (a pooled deployment routes on it)",
+    examples=["0.10.2"],
+)
+BACKEND = Field(None, description="answered only on this JAX backend (cpu, gpu, tpu); else 412")
+
 
 class GenerateBody(BaseModel):
     """The same fields as the gRPC GenerateRequest."""
@@ -67,13 +76,8 @@ class GenerateBody(BaseModel):
     request_id: str = ""
     offset: StrictInt | None = Field(None, description="first flat element of a range (default 0)")
     count: StrictInt | None = Field(None, description="flat elements in the range (default: to the end)")
-    jax_version: str | None = Field(
-        None,
-        description="answered only by this JAX version (exact, or a prefix on a dot boundary: 0.10 takes 0.10.2); "
-        "else 412. The x-jaxinit-jax-version header pins too (a pooled deployment routes on it)",
-        examples=["0.10.2"],
-    )
-    backend: str | None = Field(None, description="answered only on this JAX backend (cpu, gpu, tpu); else 412")
+    jax_version: str | None = JAX_VERSION
+    backend: str | None = BACKEND
 
     def params(self, pin: str | None = None) -> GenerateParams:
         """The core's request; ``pin``: the x-jaxinit-jax-version header, if sent."""
@@ -125,13 +129,8 @@ class ModelBody(BaseModel):
     fix_rng_separator: StrictBool = Field(False, description="linen: as flax_fix_rng_separator")
     param_dtype: str = Field("float32", description="default param_dtype of every module")
     prng: PrngBody | None = None
-    jax_version: str | None = Field(
-        None,
-        description="answered only by this JAX version (exact, or a prefix on a dot boundary: 0.10 takes 0.10.2); "
-        "else 412. The x-jaxinit-jax-version header pins too (a pooled deployment routes on it)",
-        examples=["0.10.2"],
-    )
-    backend: str | None = Field(None, description="answered only on this JAX backend (cpu, gpu, tpu); else 412")
+    jax_version: str | None = JAX_VERSION
+    backend: str | None = BACKEND
     jit: StrictBool | None = JIT
 
     def params(self, pin: str | None = None) -> InitModelParams:
