@@ -27,7 +27,7 @@ import uvicorn
 
 from jaxinit.v1 import jaxinit_pb2_grpc as pb_grpc
 from jaxinit_server.auth import KeyRing
-from jaxinit_server.core import Service
+from jaxinit_server.core import Limits, Service
 from jaxinit_server.grpc.server import create_grpc_server, set_serving
 from jaxinit_server.logs import formatter
 from jaxinit_server.main import _bind_http, _HttpServer, build_deployment, build_service, parse_settings
@@ -81,6 +81,18 @@ class InProcessServer:
     def state(self) -> dict[str, Any]:
         """The service's state, as ``/readyz`` reports it."""
         return self.service.state()
+
+
+@contextlib.contextmanager
+def ready_service(limits: Limits) -> Iterator[Service]:
+    """A Service under ``limits``, ready (no warm-up), closed when done: what an adapter
+    test serves in process."""
+    service = Service(limits)
+    service.ready = True
+    try:
+        yield service
+    finally:
+        service.close()
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120) -> None:

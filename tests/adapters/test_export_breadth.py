@@ -23,6 +23,7 @@ import pytest
 from flax import linen as nn
 from flax import nnx
 from flax.traverse_util import flatten_dict
+from in_process import ready_service
 
 import jaxinit
 import jaxinit.flax
@@ -190,12 +191,8 @@ def _same(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
 
 @pytest.fixture(scope="module")
 def service() -> Iterator[Service]:
-    service = Service(Limits(max_tensor_bytes=2**26))
-    service.ready = True
-    try:
+    with ready_service(Limits(max_tensor_bytes=2**26)) as service:
         yield service
-    finally:
-        service.close()
 
 
 @pytest.fixture(scope="module")

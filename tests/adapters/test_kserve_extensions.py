@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import grpc
 import httpx
 import pytest
+from in_process import ready_service
 
 import jaxinit
 from jaxinit_server.core import Limits, Service
@@ -27,12 +28,8 @@ T = TypeVar("T")
 
 @pytest.fixture(scope="module")
 def service() -> Iterator[Service]:
-    service = Service(Limits(max_tensor_bytes=2**26))
-    service.ready = True
-    try:
+    with ready_service(Limits(max_tensor_bytes=2**26)) as service:
         yield service
-    finally:
-        service.close()
 
 
 def rest(app: Any, work: Callable[[httpx.AsyncClient], Awaitable[T]]) -> T:

@@ -13,6 +13,7 @@ import grpc
 import httpx
 import jax
 import pytest
+from in_process import ready_service
 
 import jaxinit
 from jaxinit.v1 import jaxinit_pb2 as pb
@@ -28,12 +29,8 @@ HERE = jax.__version__
 
 @pytest.fixture(scope="module")
 def service() -> Iterator[Service]:
-    service = Service(Limits(max_tensor_bytes=2**20))
-    service.ready = True
-    try:
+    with ready_service(Limits(max_tensor_bytes=2**20)) as service:
         yield service
-    finally:
-        service.close()
 
 
 def deployment(asked: list[Any]) -> Deployment:

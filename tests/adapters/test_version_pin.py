@@ -15,6 +15,7 @@ import httpx
 import jax
 import numpy as np
 import pytest
+from in_process import ready_service
 
 import jaxinit
 from jaxinit.protocol import wire
@@ -35,12 +36,8 @@ BACKEND = jax.default_backend()
 
 @pytest.fixture(scope="module")
 def service() -> Iterator[Service]:
-    service = Service(Limits(max_tensor_bytes=2**26))
-    service.ready = True
-    try:
+    with ready_service(Limits(max_tensor_bytes=2**26)) as service:
         yield service
-    finally:
-        service.close()
 
 
 def lecun(seed: int, shape: tuple[int, ...]) -> np.ndarray:
