@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import pathlib
+import threading
 from typing import Any
 
 import numpy as np
@@ -152,13 +153,14 @@ def test_the_index_is_read_once_and_trims_without_scanning(tmp_path: pathlib.Pat
     cache = DiskCache(str(tmp_path), 5000 * 18 + 100_000, "x")
     try:
         assert cache.loaded.wait(60) and cache.state()["entries"] == 5000
+        written = threading.Semaphore(0)
         for i in range(20):
             stored = Stored(16_384, np.dtype(np.float32), sealed=False)
             stored.write(np.full(16_384, i, np.float32))
             stored.finish()
-            assert cache.write(f"new{i}", stored, {"key_data": [0, i]}, lambda: None)
-        while cache.state()["queued_bytes"]:
-            pass
+            assert cache.write(f"new{i}", stored, {"key_data": [0, i]}, written.release)
+        for _ in range(20):  # each one's done() is called once the writer has finished with it
+            assert written.acquire(timeout=60)
         assert len(scans) == 1  # the one read at start
         assert cache.state()["bytes"] <= cache.max_bytes and cache.contains("new19")
         assert not cache.contains(f"{0:064x}")  # the oldest went first
