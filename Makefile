@@ -56,9 +56,13 @@ serve: setup-serve
 # The default tiers (unit, core, adapters, integration; docs/testing.md). The session
 # fails if its tests start more than MAX_SERVER_PROCESSES server processes (empty: no
 # limit), so the loop stays fast.
+# The tests run in TEST_PROCESSES pytest-xdist processes, each test file whole in one of
+# them (so that a file's server starts once); TEST_PROCESSES=0 runs them in this one.
 MAX_SERVER_PROCESSES ?= 10
+TEST_PROCESSES ?= 3
 test: setup system-tools
-	JAXINIT_MAX_SERVER_PROCESSES=$(MAX_SERVER_PROCESSES) $(PY) -m pytest -m "not release" $(PYTEST_ARGS)
+	JAXINIT_MAX_SERVER_PROCESSES=$(MAX_SERVER_PROCESSES) $(PY) -m pytest -m "not release" \
+	  -n $(TEST_PROCESSES) --dist loadfile $(PYTEST_ARGS)
 
 # The release tier: wheels, venvs, npm/buf/Node, deployment topologies and drills, the
 # benchmark, memory bounds, multi-GiB tensors, mass abandonment, full fuzzing.

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -28,7 +30,14 @@ os.environ.setdefault("JAXINIT_COMPILATION_CACHE_DIR", str(ROOT / ".cache" / "ja
 os.environ.setdefault("JAXINIT_WARM_UP", "false")
 
 # Counted: each starts JAX (seconds), so the default tiers start few (docs/testing.md).
-SERVER_PROCESSES: list[str] = []
+# make test runs the tests in several pytest-xdist processes: each appends the servers it
+# starts to one file, which the controlling process (or the only one) reads at the end.
+_SERVER_LOG = "JAXINIT_TESTS_SERVER_LOG"
+_CONTROLLER = "PYTEST_XDIST_WORKER" not in os.environ
+if _CONTROLLER:
+    _fd, _path = tempfile.mkstemp(prefix="jaxinit-test-servers-", suffix=".log")
+    os.close(_fd)
+    os.environ[_SERVER_LOG] = _path  # (inherited by the xdist workers, started after this)
 _popen_init = subprocess.Popen.__init__
 
 
@@ -36,29 +45,46 @@ def _counting_init(self: subprocess.Popen[Any], args: Any, *rest: Any, **kwargs:
     words = [str(a) for a in args] if isinstance(args, (list, tuple)) else [str(args)]
     if "jaxinit_server.main" in words or any(w.endswith("jaxinit-server") for w in words):
         test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
-        SERVER_PROCESSES.append(test)
+        with open(os.environ[_SERVER_LOG], "a") as log:  # one short line: appends do not interleave
+            log.write(test + "\n")
     _popen_init(self, args, *rest, **kwargs)
 
 
 subprocess.Popen.__init__ = _counting_init  # type: ignore[method-assign]
 
 
+def _servers_started() -> list[str]:
+    with contextlib.suppress(OSError), open(os.environ[_SERVER_LOG]) as log:
+        return log.read().splitlines()
+    return []
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    reporter = terminalreporter
-    reporter.write_sep("-", f"jaxinit-server processes started by the tests: {len(SERVER_PROCESSES)}")
-    for test in SERVER_PROCESSES:
+    if not _CONTROLLER:
+        return
+    reporter, started = terminalreporter, _servers_started()
+    reporter.write_sep("-", f"jaxinit-server processes started by the tests: {len(started)}")
+    for test in started:
         reporter.write_line(f"  {test}")
     most = os.environ.get("JAXINIT_MAX_SERVER_PROCESSES")
-    if most and len(SERVER_PROCESSES) > int(most):
+    if most and len(started) > int(most):
         reporter.write_line(
             f"more than JAXINIT_MAX_SERVER_PROCESSES={most}: use an in-process server (tests/in_process.py)"
         )
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not _CONTROLLER:
+        return
     most = os.environ.get("JAXINIT_MAX_SERVER_PROCESSES")
-    if most and len(SERVER_PROCESSES) > int(most) and exitstatus == 0:
+    if most and len(_servers_started()) > int(most) and exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _CONTROLLER:
+        with contextlib.suppress(OSError):
+            os.unlink(os.environ[_SERVER_LOG])
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import pathlib
@@ -40,13 +41,16 @@ def cached_venv(name: str, *installs: list[str], python: str = sys.executable) -
     marker = venv / ".installed"
     recipe = repr((python, installs)).encode() + (ROOT / "pyproject.toml").read_bytes()
     stamp = hashlib.sha256(recipe).hexdigest()
-    if not marker.exists() or marker.read_text() != stamp:
-        env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-        subprocess.run([python, "-m", "venv", "--clear", str(venv)], check=True, timeout=300)
-        for install in installs:
-            command = [str(venv_python), "-m", "pip", "install", "--quiet", *install]
-            subprocess.run(command, check=True, timeout=900, env=env)
-        marker.write_text(stamp)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with open(venv.parent / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another test process may be making it (pytest-xdist)
+        if not marker.exists() or marker.read_text() != stamp:
+            env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+            subprocess.run([python, "-m", "venv", "--clear", str(venv)], check=True, timeout=300)
+            for install in installs:
+                command = [str(venv_python), "-m", "pip", "install", "--quiet", *install]
+                subprocess.run(command, check=True, timeout=900, env=env)
+            marker.write_text(stamp)
     return venv_python
 
 

@@ -3,7 +3,6 @@ the same bytes, bfloat16 and float8 included; a missing gRPC extra says which ex
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pathlib
@@ -16,7 +15,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from helpers import tracked_copy
+from helpers import cached_venv, tracked_copy
 
 # The release tier: virtual environments on old numpy, beside tritonclient.
 pytestmark = pytest.mark.release
@@ -29,24 +28,6 @@ ENVIRONMENTS = {
     "oldest": ["numpy==1.26.4", "protobuf==4.21.12", "grpcio==1.59.3"],
     "newest": ["--upgrade", "numpy", "protobuf", "grpcio"],
 }
-
-
-def cached_venv(name: str, *installs: list[str]) -> pathlib.Path:
-    """``.cache/<name>``, a virtual environment made by ``pip install`` of each of ``installs``
-    in turn, once: rebuilt when the project's dependencies change (the marker holds
-    pyproject's hash). Returns its python."""
-    venv = ROOT / ".cache" / name
-    python = venv / "bin" / "python"
-    marker = venv / ".installed"
-    stamp = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
-    if not marker.exists() or marker.read_text() != stamp:
-        env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, timeout=300)
-        for install in installs:
-            command = [str(python), "-m", "pip", "install", "--quiet", *install]
-            subprocess.run(command, check=True, timeout=900, env=env)
-        marker.write_text(stamp)
-    return python
 
 
 @pytest.fixture(scope="session", params=sorted(ENVIRONMENTS))
