@@ -1,142 +1,64 @@
 """The determinism contract, at the core: the bytes the core streams equal local JAX's.
 
-Every initializer x every dtype x both PRNG modes, shapes of rank 0..4 with 0-size ones,
-every key form, derived, stacked and jit keys; requests local JAX refuses must be refused
-with JAX's own message. Driven through ``Service.prepare`` and ``Service.generate`` in
+Every initializer x both PRNG modes, shapes of rank 0..4 with 0-size ones, every argument
+set, every key form, derived, stacked and jit keys (every dtype: test_dtypes_*.py); requests
+local JAX refuses must be refused with JAX's own message. Driven through ``Service.prepare`` and ``Service.generate`` in
 this process (whole-tensor families through the service's worker process, as served);
 that every transport carries these bytes unchanged is tests/adapters/test_parity.py.
 """
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import jax
 import numpy as np
 import pytest
+from exactness_matrix import (
+    ALL_NAMES,
+    ALL_SHAPES,
+    ARGS,
+    DTYPE_GROUPS,
+    MODES,
+    VARIANT_SHAPES,
+    cases,
+    check,
+    reference,
+    run_matrix,
+)
 from in_core import Ask, make, make_all
 
 import jaxinit
-from helpers import local_jax
-from jaxinit.protocol.catalog import CATALOG
-from jaxinit.protocol.codec import DTYPE_NAMES, dtype_name, to_wire_bytes
-from jaxinit.protocol.errors import JaxError
+from jaxinit.protocol.codec import DTYPE_NAMES
 from jaxinit_server.core import Service, engine
 
-ALL_SHAPES = [(), (0,), (7,), (0, 3), (6, 6), (3, 4, 5), (2, 3, 4, 5), (3, 0, 2)]
-VARIANT_SHAPES = [(4, 5), (3, 4, 5)]
-MODES = [True, False]
 
-# Non-default factory arguments worth covering for each entry (defaults are covered too).
-ARGS: dict[str, list[dict[str, Any]]] = {
-    "constant": [{"value": -7}, {"value": 0.1}, {"value": [1.5, -2.0, 3.25]}],
-    "variance_scaling": [
-        {"scale": s, "mode": m, "distribution": d}
-        for s, m, d in [
-            (1.0, "fan_in", "truncated_normal"),
-            (2, "fan_out", "normal"),
-            (0.5, "fan_avg", "uniform"),
-            (3.0, "fan_geo_avg", "uniform"),
-            (1.0, "fan_geo_avg", "truncated_normal"),
-        ]
-    ]
-    + [{"scale": 1.0, "mode": "fan_in", "distribution": "normal", "in_axis": [0, 1], "out_axis": -1, "batch_axis": 2}],
-    "normal": [{}, {"stddev": 0.5}, {"stddev": 2, "dtype": "bfloat16"}],
-    "uniform": [{}, {"scale": 3.0}],
-    "truncated_normal": [{}, {"stddev": 1.0, "lower": -1.0, "upper": 0.5}],
-    "orthogonal": [{}, {"scale": 2.0, "column_axis": 0}],
-    "delta_orthogonal": [{}, {"scale": 0.5}],
-    "glorot_normal": [{}, {"in_axis": -1, "out_axis": -2}],
-    "he_uniform": [{}, {"batch_axis": [0]}],
-}
-
-
-def _cases(
-    names: list[str], shapes: list[tuple[int, ...]], dtypes: list[str | None], variants: bool = False
-) -> list[tuple[Any, ...]]:
-    cases = []
-    for name in names:
-        arg_sets = ARGS.get(name, [{}]) if variants else [_DEFAULT_ARGS.get(name, {})]
-        for args in arg_sets:
-            for shape, dtype, mode in itertools.product(shapes, dtypes, MODES):
-                cases.append((name, args, shape, dtype, mode))
-    return cases
-
-
-# Arguments for entries that have required ones.
-_DEFAULT_ARGS: dict[str, dict[str, Any]] = {
-    "constant": {"value": 0.3},
-    "variance_scaling": {"scale": 1.5, "mode": "fan_avg", "distribution": "truncated_normal"},
-}
-ALL_NAMES = sorted(CATALOG)
-_REFERENCE: dict[str, Any] = {}
-
-
-def _reference(
-    name: str,
-    args: dict[str, Any],
-    key: Any,
-    shape: tuple[int, ...],
-    dtype: str | None,
-    partitionable: bool,
-    x64: bool | None = None,
-) -> Any:
-    cache_key = repr((name, args, key, shape, dtype, partitionable, x64))
-    if cache_key not in _REFERENCE:
-        _REFERENCE[cache_key] = local_jax(name, args, key, shape, dtype, partitionable=partitionable, x64=x64)
-    return _REFERENCE[cache_key]
-
-
-def _check(result: Any, expected: Any, what: str) -> None:
-    if isinstance(expected, Exception):
-        assert isinstance(result, JaxError), f"{what}: local JAX raised {expected!r}, the core gave {result!r}"
-        assert result.message == str(expected), what
-        return
-    assert not isinstance(result, Exception), f"{what}: the core raised {result!r}"
-    assert result.dtype == dtype_name(expected.dtype), what
-    assert result.array.dtype == expected.dtype, what
-    assert result.array.shape == expected.shape, what
-    assert result.data == bytes(to_wire_bytes(expected)), f"{what}: bytes differ"
-
-
-def _run_matrix(service: Service, cases: list[tuple[Any, ...]], key: Any = 42) -> int:
-    asks = [Ask(n, key, s, d, args=a, threefry_partitionable=p) for n, a, s, d, p in cases]
-    results = make_all(service, asks)
-    assert len(results) == len(cases)
-    for (name, args, shape, dtype, partitionable), result in zip(cases, results, strict=True):
-        expected = _reference(name, args, key, shape, dtype, partitionable)
-        _check(result, expected, f"{name}({args}) {shape} {dtype} partitionable={partitionable}")
-    return len(cases)
-
-
-# One test per initializer and dtype (or shape, or argument set), both PRNG modes in each:
-# small tests, so that a failure names its case and none runs long.
-@pytest.mark.parametrize("dtype", [None, *DTYPE_NAMES])
-@pytest.mark.parametrize("name", ALL_NAMES)
-def test_every_dtype(service: Service, name: str, dtype: str | None) -> None:
-    assert _run_matrix(service, _cases([name], [(3, 4, 5)], [dtype]))
+# One test per initializer and shape (or argument set), both PRNG modes in each: small
+# tests, so that a failure names its case and none runs long. Every dtype: test_dtypes_*.py.
+def test_the_dtype_files_cover_every_dtype_once() -> None:
+    groups = [d for group in DTYPE_GROUPS.values() for d in group]
+    assert len(groups) == len(set(groups)) and set(groups) == {None, *DTYPE_NAMES}
 
 
 @pytest.mark.parametrize("shape", ALL_SHAPES, ids=str)
 @pytest.mark.parametrize("name", ALL_NAMES)
 def test_every_shape(service: Service, name: str, shape: tuple[int, ...]) -> None:
     """Ranks 0..4, 0-size shapes included."""
-    assert _run_matrix(service, _cases([name], [shape], ["float32"]), key=-3)
+    assert run_matrix(service, cases([name], [shape], ["float32"]), key=-3)
 
 
 @pytest.mark.parametrize(
     ("name", "args"), [(name, args) for name in sorted(ARGS) for args in ARGS[name]], ids=lambda v: str(v)
 )
 def test_every_argument(service: Service, name: str, args: dict[str, Any]) -> None:
-    cases = [c for c in _cases([name], VARIANT_SHAPES, ["float32", "bfloat16"], variants=True) if c[1] == args]
-    assert _run_matrix(service, cases, key=7)
+    chosen = [c for c in cases([name], VARIANT_SHAPES, ["float32", "bfloat16"], variants=True) if c[1] == args]
+    assert run_matrix(service, chosen, key=7)
 
 
 def test_every_route_is_covered(service: Service) -> None:
     """The matrix reaches each producer: chunked, fill, whole (the worker) and empty."""
     routes = set()
-    for name, args, shape, dtype, mode in _cases(ALL_NAMES, ALL_SHAPES, ["float32"]):
+    for name, args, shape, dtype, mode in cases(ALL_NAMES, ALL_SHAPES, ["float32"]):
         ask = Ask(name, -3, shape, dtype, args=args, threefry_partitionable=mode)
         try:
             routes.add(service.prepare(ask.params()).cost.route)
@@ -169,8 +91,8 @@ def test_every_key_form(service: Service, partitionable: bool, x64: bool, name: 
     """Seeds keep jax.random.key's exact semantics (negative and large ones differ with x64)."""
     asks = [Ask(name, key, (5, 6), threefry_partitionable=partitionable, enable_x64=x64) for key, _ in KEY_FORMS]
     for (_, ref_key), tensor in zip(KEY_FORMS, make_all(service, asks), strict=True):
-        expected = _reference(name, {}, ref_key, (5, 6), None, partitionable, x64)
-        _check(tensor, expected, f"{name} key={ref_key} x64={x64} partitionable={partitionable}")
+        expected = reference(name, {}, ref_key, (5, 6), None, partitionable, x64)
+        check(tensor, expected, f"{name} key={ref_key} x64={x64} partitionable={partitionable}")
         assert not isinstance(tensor, Exception)
         assert tensor.provenance.threefry_partitionable is partitionable
         assert tensor.provenance.enable_x64 is x64
@@ -327,7 +249,7 @@ def test_jax_keys_when_jax_is_installed(service: Service) -> None:
     ]
     for key, got in zip(keys, make_all(service, [Ask("he_normal", k, (8, 3), "float16") for k in keys]), strict=True):
         expected = np.asarray(jax.nn.initializers.he_normal()(key, (8, 3), jax.numpy.float16))
-        _check(got, expected, f"{key}")
+        check(got, expected, f"{key}")
 
 
 def test_provenance_says_what_produced_it(service: Service) -> None:

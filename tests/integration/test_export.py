@@ -114,6 +114,7 @@ def test_exported_flax_examples_are_model_init(url: str, name: str) -> None:
             _same(client.init_model(plan, seed, flat=True), _init(name, seed))
 
 
+@pytest.mark.release  # (25 s cold under load; ResNet-18 and the other examples stay in the default tiers)
 def test_exported_resnet50_is_model_init(server: Any) -> None:
     """Flax's ResNet-50 (bottleneck blocks, 25 M parameters), one seed, over gRPC."""
     model = imagenet_models.ResNet50(num_classes=10)

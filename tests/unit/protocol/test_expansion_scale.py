@@ -61,6 +61,7 @@ def lines_run(fn: Callable[[], object]) -> int:
 # --- (a) large descriptions: right, and linear ---------------------------------------------
 
 
+@pytest.mark.release  # (seconds each; the linear-work checks below stay in the default tiers)
 @pytest.mark.timeout(60)
 def test_raw_form_of_100_000_parameters() -> None:
     small, big = expand(raw(10_000)), expand(raw(100_000))
@@ -76,6 +77,7 @@ def test_raw_form_of_100_000_parameters() -> None:
     assert len(tree) == 100_000 and tree["layer99999"] == {"kernel": 99_999}
 
 
+@pytest.mark.release  # (seconds each; the linear-work checks below stay in the default tiers)
 @pytest.mark.timeout(60)
 def test_raw_form_with_shared_modules_counts_per_module() -> None:
     # 100,000 parameters in 100 modules (of 10 submodules each): the count n in each module
