@@ -202,9 +202,9 @@ class _Walk:
     def param(self, leaf: Leaf, path: tuple[str, ...], module: str, count: int, stacked: _Stacked) -> Param:
         """The parameter ``leaf`` declares, the ``count``-th of its module."""
         layers: tuple[int, ...] = ()
+        module = leaf.module or module  # the raw form's, where it names one
         if leaf.key is not None:  # explicit (the raw form of an exported plan): as written
             key_prefix, fold, jit, stack_at = leaf.key[:-1], leaf.key[-1][1], leaf.jit, leaf.stack_at
-            module = leaf.module or module
         else:
             key_prefix, fold, layers = stacked.prefix, self.fold_in(path[:-1], count), stacked.layers
             jit, stack_at = stacked.jit or leaf.jit, stacked.stack_at

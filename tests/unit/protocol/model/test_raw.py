@@ -196,3 +196,33 @@ def test_dtypes_are_the_forms_then_each_entrys() -> None:
     with pytest.raises(UnknownDtype, match=r"^model\.params\[0\]: param_dtype: unknown dtype 'bf16'"):
         expand({"params": [entry("a", dtype="bf16")]})
     assert [p.dtype for p in expand({"params": [entry("a")]}, param_dtype="float64")] == ["float64"]
+
+
+def test_a_name_is_a_module_or_a_parameter_never_both() -> None:
+    """No Flax tree holds both (nest would drop one): refused in either order."""
+    assert refusal(entry("a.w"), entry("a.w.x")) == "model.params[1]: 'w' is a parameter, not a module"
+    assert refusal(entry("a.w.x"), entry("a.w")) == "model.params[1]: 'w' is a module, not a parameter"
+    assert refusal(entry("a.x"), entry("a")) == "model.params[1]: 'a' is a module, not a parameter"
+
+
+def test_an_entrys_module_is_kept_without_a_key() -> None:
+    scale = entry("bn.scale", "ones", [3], module="BatchNorm", torch=["weight", ""])
+    bias = entry("bn.bias", "zeros", [3], module="BatchNorm", torch=["bias", ""])
+    params = expand({"params": [scale, bias]})
+    assert [p.module for p in params] == ["BatchNorm", "BatchNorm"]
+    keyed = expand({"params": [{**scale, "key": [{"fold_in": 1}]}, {**bias, "key": [{"fold_in": 2}]}]})
+    assert [p.module for p in keyed] == ["BatchNorm", "BatchNorm"]
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("x", "derive must be a list of at most 64 steps, got 'x'"),
+        ([{"fold_in": -1}], "fold_in takes a uint32 (0 <= x < 2**32), got (-1,)"),
+        ([{"spin": 1}, {"fold_in": 1}], 'a derive step is {"fold_in": x}, {"split": [num, index]} or {"stack": num}'),
+    ],
+)
+def test_a_key_that_is_no_key_is_refused_by_entry(key: Any, message: str) -> None:
+    assert refusal(entry("ok", key=[{"fold_in": 0}]), entry("a.w", key=key)).startswith(
+        f"model.params[1]: 'key': {message}"
+    )
