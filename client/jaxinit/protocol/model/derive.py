@@ -235,7 +235,7 @@ class _Walk:
     def scan(self, node: Node, path: tuple[str, ...]) -> None:
         """A Scan's layers: linen splits the root key (the path hash then tells the parameters
         apart); nnx splits one key drawn from the parameters' stream, counting from 0 in each layer."""
-        inner = Node("Module", node.items, node.cls)
+        inner = Node(node.stacks or "Module", node.items, node.cls)
         if self.mode == "linen":
             scan = node.transform == "scan"  # nn.scan: compiled, traced twice; nn.vmap: eager, once
             self.module(inner, path, _Stacked((("stack", node.length),), scan, len(path), scan))

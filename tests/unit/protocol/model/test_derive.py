@@ -234,3 +234,13 @@ def test_repeated_names_are_refused_all_of_them_sorted() -> None:
     with pytest.raises(InvalidArgument) as caught:
         expand({"params": path})
     assert str(caught.value) == "model: parameter names repeat: ['a', 'b']"
+
+
+def test_a_parameter_stacked_by_a_scan_belongs_to_the_module_the_scan_stacks() -> None:
+    """A Scan over a leaf module: its parameters are that module's (a BatchNorm's get their
+    PyTorch buffers, a refusal names the type), as over a Module they are its children's."""
+    params = expand({"type": "Scan", "length": 2, "module": {"type": "BatchNorm", "features": 3}})
+    assert [(p.name, p.module) for p in params] == [("scale", "BatchNorm"), ("bias", "BatchNorm")]
+    block = {"type": "Module", "children": [{"type": "Dense", "in_features": 2, "features": 3}]}
+    params = expand({"type": "Scan", "length": 2, "module": block}, mode="nnx")
+    assert [(p.name, p.module) for p in params] == [("Dense_0.kernel", "Dense"), ("Dense_0.bias", "Dense")]

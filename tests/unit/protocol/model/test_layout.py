@@ -280,3 +280,26 @@ def test_model_prng_turns_x64_on_for_a_64_bit_keyed_tensor_only_when_unset() -> 
     settings = model_prng([keyed32, keyed64], False, None)
     assert (settings(keyed32), settings(keyed64)) == ((False, True), (False, True))
     assert model_prng([keyed64], None, False)(keyed64) == (None, False)  # as asked
+
+
+def test_a_scanned_batch_norm_has_its_buffers_in_every_layer() -> None:
+    params = expand({"type": "Scan", "length": 2, "module": {"type": "BatchNorm", "features": 3, "use_bias": False}})
+    assert [o.name for o in outputs(params, "torch")] == [
+        "0.weight",
+        "0.running_mean",
+        "0.running_var",
+        "0.num_batches_tracked",
+        "1.weight",
+        "1.running_mean",
+        "1.running_var",
+        "1.num_batches_tracked",
+    ]
+    transposed = expand(
+        {
+            "type": "Scan",
+            "length": 2,
+            "module": {"type": "ConvTranspose", "in_features": 2, "features": 2, "kernel_size": 1},
+        }
+    )
+    with pytest.raises(InvalidArgument, match=r"^0\.kernel: a ConvTranspose's parameters have no PyTorch layout"):
+        outputs(transposed, "torch")
