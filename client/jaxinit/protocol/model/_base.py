@@ -73,6 +73,7 @@ class Node:
     cls: str = ""  # the Flax class name linen auto-names an unnamed instance after (default: type)
     length: int = 0  # a Scan: how many layers it stacks
     transform: str = ""  # a Scan: linen's "scan" or "vmap", nnx's "vmap"
+    stacks: str = ""  # a Scan: the type of the module it stacks, which owns the leaves among its items
 
     def leaves(self, leaves: list[Leaf]) -> Node:
         """This node with ``leaves`` as its items, each under its role."""

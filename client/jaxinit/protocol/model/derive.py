@@ -202,9 +202,9 @@ class _Walk:
     def param(self, leaf: Leaf, path: tuple[str, ...], module: str, count: int, stacked: _Stacked) -> Param:
         """The parameter ``leaf`` declares, the ``count``-th of its module."""
         layers: tuple[int, ...] = ()
+        module = leaf.module or module  # the raw form's, where it names one
         if leaf.key is not None:  # explicit (the raw form of an exported plan): as written
             key_prefix, fold, jit, stack_at = leaf.key[:-1], leaf.key[-1][1], leaf.jit, leaf.stack_at
-            module = leaf.module or module
         else:
             key_prefix, fold, layers = stacked.prefix, self.fold_in(path[:-1], count), stacked.layers
             jit, stack_at = stacked.jit or leaf.jit, stacked.stack_at
@@ -235,7 +235,7 @@ class _Walk:
     def scan(self, node: Node, path: tuple[str, ...]) -> None:
         """A Scan's layers: linen splits the root key (the path hash then tells the parameters
         apart); nnx splits one key drawn from the parameters' stream, counting from 0 in each layer."""
-        inner = Node("Module", node.items, node.cls)
+        inner = Node(node.stacks or "Module", node.items, node.cls)
         if self.mode == "linen":
             scan = node.transform == "scan"  # nn.scan: compiled, traced twice; nn.vmap: eager, once
             self.module(inner, path, _Stacked((("stack", node.length),), scan, len(path), scan))

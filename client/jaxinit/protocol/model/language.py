@@ -110,6 +110,7 @@ def _scan(r: Reader, c: _Context, out: Node) -> None:
     if inner.type in ("Param", "Function"):
         raise InvalidArgument(f"{c.where}: a Scan stacks a module with parameters, not a {inner.type}")
     out.items = list(inner.items)  # a scanned Dense's kernel and bias are the scan's own
+    out.stacks = inner.type  # (still a Dense's: a BatchNorm's get their PyTorch buffers)
     out.cls = f"Scan{_class_of(inner_desc, inner)}"
 
 

@@ -105,6 +105,8 @@ class _Tree:
                 node.items.append((module, found))
                 self.found[id(node), module] = found
             node = found
+        if isinstance(self.found.get((id(node), name)), Node):  # no Flax tree holds both
+            raise InvalidArgument(f"{where}: {quote(name)} is a module, not a parameter")
         node.items.append((name, leaf))
         self.found.setdefault((id(node), name), leaf)
 
@@ -203,10 +205,14 @@ def _torch(value: Any, where: str) -> tuple[str, str]:
 
 
 def _key(value: Any, leaf: Leaf, where: str) -> tuple[Any, ...]:
-    steps = derive_from_json(value)
+    try:
+        steps = derive_from_json(value)
+        if steps and steps[-1][0] == "fold_in":
+            Key(seed=0, derive=steps)  # its limits (steps, split and stack counts)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{where}: 'key': {exc.message}") from None
     if not steps or steps[-1][0] != "fold_in":
         raise InvalidArgument(f"{where}: 'key' is the steps from the root key, the last a fold_in; got {quote(value)}")
-    Key(seed=0, derive=steps)  # its limits (steps, split and stack counts)
     stack = tuple(step[1] for step in steps if step[0] == "stack")
     if (leaf.init_shape or leaf.shape)[: len(stack)] != stack:
         raise InvalidArgument(f"{where}: a key with stack steps {list(stack)} needs a shape that starts with them")
