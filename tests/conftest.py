@@ -14,7 +14,22 @@ import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
+# Set before JAX is imported. Server processes the tests start (running_server and every
+# other way), tests/core's service and this process: one JAX compilation cache for all of
+# them, per user as the server's own (every checkout and worktree of the user shares what
+# any compiled; entries are keyed by the program and JAX's version, so a change of code
+# only adds entries), capped at 2 GiB (JAX evicts the least recently used); and no warm-up
+# (each flag or env a test passes wins).
+_USER_CACHE = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "jaxinit"
+os.environ.setdefault("JAXINIT_COMPILATION_CACHE_DIR", str(_USER_CACHE / "jax-tests"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 2**30))
+os.environ.setdefault("JAXINIT_WARM_UP", "false")
+
 from in_process import InProcessServer, in_process_server  # noqa: E402
+
+from jaxinit_server.core.startup import use_compilation_cache  # noqa: E402
+
+use_compilation_cache(os.environ["JAXINIT_COMPILATION_CACHE_DIR"])  # local JAX's references here too
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -24,10 +39,6 @@ collect_ignore = ["external"]
 # JAX warns when a test asks a dtype it truncates; the assertions say what matters.
 warnings.filterwarnings("ignore", category=UserWarning, module="jax")
 
-# Server processes the tests start (running_server and every other way): one JAX
-# compilation cache for all of them, and no warm-up (each flag or env a test passes wins).
-os.environ.setdefault("JAXINIT_COMPILATION_CACHE_DIR", str(ROOT / ".cache" / "jax-compilation-tests"))
-os.environ.setdefault("JAXINIT_WARM_UP", "false")
 
 # Counted: each starts JAX (seconds), so the default tiers start few (docs/testing.md).
 # make test runs the tests in several pytest-xdist processes: each appends the servers it
