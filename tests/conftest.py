@@ -18,11 +18,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 # other way), tests/core's service and this process: one JAX compilation cache for all of
 # them, per user as the server's own (every checkout and worktree of the user shares what
 # any compiled; entries are keyed by the program and JAX's version, so a change of code
-# only adds entries), capped at 2 GiB (JAX evicts the least recently used); and no warm-up
-# (each flag or env a test passes wins).
+# only adds entries: a whole run's programs are about 50 MB); and no warm-up (each flag or
+# env a test passes wins).
 _USER_CACHE = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "jaxinit"
 os.environ.setdefault("JAXINIT_COMPILATION_CACHE_DIR", str(_USER_CACHE / "jax-tests"))
-os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 2**30))
 os.environ.setdefault("JAXINIT_WARM_UP", "false")
 
 from in_process import InProcessServer, in_process_server  # noqa: E402
