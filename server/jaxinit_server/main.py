@@ -197,11 +197,19 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     telemetry.close()
 
 
+def _problem(error: Any) -> str:
+    """One settings error as a line: the setting (a check of several names its flags
+    itself) and pydantic's message without its "Value error, " prefix."""
+    message = str(error["msg"]).removeprefix("Value error, ")
+    where = ".".join(map(str, error["loc"]))
+    return f"{where}: {message}" if where else message
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = parse_settings(argv)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(_problem(e) for e in exc.errors())
         print(f"jaxinit-server: invalid settings: {problems}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
