@@ -8,9 +8,17 @@ their offset as they come off the wire (the assembler's buffer *is* the file's m
 bytes: no copy of the model is assembled in memory). Tensors laid out for PyTorch come
 transposed by the server, one tensor at a time, so their bytes too go straight to the
 file. Once every tensor is there and checked, the header is rewritten with what only the
-answer tells (the model digest, from each tensor's request digest), the file is flushed
-and renamed to its name; a failure removes it, so no partial file ever has the target's
-name. The arrays returned are a private (copy-on-write) mapping of the finished file.
+answer tells (the model digest, from each tensor's request digest) and the file is
+renamed to its name; a failure removes it, so no partial file ever has the target's name.
+
+The file is not forced to disk (no msync/fsync): the rename is what keeps a partial file
+from ever having the target's name, and every reader of the file sees the whole of it
+from then on. What a power loss leaves is that of any ordinary file write (safetensors'
+own ``save_file``, ``np.save``, ``torch.save``): a caller that needs the bytes on disk
+syncs the file itself (``os.fsync``). Forcing it here made every call wait for a
+synchronous write-back of the whole file.
+
+The arrays returned are a private (copy-on-write) mapping of the finished file.
 """
 
 from __future__ import annotations
@@ -154,8 +162,8 @@ class StreamedFile:
         )
 
     def finish(self, tensors: list[Tensor], metadata: dict[str, str]) -> dict[str, np.ndarray] | None:
-        """The header rewritten with ``metadata``, the file flushed and given its name; the
-        arrays, a private mapping of it (the tensors' own arrays are the file's mapped bytes).
+        """The header rewritten with ``metadata`` and the file given its name (not synced to
+        disk: see the module's doc); the arrays, a private mapping of it (the tensors' own arrays are the file's mapped bytes).
         None, with the file removed, when the header does not fit the room kept for it (the
         caller writes the model whole instead)."""
         assert self._map is not None and self.complete
@@ -166,8 +174,7 @@ class StreamedFile:
             return None
         try:
             self._map[: self._head_size] = head
-            self._map.flush()
-            os.replace(self.temp, self.path)
+            os.replace(self.temp, self.path)  # (no msync: see the module's doc)
         except BaseException:
             self.abandon()
             raise
