@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from jaxinit._types import ModelRequest, Tensor
-from jaxinit._verify import refetch_entries
+from jaxinit._verify import DIGEST_HEX, refetch_entries
 from jaxinit.protocol import safetensors
 from jaxinit.protocol.codec import ITEMSIZE, array_from_buffer
 from jaxinit.protocol.errors import JaxinitError, ProtocolError
@@ -131,7 +131,7 @@ class StreamedFile:
     def _open(self, first: Provenance) -> None:
         guess = {  # the digests: as long as any
             **self._metadata(first, first, "0" * 64),
-            **refetch_entries({name: "0" * 64 for name, _, _ in self.entries}, model_request=self.request.to_json()),
+            **refetch_entries({n: "0" * DIGEST_HEX for n, _, _ in self.entries}, model_request=self.request.to_json()),
         }
         self._head_size = len(safetensors.header(self.entries, guess)) + (0 if first.key_impl else _SLACK)
         head = padded_header(self.entries, guess, self._head_size)
@@ -163,9 +163,9 @@ class StreamedFile:
 
     def finish(self, tensors: list[Tensor], metadata: dict[str, str]) -> dict[str, np.ndarray] | None:
         """The header rewritten with ``metadata`` and the file given its name (not synced to
-        disk: see the module's doc); the arrays, a private mapping of it (the tensors' own arrays are the file's mapped bytes).
-        None, with the file removed, when the header does not fit the room kept for it (the
-        caller writes the model whole instead)."""
+        disk: see the module's doc); the arrays, a private mapping of it (the tensors' own
+        arrays are the file's mapped bytes). None, with the file removed, when the header
+        does not fit the room kept for it (the caller writes the model whole instead)."""
         assert self._map is not None and self.complete
         try:
             head = padded_header(self.entries, metadata, self._head_size)
