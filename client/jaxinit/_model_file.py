@@ -3,9 +3,10 @@
 Every tensor's name, shape and dtype is known before the first byte (the model's
 expansion, which the client shares with the server), so the file's header and every
 tensor's place in it are too: the file is created at its full size under a temporary
-name beside the target, its header written first, and each tensor's bytes land at
-their offset as they come off the wire (the assembler's buffer *is* the file's mapped
-bytes: no copy of the model is assembled in memory). Tensors laid out for PyTorch come
+name beside the target (its blocks allocated then, where the file system can: see
+:func:`reserve`), its header written first, and each tensor's bytes land at their offset
+as they come off the wire (the assembler's buffer *is* the file's mapped bytes: no copy
+of the model is assembled in memory). Tensors laid out for PyTorch come
 transposed by the server, one tensor at a time, so their bytes too go straight to the
 file. Once every tensor is there and checked, the header is rewritten with what only the
 answer tells (the model digest, from each tensor's request digest) and the file is
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import math
 import mmap
 import os
@@ -41,7 +43,7 @@ from jaxinit.protocol.errors import JaxinitError, ProtocolError
 from jaxinit.protocol.expansion import expand, file_metadata, outputs
 from jaxinit.protocol.provenance import Provenance
 
-__all__ = ["StreamedFile", "padded_header", "streamed_file"]
+__all__ = ["StreamedFile", "padded_header", "reserve", "streamed_file"]
 
 # The header is sized from the first tensor's provenance: exact when that tensor uses a key
 # (its PRNG settings are the file's); else the settings of the first that does may spell
@@ -141,6 +143,7 @@ class StreamedFile:
         fd = os.open(self.temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             os.ftruncate(fd, size)
+            reserve(fd, size)
             self._map = mmap.mmap(fd, size)
         except BaseException:
             os.close(fd)
@@ -200,6 +203,29 @@ class StreamedFile:
             with contextlib.suppress(OSError):
                 os.unlink(self.temp)
             self.temp = ""
+
+
+def reserve(fd: int, size: int) -> None:
+    """Allocate the file's blocks now (``posix_fallocate``), where the system can.
+
+    A disk without room then fails the call here, with ``ENOSPC``, before a byte is written,
+    rather than with a bus error (SIGBUS, which ends the process) when a write into the
+    mapping finds no block; and on ext4, a file whose blocks are allocated replaces another
+    by a rename without the rename itself first starting the write-back of every page it
+    has not yet given blocks (``auto_da_alloc``). Where the file system cannot (or the
+    platform has no such call), the file stays sparse, as before.
+
+    Raises:
+        OSError: no room (``ENOSPC``, ``EDQUOT``), or a file larger than the system allows.
+    """
+    allocate = getattr(os, "posix_fallocate", None)
+    if allocate is None or not size:
+        return
+    try:
+        allocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
 
 
 def _starts(sizes: list[int]) -> list[int]:
