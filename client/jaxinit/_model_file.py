@@ -3,20 +3,30 @@
 Every tensor's name, shape and dtype is known before the first byte (the model's
 expansion, which the client shares with the server), so the file's header and every
 tensor's place in it are too: the file is created at its full size under a temporary
-name beside the target, its header written first, and each tensor's bytes land at
-their offset as they come off the wire (the assembler's buffer *is* the file's mapped
-bytes: no copy of the model is assembled in memory). Tensors laid out for PyTorch come
+name beside the target (its blocks allocated then, where the file system can: see
+:func:`reserve`), its header written first, and each tensor's bytes land at their offset
+as they come off the wire (the assembler's buffer *is* the file's mapped bytes: no copy
+of the model is assembled in memory). Tensors laid out for PyTorch come
 transposed by the server, one tensor at a time, so their bytes too go straight to the
 file. Once every tensor is there and checked, the header is rewritten with what only the
-answer tells (the model digest, from each tensor's request digest), the file is flushed
-and renamed to its name; a failure removes it, so no partial file ever has the target's
-name. The arrays returned are a private (copy-on-write) mapping of the finished file.
+answer tells (the model digest, from each tensor's request digest) and the file is
+renamed to its name; a failure removes it, so no partial file ever has the target's name.
+
+The file is not forced to disk (no msync/fsync): the rename is what keeps a partial file
+from ever having the target's name, and every reader of the file sees the whole of it
+from then on. What a power loss leaves is that of any ordinary file write (safetensors'
+own ``save_file``, ``np.save``, ``torch.save``): a caller that needs the bytes on disk
+syncs the file itself (``os.fsync``). Forcing it here made every call wait for a
+synchronous write-back of the whole file.
+
+The arrays returned are a private (copy-on-write) mapping of the finished file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import math
 import mmap
 import os
@@ -26,14 +36,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from jaxinit._types import ModelRequest, Tensor
-from jaxinit._verify import refetch_entries
+from jaxinit._verify import DIGEST_HEX, refetch_entries
 from jaxinit.protocol import safetensors
 from jaxinit.protocol.codec import ITEMSIZE, array_from_buffer
 from jaxinit.protocol.errors import JaxinitError, ProtocolError
 from jaxinit.protocol.expansion import expand, file_metadata, outputs
 from jaxinit.protocol.provenance import Provenance
 
-__all__ = ["StreamedFile", "padded_header", "streamed_file"]
+__all__ = ["StreamedFile", "padded_header", "reserve", "streamed_file"]
 
 # The header is sized from the first tensor's provenance: exact when that tensor uses a key
 # (its PRNG settings are the file's); else the settings of the first that does may spell
@@ -123,7 +133,7 @@ class StreamedFile:
     def _open(self, first: Provenance) -> None:
         guess = {  # the digests: as long as any
             **self._metadata(first, first, "0" * 64),
-            **refetch_entries({name: "0" * 64 for name, _, _ in self.entries}, model_request=self.request.to_json()),
+            **refetch_entries({n: "0" * DIGEST_HEX for n, _, _ in self.entries}, model_request=self.request.to_json()),
         }
         self._head_size = len(safetensors.header(self.entries, guess)) + (0 if first.key_impl else _SLACK)
         head = padded_header(self.entries, guess, self._head_size)
@@ -133,6 +143,7 @@ class StreamedFile:
         fd = os.open(self.temp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             os.ftruncate(fd, size)
+            reserve(fd, size)
             self._map = mmap.mmap(fd, size)
         except BaseException:
             os.close(fd)
@@ -154,10 +165,10 @@ class StreamedFile:
         )
 
     def finish(self, tensors: list[Tensor], metadata: dict[str, str]) -> dict[str, np.ndarray] | None:
-        """The header rewritten with ``metadata``, the file flushed and given its name; the
-        arrays, a private mapping of it (the tensors' own arrays are the file's mapped bytes).
-        None, with the file removed, when the header does not fit the room kept for it (the
-        caller writes the model whole instead)."""
+        """The header rewritten with ``metadata`` and the file given its name (not synced to
+        disk: see the module's doc); the arrays, a private mapping of it (the tensors' own
+        arrays are the file's mapped bytes). None, with the file removed, when the header
+        does not fit the room kept for it (the caller writes the model whole instead)."""
         assert self._map is not None and self.complete
         try:
             head = padded_header(self.entries, metadata, self._head_size)
@@ -166,8 +177,7 @@ class StreamedFile:
             return None
         try:
             self._map[: self._head_size] = head
-            self._map.flush()
-            os.replace(self.temp, self.path)
+            os.replace(self.temp, self.path)  # (no msync: see the module's doc)
         except BaseException:
             self.abandon()
             raise
@@ -193,6 +203,29 @@ class StreamedFile:
             with contextlib.suppress(OSError):
                 os.unlink(self.temp)
             self.temp = ""
+
+
+def reserve(fd: int, size: int) -> None:
+    """Allocate the file's blocks now (``posix_fallocate``), where the system can.
+
+    A disk without room then fails the call here, with ``ENOSPC``, before a byte is written,
+    rather than with a bus error (SIGBUS, which ends the process) when a write into the
+    mapping finds no block; and on ext4, a file whose blocks are allocated replaces another
+    by a rename without the rename itself first starting the write-back of every page it
+    has not yet given blocks (``auto_da_alloc``). Where the file system cannot (or the
+    platform has no such call), the file stays sparse, as before.
+
+    Raises:
+        OSError: no room (``ENOSPC``, ``EDQUOT``), or a file larger than the system allows.
+    """
+    allocate = getattr(os, "posix_fallocate", None)
+    if allocate is None or not size:
+        return
+    try:
+        allocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
 
 
 def _starts(sizes: list[int]) -> list[int]:

@@ -5,17 +5,23 @@ tensor.
 A ``.safetensors`` file written by the client (``jaxinit get``/``jaxinit model``,
 ``init_model(path=...)``) carries, besides the provenance (JAX version, backend, PRNG
 settings, root key, digests of the requests), the request itself (``request``: a tensor's
-canonical request; ``model_request``: a model's description and options) and
-``digests``: the SHA-256 of each tensor's bytes as written. Verify re-asks the request
-pinned to the file's JAX version and backend, so a server of another version refuses
-(412 / FAILED_PRECONDITION) rather than answering other bytes.
+canonical request; ``model_request``: a model's description and options), ``digests``:
+the digest of each tensor's bytes as written, and ``digest_algorithm``: which digest
+(``xxh3-128``, the one every answer is checked with in transit; a file without the entry,
+written by an earlier client, has SHA-256 digests and verifies as it did). Verify
+re-asks the request pinned to the file's JAX version and backend, so a server of another
+version refuses (412 / FAILED_PRECONDITION) rather than answering other bytes.
+
+The digests tell a file changed since it was written from an answer that differs; they
+are not signatures (whoever can change the bytes can change the metadata beside them),
+so a fast non-cryptographic digest serves as well as SHA-256, at several times the speed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,19 +29,47 @@ import numpy as np
 
 from jaxinit.protocol import safetensors
 from jaxinit.protocol.codec import to_wire_bytes
+from jaxinit.protocol.digest import ALGORITHM, new_hasher
 from jaxinit.protocol.errors import InvalidArgument
 from jaxinit.protocol.provenance import Provenance
 
-__all__ = ["Finding", "digests", "refetch_entries", "refetch_metadata", "verify_file"]
+__all__ = [
+    "DIGEST_ALGORITHM",
+    "DIGEST_HEX",
+    "Finding",
+    "digest_entries",
+    "refetch_entries",
+    "refetch_metadata",
+    "verify_file",
+]
+
+DIGEST_ALGORITHM = ALGORITHM  # what files are written with: the protocol's own digest
+LEGACY_ALGORITHM = "sha256"  # what a file without a digest_algorithm entry has (earlier clients)
 
 
-def _digest(array: np.ndarray) -> str:
-    return hashlib.sha256(to_wire_bytes(array)).hexdigest()
+def _xxh3(data: memoryview) -> str:
+    hasher = new_hasher()
+    hasher.update(data)
+    return hasher.digest().hex()
 
 
-def digests(arrays: Mapping[str, np.ndarray]) -> str:
-    """``{name: sha256 of its little-endian bytes}`` as compact JSON (the ``digests`` entry)."""
-    return refetch_entries({name: _digest(a) for name, a in arrays.items()}, model_request={})["digests"]
+def _sha256(data: memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+_HASHES: dict[str, Callable[[memoryview], str]] = {DIGEST_ALGORITHM: _xxh3, LEGACY_ALGORITHM: _sha256}
+DIGEST_HEX = len(_xxh3(memoryview(b"")))  # hex digits of a digest files are written with
+
+
+def _digest(array: np.ndarray, algorithm: str = DIGEST_ALGORITHM) -> str:
+    """The hex digest of ``array``'s little-endian bytes (as a file holds them), by ``algorithm``
+    (``xxh3-128``, as files are written, or ``sha256``, as earlier clients wrote them)."""
+    return _HASHES[algorithm](to_wire_bytes(array))
+
+
+def digest_entries(arrays: Mapping[str, np.ndarray]) -> dict[str, str]:
+    """The ``digests`` entry (``{name: digest}`` as compact JSON) and its ``digest_algorithm``."""
+    return _digest_entries({name: _digest(a) for name, a in arrays.items()})
 
 
 def refetch_metadata(arrays: Mapping[str, np.ndarray], *, model_request: Mapping[str, Any]) -> dict[str, str]:
@@ -45,9 +79,16 @@ def refetch_metadata(arrays: Mapping[str, np.ndarray], *, model_request: Mapping
 
 def refetch_entries(digest_of: Mapping[str, str], *, model_request: Mapping[str, Any]) -> dict[str, str]:
     """:func:`refetch_metadata` from digests already known (or, to size a header before the
-    bytes are there, placeholders as long as a SHA-256)."""
+    bytes are there, placeholders of :data:`DIGEST_HEX` digits)."""
     return {
         "model_request": json.dumps(model_request, separators=(",", ":"), sort_keys=True),
+        **_digest_entries(digest_of),
+    }
+
+
+def _digest_entries(digest_of: Mapping[str, str]) -> dict[str, str]:
+    return {
+        "digest_algorithm": DIGEST_ALGORITHM,
         "digests": json.dumps(dict(digest_of), separators=(",", ":"), sort_keys=True),
     }
 
@@ -77,6 +118,12 @@ def verify_file(client: Any, data: bytes) -> tuple[dict[str, str], list[Finding]
         written = json.loads(metadata["digests"]) if "digests" in metadata else {}
     except ValueError:
         raise InvalidArgument("the file's digests entry is not JSON") from None
+    algorithm = metadata.get("digest_algorithm", LEGACY_ALGORITHM)  # (earlier clients wrote none)
+    if algorithm not in _HASHES:
+        raise InvalidArgument(
+            f"the file's digests are {algorithm!r}, which this client does not know (it knows "
+            f"{', '.join(sorted(_HASHES))}): a file of a newer jaxinit? verify it with that version"
+        )
     if "model_request" in metadata:
         fetched, how = _model(client, metadata)
     elif "request" in metadata:
@@ -88,7 +135,7 @@ def verify_file(client: Any, data: bytes) -> tuple[dict[str, str], list[Finding]
         )
     findings = []
     for name in sorted(set(arrays) | set(fetched)):
-        findings.append(_compare(name, arrays.get(name), fetched.get(name), written.get(name), how))
+        findings.append(_compare(name, arrays.get(name), fetched.get(name), written.get(name), how, algorithm))
     return metadata, findings
 
 
@@ -142,26 +189,28 @@ def _model(client: Any, metadata: Mapping[str, str]) -> tuple[dict[str, Any], st
     return dict(params), how
 
 
-def _compare(name: str, mine: np.ndarray | None, theirs: np.ndarray | None, written: str | None, how: str) -> Finding:
+def _compare(
+    name: str, mine: np.ndarray | None, theirs: np.ndarray | None, written: str | None, how: str, algorithm: str
+) -> Finding:
     if mine is None:
         return Finding(name, False, "the server makes it, and the file lacks it")
     if theirs is None:
         return Finding(name, False, "the file has it, and the server's answer lacks it")
-    digest = _digest(mine)
+    digest = _digest(mine, algorithm)
     if written is not None and digest != written:
         return Finding(
             name,
             False,
-            f"the file's bytes changed since jaxinit wrote them (sha256 {digest[:16]}, written {written[:16]})",
+            f"the file's bytes changed since jaxinit wrote them ({algorithm} {digest[:16]}, written {written[:16]})",
         )
     if mine.dtype != theirs.dtype or mine.shape != theirs.shape:
         return Finding(
             name, False, f"the file has {mine.dtype}{list(mine.shape)}, the server {theirs.dtype}{list(theirs.shape)}"
         )
-    if digest != _digest(theirs):
+    if (other := _digest(theirs, algorithm)) != digest:
         return Finding(
             name,
             False,
-            f"bytes differ (sha256 {digest[:16]} in the file, {_digest(theirs)[:16]} from the server, for {how})",
+            f"bytes differ ({algorithm} {digest[:16]} in the file, {other[:16]} from the server, for {how})",
         )
     return Finding(name, True)

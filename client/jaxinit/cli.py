@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from jaxinit._client import Client, arrays_file
-from jaxinit._verify import digests, refetch_metadata, verify_file
+from jaxinit._verify import digest_entries, refetch_metadata, verify_file
 from jaxinit.protocol import __version__
 from jaxinit.protocol.catalog import args_from_text, unknown_message
 from jaxinit.protocol.codec import dtype_name, npy_dtype, to_wire_bytes
@@ -519,7 +519,7 @@ def _get(client: Client, ns: argparse.Namespace) -> None:
         "request_digest": provenance.request_digest,
         "jax_version": provenance.jax_version,
         "backend": provenance.backend,
-        "digests": digests({name: array}),
+        **digest_entries({name: array}),
     }
     if suffix in (".npz", ".safetensors"):
         _write(ns, arrays_file(suffix, {name: array}, metadata))

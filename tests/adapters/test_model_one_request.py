@@ -9,7 +9,6 @@ mid-model; and a caller that goes away mid-model stopping the server's work.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pathlib
@@ -21,11 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import xxhash
 from flax.traverse_util import flatten_dict
 from flax_models import BLOCK, EXAMPLES, flax_params
 from in_process import in_process_server, serve, wait_until
 
 import jaxinit
+from helpers import REFETCH_KEYS
 from jaxinit._model_file import StreamedFile
 from jaxinit.protocol import frames, safetensors, wire
 from jaxinit.protocol.errors import InvalidArgument, ServerUnavailable
@@ -135,10 +136,11 @@ def test_path_writes_the_file_as_bytes_arrive(
         assert data == safetensors.dumps(dict(got), metadata)  # as the in-memory writer writes it
         assert_same(arrays, want)
         # The file carries its provenance, and its request and digests for jaxinit verify.
-        assert {k: v for k, v in metadata.items() if k not in ("model_request", "digests")} == got.metadata
+        assert {k: v for k, v in metadata.items() if k not in REFETCH_KEYS} == got.metadata
         assert metadata["layout"] == layout
+        assert metadata["digest_algorithm"] == "xxh3-128"  # the protocol's digest, of the bytes as written
         assert json.loads(metadata["digests"]) == {
-            name: hashlib.sha256(np.ascontiguousarray(np.asarray(a)).tobytes()).hexdigest() for name, a in want.items()
+            name: xxhash.xxh3_128(np.ascontiguousarray(np.asarray(a)).tobytes()).hexdigest() for name, a in want.items()
         }
         assert finished and all(f is not None for f in finished)  # written as the bytes arrived, not whole
         first = next(iter(got))

@@ -6,6 +6,9 @@ tensor i goes out), each an ordinary :meth:`Service.generate` over its plan."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import math
 import threading
 import weakref
 from collections.abc import AsyncIterator
@@ -13,6 +16,9 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+
+from jaxinit.protocol.codec import DTYPES
 from jaxinit.protocol.errors import JaxinitError
 from jaxinit.protocol.expansion import Output, file_metadata
 from jaxinit_server.core import engine
@@ -25,7 +31,7 @@ from jaxinit_server.core.provenance import ServerIdentity
 from jaxinit_server.core.regions import Regions
 from jaxinit_server.core.request import Limits, Resolved
 from jaxinit_server.core.source import Made, Source
-from jaxinit_server.core.stream import TensorStream, gather, stopping
+from jaxinit_server.core.stream import TensorStream, stopping
 
 
 class Host(Protocol):
@@ -154,13 +160,14 @@ class Models:
     def admit(self, model: ResolvedModel | PlannedModel, *, ahead: int = AHEAD, caller: str | None = None) -> Ticket:
         """The model's share of capacity, taken once before its first byte: one stream, and
         the memory of the ``ahead + 1`` costliest tensors it holds at once (a tensor laid
-        out for PyTorch is gathered and transposed: twice its bytes more). Raises Overloaded."""
+        out for PyTorch is written into a buffer of its own as it is made, and sent from
+        it: its bytes more). Raises Overloaded."""
         service = self._service
         if service.stopping:
             raise stopping()
         planned = self.planned(model)
         costs = [
-            plan.cost.memory + (2 * plan.resolved.nbytes if out.needs_whole else 0)
+            plan.cost.memory + (plan.resolved.nbytes if out.needs_whole else 0)
             for out, plan in zip(planned.model.outputs, planned.plans, strict=True)
         ]
         return service.admission.admit(sum(sorted(costs, reverse=True)[: ahead + 1]), caller)
@@ -213,13 +220,63 @@ class Models:
                 held.release()
 
 
-async def laid_out(source: Source, output: Output | None, dtype: str) -> Source:
-    """A model's tensor as its output lays it out: in the PyTorch layout (a transpose), made
-    whole and rearranged now, where the model is streamed, so the byte stream only sends."""
+async def laid_out(
+    source: Source, output: Output | None, dtype: str, *, executor: Executor, aborted: threading.Event | None = None
+) -> Source:
+    """A model's tensor as its output lays it out. In the PyTorch layout (a transpose) each
+    piece is written, as it is made, to its place in one buffer of the delivered tensor
+    (:meth:`Output.arranged`), on ``executor`` (the JAX pool: never on the event loop, which
+    sends the other tensors meanwhile); the stream then sends from that buffer. No gathered
+    copy of the generated tensor is made."""
     if output is None or not output.needs_whole:
         return source
+    out = np.empty(output.shape, DTYPES[dtype])
+    view = output.arranged(out)
+    filled = 0
     try:
-        made = await gather(source, dtype)
+        async with contextlib.aclosing(source.pieces()) as made:
+            async for piece in made:
+                start, filled = filled, filled + piece.size
+                if filled > out.size:
+                    break
+                if piece.nbytes <= INLINE_BYTES:
+                    _fill(view, start, piece)
+                else:
+                    await on_thread(executor, functools.partial(_place, view, start, piece), aborted=aborted)
     finally:
         source.close()
-    return Made(source.key_data, output.finish(made).reshape(-1))
+    if filled != out.size:
+        raise RuntimeError(f"{output.name}: its source made {filled} elements of {out.size}")
+    return Made(source.key_data, out.reshape(-1))
+
+
+INLINE_BYTES = 2**16  # a piece this small is laid out on the event loop: a thread hop costs more
+
+
+def _place(view: np.ndarray, start: int, values: np.ndarray, stop: threading.Event) -> None:
+    _fill(view, start, values)
+
+
+def _fill(view: np.ndarray, start: int, values: np.ndarray) -> None:
+    """Write ``values`` (flat) into ``view`` from its flat element ``start`` on, in ``view``'s
+    C order: whole rows of its first axis at once, the rows a piece only begins or ends one
+    axis down. Of exactly its dtype (a difference is an error, never a conversion)."""
+    if view.ndim <= 1:
+        np.copyto(view.reshape(-1)[start : start + values.size], values, casting="no")
+        return
+    inner = math.prod(view.shape[1:])
+    if not values.size:
+        return
+    row, offset = divmod(start, inner)
+    done = 0
+    if offset:  # the rest of a row the last piece began
+        done = min(inner - offset, values.size)
+        _fill(view[row], offset, values[:done])
+        row += 1
+    whole = (values.size - done) // inner
+    if whole:
+        rows = values[done : done + whole * inner].reshape(whole, *view.shape[1:])
+        np.copyto(view[row : row + whole], rows, casting="no")
+        done, row = done + whole * inner, row + whole
+    if done < values.size:  # the start of a row the next piece ends
+        _fill(view[row], 0, values[done:])

@@ -218,7 +218,9 @@ class Service:
                 share = None
                 source = await self.production.make(plan, timings)
             assert source is not None
-            source = await laid_out(source, output, plan.resolved.out_dtype)
+            source = await laid_out(
+                source, output, plan.resolved.out_dtype, executor=self.jax_pool, aborted=self.aborted
+            )
         except BaseException:
             if share is not None:
                 share.release()

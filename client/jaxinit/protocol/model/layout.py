@@ -117,15 +117,32 @@ class Output:
 
     def finish(self, generated: np.ndarray) -> np.ndarray:
         """The delivered array from what the initializer returned (its ``init_shape``)."""
-        array = generated.reshape(self.param.shape)  # Flax's own reshape: the bytes stay
+        if not self.needs_whole:
+            return np.ascontiguousarray(generated).reshape(self.shape)  # Flax's own reshape: the bytes stay
+        out = np.empty(self.shape, generated.dtype)
+        view = self.arranged(out)
+        view[...] = generated.reshape(view.shape)
+        return out
+
+    def arranged(self, out: np.ndarray) -> np.ndarray:
+        """``out`` (the delivered array: C-contiguous, of :attr:`shape`) seen in the order the
+        initializer makes its elements: a view of it whose C order is the generated one, so
+        that writing the generated elements into it, in order (whole, or piece by piece as
+        they are made), lays them out: a Dense kernel (in, out) is PyTorch's (out, in), a
+        Conv kernel (*spatial, in, out) its (out, in, *spatial), a DenseGeneral kernel the
+        transposed 2-D weight over its flattened feature axes."""
+        if out.shape != self.shape or not out.flags.c_contiguous:
+            raise ValueError(f"{self.name}: a C-contiguous array of shape {list(self.shape)} is needed")
+        shape = self.param.shape
         if self.convert == "t":
-            array = array.T
-        elif self.convert == "conv":
-            rank = array.ndim
-            array = array.transpose(rank - 1, rank - 2, *range(rank - 2))
-        elif self.convert == "flat_t":
-            array = array.reshape(self.param.init_shape).T
-        return np.ascontiguousarray(array).reshape(self.shape)
+            return out.reshape(shape[::-1]).T
+        if self.convert == "conv":
+            rank = len(shape)
+            order = (rank - 1, rank - 2, *range(rank - 2))
+            return out.reshape(tuple(shape[i] for i in order)).transpose([order.index(i) for i in range(rank)])
+        if self.convert == "flat_t":
+            return out.reshape(self.param.init_shape[::-1]).T
+        return out.reshape(shape)
 
 
 def model_prng(
