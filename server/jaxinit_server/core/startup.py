@@ -13,7 +13,9 @@ directory, both are paid once per installation, not once per start:
   core and protocol source, the JAX, jaxlib, numpy and ml_dtypes versions, the backend,
   its platform version and device kind, the CPU model and its instruction-set flags,
   and JAX's whole configuration. A start with the same fingerprint reads the verdict
-  instead of recomputing it; any change computes it again.
+  instead of recomputing it; any change computes it again. Servers that start at once on
+  one directory (replicas on a shared volume) prove it once: the first to come holds the
+  verdict's lock (:func:`proving`) while the others wait, then read what it stored.
 
 Why a stored verdict is sound: the self-check compares bytes made by programs that are
 deterministic functions of the code, the JAX build, its configuration and the hardware
@@ -26,11 +28,14 @@ cannot be read is ignored and computed again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import platform
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +47,7 @@ import numpy as np
 import jaxinit.protocol
 import jaxinit_server
 
-__all__ = ["Verdict", "fingerprint", "load_verdict", "store_verdict", "use_compilation_cache"]
+__all__ = ["Verdict", "fingerprint", "load_verdict", "proving", "store_verdict", "use_compilation_cache"]
 
 log = logging.getLogger("jaxinit_server.startup")
 
@@ -160,3 +165,33 @@ def store_verdict(directory: str, print_: dict[str, str], verdict: Verdict) -> N
     except OSError as exc:
         log.warning("could not keep the self-check verdict in %s: %s", directory, exc)
         temporary.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def proving(directory: str, print_: dict[str, str], *, wait: float = 600.0) -> Iterator[None]:
+    """Hold the lock of the verdict for ``print_`` in ``directory`` (an advisory ``flock`` on a
+    file beside it, released when the process ends however it ends): one server proves
+    while the others that started at once wait, then read its verdict instead of proving
+    it again on the same cores. After ``wait`` seconds (a holder stopped mid-way) or where
+    the lock cannot be had (no ``fcntl``, a read-only directory), the caller proves alone."""
+    try:
+        import fcntl
+
+        fd = os.open(_path(directory, print_).with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    log.warning("another server has been proving for %.0f s: proving alone", wait)
+                    break
+                time.sleep(0.05)  # (a server start: no event loop to block)
+        yield
+    finally:
+        os.close(fd)  # (releases the lock)

@@ -143,3 +143,27 @@ def test_a_job_takes_a_worker_still_loading_instead_of_starting_another() -> Non
         assert len(pool._all) == 1
     finally:
         pool.close()
+
+
+def test_one_server_proves_while_the_others_wait(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Servers starting at once on one cache directory: while one holds the verdict's lock,
+    another does not prove beside it (with no time left to wait, it says it proves alone);
+    once the lock is given back, the next takes it at once."""
+    print_, where = {"a": "b"}, str(tmp_path)
+    caplog.set_level("WARNING", logger="jaxinit_server.startup")
+    with startup.proving(where, print_):
+        with startup.proving(where, print_, wait=0):
+            pass
+        assert "proving alone" in caplog.text
+        caplog.clear()
+        with startup.proving(where, {"another": "fingerprint"}, wait=0):  # its own lock
+            pass
+        assert not caplog.text
+    with startup.proving(where, print_, wait=0):
+        pass
+    assert not caplog.text
+
+
+def test_a_directory_without_room_for_the_lock_proves_alone(tmp_path: Path) -> None:
+    with startup.proving(str(tmp_path / "missing"), {"a": "b"}):
+        pass  # nothing to lock: the caller proves, as without a cache
