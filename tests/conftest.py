@@ -97,21 +97,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
             os.unlink(os.environ[_SERVER_LOG])
 
 
-# The folders whose files compile the most JAX programs first, then the rest, each file's
-# tests in their order: make test's processes (--dist loadfile) take files in this order,
-# so the long files start at once and short ones fill the end, rather than a long file
-# running alone after the others are done.
-_FIRST = ("tests/core/", "tests/unit/core/", "tests/integration/", "tests/adapters/")
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> int:
-        return next((i for i, folder in enumerate(_FIRST) if item.nodeid.startswith(folder)), len(_FIRST))
-
-    items.sort(key=rank)  # (stable)
-
-
 @pytest.fixture(scope="session")
 def server() -> Iterator[InProcessServer]:
     """One jaxinit-server for the session, in this process, on free loopback ports."""
