@@ -130,3 +130,13 @@ def assert_same_model_file(client_file: bytes, server_file: bytes) -> None:
         assert got[name].tobytes() == array.tobytes(), name
     assert {k: v for k, v in got_meta.items() if k not in REFETCH_KEYS} == want_meta
     assert set(got_meta) - set(want_meta) == set(REFETCH_KEYS)
+
+
+def run_cli(capsys: Any, *argv: str) -> tuple[int, str]:
+    """``jaxinit ARGV`` in this process: its exit status, and what it wrote to stdout and
+    stderr (``capsys``: pytest's fixture)."""
+    from jaxinit import cli
+
+    code = cli.main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out + out.err

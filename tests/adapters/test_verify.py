@@ -11,7 +11,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from jaxinit import cli
+from helpers import run_cli
 from jaxinit.protocol import safetensors
 
 OTHER = "0.0.1"
@@ -23,12 +23,6 @@ MODEL = {
         {"type": "Dense", "in_features": 4, "features": 3},
     ],
 }
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    code = cli.main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out + out.err
 
 
 def rewrite(path: pathlib.Path, change: str, name: str = "", **meta: str) -> None:
@@ -55,21 +49,21 @@ def test_a_model_written_by_the_cli_verifies_and_a_changed_one_names_the_tensor(
     description = tmp_path / "mlp.json"
     description.write_text(json.dumps(MODEL))
     path = tmp_path / "mlp.safetensors"
-    code, out = run(
+    code, out = run_cli(
         capsys, "--url", url, "model", str(description), "--seed", "3", "--layout", "torch", "-o", str(path)
     )
     assert code == 0, out
-    code, out = run(capsys, "--url", url, "verify", str(path))
+    code, out = run_cli(capsys, "--url", url, "verify", str(path))
     assert code == 0 and "all 4 tensors match" in out, out
 
     rewrite(path, "file", "layers_0.weight")
-    code, out = run(capsys, "--url", url, "verify", str(path))
+    code, out = run_cli(capsys, "--url", url, "verify", str(path))
     assert code == 1 and "1 of 4 tensors differ" in out, out
     assert "DIFFERS  layers_0.weight: the file's bytes changed since jaxinit wrote them" in out
     assert "ok  layers_2.weight" in out
 
     rewrite(path, "bytes", "layers_2.bias")  # changed, and its recorded digest with it
-    code, out = run(capsys, "--url", url, "verify", str(path))
+    code, out = run_cli(capsys, "--url", url, "verify", str(path))
     assert code == 1 and "DIFFERS  layers_2.bias: bytes differ" in out and "for the same requests" in out, out
 
 
@@ -92,15 +86,15 @@ def test_a_tensor_written_by_the_cli_verifies_and_another_versions_server_refuse
         "distribution=normal",
         "--dtype",
     ]
-    code, out = run(
+    code, out = run_cli(
         capsys, "--url", url, *argv, "bfloat16", "--fold-in", "2", "--jax-version", "local", "-o", str(path)
     )
     assert code == 0, out
-    code, out = run(capsys, "--url", url, "verify", str(path))
+    code, out = run_cli(capsys, "--url", url, "verify", str(path))
     assert code == 0 and "ok  variance_scaling" in out and "all 1 tensors match" in out, out
 
     rewrite(path, "meta", jax_version=OTHER)  # as if written by a server of another JAX
-    code, out = run(capsys, "--url", url, "verify", str(path))
+    code, out = run_cli(capsys, "--url", url, "verify", str(path))
     assert code == 1 and "VersionMismatch" in out and OTHER in out, out
 
 
@@ -109,5 +103,5 @@ def test_a_file_without_its_request_is_refused_clearly(
 ) -> None:
     path = tmp_path / "plain.safetensors"
     path.write_bytes(safetensors.dumps({"w": np.zeros(3, np.float32)}, {"jax_version": "0.10.2"}))
-    code, out = run(capsys, "--url", url, "verify", str(path))
+    code, out = run_cli(capsys, "--url", url, "verify", str(path))
     assert code == 2 and "does not carry the request that made it" in out, out

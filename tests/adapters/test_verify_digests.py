@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import xxhash
 
-from jaxinit import cli
+from helpers import run_cli
 from jaxinit.protocol import safetensors
 
 MODEL = {
@@ -26,18 +26,12 @@ MODEL = {
 }
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    code = cli.main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out + out.err
-
-
 def model_file(url: str, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> pathlib.Path:
     """A torch-layout model file written by ``jaxinit model`` (init_model(path=...): streamed)."""
     description = tmp_path / "mlp.json"
     description.write_text(json.dumps(MODEL))
     path = tmp_path / "mlp.safetensors"
-    code, out = run(
+    code, out = run_cli(
         capsys, "--url", url, "model", str(description), "--seed", "5", "--layout", "torch", "-o", str(path)
     )
     assert code == 0, out
@@ -70,7 +64,7 @@ def test_a_written_file_names_its_digest_and_each_is_xxh3_of_the_bytes_as_writte
     assert json.loads(metadata["digests"]) == {n: xxhash.xxh3_128(a.tobytes()).hexdigest() for n, a in arrays.items()}
 
     flip(path, "layers_2.weight")
-    code, out = run(capsys, "--url", url, "verify", str(path))
+    code, out = run_cli(capsys, "--url", url, "verify", str(path))
     assert code == 1 and "1 of 4 tensors differ" in out, out
     assert "DIFFERS  layers_2.weight: the file's bytes changed since jaxinit wrote them (xxh3-128 " in out
     assert "ok  layers_0.weight" in out
@@ -81,11 +75,11 @@ def test_a_file_of_an_earlier_client_sha256_verifies_and_a_changed_byte_is_found
 ) -> None:
     path = model_file(url, tmp_path, capsys)
     as_earlier_client(path)
-    code, out = run(capsys, "--url", url, "verify", str(path))
+    code, out = run_cli(capsys, "--url", url, "verify", str(path))
     assert code == 0 and "all 4 tensors match" in out, out
 
     flip(path, "layers_0.bias")
-    code, out = run(capsys, "--url", url, "verify", str(path))
+    code, out = run_cli(capsys, "--url", url, "verify", str(path))
     assert code == 1 and "1 of 4 tensors differ" in out, out
     assert "DIFFERS  layers_0.bias: the file's bytes changed since jaxinit wrote them (sha256 " in out
 
@@ -95,21 +89,21 @@ def test_a_tensor_file_of_either_form_verifies(
 ) -> None:
     path = tmp_path / "w.safetensors"
     argv = ["--url", url, "get", "lecun_normal", "--shape", "6,4", "--seed", "2", "-o", str(path)]
-    code, out = run(capsys, *argv)
+    code, out = run_cli(capsys, *argv)
     assert code == 0, out
     arrays, metadata = safetensors.loads(path.read_bytes())
     assert metadata["digest_algorithm"] == "xxh3-128"
     assert json.loads(metadata["digests"]) == {
         "lecun_normal": xxhash.xxh3_128(arrays["lecun_normal"].tobytes()).hexdigest()
     }
-    code, out = run(capsys, "--url", url, "verify", str(path))
+    code, out = run_cli(capsys, "--url", url, "verify", str(path))
     assert code == 0 and "all 1 tensors match" in out, out
 
     as_earlier_client(path)
-    code, out = run(capsys, "--url", url, "verify", str(path))
+    code, out = run_cli(capsys, "--url", url, "verify", str(path))
     assert code == 0 and "all 1 tensors match" in out, out
     flip(path, "lecun_normal")
-    code, out = run(capsys, "--url", url, "verify", str(path))
+    code, out = run_cli(capsys, "--url", url, "verify", str(path))
     assert code == 1 and "changed since jaxinit wrote them (sha256 " in out, out
 
 
@@ -124,5 +118,5 @@ def test_a_digest_this_client_does_not_know_is_refused_by_name(
         "jax_version": "0.10.2",
     }
     path.write_bytes(safetensors.dumps({"w": np.zeros(3, np.float32)}, metadata))
-    code, out = run(capsys, "--url", "http://127.0.0.1:9", "verify", str(path))  # refused before any call
+    code, out = run_cli(capsys, "--url", "http://127.0.0.1:9", "verify", str(path))  # refused before any call
     assert code == 2 and "'blake9'" in out and "xxh3-128" in out and "sha256" in out, out

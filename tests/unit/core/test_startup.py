@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import jax
@@ -18,14 +17,7 @@ from jaxinit_server.core.request import GenerateParams, Limits, PrngDefaults, re
 from jaxinit_server.core.whole import WholePool
 from jaxinit_server.settings import Settings
 
-
-@pytest.fixture(autouse=True)
-def _chunking_as_found() -> Iterator[None]:
-    disabled = chunked.disabled()
-    yield
-    chunked.proven()
-    chunked._disabled.clear()
-    chunked._disabled.update(disabled)
+pytestmark = pytest.mark.usefixtures("chunking_as_found")  # (tests/unit/core/conftest.py)
 
 
 def _print() -> dict[str, str]:

@@ -69,13 +69,7 @@ class Engine:
         return Prepared()
 
 
-@pytest.fixture(autouse=True)
-def _chunking_as_found() -> Iterator[None]:
-    disabled = chunked.disabled()
-    yield
-    chunked.proven()
-    chunked._disabled.clear()
-    chunked._disabled.update(disabled)
+pytestmark = pytest.mark.usefixtures("chunking_as_found")  # (tests/unit/core/conftest.py)
 
 
 @pytest.fixture
