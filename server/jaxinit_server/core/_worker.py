@@ -30,9 +30,13 @@ from jaxinit_server.core._frames import read_frame, rss_bytes, write_frame
 PIECE = 4 * 2**20
 
 
-def _trim() -> None:
-    """Give freed heap back to the system (glibc keeps it otherwise)."""
-    gc.collect()
+def _trim(full: bool) -> None:
+    """Give freed heap back to the system (glibc keeps it otherwise). Reference counting
+    has freed a job's arrays already; only cycles wait for a collection. A full one walks
+    JAX's objects (tens of milliseconds, longer than a small job), so after each job only
+    the youngest generation is collected, and a full collection runs with the caches'
+    clearing, above the soft RSS."""
+    gc.collect(2 if full else 0)
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
@@ -64,6 +68,8 @@ def main() -> None:
     from jaxinit.protocol.errors import InternalError, JaxinitError
     from jaxinit_server.core import engine
 
+    gc.collect()
+    gc.freeze()  # what the imports made is kept: no collection walks it again
     write_frame(stdout, {"ready": True, "pid": os.getpid()})
     while True:
         try:
@@ -87,11 +93,12 @@ def main() -> None:
             stdout.write(data[start : start + PIECE])
         stdout.flush()
         del array, flat, data
-        if rss_bytes() > soft_rss:  # per-shape programs and buffers: let them go
+        full = rss_bytes() > soft_rss
+        if full:  # per-shape programs and buffers: let them go
             import jax
 
             jax.clear_caches()  # type: ignore[no-untyped-call]
-        _trim()
+        _trim(full)
         write_frame(stdout, {"rss": rss_bytes()})
 
 

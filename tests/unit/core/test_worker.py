@@ -27,13 +27,14 @@ def _resolved(name: str, shape: tuple[int, ...], **fields: Any) -> Resolved:
     return resolve(GenerateParams(name, shape, key=Key(seed=fields.pop("seed", 0)), **fields), Limits(), DEFAULTS)
 
 
-TRIMS: list[int] = []
+TRIMS: list[bool] = []  # each trim: whether it was a full collection
 
 
 def _run_worker(jobs: list[Resolved], monkeypatch: pytest.MonkeyPatch, **env: str) -> io.BytesIO:
     """Run the worker's loop on ``jobs`` (then EOF); what it wrote on its stdout. The heap
     trim after each job is counted in TRIMS, not run (a full collection of this test
-    process's heap is slow and proves nothing about the worker)."""
+    process's heap is slow and proves nothing about the worker), and this process's
+    objects are not frozen as the worker freezes its own."""
     stdin = io.BytesIO()
     for job in jobs:
         write_frame(stdin, job)
@@ -43,7 +44,8 @@ def _run_worker(jobs: list[Resolved], monkeypatch: pytest.MonkeyPatch, **env: st
     monkeypatch.setattr(sys, "stdout", types.SimpleNamespace(buffer=stdout))
     monkeypatch.setattr(_worker, "_orphan_watch", lambda parent: None)  # no thread left behind
     TRIMS.clear()
-    monkeypatch.setattr(_worker, "_trim", lambda: TRIMS.append(1))
+    monkeypatch.setattr(_worker, "_trim", TRIMS.append)
+    monkeypatch.setattr(_worker.gc, "freeze", lambda: None)
     for name in ("JAXINIT_WORKER_SOFT_RSS", "JAXINIT_WORKER_LOG_LEVEL", "JAXINIT_COMPILATION_CACHE_DIR"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
@@ -78,7 +80,7 @@ def test_jobs_are_answered_in_order_with_eager_jaxs_bytes(monkeypatch: pytest.Mo
         assert data == want
         assert trailer["rss"] > 0
     assert stdout.read() == b""  # nothing but frames, and nothing after the last
-    assert len(TRIMS) == len(jobs)  # freed heap given back after every job
+    assert not any(TRIMS) and len(TRIMS) == len(jobs)  # freed heap given back after every job, no full collection
 
 
 def test_jax_refusing_a_job_is_its_error_and_the_loop_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -111,10 +113,10 @@ def test_a_worker_over_its_soft_rss_clears_jaxs_caches(monkeypatch: pytest.Monke
     clear: Callable[[], None] = lambda: cleared.append(1)  # noqa: E731
     monkeypatch.setattr(jax, "clear_caches", clear)
     _run_worker([_resolved("orthogonal", (2, 2))] * 2, monkeypatch, JAXINIT_WORKER_SOFT_RSS="0")
-    assert len(cleared) == 2
+    assert len(cleared) == 2 and TRIMS == [True, True]  # and a full collection with it
     cleared.clear()
     _run_worker([_resolved("orthogonal", (2, 2))], monkeypatch, JAXINIT_WORKER_SOFT_RSS=str(2**50))
-    assert cleared == []
+    assert cleared == [] and TRIMS == [False]
 
 
 def test_large_answers_are_written_in_pieces_and_read_back_whole(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -141,3 +143,13 @@ def test_a_worker_whose_server_is_gone_exits(monkeypatch: pytest.MonkeyPatch) ->
         _worker._orphan_watch(100)
     assert info.value.code == 0
     assert next(parents, None) is None  # it looked until the parent changed, and no further
+
+
+def test_a_trim_collects_the_youngest_generation_unless_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full collection walks JAX's objects (tens of ms, more than a small job): only the
+    trim that comes with clearing JAX's caches makes one."""
+    generations: list[int] = []
+    monkeypatch.setattr(_worker.gc, "collect", generations.append)
+    _worker._trim(False)
+    _worker._trim(True)
+    assert generations == [0, 2]
