@@ -53,10 +53,12 @@ def _same_bytes(got: np.ndarray, expected: np.ndarray) -> None:
     np.testing.assert_array_equal(got.view(np.uint8), expected.view(np.uint8))
 
 
-@pytest.mark.parametrize("dtype", DTYPE_NAMES)
-@pytest.mark.parametrize(("name", "args"), FAMILIES)
-def test_legacy_stream_equals_eager_jax(name: str, args: dict[str, Any], dtype: str) -> None:
-    for shape, seed in zip(SHAPES, (0, 1, -3, 42, 2**40 + 5, 7, 11), strict=True):
+SEEDS = (0, 1, -3, 42, 2**40 + 5, 7, 11)  # one per shape
+
+
+def _check_stream(name: str, args: dict[str, Any], dtype: str, shapes: list[tuple[int, ...]]) -> None:
+    for shape in shapes:
+        seed = SEEDS[SHAPES.index(shape)]
         resolved = _resolved(name, args, shape, dtype, Key(seed=seed))
         assert not resolved.threefry_partitionable and chunked.chunkable(resolved)
         generation = engine.prepare(resolved)
@@ -68,6 +70,32 @@ def test_legacy_stream_equals_eager_jax(name: str, args: dict[str, Any], dtype: 
         expected = _eager(name, args, shape, dtype, seed)
         _same_bytes(streamed, expected)
         _same_bytes(direct, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+@pytest.mark.parametrize(("name", "args"), FAMILIES)
+def test_legacy_stream_equals_eager_jax(name: str, args: dict[str, Any], dtype: str) -> None:
+    """Two shapes per case, taken in turn: each dtype (its draw width) meets every small
+    shape and both sizes just over a chunk, and so does each family (an elementwise map of
+    the bits). Every shape of every case: the release tier's test below (a cold run
+    compiles a program per family, dtype and shape)."""
+    f, d = FAMILIES.index((name, args)), DTYPE_NAMES.index(dtype)
+    _check_stream(name, args, dtype, [SHAPES[(4 * f + d) % 5], SHAPES[5 + (f + d) % 2]])
+
+
+@pytest.mark.release
+@pytest.mark.parametrize("dtype", DTYPE_NAMES)
+@pytest.mark.parametrize(("name", "args"), FAMILIES)
+def test_legacy_stream_every_shape(name: str, args: dict[str, Any], dtype: str) -> None:
+    _check_stream(name, args, dtype, SHAPES)
+
+
+def test_the_turns_cover_every_shape_for_each_dtype_and_family() -> None:
+    for d in range(len(DTYPE_NAMES)):
+        taken = {(4 * f + d) % 5 for f in range(len(FAMILIES))} | {5 + (f + d) % 2 for f in range(len(FAMILIES))}
+        assert taken == set(range(len(SHAPES)))
+    for f in range(len(FAMILIES)):
+        assert {5 + (f + d) % 2 for d in range(len(DTYPE_NAMES))} == {5, 6}
 
 
 @pytest.mark.parametrize("dtype", DTYPE_NAMES)
