@@ -6,9 +6,11 @@ A ``.safetensors`` file written by the client (``jaxinit get``/``jaxinit model``
 ``init_model(path=...)``) carries, besides the provenance (JAX version, backend, PRNG
 settings, root key, digests of the requests), the request itself (``request``: a tensor's
 canonical request; ``model_request``: a model's description and options), ``digests``:
-the digest of each tensor's bytes as written, and ``digest_algorithm``: which digest
-(``xxh3-128``, the one every answer is checked with in transit; a file without the entry,
-written by an earlier client, has SHA-256 digests and verifies as it did). Verify
+and the digest of each tensor's bytes as written, in an entry named for its algorithm:
+``digests.xxh3-128`` (the digest every answer is checked with in transit). Files of
+earlier clients verify as they did: ``digests`` holds SHA-256 digests, or the digests
+their ``digest_algorithm`` entry names. A new file has no ``digests`` entry, so a client
+that knows only SHA-256 skips its written digests instead of calling them changed. Verify
 re-asks the request pinned to the file's JAX version and backend, so a server of another
 version refuses (412 / FAILED_PRECONDITION) rather than answering other bytes.
 
@@ -44,7 +46,8 @@ __all__ = [
 ]
 
 DIGEST_ALGORITHM = ALGORITHM  # what files are written with: the protocol's own digest
-LEGACY_ALGORITHM = "sha256"  # what a file without a digest_algorithm entry has (earlier clients)
+DIGESTS_ENTRY = "digests."  # + an algorithm: the entry of a file's digests by that algorithm
+LEGACY_ALGORITHM = "sha256"  # what the earliest clients' ``digests`` entry holds
 
 
 def _xxh3(data: memoryview) -> str:
@@ -57,7 +60,10 @@ def _sha256(data: memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-_HASHES: dict[str, Callable[[memoryview], str]] = {DIGEST_ALGORITHM: _xxh3, LEGACY_ALGORITHM: _sha256}
+_HASHES: dict[str, Callable[[memoryview], str]] = {
+    DIGEST_ALGORITHM: _xxh3,
+    LEGACY_ALGORITHM: _sha256,
+}  # preferred first
 DIGEST_HEX = len(_xxh3(memoryview(b"")))  # hex digits of a digest files are written with
 
 
@@ -68,7 +74,7 @@ def _digest(array: np.ndarray, algorithm: str = DIGEST_ALGORITHM) -> str:
 
 
 def digest_entries(arrays: Mapping[str, np.ndarray]) -> dict[str, str]:
-    """The ``digests`` entry (``{name: digest}`` as compact JSON) and its ``digest_algorithm``."""
+    """The ``digests.xxh3-128`` entry: ``{name: digest}`` as compact JSON."""
     return _digest_entries({name: _digest(a) for name, a in arrays.items()})
 
 
@@ -87,10 +93,31 @@ def refetch_entries(digest_of: Mapping[str, str], *, model_request: Mapping[str,
 
 
 def _digest_entries(digest_of: Mapping[str, str]) -> dict[str, str]:
-    return {
-        "digest_algorithm": DIGEST_ALGORITHM,
-        "digests": json.dumps(dict(digest_of), separators=(",", ":"), sort_keys=True),
-    }
+    return {DIGESTS_ENTRY + DIGEST_ALGORITHM: json.dumps(dict(digest_of), separators=(",", ":"), sort_keys=True)}
+
+
+def _written(metadata: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    """The digests a file was written with, by the algorithm this client prefers among
+    those the file has: ``digests.<algorithm>`` entries, and an earlier client's
+    ``digests`` (SHA-256, or as its ``digest_algorithm`` says)."""
+    named = {key[len(DIGESTS_ENTRY) :]: value for key, value in metadata.items() if key.startswith(DIGESTS_ENTRY)}
+    if "digests" in metadata:
+        named.setdefault(metadata.get("digest_algorithm", LEGACY_ALGORITHM), metadata["digests"])
+    if not named:
+        return DIGEST_ALGORITHM, {}
+    algorithm = next((a for a in _HASHES if a in named), None)
+    if algorithm is None:
+        raise InvalidArgument(
+            f"the file's digests are {', '.join(repr(a) for a in sorted(named))}, which this client does not "
+            f"know (it knows {', '.join(sorted(_HASHES))}): a file of a newer jaxinit? verify it with that version"
+        )
+    try:
+        written = json.loads(named[algorithm])
+    except ValueError:
+        written = None
+    if not isinstance(written, dict):
+        raise InvalidArgument(f"the file's {algorithm} digests are not a JSON object")
+    return algorithm, written
 
 
 @dataclass(frozen=True)
@@ -114,16 +141,7 @@ def verify_file(client: Any, data: bytes) -> tuple[dict[str, str], list[Finding]
         arrays, metadata = safetensors.loads(data)
     except Exception as exc:
         raise InvalidArgument(f"not a .safetensors file jaxinit can read: {exc}") from None
-    try:
-        written = json.loads(metadata["digests"]) if "digests" in metadata else {}
-    except ValueError:
-        raise InvalidArgument("the file's digests entry is not JSON") from None
-    algorithm = metadata.get("digest_algorithm", LEGACY_ALGORITHM)  # (earlier clients wrote none)
-    if algorithm not in _HASHES:
-        raise InvalidArgument(
-            f"the file's digests are {algorithm!r}, which this client does not know (it knows "
-            f"{', '.join(sorted(_HASHES))}): a file of a newer jaxinit? verify it with that version"
-        )
+    algorithm, written = _written(metadata)
     if "model_request" in metadata:
         fetched, how = _model(client, metadata)
     elif "request" in metadata:

@@ -138,8 +138,8 @@ def test_path_writes_the_file_as_bytes_arrive(
         # The file carries its provenance, and its request and digests for jaxinit verify.
         assert {k: v for k, v in metadata.items() if k not in REFETCH_KEYS} == got.metadata
         assert metadata["layout"] == layout
-        assert metadata["digest_algorithm"] == "xxh3-128"  # the protocol's digest, of the bytes as written
-        assert json.loads(metadata["digests"]) == {
+        # the protocol's digest, of the bytes as written
+        assert json.loads(metadata["digests.xxh3-128"]) == {
             name: xxhash.xxh3_128(np.ascontiguousarray(np.asarray(a)).tobytes()).hexdigest() for name, a in want.items()
         }
         assert finished and all(f is not None for f in finished)  # written as the bytes arrived, not whole

@@ -34,11 +34,11 @@ def rewrite(path: pathlib.Path, change: str, name: str = "", **meta: str) -> Non
         flat.view(np.uint8)[0] ^= 1
         arrays[name] = flat.reshape(arrays[name].shape)
     if change == "bytes":
-        digests = json.loads(metadata["digests"])
+        digests = json.loads(metadata["digests.xxh3-128"])
         from jaxinit._verify import _digest
 
         digests[name] = _digest(arrays[name])
-        metadata["digests"] = json.dumps(digests)
+        metadata["digests.xxh3-128"] = json.dumps(digests)
     metadata.update(meta)
     path.write_bytes(safetensors.dumps(arrays, metadata))
 

@@ -68,7 +68,7 @@ def test_jobs_are_answered_in_order_with_eager_jaxs_bytes(monkeypatch: pytest.Mo
         _resolved("orthogonal", (16, 8), seed=3, offset=5, count=60),  # a range: only its bytes
         _resolved("normal", (3, 4), dtype="complex64", seed=1),
     ]
-    stdout = _run_worker(jobs, monkeypatch)
+    stdout = _run_worker(jobs, monkeypatch, JAXINIT_WORKER_SOFT_RSS=str(2**50))  # whatever this process's size
     hello = read_frame(stdout)
     assert hello["ready"] is True and isinstance(hello["pid"], int)
     for job in jobs:
