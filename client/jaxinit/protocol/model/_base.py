@@ -130,11 +130,11 @@ class Reader:
     def flag(self, key: str, default: bool) -> bool:
         return check_flag(self.get(key, default), f"{self.where}: '{key}'")
 
-    def dtype(self, inherited: str) -> str:
-        value = self.get("param_dtype")
+    def dtype(self, inherited: str, key: str = "param_dtype") -> str:
+        value = self.get(key)
         if value is None:
             return inherited
-        return relayed_dtype(value, f"{self.where}: param_dtype: ")
+        return relayed_dtype(value, f"{self.where}: {key}: ")
 
     def init(self, key: str, default: Init) -> Init:
         value = self.get(key)

@@ -202,13 +202,13 @@ def _torch_shape(p: Param, how: str) -> tuple[int, ...]:
     """The shape of ``p`` in the PyTorch layout, made by conversion ``how``."""
     if how == NO_TORCH:
         raise InvalidArgument(
-            f"{p.name}: a {p.module}'s parameters have no PyTorch layout jaxinit has verified; ask for "
+            f"model: {quote(p.name)}: a {p.module}'s parameters have no PyTorch layout jaxinit has verified; ask for "
             "layout 'flax' and arrange them yourself"
         )
     shape = p.shape
     if how == "conv" and len(shape) < 2:
         raise InvalidArgument(
-            f"{quote(p.name)}: the torch conversion 'conv' moves the last two axes first; the parameter "
+            f"model: {quote(p.name)}: the torch conversion 'conv' moves the last two axes first; the parameter "
             f"has shape {list(shape)[:8]}, fewer than 2 dimensions"
         )
     if how == "t":
@@ -270,7 +270,9 @@ def _unstacked(params: Sequence[Param]) -> Iterator[tuple[Param, str]]:
             yield p, quote(p.name)
             continue
         if len(stacks) > 1:
-            raise InvalidArgument(f"{p.name}: stacked twice (a scan in a scan) has no PyTorch layout; ask for 'flax'")
+            raise InvalidArgument(
+                f"model: {quote(p.name)}: stacked twice (a scan in a scan) has no PyTorch layout; ask for 'flax'"
+            )
         where = stacks[0]
         length = p.key_prefix[where][1]
         for i in range(length):

@@ -117,16 +117,13 @@ def _entry(entry: Any, dtype: str, where: str) -> tuple[list[str], Leaf, bool]:
         raise InvalidArgument(f"{where}: a parameter must be an object, got {quote(entry)}")
     path = entry.get("path")
     parts = _path(path, where)
-    r = Reader(
-        {
-            **{k: v for k, v in entry.items() if k not in ("path", "dtype", *_EXPLICIT)},
-            "type": "Param",
-            "name": parts[-1],
-            **({"param_dtype": entry["dtype"]} if "dtype" in entry else {}),
-        },
-        where,
-    )
-    leaf = LEAF_MODULES["Param"](r, r.dtype(dtype))[0]
+    # 'param_dtype' is an alias of 'dtype' (dtype wins), 'type' and 'name' are ignored (the
+    # schema's planParam): a refusal names the field the entry gave.
+    key = "dtype" if "dtype" in entry else "param_dtype"
+    fields = {k: v for k, v in entry.items() if k not in ("path", "dtype", "param_dtype", *_EXPLICIT)}
+    r = Reader({**fields, "type": "Param", "name": parts[-1], **({key: entry[key]} if key in entry else {})}, where)
+    r.used.update(("dtype", "param_dtype"))  # both a raw entry's fields, whichever it gave
+    leaf = LEAF_MODULES["Param"](r, r.dtype(dtype, key))[0]
     r.done()
     explicit = _explicit(entry, leaf, where)
     if leaf.stack_at >= len(parts):

@@ -138,17 +138,17 @@ def test_unstacking_for_torch_is_bounded_before_any_tensor_is_made() -> None:
     [
         (
             {"path": "a.w", "shape": [2, 2, 3], "key": [{"stack": 2}, {"stack": 2}, {"fold_in": 1}]},
-            "a.w: stacked twice (a scan in a scan) has no PyTorch layout; ask for 'flax'",
+            "model: 'a.w': stacked twice (a scan in a scan) has no PyTorch layout; ask for 'flax'",
         ),
         (
             {"path": "a.w", "shape": [3], "torch": ["w", "conv"]},
-            "'a.w': the torch conversion 'conv' moves the last two axes first; the parameter has shape [3], "
+            "model: 'a.w': the torch conversion 'conv' moves the last two axes first; the parameter has shape [3], "
             "fewer than 2 dimensions",
         ),
         (
             {"path": "a.w", "shape": [3], "torch": ["w", "none"], "module": "ConvTranspose", "key": [{"fold_in": 1}]},
-            "a.w: a ConvTranspose's parameters have no PyTorch layout jaxinit has verified; ask for layout 'flax' "
-            "and arrange them yourself",
+            "model: 'a.w': a ConvTranspose's parameters have no PyTorch layout jaxinit has verified; ask for layout "
+            "'flax' and arrange them yourself",
         ),
     ],
 )
@@ -301,5 +301,7 @@ def test_a_scanned_batch_norm_has_its_buffers_in_every_layer() -> None:
             "module": {"type": "ConvTranspose", "in_features": 2, "features": 2, "kernel_size": 1},
         }
     )
-    with pytest.raises(InvalidArgument, match=r"^0\.kernel: a ConvTranspose's parameters have no PyTorch layout"):
+    with pytest.raises(
+        InvalidArgument, match=r"^model: '0\.kernel': a ConvTranspose's parameters have no PyTorch layout"
+    ):
         outputs(transposed, "torch")

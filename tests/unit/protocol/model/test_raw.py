@@ -193,8 +193,11 @@ def test_the_raw_forms_own_fields() -> None:
 def test_dtypes_are_the_forms_then_each_entrys() -> None:
     with pytest.raises(UnknownDtype, match=r"^unknown dtype 'bf16'; Did you mean bfloat16\?"):
         expand({"params": [entry("a")], "param_dtype": "bf16"})
+    with pytest.raises(UnknownDtype, match=r"^model\.params\[0\]: dtype: unknown dtype 'bf16'"):
+        expand({"params": [entry("a", dtype="bf16")]})  # the entry's own word for it
     with pytest.raises(UnknownDtype, match=r"^model\.params\[0\]: param_dtype: unknown dtype 'bf16'"):
-        expand({"params": [entry("a", dtype="bf16")]})
+        expand({"params": [entry("a", param_dtype="bf16")]})  # dtype's alias
+    assert [p.dtype for p in expand({"params": [entry("a", dtype="float16", param_dtype="bf16")]})] == ["float16"]
     assert [p.dtype for p in expand({"params": [entry("a")]}, param_dtype="float64")] == ["float64"]
 
 
