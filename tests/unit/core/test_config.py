@@ -101,3 +101,22 @@ def test_every_setting_reaches_the_config() -> None:
     # shared memory and the compilation cache off: no directory for either
     off = main.build_service(Settings(shared_memory_dir="/dev/shm/jaxinit", compilation_cache=False))
     assert (off.shared_memory_dir, off.compilation_cache_dir) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("workers", 0, "Config.workers must be at least 1, got 0"),
+        ("whole_workers", 0, "Config.whole_workers must be at least 1, got 0"),
+        ("worker_rss_bytes", -1, "Config.worker_rss_bytes must be at least 0, got -1"),
+        ("stall_seconds", float("nan"), "Config.stall_seconds must be at least 0, got nan"),
+        ("cache_bytes", -5, "Config.cache_bytes must be at least 0, got -5"),
+        ("cache_dir_bytes", -1, "Config.cache_dir_bytes must be at least 0, got -1"),
+        ("shared_memory_bytes", -1, "Config.shared_memory_bytes must be at least 0, got -1"),
+        ("shared_memory_lease", 0.0, "Config.shared_memory_lease must be more than 0, got 0.0"),
+    ],
+)
+def test_what_no_service_runs_with_is_refused_by_name(field: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        Config(**{field: value})  # type: ignore[arg-type]
+    assert str(caught.value) == message
