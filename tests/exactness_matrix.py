@@ -48,13 +48,17 @@ ARGS: dict[str, list[dict[str, Any]]] = {
 
 
 def cases(
-    names: list[str], shapes: list[tuple[int, ...]], dtypes: list[str | None], variants: bool = False
+    names: list[str],
+    shapes: list[tuple[int, ...]],
+    dtypes: list[str | None],
+    variants: bool = False,
+    modes: list[bool] = MODES,
 ) -> list[tuple[Any, ...]]:
     cases = []
     for name in names:
         arg_sets = ARGS.get(name, [{}]) if variants else [DEFAULT_ARGS.get(name, {})]
         for args in arg_sets:
-            for shape, dtype, mode in itertools.product(shapes, dtypes, MODES):
+            for shape, dtype, mode in itertools.product(shapes, dtypes, modes):
                 cases.append((name, args, shape, dtype, mode))
     return cases
 
@@ -114,6 +118,12 @@ DTYPE_GROUPS: dict[str, list[str | None]] = {
 }
 
 
-def every_dtype(service: Service, name: str, dtype: str | None) -> None:
-    """One initializer in one dtype, both PRNG modes, against local JAX."""
-    assert run_matrix(service, cases([name], [(3, 4, 5)], [dtype]))
+def every_dtype(service: Service, name: str, dtype: str | None, modes: list[bool] = MODES) -> None:
+    """One initializer in one dtype, in ``modes`` (both PRNG modes), against local JAX."""
+    assert run_matrix(service, cases([name], [(3, 4, 5)], [dtype], modes=modes))
+
+
+def mode_in_turn(name: str, dtype: str | None, group: list[str | None]) -> bool:
+    """One PRNG mode for (name, dtype), taken in turn: every initializer meets both modes
+    over a dtype group, and every dtype of the group both over the initializers."""
+    return MODES[(ALL_NAMES.index(name) + group.index(dtype)) % 2]

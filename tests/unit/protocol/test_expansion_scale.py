@@ -116,9 +116,9 @@ LINEAR_CASES: dict[str, Callable[[int], object]] = {
 @pytest.mark.parametrize("case", sorted(LINEAR_CASES))
 def test_expansion_work_is_linear(case: str) -> None:
     # 4x the parameters must be about 4x the work (a scan of the siblings per parameter
-    # made it about 16x).
+    # made it about 16x). Lines run are counted, not timed: the ratio is 4.00 at any size.
     fn = LINEAR_CASES[case]
-    ratio = lines_run(lambda: fn(8_000)) / lines_run(lambda: fn(2_000))
+    ratio = lines_run(lambda: fn(2_000)) / lines_run(lambda: fn(500))
     assert 3.5 < ratio < 4.5, ratio
 
 
@@ -131,7 +131,7 @@ def _repeated(n: int) -> object:
 
 @pytest.mark.timeout(60)
 def test_repeated_names_are_found_in_linear_work() -> None:
-    assert 3.5 < lines_run(lambda: _repeated(8_000)) / lines_run(lambda: _repeated(2_000)) < 4.5
+    assert 3.5 < lines_run(lambda: _repeated(2_000)) / lines_run(lambda: _repeated(500)) < 4.5
     with pytest.raises(InvalidArgument, match="unique among siblings") as info:
         expand(m.Module(*(m.Param(f"w{i % 2}", "zeros", [1]) for i in range(2_000))))
     assert "['w0', 'w1']" in info.value.message
