@@ -1,7 +1,7 @@
 # The two commands a newcomer needs:
 #   make serve   set up .venv with the client and the server, start the server (gRPC :50051, HTTP :8000)
 #   make test    set up .venv with what the tests need, run the default test tiers (2 cores beside a
-#                CPU hog: 6 minutes with the per-user compilation cache warm, 12 on a machine's first run)
+#                CPU hog: 5 minutes with the per-user compilation cache warm, 9 on a machine's first run)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
