@@ -5,8 +5,8 @@ tensor.
 A ``.safetensors`` file written by the client (``jaxinit get``/``jaxinit model``,
 ``init_model(path=...)``) carries, besides the provenance (JAX version, backend, PRNG
 settings, root key, digests of the requests), the request itself (``request``: a tensor's
-canonical request; ``model_request``: a model's description and options), ``digests``:
-and the digest of each tensor's bytes as written, in an entry named for its algorithm:
+canonical request; ``model_request``: a model's description and options), and the digest
+of each tensor's bytes as written, in an entry named for its algorithm:
 ``digests.xxh3-128`` (the digest every answer is checked with in transit). Files of
 earlier clients verify as they did: ``digests`` holds SHA-256 digests, or the digests
 their ``digest_algorithm`` entry names. A new file has no ``digests`` entry, so a client
@@ -60,10 +60,8 @@ def _sha256(data: memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-_HASHES: dict[str, Callable[[memoryview], str]] = {
-    DIGEST_ALGORITHM: _xxh3,
-    LEGACY_ALGORITHM: _sha256,
-}  # preferred first
+# The digests this client checks, the one it prefers first.
+_HASHES: dict[str, Callable[[memoryview], str]] = {DIGEST_ALGORITHM: _xxh3, LEGACY_ALGORITHM: _sha256}
 DIGEST_HEX = len(_xxh3(memoryview(b"")))  # hex digits of a digest files are written with
 
 

@@ -5,7 +5,7 @@ each initializer and each dtype meets both; every pair in both modes in the rele
 The modes differ only in the random bits, which these dtypes draw as bfloat16 and float32
 do (8 bits for the 8-bit floats, 32 or 64 for complex: test_dtypes_floats.py takes every
 initializer in both modes in those); the float8 programs are a cold run's most expensive
-to compile (a second each, in the whole-tensor worker)."""
+to compile (a second or more each, in the whole-tensor worker)."""
 
 from __future__ import annotations
 
