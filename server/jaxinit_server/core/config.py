@@ -50,8 +50,15 @@ class Config:
     def __post_init__(self) -> None:
         """What no service can run with is refused here, whoever builds it (``Settings``
         adds the operator's floors, e.g. a worker's smallest RSS, and says them per flag)."""
-        at_least = {"workers": 1, "whole_workers": 1, "worker_rss_bytes": 0, "stall_seconds": 0, "cache_bytes": 0}
-        at_least |= {"cache_dir_bytes": 0, "shared_memory_bytes": 0}
+        at_least = {
+            "workers": 1,
+            "whole_workers": 1,
+            "worker_rss_bytes": 0,
+            "stall_seconds": 0,
+            "cache_bytes": 0,
+            "cache_dir_bytes": 0,
+            "shared_memory_bytes": 0,
+        }
         for name, least in at_least.items():
             if not getattr(self, name) >= least:  # (NaN too)
                 raise ValueError(f"Config.{name} must be at least {least}, got {getattr(self, name)!r}")
